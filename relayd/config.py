@@ -1,0 +1,301 @@
+"""relay.ini -> typed, validated settings.
+
+Every error names ``[section] key`` and says why, so that twistd can stop
+before anything listens.  A service is switched on by the presence of its
+section; keys left out take the defaults declared in ``SCHEMA``.
+"""
+import configparser
+import os
+import re
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any, Callable, Optional
+
+from twisted.internet import endpoints
+from twisted.internet.testing import MemoryReactorClock
+
+
+class ConfigError(Exception):
+    """A config problem; the message names the file, section and key."""
+
+
+def _fail(why):
+    raise ValueError(why)
+
+
+# --- value converters: str -> value, raising ValueError(reason) ---------------
+
+def string(text):
+    if not text:
+        _fail("must not be empty")
+    return text
+
+
+def optional_string(text):
+    return text or None
+
+
+def integer(lo=None, hi=None):
+    def convert(text):
+        try:
+            value = int(text, 0)
+        except ValueError:
+            _fail(f"{text!r} is not a whole number")
+        if lo is not None and value < lo:
+            _fail(f"{value} is below the minimum {lo}")
+        if hi is not None and value > hi:
+            _fail(f"{value} is above the maximum {hi}")
+        return value
+    return convert
+
+
+def number(lo=None):
+    def convert(text):
+        try:
+            value = float(text)
+        except ValueError:
+            _fail(f"{text!r} is not a number")
+        if lo is not None and value < lo:
+            _fail(f"{value} is below the minimum {lo}")
+        return value
+    return convert
+
+
+_BOOLEANS = {"1": True, "yes": True, "true": True, "on": True,
+             "0": False, "no": False, "false": False, "off": False}
+
+
+def boolean(text):
+    try:
+        return _BOOLEANS[text.lower()]
+    except KeyError:
+        _fail(f"{text!r} is not a boolean (yes/no, true/false, on/off, 1/0)")
+
+
+_DURATION_UNITS = {"": 1, "ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def duration(text):
+    """``300``, ``10s``, ``5m``, ``2h``, ``7d`` -> seconds (float)."""
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-z]*)\s*", text.lower())
+    if not match or match.group(2) not in _DURATION_UNITS:
+        _fail(f"{text!r} is not a duration (a number with an optional unit ms, s, m, h, d, w)")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000 ** 2, "mb": 1000 ** 2,
+               "mib": 1024 ** 2, "g": 1000 ** 3, "gb": 1000 ** 3, "gib": 1024 ** 3}
+
+
+def size(text):
+    """``65536``, ``64KiB``, ``64MiB``, ``1GB`` -> bytes (int)."""
+    match = re.fullmatch(r"\s*([0-9]+)\s*([a-z]*)\s*", text.lower())
+    if not match or match.group(2) not in _SIZE_UNITS:
+        _fail(f"{text!r} is not a size (a whole number with an optional unit B, KiB, MiB, GiB, KB, MB, GB)")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+
+
+def choice(*options):
+    def convert(text):
+        if text not in options:
+            _fail(f"{text!r} is not one of {', '.join(options)}")
+        return text
+    return convert
+
+
+def server_endpoint(text):
+    """A Twisted server endpoint string, checked by parsing it.
+
+    Parsing happens against a memory reactor so that nothing listens or
+    connects (an ``onion:`` string would otherwise dial Tor at parse time).
+    """
+    if not text:
+        _fail("must not be empty")
+    try:
+        endpoints.serverFromString(MemoryReactorClock(), text)
+    except Exception as e:
+        _fail(f"{text!r} is not a valid server endpoint string: {e}")
+    return text
+
+
+def client_endpoint(text):
+    """A Twisted client endpoint string, checked by parsing it."""
+    if not text:
+        _fail("must not be empty")
+    try:
+        endpoints.clientFromString(MemoryReactorClock(), text)
+    except Exception as e:
+        _fail(f"{text!r} is not a valid client endpoint string: {e}")
+    return text
+
+
+def path(text):
+    """A filesystem path; relative paths are taken from the working directory."""
+    if not text:
+        _fail("must not be empty")
+    return os.path.abspath(os.path.expanduser(text))
+
+
+def existing_file(text):
+    value = path(text)
+    if not os.path.isfile(value):
+        _fail(f"file {value} does not exist")
+    return value
+
+
+def optional(convert):
+    """Allow an empty value, meaning "not set" (None)."""
+    def wrapped(text):
+        return convert(text) if text else None
+    return wrapped
+
+
+def word_list(text):
+    """Comma- or whitespace-separated words."""
+    return [w for w in re.split(r"[,\s]+", text) if w]
+
+
+def port_number(text):
+    return integer(0, 65535)(text)
+
+
+@dataclass(frozen=True)
+class Field:
+    convert: Callable[[str], Any]
+    default: Optional[str] = None       # as it would be written in the ini
+    required: bool = False
+
+
+F = Field
+
+# section name (or "prefix:*" for named sections) -> key -> Field
+SCHEMA = {
+    "relay": {
+        "id": F(string, "relay1"),
+        "data_dir": F(path, "var"),
+    },
+    "tcp": {
+        "listen": F(server_endpoint, "tcp:55665:interface=127.0.0.1"),
+        "max_line": F(size, "65536"),
+        "max_connections": F(integer(1), "10000"),
+        "max_connections_per_ip": F(integer(1), "100"),
+        "idle_timeout": F(duration, "300"),
+        "handshake_timeout": F(duration, "30"),
+        "output_buffer": F(size, "1MiB"),
+        "history_limit": F(integer(1), "500"),
+        "require_auth": F(boolean, "no"),
+    },
+    "ratelimit": {
+        "messages": F(integer(1), "10"),
+        "per_seconds": F(duration, "10"),
+        "ban_after": F(integer(1), "5"),
+        "ban_window": F(duration, "60"),
+        "ban_duration": F(duration, "10m"),
+    },
+    "dedup": {
+        "window": F(duration, "24h"),
+        "max_entries": F(integer(1), "1000000"),
+    },
+    "mailbox": {
+        "max_per_peer": F(integer(1), "10000"),
+        "ttl": F(duration, "7d"),
+    },
+    "journal": {
+        "fsync": F(choice("always", "batch", "never"), "batch"),
+        "batch_interval": F(duration, "5ms"),
+        "retention": F(duration, "7d"),
+        "max_size": F(size, "1GiB"),
+        "segment_size": F(size, "64MiB"),
+        "prune_interval": F(duration, "10m"),
+    },
+}
+
+
+class Settings:
+    """Validated settings: ``settings.relay.id``, ``settings.get("udp")``."""
+
+    def __init__(self, sections, named, source):
+        self._sections = sections
+        self._named = named
+        self.source = source
+
+    def __getattr__(self, name):
+        try:
+            return self._sections[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def get(self, name):
+        """The section's values, or None when the section is not in the file."""
+        return self._sections.get(name)
+
+    def enabled(self, name):
+        return name in self._sections
+
+    def named(self, prefix):
+        """``{NAME: section}`` for every ``[prefix:NAME]`` section."""
+        return dict(self._named.get(prefix, {}))
+
+
+ALWAYS_PRESENT = ("relay", "ratelimit", "dedup", "mailbox")
+
+
+def _convert_section(source, section, schema, values):
+    out = {}
+    for key in values:
+        if key not in schema:
+            known = ", ".join(sorted(schema))
+            raise ConfigError(f"{source}: [{section}] {key}: unknown key (known keys: {known})")
+    for key, field in schema.items():
+        if key in values:
+            raw = values[key].strip()
+        elif field.required:
+            raise ConfigError(f"{source}: [{section}] {key}: required but missing")
+        else:
+            raw = field.default if field.default is not None else ""
+        try:
+            out[key] = field.convert(raw)
+        except ValueError as e:
+            raise ConfigError(f"{source}: [{section}] {key}: {e}") from None
+    return SimpleNamespace(**out)
+
+
+def parse(text, source="<string>"):
+    """Parse ini text into Settings, raising ConfigError."""
+    parser = configparser.ConfigParser(
+        interpolation=None, inline_comment_prefixes=(";", "#"), default_section="\0none")
+    try:
+        parser.read_string(text, source=source)
+    except configparser.Error as e:
+        raise ConfigError(f"{source}: {e}") from None
+    sections, named = {}, {}
+    for section in parser.sections():
+        if ":" in section:
+            prefix, name = section.split(":", 1)
+            schema = SCHEMA.get(prefix + ":*")
+            if schema is None or not name:
+                raise ConfigError(f"{source}: [{section}]: unknown section")
+            named.setdefault(prefix, {})[name] = _convert_section(
+                source, section, schema, parser[section])
+            continue
+        schema = SCHEMA.get(section)
+        if schema is None:
+            known = ", ".join(sorted(SCHEMA))
+            raise ConfigError(f"{source}: [{section}]: unknown section (known sections: {known})")
+        sections[section] = _convert_section(source, section, schema, parser[section])
+    for section in ALWAYS_PRESENT:
+        if section not in sections:
+            sections[section] = _convert_section(source, section, SCHEMA[section], {})
+    return Settings(sections, named, source)
+
+
+def load(filename):
+    """Read and parse an ini file, raising ConfigError."""
+    try:
+        with open(filename, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {filename}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {filename} is not UTF-8: {e}") from None
+    return parse(text, source=filename)

@@ -1,0 +1,28 @@
+"""The dedicated single-thread pool for file I/O.
+
+One thread keeps writes in submission order; the reactor thread never
+touches the disk after start-up.
+"""
+from twisted.application.service import Service
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+
+class FilePool(Service):
+    """A started/stopped-with-the-daemon ``ThreadPool(1, 1)``."""
+
+    def __init__(self, reactor, pool=None):
+        self.reactor = reactor
+        self.pool = pool if pool is not None else ThreadPool(1, 1, "relayd-files")
+
+    def startService(self):
+        super().startService()
+        self.pool.start()
+
+    def stopService(self):
+        super().stopService()
+        self.pool.stop()
+
+    def run(self, f, *args, **kwargs):
+        """Run ``f`` on the file thread; a Deferred fires on the reactor thread."""
+        return deferToThreadPool(self.reactor, self.pool, f, *args, **kwargs)
