@@ -4,15 +4,27 @@ Nothing here opens a socket or a file; each service does that when started.
 Children start in the order they are added and stop in reverse, so the file
 pool and the journal outlive the listeners on shutdown.
 """
+import signal
+
 from prometheus_client import CollectorRegistry
 from twisted.application.service import MultiService
+from twisted.logger import Logger
 
+from relayd import config
 from relayd.filepool import FilePool
 from relayd.identity import IdentityService
 
 
 class Daemon(MultiService):
-    """The root service; its attributes are the live parts of the relay."""
+    """The root service; its attributes are the live parts of the relay.
+
+    Services that can take new settings without a restart register a hook
+    with ``on_reload``; ``reload()`` (SIGHUP, or the admin console) re-reads
+    the config file and calls every hook with the new Settings.  Named
+    children that have a ``stats()`` method contribute to ``stats()``.
+    """
+
+    log = Logger()
 
     def __init__(self, settings, reactor, config_path=None):
         super().__init__()
@@ -23,6 +35,7 @@ class Daemon(MultiService):
         self.registry = CollectorRegistry(auto_describe=True)
         self.identity_service = IdentityService(settings.relay.id, settings.relay.data_dir)
         self.file_pool = FilePool(reactor)
+        self._reload_hooks = []
 
     @property
     def identity(self):
@@ -31,6 +44,46 @@ class Daemon(MultiService):
     def startService(self):
         self.started_at = self.reactor.seconds()
         super().startService()
+        if self.config_path is not None and hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, self._on_sighup)
+
+    def _on_sighup(self, signum, frame):
+        self.reactor.callFromThread(self.reload)
+
+    def on_reload(self, hook):
+        """Call ``hook(settings)`` on every successful reload."""
+        self._reload_hooks.append(hook)
+
+    def reload(self):
+        """Re-read the config file; returns a one-line summary for people."""
+        if self.config_path is None:
+            return "no config file to reload"
+        try:
+            settings = config.load(self.config_path)
+        except config.ConfigError as e:
+            self.log.error("reload refused: {error}", error=str(e))
+            return f"reload refused: {e}"
+        self.settings = settings
+        for hook in self._reload_hooks:
+            try:
+                hook(settings)
+            except Exception:
+                self.log.failure("reload hook {hook!r} failed", hook=hook)
+        self.log.info("configuration reloaded from {path}", path=self.config_path)
+        return f"reloaded {self.config_path}"
+
+    def uptime(self):
+        return 0.0 if self.started_at is None else self.reactor.seconds() - self.started_at
+
+    def stats(self):
+        """One JSON-able dict: relay facts plus each named service's stats()."""
+        out = {"relay": self.settings.relay.id, "uptime": round(self.uptime(), 3)}
+        if self.identity is not None:
+            out["fingerprint"] = self.identity.fingerprint
+        for svc in self:
+            if svc.name and hasattr(svc, "stats"):
+                out[svc.name] = svc.stats()
+        return out
 
 
 def build(settings, reactor, config_path=None):
