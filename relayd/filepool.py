@@ -20,8 +20,12 @@ class FilePool(Service):
         self.pool.start()
 
     def stopService(self):
+        """Stop once every job queued before now (e.g. a journal's final
+        flush, queued by its own stopService) has run."""
         super().stopService()
-        self.pool.stop()
+        d = self.run(lambda: None)
+        d.addBoth(lambda _: self.pool.stop())
+        return d
 
     def run(self, f, *args, **kwargs):
         """Run ``f`` on the file thread; a Deferred fires on the reactor thread."""
