@@ -202,7 +202,8 @@ SCHEMA = {
     },
     "journal": {
         "fsync": F(choice("always", "batch", "never"), "batch"),
-        "batch_interval": F(duration, "5ms"),
+        "fsync_interval": F(duration, "1s"),
+        "batch_interval": F(duration, "0"),
         "retention": F(duration, "7d"),
         "max_size": F(size, "1GiB"),
         "segment_size": F(size, "64MiB"),

@@ -1,0 +1,100 @@
+"""Group commit on the reactor thread.
+
+``append`` only adds the line to a list; one write job per batch carries
+``b"\\n".join`` of the lines to the file thread.  While a batch is being
+written the next one gathers, so batches grow with the load.
+"""
+from twisted.internet.defer import Deferred, succeed
+from twisted.python.failure import Failure
+
+
+class JournalClosed(Exception):
+    """The journal has stopped and accepts no more lines."""
+
+
+class GroupCommit:
+    """Buffers lines and hands them in order to ``submit(data, count) -> Deferred``.
+
+    A batch goes out on the next reactor turn (or ``delay`` seconds after
+    its first line), and never while the previous one is still being
+    written.  Each line's Deferred fires with None, or fails with the
+    batch's failure.
+    """
+
+    def __init__(self, clock, submit, delay=0.0):
+        self._clock = clock
+        self._submit = submit
+        self._delay = delay
+        self._lines = []
+        self._waiters = []
+        self._since = None            # when the oldest buffered line arrived
+        self._busy = 0                # lines being written
+        self._busy_since = None
+        self._call = None
+        self.closed = False
+
+    @property
+    def pending(self):
+        """Lines appended but not yet acknowledged."""
+        return len(self._lines) + self._busy
+
+    def lag(self, now):
+        """Age in seconds of the oldest unacknowledged line."""
+        oldest = self._busy_since if self._busy_since is not None else self._since
+        return 0.0 if oldest is None else max(0.0, now - oldest)
+
+    def append(self, line):
+        d = Deferred()
+        if self.closed:
+            d.errback(JournalClosed("the journal is stopped"))
+            return d
+        if not self._lines:
+            self._since = self._clock.seconds()
+            if self._call is None and not self._busy:
+                self._call = self._clock.callLater(self._delay, self.flush)
+        self._lines.append(line)
+        self._waiters.append(d)
+        return d
+
+    def flush(self):
+        """Submit the buffered lines now; a Deferred fires once they are handled."""
+        if self._call is not None:
+            if self._call.active():
+                self._call.cancel()
+            self._call = None
+        if not self._lines:
+            return succeed(None)
+        lines, waiters, since = self._lines, self._waiters, self._since
+        self._lines, self._waiters, self._since = [], [], None
+        lines.append(b"")
+        if not self._busy:
+            self._busy_since = since
+        self._busy += len(waiters)
+        d = self._submit(b"\n".join(lines), len(waiters))
+        d.addBoth(self._done, waiters)
+        return d
+
+    def close(self):
+        """Refuse new lines and submit the buffered ones at once."""
+        self.closed = True
+        return self.flush()
+
+    def _done(self, result, waiters):
+        self._busy -= len(waiters)
+        if not self._busy:
+            self._busy_since = None
+        if isinstance(result, Failure):
+            for d in waiters:
+                d.errback(result)
+        else:
+            for d in waiters:
+                d.callback(None)
+        if self._lines and self._call is None and not self.closed:
+            self._schedule()
+
+    def _schedule(self):
+        if self._delay > 0:
+            wait = self._since + self._delay - self._clock.seconds()
+            self._call = self._clock.callLater(max(0.0, wait), self.flush)
+        else:
+            self.flush()

@@ -1,0 +1,40 @@
+"""Prometheus metrics of the journal."""
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_BATCH_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384)
+
+
+class JournalMetrics:
+    """The journal's counters; gauges read ``journal`` when scraped."""
+
+    def __init__(self, registry, journal):
+        def counter(name, doc):
+            return Counter(name, doc, registry=registry)
+
+        def gauge(name, doc, read):
+            Gauge(name, doc, registry=registry).set_function(read)
+
+        self.write_seconds = Histogram(
+            "relayd_journal_write_seconds",
+            "Time from submitting a batch to its acknowledgement (write, plus fsync under 'always')",
+            buckets=_LATENCY_BUCKETS, registry=registry)
+        self.batch_records = Histogram(
+            "relayd_journal_batch_records", "Records per group-commit batch",
+            buckets=_BATCH_BUCKETS, registry=registry)
+        self.records = counter("relayd_journal_records", "Records written to the journal")
+        self.bytes = counter("relayd_journal_bytes", "Bytes written to the journal")
+        self.write_errors = counter("relayd_journal_write_errors",
+                                    "Failed batch writes or fsyncs (their appends failed)")
+        self.fsyncs = counter("relayd_journal_fsyncs", "fsync calls on journal segments")
+        self.torn_lines = counter("relayd_journal_torn_lines",
+                                  "Torn or corrupt lines skipped by the start-up replay")
+        self.prunes = counter("relayd_journal_prunes", "Prune runs")
+        self.pruned_segments = counter("relayd_journal_pruned_segments", "Segments deleted by pruning")
+        self.pruned_bytes = counter("relayd_journal_pruned_bytes", "Bytes deleted by pruning")
+        gauge("relayd_journal_pending", "Records appended but not yet durable",
+              lambda: journal.pending)
+        gauge("relayd_journal_segments", "Segment files in the journal directory",
+              lambda: journal.segment_count)
+        gauge("relayd_journal_segment_bytes", "Total size of the journal's segments",
+              lambda: journal.segment_bytes)

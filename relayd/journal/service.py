@@ -1,0 +1,222 @@
+"""The journal service: replay at start-up, group-committed appends, pruning.
+
+The reactor thread only buffers lines and keeps counters; every file
+operation after the start-up replay runs on the daemon's file pool, whose
+single thread keeps them in order.
+"""
+import os
+
+from twisted.application.service import Service
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from relayd.journal import segments
+from relayd.journal.commit import GroupCommit
+from relayd.journal.metrics import JournalMetrics
+from relayd.journal.replay import replay
+from relayd.journal.writer import SegmentWriter
+
+POLICIES = ("always", "batch", "never")
+
+# health() reports a journal whose oldest pending line is older than this.
+LAG_LIMIT = 10.0
+
+
+class Journal(Service):
+    """Durable, ordered record of accepted messages.
+
+    ``consumer.restore(record)`` is called for each good record at
+    start-up, then ``consumer.restore_done(report)``.  ``append(line)``
+    returns a Deferred that fires once the line is durable under the fsync
+    policy: ``always`` (written and fsynced), ``batch`` (written to the OS;
+    fsynced every ``fsync_interval`` seconds and at shutdown) or ``never``.
+    """
+
+    log = Logger()
+    name = "journal"
+
+    def __init__(self, directory, file_pool, clock, consumer, *, fsync="batch",
+                 fsync_interval=1.0, batch_interval=0.0, segment_size=64 * 2 ** 20,
+                 retention=7 * 86400, max_size=2 ** 30, prune_interval=600.0, registry=None):
+        if fsync not in POLICIES:
+            raise ValueError(f"fsync must be one of {', '.join(POLICIES)}, not {fsync!r}")
+        self.directory = directory
+        self.file_pool = file_pool
+        self.clock = clock
+        self.consumer = consumer
+        self.fsync = fsync
+        self.fsync_interval = fsync_interval
+        self.retention = retention
+        self.max_size = max_size
+        self.prune_interval = prune_interval
+        self.report = None
+        self.records_written = 0
+        self.bytes_written = 0
+        self.segment_count = 0
+        self.segment_bytes = 0
+        self.last_fsync = None
+        self.last_error = None
+        self._dirty = False
+        self._writer = SegmentWriter(directory, segment_size, durable=fsync != "never")
+        self._commit = GroupCommit(clock, self._submit, batch_interval)
+        self._fsync_loop = LoopingCall(self._sync_tick)
+        self._fsync_loop.clock = clock
+        self._prune_loop = LoopingCall(self._prune_tick)
+        self._prune_loop.clock = clock
+        self.metrics = JournalMetrics(registry, self)
+
+    # --- life cycle ---------------------------------------------------------------
+
+    def privilegedStartService(self):
+        super().privilegedStartService()
+        self._replay()
+
+    def startService(self):
+        if self.report is None:
+            self._replay()
+        super().startService()
+        self._commit.closed = False
+        if self.fsync == "batch" and self.fsync_interval > 0:
+            self._fsync_loop.start(self.fsync_interval, now=False)
+        if self.prune_interval > 0:
+            self._prune_loop.start(self.prune_interval, now=True)
+
+    def stopService(self):
+        """Write what is pending, fsync and close; queued on the pool at once."""
+        super().stopService()
+        for loop in (self._fsync_loop, self._prune_loop):
+            if loop.running:
+                loop.stop()
+        self._commit.close()
+        d = self.file_pool.run(self._writer.close, True)
+        d.addCallbacks(self._closed, self._close_failed)
+        return d
+
+    def _replay(self):
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        found = segments.scan(self.directory)
+        report = self.report = replay(self.directory, found, self.consumer.restore)
+        self._writer.load(found)
+        self.segment_count, self.segment_bytes = self._writer.summary()
+        self.metrics.torn_lines.inc(len(report.skipped))
+        self.log.info("journal: replayed {records} records from {segments} segments "
+                      "({skipped} lines skipped)", records=report.records,
+                      segments=report.segments, skipped=len(report.skipped))
+        self.consumer.restore_done(report)
+
+    def _closed(self, _):
+        self.last_fsync = self.clock.seconds()
+        self.log.info("journal: closed after {records} records", records=self.records_written)
+
+    def _close_failed(self, failure):
+        self.last_error = failure.getErrorMessage()
+        self.log.failure("journal: final fsync/close failed", failure)
+
+    # --- appends ------------------------------------------------------------------
+
+    def append(self, line):
+        """Journal one JSON object (UTF-8 bytes, no newline); Deferred[None] once durable."""
+        return self._commit.append(line)
+
+    @property
+    def pending(self):
+        return self._commit.pending
+
+    def _submit(self, data, count):
+        start = self.clock.seconds()
+        d = self.file_pool.run(self._writer.write, data, start, self.fsync == "always")
+        d.addCallbacks(self._written, self._write_failed,
+                       callbackArgs=(count, len(data), start), errbackArgs=(count,))
+        return d
+
+    def _written(self, summary, count, size, start):
+        now = self.clock.seconds()
+        self.segment_count, self.segment_bytes = summary
+        self.records_written += count
+        self.bytes_written += size
+        self.last_error = None
+        m = self.metrics
+        m.write_seconds.observe(now - start)
+        m.batch_records.observe(count)
+        m.records.inc(count)
+        m.bytes.inc(size)
+        if self.fsync == "always":
+            self.last_fsync = now
+            m.fsyncs.inc()
+        else:
+            self._dirty = True
+
+    def _write_failed(self, failure, count):
+        self.last_error = failure.getErrorMessage()
+        self.metrics.write_errors.inc()
+        self.log.error("journal: writing {count} records failed: {error}",
+                       count=count, error=self.last_error)
+        return failure
+
+    # --- fsync and pruning timers ------------------------------------------------
+
+    def _sync_tick(self):
+        if not self._dirty:
+            return None
+        self._dirty = False
+        d = self.file_pool.run(self._writer.sync)
+        d.addCallbacks(self._synced, self._sync_failed)
+        return d
+
+    def _synced(self, did):
+        if did:
+            self.last_fsync = self.clock.seconds()
+            self.metrics.fsyncs.inc()
+
+    def _sync_failed(self, failure):
+        self.last_error = failure.getErrorMessage()
+        self.metrics.write_errors.inc()
+        self.log.error("journal: fsync failed: {error}", error=self.last_error)
+
+    def _prune_tick(self):
+        d = self.prune()
+        d.addErrback(lambda f: self.log.failure("journal: pruning failed", f))
+        return d
+
+    def prune(self):
+        """Drop expired and excess closed segments now; Deferred[summary dict]."""
+        d = self.file_pool.run(self._writer.prune, self.clock.seconds(),
+                               self.retention, self.max_size)
+        d.addCallback(self._pruned)
+        return d
+
+    def _pruned(self, summary):
+        self.segment_count, self.segment_bytes = summary["segments"], summary["bytes"]
+        m = self.metrics
+        m.prunes.inc()
+        m.pruned_segments.inc(len(summary["removed"]))
+        m.pruned_bytes.inc(summary["removed_bytes"])
+        if summary["removed"]:
+            self.log.info("journal: pruned {count} segments ({size} bytes)",
+                          count=len(summary["removed"]), size=summary["removed_bytes"])
+        return summary
+
+    # --- observation --------------------------------------------------------------
+
+    def stats(self):
+        now = self.clock.seconds()
+        return {
+            "fsync": self.fsync,
+            "segments": self.segment_count,
+            "bytes": self.segment_bytes,
+            "records_written": self.records_written,
+            "bytes_written": self.bytes_written,
+            "pending": self.pending,
+            "lag_seconds": round(self._commit.lag(now), 6),
+            "last_fsync_age": None if self.last_fsync is None else round(now - self.last_fsync, 3),
+            "torn_lines_at_start": 0 if self.report is None else len(self.report.skipped),
+            "last_error": self.last_error,
+        }
+
+    def health(self):
+        if self.last_error is not None:
+            return f"journal write failed: {self.last_error}"
+        lag = self._commit.lag(self.clock.seconds())
+        if lag > LAG_LIMIT:
+            return f"journal is {lag:.1f}s behind"
+        return None

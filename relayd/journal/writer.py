@@ -1,0 +1,157 @@
+"""The file-thread side: the open segment, writes, fsync, rolling, pruning.
+
+Every method runs on the file pool's single thread (``load`` runs at
+start-up, before that thread has work), so nothing here needs a lock.
+Methods return small summaries for the reactor side to keep.
+"""
+import os
+
+from relayd.journal import retention, segments
+
+_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+
+
+class SegmentWriter:
+    """Appends batches to the active segment and rolls it past ``segment_size``.
+
+    ``durable`` (fsync policy other than ``never``) also fsyncs a segment
+    when it is rolled and the directory when a segment is created.  After a
+    failed write the segment is abandoned, so that a partly written batch is
+    never followed by good lines in the same file.
+    """
+
+    def __init__(self, directory, segment_size, durable):
+        self.directory = directory
+        self.segment_size = segment_size
+        self.durable = durable
+        self.table = {}          # name -> [size, time of last record], oldest first
+        self.total = 0
+        self.next_index = 1
+        self.active = None
+        self.fd = None
+        self.unsynced = False
+        # Seams for tests.
+        self._open = os.open
+        self._write = os.write
+        self._fsync = getattr(os, "fdatasync", os.fsync)
+
+    def load(self, found):
+        """Adopt the segments found at start-up; new writes go to a new one."""
+        self.table = {s.name: [s.size, s.mtime] for s in found}
+        self.total = sum(s.size for s in found)
+        if found:
+            self.next_index = max(s.index for s in found) + 1
+
+    def summary(self):
+        return len(self.table), self.total
+
+    def write(self, data, now, sync):
+        """Write one batch (and fsync it if ``sync``); returns ``summary()``."""
+        if self.fd is None:
+            self._open_next(now)
+        entry = self.table[self.active]
+        try:
+            view = memoryview(data)
+            done = 0
+            while done < len(data):
+                done += self._write(self.fd, view[done:])
+            if sync:
+                self._fsync(self.fd)
+        except OSError:
+            self._abandon(entry[0])
+            raise
+        self.unsynced = not sync
+        entry[0] += len(data)
+        entry[1] = now
+        self.total += len(data)
+        if entry[0] >= self.segment_size:
+            self.close(self.durable)
+        return self.summary()
+
+    def sync(self):
+        """fsync the active segment if it has unsynced writes; True if it did."""
+        if self.fd is None or not self.unsynced:
+            return False
+        try:
+            self._fsync(self.fd)
+        except OSError:
+            self.close(False)
+            raise
+        self.unsynced = False
+        return True
+
+    def close(self, sync):
+        """Close the active segment (fsyncing it first if ``sync``)."""
+        if self.fd is None:
+            return
+        fd, self.fd, self.active = self.fd, None, None
+        try:
+            if sync and self.unsynced:
+                self._fsync(fd)
+                self.unsynced = False
+        finally:
+            os.close(fd)
+
+    def prune(self, now, max_age, max_size):
+        """Delete closed segments by age and size; returns a summary dict."""
+        self._rescan()
+        listing = [(name, size, last) for name, (size, last) in self.table.items()]
+        removed = []
+        for name, reason in retention.select(listing, self.active, now, max_age, max_size):
+            size = self.table[name][0]
+            try:
+                os.unlink(os.path.join(self.directory, name))
+            except FileNotFoundError:
+                pass
+            del self.table[name]
+            self.total -= size
+            removed.append({"segment": name, "bytes": size, "reason": reason})
+        count, total = self.summary()
+        return {"removed": removed, "removed_bytes": sum(r["bytes"] for r in removed),
+                "segments": count, "bytes": total, "active": self.active}
+
+    def _rescan(self):
+        """Reconcile the table with the directory (an operator may move files)."""
+        table = {}
+        for s in segments.scan(self.directory):
+            known = self.table.get(s.name)
+            table[s.name] = [s.size, known[1] if known else s.mtime]
+        self.table = table
+        self.total = sum(size for size, _ in table.values())
+
+    def _open_next(self, now):
+        while True:
+            name = segments.segment_name(self.next_index)
+            self.next_index += 1
+            try:
+                self.fd = self._open(os.path.join(self.directory, name), _FLAGS, 0o600)
+            except FileExistsError:
+                continue
+            break
+        self.active = name
+        self.table[name] = [0, now]
+        self.unsynced = False
+        if self.durable:
+            self._fsync_directory()
+
+    def _fsync_directory(self):
+        fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _abandon(self, good_size):
+        """Cut a failed batch off the segment if possible and stop using it."""
+        fd, self.fd, name, self.active = self.fd, None, self.active, None
+        try:
+            os.ftruncate(fd, good_size)
+        except OSError:
+            pass
+        try:
+            size = os.fstat(fd).st_size
+        except OSError:
+            size = good_size
+        os.close(fd)
+        self.total += size - self.table[name][0]
+        self.table[name][0] = size
