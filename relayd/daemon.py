@@ -4,6 +4,7 @@ Nothing here opens a socket or a file; each service does that when started.
 Children start in the order they are added and stop in reverse, so the file
 pool and the journal outlive the listeners on shutdown.
 """
+import os
 import signal
 
 from prometheus_client import CollectorRegistry
@@ -11,8 +12,16 @@ from twisted.application.service import MultiService
 from twisted.logger import Logger
 
 from relayd import config
+from relayd.core.abuse import AbuseGuard
+from relayd.core.dedup import DedupWindow
+from relayd.core.history import History
+from relayd.core.mailbox import Mailboxes
+from relayd.core.ownership import FILE_NAME as OWNERSHIP_FILE, Ownership
+from relayd.core.router import Router
 from relayd.filepool import FilePool
 from relayd.identity import IdentityService
+from relayd.journal.service import Journal
+from relayd.tcp.service import TcpRelayService
 
 
 class Daemon(MultiService):
@@ -86,9 +95,42 @@ class Daemon(MultiService):
         return out
 
 
+def build_core(daemon):
+    """The router and its journal, abuse guard and key ownership table."""
+    s, reactor = daemon.settings, daemon.reactor
+    ownership = Ownership(os.path.join(s.relay.data_dir, OWNERSHIP_FILE), daemon.file_pool)
+    ownership.setServiceParent(daemon)
+    router = Router(
+        s.relay.id, reactor,
+        DedupWindow(reactor, s.dedup.window, s.dedup.max_entries),
+        Mailboxes(reactor, s.mailbox.max_per_peer, s.mailbox.ttl),
+        History(s.tcp.history_limit if s.enabled("tcp") else 500),
+        ownership, retention=s.journal.retention, registry=daemon.registry)
+    j = s.journal
+    journal = Journal(
+        os.path.join(s.relay.data_dir, "journal"), daemon.file_pool, reactor, router,
+        fsync=j.fsync, fsync_interval=j.fsync_interval, batch_interval=j.batch_interval,
+        segment_size=j.segment_size, retention=j.retention, max_size=j.max_size,
+        prune_interval=j.prune_interval, registry=daemon.registry)
+    journal.setServiceParent(daemon)
+    router.journal = journal
+    r = s.ratelimit
+    guard = AbuseGuard(reactor, r.messages, r.per_seconds, r.ban_after, r.ban_window, r.ban_duration)
+    daemon.on_reload(guard.reload)
+    daemon.router, daemon.journal, daemon.guard = router, journal, guard
+
+
 def build(settings, reactor, config_path=None):
     """Compose the daemon for ``settings``; services listen only once started."""
     daemon = Daemon(settings, reactor, config_path)
     daemon.identity_service.setServiceParent(daemon)
     daemon.file_pool.setServiceParent(daemon)
+    if settings.enabled("udp"):
+        from relayd.udp.service import UDPService
+        udp = UDPService(settings.udp, reactor, daemon.registry)
+        daemon.on_reload(lambda new: udp.reconfigure(new.get("udp")))
+        udp.setServiceParent(daemon)
+    build_core(daemon)
+    if settings.enabled("tcp"):
+        TcpRelayService(daemon, settings.tcp, daemon.router, daemon.guard).setServiceParent(daemon)
     return daemon

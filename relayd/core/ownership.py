@@ -1,0 +1,73 @@
+"""Which Ed25519 key owns which peer id, kept in the data directory.
+
+The first key that proves an id owns it; the table is rewritten atomically
+on the file pool whenever it changes and read once at start-up.
+"""
+import base64
+import json
+import os
+
+from twisted.application.service import Service
+from twisted.logger import Logger
+
+FILE_NAME = "peer_keys.json"
+
+
+def _write_atomically(path, data):
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Ownership(Service):
+    """Loaded when the daemon starts, before anything listens."""
+
+    log = Logger()
+
+    def __init__(self, path, file_pool):
+        self.path = path
+        self.file_pool = file_pool
+        self._owners = {}          # peer id -> raw 32-byte public key
+        self._loaded = False
+
+    def privilegedStartService(self):
+        self.load()
+        super().privilegedStartService()
+
+    def startService(self):
+        if not self._loaded:
+            self.load()
+        super().startService()
+
+    def load(self):
+        """Read the table (start-up only); a damaged file is reported, not fatal."""
+        try:
+            with open(self.path, "rb") as f:
+                table = json.loads(f.read())
+            self._owners = {peer: base64.b64decode(key) for peer, key in table.items()}
+        except FileNotFoundError:
+            pass
+        except (ValueError, AttributeError, TypeError) as e:
+            self.log.error("ignoring damaged key table {path}: {error}", path=self.path, error=str(e))
+        self._loaded = True
+
+    def owner(self, peer_id):
+        return self._owners.get(peer_id)
+
+    def claim(self, peer_id, public_key):
+        """Bind ``peer_id`` to ``public_key`` unless another key owns it."""
+        current = self._owners.get(peer_id)
+        if current is not None:
+            return current == public_key
+        self._owners[peer_id] = public_key
+        data = json.dumps({p: base64.b64encode(k).decode() for p, k in self._owners.items()},
+                          indent=0).encode()
+        d = self.file_pool.run(_write_atomically, self.path, data)
+        d.addErrback(lambda f: self.log.failure("could not save {path}", f, path=self.path))
+        return True
+
+    def __len__(self):
+        return len(self._owners)

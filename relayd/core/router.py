@@ -1,0 +1,259 @@
+"""The router: sessions, rooms, dedup, fan-out and store-and-forward.
+
+A message takes one path: ``submit`` (local client) or ``accept_remote``
+(federation) -> dedup -> journal -> once durable: history, local delivery,
+forwarders.  Sessions are adapters with ``peer_id``, ``address``,
+``deliver(line)`` and ``close(code, message)``; the router never does I/O.
+"""
+from prometheus_client import Counter, Gauge, Histogram
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from relayd.core import message
+from relayd.core.history import conversation
+
+
+class Router:
+    log = Logger()
+
+    def __init__(self, relay_id, clock, dedup, mailboxes, history, ownership,
+                 retention, registry=None):
+        self.relay_id = relay_id
+        self.clock = clock
+        self.dedup = dedup
+        self.mailboxes = mailboxes
+        self.history = history
+        self.ownership = ownership
+        self.retention = retention
+        self.journal = None            # set by the daemon: append(line) -> Deferred
+        self.forwarders = []           # forward(entry, line, source) after a message is durable
+        self.sessions = {}             # peer id -> session
+        self.members = {}              # room -> set of peer ids
+        self._waiting = {}             # msg_id -> [Deferred] for retries of a pending message
+        self.received = 0
+        self.delivered = 0
+        self._metrics(registry)
+
+    def _metrics(self, registry):
+        kw = {"registry": registry}
+        self.m_received = Counter("relayd_messages_received", "Messages accepted", ["source"], **kw)
+        self.m_received_local = self.m_received.labels("client")
+        self.m_received_remote = self.m_received.labels("federation")
+        self.m_delivered = Counter("relayd_messages_delivered", "Message copies written to clients", **kw)
+        self.m_stored = Counter("relayd_messages_stored", "Messages kept for offline peers", **kw)
+        self.m_dedup = Counter("relayd_dedup_hits", "Messages dropped as already seen", **kw)
+        self.m_failed = Counter("relayd_journal_failures", "Messages refused because the journal failed", **kw)
+        self.m_latency = Histogram(
+            "relayd_message_commit_seconds", "From acceptance to durable and delivered",
+            buckets=(.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1), **kw)
+        g = Gauge("relayd_sessions", "Identified client sessions", **kw)
+        g.set_function(lambda: len(self.sessions))
+        g = Gauge("relayd_rooms", "Rooms with members", **kw)
+        g.set_function(lambda: len(self.members))
+        g = Gauge("relayd_mailbox_messages", "Messages waiting for offline peers", **kw)
+        g.set_function(self.mailboxes.total)
+
+    # --- presence ----------------------------------------------------------
+
+    def attach(self, session):
+        """Make ``session`` the owner of its id; returns its stored messages.
+
+        A previous session with the same id is closed first; its close no
+        longer touches the registry (see ``detach``).
+        """
+        old = self.sessions.get(session.peer_id)
+        if old is not None and old is not session:
+            self._leave_all(old)
+            del self.sessions[session.peer_id]
+            old.close("session_replaced", "another connection identified with this id")
+        self.sessions[session.peer_id] = session
+        return self.mailboxes.take(session.peer_id)
+
+    def deliver_stored(self, session, stored):
+        """Send what ``attach`` returned, in order, with delivery receipts."""
+        for entry, line in stored:
+            session.deliver(line)
+            self._receipt(entry, session.peer_id)
+        self.delivered += len(stored)
+        self.m_delivered.inc(len(stored))
+
+    def detach(self, session):
+        """Forget ``session`` if (and only if) it still owns its id."""
+        if self.sessions.get(session.peer_id) is session:
+            self._leave_all(session)
+            del self.sessions[session.peer_id]
+
+    def join(self, session, room):
+        self.members.setdefault(room, set()).add(session.peer_id)
+        session.rooms.add(room)
+        return sorted(self.members[room])
+
+    def leave(self, session, room):
+        session.rooms.discard(room)
+        members = self.members.get(room)
+        if members is not None:
+            members.discard(session.peer_id)
+            if not members:
+                del self.members[room]
+
+    def _leave_all(self, session):
+        for room in list(session.rooms):
+            self.leave(session, room)
+
+    # --- messages ----------------------------------------------------------
+
+    def submit(self, session, to, body, room=None, nonce=None):
+        """Accept a message from a local client.
+
+        Returns a Deferred firing ``(msg_id, duplicate)`` once the message is
+        durable (or was already known), or failing if the journal failed.
+        """
+        entry = message.new_entry(session.peer_id, to, body, self.clock.seconds(),
+                                  self.relay_id, room=room, nonce=nonce)
+        msg_id = entry["msg_id"]
+        if self.dedup.check(msg_id):
+            self.m_dedup.inc()
+            return self._when_settled(msg_id)
+        self.m_received_local.inc()
+        return self._admit(entry, None, (msg_id, False), (msg_id, True))
+
+    def accept_remote(self, entry, source):
+        """Accept an entry relayed by a peer relay; fires True if it was new."""
+        msg_id = entry["msg_id"]
+        if self.dedup.check(msg_id):
+            self.m_dedup.inc()
+            return defer.succeed(False)
+        self.m_received_remote.inc()
+        return self._admit(entry, source, True, False)
+
+    def _when_settled(self, msg_id):
+        waiters = self._waiting.get(msg_id)
+        if waiters is None:
+            return defer.succeed((msg_id, True))
+        d = defer.Deferred()
+        waiters.append(d)
+        return d
+
+    def _admit(self, entry, source, first_result, later_result):
+        """Journal a new entry; the returned Deferred fires with ``first_result``
+        once it is durable and delivered, and retries that arrive meanwhile get
+        ``later_result`` after it, in order."""
+        msg_id = entry["msg_id"]
+        self.dedup.add(msg_id)
+        first = defer.Deferred()
+        self._waiting[msg_id] = [first]
+        line = message.journal_line(entry)
+        d = self.journal.append(line)
+        d.addCallbacks(self._durable, self._failed,
+                       callbackArgs=(entry, line, source, self.clock.seconds(), first_result, later_result),
+                       errbackArgs=(entry,))
+        return first
+
+    def _durable(self, _, entry, line, source, started, first_result, later_result):
+        self.received += 1
+        self.history.add(entry)
+        self._route(entry, message.delivery_line(line))
+        for forwarder in self.forwarders:
+            forwarder.forward(entry, line, source)
+        self.m_latency.observe(self.clock.seconds() - started)
+        waiters = self._waiting.pop(entry["msg_id"])
+        waiters[0].callback(first_result)
+        for d in waiters[1:]:
+            d.callback(later_result)
+
+    def _failed(self, failure, entry):
+        msg_id = entry["msg_id"]
+        self.dedup.discard(msg_id)
+        self.m_failed.inc()
+        self.log.error("journal write failed for a message from {sender}: {error}",
+                       sender=entry["from"], error=failure.getErrorMessage())
+        for d in self._waiting.pop(msg_id, ()):
+            d.errback(failure)
+
+    def _route(self, entry, line):
+        sender = entry["from"]
+        to = entry["to"]
+        room = entry.get("room")
+        count = 0
+        if room is not None:
+            sessions = self.sessions
+            for peer in self.members.get(room, ()):
+                if peer != sender:
+                    sessions[peer].deliver(line)
+                    count += 1
+        elif to == message.BROADCAST:
+            for peer, session in self.sessions.items():
+                if peer != sender:
+                    session.deliver(line)
+                    count += 1
+        else:
+            session = self.sessions.get(to)
+            if session is None:
+                self.mailboxes.put(to, entry, line)
+                self.m_stored.inc()
+            elif to != sender:
+                session.deliver(line)
+                self._receipt(entry, to)
+                count = 1
+        if count:
+            self.delivered += count
+            self.m_delivered.inc(count)
+
+    def _receipt(self, entry, peer):
+        d = self.journal.append(message.receipt_line(entry["msg_id"], peer, self.clock.seconds()))
+        d.addErrback(lambda f: self.log.failure("could not journal a delivery receipt", f))
+
+    # --- journal replay (the journal's consumer) -----------------------------
+
+    def restore(self, record):
+        if message.is_message(record):
+            self.dedup.add(record["msg_id"], record.get("timestamp"))
+            self.history.add(record)
+            to = record["to"]
+            if "room" not in record and to != message.BROADCAST:
+                self.mailboxes.put(to, record, message.delivery_line(message.journal_line(record)))
+        elif "receipt" in record:
+            self.mailboxes.remove(record.get("to"), record["receipt"])
+
+    def restore_done(self, report):
+        self.mailboxes.expire()
+        self.log.info("journal replayed: {records} records, {skipped} skipped, "
+                      "{stored} messages waiting for {peers} offline peers",
+                      records=report.records, skipped=len(report.skipped),
+                      stored=self.mailboxes.total(), peers=len(self.mailboxes))
+
+    # --- queries --------------------------------------------------------------
+
+    def visible_history(self, peer_id, room=None, with_peer=None, limit=50):
+        """Recent entries ``peer_id`` may read, oldest first."""
+        if room is not None:
+            key = conversation({"room": room})
+        elif with_peer is not None:
+            key = conversation({"from": peer_id, "to": with_peer})
+        else:
+            key = conversation({"to": message.BROADCAST})
+        return self.history.recent(key, limit, self.clock.seconds() - self.retention)
+
+    def clients(self):
+        now = self.clock.seconds()
+        return [{"id": s.peer_id, "address": "%s:%d" % s.address, "dialect": s.dialect,
+                 "authenticated": s.authenticated, "rooms": sorted(s.rooms),
+                 "connected_for": round(now - s.connected_at, 1)}
+                for s in self.sessions.values()]
+
+    def kick(self, peer_id, reason="disconnected by the operator"):
+        session = self.sessions.get(peer_id)
+        if session is None:
+            return False
+        session.close("kicked", reason)
+        return True
+
+    def rooms(self):
+        return {room: sorted(members) for room, members in self.members.items()}
+
+    def stats(self):
+        return {"sessions": len(self.sessions), "rooms": len(self.members),
+                "messages_in": self.received, "messages_out": self.delivered,
+                "dedup_hits": self.dedup.hits, "dedup_window": len(self.dedup),
+                "mailbox_messages": self.mailboxes.total(), "mailbox_peers": len(self.mailboxes),
+                "mailbox_dropped": self.mailboxes.dropped, "owned_ids": len(self.ownership)}

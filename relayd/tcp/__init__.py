@@ -1,0 +1,1 @@
+"""The TCP message relay: seed-000 legacy framing and JSON lines."""

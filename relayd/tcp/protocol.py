@@ -1,0 +1,395 @@
+"""One client connection of the TCP message relay (both dialects).
+
+The first bytes decide the dialect: ``{`` starts the JSON-lines protocol,
+anything else is a seed-000 client whose first chunk is its peer id.  The
+protocol frames, parses, validates and rate-limits; the router does the rest.
+"""
+import base64
+import json
+import os
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from relayd.core import message
+from relayd.identity import verify
+from relayd.tcp import errors
+from relayd.tcp.framing import FrameTooLong, LegacySplitter, LineSplitter
+
+JSON = "json"
+LEGACY = "legacy"
+MAX_LISTED = 1000
+
+
+def auth_payload(relay_id, peer_id, challenge):
+    """The bytes a client signs to prove it owns ``peer_id``."""
+    return f"relayd-auth:{relay_id}:{peer_id}:{challenge}".encode()
+
+
+def encode(obj):
+    return json.dumps(obj).encode() + b"\n"
+
+
+@implementer(IPushProducer)
+class RelayProtocol(Protocol):
+    log = Logger()
+
+    def __init__(self, service):
+        self.service = service
+        self.peer_id = None
+        self.dialect = None
+        self.address = None
+        self.authenticated = False
+        self.rooms = set()
+        self.connected_at = 0.0
+        self.last_activity = 0.0
+        self._splitter = None
+        self._challenge = None
+        self._paused = False
+        self._backlog = 0
+        self._closing = False
+
+    # --- connection lifecycle -------------------------------------------------
+
+    def connectionMade(self):
+        peer = self.transport.getPeer()
+        self.address = (getattr(peer, "host", "?"), getattr(peer, "port", 0))
+        self.connected_at = self.last_activity = self.service.clock.seconds()
+        refusal = self.service.admit(self)
+        if refusal is not None:
+            code, text, extra = refusal
+            self.close(code, text, **extra)
+            return
+        for option in ("setTcpNoDelay", "setTcpKeepAlive"):
+            setter = getattr(self.transport, option, None)
+            if setter is not None:
+                setter(True)
+        self.transport.registerProducer(self, True)
+
+    def connectionLost(self, reason):
+        self.service.release(self)
+        if self.peer_id is not None:
+            self.service.router.detach(self)
+
+    # IPushProducer: the transport pauses us when its buffer is full.
+    def pauseProducing(self):
+        self._paused = True
+        self._backlog = 0
+
+    def resumeProducing(self):
+        self._paused = False
+
+    def stopProducing(self):
+        pass
+
+    # --- session interface used by the router ---------------------------------
+
+    def deliver(self, line):
+        if self._paused:
+            self._backlog += len(line)
+            if self._backlog > self.service.output_buffer:
+                self.close("slow_consumer", "your connection could not keep up; messages were dropped")
+                return
+        self.transport.write(line)
+
+    def close(self, code, text, **extra):
+        """Send an error and disconnect (once)."""
+        if self._closing:
+            return
+        self._closing = True
+        self.transport.write(errors.frame(code, text, **extra))
+        self.transport.loseConnection()
+
+    def send(self, obj, req=None):
+        if req is not None:
+            obj["req"] = req
+        self.transport.write(encode(obj))
+
+    def error(self, code, text, req=None, **extra):
+        if req is not None:
+            extra["req"] = req
+        self.transport.write(errors.frame(code, text, **extra))
+
+    # --- input ------------------------------------------------------------------
+
+    def dataReceived(self, data):
+        if self._closing:
+            return
+        self.last_activity = self.service.clock.seconds()
+        if self._splitter is None:
+            stripped = data.lstrip()
+            if not stripped:
+                return
+            if stripped[:1] == b"{":
+                self.dialect = JSON
+                self._splitter = LineSplitter(self.service.max_line)
+            else:
+                self.dialect = LEGACY
+                data = self._legacy_register(data)
+                if data is None:
+                    return
+        try:
+            frames = self._splitter.feed(data)
+        except FrameTooLong:
+            self.close("line_too_long", "a line is longer than the limit", limit=self.service.max_line)
+            return
+        handle = self._json_line if self.dialect == JSON else self._legacy_frame
+        for frame in frames:
+            if self._closing:
+                return
+            handle(frame)
+
+    # --- seed-000 dialect ----------------------------------------------------------
+
+    def _legacy_register(self, data):
+        """Take the peer id from the first chunk; returns what follows it, if anything."""
+        head, newline, rest = data.partition(b"\n")
+        try:
+            peer_id = head.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            self.close("bad_utf8", "the peer id is not UTF-8")
+            return None
+        if len(head) >= self.service.max_line:
+            self.close("line_too_long", "the peer id is longer than the limit", limit=self.service.max_line)
+            return None
+        reason = message.valid_peer_id(peer_id)
+        if reason is not None:
+            self.close("bad_id", reason)
+            return None
+        if self.service.require_auth:
+            self.close("auth_required", "this relay requires clients to prove their id with a key")
+            return None
+        if self.service.router.ownership.owner(peer_id) is not None:
+            self.close("id_owned", "this id is owned by a key; connect with a client that proves it")
+            return None
+        self._splitter = LegacySplitter(self.service.max_line)
+        self._identified(peer_id)
+        return rest if newline else None
+
+    def _legacy_frame(self, frame):
+        target, obj, code = frame
+        if code is not None:
+            self.error(code, errors.TEXT[code])
+            return
+        target = target.strip()
+        if target == "RELAY":
+            self.error("relay_forbidden", "clients may not send RELAY|| lines; relays use the federation port")
+            return
+        if not isinstance(obj, dict):
+            self.error("bad_json", "the message must be a JSON object")
+            return
+        body = obj.get("text", "")
+        if not isinstance(body, str):
+            self.error("bad_request", "text must be a string", field="text")
+            return
+        room = None
+        if target in ("", message.BROADCAST):
+            to = message.BROADCAST
+        elif target.startswith("#"):
+            room = target[1:]
+            reason = message.valid_room(room)
+            if reason is not None:
+                self.error("bad_request", reason, field="target")
+                return
+            to = target
+        else:
+            reason = message.valid_peer_id(target)
+            if reason is not None:
+                self.error("bad_request", reason, field="target")
+                return
+            to = target
+        self._submit(to, body, room, None, None, legacy=True)
+
+    # --- JSON-lines dialect ----------------------------------------------------------
+
+    def _json_line(self, line):
+        if not line.strip():
+            return
+        try:
+            request = json.loads(line)
+        except UnicodeDecodeError:
+            self.error("bad_utf8", errors.TEXT["bad_utf8"])
+            return
+        except ValueError:
+            self.error("bad_json", errors.TEXT["bad_json"])
+            return
+        if not isinstance(request, dict):
+            self.error("bad_json", "each line must be a JSON object")
+            return
+        req = request.get("req")
+        kind = request.get("type")
+        handler = self._handlers.get(kind) if isinstance(kind, str) else None
+        if handler is None:
+            self.error("unknown_type", f"unknown request type {kind!r}", req=req)
+            return
+        if self.peer_id is None and kind not in ("hello", "auth", "ping"):
+            self.error("not_identified", "send hello first", req=req)
+            return
+        handler(self, request, req)
+
+    def _hello(self, request, req):
+        if self.peer_id is not None or self._challenge is not None:
+            self.error("already_identified", "this connection already sent hello", req=req)
+            return
+        peer_id = request.get("id")
+        reason = message.valid_peer_id(peer_id)
+        if reason is not None:
+            self.error("bad_id", reason, req=req)
+            return
+        key = request.get("key")
+        if key is None:
+            if self.service.require_auth:
+                self.error("auth_required", "this relay requires a key proof", req=req)
+            elif self.service.router.ownership.owner(peer_id) is not None:
+                self.error("id_owned", "this id is owned by a key; prove it", req=req)
+            else:
+                self._identified(peer_id, req=req)
+            return
+        try:
+            public = base64.b64decode(key, validate=True)
+        except (ValueError, TypeError):
+            public = b""
+        if len(public) != 32:
+            self.error("bad_request", "key must be a base64 32-byte Ed25519 public key", field="key", req=req)
+            return
+        owner = self.service.router.ownership.owner(peer_id)
+        if owner is not None and owner != public:
+            self.error("id_owned", "this id is owned by another key", req=req)
+            return
+        self._challenge = (peer_id, public, os.urandom(32).hex())
+        self.send({"status": "ok", "type": "challenge", "challenge": self._challenge[2]}, req)
+
+    def _auth(self, request, req):
+        if self._challenge is None:
+            self.error("bad_request", "auth must follow a hello with a key", req=req)
+            return
+        peer_id, public, challenge = self._challenge
+        self._challenge = None
+        try:
+            signature = base64.b64decode(request.get("signature") or "", validate=True)
+        except (ValueError, TypeError):
+            signature = b""
+        payload = auth_payload(self.service.router.relay_id, peer_id, challenge)
+        if not verify(public, signature, payload):
+            self.error("auth_failed", "the signature does not verify", req=req)
+            return
+        if not self.service.router.ownership.claim(peer_id, public):
+            self.error("id_owned", "this id is owned by another key", req=req)
+            return
+        self.authenticated = True
+        self._identified(peer_id, req=req)
+
+    def _identified(self, peer_id, req=None):
+        self.peer_id = peer_id
+        router = self.service.router
+        stored = router.attach(self)
+        self.log.info("{dialect} client {peer_id} identified from {ip} ({auth})", dialect=self.dialect,
+                      peer_id=peer_id, ip=self.address[0],
+                      auth="key proven" if self.authenticated else "no key")
+        if self.dialect == JSON:
+            self.send({"status": "ok", "type": "welcome", "id": peer_id, "relay": router.relay_id,
+                       "authenticated": self.authenticated, "pending": len(stored)}, req)
+        router.deliver_stored(self, stored)
+
+    def _send_request(self, request, req):
+        body = request.get("body", request.get("text"))
+        if not isinstance(body, str):
+            self.error("bad_request", "body must be a string", field="body", req=req)
+            return
+        nonce = request.get("nonce")
+        if nonce is not None and not (isinstance(nonce, str) and 0 < len(nonce) <= message.MAX_NONCE):
+            self.error("bad_request", "nonce must be a string of 1 to 128 characters", field="nonce", req=req)
+            return
+        to, room = request.get("to"), request.get("room")
+        if room is not None:
+            reason = message.valid_room(room)
+            if reason is not None or to is not None:
+                self.error("bad_request", reason or "give either to or room", field="room", req=req)
+                return
+            to = message.room_target(room)
+        elif to != message.BROADCAST:
+            reason = message.valid_peer_id(to)
+            if reason is not None:
+                self.error("bad_request", reason, field="to", req=req)
+                return
+        self._submit(to, body, room, nonce, req)
+
+    def _submit(self, to, body, room, nonce, req, legacy=False):
+        wait = self.service.guard.allow(self.address[0])
+        if wait is not None:
+            self.error("rate_limited", "too many messages; slow down", req=req,
+                       retry_after=round(wait, 3))
+            return
+        d = self.service.router.submit(self, to, body, room=room, nonce=nonce)
+        if legacy:
+            d.addCallbacks(self._legacy_ack, self._not_stored)
+        else:
+            d.addCallbacks(self._ack, self._not_stored, callbackArgs=(nonce, req), errbackArgs=(req,))
+
+    def _legacy_ack(self, result):
+        self.transport.write(b'{"status": "ok", "msg_id": "' + result[0].encode() + b'"}\n')
+
+    def _ack(self, result, nonce, req):
+        msg_id, duplicate = result
+        ack = {"status": "ok", "type": "ack", "msg_id": msg_id, "duplicate": duplicate}
+        if nonce is not None:
+            ack["nonce"] = nonce
+        self.send(ack, req)
+
+    def _not_stored(self, failure, req=None):
+        self.error("journal_unavailable", "the message could not be stored; retry later", req=req)
+
+    def _join(self, request, req):
+        room = request.get("room")
+        reason = message.valid_room(room)
+        if reason is not None:
+            self.error("bad_request", reason, field="room", req=req)
+            return
+        members = self.service.router.join(self, room)
+        self.send({"status": "ok", "type": "joined", "room": room, "members": members[:MAX_LISTED]}, req)
+
+    def _leave(self, request, req):
+        room = request.get("room")
+        if not isinstance(room, str):
+            self.error("bad_request", "room must be a string", field="room", req=req)
+            return
+        self.service.router.leave(self, room)
+        self.send({"status": "ok", "type": "left", "room": room}, req)
+
+    def _peers(self, request, req):
+        peers = sorted(self.service.router.sessions)
+        self.send({"status": "ok", "type": "peers", "peers": peers[:MAX_LISTED],
+                   "truncated": len(peers) > MAX_LISTED}, req)
+
+    def _rooms(self, request, req):
+        rooms = self.service.router.members
+        listed = dict(sorted((room, len(m)) for room, m in rooms.items())[:MAX_LISTED])
+        self.send({"status": "ok", "type": "rooms", "rooms": listed,
+                   "truncated": len(rooms) > MAX_LISTED}, req)
+
+    def _ping(self, request, req):
+        self.send({"status": "ok", "type": "pong", "time": self.service.clock.seconds()}, req)
+
+    def _history(self, request, req):
+        limit = request.get("limit", 50)
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            self.error("bad_request", "limit must be a positive whole number", field="limit", req=req)
+            return
+        limit = min(limit, self.service.history_limit)
+        room, with_peer = request.get("room"), request.get("with")
+        if room is not None and room not in self.rooms:
+            self.error("not_in_room", "join the room to read its history", req=req)
+            return
+        if with_peer is not None and not isinstance(with_peer, str):
+            self.error("bad_request", "with must be a peer id", field="with", req=req)
+            return
+        entries = self.service.router.visible_history(self.peer_id, room, with_peer, limit)
+        self.send({"status": "ok", "type": "history", "messages": entries}, req)
+
+    _handlers = {
+        "hello": _hello, "auth": _auth, "send": _send_request, "join": _join,
+        "leave": _leave, "peers": _peers, "rooms": _rooms, "ping": _ping,
+        "history": _history,
+    }

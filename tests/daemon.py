@@ -1,0 +1,112 @@
+"""Run the real daemon (``twistd -n relayd``) as a subprocess for end-to-end tests.
+
+    relay = Relayd(self, '''
+        [relay]
+        data_dir = {data_dir}
+        [tcp]
+        listen = tcp:{tcp}:interface=127.0.0.1
+    ''', tcp=free_port())
+    relay.start(wait_tcp=[relay.ports["tcp"]])
+
+Placeholders: ``{data_dir}`` and ``{workdir}`` plus every keyword given.
+The process is stopped (SIGTERM, then SIGKILL) in the test's cleanup, and its
+log is printed when a test fails to start it.
+"""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+def free_port(kind=socket.SOCK_STREAM):
+    """A port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port, timeout=20.0, host="127.0.0.1", process=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            return False
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+class Relayd:
+    """One relayd process with its own work directory, config and log."""
+
+    def __init__(self, testcase, ini, workdir=None, **ports):
+        self.testcase = testcase
+        self.workdir = workdir or testcase.mktemp()
+        os.makedirs(self.workdir, exist_ok=True)
+        self.ports = ports
+        self.data_dir = os.path.join(self.workdir, "var")
+        self.config = os.path.join(self.workdir, "relay.ini")
+        self.logfile = os.path.join(self.workdir, "relayd.log")
+        with open(self.config, "w") as f:
+            f.write(textwrap.dedent(ini).format(data_dir=self.data_dir, workdir=self.workdir, **ports))
+        self.process = None
+        testcase.addCleanup(self.stop)
+
+    def command(self):
+        return TWISTD + ["-n", "--pidfile=", "--logfile", self.logfile,
+                         "relayd", "--config", self.config]
+
+    def start(self, wait_tcp=(), timeout=30.0):
+        """Start the daemon and wait until every port in ``wait_tcp`` accepts."""
+        env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.process = subprocess.Popen(self.command(), cwd=REPO, env=env,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for port in wait_tcp:
+            if not wait_for_port(port, timeout, process=self.process):
+                self.stop()
+                raise AssertionError(f"relayd did not listen on {port}:\n{self.output()}")
+        return self
+
+    def run_to_exit(self, timeout=30.0):
+        """Start the daemon expecting it to exit (e.g. a config error): (code, output)."""
+        env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        done = subprocess.run(self.command(), cwd=REPO, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, timeout=timeout)
+        return done.returncode, done.stdout.decode("utf-8", "replace") + self.log()
+
+    def log(self):
+        try:
+            with open(self.logfile, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def output(self):
+        return self.log()
+
+    def stop(self, sig=signal.SIGTERM, timeout=15.0):
+        """Stop the process; returns its exit code (None if it was not running)."""
+        process, self.process = self.process, None
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(sig)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        process.stdout.close()
+        return process.returncode
+
+    def kill(self):
+        """SIGKILL, as a crash would."""
+        return self.stop(signal.SIGKILL)
