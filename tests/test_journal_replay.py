@@ -1,0 +1,125 @@
+"""Start-up replay: torn and corrupt lines are skipped, never fatal, nothing after them lost."""
+import json
+import os
+
+from twisted.logger import capturedLogs
+from twisted.trial import unittest
+
+from relayd.journal import segments
+from relayd.journal.replay import check
+from tests.test_journal import JournalTestMixin, line, read_lines
+
+
+def good(n):
+    return line(n) + b"\n"
+
+
+class CheckTests(unittest.TestCase):
+
+    def test_good_line(self):
+        self.assertEqual(check(good(1)), (json.loads(line(1)), None))
+
+    def test_bad_lines(self):
+        cases = {
+            b'{"n": 1': "torn line: no newline at end of segment",
+            b'{"n": 1\n': "invalid JSON",
+            b"\x00\x00\x00\n": "invalid JSON",
+            b'{"n": "\xff\xfe"}\n': "invalid UTF-8",
+            b"[1, 2]\n": "not a JSON object",
+            b'"text"\n': "not a JSON object",
+            b"\n": "empty line",
+            b"   \n": "empty line",
+        }
+        for raw, reason in cases.items():
+            self.assertEqual(check(raw), (None, reason), raw)
+
+
+class ReplayTests(JournalTestMixin, unittest.TestCase):
+
+    def setUp(self):
+        self.directory = self.mktemp()
+        os.makedirs(self.directory)
+
+    def write_segment(self, index, data):
+        name = segments.segment_name(index)
+        with open(os.path.join(self.directory, name), "wb") as f:
+            f.write(data)
+        return name
+
+    def replayed(self):
+        return [r["n"] for r in self.consumer.records]
+
+    def test_truncated_last_line_is_skipped_and_reported(self):
+        whole = good(1) + good(2) + good(3)
+        name = self.write_segment(1, whole[:-9])
+        with capturedLogs() as events:
+            journal = self.make()
+        self.assertEqual(self.replayed(), [1, 2])
+        report = self.consumer.report
+        self.assertEqual(report.skipped, [(name, 3, "torn line: no newline at end of segment")])
+        self.assertEqual((report.records, report.segments), (2, 1))
+        warnings = [e for e in events if e.get("segment") == name and e.get("line") == 3]
+        self.assertEqual(len(warnings), 1)
+        self.assertEqual(journal.stats()["torn_lines_at_start"], 1)
+        self.assertEqual(self.registry.get_sample_value("relayd_journal_torn_lines_total"), 1)
+
+    def test_garbage_in_the_middle_keeps_everything_after_it(self):
+        first = self.write_segment(1, good(1) + b"#garbage\n" + good(2) + b'{"n": "\xc3\x28"}\n'
+                                   + good(3) + b"[4]\n" + b"\n" + good(4))
+        second = self.write_segment(2, b'{"n": 5, "torn' + good(6) + good(7))
+        self.make()
+        self.assertEqual(self.replayed(), [1, 2, 3, 4, 7])
+        self.assertEqual(self.consumer.report.skipped, [
+            (first, 2, "invalid JSON"), (first, 4, "invalid UTF-8"),
+            (first, 6, "not a JSON object"), (first, 7, "empty line"),
+            (second, 1, "invalid JSON")])
+        self.assertEqual(self.consumer.report.segments, 2)
+
+    def test_segments_replay_in_index_order_seed_log_first(self):
+        with open(os.path.join(self.directory, "relay_log.jsonl"), "wb") as f:
+            f.write(good(0))
+        self.write_segment(10, good(10))
+        self.write_segment(9, good(9))
+        with open(os.path.join(self.directory, "notes.txt"), "wb") as f:
+            f.write(b"not a segment\n")
+        self.make()
+        self.assertEqual(self.replayed(), [0, 9, 10])
+
+    def test_writes_after_a_torn_tail_go_to_a_new_segment(self):
+        self.write_segment(1, good(1) + b'{"n": 2, "bo')
+        journal = self.make()
+        journal.append(line(3))
+        self.clock.advance(0)
+        self.successResultOf(journal.stopService())
+        self.assertEqual(sorted(os.listdir(self.directory)),
+                         [segments.segment_name(1), segments.segment_name(2)])
+        self.make()
+        self.assertEqual(self.replayed(), [1, 3])
+        self.assertEqual(len(self.consumer.report.skipped), 1)
+        self.assertEqual(read_lines(self.directory)[-1], line(3))
+
+    def test_a_record_the_consumer_rejects_is_skipped(self):
+        self.write_segment(1, good(1) + good(2) + good(3))
+
+        class Picky:
+            records = []
+            report = None
+
+            def restore(self, record):
+                if record["n"] == 2:
+                    raise KeyError("to")
+                self.records.append(record)
+
+            def restore_done(self, report):
+                self.report = report
+        journal = self.make(start=False)
+        journal.consumer = picky = Picky()
+        journal.privilegedStartService()
+        self.assertEqual([r["n"] for r in picky.records], [1, 3])
+        self.assertEqual(picky.report.skipped[0][1:], (2, "rejected by the consumer: KeyError"))
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
+
+    def test_empty_directory(self):
+        self.make()
+        report = self.consumer.report
+        self.assertEqual((report.records, report.skipped, report.segments), (0, [], 0))
