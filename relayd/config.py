@@ -209,6 +209,21 @@ SCHEMA = {
         "segment_size": F(size, "64MiB"),
         "prune_interval": F(duration, "10m"),
     },
+    "udp": {
+        "listen": F(port_number, "8000"),
+        "interface": F(string, "127.0.0.1"),
+        "keepalive": F(duration, "10"),
+        "stale_after": F(duration, "60"),
+        "max_datagram": F(integer(576, 65507), "8192"),
+        "max_peers": F(integer(1), "100000"),
+        "rate": F(number(1), "200"),
+        "burst": F(integer(1), "400"),
+        "claim_rate": F(number(0.01), "1"),
+        "claim_burst": F(integer(1), "10"),
+        "max_sources": F(integer(16), "65536"),
+        "peer_list_max": F(integer(0, 256), "32"),
+        "announce_limit": F(integer(0), "64"),
+    },
 }
 
 

@@ -1,0 +1,63 @@
+"""Ed25519 proof of a name: stateless challenges bound to the sender's address.
+
+The server hands out ``challenge`` = ``<window>.<hex HMAC(secret, window|address|name)>``
+in ``register_ack`` (or in a ``name_taken`` error); the client signs
+``relayd-udp-register:<name>:<challenge>`` with its key.  A challenge is good
+for the minute it was made in and the next, and only from that address.
+"""
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+
+from relayd.identity import verify
+from relayd.udp.packets import format_address
+
+WINDOW = 60.0
+
+
+class BadKey(ValueError):
+    """``key`` is not a base64 raw Ed25519 public key."""
+
+
+def signed_text(name, challenge):
+    return f"relayd-udp-register:{name}:{challenge}".encode("utf-8")
+
+
+def decode_key(text):
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError, TypeError):
+        raise BadKey(text) from None
+    if len(raw) != 32:
+        raise BadKey(text)
+    return raw
+
+
+class Challenger:
+    def __init__(self, secret=None):
+        self._secret = secret or os.urandom(32)
+
+    def _mac(self, window, address, name):
+        message = f"{window}|{format_address(address)}|{name}".encode("utf-8")
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()[:32]
+
+    def challenge(self, address, name, now):
+        window = int(now // WINDOW)
+        return f"{window}.{self._mac(window, address, name)}"
+
+    def check(self, address, name, now, challenge, key, signature_b64):
+        """True when ``signature_b64`` proves ``key`` for this challenge, name and address."""
+        if not isinstance(challenge, str) or not isinstance(signature_b64, str):
+            return False
+        window_text, _, mac = challenge.partition(".")
+        if not window_text.isdigit() or int(now // WINDOW) - int(window_text) not in (0, 1):
+            return False
+        if not hmac.compare_digest(mac, self._mac(int(window_text), address, name)):
+            return False
+        try:
+            signature = base64.b64decode(signature_b64, validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        return verify(key, signature, signed_text(name, challenge))

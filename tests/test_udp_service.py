@@ -1,0 +1,82 @@
+"""The [udp] service: wiring, real loopback sockets, stats, peers, metrics."""
+import json
+
+from prometheus_client import generate_latest
+from twisted.internet import defer, reactor
+from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from relayd import config
+from relayd.daemon import build
+from relayd.udp.service import UDPService
+
+
+WITH_UDP = "[journal]\n[udp]\nlisten = 0\n"
+
+
+class Collector(DatagramProtocol):
+    """A test client: hands each received datagram to the oldest waiter."""
+
+    def __init__(self):
+        self.waiting = []
+        self.received = []
+
+    def datagramReceived(self, data, address):
+        if self.waiting:
+            self.waiting.pop(0).callback(data)
+        else:
+            self.received.append(data)
+
+    def next(self, timeout=5):
+        if self.received:
+            return defer.succeed(self.received.pop(0))
+        d = defer.Deferred()
+        self.waiting.append(d)
+        return d.addTimeout(timeout, reactor)
+
+
+class WiringTests(unittest.TestCase):
+    def test_build_adds_the_service_only_with_a_udp_section(self):
+        daemon = build(config.parse(WITH_UDP), Clock())
+        service = daemon.getServiceNamed("udp")
+        self.assertIsInstance(service, UDPService)
+        self.assertEqual(service.stats()["peers"], 0)
+        self.assertIn(b"relayd_udp_received_total 0.0", generate_latest(daemon.registry))
+        self.assertRaises(KeyError, build(config.parse("[journal]\n"), Clock()).getServiceNamed, "udp")
+
+    def test_config_errors_name_the_key(self):
+        e = self.assertRaises(config.ConfigError, config.parse, "[udp]\nmax_datagram = 100\n")
+        self.assertIn("[udp] max_datagram", str(e))
+
+    def test_reload_applies_new_limits(self):
+        daemon = build(config.parse(WITH_UDP), Clock())
+        service = daemon.getServiceNamed("udp")
+        for hook in daemon._reload_hooks:
+            hook(config.parse("[udp]\nlisten = 0\nmax_peers = 7\n"))
+        self.assertEqual(service.protocol.table.max_peers, 7)
+
+
+class LoopbackTests(unittest.TestCase):
+    def setUp(self):
+        settings = config.parse("[udp]\nlisten = 0\ninterface = 127.0.0.1\n").udp
+        self.service = UDPService(settings, reactor)
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+        self.client = Collector()
+        port = reactor.listenUDP(0, self.client, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.server = ("127.0.0.1", self.service.port)
+
+    @defer.inlineCallbacks
+    def test_register_over_a_real_socket(self):
+        self.client.transport.write(b'{"type": "register", "name": "Alice"}', self.server)
+        ack = json.loads((yield self.client.next()))
+        host = self.client.transport.getHost()
+        self.assertEqual(ack["your_address"], f"127.0.0.1:{host.port}")
+        self.assertEqual(json.loads((yield self.client.next()))["type"], "peer_list")
+        [peer] = self.service.peers()
+        self.assertEqual((peer["name"], peer["address"], peer["authenticated"]),
+                         ("Alice", f"127.0.0.1:{host.port}", False))
+        self.assertEqual(self.service.stats()["registered"], 1)
+        self.assertIsNone(self.service.health())
