@@ -1,0 +1,390 @@
+"""relay-chat: the command-line client of relayd.
+
+Exit codes: 0 done, 1 usage or local error (bad option, key file), 2 cannot
+connect to the relay, 3 refused by the relay (its error code is printed),
+4 timed out.
+
+Each subcommand is an argparse subparser whose ``run`` default is either
+``async def run(reactor, args)`` (run under ``task.react``, raising
+``SystemExit(code)`` to fail) or, for commands that need no network,
+``def run(args)`` with ``needs_reactor=False``.  A module adds its own
+subcommand with a ``register_command(subparsers)`` function listed in
+``build_parser``.
+"""
+import argparse
+import getpass
+import json
+import sys
+
+from twisted.internet import defer, endpoints, ssl, task
+from twisted.internet.stdio import StandardIO
+
+from relayd.client import keys
+from relayd.client.console import Console, room_name
+from relayd.client.protocol import ConnectionClosed, ProtocolViolation, ServerError
+from relayd.client.render import clean, message_line, rooms_lines
+from relayd.client.session import MessageTooLong, Session
+
+OK, USAGE, CANNOT_CONNECT, REFUSED, TIMEOUT = 0, 1, 2, 3, 4
+DEFAULT_PORT = 55665
+DEFAULT_TIMEOUT = 30.0
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with exit code 1 (not 2) for usage errors."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(USAGE, f"{self.prog}: error: {message}\n")
+
+
+def fail(code, text):
+    print(f"relay-chat: {text}", file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+def out(text):
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+# -- connecting --------------------------------------------------------
+
+def parse_server(value):
+    """``HOST:PORT``, ``[v6]:PORT`` or ``HOST`` -> (host, port)."""
+    host, port = value, DEFAULT_PORT
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        if rest:
+            port = rest.lstrip(":")
+    elif value.count(":") == 1:
+        host, port = value.split(":")
+    try:
+        port = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad port in {value!r}") from None
+    if not host or not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host, port
+
+
+def tls_options(host, args):
+    """Client TLS options: --ca or the system trust, optional client certificate."""
+    trust = None
+    try:
+        if args.ca:
+            with open(args.ca, "rb") as f:
+                trust = ssl.Certificate.loadPEM(f.read())
+        client = None
+        if args.cert:
+            with open(args.cert, "rb") as f:
+                pem = f.read()
+            with open(args.client_key, "rb") as f:
+                pem += b"\n" + f.read()
+            client = ssl.PrivateCertificate.loadPEM(pem)
+    except OSError as e:
+        fail(USAGE, f"cannot read {e.filename}: {e.strerror}")
+    except Exception as e:
+        fail(USAGE, f"bad TLS certificate or key: {e}")
+    return ssl.optionsForClientTLS(host, trustRoot=trust, clientCertificate=client)
+
+
+def make_endpoint(reactor, args):
+    if args.endpoint:
+        try:
+            return endpoints.clientFromString(reactor, args.endpoint)
+        except (ValueError, TypeError, KeyError) as e:
+            fail(USAGE, f"bad --endpoint {args.endpoint!r}: {e}")
+    host, port = args.server
+    endpoint = endpoints.HostnameEndpoint(reactor, host, port, timeout=args.connect_timeout)
+    if args.tls:
+        endpoint = endpoints.wrapClientTLS(tls_options(host, args), endpoint)
+    return endpoint
+
+
+def describe_server(args):
+    return args.endpoint or "{}:{}".format(*args.server)
+
+
+def open_session(reactor, args, on_message=None, on_status=None):
+    """A started Session (not yet identified)."""
+    signer = None
+    if args.key:
+        try:
+            signer = keys.load(args.key, args.id)
+        except keys.KeyFileError as e:
+            fail(USAGE, str(e))
+    session = Session(reactor, make_endpoint(reactor, args), args.id, signer=signer,
+                      relay_id=args.relay_id, on_message=on_message,
+                      on_status=on_status if on_status is not None else status_printer(args))
+    session.start()
+    return session
+
+
+async def connected(session, args):
+    """Wait for the first identification; exit 2 or 3 if it fails."""
+    try:
+        await session.ready(fail_after=1)
+    except (ServerError, ProtocolViolation) as e:
+        fail(REFUSED, f"refused by the relay: {e}")
+    except ConnectionClosed as e:
+        fail(CANNOT_CONNECT, f"cannot connect to {describe_server(args)}: connection closed "
+                             f"({e.error or e})")
+    except Exception as e:
+        fail(CANNOT_CONNECT, f"cannot connect to {describe_server(args)}: {e}")
+    return session
+
+
+async def connect(reactor, args, on_message=None):
+    return await connected(open_session(reactor, args, on_message), args)
+
+
+def status_printer(args):
+    if args.quiet:
+        return lambda text: None
+    return lambda text: print(f"relay-chat: {text}", file=sys.stderr, flush=True)
+
+
+def within(reactor, seconds, d):
+    """``d`` with a deadline: exit 4 when it passes."""
+    if seconds:
+        d.addTimeout(seconds, reactor)
+    return d
+
+
+async def finish(session, code=OK):
+    await session.stop()
+    if code != OK:
+        raise SystemExit(code)
+
+
+async def answer(reactor, args, session, request):
+    """The relay's answer to a query, or exit 3/4."""
+    try:
+        return await within(reactor, args.timeout, session.request(request))
+    except defer.TimeoutError:
+        await session.stop()
+        fail(TIMEOUT, f"no answer within {args.timeout:g}s")
+    except ServerError as e:
+        await session.stop()
+        fail(REFUSED, f"refused by the relay: {e}")
+
+
+# -- commands ----------------------------------------------------------
+
+async def cmd_chat(reactor, args):
+    done = defer.Deferred()
+    console = Console(None, done.callback)
+    session = open_session(reactor, args, on_message=console.show_message,
+                           on_status=console.status)
+    console.session = session
+    StandardIO(console, reactor=reactor)
+    await connected(session, args)
+    session.on_fatal = lambda error: done.called or done.callback(REFUSED)
+    code = await done
+    await finish(session, code)
+
+
+async def cmd_send(reactor, args):
+    session = await connect(reactor, args)
+    target = {"room": room_name(args.room)} if args.room else {"to": args.to}
+    try:
+        ack = await within(reactor, args.timeout,
+                           session.send(" ".join(args.text), **target))
+    except MessageTooLong as e:
+        await session.stop()
+        fail(USAGE, str(e))
+    except defer.TimeoutError:
+        await session.stop()
+        fail(TIMEOUT, f"no ack within {args.timeout:g}s (the message may still be delivered)")
+    except ServerError as e:
+        await session.stop()
+        fail(REFUSED, f"refused by the relay: {e}")
+    out(json.dumps(ack) if args.json else ack.get("msg_id", ""))
+    await finish(session)
+
+
+async def cmd_listen(reactor, args):
+    done = defer.Deferred()
+    received = 0
+
+    def show(msg):
+        nonlocal received
+        if done.called:
+            return
+        out(json.dumps(msg) if args.json else message_line(msg))
+        received += 1
+        if args.count and received >= args.count:
+            done.callback(OK)
+
+    if args.timeout:
+        timer = reactor.callLater(args.timeout, lambda: done.called or done.callback(
+            TIMEOUT if args.count else OK))
+        done.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
+    session = await connect(reactor, args, on_message=show)
+    session.on_fatal = lambda error: done.called or done.callback(REFUSED)
+    for room in args.join:
+        await answer(reactor, args, session, {"type": "join", "room": room_name(room)})
+        session.rooms.add(room_name(room))
+    code = await done
+    if code == TIMEOUT:
+        print(f"relay-chat: {received} of {args.count} message(s) within {args.timeout:g}s",
+              file=sys.stderr, flush=True)
+    await finish(session, code)
+
+
+async def cmd_peers(reactor, args):
+    session = await connect(reactor, args)
+    peers = (await answer(reactor, args, session, {"type": "peers"})).get("peers", [])
+    out(json.dumps(peers) if args.json else "\n".join(map(clean, peers)) if peers else "")
+    await finish(session)
+
+
+async def cmd_rooms(reactor, args):
+    session = await connect(reactor, args)
+    rooms = (await answer(reactor, args, session, {"type": "rooms"})).get("rooms", {})
+    out(json.dumps(rooms) if args.json else "\n".join(rooms_lines(rooms)) if rooms else "")
+    await finish(session)
+
+
+async def cmd_history(reactor, args):
+    request = {"type": "history", "limit": args.limit}
+    if args.room:
+        request["room"] = room_name(args.room)
+    else:
+        request["with"] = args.with_
+    session = await connect(reactor, args)
+    for msg in (await answer(reactor, args, session, request)).get("messages", []):
+        out(json.dumps(msg) if args.json else message_line(msg))
+    await finish(session)
+
+
+def cmd_genkey(args):
+    try:
+        identity = keys.generate(args.file)
+    except keys.KeyFileError as e:
+        fail(USAGE, str(e))
+    out(identity.public_b64)
+
+
+# -- options -----------------------------------------------------------
+
+def add_connection_options(parser, defaults):
+    """The options every networked command takes, before or after its name.
+
+    On subparsers ``defaults`` is False: their defaults are suppressed so
+    that a value given before the subcommand is kept.
+    """
+    def default(value):
+        return value if defaults else argparse.SUPPRESS
+    group = parser.add_argument_group("connection")
+    where = group.add_mutually_exclusive_group()
+    where.add_argument("--server", type=parse_server, metavar="HOST:PORT",
+                       default=default(("127.0.0.1", DEFAULT_PORT)),
+                       help=f"relay address (default 127.0.0.1:{DEFAULT_PORT})")
+    where.add_argument("--endpoint", metavar="STR", default=default(None),
+                       help="a Twisted client endpoint string instead, e.g. "
+                            "tls:host=relay.example:port=55665")
+    group.add_argument("--id", default=default(_default_id()),
+                       help="peer id to use (default: your user name)")
+    group.add_argument("--key", metavar="FILE", default=default(None),
+                       help="Ed25519 identity file (see genkey) proving the id")
+    group.add_argument("--relay-id", default=default(None),
+                       help="relay id to sign for, if the relay does not name itself")
+    group.add_argument("--tls", action="store_true", default=default(False),
+                       help="use TLS (system trust unless --ca)")
+    group.add_argument("--ca", metavar="FILE", default=default(None),
+                       help="trust only this CA certificate (PEM)")
+    group.add_argument("--cert", metavar="FILE", default=default(None),
+                       help="client certificate (PEM), with --client-key")
+    group.add_argument("--client-key", metavar="FILE", default=default(None),
+                       help="private key (PEM) of --cert")
+    group.add_argument("--connect-timeout", type=float, metavar="S", default=default(10.0),
+                       help="give up a connection attempt after S seconds (default 10)")
+    group.add_argument("-q", "--quiet", action="store_true", default=default(False),
+                       help="no status lines on stderr")
+
+
+def _default_id():
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "anonymous"
+
+
+def _command(subparsers, name, run, help, timeout=DEFAULT_TIMEOUT, json_help=None):
+    p = subparsers.add_parser(name, help=help, description=help)
+    add_connection_options(p, defaults=False)
+    p.set_defaults(run=run, needs_reactor=True)
+    p.add_argument("--timeout", type=float, metavar="S", default=timeout,
+                   help="give up after S seconds" + (f" (default {timeout:g})" if timeout
+                                                     else ""))
+    if json_help:
+        p.add_argument("--json", action="store_true", help=json_help)
+    return p
+
+
+def build_parser():
+    parser = Parser(prog="relay-chat", description="Chat through a relayd relay.",
+                    epilog="exit codes: 0 ok, 1 usage or local error, 2 cannot connect, "
+                           "3 refused by the relay, 4 timeout")
+    add_connection_options(parser, defaults=True)
+    parser.set_defaults(run=cmd_chat, needs_reactor=True, timeout=None, command=None)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+
+    _command(sub, "chat", cmd_chat, "interactive chat on stdin/stdout (the default)",
+             timeout=None)
+
+    p = _command(sub, "send", cmd_send, "send one message; exit 0 once the relay acks it",
+                 json_help="print the whole ack, not just the msg_id")
+    to = p.add_mutually_exclusive_group(required=True)
+    to.add_argument("--to", metavar="PEER", help="a peer id, or * for everyone")
+    to.add_argument("--room", metavar="ROOM", help="a room (#name or name)")
+    p.add_argument("text", nargs="+", help="the message (words are joined by spaces)")
+
+    p = _command(sub, "listen", cmd_listen, "print incoming messages, one per line",
+                 timeout=None, json_help="print each message object as one JSON line")
+    p.add_argument("--count", type=int, metavar="N",
+                   help="exit 0 after N messages (4 if --timeout passes first)")
+    p.add_argument("--join", action="append", default=[], metavar="ROOM",
+                   help="join ROOM first (repeatable)")
+
+    _command(sub, "peers", cmd_peers, "list connected peers", json_help="print a JSON list")
+    _command(sub, "rooms", cmd_rooms, "list rooms and their member counts",
+             json_help="print a JSON object")
+
+    p = _command(sub, "history", cmd_history, "print stored messages of a room or a peer",
+                 json_help="print each message object as one JSON line")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--room", metavar="ROOM")
+    which.add_argument("--with", dest="with_", metavar="PEER")
+    p.add_argument("--limit", type=int, default=50, metavar="N", help="at most N (default 50)")
+
+    p = sub.add_parser("genkey", help="create an Ed25519 identity file and print its public key",
+                       description="Create FILE (PEM PKCS8, mode 0600; never overwritten) "
+                                   "and print the raw public key in base64.")
+    p.add_argument("file", metavar="FILE")
+    p.set_defaults(run=cmd_genkey, needs_reactor=False)
+    return parser
+
+
+def check(parser, args):
+    if args.command != "genkey":
+        if args.tls and args.endpoint:
+            parser.error("--tls goes with --server; give a tls: endpoint string instead")
+        if bool(args.cert) != bool(args.client_key):
+            parser.error("--cert and --client-key go together")
+        if (args.ca or args.cert) and not args.tls:
+            parser.error("--ca and --cert need --tls")
+    if getattr(args, "count", None) is not None and args.count < 1:
+        parser.error("--count must be at least 1")
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check(parser, args)
+    if not args.needs_reactor:
+        args.run(args)
+        return
+    task.react(lambda reactor: defer.ensureDeferred(args.run(reactor, args)))

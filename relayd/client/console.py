@@ -1,0 +1,197 @@
+"""The interactive relay-chat console: stdin lines in, messages and status out.
+
+It is the protocol given to ``twisted.internet.stdio.StandardIO``; every
+line it shows goes through its transport (stdout), status lines start with
+``***``.  End of input (or ``/quit``) waits until every message typed has
+been acked, then calls ``on_done(0)``.
+"""
+from zope.interface import implementer
+
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.protocols.basic import LineReceiver
+
+from relayd.client.protocol import ServerError
+from relayd.client.render import clean, message_line, rooms_lines
+from relayd.client.session import MessageTooLong
+
+HELP = """\
+commands:
+  /to NAME [text]       talk to peer NAME (* for everyone) from now on; send text if given
+  /room ROOM [text]     talk to room ROOM from now on (without joining it)
+  /join ROOM            join ROOM and talk to it       /leave [ROOM]   leave ROOM or the current room
+  /peers                who is connected               /rooms          rooms and their sizes
+  /history [TARGET] [N] last N messages of a room (#name) or with a peer (default: current target)
+  /quit                 leave once every message is acked (also: end of input)
+  a plain line goes to the current target; //text sends "/text\""""
+
+
+def room_name(text):
+    return text[1:] if text.startswith("#") else text
+
+
+@implementer(IHalfCloseableProtocol)
+class Console(LineReceiver):
+    delimiter = b"\n"
+
+    def __init__(self, session, on_done):
+        self.session = session
+        self.on_done = on_done
+        self.target = None              # ("to", peer) or ("room", name)
+        self.quitting = False
+
+    def connectionMade(self):
+        self.status("type /help for commands")
+
+    # -- output ---------------------------------------------------------
+
+    def show(self, text):
+        if self.transport is not None:
+            self.transport.write(text.encode("utf-8", "replace") + b"\n")
+
+    def status(self, text):
+        self.show("*** " + text)
+
+    def show_message(self, msg):
+        self.show(message_line(msg))
+
+    # -- input ----------------------------------------------------------
+
+    def lineReceived(self, line):
+        text = line.decode("utf-8", "replace").rstrip("\r")
+        if not text.strip():
+            return
+        if text.startswith("//"):
+            self.say(text[1:])
+        elif text.startswith("/"):
+            command, _, rest = text[1:].partition(" ")
+            handler = getattr(self, "cmd_" + command.lower(), None)
+            if handler is None:
+                self.status(f"unknown command /{clean(command)}; /help lists them")
+            else:
+                handler(rest.strip())
+        else:
+            self.say(text)
+
+    def readConnectionLost(self):
+        self.quit()
+
+    def writeConnectionLost(self):
+        self.finish()
+
+    def connectionLost(self, reason):
+        self.finish()
+
+    # -- commands -------------------------------------------------------
+
+    def cmd_help(self, rest):
+        for line in HELP.splitlines():
+            self.status(line)
+
+    def cmd_to(self, rest):
+        self._retarget("to", rest)
+
+    def cmd_room(self, rest):
+        self._retarget("room", rest)
+
+    def cmd_join(self, rest):
+        if not rest:
+            return self.status("usage: /join ROOM")
+        room = room_name(rest.split()[0])
+        self.target = ("room", room)
+        self._ask(self.session.join(room), lambda r: self.status(
+            f"joined #{clean(room)}; members: {', '.join(map(clean, r.get('members', [])))}"))
+
+    def cmd_leave(self, rest):
+        room = room_name(rest.split()[0]) if rest else (
+            self.target[1] if self.target and self.target[0] == "room" else None)
+        if room is None:
+            return self.status("usage: /leave ROOM (no current room)")
+        if self.target == ("room", room):
+            self.target = None
+        self._ask(self.session.leave(room), lambda r: self.status(f"left #{clean(room)}"))
+
+    def cmd_peers(self, rest):
+        self._ask(self.session.request({"type": "peers"}), lambda r: self.status(
+            "peers: " + (", ".join(map(clean, r.get("peers", []))) or "(none)")))
+
+    def cmd_rooms(self, rest):
+        def show(r):
+            lines = rooms_lines(r.get("rooms", {}))
+            self.status("rooms: " + ("; ".join(lines) if lines else "(none)"))
+        self._ask(self.session.request({"type": "rooms"}), show)
+
+    def cmd_history(self, rest):
+        words = rest.split()
+        limit = None
+        if words and words[-1].isdigit():
+            limit = int(words.pop())
+        if words:
+            target = ("room", room_name(words[0])) if words[0].startswith("#") else ("to", words[0])
+        else:
+            target = self.target
+        if target is None:
+            return self.status("usage: /history #ROOM|PEER [N]")
+        request = {"type": "history"}
+        request["room" if target[0] == "room" else "with"] = target[1]
+        if limit is not None:
+            request["limit"] = limit
+
+        def show(r):
+            messages = r.get("messages", [])
+            self.status(f"history: {len(messages)} message(s)")
+            for msg in messages:
+                self.show_message(msg)
+        self._ask(self.session.request(request), show)
+
+    def cmd_quit(self, rest):
+        self.quit()
+
+    # -- helpers --------------------------------------------------------
+
+    def _retarget(self, kind, rest):
+        name, _, text = rest.partition(" ")
+        if not name:
+            return self.status(f"usage: /{kind} NAME [text]")
+        self.target = (kind, room_name(name) if kind == "room" else name)
+        self.status(f"talking to {self._target_label()}")
+        if text.strip():
+            self.say(text)
+
+    def _target_label(self):
+        kind, name = self.target
+        return clean("#" + name if kind == "room" else name)
+
+    def say(self, text):
+        if self.target is None:
+            return self.status("no target yet: /to NAME, /room ROOM or /join ROOM")
+        kind, name = self.target
+        d = self.session.send(text, **{kind: name})
+        if self.session.protocol is None:
+            self.status("not connected: the message is queued")
+        d.addErrback(self._not_sent)
+
+    def _not_sent(self, failure):
+        if failure.check(ServerError, MessageTooLong):
+            self.status(f"not sent: {failure.value}")
+        elif not self.quitting:
+            self.status(f"not sent: {failure.getErrorMessage()}")
+
+    def _ask(self, d, show):
+        def failed(failure):
+            if not self.quitting:
+                self.status(f"failed: {failure.value}")
+        d.addCallbacks(show, failed)
+
+    def quit(self):
+        if self.quitting:
+            return
+        self.quitting = True
+        if self.session.unacked:
+            self.status(f"waiting for {self.session.unacked} unacked message(s); "
+                        "Ctrl-C to give up")
+        self.session.drained().addCallback(lambda _: self.finish())
+
+    def finish(self):
+        on_done, self.on_done = self.on_done, None
+        if on_done is not None:
+            on_done(0)
