@@ -14,6 +14,8 @@ from typing import Any, Callable, Optional
 from twisted.internet import endpoints
 from twisted.internet.testing import MemoryReactorClock
 
+from relayd.libp2p.multiaddr import multiaddr_list
+
 
 class ConfigError(Exception):
     """A config problem; the message names the file, section and key."""
@@ -223,6 +225,25 @@ SCHEMA = {
         "max_sources": F(integer(16), "65536"),
         "peer_list_max": F(integer(0, 256), "32"),
         "announce_limit": F(integer(0), "64"),
+    },
+    "libp2p": {
+        "listen": F(server_endpoint, "tcp:4001:interface=127.0.0.1"),
+        "announce": F(multiaddr_list, ""),
+        "max_reservations": F(integer(0), "1024"),
+        "max_reservations_per_peer": F(integer(0), "3"),
+        "max_reservations_per_ip": F(integer(0), "8"),
+        "reservation_ttl": F(duration, "1h"),
+        "max_circuits": F(integer(0), "512"),
+        "max_circuits_per_peer": F(integer(0), "5"),
+        "circuit_duration": F(duration, "1h"),
+        "circuit_bytes": F(size, "100MiB"),
+        "reservation_rate": F(integer(1), "60"),
+        "circuit_rate": F(integer(1), "60"),
+        "rate_window": F(duration, "1m"),
+        "max_connections": F(integer(1), "4096"),
+        "handshake_timeout": F(duration, "15s"),
+        "connect_timeout": F(duration, "10s"),
+        "stats_interval": F(duration, "60"),
     },
 }
 

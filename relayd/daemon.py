@@ -133,4 +133,7 @@ def build(settings, reactor, config_path=None):
     build_core(daemon)
     if settings.enabled("tcp"):
         TcpRelayService(daemon, settings.tcp, daemon.router, daemon.guard).setServiceParent(daemon)
+    if settings.enabled("libp2p"):
+        from relayd.libp2p.service import Libp2pService
+        Libp2pService(daemon, settings.libp2p, reactor).setServiceParent(daemon)
     return daemon

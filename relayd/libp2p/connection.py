@@ -1,0 +1,250 @@
+"""One libp2p connection over TCP: multistream -> Noise XX -> multistream -> Yamux.
+
+``Libp2pConnection`` plays either role (relayd listens; tests and benchmarks
+dial).  Once Yamux runs, each inbound stream negotiates its protocol with
+multistream-select and is handed to the handler registered for it; outbound
+streams come from ``open_protocol``.  Leftover bytes are passed on at every
+layer.
+"""
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from relayd.libp2p import multistream, noise, yamux
+from relayd.libp2p.multiaddr import from_address
+
+NEGOTIATING, HANDSHAKE, SECURED, MUXED, CLOSED = range(5)
+
+
+class InboundNegotiation(yamux.StreamHandler):
+    """Runs multistream-select as responder, then attaches the chosen handler."""
+
+    def __init__(self, connection):
+        self.connection = connection
+        self.listener = multistream.Listener(connection.handlers)
+
+    def data_received(self, data):
+        try:
+            reply = self.listener.feed(data)
+        except multistream.NegotiationFailed:
+            self.stream.reset()
+            return
+        if reply:
+            self.stream.write(reply)
+        if self.listener.result is not None:
+            protocol, leftover = self.listener.result
+            handler = self.connection.handlers[protocol](self.connection)
+            self.stream.attach(handler)
+            if leftover:
+                handler.data_received(leftover)
+
+    def read_closed(self):
+        self.stream.reset()
+
+
+class OutboundNegotiation(yamux.StreamHandler):
+    """Proposes one protocol, then attaches ``handler``; resets the stream on refusal."""
+
+    def __init__(self, protocol, handler):
+        self.dialer = multistream.Dialer(protocol)
+        self.handler = handler
+
+    def stream_opened(self, stream):
+        self.stream = stream
+        stream.write(self.dialer.start())
+
+    def data_received(self, data):
+        try:
+            self.dialer.feed(data)
+        except multistream.NegotiationFailed:
+            self.stream.reset()
+            return
+        if self.dialer.result is not None:
+            leftover = self.dialer.result[1]
+            self.stream.attach(self.handler)
+            if leftover:
+                self.handler.data_received(leftover)
+
+    def read_closed(self):
+        self.stream.reset()
+
+    def stream_closed(self, reset):
+        self.handler.stream_closed(True)
+
+
+@implementer(IPushProducer)
+class Libp2pConnection(Protocol):
+    """The connection; the factory supplies ``keypair``, ``handlers``
+    (protocol id -> handler factory taking the connection), ``reactor``,
+    ``handshake_timeout`` and ``connection_ready``/``connection_lost`` hooks."""
+
+    log = Logger()
+
+    def __init__(self, initiator=False):
+        self.initiator = initiator
+        self.state = NEGOTIATING
+        self.remote_peer = None
+        self.session = None
+        self.handshake = None
+        self.deframer = noise.Deframer()
+        self.negotiation = None
+        self.timeout = None
+        self.bytes_in = self.bytes_out = 0
+        self.close_reason = None
+        self.ping_streams = 0
+
+    @property
+    def handlers(self):
+        return self.factory.handlers
+
+    @property
+    def remote_address(self):
+        """``/ip4/<host>/tcp/<port>`` of the remote as seen from here."""
+        return from_address(self.transport.getPeer())
+
+    # --- Twisted protocol -----------------------------------------------------------
+    def connectionMade(self):
+        self.timeout = self.factory.reactor.callLater(
+            self.factory.handshake_timeout, self._handshake_timed_out)
+        self.transport.registerProducer(self, True)
+        if self.initiator:
+            self.negotiation = multistream.Dialer(noise.PROTOCOL_ID)
+            self._raw_write(self.negotiation.start())
+        else:
+            self.negotiation = multistream.Listener({noise.PROTOCOL_ID})
+
+    def dataReceived(self, data):
+        self.bytes_in += len(data)
+        try:
+            if self.state == NEGOTIATING:
+                data = self._negotiate_raw(data)
+            if self.state == HANDSHAKE and data:
+                self._handshake(data)
+            elif self.state in (SECURED, MUXED) and data:
+                self._decrypt(data)
+        except (multistream.NegotiationFailed, noise.HandshakeError, ValueError) as e:
+            self.abort(str(e))
+        except Exception:
+            self.log.failure("libp2p connection handler failed")
+            self.abort("internal error")
+
+    def connectionLost(self, reason):
+        self.state = CLOSED
+        self._cancel_timeout()
+        if self.session is not None:
+            self.session.connection_lost()
+        self.factory.connection_lost(self)
+
+    def pauseProducing(self):
+        if self.session is not None:
+            self.session.pause_writing()
+
+    def resumeProducing(self):
+        if self.session is not None:
+            self.session.resume_writing()
+
+    def stopProducing(self):
+        pass
+
+    # --- layers ---------------------------------------------------------------------
+    def _raw_write(self, data):
+        self.bytes_out += len(data)
+        self.transport.write(data)
+
+    def _negotiate_raw(self, data):
+        reply = self.negotiation.feed(data)
+        if reply:
+            self._raw_write(reply)
+        if self.negotiation.result is None:
+            return b""
+        leftover = self.negotiation.result[1]
+        self.state = HANDSHAKE
+        self.handshake = noise.Handshake(self.factory.keypair, self.initiator)
+        if self.initiator:
+            self._raw_write(noise.frame(self.handshake.write_message()))
+        return leftover
+
+    def _handshake(self, data):
+        messages = self.deframer.feed(data)
+        while messages and self.state == HANDSHAKE:
+            self.handshake.read_message(messages.pop(0))
+            if not self.handshake.complete:
+                self._raw_write(noise.frame(self.handshake.write_message()))
+            if self.handshake.complete:
+                self._secured()
+        for message in messages:
+            self._on_plaintext(self.handshake.recv.decrypt(b"", message))
+
+    def _secured(self):
+        self.state = SECURED
+        self.remote_peer = self.handshake.remote_peer
+        if self.initiator:
+            self.negotiation = multistream.Dialer(yamux.PROTOCOL_ID)
+            self.write(self.negotiation.start())
+        else:
+            self.negotiation = multistream.Listener({yamux.PROTOCOL_ID})
+
+    def _decrypt(self, data):
+        for message in self.deframer.feed(data):
+            self._on_plaintext(self.handshake.recv.decrypt(b"", message))
+            if self.state == CLOSED:
+                return
+
+    def _on_plaintext(self, data):
+        if self.state == MUXED:
+            self.session.feed(data)
+            return
+        reply = self.negotiation.feed(data)
+        if reply:
+            self.write(reply)
+        if self.negotiation.result is not None:
+            leftover = self.negotiation.result[1]
+            self.negotiation = None
+            self._cancel_timeout()
+            self.state = MUXED
+            self.session = yamux.Session(self.write, self.initiator, self._inbound_stream,
+                                         self.abort)
+            self.factory.connection_ready(self)
+            if leftover and self.state == MUXED:
+                self.session.feed(leftover)
+
+    def write(self, plaintext):
+        """Encrypt and send (after the handshake)."""
+        if self.state in (SECURED, MUXED):
+            self._raw_write(noise.encrypt_frames(self.handshake.send, plaintext))
+
+    def _inbound_stream(self, stream):
+        stream.attach(InboundNegotiation(self))
+
+    def open_protocol(self, protocol, handler):
+        """Open a stream that speaks ``protocol`` via ``handler``; None when impossible."""
+        if self.state != MUXED:
+            return None
+        return self.session.open_stream(OutboundNegotiation(protocol, handler))
+
+    # --- ending ---------------------------------------------------------------------
+    def _handshake_timed_out(self):
+        self.timeout = None
+        self.abort("handshake timeout")
+
+    def _cancel_timeout(self):
+        if self.timeout is not None and self.timeout.active():
+            self.timeout.cancel()
+        self.timeout = None
+
+    def abort(self, reason):
+        """Drop the connection at once (protocol error, timeout, policy)."""
+        if self.state == CLOSED:
+            return
+        if self.close_reason is None:
+            self.close_reason = reason
+        self.log.debug("libp2p connection from {peer} aborted: {reason}",
+                       peer=self.transport.getPeer(), reason=reason)
+        self.transport.abortConnection()
+
+    def close(self):
+        """GoAway, then close after pending writes."""
+        if self.session is not None:
+            self.session.go_away()
+        self.transport.loseConnection()

@@ -1,0 +1,166 @@
+"""The daemon's ``[libp2p]`` service: listener, relay state, stats and metrics."""
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from relayd.libp2p import identify, messages, ping
+from relayd.listeners import stream_service
+from relayd.libp2p.connection import Libp2pConnection
+from relayd.libp2p.events import RelayEvents
+from relayd.libp2p.multiaddr import from_address
+from relayd.libp2p.peerid import KeyPair
+from relayd.libp2p.relay import HopHandler, Relay
+
+AGENT_VERSION = "relayd/0.1"
+ADVERTISED = (identify.PROTOCOL_ID, identify.PUSH_PROTOCOL_ID, ping.PROTOCOL_ID,
+              messages.HOP_PROTOCOL_ID)
+
+
+class Libp2pFactory(Factory):
+    """Builds relay-side connections and keeps the live ones."""
+
+    protocol = Libp2pConnection
+
+    def __init__(self, reactor, keypair, relay, settings, identify_info):
+        self.reactor = reactor
+        self.keypair = keypair
+        self.relay = relay
+        self.settings = settings
+        self.handshake_timeout = settings.handshake_timeout
+        self.identify_info = identify_info
+        self.connections = set()        # every open connection, secured or not
+        self.peers = {}                 # PeerId -> set of muxed connections
+        self.handlers = {
+            identify.PROTOCOL_ID: identify.IdentifyResponder,
+            identify.PUSH_PROTOCOL_ID: identify.IdentifyPushSink,
+            ping.PROTOCOL_ID: ping.PingResponder,
+            messages.HOP_PROTOCOL_ID: HopHandler,
+        }
+
+    def buildProtocol(self, addr):
+        if len(self.connections) >= self.settings.max_connections:
+            return None
+        proto = super().buildProtocol(addr)
+        self.connections.add(proto)
+        return proto
+
+    def connection_ready(self, connection):
+        self.peers.setdefault(connection.remote_peer, set()).add(connection)
+
+    def connection_lost(self, connection):
+        self.connections.discard(connection)
+        conns = self.peers.get(connection.remote_peer)
+        if conns is not None and connection in conns:
+            conns.discard(connection)
+            if not conns:
+                del self.peers[connection.remote_peer]
+            self.relay.connection_gone(connection)
+
+
+class _PortRecorder:
+    """Wraps a server endpoint to learn the port it bound (port 0 in tests)."""
+
+    def __init__(self, endpoint, on_port):
+        self.endpoint = endpoint
+        self.on_port = on_port
+
+    def listen(self, factory):
+        return self.endpoint.listen(factory).addCallback(self._got)
+
+    def _got(self, port):
+        self.on_port(port)
+        return port
+
+
+class Libp2pService(MultiService):
+    """``[libp2p]``: a Circuit Relay v2 server speaking TCP/Noise/Yamux."""
+
+    log = Logger(namespace="relayd.libp2p")
+
+    def __init__(self, daemon, settings, reactor):
+        super().__init__()
+        self.setName("libp2p")
+        self.daemon = daemon
+        self.settings = settings
+        self.reactor = reactor
+        self.events = RelayEvents(daemon.registry)
+        self.keypair = self.relay = self.factory = None
+        self.listen_addrs = []
+        self.started = None
+        self.events.gauges(daemon.registry, lambda: len(self.factory.connections) if self.factory else 0,
+                           lambda: len(self.relay.limits.reservations) if self.relay else 0,
+                           lambda: len(self.relay.limits.circuits) if self.relay else 0)
+        stats = TimerService(settings.stats_interval, self.log_stats)
+        stats.clock = reactor
+        stats.setServiceParent(self)
+
+    def _setup(self):
+        if self.keypair is not None:
+            return
+        self.keypair = KeyPair(self.daemon.identity.private_key)
+        self.relay = Relay(self.reactor, self.settings, self.keypair, self.events, self.announce_addrs)
+        self.factory = Libp2pFactory(self.reactor, self.keypair, self.relay, self.settings,
+                                     self.identify_info)
+        listener = stream_service(self.daemon, self.settings.listen, self.factory)
+        listener.endpoint = _PortRecorder(listener.endpoint, self._listening)
+        listener.setServiceParent(self)
+
+    def privilegedStartService(self):
+        self._setup()
+        super().privilegedStartService()
+
+    def startService(self):
+        self._setup()
+        self.started = self.reactor.seconds()
+        super().startService()
+
+    def _listening(self, port):
+        addr = from_address(port.getHost())
+        self.listen_addrs = [f"{addr}/p2p/{self.keypair.peer_id}"]
+        self.log.info("libp2p circuit relay v2 listening on {addrs} (peer id {peer_id}); "
+                      "announcing {announce}", addrs=" ".join(self.listen_addrs),
+                      peer_id=str(self.keypair.peer_id), announce=" ".join(self.announce_addrs()))
+
+    @property
+    def peer_id(self):
+        return None if self.keypair is None else self.keypair.peer_id
+
+    def announce_addrs(self):
+        """Public multiaddrs with ``/p2p/<relay>``: ``announce``, else the listen addresses."""
+        suffix = f"/p2p/{self.keypair.peer_id}"
+        if self.settings.announce:
+            return [a if a.endswith(suffix) else a + suffix for a in self.settings.announce]
+        return list(self.listen_addrs)
+
+    def identify_info(self):
+        return {"public_key": self.keypair.public_key, "listen_addrs": self.announce_addrs(),
+                "protocols": ADVERTISED, "agent_version": AGENT_VERSION}
+
+    # --- views ----------------------------------------------------------------------
+    def reservations(self):
+        return [] if self.relay is None else self.relay.reservations()
+
+    def circuits(self):
+        return [] if self.relay is None else self.relay.circuits()
+
+    def stats(self):
+        out = {"peer_id": str(self.peer_id) if self.peer_id else None,
+               "listen_addrs": list(self.listen_addrs),
+               "relayed_bytes": self.events.relayed_bytes}
+        out.update(self.events.totals)
+        if self.relay is not None:
+            out.update(connections=len(self.factory.connections), peers=len(self.factory.peers),
+                       reservations=len(self.relay.limits.reservations),
+                       circuits=len(self.relay.limits.circuits))
+        return out
+
+    def log_stats(self):
+        if self.relay is None:
+            return
+        self.relay.limits.reservation_rate.prune()
+        self.relay.limits.circuit_rate.prune()
+        s = self.stats()
+        self.log.info("libp2p stats: {connections} connections, {peers} peers, {reservations} "
+                      "reservations, {circuits} circuits, {relayed_bytes} bytes relayed, "
+                      "{denied} denials", libp2p_stats=s, **s)

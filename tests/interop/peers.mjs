@@ -1,0 +1,247 @@
+// js-libp2p 3.x peers that drive relayd's [libp2p] circuit relay in the interop
+// tests and benchmarks.  Each command prints one JSON line with its findings.
+//
+//   node peers.mjs scenario <relay-multiaddr> <echo-MiB>
+//   node peers.mjs limit <relay-multiaddr> <bytes-to-send>
+//   node peers.mjs reserve-raw <relay-multiaddr> <peers>  (hop RESERVE by hand, prints statuses)
+//   node peers.mjs relay-server <port>                     (the js relay, for benchmarks)
+//   node peers.mjs bench <relay-multiaddr> <MiB> <circuits>
+import { createLibp2p } from 'libp2p'
+import { tcp } from '@libp2p/tcp'
+import { noise } from '@libp2p/noise'
+import { yamux } from '@libp2p/yamux'
+import { identify } from '@libp2p/identify'
+import { ping } from '@libp2p/ping'
+import { circuitRelayTransport, circuitRelayServer } from '@libp2p/circuit-relay-v2'
+import { lpStream } from '@libp2p/utils'
+import { multiaddr } from '@multiformats/multiaddr'
+import { peerIdFromString } from '@libp2p/peer-id'
+
+const ECHO = '/relayd-test/echo/1.0.0'
+const HOP = '/libp2p/circuit/relay/0.2.0/hop'
+
+async function peer (listen = []) {
+  const node = await createLibp2p({
+    addresses: { listen },
+    transports: [tcp(), circuitRelayTransport()],
+    connectionEncrypters: [noise()],
+    streamMuxers: [yamux()],
+    services: { identify: identify(), ping: ping() },
+    connectionManager: { maxConnections: 4096 }
+  })
+  await node.handle(ECHO, async (stream) => {
+    try {
+      for await (const buf of stream) {
+        if (!stream.send(buf)) {
+          await new Promise((resolve) => stream.addEventListener('drain', resolve, { once: true }))
+        }
+      }
+      await stream.close()
+    } catch (err) {
+      stream.abort(err)
+    }
+  }, { runOnLimitedConnection: true, maxInboundStreams: 1024 })
+  return node
+}
+
+async function until (what, check, ms = 15000) {
+  const end = Date.now() + ms
+  while (Date.now() < end) {
+    const got = check()
+    if (got) return got
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  throw new Error(`timed out waiting for ${what}`)
+}
+
+async function reservedPeer (relay) {
+  const node = await peer([`${relay}/p2p-circuit`])
+  const addr = await until('a /p2p-circuit address', () =>
+    node.getMultiaddrs().find((ma) => ma.toString().includes('/p2p-circuit')))
+  return { node, addr }
+}
+
+// Send `bytes` through an echo stream and count what comes back.
+async function echo (node, target, bytes) {
+  const stream = await node.dialProtocol(target, ECHO, { runOnLimitedConnection: true })
+  const chunk = new Uint8Array(64 * 1024).map((_, i) => i % 251)
+  let received = 0
+  const reading = (async () => {
+    for await (const buf of stream) received += buf.byteLength
+  })()
+  const start = Date.now()
+  for (let sent = 0; sent < bytes; sent += chunk.length) {
+    const part = chunk.subarray(0, Math.min(chunk.length, bytes - sent))
+    if (!stream.send(part)) {
+      await new Promise((resolve, reject) => {
+        stream.addEventListener('drain', resolve, { once: true })
+        stream.addEventListener('close', (evt) => reject(evt.error ?? new Error('stream closed')), { once: true })
+      })
+    }
+  }
+  await stream.close()
+  await reading
+  return { received, seconds: (Date.now() - start) / 1000 }
+}
+
+function readVarint (buf, pos) {
+  let value = 0
+  for (let shift = 0; ; shift += 7) {
+    const byte = buf[pos++]
+    value += (byte & 0x7f) * 2 ** shift
+    if ((byte & 0x80) === 0) return [value, pos]
+  }
+}
+
+// HopMessage.status (field 5) from a HopMessage protobuf
+function hopStatus (buf) {
+  let pos = 0
+  while (pos < buf.length) {
+    let key, value
+    [key, pos] = readVarint(buf, pos)
+    if ((key & 7) === 0) {
+      [value, pos] = readVarint(buf, pos)
+      if (key >>> 3 === 5) return value
+    } else if ((key & 7) === 2) {
+      [value, pos] = readVarint(buf, pos)
+      pos += value
+    } else {
+      throw new Error(`unexpected wire type in ${key}`)
+    }
+  }
+  return null
+}
+
+function out (obj) {
+  process.stdout.write(JSON.stringify(obj) + '\n')
+}
+
+async function scenario (relay, mib) {
+  const { node: a, addr } = await reservedPeer(relay)
+  const b = await peer()
+  const relayId = relay.split('/p2p/').pop()
+  const target = multiaddr(`${relay}/p2p-circuit/p2p/${a.peerId}`)
+  const conn = await b.dial(target)
+  const rtt = await b.services.ping.ping(a.peerId)
+  const relayRtt = await b.services.ping.ping(multiaddr(relay))
+  const bytes = mib * 1024 * 1024
+  const result = await echo(b, target, bytes)
+  const relayPeer = await b.peerStore.get(peerIdFromString(relayId))
+  out({
+    a: a.peerId.toString(),
+    b: b.peerId.toString(),
+    circuit_addr: addr.toString(),
+    connection_limited: conn.limits != null,
+    limits: conn.limits == null ? null : { bytes: conn.limits.bytes?.toString(), seconds: conn.limits.seconds },
+    ping_rtt_ms: rtt,
+    relay_ping_rtt_ms: relayRtt,
+    echo_sent: bytes,
+    echo_received: result.received,
+    echo_seconds: result.seconds,
+    relay_protocols: relayPeer.protocols,
+    relay_agent: new TextDecoder().decode(relayPeer.metadata.get('AgentVersion') ?? new Uint8Array())
+  })
+  await Promise.all([a.stop(), b.stop()])
+}
+
+async function limit (relay, bytes) {
+  const { node: a } = await reservedPeer(relay)
+  const b = await peer()
+  const target = multiaddr(`${relay}/p2p-circuit/p2p/${a.peerId}`)
+  let error = null
+  let result = null
+  try {
+    result = await echo(b, target, bytes)
+  } catch (err) {
+    error = `${err.name}: ${err.message}`
+  }
+  out({ error, received: result?.received ?? null, sent: bytes })
+  await Promise.all([a.stop(), b.stop()])
+}
+
+// `count` peers each send a hop RESERVE by hand, holding their connections open
+async function reserveRaw (relay, count) {
+  const nodes = []
+  const statuses = []
+  for (let i = 0; i < count; i++) {
+    const node = await peer()
+    nodes.push(node)
+    const stream = await node.dialProtocol(multiaddr(relay), HOP)
+    const lp = lpStream(stream)
+    await lp.write(Uint8Array.from([0x08, 0x00])) // HopMessage{type=RESERVE}
+    statuses.push(hopStatus((await lp.read()).subarray()))
+  }
+  out({ statuses })
+  await Promise.all(nodes.map((n) => n.stop()))
+}
+
+async function relayServer (port) {
+  const node = await createLibp2p({
+    addresses: { listen: [`/ip4/127.0.0.1/tcp/${port}`] },
+    transports: [tcp()],
+    connectionEncrypters: [noise()],
+    streamMuxers: [yamux()],
+    services: {
+      identify: identify(),
+      ping: ping(),
+      relay: circuitRelayServer({
+        reservations: { maxReservations: 1024, defaultDurationLimit: 3600 * 1000, defaultDataLimit: BigInt(1 << 30) },
+        maxInboundHopStreams: 4096,
+        maxOutboundStopStreams: 4096
+      })
+    },
+    connectionManager: { maxConnections: 8192 }
+  })
+  out({ addrs: node.getMultiaddrs().map((ma) => ma.toString()) })
+  await new Promise(() => {})
+}
+
+async function bench (relay, mib, circuits) {
+  const { node: a } = await reservedPeer(relay)
+  const b = await peer()
+  const target = multiaddr(`${relay}/p2p-circuit/p2p/${a.peerId}`)
+  const result = await echo(b, target, mib * 1024 * 1024)
+  await b.stop()
+  // circuits held at once: one reserved target, many initiators each holding a circuit
+  const initiators = []
+  let held = 0
+  const start = Date.now()
+  for (let i = 0; i < circuits; i++) {
+    const node = await peer()
+    initiators.push(node)
+    try {
+      await node.dial(target)
+      await node.services.ping.ping(a.peerId)
+      held++
+    } catch (err) {
+      break
+    }
+  }
+  out({
+    throughput_mib_s: (2 * mib) / result.seconds,
+    echo_seconds: result.seconds,
+    echo_received: result.received,
+    circuits_requested: circuits,
+    circuits_held: held,
+    circuits_seconds: (Date.now() - start) / 1000
+  })
+  await Promise.all([a.stop(), ...initiators.map((n) => n.stop())])
+}
+
+const [cmd, ...args] = process.argv.slice(2)
+const commands = {
+  scenario: () => scenario(args[0], Number(args[1] ?? 4)),
+  limit: () => limit(args[0], Number(args[1])),
+  'reserve-raw': () => reserveRaw(args[0], Number(args[1] ?? 1)),
+  'relay-server': () => relayServer(Number(args[0] ?? 0)),
+  bench: () => bench(args[0], Number(args[1] ?? 16), Number(args[2] ?? 50))
+}
+if (commands[cmd] == null) {
+  console.error(`unknown command ${cmd}`)
+  process.exit(2)
+}
+commands[cmd]().then(() => process.exit(0), (err) => {
+  console.error(err)
+  out({ error: `${err.name}: ${err.message}` })
+  process.exit(1)
+})
