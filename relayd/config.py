@@ -245,6 +245,33 @@ SCHEMA = {
         "connect_timeout": F(duration, "10s"),
         "stats_interval": F(duration, "60"),
     },
+    "admin": {
+        "listen": F(server_endpoint, "tcp:2222:interface=127.0.0.1"),
+        "authorized_keys": F(existing_file, required=True),
+        "host_key": F(optional(path), ""),
+        "passwords": F(optional(existing_file), ""),
+    },
+    "http": {
+        "listen": F(server_endpoint, "tcp:9001:interface=127.0.0.1"),
+        "stats_interval": F(duration, "60"),
+        "token": F(optional_string, ""),
+        "token_file": F(optional(existing_file), ""),
+    },
+    "tls": {
+        "cert": F(existing_file, required=True),
+        "key": F(existing_file, required=True),
+        "client_ca": F(optional(existing_file), ""),
+        "require_client_cert": F(boolean, "no"),
+        "listeners": F(word_list, "tcp"),
+        "reload_interval": F(duration, "0"),
+    },
+    "tor": {
+        "control_port": F(optional(client_endpoint), ""),
+        "tor_binary": F(optional(path), ""),
+        "onion_key": F(optional(path), ""),
+        "port": F(port_number, "0"),
+        "target": F(optional_string, ""),
+    },
 }
 
 

@@ -44,6 +44,7 @@ class Daemon(MultiService):
         self.registry = CollectorRegistry(auto_describe=True)
         self.identity_service = IdentityService(settings.relay.id, settings.relay.data_dir)
         self.file_pool = FilePool(reactor)
+        self.tls = None  # relayd.tls.ServerTLS when [tls] is enabled
         self._reload_hooks = []
 
     @property
@@ -125,6 +126,11 @@ def build(settings, reactor, config_path=None):
     daemon = Daemon(settings, reactor, config_path)
     daemon.identity_service.setServiceParent(daemon)
     daemon.file_pool.setServiceParent(daemon)
+    if settings.enabled("tls"):
+        from relayd.tls import ServerTLS
+        daemon.tls = ServerTLS(settings.tls, reactor, daemon.file_pool)
+        daemon.on_reload(daemon.tls.apply_settings)
+        daemon.tls.setServiceParent(daemon)
     if settings.enabled("udp"):
         from relayd.udp.service import UDPService
         udp = UDPService(settings.udp, reactor, daemon.registry)
@@ -136,4 +142,6 @@ def build(settings, reactor, config_path=None):
     if settings.enabled("libp2p"):
         from relayd.libp2p.service import Libp2pService
         Libp2pService(daemon, settings.libp2p, reactor).setServiceParent(daemon)
+    from relayd.ops import build_ops
+    build_ops(daemon)
     return daemon

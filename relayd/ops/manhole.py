@@ -1,0 +1,230 @@
+"""The ``[admin]`` service: a Python console over SSH (twisted.conch manhole).
+
+Interactive sessions (``ssh -p 2222 admin@127.0.0.1``) get a colored Python
+prompt whose namespace holds the live daemon and the admin commands.  An
+SSH exec request (``ssh ... 'stats()'``, or ``relayd admin "stats()"``)
+evaluates one command and returns its output with exit status 0, or the
+traceback on stderr with exit status 1.
+
+Logins: public keys from ``authorized_keys`` (re-read on reload), and
+bcrypt-hashed passwords only when ``passwords`` names a file of
+``user:$2b$...`` lines.  The host key (Ed25519) is created in the data
+directory on first start and kept.
+"""
+import contextlib
+import io
+import os
+import traceback
+
+import bcrypt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from twisted.application.service import MultiService
+from twisted.conch import interfaces as iconch
+from twisted.conch import manhole, manhole_ssh
+from twisted.conch.checkers import SSHPublicKeyChecker, readAuthorizedKeyFile
+from twisted.conch.insults import insults
+from twisted.conch.ssh import keys
+from twisted.cred import portal
+from twisted.cred.checkers import FilePasswordDB
+from twisted.internet import defer, error, task
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from relayd.listeners import stream_service
+from relayd.ops.commands import AdminCommands
+
+HOST_KEY_FILE = "ssh_host_ed25519_key"
+
+
+def load_or_create_host_key(path):
+    """The conch Key at ``path``, generating an Ed25519 key (mode 0600) if absent.
+
+    ``path.pub`` gets the public half, which ``relayd admin`` checks against.
+    """
+    if not os.path.exists(path):
+        pem = Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption())
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+        os.replace(path + ".tmp", path)
+    key = keys.Key.fromFile(path)
+    public = key.public().toString("openssh") + b" relayd-admin\n"
+    if not os.path.exists(path + ".pub"):
+        with open(path + ".pub", "wb") as f:
+            f.write(public)
+    return key
+
+
+def read_authorized_keys(path):
+    """Public keys from an OpenSSH ``authorized_keys`` file (bad lines are logged)."""
+    with open(path, "rb") as f:
+        return list(readAuthorizedKeyFile(f))
+
+
+def bcrypt_hash(username, password, stored):
+    """``FilePasswordDB`` hash function for bcrypt entries."""
+    try:
+        return bcrypt.hashpw(password, stored)
+    except ValueError:
+        return b""
+
+
+class AuthorizedKeys:
+    """``IAuthorizedKeysDB``: the same key list for every user name."""
+
+    def __init__(self):
+        self.keys = []
+
+    def getAuthorizedKeys(self, username):
+        return self.keys
+
+
+def evaluate(namespace, source):
+    """Run one command; a Deferred firing with (output, succeeded).
+
+    An expression's value is shown with repr() (commands return Text, shown
+    as itself); printed output is kept; a Deferred result is waited for.
+    """
+    out = io.StringIO()
+    try:
+        code = compile(source, "<admin>", "eval")
+    except SyntaxError:
+        code = None
+    try:
+        with contextlib.redirect_stdout(out):
+            if code is None:
+                exec(compile(source, "<admin>", "exec"), namespace)
+                result = None
+            else:
+                result = eval(code, namespace)
+    except Exception:
+        return defer.succeed((out.getvalue() + traceback.format_exc(), False))
+
+    def show(value):
+        text = out.getvalue()
+        if value is not None:
+            text += repr(value) + "\n"
+        return text, True
+
+    d = defer.maybeDeferred(lambda: result)
+    d.addCallback(show)
+    d.addErrback(lambda f: (out.getvalue() + f.getTraceback(), False))
+    return d
+
+
+class ConsoleSession(manhole_ssh.TerminalSession):
+    """A terminal session that also runs one command per exec request."""
+
+    log = Logger()
+    reactor = None
+    namespaceFactory = None
+
+    def execCommand(self, proto, cmd):
+        source = cmd.decode("utf-8", "replace")
+        self.log.info("admin command {command!r}", command=source)
+        # Reply to the exec request before output and exit status follow.
+        d = task.deferLater(self.reactor, 0, evaluate, self.namespaceFactory(), source)
+        d.addCallback(lambda outcome: self._finish(proto, *outcome))
+
+    @staticmethod
+    def _finish(proto, text, ok):
+        data = text.encode("utf-8")
+        if ok:
+            proto.outReceived(data)
+            proto.processEnded(Failure(error.ProcessDone(0)))
+        else:
+            proto.errReceived(data)
+            proto.processEnded(Failure(error.ProcessTerminated(exitCode=1)))
+
+    def windowChanged(self, newWindowSize):
+        """Resizes are not passed on; the prompt keeps its first size."""
+
+    def eofReceived(self):
+        """End of the client's input: nothing to do."""
+
+
+class ConsoleRealm(manhole_ssh.TerminalRealm):
+    """Sessions whose console namespace is made fresh by ``namespace_factory``."""
+
+    sessionFactory = ConsoleSession
+
+    def __init__(self, namespace_factory, reactor):
+        super().__init__()
+        self.namespace_factory = namespace_factory
+        self.reactor = reactor
+        self.chainedProtocolFactory = lambda: insults.ServerProtocol(
+            manhole.ColoredManhole, namespace_factory())
+
+    def _getAvatar(self, avatarId):
+        user = super()._getAvatar(avatarId)
+        session = user.original.getComponent(iconch.ISession)
+        session.reactor = self.reactor
+        session.namespaceFactory = self.namespace_factory
+        return user
+
+
+class ManholeService(MultiService):
+    """The ``[admin]`` section: SSH console on loopback (by default)."""
+
+    log = Logger()
+
+    def __init__(self, daemon, settings):
+        super().__init__()
+        self.setName("admin")
+        self.daemon = daemon
+        self.settings = settings
+        self.authorized = AuthorizedKeys()
+        checkers = [SSHPublicKeyChecker(self.authorized)]
+        if settings.passwords:
+            checkers.append(FilePasswordDB(settings.passwords, hash=bcrypt_hash))
+        commands = AdminCommands(daemon)
+        realm = ConsoleRealm(commands.namespace, daemon.reactor)
+        self.factory = manhole_ssh.ConchFactory(portal.Portal(realm, checkers))
+        # Per-instance dicts: ConchFactory's class-level ones are shared.
+        self.factory.publicKeys = {}
+        self.factory.privateKeys = {}
+        self.host_key_path = settings.host_key or os.path.join(
+            daemon.settings.relay.data_dir, HOST_KEY_FILE)
+        stream_service(daemon, settings.listen, self.factory).setServiceParent(self)
+        daemon.on_reload(self.apply_settings)
+
+    def privilegedStartService(self):
+        self._load_keys()
+        super().privilegedStartService()
+
+    def startService(self):
+        if not self.factory.privateKeys:
+            self._load_keys()
+        super().startService()
+
+    def _load_keys(self):
+        host_key = load_or_create_host_key(self.host_key_path)
+        self.factory.publicKeys = {host_key.sshType(): host_key.public()}
+        self.factory.privateKeys = {host_key.sshType(): host_key}
+        self.authorized.keys = read_authorized_keys(self.settings.authorized_keys)
+        self.log.info("admin console on {listen}: {count} authorized keys, host key "
+                      "{fingerprint}", listen=self.settings.listen,
+                      count=len(self.authorized.keys),
+                      fingerprint=host_key.fingerprint(keys.FingerprintFormats.SHA256_BASE64))
+
+    def apply_settings(self, settings):
+        """Reload hook: re-read ``authorized_keys`` (on the file thread)."""
+        admin = settings.get("admin")
+        if admin is None:
+            return
+        self.settings = admin
+        d = self.daemon.file_pool.run(read_authorized_keys, admin.authorized_keys)
+        d.addCallback(self._set_keys)
+        d.addErrback(lambda f: self.log.error("admin keys not reloaded: {why}",
+                                              why=f.getErrorMessage()))
+
+    def _set_keys(self, authorized):
+        self.authorized.keys = authorized
+        self.log.info("admin console: {count} authorized keys", count=len(authorized))
+
+    def stats(self):
+        return {"listen": self.settings.listen, "authorized_keys": len(self.authorized.keys)}

@@ -1,0 +1,175 @@
+"""TLS for the daemon's listeners: reloadable server certificates.
+
+``ServerTLS`` is the ``[tls]`` service.  It hands every new TLS connection a
+context built from the current certificate, key and (optional) client CA, so
+a reload (SIGHUP, the admin ``reload()``, or every ``reload_interval``)
+changes what new connections see without touching open ones.  A reload that
+fails (missing file, key that does not match) is logged and the previous
+certificate stays in use.  ``relayd.listeners.stream_service`` wraps the
+listeners named in ``[tls] listeners`` with it.
+"""
+import hashlib
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from OpenSSL import SSL
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService
+from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.logger import Logger
+from zope.interface import implementer
+
+
+class TLSConfigError(Exception):
+    """Certificate material that cannot be used; the message names the key."""
+
+
+def _certificates(pem, what):
+    try:
+        certs = x509.load_pem_x509_certificates(pem)
+    except ValueError as e:
+        raise TLSConfigError(f"{what}: no PEM certificate ({e})") from None
+    return [ssl.Certificate.loadPEM(c.public_bytes(Encoding.PEM)).original for c in certs]
+
+
+class Material:
+    """Parsed certificate material plus the context options built from it."""
+
+    def __init__(self, cert_pem, key_pem, client_ca_pem=None, require_client_cert=False):
+        chain = _certificates(cert_pem, "[tls] cert")
+        try:
+            key = ssl.KeyPair.load(key_pem, ssl.crypto.FILETYPE_PEM).original
+        except Exception as e:
+            raise TLSConfigError(f"[tls] key: not a PEM private key ({e})") from None
+        if require_client_cert and client_ca_pem is None:
+            raise TLSConfigError("[tls] require_client_cert needs [tls] client_ca")
+        verify = client_ca_pem is not None
+        self.options = ssl.CertificateOptions(
+            privateKey=key, certificate=chain[0], extraCertChain=chain[1:],
+            verify=verify,
+            caCerts=_certificates(client_ca_pem, "[tls] client_ca") if verify else None,
+            requireCertificate=require_client_cert,
+            raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
+        try:
+            self.options.getContext()
+        except SSL.Error as e:
+            raise TLSConfigError(f"[tls] key does not match [tls] cert ({e})") from None
+        leaf = x509.load_pem_x509_certificate(cert_pem)
+        self.source = (cert_pem, key_pem, client_ca_pem)
+        self.subject = leaf.subject.rfc4514_string()
+        self.not_after = leaf.not_valid_after_utc
+        self.fingerprint = "sha256:" + hashlib.sha256(
+            leaf.public_bytes(Encoding.PEM)).hexdigest()
+        self.client_certs = ("required" if require_client_cert
+                             else "verified if sent" if verify else "not asked")
+
+
+def read_material(settings):
+    """Read the files named by a ``[tls]`` section (blocking: run on the file pool)."""
+    def read(key):
+        filename = getattr(settings, key)
+        if filename is None:
+            return None
+        try:
+            with open(filename, "rb") as f:
+                return f.read()
+        except OSError as e:
+            raise TLSConfigError(f"[tls] {key}: cannot read {filename}: {e.strerror}") from None
+    return read("cert"), read("key"), read("client_ca")
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ServerTLS(MultiService):
+    """The ``[tls]`` service: the current server context for every TLS listener."""
+
+    log = Logger()
+
+    def __init__(self, settings, reactor, file_pool):
+        super().__init__()
+        self.setName("tls")
+        self.settings = settings
+        self.reactor = reactor
+        self.file_pool = file_pool
+        self.material = None
+        self.reloads = 0
+        if settings.reload_interval > 0:
+            timer = TimerService(settings.reload_interval, self.reload)
+            timer.clock = reactor
+            timer.setServiceParent(self)
+
+    def _build(self, source):
+        return Material(*source, require_client_cert=self.settings.require_client_cert)
+
+    def privilegedStartService(self):
+        """Load the certificate before any listener starts (failing loudly)."""
+        self._load_once()
+        super().privilegedStartService()
+
+    def startService(self):
+        self._load_once()
+        super().startService()
+
+    def _load_once(self):
+        if self.material is not None:
+            return
+        self.material = self._build(read_material(self.settings))
+        self.log.info("TLS certificate {subject} ({fingerprint}), client certificates "
+                      "{client_certs}", subject=self.material.subject,
+                      fingerprint=self.material.fingerprint,
+                      client_certs=self.material.client_certs)
+
+    def serverConnectionForTLS(self, tlsProtocol):
+        return SSL.Connection(self.material.options.getContext(), None)
+
+    def apply_settings(self, settings):
+        """Reload hook: take the new ``[tls]`` paths (if any) and reload."""
+        if settings.get("tls") is not None:
+            self.settings = settings.tls
+        self.reload()
+
+    def reload(self):
+        """Re-read the files; a Deferred firing with a one-line summary."""
+        d = self.file_pool.run(read_material, self.settings)
+        d.addCallback(self._install)
+        d.addErrback(self._refused)
+        return d
+
+    def _install(self, source):
+        if self.material is not None and source == self.material.source:
+            return "TLS certificate unchanged"
+        self.material = self._build(source)
+        self.reloads += 1
+        self.log.info("TLS certificate reloaded: {subject} ({fingerprint})",
+                      subject=self.material.subject, fingerprint=self.material.fingerprint)
+        return f"TLS certificate reloaded: {self.material.subject}"
+
+    def _refused(self, failure):
+        failure.trap(TLSConfigError)
+        self.log.error("TLS reload refused, keeping the previous certificate: {why}",
+                       why=failure.getErrorMessage())
+        return f"TLS reload refused: {failure.getErrorMessage()}"
+
+    def stats(self):
+        if self.material is None:
+            return {"loaded": False}
+        return {"loaded": True, "subject": self.material.subject,
+                "fingerprint": self.material.fingerprint,
+                "not_after": self.material.not_after.isoformat(),
+                "client_certs": self.material.client_certs, "reloads": self.reloads}
+
+    def health(self):
+        if self.material is None:
+            return "no certificate loaded"
+        if self.material.not_after.timestamp() < self.reactor.seconds():
+            return f"certificate expired at {self.material.not_after.isoformat()}"
+        return None
+
+
+def client_options(hostname, ca_pem, cert_pem=None, key_pem=None):
+    """Client-side options trusting ``ca_pem``, optionally with a client certificate."""
+    client_cert = None
+    if cert_pem is not None:
+        client_cert = ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
+    return ssl.optionsForClientTLS(hostname, trustRoot=ssl.Certificate.loadPEM(ca_pem),
+                                   clientCertificate=client_cert)
