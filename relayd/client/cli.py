@@ -20,6 +20,7 @@ from twisted.internet import defer, endpoints, ssl, task
 from twisted.internet.stdio import StandardIO
 
 from relayd.client import keys
+from relayd.client import udp_peer
 from relayd.client.console import Console, room_name
 from relayd.client.protocol import ConnectionClosed, ProtocolViolation, ServerError
 from relayd.client.render import clean, message_line, rooms_lines
@@ -28,6 +29,7 @@ from relayd.client.session import MessageTooLong, Session
 OK, USAGE, CANNOT_CONNECT, REFUSED, TIMEOUT = 0, 1, 2, 3, 4
 DEFAULT_PORT = 55665
 DEFAULT_TIMEOUT = 30.0
+DEFAULT_RELAY_ID = "relay1"             # [relay] id of the shipped etc/relay.ini
 
 
 class Parser(argparse.ArgumentParser):
@@ -125,14 +127,21 @@ async def connected(session, args):
     """Wait for the first identification; exit 2 or 3 if it fails."""
     try:
         await session.ready(fail_after=1)
-    except (ServerError, ProtocolViolation) as e:
-        fail(REFUSED, f"refused by the relay: {e}")
-    except ConnectionClosed as e:
-        fail(CANNOT_CONNECT, f"cannot connect to {describe_server(args)}: connection closed "
-                             f"({e.error or e})")
     except Exception as e:
+        await session.stop()
+        if isinstance(e, (ServerError, ProtocolViolation)):
+            fail(REFUSED, refusal_text(e, args))
+        if isinstance(e, ConnectionClosed):
+            e = f"connection closed ({e.error or e})"
         fail(CANNOT_CONNECT, f"cannot connect to {describe_server(args)}: {e}")
     return session
+
+
+def refusal_text(error, args):
+    text = f"refused by the relay: {error}"
+    if getattr(error, "code", None) == "auth_failed":
+        text += f" (the key was proved for relay id {args.relay_id!r}; is --relay-id right?)"
+    return text
 
 
 async def connect(reactor, args, on_message=None):
@@ -180,7 +189,8 @@ async def cmd_chat(reactor, args):
     console.session = session
     StandardIO(console, reactor=reactor)
     await connected(session, args)
-    session.on_fatal = lambda error: done.called or done.callback(REFUSED)
+    session.on_fatal = lambda error: done.called or (
+        console.status(refusal_text(error, args)), done.callback(REFUSED))
     code = await done
     await finish(session, code)
 
@@ -222,7 +232,8 @@ async def cmd_listen(reactor, args):
             TIMEOUT if args.count else OK))
         done.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
     session = await connect(reactor, args, on_message=show)
-    session.on_fatal = lambda error: done.called or done.callback(REFUSED)
+    session.on_fatal = lambda error: done.called or (
+        print(f"relay-chat: {refusal_text(error, args)}", file=sys.stderr), done.callback(REFUSED))
     for room in args.join:
         await answer(reactor, args, session, {"type": "join", "room": room_name(room)})
         session.rooms.add(room_name(room))
@@ -289,8 +300,10 @@ def add_connection_options(parser, defaults):
                        help="peer id to use (default: your user name)")
     group.add_argument("--key", metavar="FILE", default=default(None),
                        help="Ed25519 identity file (see genkey) proving the id")
-    group.add_argument("--relay-id", default=default(None),
-                       help="relay id to sign for, if the relay does not name itself")
+    group.add_argument("--relay-id", default=default(DEFAULT_RELAY_ID),
+                       help="with --key: the relay's [relay] id, signed into the proof "
+                            "when the relay does not name itself in its challenge "
+                            f"(default {DEFAULT_RELAY_ID})")
     group.add_argument("--tls", action="store_true", default=default(False),
                        help="use TLS (system trust unless --ca)")
     group.add_argument("--ca", metavar="FILE", default=default(None),
@@ -365,6 +378,7 @@ def build_parser():
                                    "and print the raw public key in base64.")
     p.add_argument("file", metavar="FILE")
     p.set_defaults(run=cmd_genkey, needs_reactor=False)
+    udp_peer.register_command(sub)
     return parser
 
 

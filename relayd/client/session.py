@@ -118,7 +118,8 @@ class Session:
         self.connections = 0            # successful identifications so far
         self.duplicates = 0             # redelivered messages dropped
         self._running = False
-        self._attempts = 0
+        self._attempts = 0               # consecutive failed attempts
+        self._last_failure = None
         self._connecting = None
         self._candidate = None          # connected, still saying hello
         self._retry = None
@@ -161,8 +162,8 @@ class Session:
     def ready(self, fail_after=None):
         """A Deferred of the identified protocol.
 
-        With ``fail_after=n`` it fails after ``n`` consecutive failed
-        attempts (1: the first failure); it fails with the refusal if the
+        With ``fail_after=n`` it fails once ``n`` consecutive attempts have
+        failed (1: the first failure); it fails with the refusal if the
         relay refuses the session, and with ``CancelledError`` on stop.
         """
         if self.protocol is not None:
@@ -171,6 +172,8 @@ class Session:
             return fail(self.fatal)
         if not self._running:
             return fail(CancelledError())
+        if fail_after is not None and self._attempts >= fail_after:
+            return fail(self._last_failure)
         d = Deferred()
         self._waiters.append((d, fail_after))
         return d
@@ -224,14 +227,16 @@ class Session:
             except ConnectionClosed:
                 continue
 
-    async def join(self, room):
-        response = await self.request({"type": "join", "room": room})
-        self.rooms.add(room)
-        return response
+    def join(self, room):
+        """Join ``room`` (again after every reconnect); a Deferred of the answer."""
+        def joined(response):
+            self.rooms.add(room)
+            return response
+        return self.request({"type": "join", "room": room}).addCallback(joined)
 
-    async def leave(self, room):
+    def leave(self, room):
         self.rooms.discard(room)
-        return await self.request({"type": "leave", "room": room})
+        return self.request({"type": "leave", "room": room})
 
     # -- connecting -----------------------------------------------------
 
@@ -290,7 +295,10 @@ class Session:
             self._give_up(refusal)
             return None
         self._attempts += 1
+        self._last_failure = failure.value
         self._fail_waiters(failure.value)
+        if not self._running:           # a waiter gave up and stopped the session
+            return None
         delay = self._policy(self._attempts)
         self._status(f"cannot connect ({_describe(failure)}); retrying in {delay:.1f}s")
         self._retry = self.reactor.callLater(delay, self._connect)
@@ -319,7 +327,6 @@ class Session:
         self.fatal = error
         self._running = False
         self._fail_waiters(error, everyone=True)
-        self._status(f"refused by the relay: {error}")
         if self.on_fatal is not None:
             self.on_fatal(error)
 

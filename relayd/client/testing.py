@@ -5,7 +5,7 @@ docs/PROTOCOL.md section 1 closely enough for client tests: hello with or
 without a key (challenge, Ed25519 check), send with nonce dedup, delivery to
 a peer / a room / everyone, join, leave, peers, rooms, history, ping.  Tests
 steer it with a few attributes (``refuse``, ``swallow_acks``,
-``name_in_challenge``) and read what it saw (``requests``, ``stored``).
+``send_errors``, ``name_in_challenge``) and read what it saw (``requests``, ``stored``).
 """
 import base64
 import hashlib
@@ -31,7 +31,7 @@ class FakeRelay(Factory):
         self.requests = []          # every request object received
         self.refuse = None          # an error code to answer every hello with
         self.swallow_acks = 0       # store (and deliver) this many sends without acking
-        self.rate_limit = 0         # answer this many sends with rate_limited
+        self.send_errors = []       # error codes to answer the next sends with
         self.answer_pings = True
         self.name_in_challenge = True
 
@@ -118,9 +118,8 @@ class FakeRelayProtocol(LineOnlyReceiver):
 
     def do_send(self, request):
         relay = self.relay
-        if relay.rate_limit:
-            relay.rate_limit -= 1
-            return self.error(request, "rate_limited", retry_after=2.0)
+        if relay.send_errors:
+            return self.error(request, relay.send_errors.pop(0), retry_after=2.0)
         room, to = request.get("room"), request.get("to")
         nonce = request.get("nonce")
         known = relay.by_nonce.get((self.peer_id, nonce)) if nonce else None
