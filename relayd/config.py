@@ -226,25 +226,6 @@ SCHEMA = {
         "peer_list_max": F(integer(0, 256), "32"),
         "announce_limit": F(integer(0), "64"),
     },
-    "libp2p": {
-        "listen": F(server_endpoint, "tcp:4001:interface=127.0.0.1"),
-        "announce": F(multiaddr_list, ""),
-        "max_reservations": F(integer(0), "1024"),
-        "max_reservations_per_peer": F(integer(0), "3"),
-        "max_reservations_per_ip": F(integer(0), "8"),
-        "reservation_ttl": F(duration, "1h"),
-        "max_circuits": F(integer(0), "512"),
-        "max_circuits_per_peer": F(integer(0), "5"),
-        "circuit_duration": F(duration, "1h"),
-        "circuit_bytes": F(size, "100MiB"),
-        "reservation_rate": F(integer(1), "60"),
-        "circuit_rate": F(integer(1), "60"),
-        "rate_window": F(duration, "1m"),
-        "max_connections": F(integer(1), "4096"),
-        "handshake_timeout": F(duration, "15s"),
-        "connect_timeout": F(duration, "10s"),
-        "stats_interval": F(duration, "60"),
-    },
     "admin": {
         "listen": F(server_endpoint, "tcp:2222:interface=127.0.0.1"),
         "authorized_keys": F(existing_file, required=True),
@@ -271,6 +252,25 @@ SCHEMA = {
         "onion_key": F(optional(path), ""),
         "port": F(port_number, "0"),
         "target": F(optional_string, ""),
+    },
+    "libp2p": {
+        "listen": F(server_endpoint, "tcp:4001:interface=127.0.0.1"),
+        "announce": F(multiaddr_list, ""),
+        "max_reservations": F(integer(0), "1024"),
+        "max_reservations_per_peer": F(integer(0), "3"),
+        "max_reservations_per_ip": F(integer(0), "8"),
+        "reservation_ttl": F(duration, "1h"),
+        "max_circuits": F(integer(0), "512"),
+        "max_circuits_per_peer": F(integer(0), "5"),
+        "circuit_duration": F(duration, "1h"),
+        "circuit_bytes": F(size, "100MiB"),
+        "reservation_rate": F(integer(1), "60"),
+        "circuit_rate": F(integer(1), "60"),
+        "rate_window": F(duration, "1m"),
+        "max_connections": F(integer(1), "4096"),
+        "handshake_timeout": F(duration, "15s"),
+        "connect_timeout": F(duration, "10s"),
+        "stats_interval": F(duration, "60"),
     },
 }
 
@@ -301,7 +301,7 @@ class Settings:
         return dict(self._named.get(prefix, {}))
 
 
-ALWAYS_PRESENT = ("relay", "ratelimit", "dedup", "mailbox")
+ALWAYS_PRESENT = ("relay", "ratelimit", "dedup", "mailbox", "journal")
 
 
 def _convert_section(source, section, schema, values):

@@ -54,11 +54,23 @@ class Daemon(MultiService):
     def startService(self):
         self.started_at = self.reactor.seconds()
         super().startService()
-        if self.config_path is not None and hasattr(signal, "SIGHUP"):
-            signal.signal(signal.SIGHUP, self._on_sighup)
+        if self.config_path is not None:
+            self.reactor.callWhenRunning(self._install_signal_handlers)
+
+    def _install_signal_handlers(self):
+        """Under twistd (after the reactor's own handlers are in place): SIGHUP
+        reloads; SIGTERM/SIGINT stop gracefully and exit 0, where twistd would
+        otherwise re-raise the signal at exit."""
+        signal.signal(signal.SIGHUP, self._on_sighup)
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
 
     def _on_sighup(self, signum, frame):
         self.reactor.callFromThread(self.reload)
+
+    def _on_stop_signal(self, signum, frame):
+        self.log.info("received {signal}, shutting down", signal=signal.Signals(signum).name)
+        self.reactor.callFromThread(self.reactor.stop)
 
     def on_reload(self, hook):
         """Call ``hook(settings)`` on every successful reload."""

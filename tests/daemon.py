@@ -21,7 +21,8 @@ import textwrap
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+TWISTD = [sys.executable, "-c",
+          "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"]
 
 
 def free_port(kind=socket.SOCK_STREAM):
@@ -49,7 +50,7 @@ class Relayd:
 
     def __init__(self, testcase, ini, workdir=None, **ports):
         self.testcase = testcase
-        self.workdir = workdir or testcase.mktemp()
+        self.workdir = os.path.abspath(workdir or testcase.mktemp())
         os.makedirs(self.workdir, exist_ok=True)
         self.ports = ports
         self.data_dir = os.path.join(self.workdir, "var")

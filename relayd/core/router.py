@@ -32,6 +32,7 @@ class Router:
         self._waiting = {}             # msg_id -> [Deferred] for retries of a pending message
         self.received = 0
         self.delivered = 0
+        self._last_timestamp = 0.0
         self._metrics(registry)
 
     def _metrics(self, registry):
@@ -108,7 +109,7 @@ class Router:
         Returns a Deferred firing ``(msg_id, duplicate)`` once the message is
         durable (or was already known), or failing if the journal failed.
         """
-        entry = message.new_entry(session.peer_id, to, body, self.clock.seconds(),
+        entry = message.new_entry(session.peer_id, to, body, self._timestamp(),
                                   self.relay_id, room=room, nonce=nonce)
         msg_id = entry["msg_id"]
         if self.dedup.check(msg_id):
@@ -116,6 +117,15 @@ class Router:
             return self._when_settled(msg_id)
         self.m_received_local.inc()
         return self._admit(entry, None, (msg_id, False), (msg_id, True))
+
+    def _timestamp(self):
+        """The clock, made strictly increasing so that two identical messages
+        without a nonce never share a timestamp (and so an id)."""
+        now = self.clock.seconds()
+        if now <= self._last_timestamp:
+            now = self._last_timestamp + 1e-6
+        self._last_timestamp = now
+        return now
 
     def accept_remote(self, entry, source):
         """Accept an entry relayed by a peer relay; fires True if it was new."""

@@ -103,11 +103,15 @@ class RelayProtocol(Protocol):
         self.transport.loseConnection()
 
     def send(self, obj, req=None):
+        if self._closing:
+            return
         if req is not None:
             obj["req"] = req
         self.transport.write(encode(obj))
 
     def error(self, code, text, req=None, **extra):
+        if self._closing:
+            return
         if req is not None:
             extra["req"] = req
         self.transport.write(errors.frame(code, text, **extra))

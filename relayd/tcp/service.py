@@ -36,7 +36,8 @@ class TcpRelayService(MultiService):
         self.per_ip = {}
         self.refused = 0
         self.configure(settings)
-        stream_service(daemon, settings.listen, RelayFactory(self)).setServiceParent(self)
+        self.factory = RelayFactory(self)
+        stream_service(daemon, settings.listen, self.factory).setServiceParent(self)
         self._sweeper = LoopingCall(self.sweep)
         self._sweeper.clock = daemon.reactor
         guard.on_ban.append(self.drop_ip)

@@ -1,0 +1,84 @@
+"""Test doubles shared by the core and TCP tests."""
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+from relayd.core.abuse import AbuseGuard
+from relayd.core.dedup import DedupWindow
+from relayd.core.history import History
+from relayd.core.mailbox import Mailboxes
+from relayd.core.router import Router
+
+
+class MemoryJournal:
+    """Records appended lines; ``hold = True`` keeps Deferreds pending until ``release()``."""
+
+    def __init__(self):
+        self.lines = []
+        self.hold = False
+        self.fail = False
+        self._pending = []
+
+    def append(self, line):
+        self.lines.append(line)
+        if self.fail:
+            return defer.fail(OSError(28, "No space left on device"))
+        d = defer.Deferred()
+        if self.hold:
+            self._pending.append(d)
+        else:
+            d.callback(None)
+        return d
+
+    def release(self):
+        pending, self._pending = self._pending, []
+        for d in pending:
+            d.callback(None)
+
+
+class MemoryOwnership:
+    def __init__(self):
+        self.owners = {}
+
+    def owner(self, peer_id):
+        return self.owners.get(peer_id)
+
+    def claim(self, peer_id, key):
+        return self.owners.setdefault(peer_id, key) == key
+
+    def __len__(self):
+        return len(self.owners)
+
+
+class FakeSession:
+    """A router session that records what it is sent."""
+
+    def __init__(self, peer_id, ip="127.0.0.1", port=40000):
+        self.peer_id = peer_id
+        self.address = (ip, port)
+        self.dialect = "json"
+        self.authenticated = False
+        self.rooms = set()
+        self.connected_at = 0.0
+        self.lines = []
+        self.closed = None
+
+    def deliver(self, line):
+        self.lines.append(line)
+
+    def close(self, code, text, **extra):
+        self.closed = code
+
+
+def make_router(clock=None, relay_id="relay1", retention=7 * 86400, **limits):
+    clock = clock or Clock()
+    router = Router(
+        relay_id, clock,
+        DedupWindow(clock, limits.get("dedup_window", 3600), limits.get("dedup_max", 1000)),
+        Mailboxes(clock, limits.get("mailbox_max", 100), limits.get("mailbox_ttl", 86400)),
+        History(limits.get("history", 50)), MemoryOwnership(), retention=retention)
+    router.journal = MemoryJournal()
+    return router
+
+
+def make_guard(clock, messages=10, per_seconds=10, ban_after=5, ban_window=60, ban_duration=600):
+    return AbuseGuard(clock, messages, per_seconds, ban_after, ban_window, ban_duration)

@@ -1,0 +1,88 @@
+"""The ini loader: typed values, defaults, and errors that name [section] key."""
+import os
+
+from twisted.trial import unittest
+
+from relayd import config
+from relayd.tap import Options
+from twisted.python import usage
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class ParseTests(unittest.TestCase):
+    def test_defaults_fill_missing_keys(self):
+        s = config.parse("[relay]\nid = r9\n[tcp]\n")
+        self.assertEqual(s.relay.id, "r9")
+        self.assertEqual(s.tcp.max_line, 65536)
+        self.assertEqual(s.tcp.idle_timeout, 300.0)
+        self.assertEqual(s.ratelimit.messages, 10)
+        self.assertEqual(s.ratelimit.per_seconds, 10.0)
+        self.assertTrue(s.enabled("tcp"))
+        self.assertFalse(s.enabled("udp"))
+        self.assertIsNone(s.get("udp"))
+
+    def test_units(self):
+        s = config.parse("[journal]\nsegment_size = 2MiB\nretention = 2d\nmax_size = 1GB\n")
+        self.assertEqual(s.journal.segment_size, 2 * 1024 * 1024)
+        self.assertEqual(s.journal.retention, 2 * 86400)
+        self.assertEqual(s.journal.max_size, 10 ** 9)
+
+    def assertConfigError(self, text, *fragments):
+        with self.assertRaises(config.ConfigError) as cm:
+            config.parse(text, source="relay.ini")
+        for fragment in fragments:
+            self.assertIn(fragment, str(cm.exception))
+
+    def test_unknown_section(self):
+        self.assertConfigError("[tpc]\n", "relay.ini", "[tpc]", "unknown section")
+
+    def test_unknown_key(self):
+        self.assertConfigError("[tcp]\nlisten_on = x\n", "[tcp] listen_on", "unknown key")
+
+    def test_bad_integer(self):
+        self.assertConfigError("[tcp]\nmax_connections = many\n", "[tcp] max_connections",
+                               "not a whole number")
+
+    def test_out_of_range(self):
+        self.assertConfigError("[tcp]\nmax_connections = 0\n", "[tcp] max_connections", "minimum")
+
+    def test_bad_endpoint(self):
+        self.assertConfigError("[tcp]\nlisten = bogus:1234\n", "[tcp] listen", "endpoint")
+
+    def test_bad_choice(self):
+        self.assertConfigError("[journal]\nfsync = sometimes\n", "[journal] fsync", "always")
+
+    def test_bad_duration(self):
+        self.assertConfigError("[tcp]\nidle_timeout = soon\n", "[tcp] idle_timeout", "duration")
+
+    def test_syntax_error(self):
+        self.assertConfigError("no section header\n", "relay.ini")
+
+    def test_missing_file(self):
+        with self.assertRaises(config.ConfigError) as cm:
+            config.load("/nonexistent/relay.ini")
+        self.assertIn("/nonexistent/relay.ini", str(cm.exception))
+
+    def test_shipped_config_is_valid(self):
+        s = config.load(os.path.join(REPO, "etc", "relay.ini"))
+        self.assertTrue(s.enabled("tcp"))
+        self.assertIn("interface=127.0.0.1", s.tcp.listen)
+
+
+class OptionsTests(unittest.TestCase):
+    def test_config_error_is_a_usage_error(self):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[tcp]\nmax_line = huge\n")
+        with self.assertRaises(usage.UsageError) as cm:
+            Options().parseOptions(["--config", path])
+        self.assertIn("[tcp] max_line", str(cm.exception))
+
+    def test_settings_parsed(self):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[relay]\nid = relay7\n")
+        options = Options()
+        options.parseOptions(["--config", path])
+        self.assertEqual(options["settings"].relay.id, "relay7")

@@ -1,0 +1,49 @@
+"""twistd finds the relayd plugin, and makeService composes the enabled services."""
+import os
+
+from twisted.application.service import IServiceMaker
+from twisted.internet.testing import MemoryReactorClock
+from twisted.plugin import getPlugins
+from twisted.trial import unittest
+
+from relayd import tap
+
+
+class PluginTests(unittest.TestCase):
+    def test_plugin_discoverable(self):
+        self.assertIn("relayd", {p.tapname for p in getPlugins(IServiceMaker)})
+
+    def test_make_service_wires_without_listening(self):
+        path = self.mktemp()
+        data_dir = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write(f"[relay]\ndata_dir = {data_dir}\n[tcp]\nlisten = tcp:5555:interface=127.0.0.1\n")
+        options = tap.Options()
+        options.parseOptions(["--config", path])
+        reactor = MemoryReactorClock()
+        daemon = tap.makeService(options, reactor)
+        self.assertEqual(reactor.tcpServers, [])
+        self.assertFalse(os.path.exists(data_dir), "makeService touches no file")
+        self.assertIsNotNone(daemon.getServiceNamed("tcp"))
+        self.assertIsNotNone(daemon.getServiceNamed("journal"))
+        daemon.privilegedStartService()
+        self.assertEqual(reactor.tcpServers[0][0], 5555)
+        self.assertTrue(os.path.exists(os.path.join(data_dir, "identity.key")))
+
+    def test_reload_applies_new_limits(self):
+        path = os.path.abspath(self.mktemp())
+        data_dir = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write(f"[relay]\ndata_dir = {data_dir}\n[tcp]\nlisten = tcp:0\n")
+        options = tap.Options()
+        options.parseOptions(["--config", path])
+        daemon = tap.makeService(options, MemoryReactorClock())
+        with open(path, "a") as f:
+            f.write("max_connections = 7\n[ratelimit]\nmessages = 99\n")
+        self.assertIn("reloaded", daemon.reload())
+        self.assertEqual(daemon.getServiceNamed("tcp").max_connections, 7)
+        self.assertEqual(daemon.guard.capacity, 99)
+        with open(path, "a") as f:
+            f.write("[bogus]\n")
+        self.assertIn("[bogus]", daemon.reload())
+        self.assertEqual(daemon.guard.capacity, 99)

@@ -1,0 +1,178 @@
+"""The router: routing rules, dedup, store-and-forward, replay."""
+import json
+
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from relayd.core import message
+from tests.fakes import FakeSession, make_router
+
+
+def bodies(session):
+    return [json.loads(line)["body"] for line in session.lines]
+
+
+class RoutingTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.router = make_router(self.clock)
+        self.alice, self.bob, self.carol = (FakeSession(n) for n in ("alice", "bob", "carol"))
+        for s in (self.alice, self.bob, self.carol):
+            self.router.attach(s)
+
+    def test_directed_only_to_target(self):
+        results = []
+        self.router.submit(self.alice, "bob", "hi").addCallback(results.append)
+        self.assertEqual(bodies(self.bob), ["hi"])
+        self.assertEqual(self.carol.lines, [])
+        self.assertEqual(self.alice.lines, [])
+        self.assertFalse(results[0][1])
+
+    def test_broadcast_never_echoes(self):
+        self.router.submit(self.alice, "*", "all")
+        self.assertEqual(bodies(self.bob), ["all"])
+        self.assertEqual(bodies(self.carol), ["all"])
+        self.assertEqual(self.alice.lines, [])
+
+    def test_room_members_only(self):
+        self.router.join(self.alice, "r")
+        self.router.join(self.bob, "r")
+        self.router.submit(self.alice, "#r", "room", room="r")
+        self.assertEqual(bodies(self.bob), ["room"])
+        self.assertEqual(self.carol.lines, [])
+        self.assertEqual(json.loads(self.bob.lines[0])["room"], "r")
+
+    def test_retry_with_nonce_is_delivered_once(self):
+        results = []
+        self.router.submit(self.alice, "bob", "hi", nonce="n1").addCallback(results.append)
+        self.router.submit(self.alice, "bob", "hi", nonce="n1").addCallback(results.append)
+        self.assertEqual(bodies(self.bob), ["hi"])
+        self.assertEqual(results[0][0], results[1][0])
+        self.assertEqual([r[1] for r in results], [False, True])
+
+    def test_retry_while_pending_is_acked_after_the_original(self):
+        self.router.journal.hold = True
+        results = []
+        self.router.submit(self.alice, "bob", "hi", nonce="n1").addCallback(results.append)
+        self.router.submit(self.alice, "bob", "hi", nonce="n1").addCallback(results.append)
+        self.assertEqual(results, [])
+        self.assertEqual(self.bob.lines, [])
+        self.router.journal.release()
+        self.assertEqual([r[1] for r in results], [False, True])
+        self.assertEqual(len(self.bob.lines), 1)
+
+    def test_journal_failure_fails_and_forgets(self):
+        self.router.journal.fail = True
+        failures = []
+        self.router.submit(self.alice, "bob", "hi", nonce="n1").addErrback(failures.append)
+        self.assertEqual(len(failures), 1)
+        self.assertEqual(self.bob.lines, [])
+        self.router.journal.fail = False
+        results = []
+        self.router.submit(self.alice, "bob", "hi", nonce="n1").addCallback(results.append)
+        self.assertFalse(results[0][1], "a retry after a failure is stored, not a duplicate")
+        self.assertEqual(bodies(self.bob), ["hi"])
+
+    def test_delivery_waits_for_the_journal(self):
+        self.router.journal.hold = True
+        self.router.submit(self.alice, "*", "x")
+        self.assertEqual(self.bob.lines, [])
+        self.router.journal.release()
+        self.assertEqual(bodies(self.bob), ["x"])
+
+
+class StoreAndForwardTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.router = make_router(self.clock, mailbox_max=3, mailbox_ttl=100)
+        self.alice = FakeSession("alice")
+        self.router.attach(self.alice)
+
+    def test_offline_peer_gets_messages_in_order(self):
+        for text in ("one", "two", "three"):
+            self.router.submit(self.alice, "dave", text)
+        dave = FakeSession("dave")
+        stored = self.router.attach(dave)
+        self.assertEqual(len(stored), 3)
+        self.router.deliver_stored(dave, stored)
+        self.assertEqual(bodies(dave), ["one", "two", "three"])
+        receipts = [json.loads(l) for l in self.router.journal.lines if b"receipt" in l]
+        self.assertEqual(len(receipts), 3)
+        self.assertEqual(self.router.attach(FakeSession("dave")), [])
+
+    def test_mailbox_is_bounded(self):
+        for text in ("1", "2", "3", "4"):
+            self.router.submit(self.alice, "dave", text)
+        self.assertEqual([e["body"] for e, _ in self.router.attach(FakeSession("dave"))],
+                         ["2", "3", "4"])
+
+    def test_mailbox_expires(self):
+        self.router.submit(self.alice, "dave", "old")
+        self.clock.advance(101)
+        self.assertEqual(self.router.attach(FakeSession("dave")), [])
+
+
+class SessionTests(unittest.TestCase):
+    def test_reconnect_replaces_cleanly(self):
+        router = make_router()
+        old, new = FakeSession("bob"), FakeSession("bob", port=2)
+        router.attach(old)
+        router.join(old, "r")
+        router.attach(new)
+        self.assertEqual(old.closed, "session_replaced")
+        router.detach(old)                    # the old connection's close arrives late
+        self.assertIs(router.sessions["bob"], new)
+        self.assertEqual(router.rooms(), {})
+        router.detach(new)
+        self.assertEqual(router.sessions, {})
+
+    def test_kick(self):
+        router = make_router()
+        bob = FakeSession("bob")
+        router.attach(bob)
+        self.assertTrue(router.kick("bob"))
+        self.assertEqual(bob.closed, "kicked")
+        self.assertFalse(router.kick("nobody"))
+
+
+class ReplayTests(unittest.TestCase):
+    def replayed(self, lines, clock=None):
+        router = make_router(clock)
+        for line in lines:
+            router.restore(json.loads(line))
+        return router
+
+    def test_replay_rebuilds_dedup_and_mailboxes(self):
+        clock = Clock()
+        clock.advance(1000)
+        first = make_router(clock)
+        alice = FakeSession("alice")
+        first.attach(alice)
+        first.submit(alice, "dave", "stored", nonce="n1")
+        first.submit(alice, "erin", "delivered later")
+        erin = FakeSession("erin")
+        first.deliver_stored(erin, first.attach(erin))
+        second = self.replayed(first.journal.lines, clock)
+        self.assertEqual([e["body"] for e, _ in second.attach(FakeSession("dave"))], ["stored"])
+        self.assertEqual(second.attach(FakeSession("erin")), [])
+        results = []
+        second.submit(FakeSession("alice"), "dave", "stored", nonce="n1").addCallback(results.append)
+        self.assertTrue(results[0][1], "the dedup window survived the restart")
+
+    def test_history_visibility(self):
+        clock = Clock()
+        clock.advance(1000)
+        router = make_router(clock)
+        alice, bob = FakeSession("alice"), FakeSession("bob")
+        router.attach(alice)
+        router.attach(bob)
+        router.submit(alice, "bob", "private")
+        router.submit(alice, "*", "public")
+        router.submit(alice, "#r", "room", room="r")
+        self.assertEqual([e["body"] for e in router.visible_history("bob", with_peer="alice")], ["private"])
+        self.assertEqual([e["body"] for e in router.visible_history("carol")], ["public"])
+        self.assertEqual([e["body"] for e in router.visible_history("bob", room="r")], ["room"])
+        self.assertEqual(router.visible_history("carol", with_peer="bob"), [])
+        self.assertTrue(all(message.is_message(e) for e in router.visible_history("bob", room="r")))

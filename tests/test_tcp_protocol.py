@@ -1,0 +1,305 @@
+"""The TCP relay protocol over StringTransport: both dialects, errors, limits."""
+import base64
+import json
+from types import SimpleNamespace
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.trial import unittest
+
+from relayd import config
+from relayd.tcp.protocol import auth_payload
+from relayd.tcp.service import TcpRelayService
+from tests.fakes import make_guard, make_router
+
+
+def make_service(ini="", reactor=None):
+    reactor = reactor or MemoryReactorClock()
+    reactor.advance(1000)
+    settings = config.parse("[tcp]\nlisten = tcp:0:interface=127.0.0.1\n" + ini)
+    router = make_router(reactor)
+    guard = make_guard(reactor, settings.ratelimit.messages, settings.ratelimit.per_seconds,
+                       settings.ratelimit.ban_after, settings.ratelimit.ban_window,
+                       settings.ratelimit.ban_duration)
+    daemon = SimpleNamespace(reactor=reactor, settings=settings, on_reload=lambda hook: None)
+    return TcpRelayService(daemon, settings.tcp, router, guard)
+
+
+class Client:
+    """One fake connection to the service."""
+
+    def __init__(self, service, ip="127.0.0.1", port=40000):
+        self.protocol = service.factory.buildProtocol(None)
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", ip, port))
+        self.protocol.makeConnection(self.transport)
+
+    def send(self, data):
+        self.protocol.dataReceived(data)
+
+    def request(self, **obj):
+        self.send(json.dumps(obj).encode() + b"\n")
+
+    def frames(self):
+        data = self.transport.value()
+        self.transport.clear()
+        return [json.loads(line) for line in data.splitlines() if line.strip()]
+
+    @property
+    def closed(self):
+        return self.transport.disconnecting
+
+
+def hello(service, peer_id, **kw):
+    client = Client(service, **kw)
+    client.request(type="hello", id=peer_id)
+    client.frames()
+    return client
+
+
+class JsonDialectTests(unittest.TestCase):
+    def setUp(self):
+        self.service = make_service()
+
+    def test_hello_welcome(self):
+        client = Client(self.service)
+        client.request(type="hello", id="alice", req=1)
+        [welcome] = client.frames()
+        self.assertEqual(welcome, {"status": "ok", "type": "welcome", "id": "alice", "relay": "relay1",
+                                   "authenticated": False, "pending": 0, "req": 1})
+
+    def test_send_ack_and_delivery(self):
+        alice, bob = hello(self.service, "alice"), hello(self.service, "bob", port=2)
+        alice.request(type="send", to="bob", body="hi", nonce="n1", req="r")
+        [ack] = alice.frames()
+        self.assertEqual((ack["status"], ack["type"], ack["nonce"], ack["req"], ack["duplicate"]),
+                         ("ok", "ack", "n1", "r", False))
+        [msg] = bob.frames()
+        self.assertEqual((msg["type"], msg["from"], msg["to"], msg["body"], msg["msg_id"]),
+                         ("message", "alice", "bob", "hi", ack["msg_id"]))
+
+    def test_rooms_peers_history_ping(self):
+        alice, bob = hello(self.service, "alice"), hello(self.service, "bob", port=2)
+        alice.request(type="join", room="general")
+        self.assertEqual(alice.frames()[0]["members"], ["alice"])
+        bob.request(type="join", room="general")
+        bob.frames()
+        alice.request(type="send", room="general", body="yo")
+        alice.frames()
+        self.assertEqual(bob.frames()[0]["room"], "general")
+        bob.request(type="rooms")
+        self.assertEqual(bob.frames()[0]["rooms"], {"general": 2})
+        bob.request(type="peers")
+        self.assertEqual(bob.frames()[0]["peers"], ["alice", "bob"])
+        bob.request(type="history", room="general")
+        self.assertEqual([m["body"] for m in bob.frames()[0]["messages"]], ["yo"])
+        bob.request(type="leave", room="general")
+        bob.frames()
+        bob.request(type="history", room="general")
+        self.assertEqual(bob.frames()[0]["error"], "not_in_room")
+        bob.request(type="ping")
+        self.assertEqual(bob.frames()[0]["type"], "pong")
+
+    def test_errors_keep_the_connection(self):
+        client = Client(self.service)
+        client.send(b"{not json\n")
+        client.request(type="send", to="bob", body="x")
+        client.request(type="hello", id="a||b")
+        client.send(b'{"type": "hello", "id": "\xff"}\n')
+        client.request(type="fly")
+        client.request(type="hello", id="alice")
+        client.request(type="hello", id="alice")
+        client.request(type="send", to="bob", body=5)
+        client.request(type="send", to="bob", room="r", body="x")
+        client.request(type="history", limit=-1)
+        codes = [f.get("error", f.get("type")) for f in client.frames()]
+        self.assertEqual(codes, ["bad_json", "not_identified", "bad_id", "bad_utf8", "unknown_type",
+                                 "welcome", "already_identified", "bad_request", "bad_request",
+                                 "bad_request"])
+        self.assertFalse(client.closed)
+
+    def test_line_too_long_closes(self):
+        service = make_service("max_line = 1000\n")
+        client = hello(service, "alice")
+        client.send(b'{"type": "send", "to": "bob", "body": "' + b"x" * 2000)
+        [error] = client.frames()
+        self.assertEqual((error["error"], error["limit"]), ("line_too_long", 1000))
+        self.assertTrue(client.closed)
+
+    def test_rate_limit_with_retry_after_then_ban(self):
+        alice = hello(self.service, "alice")
+        for i in range(10):
+            alice.request(type="send", to="*", body=str(i))
+        self.assertEqual({f["type"] for f in alice.frames()}, {"ack"})
+        alice.request(type="send", to="*", body="too many")
+        [error] = alice.frames()
+        self.assertEqual(error["error"], "rate_limited")
+        self.assertAlmostEqual(error["retry_after"], 1.0, places=2)
+        for i in range(4):
+            alice.request(type="send", to="*", body="more")
+        frames = alice.frames()
+        self.assertEqual(frames[-1]["error"], "banned")
+        self.assertTrue(alice.closed)
+        again = Client(self.service)
+        self.assertEqual(again.frames()[0]["error"], "banned")
+        self.assertTrue(again.closed)
+
+    def test_same_id_reconnect_replaces(self):
+        old = hello(self.service, "bob")
+        new = hello(self.service, "bob", port=2)
+        self.assertEqual(old.frames()[0]["error"], "session_replaced")
+        self.assertTrue(old.closed)
+        old.protocol.connectionLost(None)
+        self.assertIs(self.service.router.sessions["bob"], new.protocol)
+
+    def test_store_and_forward_counts_pending(self):
+        alice = hello(self.service, "alice")
+        alice.request(type="send", to="dave", body="one")
+        alice.request(type="send", to="dave", body="two")
+        dave = Client(self.service, port=3)
+        dave.request(type="hello", id="dave")
+        frames = dave.frames()
+        self.assertEqual(frames[0]["pending"], 2)
+        self.assertEqual([f["body"] for f in frames[1:]], ["one", "two"])
+
+    def test_journal_failure_is_reported(self):
+        alice = hello(self.service, "alice")
+        self.service.router.journal.fail = True
+        alice.request(type="send", to="*", body="x")
+        self.assertEqual(alice.frames()[0]["error"], "journal_unavailable")
+
+
+class KeyProofTests(unittest.TestCase):
+    def setUp(self):
+        self.service = make_service()
+        self.key = Ed25519PrivateKey.generate()
+        self.public = self.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    def prove(self, client, peer_id, key=None):
+        key = key or self.key
+        public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        client.request(type="hello", id=peer_id, key=base64.b64encode(public).decode())
+        answer = client.frames()[0]
+        if answer["status"] == "error":
+            return answer
+        challenge = answer["challenge"]
+        signature = key.sign(auth_payload("relay1", peer_id, challenge))
+        client.request(type="auth", signature=base64.b64encode(signature).decode())
+        return client.frames()[0]
+
+    def test_proof_owns_the_id(self):
+        welcome = self.prove(Client(self.service), "alice")
+        self.assertEqual((welcome["type"], welcome["authenticated"]), ("welcome", True))
+        impostor = Client(self.service, port=2)
+        impostor.request(type="hello", id="alice")
+        self.assertEqual(impostor.frames()[0]["error"], "id_owned")
+        other = self.prove(Client(self.service, port=3), "alice", Ed25519PrivateKey.generate())
+        self.assertEqual(other["error"], "id_owned")
+        legacy = Client(self.service, port=4)
+        legacy.send(b"alice")
+        self.assertEqual(legacy.frames()[0]["error"], "id_owned")
+        self.assertEqual(self.prove(Client(self.service, port=5), "alice")["type"], "welcome")
+
+    def test_bad_signature(self):
+        client = Client(self.service)
+        client.request(type="hello", id="alice", key=base64.b64encode(self.public).decode())
+        client.frames()
+        client.request(type="auth", signature=base64.b64encode(b"x" * 64).decode())
+        self.assertEqual(client.frames()[0]["error"], "auth_failed")
+        self.assertNotIn("alice", self.service.router.sessions)
+
+    def test_require_auth(self):
+        service = make_service("require_auth = yes\n")
+        client = Client(service)
+        client.request(type="hello", id="alice")
+        self.assertEqual(client.frames()[0]["error"], "auth_required")
+        legacy = Client(service, port=2)
+        legacy.send(b"bob")
+        self.assertEqual(legacy.frames()[0]["error"], "auth_required")
+
+
+class LegacyDialectTests(unittest.TestCase):
+    def setUp(self):
+        self.service = make_service()
+
+    def test_seed_client_unchanged(self):
+        bob = hello(self.service, "bob", port=2)
+        alice = Client(self.service)
+        alice.send(b"alice")
+        self.assertEqual(alice.transport.value(), b"", "the seed sends nothing on registration")
+        alice.send(b'bob||{"from": "alice", "text": "hi"}')
+        raw = alice.transport.value()
+        self.assertRegex(raw, rb'^\{"status": "ok", "msg_id": "[0-9a-f]{64}"\}\n$')
+        [msg] = bob.frames()
+        self.assertEqual((msg["from"], msg["to"], msg["body"]), ("alice", "bob", "hi"))
+        for key in ("timestamp", "seen_by", "msg_id"):
+            self.assertIn(key, msg)
+
+    def test_coalesced_registration_and_messages(self):
+        carol = hello(self.service, "carol", port=3)
+        alice = Client(self.service)
+        alice.send(b'alice\n*||{"text": "a"}*||{"text": "b"}\n*||{"te')
+        alice.send(b'xt": "c"}')
+        self.assertEqual([m["body"] for m in carol.frames()], ["a", "b", "c"])
+        self.assertEqual(len(alice.frames()), 3)
+
+    def test_relay_lines_refused(self):
+        alice = Client(self.service)
+        alice.send(b"alice")
+        alice.send(b'RELAY||{"msg_id": "x", "from": "mallory", "to": "*", "body": "spoof"}\n')
+        self.assertEqual(alice.frames()[0]["error"], "relay_forbidden")
+
+    def test_malformed_gets_json_error(self):
+        alice = Client(self.service)
+        alice.send(b"alice")
+        alice.send(b"bob||hello\n")
+        self.assertEqual(alice.frames()[0]["error"], "bad_json")
+        self.assertFalse(alice.closed)
+
+
+class ConnectionLimitTests(unittest.TestCase):
+    def test_per_ip_and_total(self):
+        service = make_service("max_connections_per_ip = 2\nmax_connections = 3\n")
+        a, b = Client(service), Client(service, port=2)
+        c = Client(service, port=3)
+        self.assertEqual(c.frames()[0]["error"], "too_many_connections")
+        d = Client(service, ip="10.0.0.2")
+        self.assertFalse(d.closed)
+        e = Client(service, ip="10.0.0.3")
+        self.assertEqual(e.frames()[0]["error"], "too_many_connections")
+        a.protocol.connectionLost(None)
+        self.assertFalse(Client(service, ip="10.0.0.3").closed)
+
+    def test_idle_and_handshake_timeouts(self):
+        reactor = MemoryReactorClock()
+        service = make_service("idle_timeout = 60\nhandshake_timeout = 10\n", reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        silent = Client(service)
+        chatty = hello(service, "alice", port=2)
+        legacy = Client(service, port=3)
+        legacy.send(b"bob")
+        reactor.advance(12)
+        self.assertEqual(silent.frames()[0]["error"], "idle_timeout")
+        self.assertFalse(chatty.closed)
+        reactor.advance(30)
+        chatty.request(type="ping")
+        reactor.advance(40)
+        self.assertFalse(chatty.closed)
+        reactor.advance(30)
+        self.assertTrue(chatty.closed)
+        self.assertFalse(legacy.closed, "seed clients cannot ping; TCP keepalive covers them")
+
+    def test_slow_reader_is_dropped_not_buffered(self):
+        service = make_service("output_buffer = 2000\n")
+        alice, bob = hello(service, "alice"), hello(service, "bob", port=2)
+        bob.protocol.pauseProducing()
+        for i in range(5):
+            alice.request(type="send", to="bob", body="x" * 100)
+        self.assertFalse(bob.closed)
+        for i in range(5):
+            alice.request(type="send", to="bob", body="x" * 300)
+        self.assertTrue(bob.closed)
+        self.assertIn(b"slow_consumer", bob.transport.value())
+        self.assertFalse(alice.closed)
