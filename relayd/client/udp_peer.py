@@ -71,6 +71,7 @@ class PeerClient(DatagramProtocol):
         self.failed = defer.Deferred()
         self.on_text = None
         self._loops = []
+        self._retry = None             # the pending connect retry, while the peer is away
 
     # --- life cycle ----------------------------------------------------------
 
@@ -85,6 +86,8 @@ class PeerClient(DatagramProtocol):
         for loop in self._loops:
             if loop.running:
                 loop.stop()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
 
     def _every(self, interval, f, now=True):
         loop = task.LoopingCall(f)
@@ -214,8 +217,9 @@ class PeerClient(DatagramProtocol):
         if code == "name_taken" and "challenge" in packet:
             self._register(packet["challenge"])       # our key may move the name here
         elif code == "unknown_target":
-            self.reactor.callLater(2.0, self._write, {"type": "connect", "target": self.target},
-                                   self.relay)
+            if self._retry is None or not self._retry.active():
+                self._retry = self.reactor.callLater(
+                    2.0, self._write, {"type": "connect", "target": self.target}, self.relay)
         elif code in ("name_taken", "auth_failed", "server_full") and not self.registered.called:
             self.failed.callback(f"the relay refused us: {code}")
         else:

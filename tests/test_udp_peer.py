@@ -1,0 +1,119 @@
+"""relay-chat peer: end-to-end channel, and two clients through a real relay on loopback."""
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from twisted.internet import defer, reactor, task
+from twisted.trial import unittest
+
+from relayd import config
+from relayd.client.e2e import Channel, E2EError, ReplayWindow
+from relayd.client.udp_peer import PeerClient, parse_address
+from relayd.identity import Identity
+from relayd.udp.service import UDPService
+
+
+def identity(name):
+    return Identity(name, Ed25519PrivateKey.generate())
+
+
+class ChannelTests(unittest.TestCase):
+    def setUp(self):
+        self.alice_id, self.bob_id = identity("alice"), identity("bob")
+        self.alice = Channel(self.alice_id, "alice", "bob")
+        self.bob = Channel(self.bob_id, "bob", "alice")
+        self.assertTrue(self.bob.accept_hello(self.alice.hello()))
+        self.assertTrue(self.alice.accept_hello(self.bob.hello()))
+
+    def test_round_trip_both_ways(self):
+        self.assertEqual(self.bob.open(self.alice.seal({"k": "text", "body": "hi"})),
+                         {"k": "text", "body": "hi"})
+        self.assertEqual(self.alice.open(self.bob.seal({"k": "text", "body": "yo"}))["body"], "yo")
+
+    def test_ciphertext_hides_the_text(self):
+        frame = self.alice.seal({"k": "text", "body": "attack at dawn"})
+        self.assertNotIn("dawn", repr(frame))
+
+    def test_replay_and_tampering_are_refused(self):
+        frame = self.alice.seal({"k": "text", "body": "once"})
+        self.bob.open(frame)
+        self.assertRaises(E2EError, self.bob.open, frame)
+        forged = dict(self.alice.seal({"k": "text", "body": "x"}), n=99)
+        self.assertRaises(E2EError, self.bob.open, forged)
+        # A frame from Alice to Bob does not open as Bob-to-Alice (direction keys differ).
+        self.assertRaises(E2EError, self.alice.open, self.alice.seal({"k": "x"}))
+
+    def test_repeated_hello_is_not_a_new_session(self):
+        self.assertFalse(self.bob.accept_hello(self.alice.hello()))
+
+    def test_forged_or_unexpected_hello(self):
+        mallory = Channel(identity("mallory"), "alice", "bob")
+        bob = Channel(self.bob_id, "bob", "alice")
+        self.assertRaises(E2EError, bob.accept_hello, mallory.hello(), self.alice_id.public_bytes)
+        hello = dict(self.alice.hello(), eph=mallory.hello()["eph"])
+        self.assertRaises(E2EError, bob.accept_hello, hello)
+        self.assertRaises(E2EError, bob.accept_hello, dict(self.alice.hello(), to="carol"))
+
+    def test_replay_window(self):
+        window = ReplayWindow(size=4)
+        self.assertEqual([window.accept(n) for n in (0, 2, 1, 2, 9, 5, 6, 4)],
+                         [True, True, True, False, True, False, True, False])
+
+
+class LoopbackPeerTests(unittest.TestCase):
+    """Two clients and a relay on 127.0.0.1: a direct path, and relayed text."""
+
+    def setUp(self):
+        settings = config.parse("[udp]\nlisten = 0\n").udp
+        self.service = UDPService(settings, reactor)
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+        self.relay = ("127.0.0.1", self.service.port)
+        self.lines = {"alice": [], "bob": []}
+
+    def client(self, name, target, punch_time=1.0):
+        client = PeerClient(reactor, identity(name), name, target, self.relay,
+                            self.lines[name].append, punch_time=punch_time)
+        port = reactor.listenUDP(0, client, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return client, port
+
+    @defer.inlineCallbacks
+    def wait_for(self, name, text, timeout=10):
+        for _ in range(int(timeout / 0.05)):
+            if any(text in line for line in self.lines[name]):
+                return
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        self.fail(f"{name} never showed {text!r}: {self.lines[name]}")
+
+    @defer.inlineCallbacks
+    def test_direct_path_and_messages(self):
+        alice, _ = self.client("alice", "bob")
+        bob, _ = self.client("bob", "alice")
+        path = yield alice.path_ready
+        self.assertEqual(path[0], "direct")
+        yield bob.path_ready
+        relayed = self.service.stats().get("relayed", 0)
+        alice.send_text("hello \x1b[31mbob")
+        yield self.wait_for("bob", "alice: hello \\x1b[31mbob")
+        self.assertIn("vouched for by the relay", "\n".join(self.lines["alice"] + self.lines["bob"]))
+        # The text took the direct path: the relay forwarded nothing more.
+        self.assertEqual(self.service.stats().get("relayed", 0), relayed)
+
+    @defer.inlineCallbacks
+    def test_relay_fallback_when_direct_frames_are_lost(self):
+        alice, _ = self.client("alice", "bob", punch_time=0.5)
+        bob, _ = self.client("bob", "alice", punch_time=0.5)
+        for client in (alice, bob):     # a firewall that drops everything but the relay
+            original = client.datagramReceived
+            client.datagramReceived = (lambda c, o: lambda data, addr: (
+                o(data, addr) if addr[:2] == c.relay else None))(client, original)
+        self.assertEqual((yield alice.path_ready), "relay")
+        yield bob.path_ready
+        bob.send_text("via the relay")
+        yield self.wait_for("alice", "bob: via the relay")
+        self.assertGreater(self.service.stats()["relayed"], 0)
+
+
+class ParseTests(unittest.TestCase):
+    def test_addresses(self):
+        self.assertEqual(parse_address("192.0.2.1:8000"), ("192.0.2.1", 8000))
+        self.assertEqual(parse_address("[2001:db8::1]:8000"), ("2001:db8::1", 8000))
+        self.assertRaises(ValueError, parse_address, "nohost")
