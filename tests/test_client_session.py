@@ -3,56 +3,21 @@
 The relay is the scripted FakeRelay, joined to the session over iosim by an
 endpoint that hands out in-memory connections; time is a Clock.
 """
-from twisted.internet.defer import CancelledError, fail, succeed
+from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
-from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
-from twisted.internet.interfaces import IStreamClientEndpoint
 
 from relayd.client.protocol import ServerError
 from relayd.client.session import MessageTooLong, RecentIds, Session
-from relayd.client.testing import FakeRelay
-
-
-@implementer(IStreamClientEndpoint)
-class PumpEndpoint:
-    """Connects to ``relay`` in memory; ``down = True`` refuses connections."""
-
-    def __init__(self, relay):
-        self.relay = relay
-        self.pumps = []
-        self.down = False
-
-    def connect(self, factory):
-        if self.down:
-            return fail(ConnectionRefusedError())
-        server = self.relay.buildProtocol(None)
-        client = factory.buildProtocol(None)
-        self.pumps.append(iosim.connect(server, iosim.makeFakeServer(server),
-                                        client, iosim.makeFakeClient(client), greet=False))
-        return succeed(client)
-
-    def flush(self):
-        for _ in range(20):
-            moved = [pump.pump() for pump in self.pumps]
-            if not any(moved):
-                break
-
-    def drop(self):
-        """The relay's side closes every connection (a crash, a restart)."""
-        for pump in self.pumps:
-            pump.serverIO.loseConnection()
-        self.flush()
-        self.pumps = []
+from relayd.client.testing import FakeRelay, MemoryEndpoint
 
 
 class SessionTests(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
         self.relay = FakeRelay(clock=self.clock)
-        self.endpoint = PumpEndpoint(self.relay)
+        self.endpoint = MemoryEndpoint(self.relay)
         self.statuses = []
 
     def session(self, peer_id="alice", endpoint=None, **kw):

@@ -6,14 +6,20 @@ without a key (challenge, Ed25519 check), send with nonce dedup, delivery to
 a peer / a room / everyone, join, leave, peers, rooms, history, ping.  Tests
 steer it with a few attributes (``refuse``, ``swallow_acks``,
 ``send_errors``, ``name_in_challenge``) and read what it saw (``requests``, ``stored``).
+``MemoryEndpoint`` connects clients to it in memory (iosim).
 """
 import base64
 import hashlib
 import json
 import secrets
 
+from twisted.internet.defer import fail, succeed
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.protocols.basic import LineOnlyReceiver
+from twisted.test import iosim
+from zope.interface import implementer
 
 from relayd.client.protocol import auth_payload
 from relayd.identity import verify
@@ -181,3 +187,38 @@ class FakeRelayProtocol(LineOnlyReceiver):
     def connectionLost(self, reason):
         if self.relay.sessions.get(self.peer_id) is self:
             del self.relay.sessions[self.peer_id]
+
+
+@implementer(IStreamClientEndpoint)
+class MemoryEndpoint:
+    """Connects to ``relay`` over iosim; ``down = True`` refuses connections.
+
+    ``flush()`` moves the bytes of every connection until all are quiet.
+    """
+
+    def __init__(self, relay):
+        self.relay = relay
+        self.pumps = []
+        self.down = False
+
+    def connect(self, factory):
+        if self.down:
+            return fail(ConnectionRefusedError())
+        server = self.relay.buildProtocol(None)
+        client = factory.buildProtocol(None)
+        self.pumps.append(iosim.connect(server, iosim.makeFakeServer(server),
+                                        client, iosim.makeFakeClient(client), greet=False))
+        return succeed(client)
+
+    def flush(self):
+        for _ in range(20):
+            moved = [pump.pump() for pump in self.pumps]
+            if not any(moved):
+                break
+
+    def drop(self):
+        """The relay's side closes every connection (a crash, a restart)."""
+        for pump in self.pumps:
+            pump.serverIO.loseConnection()
+        self.flush()
+        self.pumps = []

@@ -1,0 +1,143 @@
+"""The interactive console: commands, targets, output, quitting."""
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from relayd.client.console import Console
+from relayd.client.render import clean, message_line, rooms_lines
+from relayd.client.session import Session
+from relayd.client.testing import FakeRelay, MemoryEndpoint
+
+
+class ConsoleTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.relay = FakeRelay(clock=self.clock)
+        self.endpoint = MemoryEndpoint(self.relay)
+        self.done = []
+        self.console = Console(None, self.done.append)
+        self.session = Session(self.clock, self.endpoint, "alice", keepalive=0,
+                               on_message=self.console.show_message,
+                               on_status=self.console.status,
+                               retry_policy=lambda attempt: 1.0)
+        self.console.session = self.session
+        self.out = StringTransport()
+        self.console.makeConnection(self.out)
+        self.session.start()
+        self.endpoint.flush()
+        self.bob = Session(self.clock, self.endpoint, "bob", keepalive=0)
+        self.bob.received = []
+        self.bob.on_message = self.bob.received.append
+        self.bob.start()
+        self.endpoint.flush()
+        self.addCleanup(self.stop)
+
+    def stop(self):
+        for session in (self.session, self.bob):
+            session.stop()
+        self.endpoint.flush()
+
+    def type(self, *lines):
+        for line in lines:
+            self.console.dataReceived(line.encode() + b"\n")
+        self.endpoint.flush()
+
+    def output(self):
+        text = self.out.value().decode()
+        self.out.clear()
+        return text.splitlines()
+
+    def test_status_lines(self):
+        self.assertEqual(self.output(), ["*** type /help for commands",
+                                         "*** connected as alice to relay relay1"])
+
+    def test_to_sets_the_target_for_plain_lines(self):
+        self.type("/to bob hello", "and again")
+        self.assertEqual([m["body"] for m in self.bob.received], ["hello", "and again"])
+        self.assertEqual([r["to"] for r in self.relay.sent("send")], ["bob", "bob"])
+
+    def test_plain_line_without_target(self):
+        self.output()
+        self.type("hello?")
+        self.assertEqual(self.relay.sent("send"), [])
+        self.assertIn("no target yet", self.output()[0])
+
+    def test_join_sends_to_the_room_and_shows_members(self):
+        self.bob.join("general")
+        self.endpoint.flush()
+        self.type("/join #general", "hi room")
+        self.assertIn("*** joined #general; members: alice, bob", self.output())
+        self.assertEqual(self.relay.sent("send")[-1]["room"], "general")
+        self.assertEqual([m["to"] for m in self.bob.received], ["#general"])
+
+    def test_room_without_joining(self):
+        self.type("/room general hey")
+        self.assertEqual(self.relay.sent("send")[-1]["room"], "general")
+
+    def test_leave_the_current_room(self):
+        self.type("/join general")
+        self.type("/leave")
+        self.assertEqual(self.relay.sent("leave")[-1]["room"], "general")
+        self.assertIsNone(self.console.target)
+
+    def test_incoming_messages_are_printed(self):
+        self.output()
+        self.bob.send("hi alice", to="alice")
+        self.endpoint.flush()
+        [line] = self.output()
+        self.assertRegex(line, r"^\[\d\d:\d\d:\d\d\] bob -> alice: hi alice$")
+
+    def test_peers_rooms_history(self):
+        self.type("/to bob one")
+        self.output()
+        self.type("/peers", "/rooms", "/history bob 5")
+        lines = self.output()
+        self.assertEqual(lines[0], "*** peers: alice, bob")
+        self.assertEqual(lines[1], "*** rooms: (none)")
+        self.assertEqual(lines[2], "*** history: 1 message(s)")
+        self.assertTrue(lines[3].endswith("alice -> bob: one"))
+        self.assertEqual(self.relay.sent("history")[-1]["limit"], 5)
+
+    def test_double_slash_sends_a_slash(self):
+        self.type("/to bob x", "//not a command")
+        self.assertEqual(self.bob.received[-1]["body"], "/not a command")
+
+    def test_unknown_command(self):
+        self.output()
+        self.type("/frobnicate")
+        self.assertIn("unknown command /frobnicate", self.output()[0])
+
+    def test_server_refusal_of_a_send_is_shown(self):
+        self.relay.send_errors = ["bad_request"]
+        self.type("/to bob x")
+        self.assertIn("*** not sent: bad_request: bad request", self.output())
+
+    def test_quit_waits_for_acks(self):
+        self.relay.swallow_acks = 1
+        self.type("/to bob x", "/quit")
+        self.assertEqual(self.done, [])
+        self.assertIn("waiting for 1 unacked message(s)", self.output()[-1])
+        self.endpoint.drop()
+        self.clock.advance(1.0)
+        self.endpoint.flush()
+        self.assertEqual(self.done, [0])
+
+    def test_end_of_input_quits(self):
+        self.console.readConnectionLost()
+        self.assertEqual(self.done, [0])
+
+
+class RenderTests(SynchronousTestCase):
+    def test_message_line(self):
+        msg = {"from": "alice", "to": "#general", "body": "hi", "timestamp": 0}
+        self.assertRegex(message_line(msg), r"^\[\d\d:\d\d:\d\d\] alice -> #general: hi$")
+
+    def test_control_characters_are_escaped(self):
+        self.assertEqual(clean("a\x1b[2Jb\nc"), "a\\x1b[2Jb\\nc")
+        self.assertEqual(clean("héllo ✓"), "héllo ✓")
+
+    def test_bad_timestamp(self):
+        self.assertIn("[--:--:--]", message_line({"timestamp": "soon"}))
+
+    def test_rooms(self):
+        self.assertEqual(rooms_lines({"b": 1, "a": 2}), ["a 2", "b 1"])
