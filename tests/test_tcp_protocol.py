@@ -23,7 +23,8 @@ def make_service(ini="", reactor=None):
     guard = make_guard(reactor, settings.ratelimit.messages, settings.ratelimit.per_seconds,
                        settings.ratelimit.ban_after, settings.ratelimit.ban_window,
                        settings.ratelimit.ban_duration)
-    daemon = SimpleNamespace(reactor=reactor, settings=settings, on_reload=lambda hook: None)
+    daemon = SimpleNamespace(reactor=reactor, settings=settings, registry=None,
+                             on_reload=lambda hook: None)
     return TcpRelayService(daemon, settings.tcp, router, guard)
 
 

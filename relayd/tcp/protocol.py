@@ -99,6 +99,7 @@ class RelayProtocol(Protocol):
         if self._closing:
             return
         self._closing = True
+        self.service.m_errors.labels(code).inc()
         self.transport.write(errors.frame(code, text, **extra))
         self.transport.loseConnection()
 
@@ -114,6 +115,7 @@ class RelayProtocol(Protocol):
             return
         if req is not None:
             extra["req"] = req
+        self.service.m_errors.labels(code).inc()
         self.transport.write(errors.frame(code, text, **extra))
 
     # --- input ------------------------------------------------------------------

@@ -1,4 +1,5 @@
 """The TCP relay service: listener, connection caps, idle sweeps, shutdown."""
+from prometheus_client import Counter, Gauge
 from twisted.application.service import MultiService
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
@@ -42,6 +43,18 @@ class TcpRelayService(MultiService):
         self._sweeper.clock = daemon.reactor
         guard.on_ban.append(self.drop_ip)
         daemon.on_reload(lambda s: self.configure(s.tcp))
+        self._metrics(daemon.registry)
+
+    def _metrics(self, registry):
+        kw = {"registry": registry}
+        Gauge("relayd_tcp_connections", "Open client connections", **kw).set_function(
+            lambda: len(self.connections))
+        self.m_refused = Counter("relayd_tcp_refused", "Connections refused", ["reason"], **kw)
+        self.m_errors = Counter("relayd_tcp_errors", "Error answers sent to clients", ["code"], **kw)
+        Gauge("relayd_banned_addresses", "Addresses under a temporary ban", **kw).set_function(
+            lambda: len(self.guard.bans()))
+        Gauge("relayd_rate_limited", "Messages refused by the per-IP rate limit (total)", **kw
+              ).set_function(lambda: self.guard.rate_limited)
 
     def configure(self, settings):
         self.listen = settings.listen
@@ -76,17 +89,19 @@ class TcpRelayService(MultiService):
         ip = protocol.address[0]
         left = self.guard.banned(ip)
         if left is not None:
-            self.refused += 1
-            return ("banned", "this address is temporarily banned", {"retry_after": round(left, 1)})
+            return self._refuse("banned", "this address is temporarily banned", retry_after=round(left, 1))
         if len(self.connections) >= self.max_connections:
-            self.refused += 1
-            return ("too_many_connections", "the relay is full", {})
+            return self._refuse("too_many_connections", "the relay is full")
         if self.per_ip.get(ip, 0) >= self.max_per_ip:
-            self.refused += 1
-            return ("too_many_connections", "too many connections from your address", {})
+            return self._refuse("too_many_connections", "too many connections from your address")
         self.connections.add(protocol)
         self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
         return None
+
+    def _refuse(self, code, text, **extra):
+        self.refused += 1
+        self.m_refused.labels(code).inc()
+        return (code, text, extra)
 
     def release(self, protocol):
         if protocol in self.connections:
