@@ -142,13 +142,11 @@ class AdminCommands:
         if seconds <= 0:
             return Text("not banned: minutes must be positive")
         guard.ban(address, seconds)
-        self.log.info("admin banned {ip} for {minutes} minutes", ip=address, minutes=minutes)
         return Text(f"banned {address} for {minutes:g} minutes")
 
     def unban(self, ip):
         """Lift a ban."""
         if self._attribute("guard", "ratelimit").unban(ip):
-            self.log.info("admin unbanned {ip}", ip=ip)
             return Text(f"unbanned {ip}")
         return Text(f"{ip} was not banned")
 

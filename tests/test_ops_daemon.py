@@ -1,0 +1,151 @@
+"""Operations end to end: a twistd relayd with [admin] and [http], driven with
+OpenSSH (exec and interactive), HTTP and real relay clients."""
+import os
+import time
+
+from twisted.trial import unittest
+
+from relayd import config
+
+from tests.daemon import Relayd, free_port, wait_for_port
+from tests.seedclient import LineClient
+from tests.test_ops_support import (NO_SSH, admin_ssh, http_get, http_json, known_hosts,
+                                    metric_value, ssh_key)
+
+INI = """
+[relay]
+id = ops1
+data_dir = {data_dir}
+[tcp]
+listen = tcp:{tcp}:interface=127.0.0.1
+[admin]
+listen = tcp:{admin}:interface=127.0.0.1
+authorized_keys = {workdir}/admin_keys
+[http]
+listen = tcp:{http}:interface=127.0.0.1
+stats_interval = 1
+"""
+
+
+class OpsDaemonTests(unittest.TestCase):
+    timeout = 120
+    skip = NO_SSH
+
+    def setUp(self):
+        self.workdir = os.path.abspath(self.mktemp())
+        os.makedirs(self.workdir)
+        self.key, public = ssh_key(self.workdir, "operator")
+        self.wrong_key, _ = ssh_key(self.workdir, "stranger")
+        with open(os.path.join(self.workdir, "admin_keys"), "w") as f:
+            f.write("# operators\n" + public)
+        self.relay = self.start()
+        self.known = known_hosts(self.workdir, self.ports["admin"], os.path.join(
+            self.relay.data_dir, "ssh_host_ed25519_key.pub"))
+
+    def start(self):
+        self.ports = {"tcp": free_port(), "admin": free_port(), "http": free_port()}
+        relay = Relayd(self, INI, workdir=self.workdir, **self.ports)
+        return relay.start(wait_tcp=list(self.ports.values()))
+
+    def admin(self, line, key=None):
+        done = admin_ssh(self.ports["admin"], key or self.key, self.known, line)
+        return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+    def test_exec_commands_over_ssh(self):
+        code, out, err = self.admin("stats()")
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("relay: ops1\n", out)
+        self.assertIn("tcp:\n  listen: tcp:", out)
+        code, out, err = self.admin("1/0")
+        self.assertEqual((code, out), (1, ""))
+        self.assertIn("ZeroDivisionError", err)
+        code, out, _ = self.admin("peers()")
+        self.assertEqual((code, out), (0, "federation: service not enabled\n"))
+
+    def test_wrong_key_is_refused(self):
+        code, out, err = self.admin("stats()", key=self.wrong_key)
+        self.assertEqual((code, out), (255, ""))
+        self.assertIn("Permission denied", err)
+
+    def test_interactive_console(self):
+        done = admin_ssh(self.ports["admin"], self.key, self.known, None, tty=True,
+                         stdin=b"x = 6 * 7\rprint(x)\rclients()\r\x04")
+        screen = done.stdout.decode("utf-8", "replace")
+        self.assertIn("42", screen)
+        self.assertIn("no clients connected", screen)
+
+    def test_ban_refuses_new_connections_until_unban(self):
+        code, out, _ = self.admin("ban('127.0.0.1', 5)")
+        self.assertEqual((code, out), (0, "banned 127.0.0.1 for 5 minutes\n"))
+        self.assertIn("127.0.0.1  29", self.admin("bans()")[1])
+        client = LineClient(self.ports["tcp"])
+        self.addCleanup(client.close)
+        client.request(type="hello", id="mallory")
+        self.assertEqual(client.read()["error"], "banned")
+        self.assertEqual(self.admin("unban('127.0.0.1')")[1], "unbanned 127.0.0.1\n")
+        alice = LineClient(self.ports["tcp"], "alice")
+        self.addCleanup(alice.close)
+        self.assertEqual(alice.welcome["type"], "welcome")
+        code, out, _ = self.admin("clients()")
+        self.assertIn("alice", out)
+        self.assertEqual(self.admin("kick('alice')")[1], "kicked alice\n")
+
+    def test_health_stats_and_metrics_move_with_messages(self):
+        status, health = http_json(self.ports["http"], "/health")
+        self.assertEqual((status, health["status"]), (200, "ok"))
+        self.assertEqual(health["services"], ["admin", "http", "journal", "tcp"])
+        status, body, headers = http_get(self.ports["http"], "/metrics")
+        self.assertEqual(status, 200)
+        self.assertTrue(headers["Content-Type"].startswith("text/plain; version="))
+        before = metric_value(body.decode(), "relayd_messages_received_total", source="client")
+        self.assertIsNotNone(metric_value(body.decode(), "process_resident_memory_bytes"))
+        alice = LineClient(self.ports["tcp"], "alice")
+        bob = LineClient(self.ports["tcp"], "bob")
+        self.addCleanup(alice.close)
+        self.addCleanup(bob.close)
+        for n in range(3):
+            alice.request(type="send", to="bob", body=f"secret {n}")
+            self.assertEqual(alice.read()["type"], "ack")
+            self.assertEqual(bob.read()["body"], f"secret {n}")
+        text = http_get(self.ports["http"], "/metrics")[1].decode()
+        self.assertEqual(metric_value(text, "relayd_messages_received_total", source="client"),
+                         before + 3)
+        self.assertGreaterEqual(metric_value(text, "relayd_uptime_seconds"), 0)
+        status, stats = http_json(self.ports["http"], "/stats")
+        self.assertEqual((status, stats["relay"], stats["tcp"]["sessions"]), (200, "ops1", 2))
+        self.assertEqual(http_get(self.ports["http"], "/nothing")[0], 404)
+        time.sleep(1.2)
+        log = self.relay.log()
+        self.assertIn("stats relay=ops1", log)
+        self.assertNotIn("secret 1", log, "payloads are never logged")
+
+    def test_host_key_survives_a_restart(self):
+        host_key = os.path.join(self.relay.data_dir, "ssh_host_ed25519_key")
+        with open(host_key, "rb") as f:
+            first = f.read()
+        self.assertEqual(os.stat(host_key).st_mode & 0o777, 0o600)
+        self.assertEqual(self.relay.stop(), 0)
+        for port in self.ports.values():
+            self.assertFalse(wait_for_port(port, timeout=0.2))
+        self.relay = self.start()
+        self.known = known_hosts(self.workdir, self.ports["admin"], host_key + ".pub")
+        with open(host_key, "rb") as f:
+            self.assertEqual(f.read(), first)
+        self.assertEqual(self.admin("reload()")[0], 0)
+
+
+class AdminConfigTests(unittest.TestCase):
+    def test_missing_authorized_keys_is_a_config_error(self):
+        relay = Relayd(self, "[relay]\ndata_dir = {data_dir}\n[admin]\n"
+                             "authorized_keys = {workdir}/nope\n")
+        code, output = relay.run_to_exit()
+        self.assertNotEqual(code, 0)
+        self.assertIn("[admin] authorized_keys: file", output)
+        self.assertIn("does not exist", output)
+
+    def test_admin_listener_defaults_to_loopback(self):
+        keys = self.mktemp()
+        open(keys, "w").close()
+        settings = config.parse(f"[admin]\nauthorized_keys = {keys}\n[http]\n")
+        self.assertEqual(settings.admin.listen, "tcp:2222:interface=127.0.0.1")
+        self.assertEqual(settings.http.listen, "tcp:9001:interface=127.0.0.1")

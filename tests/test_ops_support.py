@@ -1,0 +1,72 @@
+"""Helpers for the operations tests: SSH keys, the admin console over
+OpenSSH, and HTTP requests to the monitoring listener."""
+import json
+import os
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from prometheus_client.parser import text_string_to_metric_families
+
+from relayd.cli import ssh_command
+
+NO_SSH = None if shutil.which("ssh") else "needs the OpenSSH client (Debian openssh-client)"
+
+
+def ssh_key(directory, name):
+    """Write an Ed25519 key pair for ssh; returns (private key path, public line)."""
+    key = Ed25519PrivateKey.generate()
+    path = os.path.join(directory, name)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                  serialization.NoEncryption()))
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                          serialization.PublicFormat.OpenSSH).decode()
+    return path, public + f" {name}\n"
+
+
+def known_hosts(directory, port, host_key_pub):
+    """A known_hosts file trusting the console's host key (``.pub`` file)."""
+    path = os.path.join(directory, "known_hosts")
+    with open(host_key_pub) as src, open(path, "w") as out:
+        out.write(f"[127.0.0.1]:{port} " + " ".join(src.read().split()[:2]) + "\n")
+    return path
+
+
+def admin_ssh(port, key, known, line, tty=False, stdin=None, timeout=30):
+    """Run ``line`` on the console with OpenSSH; a CompletedProcess (text)."""
+    command = ssh_command("127.0.0.1", port, known, "admin", line, key)
+    if tty:
+        command = command[:1] + ["-tt"] + command[1:-2]
+    return subprocess.run(command, input=stdin, capture_output=True, timeout=timeout,
+                          stdin=None if stdin is not None else subprocess.DEVNULL)
+
+
+def http_get(port, path, token=None):
+    """(status, body bytes, headers) of a GET to the monitoring listener."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read(), response.headers
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), e.headers
+
+
+def http_json(port, path, token=None):
+    status, body, _ = http_get(port, path, token)
+    return status, json.loads(body)
+
+
+def metric_value(text, name, **labels):
+    """The value of sample ``name`` with ``labels`` in Prometheus text, or None."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return None
