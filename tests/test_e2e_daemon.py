@@ -8,7 +8,7 @@ import time
 
 from twisted.trial import unittest
 
-from tests.daemon import Relayd, free_port, wait_for_port
+from tests.daemon import REPO, TWISTD, Relayd, free_port, wait_for_port
 from tests.seedclient import LineClient, SeedClient
 
 BASIC = """
@@ -172,3 +172,20 @@ class CrashTests(unittest.TestCase):
         self.assertEqual(sorted(m["msg_id"] for m in received), sorted(acked.values()))
         self.assertEqual(relay.stop(), 0)
         self.assertIn("journal replayed", relay.log())
+
+
+class TacTests(unittest.TestCase):
+    timeout = 60
+
+    def test_tac_file_runs_the_same_service(self):
+        port = free_port()
+        relay = Relayd(self, BASIC, tcp=port)
+        relay.command = lambda: (TWISTD + ["-ny", os.path.join(REPO, "tap", "relayd.tac"),
+                                                   "--pidfile=", "--logfile", relay.logfile])
+        os.environ["RELAYD_CONFIG"] = relay.config
+        self.addCleanup(os.environ.pop, "RELAYD_CONFIG", None)
+        relay.start(wait_tcp=[port])
+        client = LineClient(port, "alice")
+        self.addCleanup(client.close)
+        self.assertEqual(client.welcome["type"], "welcome")
+        self.assertEqual(relay.stop(), 0)
