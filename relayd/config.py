@@ -196,7 +196,7 @@ SCHEMA = {
     },
     "dedup": {
         "window": F(duration, "24h"),
-        "max_entries": F(integer(1), "1000000"),
+        "max_entries": F(integer(1), "200000"),
     },
     "mailbox": {
         "max_per_peer": F(integer(1), "10000"),
