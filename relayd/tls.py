@@ -11,8 +11,8 @@ listeners named in ``[tls] listeners`` with it.
 import hashlib
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
-from OpenSSL import SSL
+from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
+from OpenSSL import SSL, crypto
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.internet import ssl
@@ -30,7 +30,7 @@ def _certificates(pem, what):
         certs = x509.load_pem_x509_certificates(pem)
     except ValueError as e:
         raise TLSConfigError(f"{what}: no PEM certificate ({e})") from None
-    return [ssl.Certificate.loadPEM(c.public_bytes(Encoding.PEM)).original for c in certs]
+    return certs
 
 
 class Material:
@@ -39,8 +39,8 @@ class Material:
     def __init__(self, cert_pem, key_pem, client_ca_pem=None, require_client_cert=False):
         chain = _certificates(cert_pem, "[tls] cert")
         try:
-            key = ssl.KeyPair.load(key_pem, ssl.crypto.FILETYPE_PEM).original
-        except Exception as e:
+            key = load_pem_private_key(key_pem, None)
+        except (ValueError, TypeError) as e:
             raise TLSConfigError(f"[tls] key: not a PEM private key ({e})") from None
         if require_client_cert and client_ca_pem is None:
             raise TLSConfigError("[tls] require_client_cert needs [tls] client_ca")
@@ -48,7 +48,8 @@ class Material:
         self.options = ssl.CertificateOptions(
             privateKey=key, certificate=chain[0], extraCertChain=chain[1:],
             verify=verify,
-            caCerts=_certificates(client_ca_pem, "[tls] client_ca") if verify else None,
+            caCerts=[crypto.X509.from_cryptography(c)
+                     for c in _certificates(client_ca_pem, "[tls] client_ca")] if verify else None,
             requireCertificate=require_client_cert,
             raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
         try:
@@ -165,11 +166,3 @@ class ServerTLS(MultiService):
             return f"certificate expired at {self.material.not_after.isoformat()}"
         return None
 
-
-def client_options(hostname, ca_pem, cert_pem=None, key_pem=None):
-    """Client-side options trusting ``ca_pem``, optionally with a client certificate."""
-    client_cert = None
-    if cert_pem is not None:
-        client_cert = ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
-    return ssl.optionsForClientTLS(hostname, trustRoot=ssl.Certificate.loadPEM(ca_pem),
-                                   clientCertificate=client_cert)

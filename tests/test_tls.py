@@ -1,0 +1,194 @@
+"""TLS: a private CA and certificates made with the ``relayd`` command, real
+loopback TLS to the relay with and without required client certificates, and
+certificate reload (SIGHUP) without a restart."""
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+
+from cryptography import x509
+from twisted.internet import defer
+from twisted.internet.testing import MemoryReactorClock
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.trial import unittest
+
+from relayd import config
+from relayd.listeners import stream_service
+from relayd.tls import Material, ServerTLS, TLSConfigError
+from tests.daemon import REPO, Relayd, free_port
+
+
+def relayd_command(*args):
+    """Run the ``relayd`` console script's main as a user would; (code, output)."""
+    done = subprocess.run([sys.executable, "-m", "relayd.cli", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    return done.returncode, done.stdout + done.stderr
+
+
+def make_pki(directory):
+    """A CA, a relay certificate and a client certificate, made with ``relayd``."""
+    for args in (["ca", "init", "--dir", directory],
+                 ["cert", "issue", "relay1", "--ca-dir", directory],
+                 ["cert", "issue", "alice", "--client", "--ca-dir", directory]):
+        code, output = relayd_command(*args)
+        assert code == 0, output
+    return {name: os.path.join(directory, name) for name in os.listdir(directory)}
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+class InlinePool:
+    def run(self, f, *args):
+        return defer.maybeDeferred(f, *args)
+
+
+class CATests(unittest.TestCase):
+    def test_ca_and_certificates(self):
+        directory = os.path.abspath(self.mktemp())
+        files = make_pki(directory)
+        self.assertEqual(sorted(files), ["alice.key", "alice.pem", "ca.key", "ca.pem",
+                                         "relay1.key", "relay1.pem"])
+        for key in ("ca.key", "relay1.key", "alice.key"):
+            self.assertEqual(os.stat(files[key]).st_mode & 0o777, 0o600)
+        ca = x509.load_pem_x509_certificate(read(files["ca.pem"]))
+        relay = x509.load_pem_x509_certificate(read(files["relay1.pem"]))
+        relay.verify_directly_issued_by(ca)
+        names = relay.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        self.assertEqual(names.get_values_for_type(x509.DNSName), ["localhost"])
+        self.assertEqual(len(names.get_values_for_type(x509.IPAddress)), 2)
+
+    def test_refusals_are_clear(self):
+        directory = os.path.abspath(self.mktemp())
+        code, output = relayd_command("cert", "issue", "relay1", "--ca-dir", directory)
+        self.assertEqual(code, 2)
+        self.assertIn("relayd ca init --dir", output)
+        make_pki(directory)
+        code, output = relayd_command("ca", "init", "--dir", directory)
+        self.assertEqual(code, 2)
+        self.assertIn("already exists; not overwriting it", output)
+
+
+class MaterialTests(unittest.TestCase):
+    def setUp(self):
+        self.files = make_pki(os.path.abspath(self.mktemp()))
+
+    def test_key_must_match_the_certificate(self):
+        e = self.assertRaises(TLSConfigError, Material, read(self.files["relay1.pem"]),
+                              read(self.files["alice.key"]))
+        self.assertIn("[tls] key does not match [tls] cert", str(e))
+
+    def test_required_client_certs_need_a_ca(self):
+        e = self.assertRaises(TLSConfigError, Material, read(self.files["relay1.pem"]),
+                              read(self.files["relay1.key"]), require_client_cert=True)
+        self.assertIn("[tls] require_client_cert needs [tls] client_ca", str(e))
+
+    def settings(self, **extra):
+        lines = [f"cert = {self.files['relay1.pem']}", f"key = {self.files['relay1.key']}"]
+        lines += [f"{k} = {v}" for k, v in extra.items()]
+        return config.parse("[tls]\n" + "\n".join(lines) + "\n")
+
+    def test_a_failed_reload_keeps_the_current_certificate(self):
+        tls = ServerTLS(self.settings().tls, MemoryReactorClock(), InlinePool())
+        tls.startService()
+        self.addCleanup(tls.stopService)
+        before = tls.material
+        self.assertEqual(self.successResultOf(tls.reload()), "TLS certificate unchanged")
+        shutil.copy(self.files["alice.key"], self.files["relay1.key"])
+        result = self.successResultOf(tls.reload())
+        self.assertTrue(result.startswith("TLS reload refused: [tls] key does not match"))
+        self.assertIs(tls.material, before)
+        self.assertEqual(tls.stats()["client_certs"], "not asked")
+
+    def test_listeners_named_in_tls_are_wrapped(self):
+        settings = self.settings(listeners="tcp")
+        settings._sections["tcp"] = config.parse("[tcp]\n").tcp
+        daemon = type("D", (), {"settings": settings, "reactor": MemoryReactorClock()})()
+        daemon.tls = ServerTLS(settings.tls, daemon.reactor, InlinePool())
+        wrapped = stream_service(daemon, settings.tcp.listen, object())
+        plain = stream_service(daemon, "tcp:9999:interface=127.0.0.1", object())
+        self.assertIsInstance(wrapped.factory, TLSMemoryBIOFactory)
+        self.assertNotIsInstance(plain.factory, TLSMemoryBIOFactory)
+        daemon.tls = None
+        self.assertRaises(ValueError, stream_service, daemon, "tcp:1", object(), tls=True)
+
+
+INI = """
+[relay]
+data_dir = {data_dir}
+[tcp]
+listen = tcp:{tcp}:interface=127.0.0.1
+[tls]
+cert = {workdir}/pki/relay1.pem
+key = {workdir}/pki/relay1.key
+"""
+
+
+class LoopbackTLSTests(unittest.TestCase):
+    """The relay's TCP listener behind TLS, in a real twistd process."""
+
+    timeout = 120
+
+    def start(self, extra=""):
+        workdir = os.path.abspath(self.mktemp())
+        self.files = make_pki(os.path.join(workdir, "pki"))
+        self.port = free_port()
+        self.relay = Relayd(self, INI + extra, workdir=workdir, tcp=self.port)
+        return self.relay.start(wait_tcp=[self.port])
+
+    def connect(self, client_cert=False):
+        context = ssl.create_default_context(cafile=self.files["ca.pem"])
+        if client_cert:
+            context.load_cert_chain(self.files["alice.pem"], self.files["alice.key"])
+        sock = context.wrap_socket(socket.create_connection(("127.0.0.1", self.port), timeout=10),
+                                   server_hostname="localhost")
+        self.addCleanup(sock.close)
+        return sock
+
+    def hello(self, sock, peer_id="alice"):
+        sock.sendall(json.dumps({"type": "hello", "id": peer_id}).encode() + b"\n")
+        return json.loads(sock.makefile("rb").readline())
+
+    def test_clients_speak_the_protocol_over_tls(self):
+        self.start()
+        sock = self.connect()
+        self.assertEqual(self.hello(sock)["type"], "welcome")
+        self.assertEqual(sock.version() in ("TLSv1.2", "TLSv1.3"), True)
+        plain = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        self.addCleanup(plain.close)
+        plain.sendall(b'{"type": "hello", "id": "bob"}\n')
+        self.assertNotIn(b"welcome", plain.recv(4096), "plain text is not accepted")
+
+    def test_required_client_certificate(self):
+        self.start("client_ca = {workdir}/pki/ca.pem\nrequire_client_cert = yes\n")
+        self.assertEqual(self.hello(self.connect(client_cert=True))["type"], "welcome")
+        sock = self.connect(client_cert=False)
+        with self.assertRaises((ssl.SSLError, json.JSONDecodeError, ConnectionError)):
+            self.hello(sock, "mallory")
+
+    def test_certificate_reload_on_sighup(self):
+        self.start()
+        first = self.connect()
+        old = hashlib.sha256(first.getpeercert(binary_form=True)).hexdigest()
+        pki = os.path.dirname(self.files["ca.pem"])
+        code, output = relayd_command("cert", "issue", "relay1b", "--ca-dir", pki)
+        self.assertEqual(code, 0, output)
+        os.replace(os.path.join(pki, "relay1b.key"), self.files["relay1.key"])
+        os.replace(os.path.join(pki, "relay1b.pem"), self.files["relay1.pem"])
+        self.relay.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        new = old
+        while new == old and time.monotonic() < deadline:
+            time.sleep(0.1)
+            new = hashlib.sha256(self.connect().getpeercert(binary_form=True)).hexdigest()
+        self.assertNotEqual(new, old)
+        self.assertEqual(self.hello(first)["type"], "welcome", "open connections keep working")
+        self.assertIn("TLS certificate reloaded: CN=relay1b", self.relay.log())
