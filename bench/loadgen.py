@@ -1,0 +1,242 @@
+"""The load generators' inner loops: raw non-blocking sockets on one epoll.
+
+One sender publishes 64-byte bodies (``%020d`` of a sequence number or of
+``time.monotonic_ns()``, then padding) to every receiver.  Receivers only
+count what arrives (newlines, or bytes of fixed-size frames) unless
+latency is measured, so the generator stays cheap next to the server.
+"""
+import select
+import time
+
+from bench.procstat import CpuMeter, memory_kib
+from bench.server import ServerError
+
+BODY_LEN = 64
+_PAD = b"." * (BODY_LEN - 20)
+
+
+def body(value):
+    return b"%020d" % value + _PAD
+
+
+class Clients:
+    """``receivers`` subscribed clients and one sender, all non-blocking."""
+
+    def __init__(self, server, receivers):
+        self.server = server
+        self.receivers = {}
+        try:
+            for i in range(receivers):
+                sock = server.connect(f"r{i}", True)
+                self.receivers[sock.fileno()] = sock
+            self.sender = server.connect("sender", False)
+        except BaseException:
+            self.close()
+            raise
+        self.epoll = select.epoll()
+        for fd, sock in self.receivers.items():
+            sock.setblocking(False)
+            self.epoll.register(fd, select.EPOLLIN)
+        self.sender.setblocking(False)
+        self.sender_fd = self.sender.fileno()
+        self.epoll.register(self.sender_fd, select.EPOLLIN)
+
+    def drain_sender(self):
+        """Read and drop what the server sends the sender (relayd's acks)."""
+        try:
+            if not self.sender.recv(1 << 20):
+                raise ServerError(f"{self.server.name} closed the sender's connection")
+        except BlockingIOError:
+            pass
+
+    def close(self):
+        for sock in list(self.receivers.values()) + [getattr(self, "sender", None)]:
+            if sock is not None:
+                sock.close()
+        if hasattr(self, "epoll"):
+            self.epoll.close()
+
+
+def saturate(server, receivers, seconds, warmup=1.0, window=500, batch=50):
+    """Publish as fast as receivers take it, at most ``window`` messages ahead
+    of the average receiver, and measure over ``seconds`` after ``warmup``."""
+    clients = Clients(server, receivers)
+    try:
+        return _saturate(server, clients, receivers, seconds, warmup, window, batch)
+    finally:
+        clients.close()
+
+
+def _saturate(server, clients, receivers, seconds, warmup, window, batch):
+    frame, sender, sender_fd = server.frame, clients.sender, clients.sender_fd
+    socks, poll = clients.receivers, clients.epoll.poll
+    buf = bytearray(1 << 20)
+    lines = server.COUNTS_LINES
+    unit = 1 if lines else server.frame_size(BODY_LEN)
+    units = sent = 0
+    out = b""
+    meter = CpuMeter(server.pid)
+    begin = time.monotonic()
+    measure_at, end_at = begin + warmup, begin + warmup + seconds
+    mark = None
+    while True:
+        ahead = sent - units // unit // receivers
+        if not out and ahead < window:
+            k = min(batch, window - ahead)
+            out = b"".join([frame(body(n)) for n in range(sent, sent + k)])
+            sent += k
+        if out:
+            try:
+                out = out[sender.send(out):]
+            except BlockingIOError:
+                pass
+        for fd, _ in poll(0.001 if out or ahead >= window else 0):
+            if fd == sender_fd:
+                clients.drain_sender()
+                continue
+            n = socks[fd].recv_into(buf)
+            if not n:
+                raise ServerError(f"{server.name} closed a receiver's connection")
+            units += buf.count(b"\n", 0, n) if lines else n
+        now = time.monotonic()
+        if mark is None and now >= measure_at:
+            mark = (units, sent)
+            meter.start()
+        elif now >= end_at:
+            break
+    wall, cpu = meter.read()
+    delivered = (units - mark[0]) // unit
+    return {
+        "delivered_per_s": delivered / wall,
+        "sent_per_s": (sent - mark[1]) / wall,
+        **cpu,
+        **_memory(server.pid),
+        "lost": _settle(clients, server, sent * receivers, units, unit, buf),
+    }
+
+
+def _settle(clients, server, expected, units, unit, buf, timeout=5.0):
+    """Wait for the copies still in flight; returns how many never came."""
+    deadline = time.monotonic() + timeout
+    lines = server.COUNTS_LINES
+    while units // unit < expected and time.monotonic() < deadline:
+        for fd, _ in clients.epoll.poll(0.05):
+            if fd == clients.sender_fd:
+                clients.drain_sender()
+                continue
+            n = clients.receivers[fd].recv_into(buf)
+            if not n:
+                raise ServerError(f"{server.name} closed a receiver's connection")
+            units += buf.count(b"\n", 0, n) if lines else n
+    return expected - units // unit
+
+
+def paced(server, receivers, rate, seconds, warmup=1.0):
+    """Publish ``rate`` messages a second, each stamped with the monotonic
+    clock; returns latency percentiles of every copy over ``seconds``."""
+    clients = Clients(server, receivers)
+    try:
+        return _paced(server, clients, receivers, rate, seconds, warmup)
+    finally:
+        clients.close()
+
+
+def _paced(server, clients, receivers, rate, seconds, warmup):
+    frame, sender, sender_fd = server.frame, clients.sender, clients.sender_fd
+    socks, poll = clients.receivers, clients.epoll.poll
+    pending = {fd: b"" for fd in socks}
+    samples = []
+    interval = 1.0 / rate
+    meter = CpuMeter(server.pid)
+    begin = time.monotonic()
+    measure_ns = time.monotonic_ns() + int(warmup * 1e9)
+    end_at = begin + warmup + seconds
+    due = begin
+    sent = 0
+    measuring = False
+    while True:
+        now = time.monotonic()
+        if now >= end_at:
+            break
+        if not measuring and time.monotonic_ns() >= measure_ns:
+            measuring = True
+            meter.start()
+        while due <= now:
+            stamp = time.monotonic_ns()
+            sender.sendall(frame(body(stamp)))
+            sent += stamp >= measure_ns
+            due += interval
+        _receive(clients, server, poll(max(0.0, due - time.monotonic())), pending, samples, measure_ns)
+    wall, cpu = meter.read()
+    expected = sent * receivers
+    deadline = time.monotonic() + 5.0
+    while len(samples) < expected and time.monotonic() < deadline:
+        _receive(clients, server, poll(0.05), pending, samples, measure_ns)
+    samples.sort()
+    return {
+        "sent_per_s": sent / wall,
+        "p50_ms": _percentile(samples, 50) / 1e6,
+        "p99_ms": _percentile(samples, 99) / 1e6,
+        "max_ms": (samples[-1] if samples else 0) / 1e6,
+        "copies": len(samples),
+        "lost": expected - len(samples),
+        **cpu,
+        **_memory(server.pid),
+    }
+
+
+def _receive(clients, server, events, pending, samples, measure_ns):
+    for fd, _ in events:
+        if fd == clients.sender_fd:
+            clients.drain_sender()
+            continue
+        data = clients.receivers[fd].recv(1 << 16)
+        arrived = time.monotonic_ns()
+        if not data:
+            raise ServerError(f"{server.name} closed a receiver's connection")
+        bodies, pending[fd] = server.bodies(pending[fd] + data, BODY_LEN)
+        for b in bodies:
+            stamp = int(b[:20])
+            if stamp >= measure_ns:
+                samples.append(arrived - stamp)
+
+
+def _percentile(ordered, pct):
+    if not ordered:
+        return 0
+    return ordered[min(len(ordered) - 1, int(len(ordered) * pct / 100))]
+
+
+def _memory(pid):
+    mem = memory_kib(pid)
+    return {"server_rss_mib": mem["VmRSS"] / 1024, "server_peak_rss_mib": mem["VmHWM"] / 1024}
+
+
+def idle(server, count, chunk=100):
+    """Open ``count`` greeted connections that then stay silent; returns the
+    server's resident memory before and after, and the cost per connection."""
+    time.sleep(0.5)
+    before = memory_kib(server.pid)["VmRSS"]
+    socks = []
+    begin = time.monotonic()
+    try:
+        for start in range(0, count, chunk):
+            batch = []
+            for i in range(start, min(count, start + chunk)):
+                batch.append(server.open(f"idle{i}", False))
+                socks.append(batch[-1])
+            for sock in batch:
+                server.finish(sock, False)
+        opened = time.monotonic() - begin
+        time.sleep(1.0)
+        after = memory_kib(server.pid)["VmRSS"]
+    finally:
+        for sock in socks:
+            sock.close()
+    return {
+        "connections": count,
+        "rss_before_mib": before / 1024,
+        "rss_after_mib": after / 1024,
+        "bytes_per_connection": (after - before) * 1024 / count,
+        "connect_per_s": count / opened,
+    }

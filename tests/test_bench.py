@@ -1,0 +1,77 @@
+"""Smoke tests of the load generators: each runs with tiny counts against
+the real daemon (and mosquitto when installed) and prints parseable figures.
+No timing is asserted: performance is measured by ``make bench``."""
+import importlib
+import os
+import subprocess
+import sys
+
+from twisted.trial import unittest
+
+from bench import mosquitto
+from bench.__main__ import BENCHMARKS
+from bench.report import parse
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_bench(module, *args):
+    """Run ``python -m <module> args``; the parsed ``(bench, fields)`` lines."""
+    systems = "relayd,mosquitto" if mosquitto.available() else "relayd"
+    done = subprocess.run([sys.executable, "-m", module, "--systems", systems, *args],
+                          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          timeout=120)
+    output = done.stdout.decode("utf-8", "replace")
+    if done.returncode != 0:
+        raise AssertionError(f"{module} exited with {done.returncode}:\n{output}")
+    return [parse(line) for line in output.splitlines() if line.strip()]
+
+
+def rows(lines, **match):
+    return [f for _, f in lines if all(f.get(k) == v for k, v in match.items())]
+
+
+class MqttCodecTests(unittest.TestCase):
+    def test_remaining_length_is_a_base_128_varint(self):
+        self.assertEqual(mosquitto.packet(0x30, b"x" * 127)[:2], b"\x30\x7f")
+        self.assertEqual(mosquitto.packet(0x30, b"x" * 128)[:3], b"\x30\x80\x01")
+        self.assertEqual(mosquitto.packet(0x30, b"x" * 16384)[:4], b"\x30\x80\x80\x01")
+
+    def test_publish_is_qos0_with_topic_then_payload(self):
+        self.assertEqual(mosquitto.publish(b"t", b"hi"), b"\x30\x05\x00\x01thi")
+
+
+class BenchmarkTests(unittest.TestCase):
+    def test_every_listed_benchmark_has_main(self):
+        for name in BENCHMARKS:
+            self.assertTrue(callable(importlib.import_module(name).main), name)
+
+    def assertBothSystems(self, found, key):
+        self.assertEqual(len(rows(found, system="relayd")) >= 1, True)
+        for fields in rows(found, system="relayd") + rows(found, system="mosquitto"):
+            self.assertIn(key, fields)
+            float(fields[key])
+        if mosquitto.available():
+            self.assertEqual(len(rows(found, check=f"relayd/mosquitto_{key}")), 1)
+
+    def test_fanout_counts_every_copy(self):
+        found = run_bench("bench.tcp_fanout", "--receivers", "3", "--seconds", "0.3",
+                          "--warmup", "0.1", "--window", "20")
+        self.assertBothSystems(found, "delivered_per_s")
+        for fields in rows(found, receivers="3"):
+            if "lost" in fields:
+                self.assertEqual(fields["lost"], "0")
+                self.assertGreater(float(fields["delivered_per_s"]), 0)
+
+    def test_latency_reports_percentiles(self):
+        found = run_bench("bench.tcp_latency", "--receivers", "2", "--rate", "200",
+                          "--seconds", "0.3", "--warmup", "0.1")
+        self.assertBothSystems(found, "p99_ms")
+        for fields in rows(found):
+            if "copies" in fields:
+                self.assertGreater(int(fields["copies"]), 0)
+                self.assertEqual(fields["lost"], "0")
+
+    def test_idle_connections_reports_bytes_per_connection(self):
+        found = run_bench("bench.idle_connections", "--connections", "50")
+        self.assertBothSystems(found, "bytes_per_connection")
