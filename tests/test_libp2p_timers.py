@@ -1,0 +1,161 @@
+"""Relay timers on a Clock, connections in memory (iosim): expiry, duration, timeouts."""
+import itertools
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from prometheus_client import CollectorRegistry, generate_latest
+from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
+from twisted.test import iosim
+from twisted.trial import unittest
+
+from relayd import config
+from relayd.libp2p import messages as m
+from relayd.libp2p.events import RelayEvents
+from relayd.libp2p.peer import Peer, Pipe
+from relayd.libp2p.peerid import KeyPair
+from relayd.libp2p.relay import Relay
+from relayd.libp2p.service import Libp2pFactory
+from relayd.libp2p.yamux import StreamHandler
+
+PORTS = itertools.count(40000)
+
+
+class Harness:
+    def __init__(self, extra=""):
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.settings = config.parse("[libp2p]\n" + extra).libp2p
+        self.keypair = KeyPair(Ed25519PrivateKey.generate())
+        self.registry = CollectorRegistry()
+        self.events = RelayEvents(self.registry)
+        self.relay = Relay(self.clock, self.settings, self.keypair, self.events,
+                           lambda: [f"/ip4/127.0.0.1/tcp/4001/p2p/{self.keypair.peer_id}"])
+        self.factory = Libp2pFactory(self.clock, self.keypair, self.relay, self.settings, None)
+        self.pumps = []
+
+    def link(self, client_protocol):
+        server = self.factory.buildProtocol(None)
+        peer_addr = IPv4Address("TCP", "10.0.0.1", next(PORTS))
+        host_addr = IPv4Address("TCP", "127.0.0.1", 4001)
+        pump = iosim.connect(
+            server, iosim.FakeTransport(server, True, host_addr, peer_addr),
+            client_protocol, iosim.FakeTransport(client_protocol, False, peer_addr, host_addr),
+            greet=False)
+        self.pumps.append(pump)
+        self.settle()
+        return server
+
+    def peer(self):
+        peer = Peer(self.clock, KeyPair(Ed25519PrivateKey.generate()))
+        self.link(peer.buildProtocol(None))
+        return peer
+
+    def settle(self):
+        for _ in range(1000):
+            if not any([p.pump() for p in self.pumps]):
+                return
+        raise AssertionError("connections never settled")
+
+    def advance(self, seconds):
+        self.clock.advance(seconds)
+        self.settle()
+
+    def result(self, d):
+        self.settle()
+        out = []
+        d.addBoth(out.append)
+        assert out, "no result yet"
+        return out[0]
+
+    def metrics(self):
+        return generate_latest(self.registry).decode()
+
+
+class TimerTests(unittest.TestCase):
+    def test_reservation_expires_unless_renewed(self):
+        h = Harness("reservation_ttl = 60\n")
+        a = h.peer()
+        status = h.result(a.reserve())[2]
+        self.assertEqual(status, m.OK)
+        h.advance(59)
+        self.assertEqual(h.result(a.reserve())[2], m.OK)          # renewed: a fresh 60 s
+        h.advance(59)
+        self.assertEqual(len(h.relay.reservations()), 1)
+        self.assertEqual(h.relay.reservations()[0]["expires"], 1_700_000_000 + 59 + 60)
+        h.advance(2)
+        self.assertEqual(h.relay.reservations(), [])
+        self.assertIn('relayd_libp2p_reservation_events_total{event="expired"} 1.0', h.metrics())
+        self.assertIn('relayd_libp2p_reservation_events_total{event="renewed"} 1.0', h.metrics())
+
+    def test_circuit_duration_limit_resets_both_sides(self):
+        h = Harness("circuit_duration = 10\n")
+        a, b = h.peer(), h.peer()
+        h.result(a.reserve())
+        arriving = a.next_circuit()
+        pipe_b = Pipe()
+        self.assertEqual(h.result(b.connect(a.keypair.peer_id, pipe_b))[2], m.OK)
+        pipe_a = h.result(arriving)
+        pipe_b.stream.write(b"hello")
+        h.settle()
+        self.assertEqual(bytes(pipe_a.received), b"hello")
+        h.advance(9)
+        self.assertFalse(pipe_a.done.called)
+        h.advance(1)
+        self.assertEqual((h.result(pipe_a.done), h.result(pipe_b.done)), (True, True))
+        self.assertEqual(h.relay.circuits(), [])
+        self.assertIn('relayd_libp2p_circuits_closed_total{reason="duration-limit"} 1.0', h.metrics())
+
+    def test_target_that_never_answers_stop(self):
+        h = Harness("connect_timeout = 5\n")
+        a, b = h.peer(), h.peer()
+
+        class Mute(StreamHandler):
+            def __init__(self, connection):
+                pass
+        a.handlers[m.STOP_PROTOCOL_ID] = Mute
+        h.result(a.reserve())
+        reply = b.connect(a.keypair.peer_id, Pipe())
+        h.settle()
+        self.assertFalse(reply.called)
+        self.assertEqual(len(h.relay.circuits()), 1)               # the slot is held meanwhile
+        h.advance(5)
+        self.assertEqual(h.result(reply)[2], m.CONNECTION_FAILED)
+        self.assertEqual(h.relay.circuits(), [])
+        self.assertIn('reason="connection-failed"', h.metrics())
+
+    def test_initiator_gone_while_stop_runs(self):
+        h = Harness()
+        a, b = h.peer(), h.peer()
+
+        class Mute(StreamHandler):
+            def __init__(self, connection):
+                pass
+        a.handlers[m.STOP_PROTOCOL_ID] = Mute
+        h.result(a.reserve())
+        reply = b.connect(a.keypair.peer_id, Pipe())
+        h.settle()
+        b.connection.transport.loseConnection()
+        h.settle()
+        self.assertIsInstance(h.result(reply).value, ConnectionError)
+        self.assertEqual(h.relay.circuits(), [])
+        self.assertIn('reason="connection-failed"', h.metrics())
+
+    def test_handshake_timeout(self):
+        h = Harness("handshake_timeout = 3\n")
+        server = h.link(Protocol())
+        h.advance(2.9)
+        self.assertEqual(len(h.factory.connections), 1)
+        h.advance(0.2)
+        self.assertTrue(server.transport.disconnecting or server.transport.disconnected)
+        self.assertEqual(server.close_reason, "handshake timeout")
+
+    def test_rate_limiter_window_slides(self):
+        h = Harness("circuit_rate = 2\nrate_window = 10\n")
+        limiter = h.relay.limits.circuit_rate
+        self.assertEqual([limiter.allow("ip") for _ in range(3)], [True, True, False])
+        h.advance(10)
+        self.assertTrue(limiter.allow("ip"))
+        h.advance(20)
+        limiter.prune()
+        self.assertEqual(limiter.events, {})
