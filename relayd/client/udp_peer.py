@@ -27,6 +27,7 @@ from relayd.identity import Identity
 from relayd.udp.proof import signed_text
 
 OK, USAGE, REFUSED, TIMEOUT = 0, 1, 3, 4
+REGISTER_RETRY = 1.0
 KEEPALIVE = 15.0           # as the seed's client: well inside the relay's 60 s
 PUNCH_INTERVAL = 0.2
 HELLO_INTERVAL = 1.0
@@ -76,7 +77,7 @@ class PeerClient(DatagramProtocol):
     # --- life cycle ----------------------------------------------------------
 
     def startProtocol(self):
-        self._register()
+        self._every(REGISTER_RETRY, self._register_tick)
         self._every(KEEPALIVE, self._server({"type": "keepalive", "name": self.name}), now=False)
         self._every(HELLO_INTERVAL, self._hello_tick)
         self._every(PUNCH_INTERVAL, self._punch_tick)
@@ -135,6 +136,10 @@ class PeerClient(DatagramProtocol):
         self._to_peer(self.channel.seal({"k": "text", "body": text}), self._current_direct())
 
     # --- timers --------------------------------------------------------------
+
+    def _register_tick(self):
+        if not self.registered.called:
+            self._register()
 
     def _hello_tick(self):
         if self.peer_address is not None and not self.confirmed:
