@@ -154,6 +154,9 @@ def build(settings, reactor, config_path=None):
     if settings.enabled("libp2p"):
         from relayd.libp2p.service import Libp2pService
         Libp2pService(daemon, settings.libp2p, reactor).setServiceParent(daemon)
+    if settings.enabled("federation"):
+        from relayd.federation.service import build_federation
+        build_federation(daemon)
     from relayd.ops import build_ops
     build_ops(daemon)
     return daemon

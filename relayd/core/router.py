@@ -27,6 +27,7 @@ class Router:
         self.retention = retention
         self.journal = None            # set by the daemon: append(line) -> Deferred
         self.forwarders = []           # forward(entry, line, source) after a message is durable
+        self.receipt_hooks = []        # hook(entry, peer, timestamp) when a directed message is delivered
         self.sessions = {}             # peer id -> session
         self.members = {}              # room -> set of peer ids
         self._waiting = {}             # msg_id -> [Deferred] for retries of a pending message
@@ -210,8 +211,11 @@ class Router:
             self.m_delivered.inc(count)
 
     def _receipt(self, entry, peer):
-        d = self.journal.append(message.receipt_line(entry["msg_id"], peer, self.clock.seconds()))
+        now = self.clock.seconds()
+        d = self.journal.append(message.receipt_line(entry["msg_id"], peer, now))
         d.addErrback(lambda f: self.log.failure("could not journal a delivery receipt", f))
+        for hook in self.receipt_hooks:
+            hook(entry, peer, now)
 
     # --- journal replay (the journal's consumer) -----------------------------
 

@@ -1,0 +1,57 @@
+"""Catch-up reads: the items a peer lacks, from the journal (file pool thread).
+
+Two passes over the segments: the first finds the ``(origin, seq)``
+records the peer lacks (receipts are complete there; messages are named
+by ``ref``), the second picks up those messages' records.  Items come back
+sorted by origin and seq, at most ``limit`` of them, with a flag saying
+whether more are left.
+"""
+import os
+
+from relayd.journal import segments
+from relayd.journal.replay import check
+
+
+def lacks(wants, origin, seq):
+    low, above = wants.get(origin, (0, ()))
+    return seq > low and seq not in above
+
+
+def _records(directory):
+    for segment in segments.scan(directory):
+        try:
+            f = open(os.path.join(directory, segment.name), "rb")
+        except FileNotFoundError:      # pruned meanwhile
+            continue
+        with f:
+            for line in f:
+                record, _ = check(line)
+                if record is not None:
+                    yield record
+
+
+def collect(directory, wants, limit, recent=()):
+    """``(items, more)``: items are ``(origin, seq, kind, record)``, kind "m" or "r".
+
+    ``wants`` maps origin -> (low, set of seqs above low) held by the peer;
+    ``recent`` holds items not yet on disk, in the same shape.
+    """
+    found, refs = {}, {}
+    for record in _records(directory):
+        origin, seq = record.get("fed"), record.get("seq")
+        if not isinstance(origin, str) or not isinstance(seq, int) or not lacks(wants, origin, seq):
+            continue
+        if "receipt" in record:
+            found[(origin, seq)] = (origin, seq, "r", record)
+        elif isinstance(record.get("ref"), str):
+            refs.setdefault(record["ref"], (origin, seq))
+    if refs:
+        for record in _records(directory):
+            key = refs.get(record.get("msg_id")) if "from" in record else None
+            if key is not None:
+                found[key] = key + ("m", record)
+    for origin, seq, kind, record in recent:
+        if lacks(wants, origin, seq):
+            found.setdefault((origin, seq), (origin, seq, kind, record))
+    items = [found[k] for k in sorted(found)]
+    return items[:limit], len(items) > limit

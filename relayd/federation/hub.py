@@ -1,0 +1,352 @@
+"""The hub: forwards items over the up links, takes items in, serves catch-up.
+
+Items are messages and delivery receipts, each named by ``(origin, seq)``.
+Every item is flooded: a relay sends what it accepts to every up link,
+except the peer it came from and peers already in the message's
+``seen_by``, and drops anything it already holds (dedup when forwarding).
+A message is not forwarded once ``seen_by`` has ``max_hops`` relays.
+Receipts flood the same way, so that a message stored for a peer that is
+offline everywhere leaves every mailbox once one relay has delivered it.
+"""
+import json
+from collections import OrderedDict, deque
+
+from twisted.logger import Logger
+
+from relayd.core import message
+from relayd.federation import index as fed_index
+from relayd.federation.catchup import collect
+from relayd.federation.metrics import PeerStats
+
+RECENT_ITEMS = 10000
+EARLY_RECEIPTS = 10000
+HEX = frozenset("0123456789abcdef")
+
+
+class BadItem(ValueError):
+    """A frame from a peer does not hold a valid item."""
+
+
+def check_entry(entry):
+    """Raise BadItem unless ``entry`` looks like a relayed message entry."""
+    if not isinstance(entry, dict):
+        raise BadItem("entry must be an object")
+    msg_id = entry.get("msg_id")
+    if not isinstance(msg_id, str) or len(msg_id) != 64 or not HEX.issuperset(msg_id):
+        raise BadItem("msg_id must be 64 hex digits")
+    for key in ("from", "to", "body"):
+        if not isinstance(entry.get(key), str):
+            raise BadItem(f"{key} must be a string")
+    seen_by = entry.get("seen_by")
+    if not isinstance(seen_by, list) or not seen_by or not all(isinstance(r, str) for r in seen_by):
+        raise BadItem("seen_by must be a non-empty list of relay ids")
+    if not isinstance(entry.get("timestamp", 0), (int, float)):
+        raise BadItem("timestamp must be a number")
+    if "room" in entry and not isinstance(entry["room"], str):
+        raise BadItem("room must be a string")
+
+
+def item_key(frame):
+    origin, seq = frame.get("origin"), frame.get("seq")
+    if not isinstance(origin, str) or not origin or not isinstance(seq, int) or seq < 1:
+        raise BadItem("origin must be a relay id and seq a positive whole number")
+    return origin, seq
+
+
+def msg_frame(origin, seq, line):
+    head = json.dumps({"type": "msg", "origin": origin, "seq": seq})[:-1].encode()
+    return head + b', "entry": ' + line + b"}\n"
+
+
+def receipt_frame(origin, seq, msg_id, peer, timestamp):
+    return json.dumps({"type": "receipt", "origin": origin, "seq": seq, "msg_id": msg_id,
+                       "to": peer, "timestamp": timestamp}).encode() + b"\n"
+
+
+class Hub:
+    log = Logger()
+
+    def __init__(self, relay_id, router, journal, index, clock, file_pool, metrics, settings):
+        self.relay_id = relay_id
+        self.router = router
+        self.journal = journal
+        self.index = index
+        self.clock = clock
+        self.file_pool = file_pool
+        self.metrics = metrics
+        self.settings = settings       # the [federation] section
+        self.identity = None           # set when the service starts
+        self.peers = {}                # name -> Peer (the trusted set)
+        self.links = {}                # name -> [Link] that are up, oldest first
+        self.stats = {}                # name -> PeerStats
+        self.recent = deque(maxlen=RECENT_ITEMS)   # items not necessarily on disk yet
+        self._pending = {}             # msg_id -> (origin, seq) while the router journals it
+        self._early = OrderedDict()    # msg_id -> receipt record, for receipts that beat their message
+        self.hop_limited = 0
+        self._serving = {}             # link -> True while a catch-up read runs, "again" if asked meanwhile
+
+    def find_peer(self, name):
+        return self.peers.get(name)
+
+    def peer_stats(self, name):
+        stats = self.stats.get(name)
+        if stats is None:
+            stats = self.stats[name] = PeerStats()
+        return stats
+
+    # --- links --------------------------------------------------------------------
+
+    def link_up(self, link):
+        name = link.peer.name
+        self.links.setdefault(name, []).append(link)
+        stats = self.peer_stats(name)
+        stats.links += 1
+        stats.connects += 1
+        if stats.since is None:
+            stats.since = self.clock.seconds()
+        self.metrics.links.labels(name).inc()
+        self.metrics.connects.labels(name).inc()
+        self.log.info("federation: link to {peer} up ({address})", peer=name,
+                      address=link._address())
+        link.send({"type": "sync", "have": self.index.wants()})
+
+    def link_down(self, link, why):
+        name = link.peer.name
+        links = self.links.get(name, [])
+        if link in links:
+            links.remove(link)
+        if not links:
+            self.links.pop(name, None)
+        self._serving.pop(link, None)
+        stats = self.peer_stats(name)
+        stats.links -= 1
+        if not stats.links:
+            stats.since = None
+        stats.last_error = why
+        self.metrics.links.labels(name).dec()
+        self.log.info("federation: link to {peer} down: {why}", peer=name, why=why)
+
+    def drop_peer(self, name):
+        """Close every link of a peer that is no longer trusted."""
+        for link in list(self.links.get(name, ())):
+            link.fail("not_a_peer", "this relay no longer lists you as a peer")
+
+    def _send(self, data, kind, skip=(), seen_by=()):
+        for name, links in self.links.items():
+            if name in skip or name in seen_by:
+                continue
+            links[0].send_raw(data)
+            self.peer_stats(name).sent[kind] += 1
+            self.metrics.items_out.labels(name, kind).inc()
+
+    # --- the router's hooks ---------------------------------------------------------
+
+    def forward(self, entry, line, source):
+        """A message is durable here: give it a seq, record it, flood it."""
+        msg_id = entry["msg_id"]
+        key = self._pending.pop(msg_id, None)
+        if key is None:
+            key = (self.relay_id, self.index.next_own())
+        origin, seq = key
+        self._record(fed_index.companion_line(origin, seq, msg_id))
+        self.recent.append((origin, seq, "m", entry))
+        early = self._early.pop(msg_id, None)
+        if early is not None:
+            # the receipt came first: take the message back out of the mailbox, and
+            # journal the receipt again after it so that a replay does the same
+            self.router.mailboxes.remove(early["to"], msg_id)
+            self._record(json.dumps(early).encode())
+        if len(entry["seen_by"]) >= self.settings.max_hops:
+            self.hop_limited += 1
+            self.metrics.hop_limited.inc()
+            return
+        skip = (source.peer.name,) if source is not None else ()
+        self._send(msg_frame(origin, seq, line), "messages", skip, entry["seen_by"])
+
+    def delivered(self, entry, peer, timestamp):
+        """A directed message reached its peer here: flood a receipt."""
+        seq = self.index.next_own()
+        self._receipt(entry["msg_id"], peer, timestamp, self.relay_id, seq, None)
+
+    def _receipt(self, msg_id, peer, timestamp, origin, seq, source):
+        record = fed_index.receipt_record(msg_id, peer, timestamp, origin, seq)
+        self._record(json.dumps(record).encode())
+        self.recent.append((origin, seq, "r", record))
+        skip = (source.peer.name,) if source is not None else ()
+        self._send(receipt_frame(origin, seq, msg_id, peer, timestamp), "receipts", skip)
+
+    def _record(self, line):
+        d = self.journal.append(line)
+        d.addErrback(lambda f: self.log.failure("federation: could not journal a record", f))
+
+    # --- frames from links -----------------------------------------------------------
+
+    def receive(self, link, frame):
+        kind = frame["type"]
+        try:
+            if kind == "msg":
+                self._receive_msg(link, frame)
+            elif kind == "receipt":
+                self._receive_receipt(link, frame)
+            elif kind == "sync":
+                self._serve(link, frame)
+            elif kind == "synced":
+                if frame.get("more"):
+                    link.send({"type": "sync", "have": self.index.wants()})
+            elif kind == "ping":
+                link.send({"type": "pong"})
+            elif kind == "error":
+                self.log.warn("federation: {peer} reports {error}: {text}", peer=link.name,
+                              error=frame.get("error"), text=frame.get("message"))
+            elif kind != "pong":
+                link.send({"type": "error", "error": "unknown_type",
+                           "message": f"unknown frame type {kind!r}"})
+        except BadItem as e:
+            self.log.warn("federation: bad {kind} frame from {peer}: {why}",
+                          kind=kind, peer=link.name, why=str(e))
+            link.send({"type": "error", "error": "bad_item", "message": str(e)})
+
+    def _held(self, link, origin, seq, kind):
+        stats = self.peer_stats(link.name)
+        stats.received[kind] += 1
+        self.metrics.items_in.labels(link.name, kind).inc()
+        if self.index.has(origin, seq):
+            stats.dedup_hits += 1
+            self.metrics.dedup.labels(link.name).inc()
+            return True
+        self.index.add(origin, seq)
+        return False
+
+    def _receive_msg(self, link, frame):
+        origin, seq = item_key(frame)
+        entry = frame.get("entry")
+        check_entry(entry)
+        if self._held(link, origin, seq, "messages"):
+            return
+        stats = self.peer_stats(link.name)
+        stats.lag = max(0.0, self.clock.seconds() - entry.get("timestamp", 0))
+        self.metrics.lag.labels(link.name).set(stats.lag)
+        if self.relay_id not in entry["seen_by"]:
+            entry["seen_by"].append(self.relay_id)
+        msg_id = entry["msg_id"]
+        if msg_id in self._pending:
+            return          # the same message under another seq is being journaled
+        self._pending[msg_id] = (origin, seq)
+        d = self.router.accept_remote(entry, link)
+        d.addCallbacks(self._accepted, self._refused,
+                       callbackArgs=(link, origin, seq, msg_id), errbackArgs=(origin, seq, msg_id))
+
+    def _accepted(self, new, link, origin, seq, msg_id):
+        if not new:         # held already (e.g. a crash lost its seq record): record the seq
+            self._pending.pop(msg_id, None)
+            self._record(fed_index.companion_line(origin, seq, msg_id))
+            stats = self.peer_stats(link.name)
+            stats.dedup_hits += 1
+            self.metrics.dedup.labels(link.name).inc()
+
+    def _refused(self, failure, origin, seq, msg_id):
+        self._pending.pop(msg_id, None)
+        self.index.discard(origin, seq)   # asked for again at the next catch-up
+        self.log.error("federation: could not accept {origin}/{seq}: {error}",
+                       origin=origin, seq=seq, error=failure.getErrorMessage())
+
+    def _receive_receipt(self, link, frame):
+        origin, seq = item_key(frame)
+        msg_id, peer, timestamp = frame.get("msg_id"), frame.get("to"), frame.get("timestamp")
+        if not isinstance(msg_id, str) or not isinstance(peer, str) \
+                or not isinstance(timestamp, (int, float)):
+            raise BadItem("a receipt needs msg_id, to and timestamp")
+        if self._held(link, origin, seq, "receipts"):
+            return
+        self.router.mailboxes.remove(peer, msg_id)
+        if msg_id not in self.router.dedup or msg_id in self._pending:
+            self._early[msg_id] = fed_index.receipt_record(msg_id, peer, timestamp, origin, seq)
+            if len(self._early) > EARLY_RECEIPTS:
+                self._early.popitem(last=False)
+        self._receipt(msg_id, peer, timestamp, origin, seq, link)
+
+    # --- catch-up ------------------------------------------------------------------------
+
+    def _serve(self, link, frame):
+        have = frame.get("have")
+        if not isinstance(have, dict):
+            raise BadItem("sync needs have: {origin: [low, [seqs above]]}")
+        wants = {}
+        for origin, cursor in have.items():
+            try:
+                low, above = cursor
+                wants[origin] = (int(low), frozenset(int(s) for s in above))
+            except (TypeError, ValueError):
+                raise BadItem(f"bad cursor for origin {origin!r}") from None
+        self._start_serving(link, wants)
+
+    def _start_serving(self, link, wants):
+        if link in self._serving:
+            self._serving[link] = wants       # serve the newest request when this one ends
+            return
+        self._serving[link] = None
+        directory = self.journal.directory
+        d = self.file_pool.run(collect, directory, wants, self.settings.sync_batch,
+                               list(self.recent))
+        d.addCallbacks(self._served, self._serve_failed, callbackArgs=(link,), errbackArgs=(link,))
+
+    def _served(self, result, link):
+        again = self._serving.pop(link, None)
+        if link.state != "up":
+            return
+        items, more = result
+        name = link.name
+        for origin, seq, kind, record in items:
+            if kind == "m":
+                link.send_raw(msg_frame(origin, seq, message.journal_line(record)))
+            else:
+                link.send_raw(receipt_frame(origin, seq, record["receipt"], record["to"],
+                                            record["timestamp"]))
+        if items:
+            self.peer_stats(name).caught_up += len(items)
+            self.metrics.caught_up.labels(name).inc(len(items))
+            self.log.info("federation: sent {count} missed items to {peer}",
+                          count=len(items), peer=name)
+        link.send({"type": "synced", "sent": len(items), "more": more})
+        if again is not None:
+            self._start_serving(link, again)
+
+    def _serve_failed(self, failure, link):
+        self._serving.pop(link, None)
+        self.log.failure("federation: catch-up read for {peer} failed", failure, peer=link.name)
+
+    # --- views ---------------------------------------------------------------------
+
+    def peer_rows(self):
+        now = self.clock.seconds()
+        rows = []
+        for name in sorted(set(self.peers) | set(self.links)):
+            s = self.peer_stats(name)
+            peer = self.peers.get(name)
+            rows.append({
+                "peer": name, "endpoint": peer.endpoint if peer else None,
+                "fingerprint": peer.fingerprint if peer else None,
+                "state": "up" if s.links else "down", "links": s.links,
+                "up_for": None if s.since is None else round(now - s.since, 1),
+                "messages_in": s.received["messages"], "messages_out": s.sent["messages"],
+                "receipts_in": s.received["receipts"], "receipts_out": s.sent["receipts"],
+                "dedup_hits": s.dedup_hits, "caught_up": s.caught_up,
+                "lag": None if s.lag is None else round(s.lag, 3),
+                "connects": s.connects, "last_error": s.last_error})
+        return rows
+
+    def sequence_leftovers(self):
+        """Give a seq to own items the journal holds without one (a crash, or
+        a journal older than federation); returns how many."""
+        leftovers, self.index.unsequenced = self.index.unsequenced, {}
+        for key, record in leftovers.items():
+            seq = self.index.next_own()
+            if key[0] == "m":
+                self._record(fed_index.companion_line(self.relay_id, seq, record["msg_id"]))
+                self.recent.append((self.relay_id, seq, "m", record))
+            else:
+                receipt = fed_index.receipt_record(record["receipt"], record.get("to"),
+                                                   record.get("timestamp", 0), self.relay_id, seq)
+                self._record(json.dumps(receipt).encode())
+                self.recent.append((self.relay_id, seq, "r", receipt))
+        return len(leftovers)

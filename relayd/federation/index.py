@@ -1,0 +1,126 @@
+"""Per-origin sequence cursors, rebuilt from the journal at start.
+
+Every federated item (a message or a delivery receipt) gets a sequence
+number from the relay where it originated, and every relay journals a
+small record binding the item to ``(origin, seq)``:
+
+* ``{"fed": origin, "seq": n, "ref": msg_id}`` after a message record;
+* ``{"receipt": msg_id, "to": peer, "timestamp": t, "fed": origin, "seq": n}``
+  for a receipt (the router's replay also applies it to the mailboxes).
+
+For each origin the index keeps the contiguous watermark ``low`` (every
+seq up to it is held) and the few seqs held above it; that pair is the
+cursor a relay sends when a link comes up.
+"""
+import json
+
+from relayd.core import message
+
+MAX_ABOVE_SENT = 1000
+
+
+class Cursor:
+    __slots__ = ("low", "above")
+
+    def __init__(self):
+        self.low = 0
+        self.above = set()
+
+    def has(self, seq):
+        return seq <= self.low or seq in self.above
+
+    def add(self, seq):
+        if seq <= self.low:
+            return
+        self.above.add(seq)
+        while self.low + 1 in self.above:
+            self.low += 1
+            self.above.discard(self.low)
+
+    def discard(self, seq):
+        self.above.discard(seq)
+
+    def high(self):
+        return max(self.above, default=self.low)
+
+
+def companion_line(origin, seq, msg_id):
+    return json.dumps({"fed": origin, "seq": seq, "ref": msg_id}).encode()
+
+
+def receipt_record(msg_id, peer, timestamp, origin, seq):
+    return {"receipt": msg_id, "to": peer, "timestamp": timestamp, "fed": origin, "seq": seq}
+
+
+class Index:
+    """The cursors and the own sequence counter."""
+
+    def __init__(self, relay_id):
+        self.relay_id = relay_id
+        self.cursors = {}
+        self.unsequenced = {}           # own items found in the journal without a seq
+        self._next = 1
+
+    def has(self, origin, seq):
+        cursor = self.cursors.get(origin)
+        return cursor is not None and cursor.has(seq)
+
+    def add(self, origin, seq):
+        self.cursors.setdefault(origin, Cursor()).add(seq)
+        if origin == self.relay_id and seq >= self._next:
+            self._next = seq + 1
+
+    def discard(self, origin, seq):
+        cursor = self.cursors.get(origin)
+        if cursor is not None:
+            cursor.discard(seq)
+
+    def next_own(self):
+        seq = self._next
+        self.add(self.relay_id, seq)
+        return seq
+
+    def wants(self):
+        """What this relay holds, for a ``sync`` frame: ``{origin: [low, [above...]]}``."""
+        return {origin: [c.low, sorted(c.above)[:MAX_ABOVE_SENT]]
+                for origin, c in self.cursors.items()}
+
+    def lag(self, origin):
+        cursor = self.cursors.get(origin)
+        return 0 if cursor is None else cursor.high() - cursor.low
+
+    # --- journal replay -----------------------------------------------------------
+
+    def restore(self, record):
+        origin = record.get("fed")
+        if isinstance(origin, str) and isinstance(record.get("seq"), int):
+            self.add(origin, record["seq"])
+            if "receipt" in record:
+                if origin == self.relay_id:
+                    self.unsequenced.pop(("r", record["receipt"], record.get("to")), None)
+            elif origin == self.relay_id:
+                self.unsequenced.pop(("m", record.get("ref")), None)
+        elif message.is_message(record):
+            seen_by = record.get("seen_by")
+            if isinstance(seen_by, list) and seen_by and seen_by[0] == self.relay_id:
+                self.unsequenced[("m", record["msg_id"])] = record
+        elif "receipt" in record:
+            self.unsequenced[("r", record["receipt"], record.get("to"))] = record
+
+    def restore_done(self, report):
+        pass
+
+
+class JournalTee:
+    """The journal's consumer at start: the router first, then the index."""
+
+    def __init__(self, *consumers):
+        self.consumers = consumers
+
+    def restore(self, record):
+        for consumer in self.consumers:
+            consumer.restore(record)
+
+    def restore_done(self, report):
+        for consumer in self.consumers:
+            consumer.restore_done(report)

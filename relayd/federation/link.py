@@ -1,0 +1,161 @@
+"""One federation link: JSON lines, the handshake, keepalive, then items.
+
+Frames are JSON objects, one per line (``\\n``), at most ``max_line``
+bytes.  Until the handshake has succeeded only ``hello`` and ``auth`` are
+read; afterwards every frame goes to the hub.  A link that stays silent
+for ``dead_after`` seconds is dropped (each side pings every ``keepalive``).
+"""
+import json
+
+from twisted.internet import defer
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+
+from relayd.federation.handshake import Handshake, HandshakeError
+
+HELLO, AUTH, UP, CLOSED = "hello", "auth", "up", "closed"
+
+
+def encode(obj):
+    return json.dumps(obj).encode() + b"\n"
+
+
+class Link(LineReceiver):
+    log = Logger()
+    delimiter = b"\n"
+
+    def __init__(self, hub, expected=None):
+        self.hub = hub
+        self.expected = expected        # the peer name an outbound link dialled
+        self.peer = None
+        self.state = HELLO
+        self.registered = False         # known to the hub as an up link
+        # outbound only: fires once authenticated (ClientService waits on it)
+        self.ready = defer.Deferred() if expected is not None else None
+        self.handshake = None
+        self.last_heard = 0.0
+        self._timer = None
+
+    @property
+    def name(self):
+        return self.peer.name if self.peer is not None else self.expected or "?"
+
+    def connectionMade(self):
+        self.MAX_LENGTH = self.hub.settings.max_line
+        setter = getattr(self.transport, "setTcpNoDelay", None)
+        if setter is not None:
+            setter(True)
+        self.last_heard = self.hub.clock.seconds()
+        self.handshake = Handshake(self.hub.identity)
+        self.send(self.handshake.hello())
+        self._timer = self.hub.clock.callLater(self.hub.settings.handshake_timeout, self._tick)
+
+    def send(self, obj):
+        self.transport.write(encode(obj))
+
+    def send_raw(self, data):
+        self.transport.write(data)
+
+    def lineReceived(self, line):
+        if self.state == CLOSED:
+            return
+        self.last_heard = self.hub.clock.seconds()
+        try:
+            frame = json.loads(line)
+        except ValueError:
+            frame = None
+        if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
+            self.fail("bad_frame", "each line must be a JSON object with a type")
+            return
+        if self.state == UP:
+            self.hub.receive(self, frame)
+            return
+        try:
+            self._handshake(frame)
+        except HandshakeError as e:
+            self.hub.metrics.refused.inc()
+            self.log.warn("federation: refused a link from {address} ({expected}): {why}",
+                          address=self._address(), expected=self.expected or "inbound", why=str(e))
+            self.fail("auth_failed", str(e))
+
+    def _handshake(self, frame):
+        kind = frame["type"]
+        if self.state == HELLO and kind == "hello":
+            peer, auth = self.handshake.receive_hello(frame, self.hub.find_peer)
+            if self.expected is not None and peer.name != self.expected:
+                raise HandshakeError(f"dialled {self.expected!r} but {peer.name!r} answered")
+            self.peer = peer
+            self.state = AUTH
+            self.send(auth)
+        elif self.state == AUTH and kind == "auth":
+            self.handshake.receive_auth(frame)
+            self.state = UP
+            self._timer.cancel()
+            self._timer = self.hub.clock.callLater(self.hub.settings.keepalive, self._tick)
+            self.registered = True
+            self.hub.link_up(self)
+            if self.ready is not None:
+                self.ready.callback(self)
+        elif kind == "error":
+            raise HandshakeError(f"the other side refused: {frame.get('message')}")
+        else:
+            raise HandshakeError(f"unexpected {kind!r} frame during the handshake")
+
+    def _tick(self):
+        """Handshake timeout, then keepalive and dead-link detection."""
+        self._timer = None
+        if self.state != UP:
+            self.fail("timeout", "handshake not completed in time")
+            return
+        settings = self.hub.settings
+        if self.hub.clock.seconds() - self.last_heard > settings.dead_after:
+            self.log.warn("federation: link to {peer} silent for {seconds}s, dropping it",
+                          peer=self.name, seconds=settings.dead_after)
+            self.close()
+            return
+        self.send({"type": "ping"})
+        self._timer = self.hub.clock.callLater(settings.keepalive, self._tick)
+
+    def lineLengthExceeded(self, line):
+        self.fail("too_long", f"a frame is longer than {self.MAX_LENGTH} bytes")
+
+    def fail(self, code, text):
+        if self.state != CLOSED:
+            self.send({"type": "error", "error": code, "message": text})
+        self.close()
+
+    def close(self):
+        self.state = CLOSED
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason):
+        self.state = CLOSED
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self.registered:
+            self.registered = False
+            self.hub.link_down(self, reason.getErrorMessage())
+        if self.ready is not None and not self.ready.called:
+            self.ready.errback(HandshakeError(f"link closed before authentication: "
+                                              f"{reason.getErrorMessage()}"))
+
+    def _address(self):
+        peer = self.transport.getPeer()
+        return f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+
+
+class LinkFactory(Factory):
+    """Builds links for the listener (``expected=None``) or for one peer's dialer."""
+
+    noisy = False
+
+    def __init__(self, hub, expected=None):
+        self.hub = hub
+        self.expected = expected
+
+    def buildProtocol(self, addr):
+        link = Link(self.hub, self.expected)
+        link.factory = self
+        return link

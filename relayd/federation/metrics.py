@@ -1,0 +1,39 @@
+"""Per-peer federation metrics (Prometheus) and the counters behind ``peers()``."""
+from prometheus_client import Counter, Gauge
+
+
+class PeerStats:
+    """What the admin console shows for one peer."""
+
+    __slots__ = ("links", "since", "received", "sent", "dedup_hits", "caught_up", "lag",
+                 "connects", "last_error")
+
+    def __init__(self):
+        self.links = 0
+        self.since = None
+        self.received = {"messages": 0, "receipts": 0}
+        self.sent = {"messages": 0, "receipts": 0}
+        self.dedup_hits = self.caught_up = self.connects = 0
+        self.lag = None
+        self.last_error = None
+
+
+class FederationMetrics:
+    def __init__(self, registry):
+        kw = {"registry": registry}
+        self.links = Gauge("relayd_federation_links", "Authenticated links up, per peer", ["peer"], **kw)
+        self.items_in = Counter("relayd_federation_items_in", "Items received from a peer",
+                                ["peer", "kind"], **kw)
+        self.items_out = Counter("relayd_federation_items_out", "Items sent to a peer",
+                                 ["peer", "kind"], **kw)
+        self.dedup = Counter("relayd_federation_dedup_hits", "Items from a peer already held",
+                             ["peer"], **kw)
+        self.caught_up = Counter("relayd_federation_catchup_items",
+                                 "Items sent to a peer by catch-up", ["peer"], **kw)
+        self.lag = Gauge("relayd_federation_lag_seconds",
+                         "Age of the last message received from a peer", ["peer"], **kw)
+        self.connects = Counter("relayd_federation_link_ups", "Links that authenticated", ["peer"], **kw)
+        self.refused = Counter("relayd_federation_handshake_failures",
+                               "Links refused during the handshake", **kw)
+        self.hop_limited = Counter("relayd_federation_hop_limited",
+                                   "Messages not forwarded because of the hop limit", **kw)

@@ -1,0 +1,137 @@
+"""The federation service: the inbound listener plus one dialer per peer.
+
+Each peer gets a ``ClientService`` (exponential backoff with jitter) that
+counts a connection as made only once the link has authenticated, so a
+peer that answers but fails the handshake is retried ever more slowly.
+On reload (SIGHUP or the admin console) peers are added and removed
+without touching client connections.
+"""
+import random
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import MultiService
+from twisted.logger import Logger
+
+from relayd.federation import peers as peer_list
+from relayd.federation.hub import Hub
+from relayd.federation.index import Index, JournalTee
+from relayd.federation.link import LinkFactory
+from relayd.federation.metrics import FederationMetrics
+from relayd.listeners import stream_service
+
+
+class FederationService(MultiService):
+    log = Logger()
+
+    def __init__(self, daemon, hub):
+        super().__init__()
+        self.setName("federation")
+        self.daemon = daemon
+        self.hub = hub
+        self.settings = daemon.settings
+        self.dialers = {}               # name -> ClientService
+        self._loaded = False
+        self.listener = stream_service(daemon, hub.settings.listen, LinkFactory(hub))
+        self.listener.setServiceParent(self)
+
+    def privilegedStartService(self):
+        """Read the peers before anything listens: a bad peer list stops the daemon."""
+        try:
+            self.hub.peers = peer_list.load(self.settings)
+        except peer_list.PeerError as e:
+            raise SystemExit(f"federation: {e}") from None
+        self._loaded = True
+        super().privilegedStartService()
+
+    def startService(self):
+        if not self._loaded:
+            self.hub.peers = peer_list.load(self.settings)
+            self._loaded = True
+        self.hub.identity = self.daemon.identity
+        super().startService()
+        count = self.hub.sequence_leftovers()
+        if count:
+            self.log.info("federation: sequenced {count} journal items that had no seq", count=count)
+        for peer in self.hub.peers.values():
+            if peer.name not in self.dialers:
+                self._dial(peer)
+        self.log.info("federation listening on {listen}; {count} peers: {names}",
+                      listen=self.hub.settings.listen, count=len(self.hub.peers),
+                      names=", ".join(sorted(self.hub.peers)) or "none")
+
+    def stopService(self):
+        self._loaded = False
+        return super().stopService()
+
+    def _dial(self, peer):
+        s = self.hub.settings
+        endpoint = peer_list.client_endpoint(self.daemon.reactor, peer.endpoint, s.tor_socks)
+        policy = backoffPolicy(s.backoff_initial, s.backoff_max, 2.0, random.random)
+        dialer = ClientService(endpoint, LinkFactory(self.hub, peer.name), retryPolicy=policy,
+                               clock=self.daemon.reactor, prepareConnection=lambda link: link.ready)
+        dialer.setName("peer:" + peer.name)
+        dialer.setServiceParent(self)
+        self.dialers[peer.name] = dialer
+
+    def _hang_up(self, name):
+        dialer = self.dialers.pop(name, None)
+        if dialer is not None:
+            dialer.disownServiceParent()
+        self.hub.drop_peer(name)
+
+    def reload(self, settings):
+        """Apply a new peer list; keeps the old one if the new one is wrong."""
+        try:
+            new = peer_list.load(settings)
+        except peer_list.PeerError as e:
+            self.log.error("federation: reload refused, peers unchanged: {error}", error=str(e))
+            return
+        old, self.settings = self.hub.peers, settings
+        self.hub.peers, self.hub.settings = new, settings.federation
+        for name in sorted(set(old) - set(new)):
+            self._hang_up(name)
+            self.log.info("federation: peer {peer} removed", peer=name)
+        for name in sorted(set(new)):
+            if name in old and old[name] == new[name]:
+                continue
+            if name in old:
+                self._hang_up(name)
+            if self.running:
+                self._dial(new[name])
+            self.log.info("federation: peer {peer} {how}", peer=name,
+                          how="changed" if name in old else "added")
+
+    def peers(self):
+        return self.hub.peer_rows()
+
+    def stats(self):
+        rows = self.peers()
+        return {"listen": self.hub.settings.listen, "peers": len(rows),
+                "links_up": sum(1 for r in rows if r["state"] == "up"),
+                "cursors": {o: c.low for o, c in self.hub.index.cursors.items()},
+                "hop_limited": self.hub.hop_limited,
+                "by_peer": {r["peer"]: {k: r[k] for k in ("state", "messages_in", "messages_out",
+                                                        "dedup_hits", "lag")} for r in rows}}
+
+    def health(self):
+        down = [r["peer"] for r in self.peers() if r["state"] != "up"]
+        if down and len(down) == len(self.hub.peers):
+            return "no federation link is up (" + ", ".join(down) + ")"
+        return None
+
+
+def build_federation(daemon):
+    """Wire federation into a daemon built by ``relayd.daemon.build_core``."""
+    s = daemon.settings
+    router, journal = daemon.router, daemon.journal
+    index = Index(s.relay.id)
+    journal.consumer = JournalTee(router, index)
+    hub = Hub(s.relay.id, router, journal, index, daemon.reactor, daemon.file_pool,
+              FederationMetrics(daemon.registry), s.federation)
+    router.forwarders.append(hub)
+    router.receipt_hooks.append(hub.delivered)
+    service = FederationService(daemon, hub)
+    daemon.on_reload(service.reload)
+    service.setServiceParent(daemon)
+    daemon.federation = service
+    return service
