@@ -6,25 +6,9 @@ import time
 from twisted.trial import unittest
 
 from relayd import config
-
-from tests.daemon import Relayd, free_port, wait_for_port
+from tests.daemon import Relayd, wait_for_port
 from tests.seedclient import LineClient
-from tests.test_ops_support import (NO_SSH, admin_ssh, http_get, http_json, known_hosts,
-                                    metric_value, ssh_key)
-
-INI = """
-[relay]
-id = ops1
-data_dir = {data_dir}
-[tcp]
-listen = tcp:{tcp}:interface=127.0.0.1
-[admin]
-listen = tcp:{admin}:interface=127.0.0.1
-authorized_keys = {workdir}/admin_keys
-[http]
-listen = tcp:{http}:interface=127.0.0.1
-stats_interval = 1
-"""
+from tests.test_ops_support import NO_SSH, OpsRelay, admin_ssh, http_get, http_json, metric_value
 
 
 class OpsDaemonTests(unittest.TestCase):
@@ -32,24 +16,8 @@ class OpsDaemonTests(unittest.TestCase):
     skip = NO_SSH
 
     def setUp(self):
-        self.workdir = os.path.abspath(self.mktemp())
-        os.makedirs(self.workdir)
-        self.key, public = ssh_key(self.workdir, "operator")
-        self.wrong_key, _ = ssh_key(self.workdir, "stranger")
-        with open(os.path.join(self.workdir, "admin_keys"), "w") as f:
-            f.write("# operators\n" + public)
-        self.relay = self.start()
-        self.known = known_hosts(self.workdir, self.ports["admin"], os.path.join(
-            self.relay.data_dir, "ssh_host_ed25519_key.pub"))
-
-    def start(self):
-        self.ports = {"tcp": free_port(), "admin": free_port(), "http": free_port()}
-        relay = Relayd(self, INI, workdir=self.workdir, **self.ports)
-        return relay.start(wait_tcp=list(self.ports.values()))
-
-    def admin(self, line, key=None):
-        done = admin_ssh(self.ports["admin"], key or self.key, self.known, line)
-        return done.returncode, done.stdout.decode(), done.stderr.decode()
+        self.ops = OpsRelay(self)
+        self.ports, self.relay, self.admin = self.ops.ports, self.ops.relay, self.ops.admin
 
     def test_exec_commands_over_ssh(self):
         code, out, err = self.admin("stats()")
@@ -63,12 +31,12 @@ class OpsDaemonTests(unittest.TestCase):
         self.assertEqual((code, out), (0, "federation: service not enabled\n"))
 
     def test_wrong_key_is_refused(self):
-        code, out, err = self.admin("stats()", key=self.wrong_key)
+        code, out, err = self.admin("stats()", key=self.ops.wrong_key)
         self.assertEqual((code, out), (255, ""))
         self.assertIn("Permission denied", err)
 
     def test_interactive_console(self):
-        done = admin_ssh(self.ports["admin"], self.key, self.known, None, tty=True,
+        done = admin_ssh(self.ports["admin"], self.ops.key, self.ops.known, None, tty=True,
                          stdin=b"x = 6 * 7\rprint(x)\rclients()\r\x04")
         screen = done.stdout.decode("utf-8", "replace")
         self.assertIn("42", screen)
@@ -120,18 +88,16 @@ class OpsDaemonTests(unittest.TestCase):
         self.assertNotIn("secret 1", log, "payloads are never logged")
 
     def test_host_key_survives_a_restart(self):
-        host_key = os.path.join(self.relay.data_dir, "ssh_host_ed25519_key")
-        with open(host_key, "rb") as f:
+        with open(self.ops.host_key, "rb") as f:
             first = f.read()
-        self.assertEqual(os.stat(host_key).st_mode & 0o777, 0o600)
+        self.assertEqual(os.stat(self.ops.host_key).st_mode & 0o777, 0o600)
         self.assertEqual(self.relay.stop(), 0)
         for port in self.ports.values():
             self.assertFalse(wait_for_port(port, timeout=0.2))
-        self.relay = self.start()
-        self.known = known_hosts(self.workdir, self.ports["admin"], host_key + ".pub")
-        with open(host_key, "rb") as f:
+        self.ops.start()
+        with open(self.ops.host_key, "rb") as f:
             self.assertEqual(f.read(), first)
-        self.assertEqual(self.admin("reload()")[0], 0)
+        self.assertEqual(self.ops.admin("reload()")[0], 0)
 
 
 class AdminConfigTests(unittest.TestCase):

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client.parser import text_string_to_metric_families
 
 from relayd.cli import ssh_command
+from tests.daemon import Relayd, free_port
 
 NO_SSH = None if shutil.which("ssh") else "needs the OpenSSH client (Debian openssh-client)"
 
@@ -70,3 +71,45 @@ def metric_value(text, name, **labels):
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return sample.value
     return None
+
+
+OPS_INI = """
+[relay]
+id = ops1
+data_dir = {data_dir}
+[tcp]
+listen = tcp:{tcp}:interface=127.0.0.1
+[admin]
+listen = tcp:{admin}:interface=127.0.0.1
+authorized_keys = {workdir}/admin_keys
+[http]
+listen = tcp:{http}:interface=127.0.0.1
+stats_interval = 1
+"""
+
+
+class OpsRelay:
+    """A twistd relayd with [tcp], [admin] and [http] on free ports, an
+    operator key in its authorized_keys and a stranger key that is not."""
+
+    def __init__(self, testcase):
+        self.testcase = testcase
+        self.workdir = os.path.abspath(testcase.mktemp())
+        os.makedirs(self.workdir)
+        self.key, public = ssh_key(self.workdir, "operator")
+        self.wrong_key, _ = ssh_key(self.workdir, "stranger")
+        with open(os.path.join(self.workdir, "admin_keys"), "w") as f:
+            f.write("# operators\n" + public)
+        self.start()
+
+    def start(self):
+        self.ports = {"tcp": free_port(), "admin": free_port(), "http": free_port()}
+        self.relay = Relayd(self.testcase, OPS_INI, workdir=self.workdir, **self.ports)
+        self.relay.start(wait_tcp=list(self.ports.values()))
+        self.host_key = os.path.join(self.relay.data_dir, "ssh_host_ed25519_key")
+        self.known = known_hosts(self.workdir, self.ports["admin"], self.host_key + ".pub")
+
+    def admin(self, line, key=None):
+        """(exit code, stdout, stderr) of ``line`` run over OpenSSH."""
+        done = admin_ssh(self.ports["admin"], key or self.key, self.known, line)
+        return done.returncode, done.stdout.decode(), done.stderr.decode()
