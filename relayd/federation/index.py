@@ -38,6 +38,9 @@ class Cursor:
             self.above.discard(self.low)
 
     def discard(self, seq):
+        if seq <= self.low:         # reopen a hole below the watermark
+            self.above.update(range(seq + 1, self.low + 1))
+            self.low = seq - 1
         self.above.discard(seq)
 
     def high(self):

@@ -1,0 +1,424 @@
+"""Federation links and the hub in memory: handshake, forwarding, dedup,
+hop limit, receipts and catch-up between relays joined by iosim pumps.
+
+``Relay`` here is a router, index and hub with a synchronous file journal,
+so the catch-up reads run against real segment files.
+"""
+import json
+import os
+from types import SimpleNamespace
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from prometheus_client import CollectorRegistry
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.test import iosim
+from twisted.trial import unittest
+
+from relayd.core.dedup import DedupWindow
+from relayd.core.history import History
+from relayd.core.mailbox import Mailboxes
+from relayd.core.router import Router
+from relayd.federation.hub import Hub
+from relayd.federation.index import Index, JournalTee
+from relayd.federation.link import Link
+from relayd.federation.metrics import FederationMetrics
+from relayd.federation.peers import Peer, fingerprint
+from relayd.identity import Identity
+from relayd.journal.replay import replay
+from relayd.journal.segments import scan
+
+SETTINGS = dict(max_hops=16, max_line=1 << 20, handshake_timeout=10.0, keepalive=15.0,
+                dead_after=45.0, sync_batch=1000)
+
+
+class FileJournal:
+    """Appends each line to one segment file at once; ``fail`` makes appends fail."""
+
+    def __init__(self, directory):
+        self.directory = directory
+        os.makedirs(directory, exist_ok=True)
+        self.path = os.path.join(directory, "relay_log.00000001.jsonl")
+        self.fail = False
+
+    def append(self, line):
+        if self.fail:
+            return defer.fail(OSError(28, "No space left on device"))
+        with open(self.path, "ab") as f:
+            f.write(line + b"\n")
+        return defer.succeed(None)
+
+    def records(self):
+        out = []
+        replay(self.directory, scan(self.directory), out.append)
+        return out
+
+
+class InlinePool:
+    def run(self, f, *args):
+        return defer.maybeDeferred(f, *args)
+
+
+class Session:
+    def __init__(self, peer_id):
+        self.peer_id = peer_id
+        self.address = ("127.0.0.1", 1)
+        self.dialect = "json"
+        self.authenticated = False
+        self.rooms = set()
+        self.connected_at = 0.0
+        self.lines = []
+
+    def deliver(self, line):
+        self.lines.append(json.loads(line))
+
+    def close(self, code, text):
+        pass
+
+    def bodies(self):
+        return [m["body"] for m in self.lines]
+
+
+class Relay:
+    """One relay's federation stack in memory."""
+
+    def __init__(self, testcase, relay_id, clock, key=None, **settings):
+        self.id = relay_id
+        self.clock = clock
+        self.testcase = testcase
+        self.directory = testcase.mktemp()
+        self.journal = FileJournal(self.directory)
+        self.registry = CollectorRegistry()
+        self.start(key or Ed25519PrivateKey.generate(), settings)
+
+    def start(self, key, settings):
+        """(Re)build the stack from the journal, as a restart would."""
+        clock = self.clock
+        self.router = Router(self.id, clock, DedupWindow(clock, 3600, 100000),
+                             Mailboxes(clock, 1000, 3600), History(100), {}, retention=3600,
+                             registry=CollectorRegistry())
+        self.router.journal = self.journal
+        self.index = Index(self.id)
+        tee = JournalTee(self.router, self.index)
+        replay(self.directory, scan(self.directory), tee.restore)
+        self.hub = Hub(self.id, self.router, self.journal, self.index, clock, InlinePool(),
+                       FederationMetrics(CollectorRegistry()),
+                       SimpleNamespace(**dict(SETTINGS, **settings)))
+        self.hub.identity = Identity(self.id, key)
+        self.router.forwarders.append(self.hub)
+        self.router.receipt_hooks.append(self.hub.delivered)
+        self.hub.sequence_leftovers()
+
+    def restart(self):
+        self.start(self.hub.identity.private_key, vars(self.hub.settings))
+
+    def trust(self, other):
+        self.hub.peers[other.id] = Peer(other.id, "tcp:127.0.0.1:9", fingerprint(
+            other.hub.identity.public_bytes))
+
+    def client(self, peer_id):
+        session = Session(peer_id)
+        self.router.deliver_stored(session, self.router.attach(session))
+        return session
+
+    def send(self, session, to, body):
+        return self.router.submit(session, to, body)
+
+    def message_ids(self):
+        return {r["msg_id"] for r in self.journal.records() if "from" in r and "msg_id" in r}
+
+
+def join(a, b, clock=None):
+    """Trust both ways and connect ``a`` (dialling) to ``b``; returns (a_link, b_link, pump)."""
+    a.trust(b)
+    b.trust(a)
+    client, server, pump = iosim.connectedServerAndClient(
+        lambda: Link(b.hub), lambda: Link(a.hub, expected=b.id), greet=False)
+    pump.flush()
+    return client, server, pump
+
+
+def flush(*pumps):
+    for _ in range(20):
+        if not any(p.pump() for p in pumps):
+            break
+
+
+class HandshakeTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.a = Relay(self, "relay1", self.clock)
+        self.b = Relay(self, "relay2", self.clock)
+
+    def test_trusted_peers_authenticate(self):
+        client, server, pump = join(self.a, self.b)
+        self.assertEqual((client.state, server.state), ("up", "up"))
+        self.assertEqual(list(self.a.hub.links), ["relay2"])
+        self.assertEqual(list(self.b.hub.links), ["relay1"])
+        self.assertTrue(client.ready.called)
+        row = self.a.hub.peer_rows()[0]
+        self.assertEqual((row["peer"], row["state"], row["connects"]), ("relay2", "up", 1))
+
+    def test_wrong_key_is_refused(self):
+        self.a.trust(self.b)
+        impostor = Relay(self, "relay1", self.clock)   # relay1's name, another key
+        self.b.trust(self.a)
+        client, server, pump = iosim.connectedServerAndClient(
+            lambda: Link(self.b.hub), lambda: Link(impostor.hub, expected="relay2"), greet=False)
+        impostor.trust(self.b)
+        pump.flush()
+        self.assertEqual(self.b.hub.links, {})
+        self.assertEqual(server.state, "closed")
+        self.failureResultOf(client.ready)
+
+    def test_unknown_relay_is_refused(self):
+        stranger = Relay(self, "relay9", self.clock)
+        stranger.trust(self.b)
+        client, server, pump = iosim.connectedServerAndClient(
+            lambda: Link(self.b.hub), lambda: Link(stranger.hub, expected="relay2"), greet=False)
+        pump.flush()
+        self.assertEqual(self.b.hub.links, {})
+        self.assertEqual(self.b.hub.metrics.refused._value.get(), 1)
+        self.failureResultOf(client.ready)
+
+    def test_dialled_peer_must_answer_with_its_own_name(self):
+        c = Relay(self, "relay3", self.clock)
+        self.a.trust(c)
+        self.a.trust(self.b)
+        c.trust(self.a)
+        client, server, pump = iosim.connectedServerAndClient(
+            lambda: Link(c.hub), lambda: Link(self.a.hub, expected="relay2"), greet=False)
+        pump.flush()
+        self.assertEqual(self.a.hub.links, {})
+        self.failureResultOf(client.ready)
+
+    def test_forged_signature_is_refused(self):
+        self.a.trust(self.b)
+        self.b.trust(self.a)
+        link = Link(self.b.hub)
+        transport = iosim.FakeTransport(link, isServer=True)
+        link.makeConnection(transport)
+        hello = self.a.hub.identity
+        link.dataReceived(json.dumps({"type": "hello", "proto": "relayd-federation/1",
+                                      "relay": "relay1", "key": hello.public_b64,
+                                      "nonce": "ab" * 16}).encode() + b"\n")
+        link.dataReceived(b'{"type": "auth", "sig": "' + b"A" * 88 + b'"}\n')
+        self.assertEqual(link.state, "closed")
+        self.assertIn(b"auth_failed", b"".join(transport.stream))
+
+    def test_silent_handshake_times_out(self):
+        link = Link(self.b.hub)
+        transport = iosim.FakeTransport(link, isServer=True)
+        link.makeConnection(transport)
+        self.clock.advance(10.1)
+        self.assertEqual(link.state, "closed")
+        self.assertTrue(transport.disconnecting)
+
+    def test_dead_link_is_dropped_and_live_one_pinged(self):
+        client, server, pump = join(self.a, self.b)
+        self.clock.advance(15)
+        pump.flush()
+        self.assertEqual(client.state, "up")       # pings answered
+        for _ in range(4):
+            self.clock.advance(15)                   # nothing pumped for more than 45 s
+        self.assertEqual(client.state, "closed")
+
+    def test_garbage_closes_the_link(self):
+        client, server, pump = join(self.a, self.b)
+        client.transport.write(b"not json\n")
+        pump.flush()
+        self.assertEqual(server.state, "closed")
+        self.assertEqual(self.b.hub.links, {})
+
+
+class ForwardingTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.r = [Relay(self, f"relay{i}", self.clock) for i in (1, 2, 3)]
+
+    def line(self):
+        """relay1 - relay2 - relay3."""
+        _, _, p1 = join(self.r[0], self.r[1])
+        _, _, p2 = join(self.r[1], self.r[2])
+        return p1, p2
+
+    def test_message_crosses_a_line_with_origin_id_and_seen_by(self):
+        pumps = self.line()
+        alice, bob = self.r[0].client("alice"), self.r[2].client("bob")
+        d = self.r[0].send(alice, "bob", "hi")
+        flush(*pumps)
+        msg_id, _ = self.successResultOf(d)
+        self.assertEqual(bob.bodies(), ["hi"])
+        self.assertEqual(bob.lines[0]["msg_id"], msg_id)
+        self.assertEqual(bob.lines[0]["seen_by"], ["relay1", "relay2", "relay3"])
+        for relay in self.r:
+            self.assertEqual(relay.message_ids(), {msg_id})
+
+    def test_mesh_delivers_once_and_counts_dedup(self):
+        pumps = list(self.line()) + [join(self.r[2], self.r[0])[2]]
+        sessions = [relay.client(f"u{i}") for i, relay in enumerate(self.r)]
+        for i, relay in enumerate(self.r):
+            relay.send(sessions[i], "*", f"from {i}")
+        flush(*pumps)
+        for i, session in enumerate(sessions):
+            self.assertEqual(sorted(session.bodies()), sorted(f"from {j}" for j in range(3) if j != i))
+        hits = sum(row["dedup_hits"] for relay in self.r for row in relay.hub.peer_rows())
+        self.assertGreater(hits, 0)
+
+    def test_never_sent_back_to_its_source(self):
+        client, server, pump = join(self.r[0], self.r[1])
+        alice = self.r[0].client("alice")
+        self.r[0].send(alice, "*", "hi")
+        pump.flush()
+        self.assertEqual(self.r[1].hub.peer_rows()[0]["messages_out"], 0)
+        self.assertEqual(self.r[0].hub.peer_rows()[0]["dedup_hits"], 0)
+
+    def test_hop_limit_stops_forwarding(self):
+        for relay in self.r:
+            relay.hub.settings.max_hops = 2
+        pumps = self.line()
+        carol = self.r[2].client("carol")
+        self.r[0].send(self.r[0].client("alice"), "*", "hi")
+        flush(*pumps)
+        self.assertEqual(carol.bodies(), [])
+        self.assertEqual(self.r[1].hub.hop_limited, 1)
+
+    def test_receipt_clears_the_copies_stored_elsewhere(self):
+        pumps = self.line()
+        alice = self.r[0].client("alice")
+        self.r[0].send(alice, "dave", "stored")
+        flush(*pumps)
+        self.assertEqual([r.router.mailboxes.count("dave") for r in self.r], [1, 1, 1])
+        dave = self.r[1].client("dave")
+        flush(*pumps)
+        self.assertEqual(dave.bodies(), ["stored"])
+        self.assertEqual([r.router.mailboxes.count("dave") for r in self.r], [0, 0, 0])
+        self.r[2].restart()        # the journal keeps the receipt
+        self.assertEqual(self.r[2].router.mailboxes.count("dave"), 0)
+
+    def test_live_delivery_stores_nothing_elsewhere_for_long(self):
+        pumps = self.line()
+        bob = self.r[2].client("bob")
+        self.r[0].send(self.r[0].client("alice"), "bob", "hi")
+        flush(*pumps)
+        self.assertEqual(bob.bodies(), ["hi"])
+        self.assertEqual([r.router.mailboxes.count("bob") for r in self.r], [0, 0, 0])
+
+    def test_receipt_before_its_message(self):
+        a, b = self.r[0], self.r[1]
+        a.trust(b)
+        b.trust(a)
+        link = Link(b.hub)
+        link.makeConnection(iosim.FakeTransport(link, isServer=True))
+        link.peer, link.state = b.hub.peers["relay1"], "up"
+        entry = {"from": "alice", "to": "dave", "body": "x", "timestamp": 1.0,
+                 "seen_by": ["relay1"], "msg_id": "ab" * 32}
+        b.hub.receive(link, {"type": "receipt", "origin": "relay3", "seq": 1,
+                             "msg_id": entry["msg_id"], "to": "dave", "timestamp": 2.0})
+        b.hub.receive(link, {"type": "msg", "origin": "relay1", "seq": 1, "entry": entry})
+        self.assertEqual(b.router.mailboxes.count("dave"), 0)
+        b.restart()
+        self.assertEqual(b.router.mailboxes.count("dave"), 0)
+
+    def test_bad_item_is_answered_not_fatal(self):
+        client, server, pump = join(self.r[0], self.r[1])
+        client.send({"type": "msg", "origin": "relay1", "seq": 1, "entry": {"msg_id": "x"}})
+        client.send({"type": "nonsense"})
+        pump.flush()
+        self.assertEqual(server.state, "up")
+        self.assertEqual(self.r[1].message_ids(), set())
+
+    def test_journal_failure_is_retried_at_next_catch_up(self):
+        client, server, pump = join(self.r[0], self.r[1])
+        self.r[1].journal.fail = True
+        self.r[0].send(self.r[0].client("alice"), "*", "hi")
+        pump.flush()
+        self.assertEqual(self.r[1].message_ids(), set())
+        self.r[1].journal.fail = False
+        client.transport.loseConnection()
+        pump.flush()
+        _, _, pump = join(self.r[0], self.r[1])
+        self.assertEqual(len(self.r[1].message_ids()), 1)
+
+
+class CatchUpTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.r = [Relay(self, f"relay{i}", self.clock) for i in (1, 2, 3)]
+
+    def test_messages_sent_while_a_link_was_down_arrive_after(self):
+        client, _, pump = join(self.r[0], self.r[1])
+        alice, bob = self.r[0].client("alice"), self.r[1].client("bob")
+        self.r[0].send(alice, "*", "before")
+        pump.flush()
+        client.transport.loseConnection()
+        pump.flush()
+        for i in range(5):
+            self.r[0].send(alice, "*", f"during {i}")
+        self.r[1].restart()
+        bob = self.r[1].client("bob")
+        _, _, pump = join(self.r[0], self.r[1])
+        flush(pump)
+        self.assertEqual(bob.bodies(), [f"during {i}" for i in range(5)])
+        self.assertEqual(self.r[0].message_ids(), self.r[1].message_ids())
+
+    def test_catch_up_passes_along_a_line(self):
+        p1, p2 = (join(self.r[0], self.r[1])[2], None)
+        alice = self.r[0].client("alice")
+        for i in range(3):
+            self.r[0].send(alice, "*", f"m{i}")
+        flush(p1)
+        carol = self.r[2].client("carol")
+        _, _, p2 = join(self.r[1], self.r[2])
+        flush(p1, p2)
+        self.assertEqual(carol.bodies(), ["m0", "m1", "m2"])
+        self.assertEqual(self.r[2].index.cursors["relay1"].low, 3)
+
+    def test_catch_up_comes_in_batches(self):
+        for relay in self.r:
+            relay.hub.settings.sync_batch = 2
+        alice = self.r[0].client("alice")
+        for i in range(7):
+            self.r[0].send(alice, "*", f"m{i}")
+        bob = self.r[1].client("bob")
+        _, _, pump = join(self.r[0], self.r[1])
+        flush(pump)
+        self.assertEqual(bob.bodies(), [f"m{i}" for i in range(7)])
+
+    def test_receipts_are_caught_up_too(self):
+        alice = self.r[0].client("alice")
+        self.r[0].send(alice, "dave", "stored")
+        _, _, pump = join(self.r[0], self.r[1])
+        flush(pump)
+        self.assertEqual(self.r[1].router.mailboxes.count("dave"), 1)
+        self.r[1].hub.drop_peer("relay1")
+        flush(pump)
+        self.r[0].client("dave")
+        _, _, pump = join(self.r[0], self.r[1])
+        flush(pump)
+        self.assertEqual(self.r[1].router.mailboxes.count("dave"), 0)
+
+    def test_own_messages_without_seq_are_sequenced_at_start(self):
+        alice = self.r[0].client("alice")
+        self.r[0].send(alice, "*", "old")
+        lines = [line for line in open(self.r[0].journal.path, "rb") if b'"fed"' not in line]
+        with open(self.r[0].journal.path, "wb") as f:
+            f.writelines(lines)          # as a journal from before federation
+        self.r[0].restart()
+        self.assertEqual(self.r[0].index.cursors["relay1"].low, 1)
+        bob = self.r[1].client("bob")
+        _, _, pump = join(self.r[0], self.r[1])
+        flush(pump)
+        self.assertEqual(bob.bodies(), ["old"])
+
+    def test_cursors_survive_a_restart(self):
+        _, _, pump = join(self.r[0], self.r[1])
+        alice = self.r[0].client("alice")
+        for i in range(4):
+            self.r[0].send(alice, "*", f"m{i}")
+        flush(pump)
+        self.r[1].restart()
+        self.assertEqual(self.r[1].index.wants(), {"relay1": [4, []]})
+        self.r[0].restart()
+        self.r[0].send(self.r[0].client("alice"), "*", "after")
+        self.assertEqual(self.r[0].index.cursors["relay1"].low, 5)
