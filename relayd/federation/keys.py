@@ -28,8 +28,9 @@ def export(settings):
     return identity, public
 
 
-def main(argv=None):
+def main(argv=None, out=None):
     argv = sys.argv[1:] if argv is None else argv
+    out = out or sys.stdout
     if not argv:
         print("usage: python -m relayd.federation.keys CONFIG...", file=sys.stderr)
         return 2
@@ -41,7 +42,7 @@ def main(argv=None):
             return 1
         identity, public = export(settings)
         print(f"{settings.relay.id}: {identity.fingerprint}\n  key = {identity.public_b64}\n"
-              f"  written to {public}")
+              f"  written to {public}", file=out)
     return 0
 
 
