@@ -9,6 +9,7 @@ from relayd.libp2p.resources import Circuit, Limits, Reservation
 from relayd.libp2p.yamux import StreamHandler
 
 MAX_EARLY_BYTES = 64 * 1024     # bytes an initiator may send before the circuit is up
+SPLICE_WINDOW = 1024 * 1024     # receive window of each spliced stream (bounds buffering)
 
 
 def _ip(connection):
@@ -264,6 +265,8 @@ class Splice:
         dst_stream.attach(self.dst)
         dst_stream.register_producer(self.src)
         src_stream.register_producer(self.dst)
+        src_stream.set_window(SPLICE_WINDOW)
+        dst_stream.set_window(SPLICE_WINDOW)
         duration = relay.settings.circuit_duration
         self.timer = relay.clock.callLater(duration, self.end, "duration-limit", True) if duration else None
         relay.events.circuit_opened(circuit)

@@ -54,6 +54,7 @@ class Stream:
         self.handler = None
         self.send_window = INITIAL_WINDOW
         self.recv_window = INITIAL_WINDOW
+        self.window = INITIAL_WINDOW    # the receive window we keep granting up to
         self.credit = 0
         self.paused = False
         self.outbuf = bytearray()
@@ -87,6 +88,13 @@ class Stream:
             return
         self.session._send(header(WINDOW_UPDATE, RST | self._take_flags(), self.id, 0))
         self._finish(reset=True)
+
+    def set_window(self, size):
+        """Grow the receive window to ``size`` bytes (a WindowUpdate of the difference)."""
+        if size > self.window and not self.closed:
+            delta, self.window = size - self.window, size
+            self.recv_window += delta
+            self.session._send(header(WINDOW_UPDATE, self._take_flags(), self.id, delta))
 
     def pause(self):
         """Stop crediting the remote's window (backpressure)."""
@@ -139,7 +147,7 @@ class Stream:
     def _grant(self):
         if self.paused or self.closed or self.fin_received or not self.credit:
             return
-        if self.credit >= INITIAL_WINDOW // 2 or self.recv_window < INITIAL_WINDOW // 2:
+        if self.credit >= self.window // 2 or self.recv_window < self.window // 2:
             credit, self.credit = self.credit, 0
             self.recv_window += credit
             self.session._send(header(WINDOW_UPDATE, self._take_flags(), self.id, credit))

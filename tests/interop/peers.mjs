@@ -27,7 +27,7 @@ async function peer (listen = []) {
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
     services: { identify: identify(), ping: ping() },
-    connectionManager: { maxConnections: 4096 }
+    connectionManager: { maxConnections: 4096, inboundConnectionThreshold: 100000, maxIncomingPendingConnections: 4096 }
   })
   await node.handle(ECHO, async (stream) => {
     try {
@@ -205,6 +205,7 @@ async function bench (relay, mib, circuits) {
   // circuits held at once: one reserved target, many initiators each holding a circuit
   const initiators = []
   let held = 0
+  let stopped = null
   const start = Date.now()
   for (let i = 0; i < circuits; i++) {
     const node = await peer()
@@ -214,15 +215,17 @@ async function bench (relay, mib, circuits) {
       await node.services.ping.ping(a.peerId)
       held++
     } catch (err) {
+      stopped = `${err.name}: ${err.message}`
       break
     }
   }
   out({
-    throughput_mib_s: (2 * mib) / result.seconds,
+    throughput_mib_s: mib / result.seconds,
     echo_seconds: result.seconds,
     echo_received: result.received,
     circuits_requested: circuits,
     circuits_held: held,
+    stopped_by: stopped,
     circuits_seconds: (Date.now() - start) / 1000
   })
   await Promise.all([a.stop(), ...initiators.map((n) => n.stop())])
