@@ -5,12 +5,14 @@ import json
 from prometheus_client import CollectorRegistry, Counter
 from twisted.application.service import MultiService, Service
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 from twisted.trial import unittest
 from twisted.web.resource import getChildForRequest
 from twisted.web.test.requesthelper import DummyRequest
 
-from relayd.ops.http import Root, health
+from relayd import config
+from relayd.ops.http import MonitorService, Root, health
 from relayd.ops.statslog import StatsLogger, flatten
 from tests.test_ops_support import metric_value
 
@@ -97,6 +99,26 @@ class TokenTests(unittest.TestCase):
                              [b'Bearer realm="relayd"'])
             self.assertEqual(get(self.root, page, b"Bearer wrong")[0], 401)
             self.assertEqual(get(self.root, page, b"Bearer s3cret")[0], 200)
+
+
+class ServiceTests(unittest.TestCase):
+    def test_token_file_and_process_metrics(self):
+        token_file = self.mktemp()
+        with open(token_file, "w") as f:
+            f.write("from-a-file\n")
+        daemon = FakeDaemon()
+        daemon.reactor = MemoryReactorClock()
+        daemon.settings = config.parse(f"[http]\nlisten = tcp:0\ntoken_file = {token_file}\n"
+                                       "stats_interval = 0\n")
+        service = MonitorService(daemon, daemon.settings.http)
+        service.privilegedStartService()
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual(service.root.token, "from-a-file")
+        self.assertEqual([type(s).__name__ for s in service], ["StreamServerEndpointService"])
+        text = get(service.root, "/metrics", b"Bearer from-a-file")[1].decode()
+        self.assertEqual(metric_value(text, "relayd_uptime_seconds"), 7.0)
+        self.assertIsNotNone(metric_value(text, "process_cpu_seconds_total"))
 
 
 class StatsLogTests(unittest.TestCase):

@@ -18,7 +18,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial import unittest
 
-from relayd import config
+from relayd import config, tls_ca
 from relayd.listeners import stream_service
 from relayd.tls import Material, ServerTLS, TLSConfigError
 from tests.daemon import REPO, Relayd, free_port
@@ -107,6 +107,22 @@ class MaterialTests(unittest.TestCase):
         self.assertTrue(result.startswith("TLS reload refused: [tls] key does not match"))
         self.assertIs(tls.material, before)
         self.assertEqual(tls.stats()["client_certs"], "not asked")
+
+    def test_reload_interval_picks_up_new_files(self):
+        clock = MemoryReactorClock()
+        tls = ServerTLS(self.settings(reload_interval="1h").tls, clock, InlinePool())
+        tls.startService()
+        self.addCleanup(tls.stopService)
+        before = tls.material.fingerprint
+        pki = os.path.dirname(self.files["ca.pem"])
+        tls_ca.issue(pki, "relay1b")
+        os.replace(os.path.join(pki, "relay1b.key"), self.files["relay1.key"])
+        os.replace(os.path.join(pki, "relay1b.pem"), self.files["relay1.pem"])
+        clock.advance(3599)
+        self.assertEqual(tls.material.fingerprint, before)
+        clock.advance(1)
+        self.assertNotEqual(tls.material.fingerprint, before)
+        self.assertEqual((tls.stats()["subject"], tls.stats()["reloads"]), ("CN=relay1b", 1))
 
     def test_listeners_named_in_tls_are_wrapped(self):
         settings = self.settings(listeners="tcp")

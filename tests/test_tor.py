@@ -3,6 +3,7 @@ FakeControlProtocol), and one run against a real tor with DisableNetwork."""
 import os
 import shutil
 import subprocess
+import time
 
 import txtorcon
 from twisted.internet import defer, reactor, task
@@ -14,6 +15,8 @@ from relayd import config
 from relayd.filepool import FilePool
 from relayd.identity import load_or_create
 from relayd.tor import KEY_FILE, OnionService, onion_target, tor_key_blob
+from tests.daemon import Relayd, free_port
+from tests.test_ops_support import http_json
 
 INI = """
 [relay]
@@ -200,3 +203,22 @@ class RealTorTests(unittest.TestCase):
         self.assertEqual(os.stat(key_file).st_mode & 0o777, 0o600)
         second, _, current = yield self.run_service(settings, pool)
         self.assertEqual((second.address, current + ".onion"), (first.address, first.address))
+
+    @defer.inlineCallbacks
+    def test_daemon_shows_the_onion_in_stats_and_health(self):
+        workdir, control = yield self.start_tor()
+        ports = {"tcp": free_port(), "http": free_port()}
+        relay = Relayd(self, INI.replace("55665", "{tcp}") + "[http]\nlisten = tcp:{http}\n",
+                       workdir=os.path.join(workdir, "relay"), control=control, **ports)
+        relay.start(wait_tcp=list(ports.values()))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            status, stats = http_json(ports["http"], "/stats")
+            if stats["tor"]["published"]:
+                break
+            time.sleep(0.2)
+        self.assertEqual(stats["tor"]["target"], f"127.0.0.1:{ports['tcp']}")
+        self.assertEqual(stats["tor"]["port"], ports["tcp"])
+        self.assertTrue(stats["tor"]["address"].endswith(".onion"))
+        self.assertEqual(http_json(ports["http"], "/health")[0], 200)
+        self.assertIn(f"onion service {stats['tor']['address']}:{ports['tcp']}", relay.log())
