@@ -1,0 +1,345 @@
+"""Federations of real ``twistd relayd`` processes on loopback.
+
+Each relay is started from its own generated ini with free ports and its
+peers' public keys pinned; clients are plain sockets speaking the JSON
+lines protocol.  Every test checks what a user would: every intended
+recipient got every message exactly once, and after faults the journals of
+all relays hold the same set of messages.
+"""
+import json
+import os
+import signal
+import socket
+import time
+
+from twisted.trial import unittest
+
+from relayd.identity import Identity, load_or_create
+from tests.daemon import Relayd, free_port, wait_for_port
+
+INI = """
+[relay]
+id = {name}
+data_dir = {{data_dir}}
+[tcp]
+listen = tcp:{{tcp}}:interface=127.0.0.1
+[ratelimit]
+messages = 100000
+per_seconds = 1
+[federation]
+listen = tcp:{{fed}}:interface=127.0.0.1
+keepalive = 1
+dead_after = 4
+backoff_initial = 0.2
+backoff_max = 1
+"""
+
+PEER = """
+[peer:{name}]
+endpoint = tcp:127.0.0.1:{port}
+key = {key}
+"""
+
+DEADLINE = 30.0
+
+
+class Client:
+    """A blocking JSON-lines client that keeps every line it receives."""
+
+    def __init__(self, port, peer_id):
+        self.peer_id = peer_id
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.buffer = b""
+        self.messages = []
+        self.acks = []
+        self.send_frame({"type": "hello", "id": peer_id})
+        self.welcome = self._until(lambda: self._welcome, 10)
+
+    _welcome = None
+
+    def send_frame(self, frame):
+        self.sock.sendall(json.dumps(frame).encode() + b"\n")
+
+    def send(self, to, body):
+        self.send_frame({"type": "send", "to": to, "body": body})
+
+    def poll(self, timeout=0.05):
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(65536)
+        except (socket.timeout, BlockingIOError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            raise ConnectionError(f"{self.peer_id}: connection closed")
+        self.buffer += data
+        *lines, self.buffer = self.buffer.split(b"\n")
+        for line in lines:
+            frame = json.loads(line)
+            if frame.get("type") == "message":
+                self.messages.append(frame)
+            elif frame.get("type") == "ack":
+                self.acks.append(frame)
+            elif frame.get("type") == "welcome":
+                self._welcome = frame
+
+    def _until(self, predicate, timeout=DEADLINE):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            self.poll()
+        raise AssertionError(f"{self.peer_id}: timed out; got {len(self.messages)} messages")
+
+    def bodies(self):
+        return [m["body"] for m in self.messages]
+
+    def close(self):
+        self.sock.close()
+
+
+def wait_all(clients, predicate, timeout=DEADLINE):
+    """Poll every client until ``predicate()`` holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        for c in clients:
+            c.poll(0.02)
+    raise AssertionError("timed out: " + ", ".join(f"{c.peer_id}={len(c.messages)}" for c in clients))
+
+
+class Federation:
+    """``n`` relays named relay1..relayN, linked along ``edges`` (pairs of indexes)."""
+
+    def __init__(self, testcase, n, edges):
+        self.testcase = testcase
+        self.names = [f"relay{i + 1}" for i in range(n)]
+        self.ports = [dict(tcp=free_port(), fed=free_port()) for _ in range(n)]
+        workdirs = [testcase.mktemp() for _ in range(n)]
+        keys = []
+        for workdir, name in zip(workdirs, self.names):
+            key, _ = load_or_create(os.path.join(workdir, "var", "identity.key"))
+            keys.append(Identity(name, key).public_b64)
+        self.relays = []
+        for i, name in enumerate(self.names):
+            ini = INI.format(name=name)
+            for a, b in edges:
+                if i in (a, b):
+                    j = b if i == a else a
+                    ini += PEER.format(name=self.names[j], port=self.ports[j]["fed"], key=keys[j])
+            self.relays.append(Relayd(testcase, ini, workdir=workdirs[i], **self.ports[i]))
+        self.clients = []
+        testcase.addCleanup(self.close_clients)
+
+    def start(self, *which):
+        which = which or range(len(self.relays))
+        for i in which:
+            self.relays[i].start()
+        for i in which:
+            for port in self.ports[i].values():
+                if not wait_for_port(port, 30, process=self.relays[i].process):
+                    raise AssertionError(f"{self.names[i]} did not start:\n{self.relays[i].log()}")
+
+    def links_up(self, i, count, timeout=DEADLINE):
+        """Wait until relay ``i`` logged ``count`` links up since its last start."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            log = self.relays[i].log().split("federation listening on")[-1]
+            if log.count("federation: link to") - 2 * log.count(" down:") >= count:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"{self.names[i]}: links not up:\n{self.relays[i].log()[-3000:]}")
+
+    def client(self, i, peer_id):
+        c = Client(self.ports[i]["tcp"], peer_id)
+        self.clients.append(c)
+        return c
+
+    def close_clients(self):
+        for c in self.clients:
+            c.close()
+
+    def message_ids(self, i):
+        """The msg_ids in relay ``i``'s journal (written to the OS before each ack)."""
+        directory = os.path.join(self.relays[i].data_dir, "journal")
+        ids = set()
+        for name in sorted(os.listdir(directory)):
+            with open(os.path.join(directory, name), "rb") as f:
+                for line in f:
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        continue
+                    if "from" in record and "msg_id" in record:
+                        ids.add(record["msg_id"])
+        return ids
+
+    def converged(self, expected_count, timeout=DEADLINE):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            sets = [self.message_ids(i) for i in range(len(self.relays))
+                    if self.relays[i].process is not None]
+            if all(len(s) == expected_count for s in sets) and all(s == sets[0] for s in sets):
+                return sets[0]
+            time.sleep(0.1)
+        raise AssertionError("journals differ: " + ", ".join(
+            f"{n}={len(self.message_ids(i))}" for i, n in enumerate(self.names)))
+
+
+def assert_exactly_once(testcase, client, expected):
+    bodies = client.bodies()
+    testcase.assertEqual(len(bodies), len(set(bodies)), f"{client.peer_id} saw duplicates")
+    testcase.assertEqual(set(bodies), set(expected))
+
+
+class TopologyTests(unittest.TestCase):
+    def exchange(self, fed, count):
+        """A client per relay; each sends ``count`` broadcasts and one message to each other."""
+        n = len(fed.relays)
+        clients = [fed.client(i, f"user{i + 1}") for i in range(n)]
+        for i, c in enumerate(clients):
+            for k in range(count):
+                c.send("*", f"all {i + 1}.{k}")
+            for j in range(n):
+                if j != i:
+                    c.send(f"user{j + 1}", f"direct {i + 1}->{j + 1}")
+        per_client = (n - 1) * count + (n - 1)
+        wait_all(clients, lambda: all(len(c.messages) >= per_client for c in clients))
+        time.sleep(0.3)
+        for c in clients:
+            c.poll(0.05)
+        for i, c in enumerate(clients):
+            expected = [f"all {j + 1}.{k}" for j in range(n) if j != i for k in range(count)]
+            expected += [f"direct {j + 1}->{i + 1}" for j in range(n) if j != i]
+            assert_exactly_once(self, c, expected)
+        fed.converged(n * count + n * (n - 1))
+        return clients
+
+    def test_line_of_three(self):
+        fed = Federation(self, 3, [(0, 1), (1, 2)])
+        fed.start()
+        fed.links_up(1, 2)
+        clients = self.exchange(fed, 10)
+        from_user1 = [m for m in clients[2].messages if m["from"] == "user1"]
+        self.assertEqual(from_user1[0]["seen_by"], ["relay1", "relay2", "relay3"])
+        # a message for a peer offline everywhere waits for it wherever it comes
+        clients[0].send("zed", "stored for zed")
+        fed.converged(3 * 10 + 6 + 1)
+        zed = fed.client(2, "zed")
+        zed._until(lambda: zed.messages)
+        self.assertEqual(zed.welcome["pending"], 1)
+        self.assertEqual(zed.bodies(), ["stored for zed"])
+        zed.close()
+        time.sleep(0.5)                # the receipt travels to relay1 and relay2
+        for i in (0, 1):
+            again = fed.client(i, "zed")
+            self.assertEqual(again.welcome["pending"], 0)
+            again.close()
+
+    def test_full_mesh_of_five(self):
+        edges = [(a, b) for a in range(5) for b in range(a + 1, 5)]
+        fed = Federation(self, 5, edges)
+        fed.start()
+        for i in range(5):
+            fed.links_up(i, 4)
+        self.exchange(fed, 5)
+
+
+class FaultTests(unittest.TestCase):
+    def stream(self, sender, count, during, pace=0.02):
+        """Send ``count`` broadcasts, calling ``during(k)`` before each."""
+        for k in range(count):
+            during(k)
+            sender.send("*", f"m{k}")
+            sender.poll(0)
+            time.sleep(pace)
+
+    def test_kill_9_mid_stream(self):
+        fed = Federation(self, 3, [(0, 1), (1, 2)])
+        fed.start()
+        fed.links_up(1, 2)
+        alice, carol = fed.client(0, "alice"), fed.client(2, "carol")
+        middle = fed.relays[1]
+
+        def during(k):
+            if k == 30:
+                middle.kill()
+            elif k == 60:
+                fed.start(1)
+            carol.poll(0)
+
+        self.stream(alice, 100, during)
+        wait_all([alice, carol], lambda: len(alice.acks) == 100 and len(carol.messages) >= 100)
+        assert_exactly_once(self, carol, [f"m{k}" for k in range(100)])
+        fed.converged(100)
+
+    def test_cut_link_while_messages_flow(self):
+        fed = Federation(self, 3, [(0, 1), (1, 2), (0, 2)])
+        fed.start()
+        fed.links_up(2, 2)
+        alice, bob = fed.client(0, "alice"), fed.client(1, "bob")
+        carol = fed.client(2, "carol")
+        cut = fed.relays[2]
+
+        def during(k):
+            if k == 20:
+                carol.close()
+                cut.stop()
+            elif k == 40:
+                fed.start(2)
+            if 20 <= k < 40:
+                bob.send("carol", f"to carol {k}")
+            bob.poll(0)
+
+        self.stream(alice, 60, during)
+        wait_all([alice, bob], lambda: len(alice.acks) == 60 and len(bob.messages) >= 60)
+        carol = fed.client(2, "carol")
+        wait_all([carol], lambda: len(carol.messages) >= 20)
+        time.sleep(0.3)
+        carol.poll(0.05)
+        assert_exactly_once(self, bob, [f"m{k}" for k in range(60)])
+        assert_exactly_once(self, carol, [f"to carol {k}" for k in range(20, 40)])
+        fed.converged(80)
+        carol.close()
+        time.sleep(0.5)
+        for i in (0, 1):
+            self.assertEqual(fed.client(i, "carol").welcome["pending"], 0)
+
+
+class ReloadTests(unittest.TestCase):
+    def test_peers_added_and_removed_on_sighup(self):
+        fed = Federation(self, 2, [])
+        fed.start()
+        alice, bob = fed.client(0, "alice"), fed.client(1, "bob")
+        configs = [r.config for r in fed.relays]
+        pubs = [Identity(n, load_or_create(os.path.join(r.data_dir, "identity.key"))[0]).public_b64
+                for n, r in zip(fed.names, fed.relays)]
+        for i, path in enumerate(configs):
+            j = 1 - i
+            with open(path, "a") as f:
+                f.write(PEER.format(name=fed.names[j], port=fed.ports[j]["fed"], key=pubs[j]))
+            fed.relays[i].process.send_signal(signal.SIGHUP)
+        fed.links_up(0, 1)
+        alice.send("bob", "after reload")
+        wait_all([bob], lambda: bob.messages)
+        self.assertEqual(bob.bodies(), ["after reload"])
+        # removing the peer drops the link but no client
+        for i, path in enumerate(configs):
+            with open(path) as f:
+                text = f.read()
+            with open(path, "w") as f:
+                f.write(text.split("[peer:")[0])
+            fed.relays[i].process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + DEADLINE
+        while "peer relay2 removed" not in fed.relays[0].log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        alice.send("*", "not federated")
+        alice._until(lambda: len(alice.acks) == 2)
+        time.sleep(0.5)
+        bob.poll(0.05)
+        self.assertEqual(bob.bodies(), ["after reload"])     # and bob is still connected
+        self.assertEqual((len(fed.message_ids(0)), len(fed.message_ids(1))), (2, 1))
