@@ -68,6 +68,7 @@ class DaemonTests(unittest.TestCase):
         self.addCleanup(d.stopService)
         service = d.getServiceNamed("libp2p")
         yield wait_until(lambda: service.listen_addrs)
+        self.assertIsNone(service.health())
         peer_id = KeyPair(d.identity.private_key).peer_id
         self.assertEqual(service.peer_id, peer_id)
         port = int(service.listen_addrs[0].split("/")[4])

@@ -72,6 +72,13 @@ class Harness:
         return generate_latest(self.registry).decode()
 
 
+class Mute(StreamHandler):
+    """A target that accepts the STOP stream and never answers."""
+
+    def __init__(self, connection):
+        pass
+
+
 class TimerTests(unittest.TestCase):
     def test_reservation_expires_unless_renewed(self):
         h = Harness("reservation_ttl = 60\n")
@@ -109,10 +116,6 @@ class TimerTests(unittest.TestCase):
     def test_target_that_never_answers_stop(self):
         h = Harness("connect_timeout = 5\n")
         a, b = h.peer(), h.peer()
-
-        class Mute(StreamHandler):
-            def __init__(self, connection):
-                pass
         a.handlers[m.STOP_PROTOCOL_ID] = Mute
         h.result(a.reserve())
         reply = b.connect(a.keypair.peer_id, Pipe())
@@ -127,10 +130,6 @@ class TimerTests(unittest.TestCase):
     def test_initiator_gone_while_stop_runs(self):
         h = Harness()
         a, b = h.peer(), h.peer()
-
-        class Mute(StreamHandler):
-            def __init__(self, connection):
-                pass
         a.handlers[m.STOP_PROTOCOL_ID] = Mute
         h.result(a.reserve())
         reply = b.connect(a.keypair.peer_id, Pipe())

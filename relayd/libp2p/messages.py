@@ -43,22 +43,23 @@ def stop(msg_type, peer=None, limit=None, status=None):
     return protobuf.encode([(1, msg_type), (2, peer), (3, limit), (4, status)])
 
 
-def decode_hop(data):
-    """``(type, peer PeerId or None, status, fields)``; ValueError when malformed."""
+def _decode(data, name, status_field):
     fields = protobuf.decode(data)
     msg_type = protobuf.first_int(fields, 1)
     if msg_type is None:
-        raise ValueError("HopMessage without type")
-    return msg_type, _peer(protobuf.first_bytes(fields, 2)), protobuf.first_int(fields, 5), fields
+        raise ValueError(f"{name} without type")
+    return (msg_type, _peer(protobuf.first_bytes(fields, 2)),
+            protobuf.first_int(fields, status_field), fields)
+
+
+def decode_hop(data):
+    """``(type, peer PeerId or None, status, fields)``; ValueError when malformed."""
+    return _decode(data, "HopMessage", 5)
 
 
 def decode_stop(data):
     """``(type, peer PeerId or None, status, fields)``; ValueError when malformed."""
-    fields = protobuf.decode(data)
-    msg_type = protobuf.first_int(fields, 1)
-    if msg_type is None:
-        raise ValueError("StopMessage without type")
-    return msg_type, _peer(protobuf.first_bytes(fields, 2)), protobuf.first_int(fields, 4), fields
+    return _decode(data, "StopMessage", 4)
 
 
 def _peer(data):

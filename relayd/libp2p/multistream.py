@@ -1,7 +1,7 @@
 """multistream-select 1.0 (``/multistream/1.0.0``), both roles, with leftovers.
 
 Messages are ``uvarint(len) || text || "\\n"``.  Both negotiators are
-I/O-free: ``Listener.feed(data)`` returns the bytes to send, and ``result`` holds
+I/O-free: ``feed(data)`` returns the bytes to send, and ``result`` holds
 ``(protocol, leftover bytes)`` once agreed.  Leftover bytes belong to the
 next layer and are never dropped.
 """
@@ -37,18 +37,16 @@ def _next(buf):
         raise NegotiationFailed("multistream message is not UTF-8") from None
 
 
-class Listener:
-    """The responder: accepts the first proposed protocol it supports."""
+class _Negotiator:
+    """Reads messages, checks the header, then hands each message to ``_on_message``."""
 
-    def __init__(self, protocols, max_attempts=16):
-        self.protocols = protocols
-        self.max_attempts = max_attempts
+    def __init__(self):
         self.result = None
         self._buf = b""
         self._header_seen = False
-        self._attempts = 0
 
     def feed(self, data):
+        """Returns the bytes to send in reply (the Dialer never replies)."""
         if self.result is not None:
             raise NegotiationFailed("already negotiated")
         self._buf += data
@@ -58,51 +56,59 @@ class Listener:
             if got is None:
                 break
             text, self._buf = got
-            if not self._header_seen:
-                if text != HEADER:
-                    raise NegotiationFailed(f"expected {HEADER}, got {text[:64]!r}")
-                self._header_seen = True
-                out.append(message(HEADER))
-                continue
-            self._attempts += 1
-            if self._attempts > self.max_attempts:
-                raise NegotiationFailed("too many protocol proposals")
-            if text in self.protocols:
-                out.append(message(text))
-                self.result = (text, self._buf)
-                self._buf = b""
+            if self._header_seen:
+                out.append(self._on_message(text))
+            elif text != HEADER:
+                raise NegotiationFailed(f"expected {HEADER}, got {text[:64]!r}")
             else:
-                out.append(message(NA))
+                self._header_seen = True
+                out.append(self._on_header())
         return b"".join(out)
 
+    def _agree(self, text):
+        self.result = (text, self._buf)
+        self._buf = b""
 
-class Dialer:
+
+class Listener(_Negotiator):
+    """The responder: accepts the first proposed protocol it supports."""
+
+    def __init__(self, protocols, max_attempts=16):
+        super().__init__()
+        self.protocols = protocols
+        self.max_attempts = max_attempts
+        self._attempts = 0
+
+    def _on_header(self):
+        return message(HEADER)
+
+    def _on_message(self, text):
+        self._attempts += 1
+        if self._attempts > self.max_attempts:
+            raise NegotiationFailed("too many protocol proposals")
+        if text in self.protocols:
+            self._agree(text)
+            return message(text)
+        return message(NA)
+
+
+class Dialer(_Negotiator):
     """The initiator: proposes one protocol (header and proposal in one write)."""
 
     def __init__(self, protocol):
+        super().__init__()
         self.protocol = protocol
-        self.result = None
-        self._buf = b""
-        self._header_seen = False
 
     def start(self):
         return message(HEADER) + message(self.protocol)
 
-    def feed(self, data):
-        self._buf += data
-        while self.result is None:
-            got = _next(self._buf)
-            if got is None:
-                break
-            text, self._buf = got
-            if not self._header_seen:
-                if text != HEADER:
-                    raise NegotiationFailed(f"expected {HEADER}, got {text[:64]!r}")
-                self._header_seen = True
-            elif text == self.protocol:
-                self.result = (text, self._buf)
-                self._buf = b""
-            elif text == NA:
-                raise NegotiationFailed(f"protocol {self.protocol} not supported by the remote")
-            else:
-                raise NegotiationFailed(f"unexpected reply {text[:64]!r}")
+    def _on_header(self):
+        return b""
+
+    def _on_message(self, text):
+        if text == self.protocol:
+            self._agree(text)
+            return b""
+        if text == NA:
+            raise NegotiationFailed(f"protocol {self.protocol} not supported by the remote")
+        raise NegotiationFailed(f"unexpected reply {text[:64]!r}")

@@ -10,6 +10,7 @@ class PingResponder(StreamHandler):
     def __init__(self, connection):
         self.connection = connection
         self.buf = b""
+        self.counted = False
 
     def stream_opened(self, stream):
         self.stream = stream
@@ -31,6 +32,6 @@ class PingResponder(StreamHandler):
         self.stream.close()
 
     def stream_closed(self, reset):
-        if getattr(self, "counted", False):
+        if self.counted:
             self.connection.ping_streams -= 1
             self.counted = False

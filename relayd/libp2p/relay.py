@@ -16,6 +16,17 @@ def _ip(connection):
     return connection.transport.getPeer().host
 
 
+def take_message(handler, decode):
+    """Decode one length-prefixed message off ``handler.buf``; None while incomplete.
+
+    Raises ValueError when it is too long or malformed."""
+    got = varint.split_prefixed(handler.buf, m.MAX_MESSAGE)
+    if got is None:
+        return None
+    message, handler.buf = got
+    return decode(message)
+
+
 class Relay:
     """The relay's state; ``events`` receives every accounting event
     (``events.reservation(...)``, ``events.circuit_opened/closed(...)``,
@@ -127,13 +138,12 @@ class HopHandler(StreamHandler):
                 self.stream.reset()
             return
         try:
-            got = varint.split_prefixed(self.buf, m.MAX_MESSAGE)
-            if got is None:
-                return
-            message, self.buf = got
-            msg_type, target, _, _ = m.decode_hop(message)
+            got = take_message(self, m.decode_hop)
         except ValueError:
             return self.refuse(m.MALFORMED_MESSAGE)
+        if got is None:
+            return
+        msg_type, target, _, _ = got
         if msg_type == m.RESERVE:
             self.done = True
             self.stream.write(varint.prefixed(self.relay.reserve(self.connection)))
@@ -193,13 +203,12 @@ class StopDialer(StreamHandler):
             return
         self.buf += data
         try:
-            got = varint.split_prefixed(self.buf, m.MAX_MESSAGE)
-            if got is None:
-                return
-            message, self.buf = got
-            msg_type, _, status, _ = m.decode_stop(message)
+            got = take_message(self, m.decode_stop)
         except ValueError:
             return self.fail("malformed stop reply")
+        if got is None:
+            return
+        msg_type, _, status, _ = got
         if msg_type != m.STOP_STATUS or status != m.OK:
             return self.fail(f"target refused (status {status})")
         self.finished = True

@@ -155,6 +155,12 @@ class Libp2pService(MultiService):
                        circuits=len(self.relay.limits.circuits))
         return out
 
+    def health(self):
+        """None when listening, else why not."""
+        if self.running and not self.listen_addrs:
+            return "libp2p listener not bound"
+        return None
+
     def log_stats(self):
         if self.relay is None:
             return
