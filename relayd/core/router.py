@@ -110,14 +110,14 @@ class Router:
         Returns a Deferred firing ``(msg_id, duplicate)`` once the message is
         durable (or was already known), or failing if the journal failed.
         """
-        entry = message.new_entry(session.peer_id, to, body, self._timestamp(),
-                                  self.relay_id, room=room, nonce=nonce)
+        entry, line = message.new_message(session.peer_id, to, body, self._timestamp(),
+                                          self.relay_id, room=room, nonce=nonce)
         msg_id = entry["msg_id"]
         if self.dedup.check(msg_id):
             self.m_dedup.inc()
             return self._when_settled(msg_id)
         self.m_received_local.inc()
-        return self._admit(entry, None, (msg_id, False), (msg_id, True))
+        return self._admit(entry, None, (msg_id, False), (msg_id, True), line)
 
     def _timestamp(self):
         """The clock, made strictly increasing so that two identical messages
@@ -145,15 +145,17 @@ class Router:
         waiters.append(d)
         return d
 
-    def _admit(self, entry, source, first_result, later_result):
-        """Journal a new entry; the returned Deferred fires with ``first_result``
-        once it is durable and delivered, and retries that arrive meanwhile get
-        ``later_result`` after it, in order."""
+    def _admit(self, entry, source, first_result, later_result, line=None):
+        """Journal a new entry (``line`` is its ``journal_line`` if known); the
+        returned Deferred fires with ``first_result`` once it is durable and
+        delivered, and retries that arrive meanwhile get ``later_result``
+        after it, in order."""
         msg_id = entry["msg_id"]
         self.dedup.add(msg_id)
         first = defer.Deferred()
         self._waiting[msg_id] = [first]
-        line = message.journal_line(entry)
+        if line is None:
+            line = message.journal_line(entry)
         d = self.journal.append(line)
         d.addCallbacks(self._durable, self._failed,
                        callbackArgs=(entry, line, source, self.clock.seconds(), first_result, later_result),
