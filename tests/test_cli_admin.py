@@ -1,6 +1,5 @@
 """``relayd admin``: one console command over SSH, for scripts and cron;
 ``relayd admin-password`` lines accepted by ``[admin] passwords``."""
-import os
 import subprocess
 import sys
 

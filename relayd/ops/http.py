@@ -13,7 +13,6 @@ import json
 from prometheus_client import (CONTENT_TYPE_LATEST, Gauge, PlatformCollector,
                                ProcessCollector, generate_latest)
 from twisted.application.service import MultiService
-from twisted.logger import Logger
 from twisted.web import resource, server
 
 from relayd.listeners import stream_service
@@ -103,8 +102,6 @@ class QuietSite(server.Site):
 
 class MonitorService(MultiService):
     """The ``[http]`` section: the monitoring site and the periodic stats log."""
-
-    log = Logger()
 
     def __init__(self, daemon, settings):
         super().__init__()
