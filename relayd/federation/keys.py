@@ -3,7 +3,8 @@
 For each relay config: create the relay's Ed25519 identity in its data
 directory if it has none (the daemon would create the same file on first
 start) and write the public key, base64, to ``<data_dir>/identity.pub``,
-which a peer's ``[peer:NAME] key_file`` can point at.  Prints each relay's
+which a peer's ``[peer:NAME] key_file`` can point at.  A relay with
+``[federation]`` rewrites that file at every start.  Prints each relay's
 id, fingerprint and key, ready to paste as ``key =`` in a peer's config.
 """
 import os
@@ -15,17 +16,22 @@ from relayd.identity import KEY_FILE, Identity, load_or_create
 PUBLIC_FILE = "identity.pub"
 
 
+def write_public(data_dir, identity):
+    """Write ``<data_dir>/identity.pub`` (base64 public key); returns its path."""
+    public = os.path.join(data_dir, PUBLIC_FILE)
+    with open(public + ".tmp", "w", encoding="ascii") as f:
+        f.write(identity.public_b64 + "\n")
+    os.replace(public + ".tmp", public)
+    return public
+
+
 def export(settings):
     """Create (or load) the identity of ``settings``; returns (Identity, .pub path)."""
     data_dir = settings.relay.data_dir
     os.makedirs(data_dir, mode=0o700, exist_ok=True)
     key, _ = load_or_create(os.path.join(data_dir, KEY_FILE))
     identity = Identity(settings.relay.id, key)
-    public = os.path.join(data_dir, PUBLIC_FILE)
-    with open(public + ".tmp", "w", encoding="ascii") as f:
-        f.write(identity.public_b64 + "\n")
-    os.replace(public + ".tmp", public)
-    return identity, public
+    return identity, write_public(data_dir, identity)
 
 
 def main(argv=None, out=None):

@@ -12,7 +12,7 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
 from twisted.logger import Logger
 
-from relayd.federation import peers as peer_list
+from relayd.federation import keys, peers as peer_list
 from relayd.federation.hub import Hub
 from relayd.federation.index import Index, JournalTee
 from relayd.federation.link import LinkFactory
@@ -48,6 +48,9 @@ class FederationService(MultiService):
             self.hub.peers = peer_list.load(self.settings)
             self._loaded = True
         self.hub.identity = self.daemon.identity
+        d = self.daemon.file_pool.run(keys.write_public, self.settings.relay.data_dir,
+                                      self.hub.identity)
+        d.addErrback(lambda f: self.log.failure("federation: could not write identity.pub", f))
         super().startService()
         count = self.hub.sequence_leftovers()
         if count:
