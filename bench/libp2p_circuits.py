@@ -91,6 +91,8 @@ def run(server, mib, circuits):
         if not lines:
             raise ServerError(f"bench peers failed:\n{done.stderr.decode()[-3000:]}")
         got = json.loads(lines[-1])
+        if "error" in got:
+            raise ServerError(f"bench peers against {server.name}: {got['error']}")
         wall, cpu = meter.read()
         emit("libp2p_circuits", relay=server.name, mib=mib,
              throughput_mib_s=float(got["throughput_mib_s"]),

@@ -190,7 +190,7 @@ async function relayServer (port) {
         maxOutboundStopStreams: 4096
       })
     },
-    connectionManager: { maxConnections: 8192 }
+    connectionManager: { maxConnections: 8192, inboundConnectionThreshold: 100000, maxIncomingPendingConnections: 4096 }
   })
   out({ addrs: node.getMultiaddrs().map((ma) => ma.toString()) })
   await new Promise(() => {})
