@@ -1,0 +1,132 @@
+"""The journal on the real file pool thread, and a SIGKILL crash test.
+
+Run as ``python -m tests.test_journal_threads DIR``, this module is the
+crash test's child: it appends numbered lines as fast as the journal acks
+them and prints each acked number.
+"""
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
+from twisted.trial import unittest
+
+from relayd.filepool import FilePool
+from relayd.journal.service import Journal
+from tests.test_journal import Consumer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def start(directory, consumer, **options):
+    pool = FilePool(reactor)
+    journal = Journal(directory, pool, reactor, consumer, **options)
+    pool.startService()
+    journal.privilegedStartService()
+    journal.startService()
+    return pool, journal
+
+
+def stop(pool, journal):
+    """Stop in the daemon's order: the journal queues its last work, then the pool drains."""
+    done = journal.stopService()
+    return defer.gatherResults([done, pool.stopService()])
+
+
+class RealThreadTests(unittest.TestCase):
+
+    @defer.inlineCallbacks
+    def test_many_appends_all_durable_in_order(self):
+        directory = self.mktemp()
+        pool, journal = start(directory, Consumer(), fsync="batch", segment_size=4096)
+        acks = []
+        for n in range(20000):
+            journal.append(b'{"n": %d}' % n).addCallback(lambda _, n=n: acks.append(n))
+            if n % 1000 == 999:
+                yield deferLater(reactor, 0, lambda: None)
+        yield stop(pool, journal)
+        self.assertEqual(acks, list(range(20000)))
+        consumer = Consumer()
+        Journal(directory, None, reactor, consumer).privilegedStartService()
+        self.assertEqual([r["n"] for r in consumer.records], list(range(20000)))
+        self.assertEqual(consumer.report.segments, len(os.listdir(directory)))
+        self.assertEqual(consumer.report.skipped, [])
+
+    @defer.inlineCallbacks
+    def test_always_policy_on_a_real_disk(self):
+        directory = self.mktemp()
+        pool, journal = start(directory, Consumer(), fsync="always")
+        yield defer.gatherResults([journal.append(b'{"n": %d}' % n) for n in range(100)])
+        self.assertEqual(journal.stats()["records_written"], 100)
+        self.assertIsNotNone(journal.stats()["last_fsync_age"])
+        yield stop(pool, journal)
+
+    @defer.inlineCallbacks
+    def test_stop_right_after_appends_loses_nothing(self):
+        directory = self.mktemp()
+        pool, journal = start(directory, Consumer(), fsync="never")
+        acks = [journal.append(b'{"n": %d}' % n) for n in range(500)]
+        yield stop(pool, journal)
+        yield defer.gatherResults(acks)
+        consumer = Consumer()
+        Journal(directory, None, reactor, consumer).privilegedStartService()
+        self.assertEqual(consumer.report.records, 500)
+
+
+class CrashTests(unittest.TestCase):
+
+    def test_sigkill_loses_no_acked_line(self):
+        directory = os.path.abspath(self.mktemp())
+        child = subprocess.Popen([sys.executable, "-m", "tests.test_journal_threads", directory],
+                                 cwd=ROOT, stdout=subprocess.PIPE)
+        self.addCleanup(child.stdout.close)
+        output = b""
+        deadline = time.monotonic() + 60
+        try:
+            while output.count(b"\n") < 20000 and time.monotonic() < deadline:
+                ready, _, _ = select.select([child.stdout], [], [], 1.0)
+                if ready:
+                    chunk = os.read(child.stdout.fileno(), 65536)
+                    if not chunk:
+                        break
+                    output += chunk
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+        output += child.stdout.read()
+        acked = [int(n) for n in output.split(b"\n")[:-1]]
+        self.assertGreaterEqual(len(acked), 20000, "the child did not ack enough lines in time")
+        consumer = Consumer()
+        Journal(directory, None, reactor, consumer).privilegedStartService()
+        replayed = [r["n"] for r in consumer.records]
+        self.assertEqual(replayed, list(range(len(replayed))), "replay keeps order, no gaps")
+        self.assertGreaterEqual(len(replayed), max(acked) + 1, "every acked line survived")
+        self.assertLessEqual(len(consumer.report.skipped), 1, "at most the torn last line")
+
+
+def child(directory):
+    """Append numbered lines until killed (or 60 s), printing each acked number."""
+    pool, journal = start(directory, Consumer(), fsync="batch")
+
+    def acked(_, n):
+        os.write(1, b"%d\n" % n)
+
+    def pump(n=0):
+        if journal.pending < 5000:
+            for n in range(n, n + 200):
+                journal.append(json.dumps({"n": n, "body": "crash test"}).encode()).addCallback(acked, n)
+            n += 1
+        reactor.callLater(0, pump, n)
+
+    reactor.callWhenRunning(pump)
+    reactor.callLater(60, reactor.stop)
+    reactor.run()
+
+
+if __name__ == "__main__":
+    child(sys.argv[1])
