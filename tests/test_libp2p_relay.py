@@ -9,8 +9,8 @@ from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.trial import unittest
 
 from relayd import config
-from relayd.libp2p import envelope, identify, messages as m, multiaddr, ping, varint
-from relayd.libp2p.peer import Peer, Pipe, Request
+from relayd.libp2p import envelope, identify, messages as m, multiaddr, ping, protobuf, varint
+from relayd.libp2p.peer import Peer, Pipe
 from relayd.libp2p.peerid import KeyPair
 from relayd.libp2p.service import Libp2pService
 
@@ -77,7 +77,6 @@ class ReserveAndConnectTests(unittest.TestCase):
         msg_type, _, status, fields = yield a.reserve()
         self.assertEqual((msg_type, status), (m.STATUS, m.OK))
         rsvp = fields[3][0]
-        from relayd.libp2p import protobuf
         rfields = protobuf.decode(rsvp)
         expire = rfields[1][0]
         self.assertLess(abs(expire - (reactor.seconds() + 3600)), 5)
@@ -140,6 +139,19 @@ class ReserveAndConnectTests(unittest.TestCase):
         yield pinger.opened
         pinger.stream.write(b"p" * 32 + b"q" * 32)
         self.assertEqual((yield pinger.wait_for(64)), b"p" * 32 + b"q" * 32)
+
+    @defer.inlineCallbacks
+    def test_identify_push_is_drained(self):
+        a = yield dial(self, self.relay)
+        pipe = Pipe()
+        a.connection.open_protocol(identify.PUSH_PROTOCOL_ID, pipe)
+        yield pipe.opened
+        pipe.stream.write(varint.prefixed(identify.encode(
+            a.keypair.public_key, ["/ip4/127.0.0.1/tcp/1"], [ping.PROTOCOL_ID],
+            "/ip4/127.0.0.1/tcp/4001", "test")))
+        pipe.stream.close()
+        self.assertEqual((yield pipe.done), False)           # the relay closed its side too
+        self.assertEqual(pipe.received, b"")
 
     @defer.inlineCallbacks
     def test_connect_without_reservation(self):
@@ -261,6 +273,15 @@ class LimitTests(unittest.TestCase):
         self.assertEqual((yield b.reserve())[2], m.RESERVATION_REFUSED)    # per IP
         self.assertEqual((yield a.reserve())[2], m.OK)
         self.assertEqual((yield a.reserve())[2], m.RESERVATION_REFUSED)    # 4th request in a minute
+
+    @defer.inlineCallbacks
+    def test_announce_addresses_go_into_reservations(self):
+        yield self.start("announce = /dns4/relay.example/tcp/4001\n")
+        a = yield dial(self, self.relay)
+        _, _, status, fields = yield a.reserve()
+        addrs = protobuf.decode(fields[3][0])[2]
+        self.assertEqual([multiaddr.to_string(x) for x in addrs],
+                         [f"/dns4/relay.example/tcp/4001/p2p/{self.relay.peer_id}"])
 
     @defer.inlineCallbacks
     def test_circuit_caps(self):

@@ -155,9 +155,3 @@ class Peer(ClientFactory):
     def connect(self, target, pipe):
         """CONNECT to ``target`` (PeerId); after OK, ``pipe`` carries the circuit."""
         return self.hop(m.hop(m.CONNECT, peer=m.peer(target)), then=pipe)
-
-    def request(self, protocol, message, decode, then=None):
-        """Any length-prefixed request/reply protocol."""
-        request = Request(message, decode, then)
-        self.connection.open_protocol(protocol, request)
-        return request.reply
