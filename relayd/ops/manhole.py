@@ -112,7 +112,8 @@ def evaluate(namespace, source):
 
     d = defer.maybeDeferred(lambda: result)
     d.addCallback(show)
-    d.addErrback(lambda f: (out.getvalue() + f.getTraceback(), False))
+    d.addErrback(lambda f: (out.getvalue() + "".join(traceback.format_exception(
+        f.type, f.value, f.getTracebackObject())), False))
     return d
 
 
@@ -140,8 +141,14 @@ class ConsoleSession(manhole_ssh.TerminalSession):
             proto.errReceived(data)
             proto.processEnded(Failure(error.ProcessTerminated(exitCode=1)))
 
+    def openShell(self, proto):
+        self.terminal = self.transportFactory(
+            proto, self.chainedProtocolFactory(), iconch.IConchUser(self.original),
+            self.width, self.height)
+
     def windowChanged(self, newWindowSize):
-        """Resizes are not passed on; the prompt keeps its first size."""
+        rows, columns = newWindowSize[:2]
+        self.terminal.chainedProtocol.terminalProtocol.terminalSize(columns, rows)
 
     def eofReceived(self):
         """End of the client's input: nothing to do."""
