@@ -14,6 +14,7 @@ import time
 
 from twisted.trial import unittest
 
+from relayd import tls_ca
 from relayd.identity import Identity, load_or_create
 from tests.daemon import Relayd, free_port, wait_for_port
 
@@ -307,6 +308,41 @@ class FaultTests(unittest.TestCase):
         time.sleep(0.5)
         for i in (0, 1):
             self.assertEqual(fed.client(i, "carol").welcome["pending"], 0)
+
+
+class MutualTLSTests(unittest.TestCase):
+    def test_link_over_mutual_tls(self):
+        """relay2's federation listener wants TLS with a client certificate from
+        the private CA (``relayd ca``); relay1 dials it with ``tls:``."""
+        ca = os.path.abspath(self.mktemp())
+        tls_ca.init_ca(ca)
+        certs = os.path.abspath(self.mktemp())
+        issued = {name: tls_ca.issue(ca, name, out_dir=certs) for name in ("relay1", "relay2")}
+        roots = os.path.abspath(self.mktemp())
+        os.makedirs(roots)
+        with open(os.path.join(ca, "ca.pem"), "rb") as src, \
+                open(os.path.join(roots, "ca.pem"), "wb") as dst:
+            dst.write(src.read())
+        fed = Federation(self, 2, [(0, 1)])
+        relay1, relay2 = fed.relays
+        with open(relay1.config) as f:
+            text = f.read()
+        plain = f"endpoint = tcp:127.0.0.1:{fed.ports[1]['fed']}"
+        cert, key = issued["relay1"]
+        secure = (f"endpoint = tls:localhost:{fed.ports[1]['fed']}:trustRoots={roots}"
+                  f":certificate={cert}:privateKey={key}")
+        with open(relay1.config, "w") as f:
+            f.write(text.replace(plain, secure))
+        cert, key = issued["relay2"]
+        with open(relay2.config, "a") as f:
+            f.write(f"[tls]\ncert = {cert}\nkey = {key}\nclient_ca = {ca}/ca.pem\n"
+                    f"require_client_cert = yes\nlisteners = federation\n")
+        fed.start()
+        fed.links_up(0, 1)
+        bob = fed.client(1, "bob")
+        fed.client(0, "alice").send("bob", "over tls")
+        wait_all([bob], lambda: bob.messages)
+        self.assertEqual(bob.bodies(), ["over tls"])
 
 
 class ReloadTests(unittest.TestCase):

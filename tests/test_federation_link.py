@@ -231,11 +231,15 @@ class HandshakeTests(unittest.TestCase):
         self.assertEqual(self.b.hub.links, {})
 
 
-class ForwardingTests(unittest.TestCase):
+class ThreeRelays(unittest.TestCase):
+    """relay1, relay2 and relay3 on one clock, not yet linked."""
+
     def setUp(self):
         self.clock = Clock()
         self.r = [Relay(self, f"relay{i}", self.clock) for i in (1, 2, 3)]
 
+
+class ForwardingTests(ThreeRelays):
     def line(self):
         """relay1 - relay2 - relay3."""
         _, _, p1 = join(self.r[0], self.r[1])
@@ -341,11 +345,7 @@ class ForwardingTests(unittest.TestCase):
         self.assertEqual(len(self.r[1].message_ids()), 1)
 
 
-class CatchUpTests(unittest.TestCase):
-    def setUp(self):
-        self.clock = Clock()
-        self.r = [Relay(self, f"relay{i}", self.clock) for i in (1, 2, 3)]
-
+class CatchUpTests(ThreeRelays):
     def test_messages_sent_while_a_link_was_down_arrive_after(self):
         client, _, pump = join(self.r[0], self.r[1])
         alice, bob = self.r[0].client("alice"), self.r[1].client("bob")
