@@ -225,6 +225,7 @@ SCHEMA = {
         "max_sources": F(integer(16), "65536"),
         "peer_list_max": F(integer(0, 256), "32"),
         "announce_limit": F(integer(0), "64"),
+        "socket_buffer": F(size, "4MiB"),
     },
     "admin": {
         "listen": F(server_endpoint, "tcp:2222:interface=127.0.0.1"),

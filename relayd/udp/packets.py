@@ -4,6 +4,7 @@ Outgoing packets keep the seed's exact keys and ``json.dumps`` default
 separators, so the seed's clients parse them unchanged.  ``decode`` turns a
 datagram into a dict and raises PacketError with a machine-readable code.
 """
+import functools
 import ipaddress
 import json
 
@@ -77,6 +78,7 @@ def peer_left(name, names):
     return {"type": "peer_left", "peer_name": name, "peers": names}
 
 
+@functools.lru_cache(maxsize=4096)
 def relayed_head(from_peer):
     """The relayed_packet wrapper up to its payload, as bytes.
 

@@ -7,6 +7,7 @@ amplification); payloads are never logged.
 """
 import base64
 import json
+import socket
 from collections import Counter
 
 from twisted.internet.error import MessageLengthError
@@ -41,6 +42,16 @@ class RendezvousProtocol(DatagramProtocol):
         self.table.stale_after = settings.stale_after
         self.datagrams = TokenBuckets(settings.rate, settings.burst, settings.max_sources)
         self.claims = TokenBuckets(settings.claim_rate, settings.claim_burst, settings.max_sources)
+
+    def startProtocol(self):
+        sock = getattr(self.transport, "socket", None)
+        if sock is None:          # a fake transport in tests
+            return
+        # Absorb bursts; the kernel caps these at net.core.rmem_max/wmem_max.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.settings.socket_buffer)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.settings.socket_buffer)
+        self.log.info("udp rendezvous listening on {host}:{port}",
+                      host=self.transport.getHost().host, port=self.transport.getHost().port)
 
     # --- input ---------------------------------------------------------------
 

@@ -1,0 +1,310 @@
+"""UDP rendezvous: relayed datagrams/s, added latency, peers per MB; coturn as reference.
+
+relayd runs as ``twistd -n relayd`` with a ``[udp]`` section (rate limits
+raised); the load generator speaks the seed-001 packets.  coturn
+(``turnserver``) is driven in the same run by its own ``turnutils_uclient``
+through a ``turnutils_peer`` echo, and its relayed datagrams are counted
+both ways (client -> peer and the echo back).
+
+    python -m bench.udp_relay [--seconds 5] [--peers 20000] [--rate 10000]
+"""
+import argparse
+import json
+import os
+import re
+import select
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+from bench import relay
+from bench.procstat import CpuMeter, rss_kib
+from bench.report import emit, ratio, verdict
+from bench.server import HOST
+
+UDP_SECTION = """
+[udp]
+listen = {udp_port}
+interface = {host}
+rate = 10000000
+burst = 10000000
+claim_rate = 10000000
+claim_burst = 10000000
+max_peers = 1000000
+stale_after = 1h
+"""
+PAYLOAD = "x" * 100
+TARGET_RATIO = 0.3
+
+
+class UdpRelayd(relay.Relayd):
+    """relayd with the bench's TCP config plus a [udp] listener."""
+
+    def __init__(self):
+        super().__init__()
+        self.udp_port = free_port_udp()
+
+    def command(self):
+        command = super().command()
+        config = command[-1]
+        with open(config, "a") as f:
+            f.write(UDP_SECTION.format(udp_port=self.udp_port, host=HOST))
+        return command
+
+
+def free_port_udp():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def udp_socket(buffer=4 * 1024 * 1024):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer)
+    sock.bind((HOST, 0))
+    return sock
+
+
+def register(sock, server, name, timeout=10.0):
+    sock.settimeout(timeout)
+    sock.sendto(json.dumps({"type": "register", "name": name}).encode(), server)
+    while True:
+        packet = json.loads(sock.recvfrom(65536)[0])
+        if packet["type"] == "register_ack":
+            break
+    drain(sock)
+
+
+def drain(sock):
+    """Read and count whatever is queued on ``sock`` without blocking."""
+    sock.setblocking(False)
+    count = 0
+    try:
+        while True:
+            sock.recvfrom(65536)
+            count += 1
+    except BlockingIOError:
+        return count
+
+
+def relay_frame(seq):
+    return json.dumps({"type": "relay", "target": "rx", "source": "tx",
+                       "payload": f"{seq:010d}{PAYLOAD}"}).encode()
+
+
+def saturate(sender, receiver, server, seconds):
+    """Send as fast as possible for ``seconds``; datagrams/s delivered to ``receiver``."""
+    frame = relay_frame(0)
+    sender.setblocking(False)
+    received = sent = 0
+    start = time.monotonic()
+    end = start + seconds
+    while time.monotonic() < end:
+        for _ in range(64):
+            try:
+                sender.sendto(frame, server)
+                sent += 1
+            except BlockingIOError:
+                break
+        received += drain(receiver)
+    quiet = time.monotonic() + 0.5
+    while time.monotonic() < quiet:          # what the relay still had queued
+        select.select([receiver], [], [], 0.05)
+        received += drain(receiver)
+    elapsed = time.monotonic() - start
+    return {"sent": sent, "received": received, "datagrams_per_s": received / elapsed}
+
+
+def paced(sender, receiver, destination, rate, seconds, frame_for=relay_frame):
+    """Send at ``rate``/s for ``seconds``; returns (sent, received, one-way latencies in ms)."""
+    interval = 1.0 / rate
+    sent_at = {}
+    latencies = []
+    receiver.setblocking(False)
+    start = time.monotonic()
+    seq = 0
+    deadline = start + seconds
+    while True:
+        now = time.monotonic()
+        if now >= deadline:
+            break
+        due = start + seq * interval
+        if now >= due:
+            sent_at[seq] = time.perf_counter()
+            sender.sendto(frame_for(seq), destination)
+            seq += 1
+            continue
+        readable, _, _ = select.select([receiver], [], [], due - now)
+        if readable:
+            collect(receiver, sent_at, latencies)
+    settle = time.monotonic() + 1.0
+    while time.monotonic() < settle and len(latencies) < seq:
+        if select.select([receiver], [], [], 0.05)[0]:
+            collect(receiver, sent_at, latencies)
+    return seq, len(latencies), latencies
+
+
+def collect(receiver, sent_at, latencies):
+    try:
+        while True:
+            data = receiver.recvfrom(65536)[0]
+            now = time.perf_counter()
+            seq = seq_of(data)
+            if seq in sent_at:
+                latencies.append((now - sent_at.pop(seq)) * 1000)
+    except BlockingIOError:
+        pass
+
+
+def seq_of(data):
+    """The sequence number in a relayed_packet or a direct datagram (None for others)."""
+    text = data.decode()
+    if text.startswith("{"):
+        packet = json.loads(text)
+        if packet.get("type") != "relayed_packet":
+            return None
+        text = packet["payload"]
+    return int(text[:10])
+
+
+def percentile(values, p):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(len(values) * p / 100))] if values else float("nan")
+
+
+def peers_per_mb(server_pid, server, count, batch=500):
+    """Register ``count`` peers, each from its own socket; peers per MB of added RSS.
+
+    Registrations go in batches whose acks are awaited, so none is lost to
+    a full socket buffer; a fresh relayd is used so that freed memory of
+    earlier tests does not hide the growth.
+    """
+    before = rss_kib(server_pid)
+    registered = 0
+    while registered < count:
+        socks = [udp_socket(65536) for _ in range(min(batch, count - registered))]
+        for i, sock in enumerate(socks):
+            name = f"peer{registered + i:07d}"
+            sock.sendto(json.dumps({"type": "register", "name": name}).encode(), server)
+        for sock in socks:
+            sock.settimeout(10)
+            sock.recvfrom(65536)                        # register_ack
+            sock.close()
+        registered += len(socks)
+    after = rss_kib(server_pid)
+    grown_mb = max(after - before, 1) / 1024
+    return {"peers": count, "rss_before_mib": before / 1024, "rss_after_mib": after / 1024,
+            "peers_per_mb": count / grown_mb}
+
+
+def measure_relayd(args):
+    with UdpRelayd() as server:
+        address = (HOST, server.udp_port)
+        sender, receiver = udp_socket(), udp_socket()
+        register(receiver, address, "rx")
+        register(sender, address, "tx")
+        saturate(sender, receiver, address, 1.0)                # warm-up
+        meter = CpuMeter(server.pid)
+        result = saturate(sender, receiver, address, args.seconds)
+        _, cpu = meter.read()
+        result["server_cpu_pct"] = cpu["server_cpu_pct"]
+        result["per_cpu_second"] = per_cpu_second(result["datagrams_per_s"], cpu["server_cpu_pct"])
+        emit("udp_relay", system="relayd", test="saturate", seconds=args.seconds, **result)
+
+        sent, received, _ = paced(sender, receiver, address, args.rate, args.seconds)
+        emit("udp_relay", system="relayd", test="paced", rate=args.rate, sent=sent,
+             received=received, lost=sent - received)
+        no_loss = sent == received
+
+        _, _, relayed = paced(sender, receiver, address, args.latency_rate, args.seconds)
+        direct_frame = lambda seq: f"{seq:010d}{PAYLOAD}".encode()    # noqa: E731
+        _, _, direct = paced(sender, receiver, receiver.getsockname(), args.latency_rate,
+                             args.seconds, frame_for=direct_frame)
+        latency = {"relayed_p50_ms": percentile(relayed, 50), "relayed_p99_ms": percentile(relayed, 99),
+                   "direct_p50_ms": percentile(direct, 50), "direct_p99_ms": percentile(direct, 99)}
+        latency["added_p99_ms"] = latency["relayed_p99_ms"] - latency["direct_p99_ms"]
+        emit("udp_relay", system="relayd", test="latency", rate=args.latency_rate, **latency)
+        sender.close()
+        receiver.close()
+    with UdpRelayd() as server:
+        memory = peers_per_mb(server.pid, (HOST, server.udp_port), args.peers)
+        emit("udp_relay", system="relayd", test="peers", **memory)
+    return result, no_loss
+
+
+def measure_coturn(args):
+    """coturn relaying uclient <-> peer echo; relayed datagrams/s (both directions)."""
+    needed = ("turnserver", "turnutils_uclient", "turnutils_peer")
+    if any(shutil.which(tool) is None for tool in needed):
+        emit("udp_relay", system="coturn", skipped="coturn_not_installed(apt-get install coturn)")
+        return None
+    workdir = tempfile.mkdtemp(prefix="bench-coturn-")
+    port, peer_port = free_port_udp(), free_port_udp()
+    server = subprocess.Popen(
+        ["turnserver", "-L", HOST, "-p", str(port), "--no-auth", "--allow-loopback-peers",
+         "--no-cli", "--no-tls", "--no-dtls", "-n", "--relay-ip", HOST, "--relay-threads", "1",
+         "--min-port", "49152", "--max-port", "65535", "--log-file", "stdout", "--simple-log",
+         "--pidfile", os.path.join(workdir, "turn.pid"), "--userdb", os.path.join(workdir, "db")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peer = subprocess.Popen(["turnutils_peer", "-L", HOST, "-p", str(peer_port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)
+        meter = CpuMeter(server.pid)
+        start = time.monotonic()
+        done = subprocess.run(
+            ["turnutils_uclient", "-c", "-z", "0", "-e", HOST, "-r", str(peer_port),
+             "-m", str(args.coturn_clients), "-n", str(args.coturn_messages), "-l", "110",
+             "-p", str(port), HOST], capture_output=True, text=True, timeout=300)
+        elapsed = time.monotonic() - start
+        _, cpu = meter.read()
+    finally:
+        for process in (peer, server):
+            process.terminate()
+            process.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+    totals = re.findall(r"tot_send_msgs=(\d+), tot_recv_msgs=(\d+)\s*$", done.stdout, re.M)
+    rtt = re.search(r"Average round trip delay ([\d.]+) ms", done.stdout)
+    if not totals:
+        emit("udp_relay", system="coturn", skipped="no_uclient_totals")
+        return None
+    sent, received = map(int, totals[-1])
+    result = {"datagrams_per_s": (sent + received) / elapsed, "server_cpu_pct": cpu["server_cpu_pct"]}
+    result["per_cpu_second"] = per_cpu_second(result["datagrams_per_s"], cpu["server_cpu_pct"])
+    emit("udp_relay", system="coturn", test="saturate", clients=args.coturn_clients, sent=sent,
+         echoed=received, seconds=elapsed, avg_rtt_ms=float(rtt.group(1)) if rtt else "?",
+         **result)
+    return result
+
+
+def per_cpu_second(rate, cpu_pct):
+    """Datagrams relayed per second of server CPU: the rate one core would give."""
+    return rate / (cpu_pct / 100) if cpu_pct > 0 else float("nan")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=5.0, help="measured span per test")
+    p.add_argument("--rate", type=float, default=10000.0, help="paced rate for the loss test")
+    p.add_argument("--latency-rate", type=float, default=1000.0)
+    p.add_argument("--peers", type=int, default=20000, help="peers registered for the memory test")
+    p.add_argument("--coturn-clients", type=int, default=20)
+    p.add_argument("--coturn-messages", type=int, default=10000, help="per uclient client")
+    args = p.parse_args(argv)
+    ours, no_loss = measure_relayd(args)
+    theirs = measure_coturn(args)
+    emit("udp_relay", check="no_loss_at_rate", rate=args.rate, result=verdict(no_loss))
+    if theirs:
+        # turnutils_uclient paces itself and rarely saturates coturn, so the
+        # per-CPU-second figure (what one core would relay) is compared too.
+        for key in ("datagrams_per_s", "per_cpu_second"):
+            r = ratio(ours[key], theirs[key])
+            emit("udp_relay", check=f"vs_coturn_{key}", ratio=r, target=TARGET_RATIO,
+                 result=verdict(r >= TARGET_RATIO))
+
+
+if __name__ == "__main__":
+    main()
