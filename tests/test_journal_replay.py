@@ -1,11 +1,13 @@
 """Start-up replay: torn and corrupt lines are skipped, never fatal, nothing after them lost."""
+import errno
+import io
 import json
 import os
 
 from twisted.logger import capturedLogs
 from twisted.trial import unittest
 
-from relayd.journal import segments
+from relayd.journal import replay as replay_module, segments
 from relayd.journal.replay import check
 from tests.test_journal import JournalTestMixin, line, read_lines
 
@@ -123,3 +125,23 @@ class ReplayTests(JournalTestMixin, unittest.TestCase):
         self.make()
         report = self.consumer.report
         self.assertEqual((report.records, report.skipped, report.segments), (0, [], 0))
+
+    def test_an_unreadable_segment_is_reported_and_the_rest_replayed(self):
+        self.write_segment(1, good(1))
+        bad = self.write_segment(2, good(2) + good(22))
+        self.write_segment(3, good(3))
+
+        class FailingRead(io.BytesIO):
+            def __iter__(self):
+                yield good(2)
+                raise OSError(errno.EIO, "Input/output error")
+
+        def fake_open(path, mode):
+            if path.endswith(bad):
+                return FailingRead()
+            return open(path, mode)
+        replay_module.open = fake_open      # shadows the builtin in that module only
+        self.addCleanup(delattr, replay_module, "open")
+        self.make()
+        self.assertEqual(self.replayed(), [1, 2, 3])
+        self.assertEqual(self.consumer.report.skipped, [(bad, 2, "unreadable: Input/output error")])

@@ -50,25 +50,33 @@ def replay(directory, segments, restore):
     report = ReplayReport()
     for segment in segments:
         report.segments += 1
-        with open(os.path.join(directory, segment.name), "rb") as f:
-            for number, line in enumerate(f, 1):
-                report.bytes += len(line)
-                record, reason = check(line)
-                if record is not None:
-                    try:
-                        restore(record)
-                    except Exception as e:
-                        reason = f"rejected by the consumer: {type(e).__name__}"
-                        log.failure("journal: {segment} line {line} rejected on replay",
-                                    segment=segment.name, line=number)
-                    else:
-                        report.records += 1
-                        continue
-                _skip(report, segment.name, number, reason)
+        number = 0
+        try:
+            with open(os.path.join(directory, segment.name), "rb") as f:
+                for number, line in enumerate(f, 1):
+                    _replay_line(report, segment.name, number, line, restore)
+        except OSError as e:
+            _skip(report, segment.name, number + 1, f"unreadable: {e.strerror}")
     if len(report.skipped) > LOGGED_SKIPS:
         log.warn("journal: {count} lines skipped in all ({logged} logged)",
                  count=len(report.skipped), logged=LOGGED_SKIPS)
     return report
+
+
+def _replay_line(report, segment, number, line, restore):
+    report.bytes += len(line)
+    record, reason = check(line)
+    if record is not None:
+        try:
+            restore(record)
+        except Exception as e:
+            reason = f"rejected by the consumer: {type(e).__name__}"
+            log.failure("journal: {segment} line {line} rejected on replay",
+                        segment=segment, line=number)
+        else:
+            report.records += 1
+            return
+    _skip(report, segment, number, reason)
 
 
 def _skip(report, segment, number, reason):
