@@ -6,6 +6,7 @@ import os
 from prometheus_client import CollectorRegistry
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs
 from twisted.trial import unittest
 
 from relayd.journal.commit import JournalClosed
@@ -295,17 +296,22 @@ class WriteErrorTests(JournalTestMixin, unittest.TestCase):
             raise unittest.SkipTest("no /dev/full on this system")
         journal = self.make()
         heal = self.full_disk(journal)
-        failed = [journal.append(line(n)) for n in range(2)]
-        self.clock.advance(0)
-        for d in failed:
-            self.assertEqual(self.failureResultOf(d, OSError).value.errno, errno.ENOSPC)
-        self.assertIn("No space left", journal.health())
-        self.assertEqual(self.registry.get_sample_value("relayd_journal_write_errors_total"), 1)
-        self.assertEqual(len(self.flushLoggedErrors()), 0)
-        heal()
-        ok = journal.append(line(3))
-        self.clock.advance(0)
-        self.successResultOf(ok)
+        with capturedLogs() as events:
+            failed = [journal.append(line(n)) for n in range(2)]
+            self.clock.advance(0)
+            failed.append(journal.append(line(2)))
+            self.clock.advance(0)
+            for d in failed:
+                self.assertEqual(self.failureResultOf(d, OSError).value.errno, errno.ENOSPC)
+            self.assertIn("No space left", journal.health())
+            self.assertEqual(self.registry.get_sample_value("relayd_journal_write_errors_total"), 2)
+            heal()
+            ok = journal.append(line(3))
+            self.clock.advance(0)
+            self.successResultOf(ok)
+        errors = [e for e in events if e["log_level"] == LogLevel.error]
+        self.assertEqual(len(errors), 1, "a repeated error is logged once")
+        self.assertTrue(any(e.get("failed") == 2 for e in events), "recovery is logged")
         self.assertIsNone(journal.health())
         self.assertEqual(read_lines(self.directory), [line(3)])
 

@@ -71,8 +71,9 @@ def _replay_line(report, segment, number, line, restore):
             restore(record)
         except Exception as e:
             reason = f"rejected by the consumer: {type(e).__name__}"
-            log.failure("journal: {segment} line {line} rejected on replay",
-                        segment=segment, line=number)
+            if len(report.skipped) < LOGGED_SKIPS:
+                log.failure("journal: {segment} line {line} rejected on replay",
+                            segment=segment, line=number)
         else:
             report.records += 1
             return

@@ -56,6 +56,7 @@ class Journal(Service):
         self.segment_bytes = 0
         self.last_fsync = None
         self.last_error = None
+        self._failed_batches = 0
         self._dirty = False
         self._writer = SegmentWriter(directory, segment_size, durable=fsync != "never")
         self._commit = GroupCommit(clock, self._submit, batch_interval)
@@ -134,7 +135,10 @@ class Journal(Service):
         self.segment_count, self.segment_bytes = summary
         self.records_written += count
         self.bytes_written += size
-        self.last_error = None
+        if self.last_error is not None:
+            self.log.info("journal: writing again after {failed} failed batches",
+                          failed=self._failed_batches)
+            self.last_error, self._failed_batches = None, 0
         m = self.metrics
         m.write_seconds.observe(now - start)
         m.batch_records.observe(count)
@@ -147,10 +151,13 @@ class Journal(Service):
             self._dirty = True
 
     def _write_failed(self, failure, count):
-        self.last_error = failure.getErrorMessage()
+        error = failure.getErrorMessage()
+        if error != self.last_error:
+            self.log.error("journal: writing {count} records failed: {error} "
+                           "(logged again only if the error changes)", count=count, error=error)
+        self.last_error = error
+        self._failed_batches += 1
         self.metrics.write_errors.inc()
-        self.log.error("journal: writing {count} records failed: {error}",
-                       count=count, error=self.last_error)
         return failure
 
     # --- fsync and pruning timers ------------------------------------------------
