@@ -422,3 +422,35 @@ class CatchUpTests(ThreeRelays):
         self.r[0].restart()
         self.r[0].send(self.r[0].client("alice"), "*", "after")
         self.assertEqual(self.r[0].index.cursors["relay1"].low, 5)
+
+
+class CheckpointTests(ThreeRelays):
+    def test_cursors_outlive_pruned_segments(self):
+        _, _, pump = join(self.r[0], self.r[1])
+        alice = self.r[0].client("alice")
+        for i in range(5):
+            self.r[0].send(alice, "*", f"m{i}")
+        flush(pump)
+        self.r[1].hub.checkpoint()
+        with open(self.r[1].journal.path, "rb") as f:
+            lines = f.readlines()
+        with open(self.r[1].journal.path, "wb") as f:
+            f.writelines(lines[-1:])          # as if every older segment was pruned
+        self.r[1].restart()
+        self.assertEqual(self.r[1].index.wants(), {"relay1": [5, []]})
+
+    def test_a_relay_that_lost_its_journal_does_not_reuse_seqs(self):
+        _, _, pump = join(self.r[0], self.r[1])
+        alice = self.r[0].client("alice")
+        for i in range(3):
+            self.r[0].send(alice, "*", f"old {i}")
+        flush(pump)
+        os.remove(self.r[0].journal.path)
+        self.r[0].restart()
+        bob = self.r[1].client("bob")
+        _, _, pump = join(self.r[0], self.r[1])
+        flush(pump)
+        self.r[0].send(self.r[0].client("alice"), "*", "new")
+        flush(pump)
+        self.assertEqual(bob.bodies(), ["new"])
+        self.assertEqual(self.r[1].index.wants()["relay1"], [4, []])

@@ -17,17 +17,37 @@ def lacks(wants, origin, seq):
     return seq > low and seq not in above
 
 
-def _records(directory):
+FED_MARK = b'"fed": '
+ID_MARK = b'"msg_id": "'
+
+
+def _lines(directory):
     for segment in segments.scan(directory):
         try:
             f = open(os.path.join(directory, segment.name), "rb")
         except FileNotFoundError:      # pruned meanwhile
             continue
         with f:
-            for line in f:
-                record, _ = check(line)
-                if record is not None:
-                    yield record
+            yield from f
+
+
+def _fed_records(directory):
+    """The records with an ``(origin, seq)``; other lines are not parsed."""
+    for line in _lines(directory):
+        if FED_MARK in line:
+            record, _ = check(line)
+            if record is not None:
+                yield record
+
+
+def _messages(directory, ids):
+    """The message records whose msg_id is in ``ids`` (found without parsing others)."""
+    for line in _lines(directory):
+        at = line.rfind(ID_MARK)
+        if at >= 0 and line[at + len(ID_MARK):at + len(ID_MARK) + 64].decode("latin-1") in ids:
+            record, _ = check(line)
+            if record is not None and "from" in record:
+                yield record
 
 
 def collect(directory, wants, limit, recent=()):
@@ -37,7 +57,7 @@ def collect(directory, wants, limit, recent=()):
     ``recent`` holds items not yet on disk, in the same shape.
     """
     found, refs = {}, {}
-    for record in _records(directory):
+    for record in _fed_records(directory):
         origin, seq = record.get("fed"), record.get("seq")
         if not isinstance(origin, str) or not isinstance(seq, int) or not lacks(wants, origin, seq):
             continue
@@ -46,10 +66,8 @@ def collect(directory, wants, limit, recent=()):
         elif isinstance(record.get("ref"), str):
             refs.setdefault(record["ref"], (origin, seq))
     if refs:
-        for record in _records(directory):
-            key = refs.get(record.get("msg_id")) if "from" in record else None
-            if key is not None:
-                found[key] = key + ("m", record)
+        for record in _messages(directory, refs):
+            found[refs[record["msg_id"]]] = refs[record["msg_id"]] + ("m", record)
     for origin, seq, kind, record in recent:
         if lacks(wants, origin, seq):
             found.setdefault((origin, seq), (origin, seq, kind, record))

@@ -19,6 +19,7 @@ from relayd.federation.catchup import collect
 from relayd.federation.metrics import PeerStats
 
 RECENT_ITEMS = 10000
+CHECKPOINT_EVERY = 1000       # items between two cursor checkpoints in the journal
 EARLY_RECEIPTS = 10000
 HEX = frozenset("0123456789abcdef")
 
@@ -83,6 +84,7 @@ class Hub:
         self._pending = {}             # msg_id -> (origin, seq) while the router journals it
         self._early = OrderedDict()    # msg_id -> receipt record, for receipts that beat their message
         self.hop_limited = 0
+        self._since_checkpoint = 0
         self._serving = {}             # link -> True while a catch-up read runs, "again" if asked meanwhile
 
     def find_peer(self, name):
@@ -149,6 +151,7 @@ class Hub:
             key = (self.relay_id, self.index.next_own())
         origin, seq = key
         self._record(fed_index.companion_line(origin, seq, msg_id))
+        self._count_item()
         self.recent.append((origin, seq, "m", entry))
         early = self._early.pop(msg_id, None)
         if early is not None:
@@ -171,9 +174,20 @@ class Hub:
     def _receipt(self, msg_id, peer, timestamp, origin, seq, source):
         record = fed_index.receipt_record(msg_id, peer, timestamp, origin, seq)
         self._record(json.dumps(record).encode())
+        self._count_item()
         self.recent.append((origin, seq, "r", record))
         skip = (source.peer.name,) if source is not None else ()
         self._send(receipt_frame(origin, seq, msg_id, peer, timestamp), "receipts", skip)
+
+    def _count_item(self):
+        self._since_checkpoint += 1
+        if self._since_checkpoint >= CHECKPOINT_EVERY:
+            self.checkpoint()
+
+    def checkpoint(self):
+        """Journal every origin's watermark (see ``index.checkpoint_line``)."""
+        self._since_checkpoint = 0
+        self._record(fed_index.checkpoint_line(self.index.cursors))
 
     def _record(self, line):
         d = self.journal.append(line)
@@ -278,6 +292,12 @@ class Hub:
                 wants[origin] = (int(low), frozenset(int(s) for s in above))
             except (TypeError, ValueError):
                 raise BadItem(f"bad cursor for origin {origin!r}") from None
+        own = wants.get(self.relay_id)
+        top = max(own[1], default=own[0]) if own is not None else 0
+        if self.index.seen_own(top):
+            self.log.warn("federation: {peer} holds items of ours up to seq {seq}, beyond our "
+                          "journal (was it lost?); new items continue after it",
+                          peer=link.name, seq=top)
         self._start_serving(link, wants)
 
     def _start_serving(self, link, wants):

@@ -10,7 +10,9 @@ small record binding the item to ``(origin, seq)``:
 
 For each origin the index keeps the contiguous watermark ``low`` (every
 seq up to it is held) and the few seqs held above it; that pair is the
-cursor a relay sends when a link comes up.
+cursor a relay sends when a link comes up.  ``{"fed_cursors": {origin:
+low}}`` checkpoints, journaled now and then, keep the watermarks when old
+segments are pruned.
 """
 import json
 
@@ -37,6 +39,13 @@ class Cursor:
             self.low += 1
             self.above.discard(self.low)
 
+    def raise_low(self, low):
+        """Count everything up to ``low`` as held (a checkpoint older segments backed)."""
+        if low > self.low:
+            self.low = low
+            self.above = {s for s in self.above if s > low}
+            self.add(low)
+
     def discard(self, seq):
         if seq <= self.low:         # reopen a hole below the watermark
             self.above.update(range(seq + 1, self.low + 1))
@@ -49,6 +58,12 @@ class Cursor:
 
 def companion_line(origin, seq, msg_id):
     return json.dumps({"fed": origin, "seq": seq, "ref": msg_id}).encode()
+
+
+def checkpoint_line(cursors):
+    """A journal record of every origin's watermark: after the segments that
+    backed them are pruned, a replay still starts from these cursors."""
+    return json.dumps({"fed_cursors": {o: c.low for o, c in cursors.items()}}).encode()
 
 
 def receipt_record(msg_id, peer, timestamp, origin, seq):
@@ -83,6 +98,14 @@ class Index:
         self.add(self.relay_id, seq)
         return seq
 
+    def seen_own(self, seq):
+        """A peer holds our item ``seq``: never hand that seq out again (after a
+        lost journal the counter would otherwise restart below it)."""
+        if seq >= self._next:
+            self._next = seq + 1
+            return True
+        return False
+
     def wants(self):
         """What this relay holds, for a ``sync`` frame: ``{origin: [low, [above...]]}``."""
         return {origin: [c.low, sorted(c.above)[:MAX_ABOVE_SENT]]
@@ -95,6 +118,14 @@ class Index:
     # --- journal replay -----------------------------------------------------------
 
     def restore(self, record):
+        checkpoint = record.get("fed_cursors")
+        if isinstance(checkpoint, dict):
+            for origin, low in checkpoint.items():
+                if isinstance(low, int):
+                    self.cursors.setdefault(origin, Cursor()).raise_low(low)
+                    if origin == self.relay_id:
+                        self.seen_own(low)
+            return
         origin = record.get("fed")
         if isinstance(origin, str) and isinstance(record.get("seq"), int):
             self.add(origin, record["seq"])

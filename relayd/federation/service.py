@@ -55,6 +55,7 @@ class FederationService(MultiService):
         count = self.hub.sequence_leftovers()
         if count:
             self.log.info("federation: sequenced {count} journal items that had no seq", count=count)
+        self.hub.checkpoint()
         for peer in self.hub.peers.values():
             if peer.name not in self.dialers:
                 self._dial(peer)
