@@ -16,7 +16,7 @@ DATA, WINDOW_UPDATE, PING, GO_AWAY = 0, 1, 2, 3
 SYN, ACK, FIN, RST = 0x1, 0x2, 0x4, 0x8
 GO_AWAY_NORMAL, GO_AWAY_PROTOCOL_ERROR, GO_AWAY_INTERNAL_ERROR = 0, 1, 2
 INITIAL_WINDOW = 256 * 1024
-MAX_FRAME = 64 * 1024
+MAX_FRAME = 65519 - 12          # header + data fit one Noise transport message
 HIGH_WATER = 256 * 1024         # queued outgoing bytes that pause a registered producer
 LOW_WATER = 64 * 1024
 
