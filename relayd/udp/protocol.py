@@ -33,6 +33,7 @@ class RendezvousProtocol(DatagramProtocol):
         self.table = PeerTable(settings.max_peers, settings.stale_after)
         self.challenger = challenger or proof.Challenger()
         self.counts = Counter()
+        self.max_datagram = settings.max_datagram     # fixed: the socket reads this much
         self.configure(settings)
 
     def configure(self, settings):
@@ -59,7 +60,7 @@ class RendezvousProtocol(DatagramProtocol):
         counts = self.counts
         counts["received"] += 1
         now = self.clock.seconds()
-        if len(data) > self.settings.max_datagram:
+        if len(data) > self.max_datagram:
             self._drop("too_large")
             return
         if not self.datagrams.allow(address[0], now):
@@ -153,8 +154,8 @@ class RendezvousProtocol(DatagramProtocol):
             self._error("unknown_target", address, size, target=target_name)
             return
         out = packets.relayed(sender.name, json.dumps(packet["payload"]).encode("utf-8"))
-        if len(out) > self.settings.max_datagram:
-            self._error("too_large", address, size, limit=self.settings.max_datagram)
+        if len(out) > self.max_datagram:
+            self._error("too_large", address, size, limit=self.max_datagram)
             return
         self.counts["relayed"] += 1
         self.counts["relayed_bytes"] += len(out)
