@@ -345,6 +345,23 @@ class MutualTLSTests(unittest.TestCase):
         self.assertEqual(bob.bodies(), ["over tls"])
 
 
+class StartTests(unittest.TestCase):
+    def test_seed_relays_json_without_keys_is_refused_by_name(self):
+        workdir = self.mktemp()
+        os.makedirs(workdir)
+        path = os.path.abspath(os.path.join(workdir, "relays.json"))
+        with open(path, "w") as f:
+            f.write('[{"id": "relay1", "ip": "127.0.0.1", "port": 55665},\n'
+                    ' {"id": "relay2", "ip": "127.0.0.1", "port": 55666}]\n'
+                    '### you need to delete the ip of the relay you are running\n')
+        relay = Relayd(self, INI.format(name="relay1") + f"peers_file = {path}\n",
+                       workdir=workdir, tcp=free_port(), fed=free_port())
+        code, output = relay.run_to_exit()
+        self.assertNotEqual(code, 0)
+        self.assertIn(f"{path}: relay 'relay2': needs a key or a fingerprint", output)
+        self.assertIn("ignored 1 comment line", output)
+
+
 class ReloadTests(unittest.TestCase):
     def test_peers_added_and_removed_on_sighup(self):
         fed = Federation(self, 2, [])
