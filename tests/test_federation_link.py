@@ -277,6 +277,22 @@ class ForwardingTests(ThreeRelays):
         self.assertEqual(self.r[1].hub.peer_rows()[0]["messages_out"], 0)
         self.assertEqual(self.r[0].hub.peer_rows()[0]["dedup_hits"], 0)
 
+    def test_two_links_between_a_pair_deliver_once_and_take_over(self):
+        a, b = self.r[0], self.r[1]
+        first, _, p1 = join(a, b)
+        _, _, p2 = join(b, a)
+        self.assertEqual(len(a.hub.links["relay2"]), 2)
+        bob = b.client("bob")
+        alice = a.client("alice")
+        a.send(alice, "*", "one")
+        flush(p1, p2)
+        first.transport.loseConnection()
+        flush(p1, p2)
+        self.assertEqual(len(a.hub.links["relay2"]), 1)
+        a.send(alice, "*", "two")
+        flush(p1, p2)
+        self.assertEqual(bob.bodies(), ["one", "two"])
+
     def test_hop_limit_stops_forwarding(self):
         for relay in self.r:
             relay.hub.settings.max_hops = 2

@@ -99,8 +99,10 @@ class Hub:
     # --- links --------------------------------------------------------------------
 
     def link_up(self, link):
+        """Register an authenticated link; the first one to a peer asks it to catch us up."""
         name = link.peer.name
-        self.links.setdefault(name, []).append(link)
+        links = self.links.setdefault(name, [])
+        links.append(link)
         stats = self.peer_stats(name)
         stats.links += 1
         stats.connects += 1
@@ -110,14 +112,22 @@ class Hub:
         self.metrics.connects.labels(name).inc()
         self.log.info("federation: link to {peer} up ({address})", peer=name,
                       address=link._address())
+        if len(links) == 1:
+            self.ask_sync(link)
+
+    def ask_sync(self, link):
         link.send({"type": "sync", "have": self.index.wants()})
 
     def link_down(self, link, why):
+        """Forget a link; if another link to the peer remains, catch up over it
+        (what was queued on the lost one may not have arrived)."""
         name = link.peer.name
         links = self.links.get(name, [])
         if link in links:
             links.remove(link)
-        if not links:
+        if links:
+            self.ask_sync(links[0])
+        else:
             self.links.pop(name, None)
         self._serving.pop(link, None)
         stats = self.peer_stats(name)
@@ -206,7 +216,7 @@ class Hub:
                 self._serve(link, frame)
             elif kind == "synced":
                 if frame.get("more"):
-                    link.send({"type": "sync", "have": self.index.wants()})
+                    self.ask_sync(link)
             elif kind == "ping":
                 link.send({"type": "pong"})
             elif kind == "error":
