@@ -8,8 +8,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
+import urllib.request
 
 from twisted.trial import unittest
 
@@ -48,7 +50,8 @@ def js(*args, timeout=120):
 INI = """
 [relay]
 data_dir = {data_dir}
-[journal]
+[http]
+listen = tcp:{http}:interface=127.0.0.1
 [libp2p]
 listen = tcp:{p2p}:interface=127.0.0.1
 """
@@ -63,7 +66,7 @@ class JsLibp2pInteropTests(unittest.TestCase):
 
     def start(self, extra="", workdir=None):
         port = free_port()
-        relay = Relayd(self, INI + extra, workdir=workdir, p2p=port)
+        relay = Relayd(self, INI + extra, workdir=workdir, p2p=port, http=free_port())
         before = len(relay.log())
         relay.start(wait_tcp=[port])
         found = self.wait_for_log(relay, r"listening on (\S+/p2p/(\S+))", before)
@@ -101,8 +104,35 @@ class JsLibp2pInteropTests(unittest.TestCase):
             rf"closed \(\w+\): {got['b']} -> {got['a']}, (\d+) bytes to target", log)]
         self.assertGreaterEqual(max(carried), 8 * MiB)
 
+        stats = self.http(relay, "stats")["libp2p"]
+        self.assertEqual((stats["peer_id"], stats["listen_addrs"]), (peer_id, [addr]))
+        self.assertGreaterEqual(stats["relayed_bytes"], 2 * 8 * MiB)
+        self.assertGreaterEqual(stats["circuits_opened"], 1)
+        self.assertEqual(stats["reservations_accepted"], 1)
+
         self.assertEqual(js("reserve-raw", addr, 2)["statuses"], [100, 200])   # RESERVATION_REFUSED
         self.wait_for_log(relay, "reservation denied: .* too-many-reservations-for-ip")
+        metrics = self.http(relay, "metrics")
+        self.assertIn('relayd_libp2p_denials_total{reason="too-many-reservations-for-ip",'
+                      'request="reservation"} 1.0', metrics)
+        relayed = float(re.search(r"^relayd_libp2p_relayed_bytes_total (\S+)$", metrics, re.M).group(1))
+        self.assertEqual(relayed, stats["relayed_bytes"])
+
+        # the cap follows a reload (SIGHUP); the peer id and the listener stay
+        with open(relay.config) as f:
+            ini = f.read()
+        with open(relay.config, "w") as f:
+            f.write(ini.replace("max_reservations_per_ip = 1", "max_reservations_per_ip = 2"))
+        before = len(relay.log())
+        relay.process.send_signal(signal.SIGHUP)
+        self.wait_for_log(relay, "configuration reloaded", before)
+        self.assertEqual(js("reserve-raw", addr, 2)["statuses"], [100, 100])
+
+    def http(self, relay, path):
+        url = f"http://127.0.0.1:{relay.ports['http']}/{path}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = response.read().decode()
+        return json.loads(body) if path == "stats" else body
 
     def test_data_limit_resets_and_restart_keeps_peer_id(self):
         relay, addr, peer_id = self.start("circuit_bytes = 1MiB\n")

@@ -24,7 +24,8 @@ def start_relay(testcase, extra=""):
     settings = relay_settings(extra)
     daemon = SimpleNamespace(
         identity=SimpleNamespace(private_key=Ed25519PrivateKey.generate()),
-        registry=CollectorRegistry(), settings=settings, reactor=reactor, tls=None)
+        registry=CollectorRegistry(), settings=settings, reactor=reactor, tls=None,
+        on_reload=lambda hook: None)
     service = Libp2pService(daemon, settings.libp2p, reactor)
     service.startService()
     testcase.addCleanup(service.stopService)
@@ -282,6 +283,18 @@ class LimitTests(unittest.TestCase):
         addrs = protobuf.decode(fields[3][0])[2]
         self.assertEqual([multiaddr.to_string(x) for x in addrs],
                          [f"/dns4/relay.example/tcp/4001/p2p/{self.relay.peer_id}"])
+
+    @defer.inlineCallbacks
+    def test_reload_applies_new_limits(self):
+        yield self.start("max_reservations = 1\n")
+        a = yield dial(self, self.relay)
+        b = yield dial(self, self.relay)
+        self.assertEqual((yield a.reserve())[2], m.OK)
+        self.assertEqual((yield b.reserve())[2], m.RESERVATION_REFUSED)
+        self.relay.reconfigure(relay_settings("max_reservations = 2\ncircuit_bytes = 10\n").libp2p)
+        self.assertEqual((yield b.reserve())[2], m.OK)
+        _, _, _, fields = yield a.reserve()
+        self.assertEqual(m.decode_limit(fields[4][0]), (3600, 10))
 
     @defer.inlineCallbacks
     def test_circuit_caps(self):

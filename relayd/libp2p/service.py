@@ -94,6 +94,7 @@ class Libp2pService(MultiService):
         stats = TimerService(settings.stats_interval, self.log_stats)
         stats.clock = reactor
         stats.setServiceParent(self)
+        daemon.on_reload(lambda new: self.reconfigure(new.get("libp2p")))
 
     def _setup(self):
         if self.keypair is not None:
@@ -136,6 +137,23 @@ class Libp2pService(MultiService):
     def identify_info(self):
         return {"public_key": self.keypair.public_key, "listen_addrs": self.announce_addrs(),
                 "protocols": ADVERTISED, "agent_version": AGENT_VERSION}
+
+    def reconfigure(self, settings):
+        """Apply reloaded limits, rates, timeouts and ``announce`` at once;
+        ``listen`` and ``stats_interval`` take effect at the next start."""
+        if settings is None:
+            self.log.warn("[libp2p] removed from the config: the service stops at the next start")
+            return
+        for key in ("listen", "stats_interval"):
+            if getattr(settings, key) != getattr(self.settings, key):
+                self.log.warn("[libp2p] {key} changed: takes effect at the next start", key=key)
+        self.settings = settings
+        if self.relay is not None:
+            self.relay.settings = self.relay.limits.settings = self.factory.settings = settings
+            self.factory.handshake_timeout = settings.handshake_timeout
+            for limiter, count in ((self.relay.limits.reservation_rate, settings.reservation_rate),
+                                   (self.relay.limits.circuit_rate, settings.circuit_rate)):
+                limiter.count, limiter.window = count, settings.rate_window
 
     # --- views ----------------------------------------------------------------------
     def reservations(self):
