@@ -18,6 +18,9 @@ import sys
 
 from twisted.internet import defer, endpoints, ssl, task
 from twisted.internet.stdio import StandardIO
+from twisted.logger import (
+    FilteringLogObserver, LogLevel, LogLevelFilterPredicate, globalLogBeginner,
+    textFileLogObserver)
 
 from relayd.client import keys
 from relayd.client import udp_peer
@@ -401,4 +404,8 @@ def main(argv=None):
     if not args.needs_reactor:
         args.run(args)
         return
+    # Only warnings and errors (a bug, an unhandled failure) reach stderr.
+    globalLogBeginner.beginLoggingTo([FilteringLogObserver(
+        textFileLogObserver(sys.stderr),
+        [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)])], redirectStandardIO=False)
     task.react(lambda reactor: defer.ensureDeferred(args.run(reactor, args)))

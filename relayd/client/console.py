@@ -3,10 +3,11 @@
 It is the protocol given to ``twisted.internet.stdio.StandardIO``; every
 line it shows goes through its transport (stdout), status lines start with
 ``***``.  End of input (or ``/quit``) waits until every message typed has
-been acked, then calls ``on_done(0)``.
+been acked and every query answered, then calls ``on_done(0)``.
 """
 from zope.interface import implementer
 
+from twisted.internet.defer import DeferredList
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.protocols.basic import LineReceiver
 
@@ -38,6 +39,7 @@ class Console(LineReceiver):
         self.on_done = on_done
         self.target = None              # ("to", peer) or ("room", name)
         self.quitting = False
+        self._asking = set()            # queries not answered yet
 
     def connectionMade(self):
         self.status("type /help for commands")
@@ -180,7 +182,8 @@ class Console(LineReceiver):
         def failed(failure):
             if not self.quitting:
                 self.status(f"failed: {failure.value}")
-        d.addCallbacks(show, failed)
+        self._asking.add(d)
+        d.addCallbacks(show, failed).addBoth(lambda _: self._asking.discard(d))
 
     def quit(self):
         if self.quitting:
@@ -189,7 +192,8 @@ class Console(LineReceiver):
         if self.session.unacked:
             self.status(f"waiting for {self.session.unacked} unacked message(s); "
                         "Ctrl-C to give up")
-        self.session.drained().addCallback(lambda _: self.finish())
+        DeferredList([self.session.drained()] + list(self._asking)).addCallback(
+            lambda _: self.finish())
 
     def finish(self):
         on_done, self.on_done = self.on_done, None

@@ -106,7 +106,7 @@ class RelayClientProtocol(LineOnlyReceiver):
         It fails with ``ServerError`` for an error response and with
         ``ConnectionClosed`` if the connection ends first.
         """
-        if self._closed or self.transport is None:
+        if not self.is_open:
             return fail(ConnectionClosed("not connected"))
         self._next_req += 1
         req = self._next_req
@@ -148,11 +148,11 @@ class RelayClientProtocol(LineOnlyReceiver):
         return response
 
     def close(self):
-        if self.transport is not None and not self._closed:
+        if self.is_open:
             self.transport.loseConnection()
 
     def abort(self):
-        if self.transport is not None and not self._closed:
+        if self.is_open:
             self.transport.abortConnection()
 
     # -- incoming -------------------------------------------------------
@@ -188,13 +188,19 @@ class RelayClientProtocol(LineOnlyReceiver):
         self.log.error("the relay sent a line over {limit} bytes; closing", limit=self.MAX_LENGTH)
         self.abort()
 
+    @property
+    def is_open(self):
+        return self.transport is not None and not self._closed
+
     def connectionLost(self, reason):
+        # on_lost first, so that whoever retries a failed request below
+        # already knows this connection is gone.
         self._closed = True
+        if self.on_lost is not None:
+            self.on_lost(reason)
         pending, self._pending = self._pending, {}
         for d in pending.values():
             d.errback(ConnectionClosed(reason.getErrorMessage(), self.last_error))
-        if self.on_lost is not None:
-            self.on_lost(reason)
 
 
 def _hashable(value):

@@ -166,7 +166,7 @@ class Session:
         failed (1: the first failure); it fails with the refusal if the
         relay refuses the session, and with ``CancelledError`` on stop.
         """
-        if self.protocol is not None:
+        if self.protocol is not None and self.protocol.is_open:
             return succeed(self.protocol)
         if self.fatal is not None:
             return fail(self.fatal)
@@ -331,13 +331,11 @@ class Session:
             self.on_fatal(error)
 
     def _fail_waiters(self, error, everyone=False):
-        keep = []
-        for d, fail_after in self._waiters:
-            if everyone or (fail_after is not None and fail_after <= self._attempts):
-                d.errback(error)
-            else:
-                keep.append((d, fail_after))
-        self._waiters = keep
+        failing = [d for d, fail_after in self._waiters
+                   if everyone or (fail_after is not None and fail_after <= self._attempts)]
+        self._waiters = [w for w in self._waiters if w[0] not in failing]
+        for d in failing:
+            d.errback(error)
 
     def _rejoin_failed(self, failure, room):
         if not failure.check(ConnectionClosed):

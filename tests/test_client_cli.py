@@ -1,0 +1,227 @@
+"""relay-chat's command line: options, exit codes, key files, and the real
+CLI run as a subprocess against a scripted relay on a loopback port."""
+import base64
+import json
+import os
+import stat
+import sys
+
+from twisted.internet import defer, protocol, reactor, task
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from relayd.client import cli, keys
+from relayd.client.testing import FakeRelay
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(os.path.dirname(sys.executable), "relay-chat")
+
+
+def command():
+    """How a user runs relay-chat: the console script, if installed."""
+    if os.path.exists(SCRIPT):
+        return [SCRIPT]
+    return [sys.executable, "-m", "relayd.client"]
+
+
+class _Collect(protocol.ProcessProtocol):
+    def __init__(self, stdin):
+        self.stdin = stdin
+        self.out, self.err = [], []
+        self.done = defer.Deferred()
+
+    def connectionMade(self):
+        if self.stdin is not None:
+            self.transport.write(self.stdin)
+            self.transport.closeStdin()
+
+    def outReceived(self, data):
+        self.out.append(data)
+
+    def errReceived(self, data):
+        self.err.append(data)
+
+    def processEnded(self, reason):
+        self.done.callback((b"".join(self.out).decode(), b"".join(self.err).decode(),
+                            reason.value.exitCode))
+
+
+def spawn(args, stdin=None):
+    """Run relay-chat with ``args``; a (process protocol, Deferred of (out, err, code))."""
+    proc = _Collect(stdin)
+    argv = command() + list(args)
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    reactor.spawnProcess(proc, argv[0], argv, env=env, path=REPO)
+    if stdin is None:
+        proc.done.addBoth(lambda r: r)
+    return proc, proc.done
+
+
+def run(*args, stdin=None):
+    return spawn(args, stdin)[1]
+
+
+class OptionTests(SynchronousTestCase):
+    def parse(self, *argv):
+        parser = cli.build_parser()
+        args = parser.parse_args(list(argv))
+        cli.check(parser, args)
+        return args
+
+    def exit_code(self, *argv):
+        self.patch(sys, "stderr", open(os.devnull, "w"))
+        self.addCleanup(sys.stderr.close)
+        with self.assertRaises(SystemExit) as caught:
+            self.parse(*argv)
+        return caught.exception.code
+
+    def test_servers(self):
+        self.assertEqual(cli.parse_server("relay.example:7000"), ("relay.example", 7000))
+        self.assertEqual(cli.parse_server("[::1]:7000"), ("::1", 7000))
+        self.assertEqual(cli.parse_server("relay.example"), ("relay.example", cli.DEFAULT_PORT))
+
+    def test_connection_options_before_or_after_the_command(self):
+        before = self.parse("--server", "h:1", "--id", "alice", "send", "--to", "bob", "hi", "there")
+        after = self.parse("send", "--server", "h:1", "--id", "alice", "--to", "bob", "hi", "there")
+        for args in (before, after):
+            self.assertEqual((args.server, args.id, args.to, args.text),
+                             (("h", 1), "alice", "bob", ["hi", "there"]))
+
+    def test_default_is_chat(self):
+        self.assertIs(self.parse().run, cli.cmd_chat)
+
+    def test_usage_errors_exit_1(self):
+        self.assertEqual(self.exit_code("send", "hi"), 1)                     # no --to/--room
+        self.assertEqual(self.exit_code("--server", "h:notaport", "peers"), 1)
+        self.assertEqual(self.exit_code("--tls", "--endpoint", "tcp:h:1", "peers"), 1)
+        self.assertEqual(self.exit_code("--tls", "--cert", "c.pem", "peers"), 1)
+        self.assertEqual(self.exit_code("--ca", "ca.pem", "peers"), 1)
+        self.assertEqual(self.exit_code("listen", "--count", "0"), 1)
+        self.assertEqual(self.exit_code("frobnicate"), 1)
+
+
+class KeyFileTests(SynchronousTestCase):
+    def test_genkey_writes_a_private_file_and_never_overwrites(self):
+        path = self.mktemp()
+        identity = keys.generate(path)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        with open(path, "rb") as f:
+            self.assertIn(b"BEGIN PRIVATE KEY", f.read())
+        self.assertEqual(len(base64.b64decode(identity.public_b64)), 32)
+        self.assertEqual(keys.load(path, "alice").public_b64, identity.public_b64)
+        self.assertRaises(keys.KeyFileError, keys.generate, path)
+
+    def test_unusable_key_files(self):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("not a key")
+        self.assertRaises(keys.KeyFileError, keys.load, path, "alice")
+        self.assertRaises(keys.KeyFileError, keys.load, path + ".missing", "alice")
+
+
+class SubprocessTests(TestCase):
+    """The installed relay-chat against a scripted relay on 127.0.0.1."""
+
+    timeout = 120
+
+    def setUp(self):
+        self.relay = FakeRelay()
+        self.port = reactor.listenTCP(0, self.relay, interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+        self.server = f"127.0.0.1:{self.port.getHost().port}"
+
+    def chat(self, *args, **kw):
+        return run("--server", self.server, *args, **kw)
+
+    async def wait_for(self, predicate):
+        for _ in range(400):
+            if predicate():
+                return
+            await task.deferLater(reactor, 0.05, lambda: None)
+        self.fail("condition not reached")
+
+    @defer.inlineCallbacks
+    def test_send_exits_0_once_acked_and_prints_the_msg_id(self):
+        out, err, code = yield self.chat("--id", "alice", "send", "--to", "bob", "hi", "there")
+        self.assertEqual(code, 0, err)
+        [stored] = self.relay.stored
+        self.assertEqual((stored["from"], stored["to"], stored["body"]), ("alice", "bob", "hi there"))
+        self.assertEqual(out.strip(), stored["msg_id"])
+        self.assertEqual(len(self.relay.sent("send")[0]["nonce"]), 32)
+
+    @defer.inlineCallbacks
+    def test_send_to_a_room_and_to_everyone(self):
+        for target in (["--room", "#general"], ["--to", "*"]):
+            out, err, code = yield self.chat("--id", "alice", "send", *target, "x")
+            self.assertEqual(code, 0, err)
+        self.assertEqual([m["to"] for m in self.relay.stored], ["#general", "*"])
+
+    @defer.inlineCallbacks
+    def test_listen_prints_json_and_exits_after_count(self):
+        proc, done = spawn(["--server", self.server, "--id", "bob", "listen", "--count", "2",
+                            "--json", "--timeout", "30"])
+        yield defer.ensureDeferred(self.wait_for(lambda: "bob" in self.relay.sessions))
+        session = self.relay.sessions["bob"]
+        msg = {"type": "message", "from": "alice", "to": "bob", "body": "one",
+               "timestamp": 1.0, "seen_by": ["relay1"], "msg_id": "a" * 64}
+        session.push(msg)
+        session.push(msg)                                   # a redelivery: shown once
+        session.push(dict(msg, body="two", msg_id="b" * 64))
+        out, err, code = yield done
+        self.assertEqual(code, 0, err)
+        self.assertEqual([json.loads(line)["body"] for line in out.splitlines()], ["one", "two"])
+
+    @defer.inlineCallbacks
+    def test_listen_timeout(self):
+        out, err, code = yield self.chat("--id", "bob", "listen", "--timeout", "0.5")
+        self.assertEqual((code, out), (0, ""), err)
+        out, err, code = yield self.chat("--id", "bob", "listen", "--count", "1",
+                                         "--timeout", "0.5")
+        self.assertEqual(code, 4, err)
+
+    @defer.inlineCallbacks
+    def test_chat_from_stdin(self):
+        out, err, code = yield self.chat(
+            "--id", "alice", "chat",
+            stdin=b"hello?\n/to bob first\nsecond\n/join general\n/peers\n")
+        self.assertEqual(code, 0, err)
+        self.assertEqual([(m["to"], m["body"]) for m in self.relay.stored],
+                         [("bob", "first"), ("bob", "second")])
+        self.assertIn("*** no target yet", out)
+        self.assertIn("*** joined #general; members: alice", out)
+
+    @defer.inlineCallbacks
+    def test_cannot_connect_exits_2(self):
+        port = self.port.getHost().port
+        yield self.port.stopListening()
+        out, err, code = yield run("--server", f"127.0.0.1:{port}", "peers")
+        self.assertEqual(code, 2)
+        self.assertIn("cannot connect", err)
+
+    @defer.inlineCallbacks
+    def test_refused_exits_3_with_the_code(self):
+        self.relay.refuse = "bad_id"
+        out, err, code = yield self.chat("--id", "alice", "peers")
+        self.assertEqual(code, 3)
+        self.assertIn("bad_id", err)
+
+    @defer.inlineCallbacks
+    def test_no_ack_exits_4(self):
+        self.relay.swallow_acks = 1
+        out, err, code = yield self.chat("--id", "alice", "send", "--timeout", "0.5",
+                                         "--to", "bob", "x")
+        self.assertEqual(code, 4)
+        self.assertIn("no ack", err)
+
+    @defer.inlineCallbacks
+    def test_genkey_then_prove_the_id(self):
+        path = os.path.abspath(self.mktemp())
+        out, err, code = yield run("genkey", path)
+        self.assertEqual(code, 0, err)
+        public = out.strip()
+        out, err, code = yield self.chat("--id", "carol", "--key", path, "peers")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(base64.b64encode(self.relay.owners["carol"]).decode(), public)
+        self.assertIn("key proved", err)
+        out, err, code = yield run("genkey", path)
+        self.assertEqual(code, 1)
+        self.assertIn("refusing to overwrite", err)
