@@ -470,3 +470,25 @@ class CheckpointTests(ThreeRelays):
         flush(pump)
         self.assertEqual(bob.bodies(), ["new"])
         self.assertEqual(self.r[1].index.wants()["relay1"], [4, []])
+
+
+class StalledPeerTests(unittest.TestCase):
+    def test_a_peer_that_stops_reading_is_dropped(self):
+        clock = Clock()
+        a, b = Relay(self, "relay1", clock), Relay(self, "relay2", clock)
+        client, server, pump = join(a, b)
+        client.pauseProducing()         # what the transport does when its buffer fills
+        clock.advance(15)
+        pump.flush()
+        clock.advance(15)
+        pump.flush()
+        self.assertEqual(client.state, "up")
+        client.resumeProducing()
+        clock.advance(30)
+        pump.flush()
+        self.assertEqual(client.state, "up")
+        client.pauseProducing()
+        for _ in range(4):
+            clock.advance(15)
+            pump.flush()
+        self.assertEqual(client.state, "closed")

@@ -8,9 +8,11 @@ for ``dead_after`` seconds is dropped (each side pings every ``keepalive``).
 import json
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
+from zope.interface import implementer
 
 from relayd.federation.handshake import Handshake, HandshakeError
 
@@ -21,7 +23,12 @@ def encode(obj):
     return json.dumps(obj).encode() + b"\n"
 
 
+@implementer(IPushProducer)
 class Link(LineReceiver):
+    """A link; as the transport's producer it learns when the peer stops reading,
+    and a peer that reads nothing for ``dead_after`` seconds is dropped (it
+    catches up when it reconnects), so its queue cannot grow without bound."""
+
     log = Logger()
     delimiter = b"\n"
 
@@ -35,6 +42,7 @@ class Link(LineReceiver):
         self.ready = defer.Deferred() if expected is not None else None
         self.handshake = None
         self.last_heard = 0.0
+        self.stalled_since = None       # when the transport paused us, if it did
         self._timer = None
 
     @property
@@ -47,6 +55,7 @@ class Link(LineReceiver):
         if setter is not None:
             setter(True)
         self.last_heard = self.hub.clock.seconds()
+        self.transport.registerProducer(self, True)
         self.handshake = Handshake(self.hub.identity)
         self.send(self.handshake.hello())
         self._timer = self.hub.clock.callLater(self.hub.settings.handshake_timeout, self._tick)
@@ -109,13 +118,29 @@ class Link(LineReceiver):
             self.fail("timeout", "handshake not completed in time")
             return
         settings = self.hub.settings
-        if self.hub.clock.seconds() - self.last_heard > settings.dead_after:
+        now = self.hub.clock.seconds()
+        if now - self.last_heard > settings.dead_after:
             self.log.warn("federation: link to {peer} silent for {seconds}s, dropping it",
+                          peer=self.name, seconds=settings.dead_after)
+            self.close()
+            return
+        if self.stalled_since is not None and now - self.stalled_since > settings.dead_after:
+            self.log.warn("federation: {peer} has read nothing for {seconds}s, dropping the link",
                           peer=self.name, seconds=settings.dead_after)
             self.close()
             return
         self.send({"type": "ping"})
         self._timer = self.hub.clock.callLater(settings.keepalive, self._tick)
+
+    def pauseProducing(self):
+        if self.stalled_since is None:
+            self.stalled_since = self.hub.clock.seconds()
+
+    def resumeProducing(self):
+        self.stalled_since = None
+
+    def stopProducing(self):
+        pass
 
     def lineLengthExceeded(self, line):
         self.fail("too_long", f"a frame is longer than {self.MAX_LENGTH} bytes")
