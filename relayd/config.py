@@ -105,30 +105,25 @@ def choice(*options):
     return convert
 
 
-def server_endpoint(text):
-    """A Twisted server endpoint string, checked by parsing it.
+def _endpoint(parse, kind):
+    """A converter checking an endpoint string with ``parse``.
 
     Parsing happens against a memory reactor so that nothing listens or
     connects (an ``onion:`` string would otherwise dial Tor at parse time).
     """
-    if not text:
-        _fail("must not be empty")
-    try:
-        endpoints.serverFromString(MemoryReactorClock(), text)
-    except Exception as e:
-        _fail(f"{text!r} is not a valid server endpoint string: {e}")
-    return text
+    def convert(text):
+        if not text:
+            _fail("must not be empty")
+        try:
+            parse(MemoryReactorClock(), text)
+        except Exception as e:
+            _fail(f"{text!r} is not a valid {kind} endpoint string: {e}")
+        return text
+    return convert
 
 
-def client_endpoint(text):
-    """A Twisted client endpoint string, checked by parsing it."""
-    if not text:
-        _fail("must not be empty")
-    try:
-        endpoints.clientFromString(MemoryReactorClock(), text)
-    except Exception as e:
-        _fail(f"{text!r} is not a valid client endpoint string: {e}")
-    return text
+server_endpoint = _endpoint(endpoints.serverFromString, "server")
+client_endpoint = _endpoint(endpoints.clientFromString, "client")
 
 
 def path(text):
@@ -288,6 +283,8 @@ SCHEMA = {
         "circuit_rate": F(integer(1), "60"),
         "rate_window": F(duration, "1m"),
         "max_connections": F(integer(1), "4096"),
+        "max_connections_per_ip": F(integer(1), "64"),
+        "idle_timeout": F(duration, "10m"),
         "handshake_timeout": F(duration, "15s"),
         "connect_timeout": F(duration, "10s"),
         "stats_interval": F(duration, "60"),
