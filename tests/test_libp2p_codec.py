@@ -132,3 +132,36 @@ class EnvelopeTests(unittest.TestCase):
         tampered = sealed.replace(b"\x18\x80\xe2\xcf\xaa\x06", b"\x18\x81\xe2\xcf\xaa\x06")
         self.assertNotEqual(tampered, sealed)
         self.assertRaises(ValueError, envelope.open_envelope, tampered, envelope.VOUCHER_DOMAIN)
+
+
+class KeyTypeTests(unittest.TestCase):
+    """Peers may hold RSA, Secp256k1 or ECDSA keys; their signatures must verify."""
+
+    def check(self, key_type, private, raw, sign):
+        from relayd.libp2p.peerid import encode_public_key, verify
+        proto = encode_public_key(raw, key_type)
+        signature = sign(private, b"data")
+        self.assertTrue(verify(proto, signature, b"data"))
+        self.assertFalse(verify(proto, signature, b"other"))
+        return PeerId.from_public_key(proto)
+
+    def test_rsa_secp256k1_ecdsa(self):
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+        der = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        key = rsa.generate_private_key(65537, 2048)
+        peer = self.check(0, key, key.public_key().public_bytes(*der),
+                          lambda k, d: k.sign(d, padding.PKCS1v15(), hashes.SHA256()))
+        self.assertTrue(str(peer).startswith("Qm"))                     # sha2-256 multihash
+        ecdsa = (lambda k, d: k.sign(d, ec.ECDSA(hashes.SHA256())))
+        key = ec.generate_private_key(ec.SECP256K1())
+        point = key.public_key().public_bytes(serialization.Encoding.X962,
+                                              serialization.PublicFormat.CompressedPoint)
+        self.assertTrue(str(self.check(2, key, point, ecdsa)).startswith("16Uiu2"))
+        key = ec.generate_private_key(ec.SECP256R1())
+        self.check(3, key, key.public_key().public_bytes(*der), ecdsa)
+
+    def test_unknown_or_mismatched_types_fail(self):
+        from relayd.libp2p.peerid import encode_public_key, verify
+        self.assertFalse(verify(encode_public_key(bytes(32), 9), b"sig", b"data"))
+        self.assertFalse(verify(encode_public_key(SPEC_KEY[4:], 0), b"sig", b"data"))

@@ -28,7 +28,7 @@ def start_relay(testcase, extra=""):
         on_reload=lambda hook: None)
     service = Libp2pService(daemon, settings.libp2p, reactor)
     service.startService()
-    testcase.addCleanup(service.stopService)
+    testcase.addCleanup(lambda: service.running and service.stopService())
     return service
 
 
@@ -218,7 +218,7 @@ class LimitTests(unittest.TestCase):
     timeout = 30
 
     @defer.inlineCallbacks
-    def start(self, extra):
+    def start(self, extra=""):
         self.relay = start_relay(self, extra)
         yield wait_until(lambda: self.relay.listen_addrs)
 
@@ -283,6 +283,31 @@ class LimitTests(unittest.TestCase):
         addrs = protobuf.decode(fields[3][0])[2]
         self.assertEqual([multiaddr.to_string(x) for x in addrs],
                          [f"/dns4/relay.example/tcp/4001/p2p/{self.relay.peer_id}"])
+
+    @defer.inlineCallbacks
+    def test_connections_per_ip(self):
+        yield self.start("max_connections_per_ip = 1\n")
+        a = yield dial(self, self.relay)
+        extra = Peer(reactor, KeyPair(Ed25519PrivateKey.generate()))
+        reactor.connectTCP("127.0.0.1", port_of(self.relay), extra)
+        yield self.assertFailure(extra.ready, ConnectionError)
+        self.assertEqual(self.relay.factory.per_ip, {"127.0.0.1": 1})
+        self.assertEqual((yield a.reserve())[2], m.OK)
+
+    @defer.inlineCallbacks
+    def test_stopping_says_go_away(self):
+        yield self.start()
+        a = yield dial(self, self.relay)
+        frames = []
+        session_feed = a.connection.session.feed
+
+        def feed(data):
+            frames.append(data)
+            session_feed(data)
+        a.connection.session.feed = feed
+        yield self.relay.stopService()
+        yield a.lost
+        self.assertIn(b"\x00\x03\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00", b"".join(frames))
 
     @defer.inlineCallbacks
     def test_reload_applies_new_limits(self):

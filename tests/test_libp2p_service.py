@@ -23,8 +23,9 @@ class SettingsTests(unittest.TestCase):
         self.assertEqual((s.reservation_ttl, s.circuit_duration, s.circuit_bytes),
                          (3600, 3600, 100 * 1024 * 1024))
         self.assertEqual((s.reservation_rate, s.circuit_rate, s.rate_window), (60, 60, 60))
-        self.assertEqual((s.max_connections, s.handshake_timeout, s.connect_timeout, s.stats_interval),
-                         (4096, 15, 10, 60))
+        self.assertEqual((s.max_connections, s.max_connections_per_ip, s.idle_timeout),
+                         (4096, 64, 600))
+        self.assertEqual((s.handshake_timeout, s.connect_timeout, s.stats_interval), (15, 10, 60))
 
     def test_units_and_announce(self):
         s = config.parse("[libp2p]\nannounce = /dns4/relay.example/tcp/4001, /ip4/203.0.113.5/tcp/4001\n"

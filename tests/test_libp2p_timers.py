@@ -149,6 +149,29 @@ class TimerTests(unittest.TestCase):
         self.assertTrue(server.transport.disconnecting or server.transport.disconnected)
         self.assertEqual(server.close_reason, "handshake timeout")
 
+    def test_idle_connections_without_reservation_are_closed(self):
+        h = Harness("idle_timeout = 60\n")
+        a, b = h.peer(), h.peer()
+        h.result(a.reserve())
+        idle = Pipe()
+        b.connection.open_protocol("/ipfs/ping/1.0.0", idle)
+        h.settle()
+        h.factory.sweep_idle(h.clock.seconds())
+        h.advance(60)
+        h.factory.sweep_idle(h.clock.seconds())
+        self.assertEqual(len(h.factory.connections), 2)       # a holds a reservation, b a stream
+        idle.stream.reset()
+        h.settle()
+        h.factory.sweep_idle(h.clock.seconds())
+        h.advance(59)
+        h.factory.sweep_idle(h.clock.seconds())
+        self.assertEqual(len(h.factory.connections), 2)
+        h.advance(1)
+        h.factory.sweep_idle(h.clock.seconds())
+        h.settle()
+        self.assertEqual(h.relay.reservations()[0]["peer"], str(a.keypair.peer_id))
+        self.assertEqual([c.remote_peer for c in h.factory.connections], [a.keypair.peer_id])
+
     def test_rate_limiter_window_slides(self):
         h = Harness("circuit_rate = 2\nrate_window = 10\n")
         limiter = h.relay.limits.circuit_rate

@@ -93,6 +93,8 @@ class Libp2pConnection(Protocol):
         self.bytes_in = self.bytes_out = 0
         self.close_reason = None
         self.ping_streams = 0
+        self.idle_since = None
+        self.ip = None
 
     @property
     def handlers(self):
@@ -245,6 +247,8 @@ class Libp2pConnection(Protocol):
 
     def close(self):
         """GoAway, then close after pending writes."""
+        if self.state == CLOSED:
+            return
         if self.session is not None:
             self.session.go_away()
         self.transport.loseConnection()

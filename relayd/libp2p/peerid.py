@@ -1,4 +1,6 @@
-"""libp2p keys and peer ids (Ed25519 only, the key type relayd signs with).
+"""libp2p keys and peer ids.  relayd signs with Ed25519; it verifies every
+key type of the spec (Ed25519, RSA, Secp256k1, ECDSA), so peers with any of them
+can connect.
 
 A PeerId is the multihash of the protobuf ``PublicKey``: the identity
 multihash ``00 24 <08 01 12 20 key>`` for Ed25519, or sha2-256 for keys
@@ -8,7 +10,8 @@ form (``bafz...``, codec libp2p-key) is accepted as input.
 import base64
 import hashlib
 
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from relayd.libp2p import protobuf, varint
@@ -54,13 +57,30 @@ def decode_public_key(data):
     return key_type, raw
 
 
+def _load_key(key_type, raw):
+    if key_type == ED25519:
+        return Ed25519PublicKey.from_public_bytes(raw)
+    if key_type == SECP256K1:
+        return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256K1(), raw)
+    if key_type in (RSA, ECDSA):
+        key = serialization.load_der_public_key(raw)        # PKIX SubjectPublicKeyInfo
+        if isinstance(key, rsa.RSAPublicKey if key_type == RSA else ec.EllipticCurvePublicKey):
+            return key
+    raise ValueError(f"unsupported key type {key_type}")
+
+
 def verify(public_key_proto, signature, data):
-    """Check ``signature`` of ``data`` by a ``PublicKey`` protobuf; only Ed25519 is supported."""
-    key_type, raw = decode_public_key(public_key_proto)
-    if key_type != ED25519 or len(raw) != 32:
-        return False
+    """Check ``signature`` of ``data`` by a ``PublicKey`` protobuf, per the peer-ids spec:
+    Ed25519 (RFC 8032), RSA (PKCS#1 v1.5, SHA-256), Secp256k1 and ECDSA (DER, SHA-256)."""
     try:
-        Ed25519PublicKey.from_public_bytes(raw).verify(signature, data)
+        key_type, raw = decode_public_key(public_key_proto)
+        key = _load_key(key_type, raw)
+        if key_type == ED25519:
+            key.verify(signature, data)
+        elif key_type == RSA:
+            key.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
+        else:
+            key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
     except Exception:
         return False
     return True

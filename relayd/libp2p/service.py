@@ -30,6 +30,7 @@ class Libp2pFactory(Factory):
         self.handshake_timeout = settings.handshake_timeout
         self.identify_info = identify_info
         self.connections = set()        # every open connection, secured or not
+        self.per_ip = {}                # source IP -> open connections
         self.peers = {}                 # PeerId -> set of muxed connections
         self.handlers = {
             identify.PROTOCOL_ID: identify.IdentifyResponder,
@@ -39,17 +40,37 @@ class Libp2pFactory(Factory):
         }
 
     def buildProtocol(self, addr):
-        if len(self.connections) >= self.settings.max_connections:
+        ip = getattr(addr, "host", None)
+        if (len(self.connections) >= self.settings.max_connections
+                or self.per_ip.get(ip, 0) >= self.settings.max_connections_per_ip):
             return None
         proto = super().buildProtocol(addr)
+        proto.ip = ip
+        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
         self.connections.add(proto)
         return proto
+
+    def sweep_idle(self, now):
+        """Close muxed connections that held no stream and no reservation for
+        ``idle_timeout`` (seen idle at two sweeps that far apart)."""
+        busy = {conn for conn in (r.connection for r in self.relay.limits.reservations.values())}
+        for conn in list(self.connections):
+            if conn.session is None or conn.session.streams or conn in busy:
+                conn.idle_since = None
+            elif conn.idle_since is None:
+                conn.idle_since = now
+            elif now - conn.idle_since >= self.settings.idle_timeout:
+                conn.close()
 
     def connection_ready(self, connection):
         self.peers.setdefault(connection.remote_peer, set()).add(connection)
 
     def connection_lost(self, connection):
-        self.connections.discard(connection)
+        if connection in self.connections:
+            self.connections.discard(connection)
+            self.per_ip[connection.ip] -= 1
+            if not self.per_ip[connection.ip]:
+                del self.per_ip[connection.ip]
         conns = self.peers.get(connection.remote_peer)
         if conns is not None and connection in conns:
             conns.discard(connection)
@@ -95,6 +116,9 @@ class Libp2pService(MultiService):
         stats.clock = reactor
         stats.setServiceParent(self)
         daemon.on_reload(lambda new: self.reconfigure(new.get("libp2p")))
+        sweep = TimerService(min(30, settings.idle_timeout / 2) or 30, self._sweep)
+        sweep.clock = reactor
+        sweep.setServiceParent(self)
 
     def _setup(self):
         if self.keypair is not None:
@@ -115,6 +139,17 @@ class Libp2pService(MultiService):
         self._setup()
         self.started = self.reactor.seconds()
         super().startService()
+
+    def stopService(self):
+        """Stop listening, then say GoAway on every connection and close it."""
+        d = super().stopService()
+        for conn in list(self.factory.connections if self.factory else ()):
+            conn.close()
+        return d
+
+    def _sweep(self):
+        if self.factory is not None and self.settings.idle_timeout:
+            self.factory.sweep_idle(self.reactor.seconds())
 
     def _listening(self, port):
         addr = from_address(port.getHost())
