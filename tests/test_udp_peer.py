@@ -3,11 +3,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from relayd import config
 from relayd.client.e2e import Channel, E2EError, ReplayWindow
 from relayd.client.udp_peer import PeerClient, parse_address
 from relayd.identity import Identity
-from relayd.udp.service import UDPService
+from tests.test_udp_service import start_service
 
 
 def identity(name):
@@ -61,10 +60,7 @@ class LoopbackPeerTests(unittest.TestCase):
     """Two clients and a relay on 127.0.0.1: a direct path, and relayed text."""
 
     def setUp(self):
-        settings = config.parse("[udp]\nlisten = 0\n").udp
-        self.service = UDPService(settings, reactor)
-        self.service.startService()
-        self.addCleanup(self.service.stopService)
+        self.service = start_service(self)
         self.relay = ("127.0.0.1", self.service.port)
         self.lines = {"alice": [], "bob": []}
 

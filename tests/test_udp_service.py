@@ -1,5 +1,6 @@
 """The [udp] service: wiring, real loopback sockets, stats, peers, metrics."""
 import json
+import socket
 
 from prometheus_client import generate_latest
 from twisted.internet import defer, reactor
@@ -13,6 +14,15 @@ from relayd.udp.service import UDPService
 
 
 WITH_UDP = "[journal]\n[udp]\nlisten = 0\n"
+
+
+def start_service(testcase, interface="127.0.0.1"):
+    """A UDPService on a free port of ``interface``, stopped at the test's end."""
+    settings = config.parse(f"[udp]\nlisten = 0\ninterface = {interface}\n").udp
+    service = UDPService(settings, reactor)
+    service.startService()
+    testcase.addCleanup(service.stopService)
+    return service
 
 
 class Collector(DatagramProtocol):
@@ -59,10 +69,7 @@ class WiringTests(unittest.TestCase):
 
 class LoopbackTests(unittest.TestCase):
     def setUp(self):
-        settings = config.parse("[udp]\nlisten = 0\ninterface = 127.0.0.1\n").udp
-        self.service = UDPService(settings, reactor)
-        self.service.startService()
-        self.addCleanup(self.service.stopService)
+        self.service = start_service(self)
         self.client = Collector()
         port = reactor.listenUDP(0, self.client, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
@@ -80,3 +87,46 @@ class LoopbackTests(unittest.TestCase):
                          ("Alice", f"127.0.0.1:{host.port}", False))
         self.assertEqual(self.service.stats()["registered"], 1)
         self.assertIsNone(self.service.health())
+
+
+def ipv6_loopback():
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+class IPv6LoopbackTests(unittest.TestCase):
+    """A dual-stack listener (``interface = ::``): IPv6 and IPv4 clients side by side."""
+
+    def setUp(self):
+        if not ipv6_loopback():
+            raise unittest.SkipTest("this machine has no IPv6 loopback")
+        self.service = start_service(self, "::")
+
+    def client(self, interface):
+        client = Collector()
+        port = reactor.listenUDP(0, client, interface=interface)
+        self.addCleanup(port.stopListening)
+        return client
+
+    @defer.inlineCallbacks
+    def test_ipv6_and_ipv4_addresses(self):
+        six = self.client("::1")
+        six.transport.write(b'{"type": "register", "name": "six"}', ("::1", self.service.port))
+        ack = json.loads((yield six.next()))
+        self.assertEqual(ack["your_address"], f"[::1]:{six.transport.getHost().port}")
+        four = self.client("127.0.0.1")
+        four.transport.write(b'{"type": "register", "name": "four"}', ("127.0.0.1", self.service.port))
+        ack = json.loads((yield four.next()))
+        self.assertEqual(ack["your_address"], f"127.0.0.1:{four.transport.getHost().port}")
+        yield four.next()                                   # peer_list
+        four.transport.write(b'{"type": "relay", "target": "six", "payload": "hi"}',
+                             ("127.0.0.1", self.service.port))
+        while True:
+            packet = json.loads((yield six.next()))
+            if packet["type"] == "relayed_packet":
+                break
+        self.assertEqual((packet["from_peer"], packet["payload"]), ("four", "hi"))
