@@ -37,8 +37,9 @@ def port_of(service):
 
 
 @defer.inlineCallbacks
-def dial(testcase, service, keypair=None):
-    peer = Peer(reactor, keypair or KeyPair(Ed25519PrivateKey.generate()))
+def dial(testcase, service, keypair=None, early_muxers=()):
+    peer = Peer(reactor, keypair or KeyPair(Ed25519PrivateKey.generate()),
+                early_muxers=early_muxers)
     connector = reactor.connectTCP("127.0.0.1", port_of(service), peer)
     testcase.addCleanup(disconnect, peer, connector)
     yield peer.ready
@@ -140,6 +141,15 @@ class ReserveAndConnectTests(unittest.TestCase):
         yield pinger.opened
         pinger.stream.write(b"p" * 32 + b"q" * 32)
         self.assertEqual((yield pinger.wait_for(64)), b"p" * 32 + b"q" * 32)
+
+    @defer.inlineCallbacks
+    def test_muxer_agreed_inside_noise(self):
+        """A dialer offering Yamux in its Noise payload skips the multistream round."""
+        a = yield dial(self, self.relay, early_muxers=("/mplex/6.7.0", "/yamux/1.0.0"))
+        self.assertEqual(a.connection.handshake.remote_muxers, ["/yamux/1.0.0"])
+        self.assertEqual((yield a.reserve())[2], m.OK)
+        b = yield dial(self, self.relay)                      # no offer: multistream as usual
+        self.assertEqual((yield b.reserve())[2], m.OK)
 
     @defer.inlineCallbacks
     def test_identify_push_is_drained(self):

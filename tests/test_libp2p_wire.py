@@ -95,7 +95,10 @@ class NoiseTests(unittest.TestCase):
         a, b = keypair(), keypair()
         payload = noise.encode_payload(a, b"\x01" * 32)
         self.assertRaises(noise.HandshakeError, noise.verify_payload, payload, b"\x02" * 32)
-        self.assertEqual(noise.verify_payload(payload, b"\x01" * 32), a.peer_id)
+        self.assertEqual(noise.verify_payload(payload, b"\x01" * 32), (a.peer_id, []))
+        with_muxers = noise.encode_payload(a, b"\x01" * 32, ["/yamux/1.0.0", "/mplex/6.7.0"])
+        self.assertEqual(noise.verify_payload(with_muxers, b"\x01" * 32),
+                         (a.peer_id, ["/yamux/1.0.0", "/mplex/6.7.0"]))
         self.assertRaises(noise.HandshakeError, noise.verify_payload, b"\x0a\x00", b"\x01" * 32)
 
     def test_turns_are_enforced(self):

@@ -75,7 +75,8 @@ class OutboundNegotiation(yamux.StreamHandler):
 
 @implementer(IPushProducer)
 class Libp2pConnection(Protocol):
-    """The connection; the factory supplies ``keypair``, ``handlers``
+    """The connection; the factory supplies ``keypair``, ``early_muxers`` (muxers
+    offered inside Noise, () for none), ``handlers``
     (protocol id -> handler factory taking the connection), ``reactor``,
     ``handshake_timeout`` and ``connection_ready``/``connection_lost`` hooks."""
 
@@ -162,7 +163,8 @@ class Libp2pConnection(Protocol):
             return b""
         leftover = self.negotiation.result[1]
         self.state = HANDSHAKE
-        self.handshake = noise.Handshake(self.factory.keypair, self.initiator)
+        self.handshake = noise.Handshake(self.factory.keypair, self.initiator,
+                                         self.factory.early_muxers)
         if self.initiator:
             self._raw_write(noise.frame(self.handshake.write_message()))
         return leftover
@@ -181,7 +183,9 @@ class Libp2pConnection(Protocol):
     def _secured(self):
         self.state = SECURED
         self.remote_peer = self.handshake.remote_peer
-        if self.initiator:
+        if self._inlined_muxer():
+            self._muxed(b"")
+        elif self.initiator:
             self.negotiation = multistream.Dialer(yamux.PROTOCOL_ID)
             self.write(self.negotiation.start())
         else:
@@ -201,15 +205,25 @@ class Libp2pConnection(Protocol):
         if reply:
             self.write(reply)
         if self.negotiation.result is not None:
-            leftover = self.negotiation.result[1]
-            self.negotiation = None
-            self._cancel_timeout()
-            self.state = MUXED
-            self.session = yamux.Session(self.write, self.initiator, self._inbound_stream,
-                                         self.abort)
-            self.factory.connection_ready(self)
-            if leftover and self.state == MUXED:
-                self.session.feed(leftover)
+            self._muxed(self.negotiation.result[1])
+
+    def _inlined_muxer(self):
+        """True when Noise already agreed on Yamux: the first muxer of the
+        initiator's list that the responder offers (the libp2p Noise spec)."""
+        ours, theirs = self.handshake.muxers, self.handshake.remote_muxers
+        initiator_list = ours if self.initiator else theirs
+        other = theirs if self.initiator else ours
+        common = [m for m in initiator_list if m in other]
+        return bool(common) and common[0] == yamux.PROTOCOL_ID
+
+    def _muxed(self, leftover):
+        self.negotiation = None
+        self._cancel_timeout()
+        self.state = MUXED
+        self.session = yamux.Session(self.write, self.initiator, self._inbound_stream, self.abort)
+        self.factory.connection_ready(self)
+        if leftover and self.state == MUXED:
+            self.session.feed(leftover)
 
     def write(self, plaintext):
         """Encrypt and send (after the handshake)."""

@@ -104,18 +104,21 @@ def encode_payload(keypair, static_public, muxers=()):
 
 
 def verify_payload(payload, remote_static):
-    """The remote PeerId proven by ``payload`` for ``remote_static``; HandshakeError otherwise."""
+    """``(PeerId, stream muxers)`` proven by ``payload`` for ``remote_static``;
+    HandshakeError otherwise."""
     try:
         fields = protobuf.decode(payload)
         identity_key = protobuf.first_bytes(fields, 1)
         signature = protobuf.first_bytes(fields, 2)
-    except ValueError as e:
+        extensions = protobuf.decode(protobuf.first_bytes(fields, 4) or b"")
+        muxers = [m.decode("utf-8") for m in extensions.get(2, []) if isinstance(m, bytes)]
+    except (ValueError, UnicodeDecodeError) as e:
         raise HandshakeError(f"malformed handshake payload: {e}") from None
     if not identity_key or not signature:
         raise HandshakeError("handshake payload lacks identity key or signature")
     if not verify(identity_key, signature, SIGNATURE_PREFIX + remote_static):
         raise HandshakeError("identity signature over the static key does not verify")
-    return PeerId.from_public_key(identity_key)
+    return PeerId.from_public_key(identity_key), muxers
 
 
 class Handshake:
@@ -123,13 +126,16 @@ class Handshake:
 
     The initiator calls ``write_message()`` (msg 1), ``read_message()`` (msg 2),
     ``write_message()`` (msg 3); the responder reads, writes, reads.  When
-    ``complete``, ``remote_peer`` is the verified PeerId and ``send``/``recv``
-    are the transport CipherStates.
+    ``complete``, ``remote_peer`` is the verified PeerId, ``remote_muxers`` the
+    stream muxers its payload offered, and ``send``/``recv`` the transport
+    CipherStates.
     """
 
-    def __init__(self, keypair, initiator):
+    def __init__(self, keypair, initiator, muxers=()):
         self.keypair = keypair
         self.initiator = initiator
+        self.muxers = muxers            # offered in our payload (inlined muxer negotiation)
+        self.remote_muxers = []
         self.ss = SymmetricState()
         self.s = X25519PrivateKey.generate()
         self.e = None
@@ -167,7 +173,7 @@ class Handshake:
             s_pub = _raw(self.s.public_key())
             out += ss.encrypt_and_hash(s_pub)
             ss.mix_key(self._dh(self.s, self.re))                           # es (resp) / se (init)
-            out += ss.encrypt_and_hash(encode_payload(self.keypair, s_pub))
+            out += ss.encrypt_and_hash(encode_payload(self.keypair, s_pub, self.muxers))
         self._advance()
         return out
 
@@ -190,7 +196,7 @@ class Handshake:
             self.rs = ss.decrypt_and_hash(message[:DHLEN + 16])
             ss.mix_key(self._dh(self.e, self.rs))                           # es (init) / se (resp)
             payload = ss.decrypt_and_hash(message[DHLEN + 16:])
-            self.remote_peer = verify_payload(payload, self.rs)
+            self.remote_peer, self.remote_muxers = verify_payload(payload, self.rs)
         self._advance()
 
     def _advance(self):

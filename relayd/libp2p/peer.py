@@ -108,9 +108,10 @@ class Peer(ClientFactory):
 
     protocol = Libp2pConnection
 
-    def __init__(self, reactor, keypair, handshake_timeout=10):
+    def __init__(self, reactor, keypair, handshake_timeout=10, early_muxers=()):
         self.reactor = reactor
         self.keypair = keypair
+        self.early_muxers = early_muxers
         self.handshake_timeout = handshake_timeout
         self.handlers = {m.STOP_PROTOCOL_ID: StopAcceptor, ping.PROTOCOL_ID: ping.PingResponder}
         self.ready = defer.Deferred()

@@ -4,7 +4,7 @@ from twisted.application.service import MultiService
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from relayd.libp2p import identify, messages, ping
+from relayd.libp2p import identify, messages, ping, yamux
 from relayd.listeners import stream_service
 from relayd.libp2p.connection import Libp2pConnection
 from relayd.libp2p.events import RelayEvents
@@ -21,6 +21,7 @@ class Libp2pFactory(Factory):
     """Builds relay-side connections and keeps the live ones."""
 
     protocol = Libp2pConnection
+    early_muxers = (yamux.PROTOCOL_ID,)     # saves js/go dialers a multistream round trip
 
     def __init__(self, reactor, keypair, relay, settings, identify_info):
         self.reactor = reactor
