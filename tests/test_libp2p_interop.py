@@ -90,6 +90,8 @@ class JsLibp2pInteropTests(unittest.TestCase):
         got = js("scenario", addr, 8)
         self.assertEqual(got["circuit_addr"], f"{addr}/p2p-circuit/p2p/{got['a']}")
         self.assertEqual(got["echo_received"], 8 * MiB)
+        self.assertEqual(got["chats_received"],                    # seed 003's chat protocol
+                         [{"from": got["b"], "message": "Hello, this is a test message!"}])
         self.assertTrue(got["connection_limited"])
         self.assertTrue(3500 < got["limits"]["seconds"] <= 3600)          # js shows what is left
         self.assertIsInstance(got["ping_rtt_ms"], int)

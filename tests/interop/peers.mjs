@@ -18,6 +18,7 @@ import { multiaddr } from '@multiformats/multiaddr'
 import { peerIdFromString } from '@libp2p/peer-id'
 
 const ECHO = '/relayd-test/echo/1.0.0'
+const CHAT = '/private-chat/1.0.0' // seed 003: one JSON string and "\n" per stream
 const HOP = '/libp2p/circuit/relay/0.2.0/hop'
 
 async function peer (listen = []) {
@@ -41,7 +42,20 @@ async function peer (listen = []) {
       stream.abort(err)
     }
   }, { runOnLimitedConnection: true, maxInboundStreams: 1024 })
+  node.chats = []
+  await node.handle(CHAT, async (stream, connection) => {
+    let text = ''
+    for await (const buf of stream) text += new TextDecoder().decode(buf.subarray())
+    node.chats.push({ from: connection.remotePeer.toString(), message: JSON.parse(text) })
+    await stream.close()
+  }, { runOnLimitedConnection: true })
   return node
+}
+
+async function chat (node, target, message) {
+  const stream = await node.dialProtocol(target, CHAT, { runOnLimitedConnection: true })
+  stream.send(new TextEncoder().encode(JSON.stringify(message) + '\n'))
+  await stream.close()
 }
 
 async function until (what, check, ms = 15000) {
@@ -126,6 +140,8 @@ async function scenario (relay, mib) {
   const relayRtt = await b.services.ping.ping(multiaddr(relay))
   const bytes = mib * 1024 * 1024
   const result = await echo(b, target, bytes)
+  await chat(b, target, 'Hello, this is a test message!')
+  await until('the chat message', () => a.chats.length > 0)
   const relayPeer = await b.peerStore.get(peerIdFromString(relayId))
   out({
     a: a.peerId.toString(),
@@ -138,6 +154,7 @@ async function scenario (relay, mib) {
     echo_sent: bytes,
     echo_received: result.received,
     echo_seconds: result.seconds,
+    chats_received: a.chats,
     relay_protocols: relayPeer.protocols,
     relay_agent: new TextDecoder().decode(relayPeer.metadata.get('AgentVersion') ?? new Uint8Array())
   })
