@@ -8,10 +8,9 @@ fails (missing file, key that does not match) is logged and the previous
 certificate stays in use.  ``relayd.listeners.stream_service`` wraps the
 listeners named in ``[tls] listeners`` with it.
 """
-import hashlib
-
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from OpenSSL import SSL, crypto
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
@@ -27,10 +26,9 @@ class TLSConfigError(Exception):
 
 def _certificates(pem, what):
     try:
-        certs = x509.load_pem_x509_certificates(pem)
+        return x509.load_pem_x509_certificates(pem)
     except ValueError as e:
         raise TLSConfigError(f"{what}: no PEM certificate ({e})") from None
-    return certs
 
 
 class Material:
@@ -56,12 +54,11 @@ class Material:
             self.options.getContext()
         except SSL.Error as e:
             raise TLSConfigError(f"[tls] key does not match [tls] cert ({e})") from None
-        leaf = x509.load_pem_x509_certificate(cert_pem)
+        leaf = chain[0]
         self.source = (cert_pem, key_pem, client_ca_pem)
         self.subject = leaf.subject.rfc4514_string()
         self.not_after = leaf.not_valid_after_utc
-        self.fingerprint = "sha256:" + hashlib.sha256(
-            leaf.public_bytes(Encoding.PEM)).hexdigest()
+        self.fingerprint = "sha256:" + leaf.fingerprint(hashes.SHA256()).hex()
         self.client_certs = ("required" if require_client_cert
                              else "verified if sent" if verify else "not asked")
 

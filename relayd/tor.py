@@ -99,8 +99,7 @@ class OnionService(Service):
                       how="created" if created else "loaded", address=self.address)
         self.problem = "waiting for tor"
         self.tor = yield self._reach_tor()
-        if not self.running:
-            return
+        self.tor.protocol.on_disconnect.addBoth(self._lost)
         reply = yield self.tor.protocol.queue_command(
             f"ADD_ONION {tor_key_blob(key)} Port={self.port},{self.target}")
         service_id = parse_reply(reply).get("ServiceID")
@@ -122,6 +121,12 @@ class OnionService(Service):
             return
         self.problem = f"onion service not published: {failure.getErrorMessage()}"
         self.log.error("{problem}", problem=self.problem)
+
+    def _lost(self, reason):
+        if self.running:
+            self.published = False
+            self.problem = "the tor control connection closed, the onion is gone (restart relayd)"
+            self.log.error("{problem}", problem=self.problem)
 
     def stopService(self):
         super().stopService()

@@ -88,6 +88,13 @@ class ScriptedTests(unittest.TestCase):
         self.assertEqual(self.publish(again), command, "same key, same address after a restart")
         self.assertEqual(again.address, service.address)
 
+    def test_losing_tor_is_reported(self):
+        service = self.service()
+        self.publish(service)
+        self.tor.protocol.on_disconnect.callback(None)
+        self.assertIn("the tor control connection closed", service.health())
+        self.assertFalse(service.stats()["published"])
+
     def test_a_different_service_id_is_reported(self):
         service = self.service()
         service.startService()
