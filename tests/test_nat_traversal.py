@@ -63,6 +63,11 @@ def run(*command, ns=None, stdin=None):
     return done.stdout
 
 
+def forward(ns):
+    """Turn on IPv4 forwarding in ``ns`` (its own /proc/sys inside the namespace)."""
+    run("sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward", ns=ns)
+
+
 def netns_unavailable():
     """None when this machine can build the test networks, else the reason."""
     if os.geteuid() != 0:
@@ -105,14 +110,14 @@ class Topology:
         pub = self.ns["pub"]
         run("ip", "link", "set", "lo", "up", ns=pub)
         run("ip", "addr", "add", "198.18.0.1/32", "dev", "lo", ns=pub)   # the relay's address
-        run("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=pub)
+        forward(pub)
         for side, n in (("A", 1), ("B", 2)):
             nat, host = self.ns["nat" + side], self.ns["host" + side]
             self._link(pub, f"p{side}", f"198.18.{n}.1/24", nat, "wan", f"198.18.{n}.2/24")
             self._link(nat, "lan", f"10.0.{n}.1/24", host, "eth0", f"10.0.{n}.2/24")
             run("ip", "route", "add", "default", "via", f"198.18.{n}.1", ns=nat)
             run("ip", "route", "add", "default", "via", f"10.0.{n}.1", ns=host)
-            run("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=nat)
+            forward(nat)
             run("nft", "-f", "-", ns=nat, stdin=NAT_RULES.format(flags=nat_flags))
 
     @staticmethod

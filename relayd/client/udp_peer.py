@@ -16,6 +16,7 @@ import sys
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.internet import defer, task
+from twisted.internet.error import InvalidAddressError
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.stdio import StandardIO
 from twisted.protocols.basic import LineReceiver
@@ -24,6 +25,7 @@ from relayd.client import keys
 from relayd.client.e2e import Channel, E2EError, fingerprint, unb64
 from relayd.client.render import clean
 from relayd.identity import Identity
+from relayd.udp.packets import format_address
 from relayd.udp.proof import signed_text
 
 OK, USAGE, REFUSED, TIMEOUT = 0, 1, 3, 4
@@ -101,8 +103,8 @@ class PeerClient(DatagramProtocol):
     def _write(self, packet, address):
         try:
             self.transport.write(json.dumps(packet).encode("utf-8"), address)
-        except OSError:
-            pass                       # unreachable for now; timers retry
+        except (OSError, InvalidAddressError):
+            pass                       # unreachable (for now, or from this socket's family)
 
     def _server(self, packet):
         return lambda: self._write(packet, self.relay)
@@ -172,9 +174,9 @@ class PeerClient(DatagramProtocol):
             return
         self.path = path
         if path == "relay":
-            self.show(f"*** path: relay via {self.relay[0]}:{self.relay[1]}")
+            self.show(f"*** path: relay via {format_address(self.relay)}")
         else:
-            self.show(f"*** path: direct {path[1][0]}:{path[1][1]}")
+            self.show(f"*** path: direct {format_address(path[1])}")
         if not self.path_ready.called:
             self.path_ready.callback(path)
 
@@ -233,11 +235,19 @@ class PeerClient(DatagramProtocol):
     def _connect_peer(self, packet):
         try:
             host, port = parse_address(packet.get("address", ""))
-            self.peer_address = (str(ipaddress.ip_address(host)), port)
+            ip = ipaddress.ip_address(host)
         except ValueError:
             return
+        if ip.version == 4 and ":" in self.relay[0]:
+            host = f"::ffff:{ip}"      # an IPv4 peer seen from our dual-stack socket
+        self.peer_address = (host, port)
         if packet.get("authenticated") and packet.get("key"):
-            self.relay_key = unb64(packet["key"])
+            key = unb64(packet["key"])
+            if key != self.relay_key and self.channel.peer_id is not None and not self.expected_key:
+                verdict = "now vouched for by the relay" if key == self.channel.peer_id else \
+                    "NOT the key the relay saw it prove: do not trust this session"
+                self.show(f"*** {self.target} is {fingerprint(self.channel.peer_id)} ({verdict})")
+            self.relay_key = key
         self.punch_until = self.reactor.seconds() + self.punch_time
         self._hello_tick()
 
