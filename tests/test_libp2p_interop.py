@@ -136,7 +136,7 @@ class JsLibp2pInteropTests(unittest.TestCase):
             body = response.read().decode()
         return json.loads(body) if path == "stats" else body
 
-    def test_data_limit_resets_and_restart_keeps_peer_id(self):
+    def test_data_limit_restart_keeps_peer_id_and_a_room(self):
         relay, addr, peer_id = self.start("circuit_bytes = 1MiB\n")
         got = js("limit", addr, 4 * MiB)
         self.assertIsNotNone(got["error"])
@@ -146,3 +146,6 @@ class JsLibp2pInteropTests(unittest.TestCase):
         again, addr2, peer_id2 = self.start("circuit_bytes = 1MiB\n", workdir=workdir)
         self.assertEqual(peer_id2, peer_id)
         self.assertEqual(js("reserve-raw", addr2, 1)["statuses"], [100])
+        # seed 004's gossipsub room, its members reaching each other only via relayd
+        got = js("room", addr2)
+        self.assertEqual(got["received"], [{"topic": "libp2p-chat", "text": f"{got['b']}: hello room"}])

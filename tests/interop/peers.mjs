@@ -3,6 +3,7 @@
 //
 //   node peers.mjs scenario <relay-multiaddr> <echo-MiB>
 //   node peers.mjs limit <relay-multiaddr> <bytes-to-send>
+//   node peers.mjs room <relay-multiaddr>                  (seed 004: a gossipsub room via relayd)
 //   node peers.mjs reserve-raw <relay-multiaddr> <peers>  (hop RESERVE by hand, prints statuses)
 //   node peers.mjs relay-server <port>                     (the js relay, for benchmarks)
 //   node peers.mjs bench <relay-multiaddr> <MiB> <circuits>
@@ -14,6 +15,7 @@ import { identify } from '@libp2p/identify'
 import { ping } from '@libp2p/ping'
 import { circuitRelayTransport, circuitRelayServer } from '@libp2p/circuit-relay-v2'
 import { lpStream } from '@libp2p/utils'
+import { gossipsub } from '@libp2p/gossipsub'
 import { multiaddr } from '@multiformats/multiaddr'
 import { peerIdFromString } from '@libp2p/peer-id'
 
@@ -21,13 +23,13 @@ const ECHO = '/relayd-test/echo/1.0.0'
 const CHAT = '/private-chat/1.0.0' // seed 003: one JSON string and "\n" per stream
 const HOP = '/libp2p/circuit/relay/0.2.0/hop'
 
-async function peer (listen = []) {
+async function peer (listen = [], extra = {}) {
   const node = await createLibp2p({
     addresses: { listen },
     transports: [tcp(), circuitRelayTransport()],
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
-    services: { identify: identify(), ping: ping() },
+    services: { identify: identify(), ping: ping(), ...extra },
     connectionManager: { maxConnections: 4096, inboundConnectionThreshold: 100000, maxIncomingPendingConnections: 4096 }
   })
   await node.handle(ECHO, async (stream) => {
@@ -68,8 +70,8 @@ async function until (what, check, ms = 15000) {
   throw new Error(`timed out waiting for ${what}`)
 }
 
-async function reservedPeer (relay) {
-  const node = await peer([`${relay}/p2p-circuit`])
+async function reservedPeer (relay, extra = {}) {
+  const node = await peer([`${relay}/p2p-circuit`], extra)
   const addr = await until('a /p2p-circuit address', () =>
     node.getMultiaddrs().find((ma) => ma.toString().includes('/p2p-circuit')))
   return { node, addr }
@@ -158,6 +160,28 @@ async function scenario (relay, mib) {
     relay_protocols: relayPeer.protocols,
     relay_agent: new TextDecoder().decode(relayPeer.metadata.get('AgentVersion') ?? new Uint8Array())
   })
+  await Promise.all([a.stop(), b.stop()])
+}
+
+// seed 004: a gossipsub room ("libp2p-chat") whose members meet only through relayd
+async function room (relay) {
+  const pubsub = () => ({ pubsub: gossipsub({ runOnLimitedConnection: true, heartbeatInterval: 200 }) })
+  const { node: a } = await reservedPeer(relay, pubsub())
+  const b = await peer([], pubsub())
+  const topic = 'libp2p-chat'
+  const received = []
+  a.services.pubsub.addEventListener('message', (evt) => {
+    received.push({ topic: evt.detail.topic, text: new TextDecoder().decode(evt.detail.data) })
+  })
+  a.services.pubsub.subscribe(topic)
+  b.services.pubsub.subscribe(topic)
+  await b.dial(multiaddr(`${relay}/p2p-circuit/p2p/${a.peerId}`))
+  await until('b to see a in the room', () =>
+    b.services.pubsub.getSubscribers(topic).some((p) => p.equals(a.peerId)))
+  const line = `${b.peerId}: hello room`
+  await b.services.pubsub.publish(topic, new TextEncoder().encode(line))
+  await until('the room message', () => received.length > 0)
+  out({ a: a.peerId.toString(), b: b.peerId.toString(), sent: line, received })
   await Promise.all([a.stop(), b.stop()])
 }
 
@@ -252,6 +276,7 @@ const [cmd, ...args] = process.argv.slice(2)
 const commands = {
   scenario: () => scenario(args[0], Number(args[1] ?? 4)),
   limit: () => limit(args[0], Number(args[1])),
+  room: () => room(args[0]),
   'reserve-raw': () => reserveRaw(args[0], Number(args[1] ?? 1)),
   'relay-server': () => relayServer(Number(args[0] ?? 0)),
   bench: () => bench(args[0], Number(args[1] ?? 16), Number(args[2] ?? 50))
