@@ -116,6 +116,8 @@ class ReserveAndConnectTests(unittest.TestCase):
         yield wait_until(lambda: not self.relay.circuits())
         stats = self.relay.stats()
         self.assertEqual(stats["relayed_bytes"], 2 * len(payload))
+        self.assertGreater(stats["wire_bytes_in"], 2 * len(payload))     # plus Noise and Yamux
+        self.assertGreater(stats["wire_bytes_out"], 2 * len(payload))
         self.assertEqual((stats["circuits_opened"], stats["circuits_closed"]), (1, 1))
         metrics = generate_latest(self.relay.daemon.registry).decode()
         self.assertIn("relayd_libp2p_relayed_bytes_total 2.097152e+06", metrics)

@@ -234,7 +234,3 @@ class Deframer:
             out.append(bytes(self._buf[2:2 + length]))
             del self._buf[:2 + length]
         return out
-
-    def take_rest(self):
-        rest, self._buf = bytes(self._buf), bytearray()
-        return rest

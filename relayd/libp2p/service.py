@@ -32,6 +32,7 @@ class Libp2pFactory(Factory):
         self.identify_info = identify_info
         self.connections = set()        # every open connection, secured or not
         self.per_ip = {}                # source IP -> open connections
+        self.closed_bytes = [0, 0]      # TCP bytes in, out of connections already closed
         self.peers = {}                 # PeerId -> set of muxed connections
         self.handlers = {
             identify.PROTOCOL_ID: identify.IdentifyResponder,
@@ -66,8 +67,16 @@ class Libp2pFactory(Factory):
     def connection_ready(self, connection):
         self.peers.setdefault(connection.remote_peer, set()).add(connection)
 
+    def wire_bytes(self):
+        """TCP bytes received and sent on all libp2p connections, overhead included."""
+        live = list(self.connections)
+        return (self.closed_bytes[0] + sum(c.bytes_in for c in live),
+                self.closed_bytes[1] + sum(c.bytes_out for c in live))
+
     def connection_lost(self, connection):
         if connection in self.connections:
+            self.closed_bytes[0] += connection.bytes_in
+            self.closed_bytes[1] += connection.bytes_out
             self.connections.discard(connection)
             self.per_ip[connection.ip] -= 1
             if not self.per_ip[connection.ip]:
@@ -204,6 +213,7 @@ class Libp2pService(MultiService):
                "relayed_bytes": self.events.relayed_bytes}
         out.update(self.events.totals)
         if self.relay is not None:
+            out["wire_bytes_in"], out["wire_bytes_out"] = self.factory.wire_bytes()
             out.update(connections=len(self.factory.connections), peers=len(self.factory.peers),
                        reservations=len(self.relay.limits.reservations),
                        circuits=len(self.relay.limits.circuits))

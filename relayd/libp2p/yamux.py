@@ -62,7 +62,6 @@ class Stream:
         self.producer_paused = False
         self.fin_pending = self.fin_sent = self.fin_received = False
         self.closed = False
-        self.opened_by_us = False
         self.flags_to_send = 0          # SYN or ACK, carried on the next frame we send
 
     # --- application side ---------------------------------------------------------
@@ -129,7 +128,6 @@ class Stream:
                 flags |= FIN
                 self.fin_sent = True
             session._send(header(DATA, flags, self.id, size) + chunk)
-            session.bytes_sent += size
         if self.fin_pending and not self.fin_sent and not self.outbuf and not self.closed:
             self.fin_sent = True
             session._send(header(WINDOW_UPDATE, FIN | self._take_flags(), self.id, 0))
@@ -163,7 +161,6 @@ class Stream:
                 raise ProtocolError(f"stream {self.id}: {length} bytes exceed the receive window")
             self.recv_window -= length
             self.credit += length
-            self.session.bytes_received += length
             if self.handler is not None and not self.fin_received:
                 self.handler.data_received(payload)
             if self.closed:
@@ -214,7 +211,6 @@ class Session:
         self.buf = bytearray()
         self.write_paused = False
         self.go_away_received = self.closed = False
-        self.bytes_sent = self.bytes_received = 0
 
     def _send(self, data):
         if not self.closed:
@@ -276,7 +272,6 @@ class Session:
             return None
         stream = Stream(self, self.next_id)
         self.next_id += 2
-        stream.opened_by_us = True
         stream.flags_to_send = SYN
         self.streams[stream.id] = stream
         stream.attach(handler)
