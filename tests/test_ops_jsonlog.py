@@ -14,9 +14,10 @@ class JSONLogTests(unittest.TestCase):
         self.patch(sys, "stdout", out)
         log = Logger(observer=jsonlog.stdout())
         log.info("stats {line}", line="tcp.connections=2", stats={"tcp": {"connections": 2}})
-        log.warn("banned {ip} for {seconds:.0f}s", ip="192.0.2.1", seconds=600.0)
+        log.warn("banned {ip} for {seconds}s", ip="192.0.2.1", seconds=600)
         out.seek(0)
         stats, ban = list(eventsFromJSONLogFile(out))
         self.assertEqual(stats["stats"], {"tcp": {"connections": 2}})
         self.assertEqual(formatEvent(stats), "stats tcp.connections=2")
-        self.assertEqual((ban["ip"], formatEvent(ban)), ("192.0.2.1", "banned 192.0.2.1 for 600s"))
+        self.assertEqual((ban["ip"], ban["seconds"], formatEvent(ban)),
+                         ("192.0.2.1", 600, "banned 192.0.2.1 for 600s"))
