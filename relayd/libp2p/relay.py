@@ -2,8 +2,6 @@
 targets, and the byte splice of each circuit with its duration and data limits."""
 import itertools
 
-from twisted.logger import Logger
-
 from relayd.libp2p import envelope, messages as m, multiaddr, varint
 from relayd.libp2p.resources import Circuit, Limits, Reservation
 from relayd.libp2p.yamux import StreamHandler
@@ -31,8 +29,6 @@ class Relay:
     """The relay's state; ``events`` receives every accounting event
     (``events.reservation(...)``, ``events.circuit_opened/closed(...)``,
     ``events.denied(...)``, ``events.relayed(n)``)."""
-
-    log = Logger()
 
     def __init__(self, clock, settings, keypair, events, addrs):
         self.clock = clock

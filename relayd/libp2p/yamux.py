@@ -8,8 +8,6 @@ window waits in the stream and a registered producer is paused meanwhile.
 """
 import struct
 
-from twisted.logger import Logger
-
 PROTOCOL_ID = "/yamux/1.0.0"
 HEADER = struct.Struct(">BBHII")
 DATA, WINDOW_UPDATE, PING, GO_AWAY = 0, 1, 2, 3
@@ -46,8 +44,6 @@ class StreamHandler:
 
 
 class Stream:
-    log = Logger()
-
     def __init__(self, session, stream_id):
         self.session = session
         self.id = stream_id
@@ -197,8 +193,6 @@ class Session:
     ``attach`` a handler to (or ``reset``) each inbound stream;
     ``on_error(reason)`` is called on a protocol violation, after a GoAway.
     """
-
-    log = Logger()
 
     def __init__(self, write, client, on_stream, on_error, max_streams=256):
         self.write = write
