@@ -44,6 +44,9 @@ class StreamHandler:
 
 
 class Stream:
+    """One stream: ``write``/``close`` (FIN)/``reset`` (RST), ``pause``/``resume``
+    of the receive credit, and a producer paused while output is queued."""
+
     def __init__(self, session, stream_id):
         self.session = session
         self.id = stream_id
