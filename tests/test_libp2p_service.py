@@ -1,15 +1,17 @@
 """[libp2p] settings, daemon wiring, start-up log, stats and the periodic report."""
 import os
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.internet import defer, reactor
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 from relayd import config, daemon as daemon_module
+from relayd.libp2p.peer import Peer
 from relayd.libp2p.peerid import KeyPair
 from relayd.libp2p.service import Libp2pService
 
-from tests.test_libp2p_relay import dial, wait_until
+from tests.test_libp2p_relay import dial, disconnect, wait_until
 
 
 class SettingsTests(unittest.TestCase):
@@ -43,13 +45,23 @@ class SettingsTests(unittest.TestCase):
             self.assertIn(f"[libp2p] {key}", str(caught.exception))
 
 
+def has_ipv6_loopback():
+    import socket
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
 class DaemonTests(unittest.TestCase):
     timeout = 30
 
-    def build(self, extra=""):
+    def build(self, extra="", listen="tcp:0:interface=127.0.0.1"):
         data_dir = self.mktemp()
         settings = config.parse(f"[relay]\ndata_dir = {data_dir}\n[libp2p]\n"
-                                f"listen = tcp:0:interface=127.0.0.1\n{extra}")
+                                f"listen = {listen}\n{extra}")
         return daemon_module.build(settings, reactor)
 
     def test_build_wires_without_listening(self):
@@ -89,3 +101,20 @@ class DaemonTests(unittest.TestCase):
         report = [e for e in events if "libp2p_stats" in e]
         self.assertEqual(report[0]["libp2p_stats"]["reservations"], 1)
         self.assertTrue(os.path.exists(os.path.join(d.settings.relay.data_dir, "identity.key")))
+
+    @defer.inlineCallbacks
+    def test_ipv6_listener(self):
+        if not has_ipv6_loopback():
+            raise unittest.SkipTest("this machine has no IPv6 loopback")
+        daemon = self.build(listen="tcp6:0:interface=\\:\\:1")
+        daemon.startService()
+        self.addCleanup(daemon.stopService)
+        service = daemon.getServiceNamed("libp2p")
+        yield wait_until(lambda: service.listen_addrs)
+        self.assertTrue(service.listen_addrs[0].startswith("/ip6/::1/tcp/"))
+        peer = Peer(reactor, KeyPair(Ed25519PrivateKey.generate()))
+        connector = reactor.connectTCP("::1", int(service.listen_addrs[0].split("/")[4]), peer)
+        self.addCleanup(disconnect, peer, connector)
+        yield peer.ready
+        self.assertEqual((yield peer.reserve())[2], 100)
+        self.assertEqual(service.reservations()[0]["ip"], "::1")
