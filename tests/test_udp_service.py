@@ -6,6 +6,7 @@ from prometheus_client import generate_latest
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
+from twisted.internet.testing import FakeDatagramTransport
 from twisted.trial import unittest
 
 from relayd import config
@@ -65,6 +66,42 @@ class WiringTests(unittest.TestCase):
         for hook in daemon._reload_hooks:
             hook(config.parse("[udp]\nlisten = 0\nmax_peers = 7\n"))
         self.assertEqual(service.protocol.table.max_peers, 7)
+
+
+class UDPClock(Clock):
+    """A Clock that also "listens" on UDP, handing protocols a fake transport."""
+
+    def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
+        self.max_packet_size = maxPacketSize
+        protocol.makeConnection(FakeDatagramTransport())
+        return self
+
+    def stopListening(self):
+        return None
+
+
+class TimerTests(unittest.TestCase):
+    def test_keepalive_pass_runs_every_interval(self):
+        clock = UDPClock()
+        settings = config.parse("[udp]\nkeepalive = 10\nstale_after = 25\n").udp
+        service = UDPService(settings, clock)
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual(clock.max_packet_size, 8193)      # one more byte: oversize is seen
+        transport = service.protocol.transport
+        service.protocol.datagramReceived(b'{"type": "register", "name": "a"}', ("192.0.2.1", 1))
+        service.protocol.datagramReceived(b'{"type": "register", "name": "b"}', ("192.0.2.2", 2))
+        transport.written = []
+        clock.advance(10)
+        self.assertEqual(sorted(json.loads(d)["type"] for d, _ in transport.written),
+                         ["server_keepalive", "server_keepalive"])
+        service.protocol.datagramReceived(b'{"type": "keepalive", "name": "b"}', ("192.0.2.2", 2))
+        transport.written = []
+        clock.advance(10)
+        clock.advance(10)          # a is 30 s silent: gone at this pass; b is told
+        kinds = [(json.loads(d)["type"], a) for d, a in transport.written]
+        self.assertIn(("peer_left", ("192.0.2.2", 2)), kinds)
+        self.assertEqual([p["name"] for p in service.peers()], ["b"])
 
 
 class LoopbackTests(unittest.TestCase):
