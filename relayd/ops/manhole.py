@@ -52,10 +52,9 @@ def load_or_create_host_key(path):
             f.write(pem)
         os.replace(path + ".tmp", path)
     key = keys.Key.fromFile(path)
-    public = key.public().toString("openssh") + b" relayd-admin\n"
     if not os.path.exists(path + ".pub"):
         with open(path + ".pub", "wb") as f:
-            f.write(public)
+            f.write(key.public().toString("openssh") + b" relayd-admin\n")
     return key
 
 
