@@ -140,7 +140,7 @@ class NatTraversalTests(unittest.TestCase):
         if reason:
             raise unittest.SkipTest(reason)
 
-    def chat(self, nat_flags):
+    def chat(self, nat_flags, punch_time):
         """Alice behind natA and Bob behind natB each send one message; their outputs."""
         net = Topology(self, nat_flags)
         NamespacedRelayd(self, net.ns["pub"], INI).start()
@@ -149,7 +149,8 @@ class NatTraversalTests(unittest.TestCase):
             command = ["ip", "netns", "exec", net.ns["host" + side], sys.executable, "-m",
                        "relayd.client.udp_peer", "--relay", f"198.18.0.1:{RELAY_PORT}",
                        "--id", name, "--to", other, "--port", str(CLIENT_PORT),
-                       "--say", f"hello from {name}", "--expect", "1", "--timeout", "40"]
+                       "--say", f"hello from {name}", "--expect", "1", "--timeout", "40",
+                       "--punch-time", str(punch_time)]
             process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
                                        stderr=subprocess.STDOUT, text=True)
             self.addCleanup(_kill, process)
@@ -164,13 +165,13 @@ class NatTraversalTests(unittest.TestCase):
         return outputs
 
     def test_port_preserving_nat_gets_a_direct_path(self):
-        outputs = self.chat("")
+        outputs = self.chat("", punch_time=10)      # generous: CI machines are busy
         # Each sees the other's public (NAT) address, not its private one.
         self.assertIn("path: direct 198.18.2.2:", outputs["alice"])
         self.assertIn("path: direct 198.18.1.2:", outputs["bob"])
 
     def test_symmetric_nat_falls_back_to_the_relay(self):
-        outputs = self.chat("fully-random")
+        outputs = self.chat("fully-random", punch_time=3)
         for name in ("alice", "bob"):
             self.assertIn("path: relay via 198.18.0.1", outputs[name])
             self.assertNotIn("path: direct", outputs[name])
