@@ -162,8 +162,13 @@ class Libp2pService(MultiService):
             self.factory.sweep_idle(self.reactor.seconds())
 
     def _listening(self, port):
-        addr = from_address(port.getHost())
+        host = port.getHost()
+        addr = from_address(host)
         self.listen_addrs = [f"{addr}/p2p/{self.keypair.peer_id}"]
+        if host.host in ("0.0.0.0", "::") and not self.settings.announce:
+            self.log.warn("[libp2p] listens on all interfaces but announce is empty: peers get "
+                          "{addr} in their reservations; set announce to the public address",
+                          addr=addr)
         self.log.info("libp2p circuit relay v2 listening on {addrs} (peer id {peer_id}); "
                       "announcing {announce}", addrs=" ".join(self.listen_addrs),
                       peer_id=str(self.keypair.peer_id), announce=" ".join(self.announce_addrs()))
