@@ -1,0 +1,178 @@
+"""relay-chat against the real daemon (twistd subprocess), run as a user would."""
+import datetime
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.daemon import REPO, Relayd, free_port
+
+SCRIPT = os.path.join(os.path.dirname(sys.executable), "relay-chat")
+COMMAND = [SCRIPT] if os.path.exists(SCRIPT) else [sys.executable, "-m", "relayd.client"]
+ENV = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+WAIT = 90
+
+INI = """
+[relay]
+id = relayT
+data_dir = {data_dir}
+[tcp]
+listen = %s
+[ratelimit]
+messages = 1000
+per_seconds = 1
+"""
+PLAIN = "tcp:{tcp}:interface=127.0.0.1"
+
+
+class RelayChatE2E(SynchronousTestCase):
+    def daemon(self, listen=PLAIN, **extra):
+        self.port = free_port()
+        relay = Relayd(self, INI % listen, tcp=self.port, **extra)
+        return relay.start(wait_tcp=[self.port])
+
+    def args(self, *args):
+        return COMMAND + ["--server", f"127.0.0.1:{self.port}", "--relay-id", "relayT"] + list(args)
+
+    def run_chat(self, *args, server=True):
+        argv = self.args(*args) if server else COMMAND + list(args)
+        done = subprocess.run(argv, cwd=REPO, env=ENV, capture_output=True, text=True,
+                              timeout=WAIT)
+        return done.returncode, done.stdout, done.stderr
+
+    def start_chat(self, *args, stdin=False):
+        process = subprocess.Popen(self.args(*args), cwd=REPO, env=ENV, text=True,
+                                   stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.addCleanup(self.reap, process)
+        return process
+
+    def reap(self, process):
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        for stream in (process.stdin, process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
+
+    def wait_line(self, stream, text):
+        """Read ``stream`` until a line contains ``text``; the lines read."""
+        lines = []
+        for line in stream:
+            lines.append(line)
+            if text in line:
+                return lines
+        self.fail(f"{text!r} never came; got {lines!r}")
+
+    def test_send_and_listen_between_two_processes(self):
+        self.daemon()
+        bob = self.start_chat("--id", "bob", "listen", "--json", "--count", "2",
+                              "--timeout", str(WAIT))
+        self.wait_line(bob.stderr, "connected as bob")
+        code, direct, err = self.run_chat("--id", "alice", "send", "--to", "bob", "hi", "bob")
+        self.assertEqual(code, 0, err)
+        code, everyone, err = self.run_chat("--id", "alice", "send", "--to", "*", "hi all")
+        self.assertEqual(code, 0, err)
+        out, err = bob.communicate(timeout=WAIT)
+        self.assertEqual(bob.returncode, 0, err)
+        got = [json.loads(line) for line in out.splitlines()]
+        self.assertEqual([(m["from"], m["to"], m["body"]) for m in got],
+                         [("alice", "bob", "hi bob"), ("alice", "*", "hi all")])
+        self.assertEqual([m["msg_id"] for m in got], [direct.strip(), everyone.strip()])
+
+    def test_key_proof_and_exit_codes(self):
+        self.daemon()
+        key = os.path.abspath(self.mktemp())
+        code, public, err = self.run_chat("genkey", key, server=False)
+        self.assertEqual(code, 0, err)
+        code, out, err = self.run_chat("--id", "carol", "--key", key, "peers")
+        self.assertEqual((code, out.split()), (0, ["carol"]), err)
+        self.assertIn("(key proved)", err)
+        code, out, err = self.run_chat("--id", "carol", "peers")          # no proof
+        self.assertEqual(code, 3)
+        self.assertIn("id_owned", err)
+        code, out, err = self.run_chat("--id", "bob", "listen", "--count", "1",
+                                       "--timeout", "1")
+        self.assertEqual(code, 4, err)
+        closed = free_port()
+        code, out, err = self.run_chat("--server", f"127.0.0.1:{closed}", "peers", server=False)
+        self.assertEqual(code, 2, err)
+
+    def test_a_message_in_flight_survives_a_relay_crash_once(self):
+        relay = self.daemon()
+        bob = self.start_chat("--id", "bob", "listen", "--json", "--count", "1",
+                              "--timeout", str(WAIT))
+        self.wait_line(bob.stderr, "connected as bob")
+        alice = self.start_chat("--id", "alice", "chat", stdin=True)
+        self.wait_line(alice.stdout, "connected as alice")
+        # The relay freezes with the message unread in its socket, then dies.
+        os.kill(relay.process.pid, signal.SIGSTOP)
+        alice.stdin.write("/to bob survives a crash\n")
+        alice.stdin.flush()
+        time.sleep(0.5)
+        relay.kill()
+        relay.start(wait_tcp=[self.port])
+        out, err = bob.communicate(timeout=WAIT)
+        self.assertEqual(bob.returncode, 0, err)
+        [msg] = [json.loads(line) for line in out.splitlines()]
+        self.assertEqual(msg["body"], "survives a crash")
+        alice.stdin.close()                       # end of input: exits once acked
+        self.assertEqual(alice.wait(WAIT), 0)
+        self.assertIn("reconnecting", alice.stdout.read())
+        code, out, err = self.run_chat("--id", "bob", "history", "--with", "alice", "--json")
+        self.assertEqual(code, 0, err)
+        self.assertEqual([json.loads(line)["body"] for line in out.splitlines()],
+                         ["survives a crash"])
+
+    def test_tls_with_a_private_ca(self):
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+        ca, key, cert = make_certificates(workdir)
+        self.daemon(listen="ssl:{tcp}:interface=127.0.0.1:privateKey={key}:certKey={cert}",
+                    key=key, cert=cert)
+        code, out, err = self.run_chat("--server", f"localhost:{self.port}", "--tls",
+                                       "--ca", ca, "--id", "dave", "peers", server=False)
+        self.assertEqual((code, out.split()), (0, ["dave"]), err)
+        code, out, err = self.run_chat("--server", f"localhost:{self.port}", "--tls",
+                                       "--id", "dave", "peers", server=False)
+        self.assertEqual(code, 2, err)                # not trusted by the system store
+
+
+def make_certificates(directory):
+    """A CA and a server certificate for localhost it signed: (ca, key, cert) paths."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def build(subject, issuer, public, signer, ca):
+        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
+                   .public_key(public).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(hours=1))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if not ca:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "relay-chat test CA")])
+    server_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    ca_cert = build(ca_name, ca_name, ca_key.public_key(), ca_key, True)
+    server_cert = build(server_name, ca_name, server_key.public_key(), ca_key, False)
+    paths = [os.path.join(directory, name) for name in ("ca.pem", "server.key", "server.pem")]
+    for path, data in zip(paths, (
+            ca_cert.public_bytes(serialization.Encoding.PEM),
+            server_key.private_bytes(serialization.Encoding.PEM,
+                                     serialization.PrivateFormat.PKCS8,
+                                     serialization.NoEncryption()),
+            server_cert.public_bytes(serialization.Encoding.PEM))):
+        with open(path, "wb") as f:
+            f.write(data)
+    return paths
