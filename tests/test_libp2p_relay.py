@@ -235,6 +235,20 @@ class LimitTests(unittest.TestCase):
         yield wait_until(lambda: self.relay.listen_addrs)
 
     @defer.inlineCallbacks
+    def two_peers(self, extra):
+        """Start the relay with ``extra`` settings and connect peers a and b."""
+        yield self.start(extra)
+        a = yield dial(self, self.relay)
+        b = yield dial(self, self.relay)
+        return a, b
+
+    @defer.inlineCallbacks
+    def refused_dial(self):
+        extra = Peer(reactor, KeyPair(Ed25519PrivateKey.generate()))
+        reactor.connectTCP("127.0.0.1", port_of(self.relay), extra)
+        yield self.assertFailure(extra.ready, ConnectionError)
+
+    @defer.inlineCallbacks
     def circuit(self, a, b):
         arriving = a.next_circuit()
         pipe_b = Pipe()
@@ -245,9 +259,7 @@ class LimitTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_data_limit_resets_both_streams(self):
-        yield self.start("circuit_bytes = 1000\n")
-        a = yield dial(self, self.relay)
-        b = yield dial(self, self.relay)
+        a, b = yield self.two_peers("circuit_bytes = 1000\n")
         yield a.reserve()
         pipe_a, pipe_b = yield self.circuit(a, b)
         pipe_b.stream.write(b"x" * 5000)
@@ -279,9 +291,7 @@ class LimitTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_per_ip_cap_and_rate_limit(self):
-        yield self.start("max_reservations_per_ip = 1\nreservation_rate = 3\n")
-        a = yield dial(self, self.relay)
-        b = yield dial(self, self.relay)
+        a, b = yield self.two_peers("max_reservations_per_ip = 1\nreservation_rate = 3\n")
         self.assertEqual((yield a.reserve())[2], m.OK)
         self.assertEqual((yield b.reserve())[2], m.RESERVATION_REFUSED)    # per IP
         self.assertEqual((yield a.reserve())[2], m.OK)
@@ -300,9 +310,7 @@ class LimitTests(unittest.TestCase):
     def test_connections_per_ip(self):
         yield self.start("max_connections_per_ip = 1\n")
         a = yield dial(self, self.relay)
-        extra = Peer(reactor, KeyPair(Ed25519PrivateKey.generate()))
-        reactor.connectTCP("127.0.0.1", port_of(self.relay), extra)
-        yield self.assertFailure(extra.ready, ConnectionError)
+        yield self.refused_dial()
         self.assertEqual(self.relay.factory.per_ip, {"127.0.0.1": 1})
         self.assertEqual((yield a.reserve())[2], m.OK)
 
@@ -323,9 +331,7 @@ class LimitTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_reload_applies_new_limits(self):
-        yield self.start("max_reservations = 1\n")
-        a = yield dial(self, self.relay)
-        b = yield dial(self, self.relay)
+        a, b = yield self.two_peers("max_reservations = 1\n")
         self.assertEqual((yield a.reserve())[2], m.OK)
         self.assertEqual((yield b.reserve())[2], m.RESERVATION_REFUSED)
         self.relay.reconfigure(relay_settings("max_reservations = 2\ncircuit_bytes = 10\n").libp2p)
@@ -335,9 +341,7 @@ class LimitTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_circuit_caps(self):
-        yield self.start("max_circuits_per_peer = 1\n")
-        a = yield dial(self, self.relay)
-        b = yield dial(self, self.relay)
+        a, b = yield self.two_peers("max_circuits_per_peer = 1\n")
         yield a.reserve()
         yield self.circuit(a, b)
         _, _, status, _ = yield b.connect(a.keypair.peer_id, Pipe())
@@ -352,7 +356,5 @@ class LimitTests(unittest.TestCase):
         yield wait_until(lambda: not self.relay.factory.connections)     # silent: timed out
         a = yield dial(self, self.relay)
         self.assertEqual(self.relay.stats()["connections"], 1)
-        extra = Peer(reactor, KeyPair(Ed25519PrivateKey.generate()))
-        reactor.connectTCP("127.0.0.1", port_of(self.relay), extra)
-        yield self.assertFailure(extra.ready, ConnectionError)
+        yield self.refused_dial()
         self.assertEqual((yield a.reserve())[2], m.OK)
