@@ -23,6 +23,7 @@ from bench import relay
 from bench.procstat import CpuMeter, rss_kib
 from bench.report import emit, ratio, verdict
 from bench.server import HOST
+from relayd.udp import stun
 
 UDP_SECTION = """
 [udp]
@@ -252,7 +253,9 @@ def measure_coturn(args):
     peer = subprocess.Popen(["turnutils_peer", "-L", HOST, "-p", str(peer_port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        time.sleep(1.0)
+        if not stun_answers((HOST, port)):
+            emit("udp_relay", system="coturn", skipped="turnserver_did_not_answer_stun")
+            return None
         meter = CpuMeter(server.pid)
         start = time.monotonic()
         done = subprocess.run(
@@ -269,6 +272,7 @@ def measure_coturn(args):
     totals = re.findall(r"tot_send_msgs=(\d+), tot_recv_msgs=(\d+)\s*$", done.stdout, re.M)
     rtt = re.search(r"Average round trip delay ([\d.]+) ms", done.stdout)
     if not totals:
+        print((done.stdout + done.stderr)[-2000:])
         emit("udp_relay", system="coturn", skipped="no_uclient_totals")
         return None
     sent, received = map(int, totals[-1])
@@ -278,6 +282,22 @@ def measure_coturn(args):
          echoed=received, seconds=elapsed, avg_rtt_ms=float(rtt.group(1)) if rtt else "?",
          **result)
     return result
+
+
+def stun_answers(address, timeout=10.0):
+    """True once ``address`` answers a STUN Binding request (coturn is up)."""
+    request = stun.encode(stun.BINDING, stun.REQUEST, os.urandom(12), [])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.2)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            sock.sendto(request, address)
+            try:
+                sock.recvfrom(2048)
+                return True
+            except OSError:
+                pass
+    return False
 
 
 def per_cpu_second(rate, cpu_pct):
