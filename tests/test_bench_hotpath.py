@@ -56,3 +56,18 @@ class AckTests(unittest.TestCase):
                     if req is not None:
                         expected["req"] = req
                     self.assertEqual(protocol.transport.value(), encode(expected))
+
+
+class IdleSessionTests(unittest.TestCase):
+    def test_rooms_start_shared_and_empty_and_work_once_joined(self):
+        from relayd.tcp.protocol import RelayProtocol
+        from tests.fakes import make_router
+
+        router = make_router()
+        a, b = RelayProtocol(service=None), RelayProtocol(service=None)
+        a.peer_id, b.peer_id = "a", "b"
+        router.leave(a, "never-joined")
+        self.assertEqual(router.join(a, "r"), ["a"])
+        self.assertEqual((a.rooms, b.rooms), ({"r"}, frozenset()))
+        router.leave(a, "r")
+        self.assertEqual((a.rooms, router.rooms()), (set(), {}))

@@ -87,11 +87,15 @@ class Router:
 
     def join(self, session, room):
         self.members.setdefault(room, set()).add(session.peer_id)
-        session.rooms.add(room)
+        if session.rooms:
+            session.rooms.add(room)
+        else:
+            session.rooms = {room}      # sessions may start with a shared empty frozenset
         return sorted(self.members[room])
 
     def leave(self, session, room):
-        session.rooms.discard(room)
+        if session.rooms:
+            session.rooms.discard(room)
         members = self.members.get(room)
         if members is not None:
             members.discard(session.peer_id)

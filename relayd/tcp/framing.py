@@ -19,6 +19,8 @@ class FrameTooLong(Exception):
 
 
 class LineSplitter:
+    __slots__ = ("max_line", "_buffer")     # one per connection
+
     def __init__(self, max_line):
         self.max_line = max_line
         self._buffer = b""

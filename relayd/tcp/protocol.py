@@ -40,6 +40,7 @@ _ACK_DUPLICATE = (b'", "duplicate": false', b'", "duplicate": true')     # by bo
 @implementer(IPushProducer)
 class RelayProtocol(Protocol):
     log = Logger()
+    rooms = frozenset()     # until the first join (the router then sets a set): idle sessions stay small
 
     def __init__(self, service):
         self.service = service
@@ -47,7 +48,6 @@ class RelayProtocol(Protocol):
         self.dialect = None
         self.address = None
         self.authenticated = False
-        self.rooms = set()
         self.connected_at = 0.0
         self.last_activity = 0.0
         self._splitter = None
