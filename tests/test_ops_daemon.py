@@ -3,12 +3,15 @@ OpenSSH (exec and interactive), HTTP and real relay clients."""
 import os
 import time
 
+import bcrypt
+
 from twisted.trial import unittest
 
 from relayd import config
 from tests.daemon import Relayd, wait_for_port
 from tests.seedclient import LineClient
-from tests.test_ops_support import NO_SSH, OpsRelay, admin_ssh, http_get, http_json, metric_value
+from tests.test_ops_support import (NO_SSH, OpsRelay, admin_ssh, http_get, http_json,
+                                    metric_value, password_ssh)
 
 
 class OpsDaemonTests(unittest.TestCase):
@@ -98,6 +101,25 @@ class OpsDaemonTests(unittest.TestCase):
         with open(self.ops.host_key, "rb") as f:
             self.assertEqual(f.read(), first)
         self.assertEqual(self.ops.admin("reload()")[0], 0)
+
+
+class PasswordLoginTests(unittest.TestCase):
+    timeout = 120
+    skip = NO_SSH
+
+    def test_only_configured_passwords_log_in(self):
+        ops = OpsRelay(self, passwords=b"ops:" + bcrypt.hashpw(b"s3cret pass", bcrypt.gensalt(4)))
+        done = password_ssh(ops.ports["admin"], ops.known, "ops", "s3cret pass", "stats()")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn(b"relay: ops1", done.stdout)
+        done = password_ssh(ops.ports["admin"], ops.known, "ops", "guess", "stats()")
+        self.assertEqual(done.returncode, 255)
+
+    def test_no_password_login_without_a_password_file(self):
+        ops = OpsRelay(self)
+        done = password_ssh(ops.ports["admin"], ops.known, "admin", "admin", "stats()")
+        self.assertEqual(done.returncode, 255)
+        self.assertIn(b"Permission denied (publickey)", done.stderr)
 
 
 class AdminConfigTests(unittest.TestCase):

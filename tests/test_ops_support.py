@@ -38,6 +38,22 @@ def known_hosts(directory, port, host_key_pub):
     return path
 
 
+def password_ssh(port, known, user, password, line):
+    """Run ``line`` logging in with a password only (OpenSSH reads it through
+    SSH_ASKPASS); a CompletedProcess."""
+    askpass = os.path.join(os.path.dirname(known), "askpass")
+    with open(askpass, "w") as f:
+        f.write(f"#!/bin/sh\necho '{password}'\n")
+    os.chmod(askpass, 0o700)
+    command = ssh_command("127.0.0.1", port, known, user, line)
+    # ssh keeps the first value given for an option: these win over BatchMode=yes.
+    command[1:1] = ["-o", "BatchMode=no", "-o", "PreferredAuthentications=password",
+                    "-o", "PubkeyAuthentication=no"]
+    env = dict(os.environ, SSH_ASKPASS=askpass, SSH_ASKPASS_REQUIRE="force", DISPLAY=":0")
+    return subprocess.run(command, capture_output=True, timeout=30, env=env,
+                          stdin=subprocess.DEVNULL)
+
+
 def admin_ssh(port, key, known, line, tty=False, stdin=None, timeout=30):
     """Run ``line`` on the console with OpenSSH; a CompletedProcess (text)."""
     command = ssh_command("127.0.0.1", port, known, "admin", line, key)
@@ -82,6 +98,7 @@ listen = tcp:{tcp}:interface=127.0.0.1
 [admin]
 listen = tcp:{admin}:interface=127.0.0.1
 authorized_keys = {workdir}/admin_keys
+{admin_extra}
 [http]
 listen = tcp:{http}:interface=127.0.0.1
 stats_interval = 1
@@ -90,21 +107,29 @@ stats_interval = 1
 
 class OpsRelay:
     """A twistd relayd with [tcp], [admin] and [http] on free ports, an
-    operator key in its authorized_keys and a stranger key that is not."""
+    operator key in its authorized_keys and a stranger key that is not;
+    ``passwords`` (bytes) becomes its ``[admin] passwords`` file."""
 
-    def __init__(self, testcase):
+    def __init__(self, testcase, passwords=None):
         self.testcase = testcase
+        self.admin_extra = ""
         self.workdir = os.path.abspath(testcase.mktemp())
         os.makedirs(self.workdir)
         self.key, public = ssh_key(self.workdir, "operator")
         self.wrong_key, _ = ssh_key(self.workdir, "stranger")
         with open(os.path.join(self.workdir, "admin_keys"), "w") as f:
             f.write("# operators\n" + public)
+        if passwords is not None:
+            path = os.path.join(self.workdir, "admin_passwords")
+            with open(path, "wb") as f:
+                f.write(passwords)
+            self.admin_extra = f"passwords = {path}"
         self.start()
 
     def start(self):
         self.ports = {"tcp": free_port(), "admin": free_port(), "http": free_port()}
-        self.relay = Relayd(self.testcase, OPS_INI, workdir=self.workdir, **self.ports)
+        self.relay = Relayd(self.testcase, OPS_INI, workdir=self.workdir,
+                            admin_extra=self.admin_extra, **self.ports)
         self.relay.start(wait_tcp=list(self.ports.values()))
         self.host_key = os.path.join(self.relay.data_dir, "ssh_host_ed25519_key")
         self.known = known_hosts(self.workdir, self.ports["admin"], self.host_key + ".pub")
