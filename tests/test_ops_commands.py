@@ -111,8 +111,11 @@ class CommandTests(unittest.TestCase):
         d = defer.Deferred()
         self.daemon.journal = type("J", (), {"prune": lambda self: d})()
         result = self.ns["prune"]()
-        d.callback({"removed": ["seg-1"], "bytes": 10})
-        self.assertEqual(repr(self.successResultOf(result)), "pruned: removed=seg-1, bytes=10")
+        d.callback({"removed": [{"segment": "relay_log.00000001.jsonl", "bytes": 10,
+                                 "reason": "age"}], "segments": 1})
+        self.assertEqual(repr(self.successResultOf(result)),
+                         "pruned:\n  removed:\n    segment                   bytes  reason\n"
+                         "    relay_log.00000001.jsonl  10     age\n  segments: 1")
 
     def test_reload_and_help(self):
         self.assertEqual(repr(self.ns["reload"]()), "reloaded etc/relay.ini")

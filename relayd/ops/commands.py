@@ -175,8 +175,7 @@ class AdminCommands:
     def prune(self):
         """Drop journal segments past retention (returns a Deferred)."""
         d = defer.maybeDeferred(self._attribute("journal", "journal").prune)
-        d.addCallback(lambda result: Text("pruned: " + ", ".join(
-            f"{k}={_cell(v)}" for k, v in result.items())))
+        d.addCallback(lambda result: Text("pruned:\n" + tree(result, 1)))
         return d
 
     def reload(self):
