@@ -106,10 +106,12 @@ def _saturate(server, clients, receivers, seconds, warmup, window, batch):
             break
     wall, cpu = meter.read()
     delivered = (units - mark[0]) // unit
+    messages = sent - mark[1]
     return {
         "delivered_per_s": delivered / wall,
-        "sent_per_s": (sent - mark[1]) / wall,
+        "sent_per_s": messages / wall,
         **cpu,
+        "server_cpu_us_per_msg": cpu["server_cpu_pct"] * wall * 1e4 / max(1, messages),
         **_memory(server.pid),
         "lost": _settle(clients, server, sent * receivers, units, unit, buf),
     }
