@@ -10,11 +10,19 @@ import urllib.request
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import defer
 
 from relayd.cli import ssh_command
 from tests.daemon import Relayd, free_port
 
 NO_SSH = None if shutil.which("ssh") else "needs the OpenSSH client (Debian openssh-client)"
+
+
+class InlinePool:
+    """A file pool that runs jobs at once, on the calling thread."""
+
+    def run(self, f, *args):
+        return defer.maybeDeferred(f, *args)
 
 
 def ssh_key(directory, name):

@@ -13,7 +13,6 @@ import sys
 import time
 
 from cryptography import x509
-from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial import unittest
@@ -22,6 +21,7 @@ from relayd import config, tls_ca
 from relayd.listeners import stream_service
 from relayd.tls import Material, ServerTLS, TLSConfigError
 from tests.daemon import REPO, Relayd, free_port
+from tests.test_ops_support import InlinePool
 
 
 def relayd_command(*args):
@@ -44,11 +44,6 @@ def make_pki(directory):
 def read(path):
     with open(path, "rb") as f:
         return f.read()
-
-
-class InlinePool:
-    def run(self, f, *args):
-        return defer.maybeDeferred(f, *args)
 
 
 class CATests(unittest.TestCase):

@@ -16,7 +16,7 @@ from relayd.filepool import FilePool
 from relayd.identity import load_or_create
 from relayd.tor import KEY_FILE, OnionService, onion_target, tor_key_blob
 from tests.daemon import Relayd, free_port
-from tests.test_ops_support import http_json
+from tests.test_ops_support import InlinePool, http_json
 
 INI = """
 [relay]
@@ -26,11 +26,6 @@ listen = tcp:55665:interface=127.0.0.1
 [tor]
 control_port = tcp:127.0.0.1:{control}
 """
-
-
-class InlinePool:
-    def run(self, f, *args):
-        return defer.maybeDeferred(f, *args)
 
 
 class FakeDaemon:
