@@ -67,9 +67,15 @@ def onion_target(settings):
 
 
 class OnionService(Service):
-    """Publishes ``target`` as ``<address>.onion:<port>`` once Tor answers."""
+    """Publishes ``target`` as ``<address>.onion:<port>`` once Tor answers.
+
+    A failed attempt (tor not reachable, ADD_ONION refused) or a lost control
+    connection is retried after 1 s, doubling up to ``max_delay``.
+    """
 
     log = Logger()
+    initial_delay = 1.0
+    max_delay = 60.0
 
     def __init__(self, daemon, settings, connect=txtorcon.connect, launch=txtorcon.launch):
         self.setName("tor")
@@ -83,9 +89,15 @@ class OnionService(Service):
         self.problem = "starting"
         self.tor = None
         self._starting = None
+        self._retry = None
+        self._failures = 0
 
     def startService(self):
         super().startService()
+        self._attempt()
+
+    def _attempt(self):
+        self._retry = None
         self._starting = self._publish()
         self._starting.addErrback(self._failed)
 
@@ -98,14 +110,14 @@ class OnionService(Service):
         self.log.info("onion key {how} {path}: {address}", path=self.key_path,
                       how="created" if created else "loaded", address=self.address)
         self.problem = "waiting for tor"
-        self.tor = yield self._reach_tor()
-        self.tor.protocol.on_disconnect.addBoth(self._lost)
-        reply = yield self.tor.protocol.queue_command(
+        tor = self.tor = yield self._reach_tor()
+        tor.protocol.on_disconnect.addBoth(lambda _: self._lost(tor))
+        reply = yield tor.protocol.queue_command(
             f"ADD_ONION {tor_key_blob(key)} Port={self.port},{self.target}")
         service_id = parse_reply(reply).get("ServiceID")
         if f"{service_id}.onion" != self.address:
             raise RuntimeError(f"tor created {service_id}.onion, expected {self.address}")
-        self.published, self.problem = True, None
+        self.published, self.problem, self._failures = True, None, 0
         self.log.info("onion service {address}:{port} -> {target}",
                       address=self.address, port=self.port, target=self.target)
 
@@ -119,18 +131,25 @@ class OnionService(Service):
     def _failed(self, failure):
         if failure.check(defer.CancelledError):
             return
+        delay = self._schedule()
         self.problem = f"onion service not published: {failure.getErrorMessage()}"
-        self.log.error("{problem}", problem=self.problem)
+        self.log.error("{problem} (next try in {delay:.0f}s)", problem=self.problem, delay=delay)
+        self._drop_tor()
 
-    def _lost(self, reason):
-        if self.running:
-            self.published = False
-            self.problem = "the tor control connection closed, the onion is gone (restart relayd)"
-            self.log.error("{problem}", problem=self.problem)
+    def _lost(self, tor):
+        if self.running and tor is self.tor:
+            self.tor, self.published = None, False
+            delay = self._schedule()
+            self.problem = "the tor control connection closed; the onion is gone until it is back"
+            self.log.error("{problem} (next try in {delay:.0f}s)", problem=self.problem, delay=delay)
 
-    def stopService(self):
-        super().stopService()
-        self._starting.cancel()
+    def _schedule(self):
+        delay = min(self.max_delay, self.initial_delay * 2 ** self._failures)
+        self._failures += 1
+        self._retry = self.daemon.reactor.callLater(delay, self._attempt)
+        return delay
+
+    def _drop_tor(self):
         tor, self.tor, self.published = self.tor, None, False
         if tor is None:
             return None
@@ -138,6 +157,13 @@ class OnionService(Service):
         d.addErrback(lambda f: self.log.info("tor control connection: {why}",
                                              why=f.getErrorMessage()))
         return d
+
+    def stopService(self):
+        super().stopService()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._starting.cancel()
+        return self._drop_tor()
 
     def stats(self):
         return {"address": self.address, "port": self.port, "target": self.target,

@@ -56,11 +56,16 @@ class ScriptedTests(unittest.TestCase):
             self.connected.append(endpoint)
             return defer.succeed(self.tor)
         kwargs.setdefault("connect", connect)
-        daemon = FakeDaemon(settings, MemoryReactorClock(), InlinePool())
+        self.clock = MemoryReactorClock()
+        daemon = FakeDaemon(settings, self.clock, InlinePool())
         return OnionService(daemon, settings, **kwargs)
 
     def publish(self, service):
         service.startService()
+        return self.publish_pending(service)
+
+    def publish_pending(self, service):
+        """Answer the pending ADD_ONION as tor would; returns the command."""
         [(command, _)] = self.tor.protocol.commands
         self.tor.protocol.answer_pending(
             f"ServiceID={service.address[:-len('.onion')]}\nOK")
@@ -83,12 +88,17 @@ class ScriptedTests(unittest.TestCase):
         self.assertEqual(self.publish(again), command, "same key, same address after a restart")
         self.assertEqual(again.address, service.address)
 
-    def test_losing_tor_is_reported(self):
+    def test_a_lost_control_connection_is_reported_and_retried(self):
         service = self.service()
-        self.publish(service)
-        self.tor.protocol.on_disconnect.callback(None)
+        command = self.publish(service)
+        lost, self.tor = self.tor, FakeTor()
+        lost.protocol.on_disconnect.callback(None)
         self.assertIn("the tor control connection closed", service.health())
         self.assertFalse(service.stats()["published"])
+        self.clock.advance(1)
+        self.assertEqual(self.publish_pending(service), command)
+        self.assertIsNone(service.health())
+        self.assertEqual(len(self.connected), 2)
 
     def test_a_different_service_id_is_reported(self):
         service = self.service()
@@ -97,12 +107,21 @@ class ScriptedTests(unittest.TestCase):
         self.assertIn("onion service not published: tor created someoneelse.onion",
                       service.health())
         self.assertFalse(service.stats()["published"])
+        self.assertEqual(self.tor.quits, 1)
 
-    def test_an_unreachable_control_port_is_reported(self):
-        service = self.service(connect=lambda r, e: defer.fail(ConnectionRefusedError("refused")))
+    def test_an_unreachable_control_port_is_retried_with_backoff(self):
+        answers = [defer.fail(ConnectionRefusedError("refused")) for _ in range(3)]
+        service = self.service(connect=lambda r, e: answers.pop() if answers
+                               else defer.succeed(self.tor))
         service.startService()
         self.assertEqual(service.health(), "onion service not published: refused")
-        self.flushLoggedErrors()
+        for delay in (1, 2, 4):
+            self.assertFalse(service.stats()["published"])
+            self.clock.advance(delay)
+        self.publish_pending(service)
+        self.assertIsNone(service.health())
+        service.stopService()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_health_waits_for_tor(self):
         pending = defer.Deferred()
