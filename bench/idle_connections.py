@@ -19,7 +19,7 @@ def main(argv=None):
     limit = raise_fd_limit()
     if args.connections + 100 > limit:
         p.error(f"--connections {args.connections} does not fit the open-file limit {limit}")
-    results = systems.each("idle_connections", args.systems,
+    results = systems.each("idle_connections", args,
                            lambda server: loadgen.idle(server, args.connections))
     if "relayd" in results:
         systems.check("idle_connections", "relayd_bytes_per_connection",

@@ -112,6 +112,7 @@ def _saturate(server, clients, receivers, seconds, warmup, window, batch):
         "sent_per_s": messages / wall,
         **cpu,
         "server_cpu_us_per_msg": cpu["server_cpu_pct"] * wall * 1e4 / max(1, messages),
+        "delivered_per_server_cpu_s": delivered * 100 / max(1e-9, cpu["server_cpu_pct"] * wall),
         **_memory(server.pid),
         "lost": _settle(clients, server, sent * receivers, units, unit, buf),
     }

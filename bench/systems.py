@@ -9,28 +9,44 @@ from bench.report import emit, ratio, verdict
 SYSTEMS = {"relayd": Relayd, "mosquitto": Mosquitto}
 
 
-def parser(description):
+def parser(description, repeat=1):
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--systems", default="relayd,mosquitto",
                    help="comma-separated servers to drive (default: %(default)s)")
+    p.add_argument("--repeat", type=int, default=repeat,
+                   help="runs per server, alternating servers; the median is kept (default: %(default)s)")
     return p
 
 
-def each(bench, names, run, **labels):
-    """``run(server)`` for each named server, started fresh; ``{name: result}``.
+def each(bench, args, run, **labels):
+    """``run(server)`` for each server in ``args.systems``, started fresh,
+    ``args.repeat`` times (servers alternate, so that load from elsewhere on
+    the machine falls on both); ``{name: median result}``.
 
-    Each result is printed as it comes; mosquitto is skipped (and said so)
-    when the package is missing.
+    Each run is printed as it comes, then the medians (``run=median``);
+    mosquitto is skipped (and said so) when the package is missing.
     """
-    results = {}
-    for name in names.split(","):
-        if name == "mosquitto" and not mosquitto.available():
-            emit(bench, system=name, skipped="mosquitto_not_installed", **labels)
-            continue
-        with SYSTEMS[name]() as server:
-            results[name] = run(server)
-        emit(bench, system=name, **labels, **results[name])
+    runs = {}
+    for n in range(args.repeat):
+        for name in args.systems.split(","):
+            if name == "mosquitto" and not mosquitto.available():
+                if n == 0:
+                    emit(bench, system=name, skipped="mosquitto_not_installed", **labels)
+                continue
+            with SYSTEMS[name]() as server:
+                result = run(server)
+            runs.setdefault(name, []).append(result)
+            emit(bench, system=name, run=n + 1, **labels, **result)
+    results = {name: median(found) for name, found in runs.items()}
+    if args.repeat > 1:
+        for name, result in results.items():
+            emit(bench, system=name, run="median", **labels, **result)
     return results
+
+
+def median(results):
+    """Key by key median of result dicts (the upper one of an even count)."""
+    return {key: sorted(r[key] for r in results)[len(results) // 2] for key in results[0]}
 
 
 def check(bench, name, value, target, higher_is_better=True, **labels):

@@ -10,14 +10,14 @@ from bench import loadgen, systems
 
 
 def main(argv=None):
-    p = systems.parser(__doc__)
+    p = systems.parser(__doc__, repeat=3)
     p.add_argument("--receivers", type=int, default=10)
     p.add_argument("--rate", type=float, default=1000.0, help="messages a second")
     p.add_argument("--seconds", type=float, default=5.0, help="measured span per run")
     p.add_argument("--warmup", type=float, default=1.0)
     args = p.parse_args(argv)
     results = systems.each(
-        "tcp_latency", args.systems,
+        "tcp_latency", args,
         lambda server: loadgen.paced(server, args.receivers, args.rate, args.seconds, args.warmup),
         receivers=args.receivers, rate=int(args.rate))
     if "relayd" in results:
