@@ -34,6 +34,7 @@ def stream_service(daemon, description, factory, tls=None):
         if daemon.tls is None:
             raise ValueError(f"listener {description} wants TLS but [tls] is not configured")
         factory = TLSMemoryBIOFactory(daemon.tls, False, factory)
+        daemon.tls.listeners.append(description)
     return strports.service(description, factory, reactor=daemon.reactor)
 
 

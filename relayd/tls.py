@@ -91,6 +91,7 @@ class ServerTLS(MultiService):
         self.file_pool = file_pool
         self.material = None
         self.reloads = 0
+        self.listeners = []  # endpoint strings served with TLS (filled by stream_service)
         if settings.reload_interval > 0:
             timer = TimerService(settings.reload_interval, self.reload)
             timer.clock = reactor
@@ -106,6 +107,9 @@ class ServerTLS(MultiService):
 
     def startService(self):
         self._load_once()
+        if not self.listeners:
+            self.log.warn("[tls] listeners = {names}: no listener of this daemon uses TLS",
+                          names=" ".join(self.settings.listeners))
         super().startService()
 
     def _load_once(self):
@@ -154,7 +158,8 @@ class ServerTLS(MultiService):
         return {"loaded": True, "subject": self.material.subject,
                 "fingerprint": self.material.fingerprint,
                 "not_after": self.material.not_after.isoformat(),
-                "client_certs": self.material.client_certs, "reloads": self.reloads}
+                "client_certs": self.material.client_certs, "reloads": self.reloads,
+                "listeners": self.listeners}
 
     def health(self):
         if self.material is None:

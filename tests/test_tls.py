@@ -14,6 +14,7 @@ import time
 
 from cryptography import x509
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial import unittest
 
@@ -103,6 +104,14 @@ class MaterialTests(unittest.TestCase):
         self.assertIs(tls.material, before)
         self.assertEqual(tls.stats()["client_certs"], "not asked")
 
+    def test_a_tls_section_that_wraps_nothing_is_logged(self):
+        tls = ServerTLS(self.settings(listeners="tpc").tls, MemoryReactorClock(), InlinePool())
+        with capturedLogs() as events:
+            tls.startService()
+        tls.stopService()
+        self.assertIn("[tls] listeners = tpc: no listener of this daemon uses TLS",
+                      [formatEvent(e) for e in events])
+
     def test_reload_interval_picks_up_new_files(self):
         clock = MemoryReactorClock()
         tls = ServerTLS(self.settings(reload_interval="1h").tls, clock, InlinePool())
@@ -128,6 +137,7 @@ class MaterialTests(unittest.TestCase):
         plain = stream_service(daemon, "tcp:9999:interface=127.0.0.1", object())
         self.assertIsInstance(wrapped.factory, TLSMemoryBIOFactory)
         self.assertNotIsInstance(plain.factory, TLSMemoryBIOFactory)
+        self.assertEqual(daemon.tls.listeners, [settings.tcp.listen])
         daemon.tls = None
         self.assertRaises(ValueError, stream_service, daemon, "tcp:1", object(), tls=True)
 
