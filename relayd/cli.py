@@ -37,7 +37,11 @@ def _admin_target(config_path):
     admin = settings.get("admin")
     if admin is None:
         raise CommandError(f"{config_path} has no [admin] section: the console is not enabled")
-    host, port = tcp_address(admin.listen)
+    try:
+        host, port = tcp_address(admin.listen)
+    except ValueError:
+        raise CommandError(f"[admin] listen = {admin.listen}: relayd admin reaches tcp: "
+                           "listeners only; use ssh directly") from None
     host_key = admin.host_key or os.path.join(settings.relay.data_dir, HOST_KEY_FILE)
     try:
         with open(host_key + ".pub", encoding="ascii") as f:

@@ -59,6 +59,13 @@ class AdminUsageTests(unittest.TestCase):
         self.assertEqual(code, 2)
         self.assertIn("has no [admin] section", err)
 
+    def test_a_listener_ssh_cannot_reach(self):
+        relay = Relayd(self, "[relay]\ndata_dir = {data_dir}\n[admin]\nlisten = unix:/tmp/x.sock\n"
+                             "authorized_keys = {workdir}/relay.ini\n")
+        code, _, err = relayd_admin("--config", relay.config, "stats()")
+        self.assertEqual(code, 2)
+        self.assertIn("relayd admin reaches tcp: listeners only", err)
+
     def test_daemon_never_started(self):
         relay = Relayd(self, "[relay]\ndata_dir = {data_dir}\n[admin]\n"
                              "authorized_keys = {workdir}/relay.ini\n")
