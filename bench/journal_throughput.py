@@ -23,6 +23,8 @@ from twisted.internet import reactor
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from relayd.filepool import FilePool  # noqa: E402
+from relayd.journal import segments  # noqa: E402
+from relayd.journal.replay import replay  # noqa: E402
 from relayd.journal.service import Journal  # noqa: E402
 
 
@@ -88,7 +90,7 @@ def run(args):
         shutil.rmtree(directory, ignore_errors=True)
         sys.exit(f"timed out after {args.timeout}s with {state['acked']} of {args.lines} acked")
     replay_start = time.perf_counter()
-    Journal(directory, None, reactor, NoRecords()).privilegedStartService()
+    replay(directory, segments.scan(directory), NoRecords().restore)
     replay_seconds = time.perf_counter() - replay_start
     shutil.rmtree(directory, ignore_errors=True)
     count = registry.get_sample_value("relayd_journal_batch_records_count")

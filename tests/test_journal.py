@@ -9,7 +9,10 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial import unittest
 
+from relayd.journal import segments
 from relayd.journal.commit import JournalClosed
+from relayd.journal.lock import JournalLocked
+from relayd.journal.replay import replay
 from relayd.journal.service import Journal
 
 
@@ -56,9 +59,21 @@ def line(n):
     return json.dumps({"n": n, "body": "x" * 10}).encode()
 
 
+def replay_directory(directory):
+    """A Consumer fed with a replay of ``directory`` (the service is not started)."""
+    consumer = Consumer()
+    consumer.restore_done(replay(directory, segments.scan(directory), consumer.restore))
+    return consumer
+
+
+def segment_files(directory):
+    """The segment file names in ``directory``, oldest first."""
+    return [s.name for s in segments.scan(directory)]
+
+
 def read_lines(directory):
     out = []
-    for name in sorted(n for n in os.listdir(directory) if n.endswith(".jsonl")):
+    for name in segment_files(directory):
         with open(os.path.join(directory, name), "rb") as f:
             out.extend(f.read().splitlines())
     return out
@@ -256,14 +271,14 @@ class LifecycleTests(JournalTestMixin, unittest.TestCase):
         for n in range(3):
             journal.append(line(n))
         self.successResultOf(journal.stopService())
-        first = sorted(os.listdir(self.directory))
+        first = segment_files(self.directory)
         journal = self.make()
         self.assertEqual(self.consumer.records, [json.loads(line(n)) for n in range(3)])
         self.assertEqual(self.consumer.report.records, 3)
         self.assertEqual(self.consumer.report.segments, 1)
         journal.append(line(3))
         self.clock.advance(0)
-        now = sorted(os.listdir(self.directory))
+        now = segment_files(self.directory)
         self.assertEqual(len(now), 2)
         self.assertEqual(now[0], first[0])
         self.assertEqual(journal.stats()["segments"], 2)
@@ -275,6 +290,15 @@ class LifecycleTests(JournalTestMixin, unittest.TestCase):
         self.addCleanup(self.stop, journal)
         self.assertEqual(self.consumer.report.records, 0)
         self.assertTrue(os.path.isdir(self.directory))
+
+    def test_one_daemon_per_journal_directory(self):
+        first = self.make()
+        second = Journal(self.directory, InlinePool(), Clock(), Consumer())
+        error = self.assertRaises(JournalLocked, second.privilegedStartService)
+        self.assertIn("in use by another relayd", str(error))
+        self.successResultOf(first.stopService())
+        second.privilegedStartService()
+        self.successResultOf(second.stopService())
 
     def test_name(self):
         self.assertEqual(self.make(start=False).name, "journal")
@@ -332,7 +356,7 @@ class WriteErrorTests(JournalTestMixin, unittest.TestCase):
         journal._writer._write = real
         journal.append(line(3))
         self.clock.advance(0)
-        self.assertEqual(len(os.listdir(self.directory)), 2, "a new segment after the failure")
+        self.assertEqual(len(segment_files(self.directory)), 2, "a new segment after the failure")
         self.assertEqual(read_lines(self.directory), [line(1), line(3)])
 
     def test_unwritable_directory_fails_and_recovers(self):

@@ -9,7 +9,7 @@ from twisted.trial import unittest
 
 from relayd.journal import replay as replay_module, segments
 from relayd.journal.replay import check
-from tests.test_journal import JournalTestMixin, line, read_lines
+from tests.test_journal import JournalTestMixin, line, read_lines, segment_files
 
 
 def good(n):
@@ -93,7 +93,7 @@ class ReplayTests(JournalTestMixin, unittest.TestCase):
         journal.append(line(3))
         self.clock.advance(0)
         self.successResultOf(journal.stopService())
-        self.assertEqual(sorted(os.listdir(self.directory)),
+        self.assertEqual(segment_files(self.directory),
                          [segments.segment_name(1), segments.segment_name(2)])
         self.make()
         self.assertEqual(self.replayed(), [1, 3])

@@ -4,7 +4,7 @@ import os
 from twisted.trial import unittest
 
 from relayd.journal import retention, segments
-from tests.test_journal import JournalTestMixin, line, read_lines
+from tests.test_journal import JournalTestMixin, line, read_lines, segment_files
 
 
 class SelectTests(unittest.TestCase):
@@ -60,7 +60,7 @@ class RollingAndPruningTests(JournalTestMixin, unittest.TestCase):
         for n in range(10):
             journal.append(line(n) + b" " * 100)
             self.clock.advance(0)
-        names = sorted(os.listdir(self.directory))
+        names = segment_files(self.directory)
         self.assertEqual(len(names), 5)
         self.assertEqual(names, [segments.segment_name(i) for i in range(1, 6)])
         self.assertEqual(read_lines(self.directory), [line(n) + b" " * 100 for n in range(10)])
@@ -75,7 +75,7 @@ class RollingAndPruningTests(JournalTestMixin, unittest.TestCase):
         self.assertEqual([r["segment"] for r in summary["removed"]],
                          [segments.segment_name(1), segments.segment_name(2)])
         self.assertEqual({r["reason"] for r in summary["removed"]}, {"age"})
-        self.assertEqual(sorted(os.listdir(self.directory)),
+        self.assertEqual(segment_files(self.directory),
                          [segments.segment_name(3), segments.segment_name(4)])
         self.assertEqual((summary["segments"], journal.stats()["segments"]), (2, 2))
         self.assertEqual(self.registry.get_sample_value("relayd_journal_pruned_segments_total"), 2)
@@ -101,9 +101,9 @@ class RollingAndPruningTests(JournalTestMixin, unittest.TestCase):
     def test_pruning_runs_on_a_timer(self):
         journal = self.make(segment_size=1, retention=15, prune_interval=60)
         self.fill(journal, 3)        # t = 0, 10, 20; now = 30
-        self.assertEqual(len(os.listdir(self.directory)), 3)
+        self.assertEqual(len(segment_files(self.directory)), 3)
         self.clock.advance(30)       # t = 60: all three are older than 15 s
-        self.assertEqual(os.listdir(self.directory), [])
+        self.assertEqual(segment_files(self.directory), [])
         self.assertEqual(self.registry.get_sample_value("relayd_journal_prunes_total"), 2)
 
     def test_old_segments_found_at_start_are_aged_by_mtime(self):

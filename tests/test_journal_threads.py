@@ -18,7 +18,7 @@ from twisted.trial import unittest
 
 from relayd.filepool import FilePool
 from relayd.journal.service import Journal
-from tests.test_journal import Consumer
+from tests.test_journal import Consumer, replay_directory, segment_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,10 +51,9 @@ class RealThreadTests(unittest.TestCase):
                 yield deferLater(reactor, 0, lambda: None)
         yield stop(pool, journal)
         self.assertEqual(acks, list(range(20000)))
-        consumer = Consumer()
-        Journal(directory, None, reactor, consumer).privilegedStartService()
+        consumer = replay_directory(directory)
         self.assertEqual([r["n"] for r in consumer.records], list(range(20000)))
-        self.assertEqual(consumer.report.segments, len(os.listdir(directory)))
+        self.assertEqual(consumer.report.segments, len(segment_files(directory)))
         self.assertEqual(consumer.report.skipped, [])
 
     @defer.inlineCallbacks
@@ -73,8 +72,7 @@ class RealThreadTests(unittest.TestCase):
         acks = [journal.append(b'{"n": %d}' % n) for n in range(500)]
         yield stop(pool, journal)
         yield defer.gatherResults(acks)
-        consumer = Consumer()
-        Journal(directory, None, reactor, consumer).privilegedStartService()
+        consumer = replay_directory(directory)
         self.assertEqual(consumer.report.records, 500)
 
 
@@ -101,8 +99,7 @@ class CrashTests(unittest.TestCase):
         output += child.stdout.read()
         acked = [int(n) for n in output.split(b"\n")[:-1]]
         self.assertGreaterEqual(len(acked), 20000, "the child did not ack enough lines in time")
-        consumer = Consumer()
-        Journal(directory, None, reactor, consumer).privilegedStartService()
+        consumer = replay_directory(directory)
         replayed = [r["n"] for r in consumer.records]
         self.assertEqual(replayed, list(range(len(replayed))), "replay keeps order, no gaps")
         self.assertGreaterEqual(len(replayed), max(acked) + 1, "every acked line survived")

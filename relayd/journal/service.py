@@ -10,7 +10,7 @@ from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from relayd.journal import segments
+from relayd.journal import lock, segments
 from relayd.journal.commit import GroupCommit
 from relayd.journal.metrics import JournalMetrics
 from relayd.journal.replay import replay
@@ -50,6 +50,7 @@ class Journal(Service):
         self.max_size = max_size
         self.prune_interval = prune_interval
         self.report = None
+        self._lock = None
         self.records_written = 0
         self.bytes_written = 0
         self.segment_count = 0
@@ -95,6 +96,7 @@ class Journal(Service):
 
     def _replay(self):
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        self._lock = lock.acquire(self.directory)
         found = segments.scan(self.directory)
         report = self.report = replay(self.directory, found, self.consumer.restore)
         self._writer.load(found)
@@ -107,11 +109,18 @@ class Journal(Service):
 
     def _closed(self, _):
         self.last_fsync = self.clock.seconds()
+        self._unlock()
         self.log.info("journal: closed after {records} records", records=self.records_written)
 
     def _close_failed(self, failure):
         self.last_error = failure.getErrorMessage()
         self.log.failure("journal: final fsync/close failed", failure)
+        self._unlock()
+
+    def _unlock(self):
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     # --- appends ------------------------------------------------------------------
 
