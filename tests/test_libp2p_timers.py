@@ -1,4 +1,4 @@
-"""Relay timers on a Clock, connections in memory (iosim): expiry, duration, timeouts."""
+"""Relay logic in memory (iosim) on a Clock: expiry, duration, timeouts, idle, early bytes."""
 import itertools
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -10,9 +10,9 @@ from twisted.test import iosim
 from twisted.trial import unittest
 
 from relayd import config
-from relayd.libp2p import messages as m
+from relayd.libp2p import messages as m, varint
 from relayd.libp2p.events import RelayEvents
-from relayd.libp2p.peer import Peer, Pipe
+from relayd.libp2p.peer import Peer, Pipe, Request
 from relayd.libp2p.peerid import KeyPair
 from relayd.libp2p.relay import Relay
 from relayd.libp2p.service import Libp2pFactory
@@ -171,6 +171,24 @@ class TimerTests(unittest.TestCase):
         h.settle()
         self.assertEqual(h.relay.reservations()[0]["peer"], str(a.keypair.peer_id))
         self.assertEqual([c.remote_peer for c in h.factory.connections], [a.keypair.peer_id])
+
+    def test_bytes_sent_before_the_circuit_is_up_are_kept(self):
+        h = Harness()
+        a, b = h.peer(), h.peer()
+        h.result(a.reserve())
+        arriving = a.next_circuit()
+        pipe_b = Pipe()
+
+        class Eager(Request):
+            def stream_opened(self, stream):
+                self.stream = stream
+                stream.write(varint.prefixed(self.message) + b"early bytes")
+        request = Eager(m.hop(m.CONNECT, peer=m.peer(a.keypair.peer_id)), m.decode_hop, pipe_b)
+        b.connection.open_protocol(m.HOP_PROTOCOL_ID, request)
+        self.assertEqual(h.result(request.reply)[2], m.OK)
+        pipe_a = h.result(arriving)
+        h.settle()
+        self.assertEqual(bytes(pipe_a.received), b"early bytes")
 
     def test_rate_limiter_window_slides(self):
         h = Harness("circuit_rate = 2\nrate_window = 10\n")
