@@ -260,6 +260,7 @@ SCHEMA = {
         "key": F(optional_string, ""),
         "key_file": F(optional(path), ""),
         "fingerprint": F(optional_string, ""),
+        "tls_fingerprint": F(optional_string, ""),
     },
     "tor": {
         "control_port": F(optional(client_endpoint), ""),

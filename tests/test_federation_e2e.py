@@ -12,6 +12,8 @@ import signal
 import socket
 import time
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from twisted.trial import unittest
 
 from relayd import tls_ca
@@ -310,10 +312,17 @@ class FaultTests(unittest.TestCase):
             self.assertEqual(fed.client(i, "carol").welcome["pending"], 0)
 
 
+def cert_fingerprint(pem_path):
+    with open(pem_path, "rb") as f:
+        cert = x509.load_pem_x509_certificate(f.read())
+    return "sha256:" + cert.fingerprint(hashes.SHA256()).hex()
+
+
 class MutualTLSTests(unittest.TestCase):
     def test_link_over_mutual_tls(self):
         """relay2's federation listener wants TLS with a client certificate from
-        the private CA (``relayd ca``); relay1 dials it with ``tls:``."""
+        the private CA (``relayd ca``); relay1 dials it with ``tls:``; each
+        pins the other's certificate fingerprint."""
         ca = os.path.abspath(self.mktemp())
         tls_ca.init_ca(ca)
         certs = os.path.abspath(self.mktemp())
@@ -325,6 +334,9 @@ class MutualTLSTests(unittest.TestCase):
             dst.write(src.read())
         fed = Federation(self, 2, [(0, 1)])
         relay1, relay2 = fed.relays
+        for relay, other in ((relay1, "relay2"), (relay2, "relay1")):
+            with open(relay.config, "a") as f:      # the last section is [peer:<other>]
+                f.write(f"tls_fingerprint = {cert_fingerprint(issued[other][0])}\n")
         with open(relay1.config) as f:
             text = f.read()
         plain = f"endpoint = tcp:127.0.0.1:{fed.ports[1]['fed']}"

@@ -6,8 +6,11 @@ so the catch-up reads run against real segment files.
 """
 import json
 import os
+from dataclasses import replace
 from types import SimpleNamespace
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import CollectorRegistry
 from twisted.internet import defer
@@ -492,3 +495,50 @@ class StalledPeerTests(unittest.TestCase):
             clock.advance(15)
             pump.flush()
         self.assertEqual(client.state, "closed")
+
+
+class PinnedCertificateTests(unittest.TestCase):
+    """A peer with ``tls_fingerprint`` must present exactly that certificate."""
+
+    def setUp(self):
+        from relayd import tls_ca
+        ca = self.mktemp()
+        tls_ca.init_ca(ca)
+        self.certs = {}
+        for name in ("good", "other"):
+            cert_path, _ = tls_ca.issue(ca, name)
+            with open(cert_path, "rb") as f:
+                self.certs[name] = x509.load_pem_x509_certificate(f.read())
+        self.clock = Clock()
+        self.a = Relay(self, "relay1", self.clock)
+        self.b = Relay(self, "relay2", self.clock)
+        self.a.trust(self.b)
+        self.b.trust(self.a)
+        pin = "sha256:" + self.certs["good"].fingerprint(hashes.SHA256()).hex()
+        self.b.hub.peers["relay1"] = replace(self.b.hub.peers["relay1"], tls_fingerprint=pin)
+
+    def connect(self, presented):
+        link = Link(self.b.hub)
+        transport = iosim.FakeTransport(link, isServer=True)
+        cert = None if presented is None else SimpleNamespace(
+            to_cryptography=lambda: self.certs[presented])
+        transport.getPeerCertificate = lambda: cert
+        link.makeConnection(transport)
+        hello = Link(self.a.hub, expected="relay2")
+        hello.makeConnection(iosim.FakeTransport(hello, isServer=False))
+        link.dataReceived(json.dumps(hello.handshake.hello()).encode() + b"\n")
+        return link, b"".join(transport.stream)
+
+    def test_pinned_certificate_is_accepted(self):
+        link, sent = self.connect("good")
+        self.assertEqual(link.state, "auth")
+
+    def test_other_certificate_is_refused(self):
+        link, sent = self.connect("other")
+        self.assertEqual(link.state, "closed")
+        self.assertIn(b"not the pinned one", sent)
+
+    def test_no_certificate_is_refused(self):
+        link, sent = self.connect(None)
+        self.assertEqual(link.state, "closed")
+        self.assertIn(b"presented none", sent)

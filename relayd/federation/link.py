@@ -5,8 +5,10 @@ bytes.  Until the handshake has succeeded only ``hello`` and ``auth`` are
 read; afterwards every frame goes to the hub.  A link that stays silent
 for ``dead_after`` seconds is dropped (each side pings every ``keepalive``).
 """
+import hashlib
 import json
 
+from cryptography.hazmat.primitives import serialization
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory
@@ -94,6 +96,8 @@ class Link(LineReceiver):
             peer, auth = self.handshake.receive_hello(frame, self.hub.find_peer)
             if self.expected is not None and peer.name != self.expected:
                 raise HandshakeError(f"dialled {self.expected!r} but {peer.name!r} answered")
+            if peer.tls_fingerprint is not None:
+                self._check_certificate(peer)
             self.peer = peer
             self.state = AUTH
             self.send(auth)
@@ -110,6 +114,18 @@ class Link(LineReceiver):
             raise HandshakeError(f"the other side refused: {frame.get('message')}")
         else:
             raise HandshakeError(f"unexpected {kind!r} frame during the handshake")
+
+    def _check_certificate(self, peer):
+        """The peer's TLS certificate must have its pinned SHA-256 fingerprint."""
+        get = getattr(self.transport, "getPeerCertificate", None)
+        cert = get() if get is not None else None
+        if cert is None:
+            raise HandshakeError(f"relay {peer.name!r} has a pinned TLS certificate "
+                                 f"but the link presented none")
+        der = cert.to_cryptography().public_bytes(serialization.Encoding.DER)
+        if "sha256:" + hashlib.sha256(der).hexdigest() != peer.tls_fingerprint:
+            raise HandshakeError(f"relay {peer.name!r} presented a TLS certificate that is "
+                                 f"not the pinned one")
 
     def _tick(self):
         """Handshake timeout, then keepalive and dead-link detection."""

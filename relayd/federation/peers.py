@@ -2,7 +2,8 @@
 
 A peer is a relay id, an endpoint to dial and the identity it must prove:
 its Ed25519 public key (``key``, base64) or that key's fingerprint
-(``sha256:<hex>``).  A peer without one is refused: relayed messages are
+(``sha256:<hex>``), and optionally the SHA-256 fingerprint of the TLS
+certificate its link must present.  A peer without one is refused: relayed messages are
 only accepted from authenticated peers.
 """
 import base64
@@ -28,10 +29,24 @@ class PeerError(Exception):
 class Peer:
     name: str
     endpoint: str
-    fingerprint: str          # sha256:<hex> of the raw Ed25519 public key
+    fingerprint: str                  # sha256:<hex> of the raw Ed25519 public key
+    tls_fingerprint: str = None       # sha256:<hex> of its TLS certificate (DER), if pinned
 
     def accepts(self, public_bytes):
         return fingerprint(public_bytes) == self.fingerprint
+
+
+def tls_pin(text, where):
+    """``sha256:<hex>`` from ``sha256:<hex>`` or openssl's ``AB:CD:...`` form, or None."""
+    if not text:
+        return None
+    value = text.strip().lower()
+    value = value[len("sha256:"):] if value.startswith("sha256:") else value
+    value = value.replace(":", "")
+    if not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise PeerError(f"{where}: tls_fingerprint must be a SHA-256 certificate fingerprint "
+                        f"(sha256:<64 hex>, or openssl's AB:CD:... form)")
+    return "sha256:" + value
 
 
 def fingerprint(public_bytes):
@@ -88,7 +103,8 @@ def from_sections(named):
                 raise PeerError(f"{where}: give key or key_file, not both")
             key = read_key_file(section.key_file, where)
         peers[name] = Peer(name, section.endpoint,
-                           expected_fingerprint(key, section.fingerprint, where))
+                           expected_fingerprint(key, section.fingerprint, where),
+                           tls_pin(section.tls_fingerprint, where))
     return peers
 
 
@@ -129,7 +145,8 @@ def parse_relays_json(text, source, own_id):
         if relay_id in peers:
             raise PeerError(f"{where}: listed twice")
         peers[relay_id] = Peer(relay_id, tcp_endpoint(ip, port), expected_fingerprint(
-            item.get("key"), item.get("fingerprint"), where))
+            item.get("key"), item.get("fingerprint"), where),
+            tls_pin(item.get("tls_fingerprint"), where))
     return peers
 
 
