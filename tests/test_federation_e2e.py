@@ -165,20 +165,30 @@ class Federation:
         for c in self.clients:
             c.close()
 
-    def message_ids(self, i):
-        """The msg_ids in relay ``i``'s journal (written to the OS before each ack)."""
+    def records(self, i):
+        """Relay ``i``'s journal records (written to the OS before each ack)."""
         directory = os.path.join(self.relays[i].data_dir, "journal")
-        ids = set()
         for name in sorted(os.listdir(directory)):
             with open(os.path.join(directory, name), "rb") as f:
                 for line in f:
                     try:
-                        record = json.loads(line)
+                        yield json.loads(line)
                     except ValueError:
                         continue
-                    if "from" in record and "msg_id" in record:
-                        ids.add(record["msg_id"])
-        return ids
+
+    def message_ids(self, i):
+        return {r["msg_id"] for r in self.records(i) if "from" in r and "msg_id" in r}
+
+    def wait_receipts(self, peer, count, timeout=DEADLINE):
+        """Until every running relay journalled ``count`` delivery receipts for ``peer``."""
+        deadline = time.monotonic() + timeout
+        running = [i for i, r in enumerate(self.relays) if r.process is not None]
+        while time.monotonic() < deadline:
+            if all(len({r["receipt"] for r in self.records(i) if r.get("to") == peer
+                        and "receipt" in r}) >= count for i in running):
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"receipts for {peer} did not reach every relay")
 
     def converged(self, expected_count, timeout=DEADLINE):
         deadline = time.monotonic() + timeout
@@ -236,7 +246,7 @@ class TopologyTests(unittest.TestCase):
         self.assertEqual(zed.welcome["pending"], 1)
         self.assertEqual(zed.bodies(), ["stored for zed"])
         zed.close()
-        time.sleep(0.5)                # the receipt travels to relay1 and relay2
+        fed.wait_receipts("zed", 1)    # the receipt travels to relay1 and relay2
         for i in (0, 1):
             again = fed.client(i, "zed")
             self.assertEqual(again.welcome["pending"], 0)
@@ -307,7 +317,7 @@ class FaultTests(unittest.TestCase):
         assert_exactly_once(self, carol, [f"to carol {k}" for k in range(20, 40)])
         fed.converged(80)
         carol.close()
-        time.sleep(0.5)
+        fed.wait_receipts("carol", 20)
         for i in (0, 1):
             self.assertEqual(fed.client(i, "carol").welcome["pending"], 0)
 
