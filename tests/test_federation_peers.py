@@ -141,6 +141,13 @@ class OnionEndpointTests(unittest.TestCase):
         self.assertIsInstance(peers.client_endpoint(reactor, "tcp:127.0.0.1:55765"),
                               endpoints.TCP4ClientEndpoint)
 
+    def test_onion_peer_needs_tor_socks_in_the_config(self):
+        s = config.parse("[federation]\n[peer:relay2]\nendpoint = tcp:%s.onion:55765\n"
+                         "key = %s\n" % ("b" * 56, identity("relay2").public_b64))
+        with self.assertRaises(peers.PeerError) as e:
+            peers.load(s)
+        self.assertIn("tor_socks", str(e.exception))
+
     def test_onion_without_socks_is_an_error(self):
         with self.assertRaises(peers.PeerError) as e:
             peers.client_endpoint(MemoryReactorClock(), "tcp:abc.onion:1")

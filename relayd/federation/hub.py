@@ -79,21 +79,21 @@ class Hub:
         self.identity = None           # set when the service starts
         self.peers = {}                # name -> Peer (the trusted set)
         self.links = {}                # name -> [Link] that are up, oldest first
-        self.stats = {}                # name -> PeerStats
+        self._stats = {}               # name -> PeerStats
         self.recent = deque(maxlen=RECENT_ITEMS)   # items not necessarily on disk yet
         self._pending = {}             # msg_id -> (origin, seq) while the router journals it
         self._early = OrderedDict()    # msg_id -> receipt record, for receipts that beat their message
         self.hop_limited = 0
         self._since_checkpoint = 0
-        self._serving = {}             # link -> True while a catch-up read runs, "again" if asked meanwhile
+        self._serving = {}             # link -> None while a catch-up read runs, or the request to serve next
 
     def find_peer(self, name):
         return self.peers.get(name)
 
     def peer_stats(self, name):
-        stats = self.stats.get(name)
+        stats = self._stats.get(name)
         if stats is None:
-            stats = self.stats[name] = PeerStats()
+            stats = self._stats[name] = PeerStats()
         return stats
 
     # --- links --------------------------------------------------------------------
@@ -111,7 +111,7 @@ class Hub:
         self.metrics.links.labels(name).inc()
         self.metrics.connects.labels(name).inc()
         self.log.info("federation: link to {peer} up ({address})", peer=name,
-                      address=link._address())
+                      address=link.address())
         if len(links) == 1:
             self.ask_sync(link)
 

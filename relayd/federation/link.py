@@ -87,7 +87,7 @@ class Link(LineReceiver):
         except HandshakeError as e:
             self.hub.metrics.refused.inc()
             self.log.warn("federation: refused a link from {address} ({expected}): {why}",
-                          address=self._address(), expected=self.expected or "inbound", why=str(e))
+                          address=self.address(), expected=self.expected or "inbound", why=str(e))
             self.fail("auth_failed", str(e))
 
     def _handshake(self, frame):
@@ -182,7 +182,7 @@ class Link(LineReceiver):
             self.ready.errback(HandshakeError(f"link closed before authentication: "
                                               f"{reason.getErrorMessage()}"))
 
-    def _address(self):
+    def address(self):
         peer = self.transport.getPeer()
         return f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
 

@@ -166,6 +166,10 @@ def load(settings):
                 raise PeerError(f"{path}: relay {name!r} is also a [peer:{name}] section")
             peers[name] = peer
     peers.pop(own, None)
+    for peer in peers.values():
+        if onion_target(peer.endpoint) is not None and not settings.federation.tor_socks:
+            raise PeerError(f"peer {peer.name}: {peer.endpoint} is a .onion address; "
+                            f"set [federation] tor_socks to Tor's SOCKS port")
     return peers
 
 
