@@ -241,6 +241,15 @@ class ThreeRelays(unittest.TestCase):
         self.clock = Clock()
         self.r = [Relay(self, f"relay{i}", self.clock) for i in (1, 2, 3)]
 
+    def relay_broadcasts(self, count, prefix="m"):
+        """Link relay1 - relay2 and broadcast ``count`` messages from relay1."""
+        _, _, pump = join(self.r[0], self.r[1])
+        alice = self.r[0].client("alice")
+        for i in range(count):
+            self.r[0].send(alice, "*", f"{prefix}{i}")
+        flush(pump)
+        return pump
+
 
 class ForwardingTests(ThreeRelays):
     def line(self):
@@ -431,11 +440,7 @@ class CatchUpTests(ThreeRelays):
         self.assertEqual(bob.bodies(), ["old"])
 
     def test_cursors_survive_a_restart(self):
-        _, _, pump = join(self.r[0], self.r[1])
-        alice = self.r[0].client("alice")
-        for i in range(4):
-            self.r[0].send(alice, "*", f"m{i}")
-        flush(pump)
+        self.relay_broadcasts(4)
         self.r[1].restart()
         self.assertEqual(self.r[1].index.wants(), {"relay1": [4, []]})
         self.r[0].restart()
@@ -445,11 +450,7 @@ class CatchUpTests(ThreeRelays):
 
 class CheckpointTests(ThreeRelays):
     def test_cursors_outlive_pruned_segments(self):
-        _, _, pump = join(self.r[0], self.r[1])
-        alice = self.r[0].client("alice")
-        for i in range(5):
-            self.r[0].send(alice, "*", f"m{i}")
-        flush(pump)
+        self.relay_broadcasts(5)
         self.r[1].hub.checkpoint()
         with open(self.r[1].journal.path, "rb") as f:
             lines = f.readlines()
@@ -459,11 +460,7 @@ class CheckpointTests(ThreeRelays):
         self.assertEqual(self.r[1].index.wants(), {"relay1": [5, []]})
 
     def test_a_relay_that_lost_its_journal_does_not_reuse_seqs(self):
-        _, _, pump = join(self.r[0], self.r[1])
-        alice = self.r[0].client("alice")
-        for i in range(3):
-            self.r[0].send(alice, "*", f"old {i}")
-        flush(pump)
+        self.relay_broadcasts(3, "old ")
         os.remove(self.r[0].journal.path)
         self.r[0].restart()
         bob = self.r[1].client("bob")
