@@ -37,6 +37,7 @@ listen = tcp:{port}:interface={host}
 max_circuits = 100000
 max_circuits_per_peer = 100000
 max_connections = 100000
+max_connections_per_ip = 100000
 circuit_bytes = 0
 circuit_rate = 100000
 """
