@@ -384,6 +384,31 @@ class StartTests(unittest.TestCase):
         self.assertIn("ignored 1 comment line", output)
 
 
+class RelaysJsonTests(unittest.TestCase):
+    def test_one_relays_json_shared_by_every_relay(self):
+        """The seed's file lists every relay, itself included, plus each "key"."""
+        fed = Federation(self, 3, [])
+        entries = []
+        for name, ports, relay in zip(fed.names, fed.ports, fed.relays):
+            key, _ = load_or_create(os.path.join(relay.data_dir, "identity.key"))
+            entries.append({"id": name, "ip": "127.0.0.1", "port": ports["fed"],
+                            "key": Identity(name, key).public_b64})
+        path = os.path.abspath(os.path.join(self.mktemp() + ".json"))
+        with open(path, "w") as f:
+            json.dump(entries, f)
+        for relay in fed.relays:
+            with open(relay.config, "a") as f:
+                f.write(f"peers_file = {path}\n")     # the last section is [federation]
+        fed.start()
+        fed.links_up(0, 2)
+        users = [fed.client(i, f"user{i + 1}") for i in range(3)]
+        users[0].send("*", "to everyone")
+        users[2].send("user2", "to user2")
+        wait_all(users, lambda: len(users[1].messages) == 2 and users[2].messages)
+        assert_exactly_once(self, users[1], ["to everyone", "to user2"])
+        assert_exactly_once(self, users[2], ["to everyone"])
+
+
 class ReloadTests(unittest.TestCase):
     def test_peers_added_and_removed_on_sighup(self):
         fed = Federation(self, 2, [])
