@@ -45,19 +45,22 @@ class _Collect(protocol.ProcessProtocol):
                             reason.value.exitCode))
 
 
-def spawn(args, stdin=None):
-    """Run relay-chat with ``args``; a (process protocol, Deferred of (out, err, code))."""
+def spawn(testcase, args, stdin=None):
+    """Run relay-chat with ``args``; a Deferred of (out, err, code).
+
+    The process is killed at cleanup if it is still running (a failed test).
+    """
     proc = _Collect(stdin)
     argv = command() + list(args)
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     reactor.spawnProcess(proc, argv[0], argv, env=env, path=REPO)
-    if stdin is None:
-        proc.done.addBoth(lambda r: r)
-    return proc, proc.done
 
-
-def run(*args, stdin=None):
-    return spawn(args, stdin)[1]
+    def reap():
+        if not proc.done.called:
+            proc.transport.signalProcess("KILL")
+            return proc.done
+    testcase.addCleanup(reap)
+    return proc.done
 
 
 class OptionTests(SynchronousTestCase):
@@ -129,8 +132,11 @@ class SubprocessTests(TestCase):
         self.addCleanup(self.port.stopListening)
         self.server = f"127.0.0.1:{self.port.getHost().port}"
 
+    def relay_chat(self, *args, stdin=None):
+        return spawn(self, args, stdin)
+
     def chat(self, *args, **kw):
-        return run("--server", self.server, *args, **kw)
+        return self.relay_chat("--server", self.server, *args, **kw)
 
     async def wait_for(self, predicate):
         for _ in range(400):
@@ -157,8 +163,7 @@ class SubprocessTests(TestCase):
 
     @defer.inlineCallbacks
     def test_listen_prints_json_and_exits_after_count(self):
-        proc, done = spawn(["--server", self.server, "--id", "bob", "listen", "--count", "2",
-                            "--json", "--timeout", "30"])
+        done = self.chat("--id", "bob", "listen", "--count", "2", "--json", "--timeout", "60")
         yield defer.ensureDeferred(self.wait_for(lambda: "bob" in self.relay.sessions))
         session = self.relay.sessions["bob"]
         msg = {"type": "message", "from": "alice", "to": "bob", "body": "one",
@@ -193,7 +198,7 @@ class SubprocessTests(TestCase):
     def test_cannot_connect_exits_2(self):
         port = self.port.getHost().port
         yield self.port.stopListening()
-        out, err, code = yield run("--server", f"127.0.0.1:{port}", "peers")
+        out, err, code = yield self.relay_chat("--server", f"127.0.0.1:{port}", "peers")
         self.assertEqual(code, 2)
         self.assertIn("cannot connect", err)
 
@@ -215,13 +220,13 @@ class SubprocessTests(TestCase):
     @defer.inlineCallbacks
     def test_genkey_then_prove_the_id(self):
         path = os.path.abspath(self.mktemp())
-        out, err, code = yield run("genkey", path)
+        out, err, code = yield self.relay_chat("genkey", path)
         self.assertEqual(code, 0, err)
         public = out.strip()
         out, err, code = yield self.chat("--id", "carol", "--key", path, "peers")
         self.assertEqual(code, 0, err)
         self.assertEqual(base64.b64encode(self.relay.owners["carol"]).decode(), public)
         self.assertIn("key proved", err)
-        out, err, code = yield run("genkey", path)
+        out, err, code = yield self.relay_chat("genkey", path)
         self.assertEqual(code, 1)
         self.assertIn("refusing to overwrite", err)

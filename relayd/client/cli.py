@@ -263,11 +263,12 @@ async def cmd_rooms(reactor, args):
 
 async def cmd_history(reactor, args):
     request = {"type": "history", "limit": args.limit}
+    session = await connect(reactor, args)
     if args.room:
         request["room"] = room_name(args.room)
+        await answer(reactor, args, session, {"type": "join", "room": request["room"]})
     else:
         request["with"] = args.with_
-    session = await connect(reactor, args)
     for msg in (await answer(reactor, args, session, request)).get("messages", []):
         out(json.dumps(msg) if args.json else message_line(msg))
     await finish(session)
