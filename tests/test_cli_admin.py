@@ -4,12 +4,12 @@ import subprocess
 import sys
 
 from twisted.cred.credentials import UsernamePassword
-from twisted.cred.checkers import FilePasswordDB
 from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from relayd import cli
-from relayd.ops.manhole import bcrypt_hash
+from relayd.ops.manhole import BcryptPasswords
 from tests.daemon import REPO, Relayd
 from tests.test_ops_support import NO_SSH, OpsRelay, ssh_key
 
@@ -73,15 +73,18 @@ class AdminUsageTests(unittest.TestCase):
         self.assertEqual(code, 2)
         self.assertIn("has the daemon been started with [admin] once?", err)
 
+    @defer.inlineCallbacks
     def test_admin_password_line_is_accepted_by_the_checker(self):
         answers = iter(["correct horse", "correct horse"])
         self.patch(cli.getpass, "getpass", lambda prompt: next(answers))
         path = self.mktemp()
         with open(path, "w") as f:
+            f.write("other:not-a-hash\n")
             self.patch(sys, "stdout", f)
             self.assertEqual(cli.main(["admin-password", "ops"]), 0)
-        checker = FilePasswordDB(path, hash=bcrypt_hash)
-        self.assertEqual(self.successResultOf(
-            checker.requestAvatarId(UsernamePassword(b"ops", b"correct horse"))), b"ops")
-        self.failureResultOf(checker.requestAvatarId(UsernamePassword(b"ops", b"wrong")),
-                             UnauthorizedLogin)
+        checker = BcryptPasswords(path, reactor)
+        user = yield checker.requestAvatarId(UsernamePassword(b"ops", b"correct horse"))
+        self.assertEqual(user, b"ops")
+        for name, password in [(b"ops", b"wrong"), (b"other", b"x"), (b"nobody", b"x")]:
+            with self.assertRaises(UnauthorizedLogin):
+                yield checker.requestAvatarId(UsernamePassword(name, password))

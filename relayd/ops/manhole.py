@@ -26,10 +26,13 @@ from twisted.conch.checkers import SSHPublicKeyChecker, readAuthorizedKeyFile
 from twisted.conch.insults import insults
 from twisted.conch.ssh import keys
 from twisted.cred import portal
-from twisted.cred.checkers import FilePasswordDB
-from twisted.internet import defer, error, task
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer, error, task, threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from relayd.listeners import stream_service
 from relayd.ops.commands import AdminCommands
@@ -64,12 +67,37 @@ def read_authorized_keys(path):
         return list(readAuthorizedKeyFile(f))
 
 
-def bcrypt_hash(username, password, stored):
-    """``FilePasswordDB`` hash function for bcrypt entries."""
-    try:
-        return bcrypt.hashpw(password, stored)
-    except ValueError:
-        return b""
+@implementer(ICredentialsChecker)
+class BcryptPasswords:
+    """Password logins from a file of ``user:$2b$...`` lines.
+
+    The file is read and the bcrypt hash checked on the reactor's thread
+    pool: a deliberate bcrypt takes a quarter second, which the reactor
+    thread (and the file thread, with the journal) must not spend.
+    """
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(self, path, reactor):
+        self.path = path
+        self.reactor = reactor
+
+    def requestAvatarId(self, credentials):
+        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self._check,
+                                         credentials.username, credentials.password)
+
+    def _check(self, username, password):
+        with open(self.path, "rb") as f:
+            for line in f:
+                user, _, hashed = line.strip().partition(b":")
+                if user == username:
+                    try:
+                        if bcrypt.checkpw(password, hashed):
+                            return username
+                    except ValueError:
+                        pass
+                    break
+        raise UnauthorizedLogin(f"bad password for {username!r}")
 
 
 class AuthorizedKeys:
@@ -186,7 +214,7 @@ class ManholeService(MultiService):
         self.authorized = AuthorizedKeys()
         checkers = [SSHPublicKeyChecker(self.authorized)]
         if settings.passwords:
-            checkers.append(FilePasswordDB(settings.passwords, hash=bcrypt_hash))
+            checkers.append(BcryptPasswords(settings.passwords, daemon.reactor))
         commands = AdminCommands(daemon)
         realm = ConsoleRealm(commands.namespace, daemon.reactor)
         self.factory = manhole_ssh.ConchFactory(portal.Portal(realm, checkers))
