@@ -11,9 +11,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet import defer, reactor
+from twisted.protocols import portforward
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.daemon import REPO, Relayd, free_port
+from tests.test_client_cli import spawn
 
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "relay-chat")
 COMMAND = [SCRIPT] if os.path.exists(SCRIPT) else [sys.executable, "-m", "relayd.client"]
@@ -144,6 +147,63 @@ class RelayChatE2E(SynchronousTestCase):
         code, out, err = self.run_chat("--server", f"localhost:{self.port}", "--tls",
                                        "--id", "dave", "peers", server=False)
         self.assertEqual(code, 2, err)                # not trusted by the system store
+
+
+class _AckEatingClient(portforward.ProxyClient):
+    def dataReceived(self, data):
+        proxy = self.peer.factory
+        if proxy.hungry and b'"type": "ack"' in data:
+            proxy.hungry -= 1
+            proxy.eaten += 1
+            self.transport.abortConnection()
+            self.peer.transport.abortConnection()
+            return
+        super().dataReceived(data)
+
+
+class _AckEatingClientFactory(portforward.ProxyClientFactory):
+    protocol = _AckEatingClient
+
+
+class _AckEatingServer(portforward.ProxyServer):
+    clientProtocolFactory = _AckEatingClientFactory
+
+
+class AckEater(portforward.ProxyFactory):
+    """A TCP proxy to the relay that loses the first ack with its connection."""
+
+    protocol = _AckEatingServer
+
+    def __init__(self, host, port):
+        super().__init__(host, port)
+        self.hungry = 1
+        self.eaten = 0
+
+
+class LostAckE2E(TestCase):
+    timeout = 2 * WAIT
+
+    @defer.inlineCallbacks
+    def test_an_ack_lost_with_its_connection_is_resent_and_stored_once(self):
+        port = free_port()
+        Relayd(self, INI % PLAIN, tcp=port).start(wait_tcp=[port])
+        proxy = AckEater("127.0.0.1", port)
+        listening = reactor.listenTCP(0, proxy, interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        out, err, code = yield spawn(self, [
+            "--server", f"127.0.0.1:{listening.getHost().port}", "--id", "alice",
+            "send", "--json", "--to", "bob", "exactly once"])
+        self.assertEqual((code, proxy.eaten), (0, 1), err)
+        self.assertIn("reconnecting", err)
+        ack = json.loads(out)
+        self.assertTrue(ack["duplicate"])            # the relay had it: same nonce, same id
+        out, err, code = yield spawn(self, [
+            "--server", f"127.0.0.1:{port}", "--id", "bob", "history", "--with", "alice",
+            "--json"])
+        self.assertEqual(code, 0, err)
+        self.assertIn("1 stored message(s) follow", err)
+        self.assertEqual([json.loads(line)["msg_id"] for line in out.splitlines()],
+                         [ack["msg_id"]])
 
 
 def make_certificates(directory):
