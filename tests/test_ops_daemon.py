@@ -1,6 +1,7 @@
 """Operations end to end: a twistd relayd with [admin] and [http], driven with
 OpenSSH (exec and interactive), HTTP and real relay clients."""
 import os
+import signal
 import time
 
 import bcrypt
@@ -37,6 +38,17 @@ class OpsDaemonTests(unittest.TestCase):
         code, out, err = self.admin("stats()", key=self.ops.wrong_key)
         self.assertEqual((code, out), (255, ""))
         self.assertIn("Permission denied", err)
+
+    def test_authorized_keys_are_reread_on_sighup(self):
+        with open(self.ops.wrong_key + ".pub") as f, \
+                open(os.path.join(self.ops.workdir, "admin_keys"), "a") as keys:
+            keys.write(f.read())
+        self.relay.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while self.admin("stats()", key=self.ops.wrong_key)[0] != 0:
+            self.assertLess(time.monotonic(), deadline, "the new key was never accepted")
+            time.sleep(0.2)
+        self.assertIn("admin console: 2 authorized keys", self.relay.log())
 
     def test_interactive_console(self):
         done = admin_ssh(self.ports["admin"], self.ops.key, self.ops.known, None, tty=True,

@@ -26,7 +26,8 @@ class InlinePool:
 
 
 def ssh_key(directory, name):
-    """Write an Ed25519 key pair for ssh; returns (private key path, public line)."""
+    """Write an Ed25519 key pair for ssh (``name`` and ``name.pub``);
+    returns (private key path, public line)."""
     key = Ed25519PrivateKey.generate()
     path = os.path.join(directory, name)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -35,7 +36,10 @@ def ssh_key(directory, name):
                                   serialization.NoEncryption()))
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                           serialization.PublicFormat.OpenSSH).decode()
-    return path, public + f" {name}\n"
+    public += f" {name}\n"
+    with open(path + ".pub", "w") as f:
+        f.write(public)
+    return path, public
 
 
 def known_hosts(directory, port, host_key_pub):
