@@ -83,7 +83,8 @@ class OptionTests(SynchronousTestCase):
         self.assertEqual(cli.parse_server("relay.example"), ("relay.example", cli.DEFAULT_PORT))
 
     def test_connection_options_before_or_after_the_command(self):
-        before = self.parse("--server", "h:1", "--id", "alice", "send", "--to", "bob", "hi", "there")
+        before = self.parse("--server", "h:1", "--id", "alice",
+                            "send", "--to", "bob", "hi", "there")
         after = self.parse("send", "--server", "h:1", "--id", "alice", "--to", "bob", "hi", "there")
         for args in (before, after):
             self.assertEqual((args.server, args.id, args.to, args.text),
@@ -150,7 +151,8 @@ class SubprocessTests(TestCase):
         out, err, code = yield self.chat("--id", "alice", "send", "--to", "bob", "hi", "there")
         self.assertEqual(code, 0, err)
         [stored] = self.relay.stored
-        self.assertEqual((stored["from"], stored["to"], stored["body"]), ("alice", "bob", "hi there"))
+        self.assertEqual((stored["from"], stored["to"], stored["body"]),
+                         ("alice", "bob", "hi there"))
         self.assertEqual(out.strip(), stored["msg_id"])
         self.assertEqual(len(self.relay.sent("send")[0]["nonce"]), 32)
 
@@ -193,6 +195,16 @@ class SubprocessTests(TestCase):
                          [("bob", "first"), ("bob", "second")])
         self.assertIn("*** no target yet", out)
         self.assertIn("*** joined #general; members: alice", out)
+
+    @defer.inlineCallbacks
+    def test_endpoint_strings(self):
+        port = self.port.getHost().port
+        out, err, code = yield self.relay_chat(
+            "--endpoint", f"tcp:host=127.0.0.1:port={port}", "--id", "eve", "peers")
+        self.assertEqual((code, out.split()), (0, ["eve"]), err)
+        out, err, code = yield self.relay_chat("--endpoint", "nonsense:1", "peers")
+        self.assertEqual(code, 1, err)
+        self.assertIn("bad --endpoint", err)
 
     @defer.inlineCallbacks
     def test_cannot_connect_exits_2(self):

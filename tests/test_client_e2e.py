@@ -221,7 +221,8 @@ def make_certificates(directory):
                 x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
         return builder.sign(signer, hashes.SHA256())
 
-    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    server_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "relay-chat test CA")])
     server_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     ca_cert = build(ca_name, ca_name, ca_key.public_key(), ca_key, True)

@@ -157,29 +157,25 @@ def status_printer(args):
     return lambda text: print(f"relay-chat: {text}", file=sys.stderr, flush=True)
 
 
-def within(reactor, seconds, d):
-    """``d`` with a deadline: exit 4 when it passes."""
-    if seconds:
-        d.addTimeout(seconds, reactor)
-    return d
-
-
 async def finish(session, code=OK):
     await session.stop()
     if code != OK:
         raise SystemExit(code)
 
 
-async def answer(reactor, args, session, request):
-    """The relay's answer to a query, or exit 3/4."""
+async def answer(reactor, args, session, d, late="no answer within {:g}s"):
+    """The result of ``d`` (a query or a send), or exit 1, 3 or 4."""
+    if args.timeout:
+        d.addTimeout(args.timeout, reactor)
     try:
-        return await within(reactor, args.timeout, session.request(request))
-    except defer.TimeoutError:
+        return await d
+    except (defer.TimeoutError, MessageTooLong, ServerError) as e:
         await session.stop()
-        fail(TIMEOUT, f"no answer within {args.timeout:g}s")
-    except ServerError as e:
-        await session.stop()
-        fail(REFUSED, f"refused by the relay: {e}")
+        if isinstance(e, defer.TimeoutError):
+            fail(TIMEOUT, late.format(args.timeout))
+        if isinstance(e, MessageTooLong):
+            fail(USAGE, str(e))
+        fail(REFUSED, refusal_text(e, args))
 
 
 # -- commands ----------------------------------------------------------
@@ -201,18 +197,8 @@ async def cmd_chat(reactor, args):
 async def cmd_send(reactor, args):
     session = await connect(reactor, args)
     target = {"room": room_name(args.room)} if args.room else {"to": args.to}
-    try:
-        ack = await within(reactor, args.timeout,
-                           session.send(" ".join(args.text), **target))
-    except MessageTooLong as e:
-        await session.stop()
-        fail(USAGE, str(e))
-    except defer.TimeoutError:
-        await session.stop()
-        fail(TIMEOUT, f"no ack within {args.timeout:g}s (the message may still be delivered)")
-    except ServerError as e:
-        await session.stop()
-        fail(REFUSED, f"refused by the relay: {e}")
+    ack = await answer(reactor, args, session, session.send(" ".join(args.text), **target),
+                       late="no ack within {:g}s (the message may still be delivered)")
     out(json.dumps(ack) if args.json else ack.get("msg_id", ""))
     await finish(session)
 
@@ -238,8 +224,7 @@ async def cmd_listen(reactor, args):
     session.on_fatal = lambda error: done.called or (
         print(f"relay-chat: {refusal_text(error, args)}", file=sys.stderr), done.callback(REFUSED))
     for room in args.join:
-        await answer(reactor, args, session, {"type": "join", "room": room_name(room)})
-        session.rooms.add(room_name(room))
+        await answer(reactor, args, session, session.join(room_name(room)))
     code = await done
     if code == TIMEOUT:
         print(f"relay-chat: {received} of {args.count} message(s) within {args.timeout:g}s",
@@ -249,14 +234,16 @@ async def cmd_listen(reactor, args):
 
 async def cmd_peers(reactor, args):
     session = await connect(reactor, args)
-    peers = (await answer(reactor, args, session, {"type": "peers"})).get("peers", [])
+    response = await answer(reactor, args, session, session.request({"type": "peers"}))
+    peers = response.get("peers", [])
     out(json.dumps(peers) if args.json else "\n".join(map(clean, peers)) if peers else "")
     await finish(session)
 
 
 async def cmd_rooms(reactor, args):
     session = await connect(reactor, args)
-    rooms = (await answer(reactor, args, session, {"type": "rooms"})).get("rooms", {})
+    response = await answer(reactor, args, session, session.request({"type": "rooms"}))
+    rooms = response.get("rooms", {})
     out(json.dumps(rooms) if args.json else "\n".join(rooms_lines(rooms)) if rooms else "")
     await finish(session)
 
@@ -266,10 +253,11 @@ async def cmd_history(reactor, args):
     session = await connect(reactor, args)
     if args.room:
         request["room"] = room_name(args.room)
-        await answer(reactor, args, session, {"type": "join", "room": request["room"]})
+        await answer(reactor, args, session, session.join(request["room"]))
     else:
         request["with"] = args.with_
-    for msg in (await answer(reactor, args, session, request)).get("messages", []):
+    response = await answer(reactor, args, session, session.request(request))
+    for msg in response.get("messages", []):
         out(json.dumps(msg) if args.json else message_line(msg))
     await finish(session)
 

@@ -19,8 +19,10 @@ HELP = """\
 commands:
   /to NAME [text]       talk to peer NAME (* for everyone) from now on; send text if given
   /room ROOM [text]     talk to room ROOM from now on (without joining it)
-  /join ROOM            join ROOM and talk to it       /leave [ROOM]   leave ROOM or the current room
-  /peers                who is connected               /rooms          rooms and their sizes
+  /join ROOM            join ROOM and talk to it
+  /leave [ROOM]         leave ROOM (default: the current room)
+  /peers                who is connected
+  /rooms                rooms and their member counts
   /history [TARGET] [N] last N messages of a room (#name) or with a peer (default: current target)
   /quit                 leave once every message is acked (also: end of input)
   a plain line goes to the current target; //text sends "/text\""""
