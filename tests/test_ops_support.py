@@ -75,20 +75,20 @@ def admin_ssh(port, key, known, line, tty=False, stdin=None, timeout=30):
                           stdin=None if stdin is not None else subprocess.DEVNULL)
 
 
-def http_get(port, path, token=None):
+def http_get(port, path, token=None, scheme="http", context=None):
     """(status, body bytes, headers) of a GET to the monitoring listener."""
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    request = urllib.request.Request(f"{scheme}://localhost:{port}{path}")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=10, context=context) as response:
             return response.status, response.read(), response.headers
     except urllib.error.HTTPError as e:
         return e.code, e.read(), e.headers
 
 
-def http_json(port, path, token=None):
-    status, body, _ = http_get(port, path, token)
+def http_json(port, path, token=None, **https):
+    status, body, _ = http_get(port, path, token, **https)
     return status, json.loads(body)
 
 

@@ -11,6 +11,8 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 from cryptography import x509
 from twisted.internet.testing import MemoryReactorClock
@@ -22,7 +24,7 @@ from relayd import config, tls_ca
 from relayd.listeners import stream_service
 from relayd.tls import Material, ServerTLS, TLSConfigError
 from tests.daemon import REPO, Relayd, free_port
-from tests.test_ops_support import InlinePool
+from tests.test_ops_support import InlinePool, http_json
 
 
 def relayd_command(*args):
@@ -161,8 +163,8 @@ class LoopbackTLSTests(unittest.TestCase):
     def start(self, extra=""):
         workdir = os.path.abspath(self.mktemp())
         self.files = make_pki(os.path.join(workdir, "pki"))
-        self.port = free_port()
-        self.relay = Relayd(self, INI + extra, workdir=workdir, tcp=self.port)
+        self.port, self.http = free_port(), free_port()
+        self.relay = Relayd(self, INI + extra, workdir=workdir, tcp=self.port, http=self.http)
         return self.relay.start(wait_tcp=[self.port])
 
     def connect(self, client_cert=False):
@@ -191,6 +193,24 @@ class LoopbackTLSTests(unittest.TestCase):
         except ConnectionError:
             answer = b""
         self.assertNotIn(b"welcome", answer, "plain text is not accepted")
+
+    def test_monitoring_over_https(self):
+        self.start("listeners = tcp http\n[http]\nlisten = tcp:{http}:interface=127.0.0.1\n")
+        context = ssl.create_default_context(cafile=self.files["ca.pem"])
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"https://localhost:{self.http}/health",
+                                            context=context, timeout=10) as response:
+                    self.assertEqual(json.load(response)["status"], "ok")
+                    break
+            except urllib.error.URLError:
+                self.assertLess(time.monotonic(), deadline)
+                time.sleep(0.2)
+        _, stats = http_json(self.http, "/stats", scheme="https", context=context)
+        self.assertEqual(sorted(stats["tls"]["listeners"]),
+                         sorted([f"tcp:{self.port}:interface=127.0.0.1",
+                                 f"tcp:{self.http}:interface=127.0.0.1"]))
 
     def test_required_client_certificate(self):
         self.start("client_ca = {workdir}/pki/ca.pem\nrequire_client_cert = yes\n")
