@@ -1,12 +1,17 @@
 """relay-chat's command line: options, exit codes, key files, and the real
 CLI run as a subprocess against a scripted relay on a loopback port."""
 import base64
+import datetime
 import json
 import os
 import stat
 import sys
 
-from twisted.internet import defer, protocol, reactor, task
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from twisted.internet import defer, protocol, reactor, ssl, task
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from relayd.client import cli, keys
@@ -242,3 +247,59 @@ class SubprocessTests(TestCase):
         out, err, code = yield self.relay_chat("genkey", path)
         self.assertEqual(code, 1)
         self.assertIn("refusing to overwrite", err)
+
+    @defer.inlineCallbacks
+    def test_mutual_tls(self):
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        ca, key, cert = make_certificates(directory)
+        with open(ca, "rb") as f:
+            authority = ssl.Certificate.loadPEM(f.read())
+        with open(cert, "rb") as c, open(key, "rb") as k:
+            server = ssl.PrivateCertificate.loadPEM(c.read() + k.read())
+        options = ssl.CertificateOptions(privateKey=server.privateKey.original,
+                                         certificate=server.original, verify=True,
+                                         caCerts=[authority.original], requireCertificate=True)
+        port = reactor.listenSSL(0, self.relay, options, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        server_arg = f"localhost:{port.getHost().port}"
+        out, err, code = yield self.relay_chat("--server", server_arg, "--tls", "--ca", ca,
+                                               "--cert", cert, "--client-key", key,
+                                               "--id", "tls-user", "peers")
+        self.assertEqual((code, out.split()), (0, ["tls-user"]), err)
+        out, err, code = yield self.relay_chat("--server", server_arg, "--tls", "--ca", ca,
+                                               "--id", "tls-user", "peers")
+        self.assertEqual(code, 2, err)                 # no client certificate
+
+
+def make_certificates(directory):
+    """A CA and a server certificate for localhost it signed: (ca, key, cert) paths."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def build(subject, issuer, public, signer, ca):
+        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
+                   .public_key(public).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(hours=1))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if not ca:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "relay-chat test CA")])
+    server_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    ca_cert = build(ca_name, ca_name, ca_key.public_key(), ca_key, True)
+    server_cert = build(server_name, ca_name, server_key.public_key(), ca_key, False)
+    paths = [os.path.join(directory, name) for name in ("ca.pem", "server.key", "server.pem")]
+    for path, data in zip(paths, (
+            ca_cert.public_bytes(serialization.Encoding.PEM),
+            server_key.private_bytes(serialization.Encoding.PEM,
+                                     serialization.PrivateFormat.PKCS8,
+                                     serialization.NoEncryption()),
+            server_cert.public_bytes(serialization.Encoding.PEM))):
+        with open(path, "wb") as f:
+            f.write(data)
+    return paths

@@ -1,5 +1,4 @@
 """relay-chat against the real daemon (twistd subprocess), run as a user would."""
-import datetime
 import json
 import os
 import signal
@@ -7,16 +6,12 @@ import subprocess
 import sys
 import time
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from twisted.internet import defer, reactor
 from twisted.protocols import portforward
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.daemon import REPO, Relayd, free_port
-from tests.test_client_cli import spawn
+from tests.test_client_cli import make_certificates, spawn
 
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "relay-chat")
 COMMAND = [SCRIPT] if os.path.exists(SCRIPT) else [sys.executable, "-m", "relayd.client"]
@@ -204,36 +199,3 @@ class LostAckE2E(TestCase):
         self.assertIn("1 stored message(s) follow", err)
         self.assertEqual([json.loads(line)["msg_id"] for line in out.splitlines()],
                          [ack["msg_id"]])
-
-
-def make_certificates(directory):
-    """A CA and a server certificate for localhost it signed: (ca, key, cert) paths."""
-    now = datetime.datetime.now(datetime.timezone.utc)
-
-    def build(subject, issuer, public, signer, ca):
-        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
-                   .public_key(public).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(hours=1))
-                   .not_valid_after(now + datetime.timedelta(days=1))
-                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-        if not ca:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        return builder.sign(signer, hashes.SHA256())
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "relay-chat test CA")])
-    server_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    ca_cert = build(ca_name, ca_name, ca_key.public_key(), ca_key, True)
-    server_cert = build(server_name, ca_name, server_key.public_key(), ca_key, False)
-    paths = [os.path.join(directory, name) for name in ("ca.pem", "server.key", "server.pem")]
-    for path, data in zip(paths, (
-            ca_cert.public_bytes(serialization.Encoding.PEM),
-            server_key.private_bytes(serialization.Encoding.PEM,
-                                     serialization.PrivateFormat.PKCS8,
-                                     serialization.NoEncryption()),
-            server_cert.public_bytes(serialization.Encoding.PEM))):
-        with open(path, "wb") as f:
-            f.write(data)
-    return paths
