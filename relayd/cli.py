@@ -63,9 +63,9 @@ def ssh_command(host, port, known_hosts, user, line, identity=None):
 
 
 def run_admin(args):
+    host, port, public_key = _admin_target(args.config)
     if shutil.which("ssh") is None:
         raise CommandError("relayd admin needs the OpenSSH client (ssh) on PATH")
-    host, port, public_key = _admin_target(args.config)
     known_host = host if port == 22 else f"[{host}]:{port}"
     with tempfile.NamedTemporaryFile("w", prefix="relayd-known-hosts-") as known_hosts:
         known_hosts.write(f"{known_host} {public_key}\n")
