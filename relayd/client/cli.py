@@ -43,8 +43,12 @@ class Parser(argparse.ArgumentParser):
         self.exit(USAGE, f"{self.prog}: error: {message}\n")
 
 
-def fail(code, text):
+def warn(text):
     print(f"relay-chat: {text}", file=sys.stderr, flush=True)
+
+
+def fail(code, text):
+    warn(text)
     raise SystemExit(code)
 
 
@@ -147,14 +151,21 @@ def refusal_text(error, args):
     return text
 
 
+def end_on_refusal(session, done, args, report):
+    """When the relay refuses the session later on: report it, then exit 3."""
+    def refused(error):
+        if not done.called:
+            report(refusal_text(error, args))
+            done.callback(REFUSED)
+    session.on_fatal = refused
+
+
 async def connect(reactor, args, on_message=None):
     return await connected(open_session(reactor, args, on_message), args)
 
 
 def status_printer(args):
-    if args.quiet:
-        return lambda text: None
-    return lambda text: print(f"relay-chat: {text}", file=sys.stderr, flush=True)
+    return (lambda text: None) if args.quiet else warn
 
 
 async def finish(session, code=OK):
@@ -188,8 +199,7 @@ async def cmd_chat(reactor, args):
     console.session = session
     StandardIO(console, reactor=reactor)
     await connected(session, args)
-    session.on_fatal = lambda error: done.called or (
-        console.status(refusal_text(error, args)), done.callback(REFUSED))
+    end_on_refusal(session, done, args, console.status)
     code = await done
     await finish(session, code)
 
@@ -221,14 +231,12 @@ async def cmd_listen(reactor, args):
             TIMEOUT if args.count else OK))
         done.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
     session = await connect(reactor, args, on_message=show)
-    session.on_fatal = lambda error: done.called or (
-        print(f"relay-chat: {refusal_text(error, args)}", file=sys.stderr), done.callback(REFUSED))
+    end_on_refusal(session, done, args, warn)
     for room in args.join:
         await answer(reactor, args, session, session.join(room_name(room)))
     code = await done
     if code == TIMEOUT:
-        print(f"relay-chat: {received} of {args.count} message(s) within {args.timeout:g}s",
-              file=sys.stderr, flush=True)
+        warn(f"{received} of {args.count} message(s) within {args.timeout:g}s")
     await finish(session, code)
 
 
@@ -236,7 +244,8 @@ async def cmd_peers(reactor, args):
     session = await connect(reactor, args)
     response = await answer(reactor, args, session, session.request({"type": "peers"}))
     peers = response.get("peers", [])
-    out(json.dumps(peers) if args.json else "\n".join(map(clean, peers)) if peers else "")
+    if args.json or peers:
+        out(json.dumps(peers) if args.json else "\n".join(map(clean, peers)))
     await finish(session)
 
 
@@ -244,7 +253,8 @@ async def cmd_rooms(reactor, args):
     session = await connect(reactor, args)
     response = await answer(reactor, args, session, session.request({"type": "rooms"}))
     rooms = response.get("rooms", {})
-    out(json.dumps(rooms) if args.json else "\n".join(rooms_lines(rooms)) if rooms else "")
+    if args.json or rooms:
+        out(json.dumps(rooms) if args.json else "\n".join(rooms_lines(rooms)))
     await finish(session)
 
 
