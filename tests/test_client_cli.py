@@ -183,6 +183,22 @@ class SubprocessTests(TestCase):
         self.assertEqual([json.loads(line)["body"] for line in out.splitlines()], ["one", "two"])
 
     @defer.inlineCallbacks
+    def test_listen_reconnects_and_ends_with_3_when_replaced(self):
+        done = self.chat("--id", "bob", "listen", "--timeout", "60")
+        yield defer.ensureDeferred(self.wait_for(lambda: "bob" in self.relay.sessions))
+        first = self.relay.sessions["bob"]
+        first.transport.loseConnection()                # the relay goes away: reconnect
+        yield defer.ensureDeferred(self.wait_for(
+            lambda: self.relay.sessions.get("bob") not in (None, first)))
+        second = self.relay.sessions["bob"]
+        second.error(None, "session_replaced")
+        second.transport.loseConnection()
+        out, err, code = yield done
+        self.assertEqual(code, 3, err)
+        self.assertIn("reconnecting", err)
+        self.assertIn("refused by the relay: session_replaced", err)
+
+    @defer.inlineCallbacks
     def test_listen_timeout(self):
         out, err, code = yield self.chat("--id", "bob", "listen", "--timeout", "0.5")
         self.assertEqual((code, out), (0, ""), err)
