@@ -208,6 +208,18 @@ class SessionTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.failureResultOf(alice.ready(), CancelledError)
 
+    def test_a_cancelled_send_is_not_sent_again(self):
+        alice = self.session()
+        self.relay.swallow_acks = 1
+        d = alice.send("give up", to="*")
+        self.endpoint.flush()
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(alice.unacked, 0)
+        self.endpoint.drop()
+        self.reconnect()
+        self.assertEqual(len(self.sends()), 1)
+
     def test_drained(self):
         alice = self.session()
         self.successResultOf(alice.drained())

@@ -61,9 +61,9 @@ class RecentIds:
 class _Outgoing:
     """A message in the outbox: the request (nonce included) and its ack."""
 
-    def __init__(self, request):
+    def __init__(self, request, canceller):
         self.request = request
-        self.acked = Deferred()
+        self.acked = Deferred(lambda _: canceller(self))
         self.in_flight = False
 
 
@@ -197,7 +197,8 @@ class Session:
         """Queue a message to ``to`` (a peer id or ``*``) or ``room``.
 
         Returns a Deferred of the ack; it survives reconnects and fails only
-        with the relay's final ``ServerError`` (or ``CancelledError`` on stop).
+        with the relay's final ``ServerError``.  Cancelling it (a timeout)
+        stops sending the message again; the relay may still have it.
         """
         request = {"type": "send", "body": body, "nonce": secrets.token_hex(16)}
         if room is not None:
@@ -206,7 +207,7 @@ class Session:
             request["to"] = to
         if len(encode(request)) + 1 + REQ_ALLOWANCE > self.max_line:
             return fail(MessageTooLong(f"the message does not fit in {self.max_line} bytes"))
-        item = _Outgoing(request)
+        item = _Outgoing(request, self._settle)
         self._outbox[request["nonce"]] = item
         self._transmit(item)
         return item.acked
@@ -358,7 +359,8 @@ class Session:
     def _acked(self, ack, item):
         item.in_flight = False
         self._settle(item)
-        item.acked.callback(ack)
+        if not item.acked.called:
+            item.acked.callback(ack)
 
     def _send_failed(self, failure, item):
         item.in_flight = False
@@ -368,7 +370,8 @@ class Session:
             self._pause(failure.value.retry_after or 1.0, failure.value.code)
             return None
         self._settle(item)
-        item.acked.errback(failure)
+        if not item.acked.called:
+            item.acked.errback(failure)
         return None
 
     def _settle(self, item):
