@@ -3,7 +3,7 @@
 The relay is the scripted FakeRelay, joined to the session over iosim by an
 endpoint that hands out in-memory connections; time is a Clock.
 """
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, TimeoutError
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -168,6 +168,17 @@ class SessionTests(SynchronousTestCase):
         d = alice.ready(fail_after=2)
         self.reconnect()
         self.failureResultOf(d, ConnectionRefusedError)
+
+    def test_a_relay_that_does_not_answer_hello_is_left(self):
+        self.relay.silent = True
+        alice = self.session(handshake_timeout=5.0)
+        d = alice.ready(fail_after=1)
+        self.clock.advance(5.0)
+        self.endpoint.flush()
+        self.failureResultOf(d, TimeoutError)
+        self.relay.silent = False
+        self.reconnect()
+        self.assertIsNotNone(alice.protocol)
 
     def test_refusal_stops_the_session(self):
         self.relay.refuse = "id_owned"

@@ -124,7 +124,8 @@ def open_session(reactor, args, on_message=None, on_status=None):
         except keys.KeyFileError as e:
             fail(USAGE, str(e))
     session = Session(reactor, make_endpoint(reactor, args), args.id, signer=signer,
-                      relay_id=args.relay_id, on_message=on_message,
+                      relay_id=args.relay_id, handshake_timeout=args.connect_timeout,
+                      on_message=on_message,
                       on_status=on_status if on_status is not None else status_printer(args))
     session.start()
     return session
@@ -315,7 +316,8 @@ def add_connection_options(parser, defaults):
     group.add_argument("--client-key", metavar="FILE", default=default(None),
                        help="private key (PEM) of --cert")
     group.add_argument("--connect-timeout", type=float, metavar="S", default=default(10.0),
-                       help="give up a connection attempt after S seconds (default 10)")
+                       help="give up a connection attempt (TCP, TLS and hello) after S seconds "
+                            "(default 10)")
     group.add_argument("-q", "--quiet", action="store_true", default=default(False),
                        help="no status lines on stderr")
 

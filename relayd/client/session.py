@@ -99,7 +99,7 @@ class Session:
 
     def __init__(self, reactor, endpoint, peer_id, signer=None, relay_id=None,
                  on_message=None, on_status=None, on_fatal=None, keepalive=60.0,
-                 retry_policy=None, max_line=65536, remember=65536):
+                 handshake_timeout=10.0, retry_policy=None, max_line=65536, remember=65536):
         self.reactor = reactor
         self.endpoint = endpoint
         self.peer_id = peer_id
@@ -108,7 +108,8 @@ class Session:
         self.on_message = on_message
         self.on_status = on_status
         self.on_fatal = on_fatal
-        self.keepalive = keepalive
+        self.keepalive = keepalive              # seconds between pings (0: none)
+        self.handshake_timeout = handshake_timeout
         self.max_line = max_line
         self._policy = retry_policy or backoffPolicy(initialDelay=0.5, maxDelay=10.0, factor=2.0)
         self.protocol = None            # the identified connection, if any
@@ -257,9 +258,10 @@ class Session:
     def _handshake(self, proto):
         self._candidate = proto
         d = proto.identify(self.peer_id, self.signer, self.relay_id)
+        d.addTimeout(self.handshake_timeout, self.reactor)
 
         def failed(failure):
-            proto.close()
+            proto.abort()
             return failure
         return d.addCallbacks(lambda welcome: (proto, welcome), failed)
 

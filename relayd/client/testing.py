@@ -5,7 +5,7 @@ docs/PROTOCOL.md section 1 closely enough for client tests: hello with or
 without a key (challenge, Ed25519 check), send with nonce dedup, delivery to
 a peer / a room / everyone, join, leave, peers, rooms, history, ping.  Tests
 steer it with a few attributes (``refuse``, ``swallow_acks``,
-``send_errors``, ``name_in_challenge``) and read what it saw (``requests``, ``stored``).
+``send_errors``, ``silent``, ``name_in_challenge``) and read what it saw (``requests``, ``stored``).
 ``MemoryEndpoint`` connects clients to it in memory (iosim).
 """
 import base64
@@ -39,6 +39,7 @@ class FakeRelay(Factory):
         self.swallow_acks = 0       # store (and deliver) this many sends without acking
         self.send_errors = []       # error codes to answer the next sends with
         self.answer_pings = True
+        self.silent = False         # read everything, answer nothing (a frozen relay)
         self.name_in_challenge = True
 
     def buildProtocol(self, addr):
@@ -80,6 +81,8 @@ class FakeRelayProtocol(LineOnlyReceiver):
     def lineReceived(self, line):
         request = json.loads(line)
         self.relay.requests.append(request)
+        if self.relay.silent:
+            return
         kind = request.get("type")
         if kind not in ("hello", "auth") and self.peer_id is None:
             return self.error(request, "not_identified")
