@@ -22,6 +22,7 @@ RECENT_ITEMS = 10000
 CHECKPOINT_EVERY = 1000       # items between two cursor checkpoints in the journal
 EARLY_RECEIPTS = 10000
 HEX = frozenset("0123456789abcdef")
+MAX_SEEN_BY = 255             # as max_hops
 
 
 class BadItem(ValueError):
@@ -39,8 +40,9 @@ def check_entry(entry):
         if not isinstance(entry.get(key), str):
             raise BadItem(f"{key} must be a string")
     seen_by = entry.get("seen_by")
-    if not isinstance(seen_by, list) or not seen_by or not all(isinstance(r, str) for r in seen_by):
-        raise BadItem("seen_by must be a non-empty list of relay ids")
+    if not isinstance(seen_by, list) or not 0 < len(seen_by) <= MAX_SEEN_BY \
+            or not all(isinstance(r, str) for r in seen_by):
+        raise BadItem(f"seen_by must list 1 to {MAX_SEEN_BY} relay ids")
     if not isinstance(entry.get("timestamp", 0), (int, float)):
         raise BadItem("timestamp must be a number")
     if "room" in entry and not isinstance(entry["room"], str):
@@ -49,7 +51,7 @@ def check_entry(entry):
 
 def item_key(frame):
     origin, seq = frame.get("origin"), frame.get("seq")
-    if not isinstance(origin, str) or not origin or not isinstance(seq, int) or seq < 1:
+    if not isinstance(origin, str) or not origin or type(seq) is not int or seq < 1:
         raise BadItem("origin must be a relay id and seq a positive whole number")
     return origin, seq
 
