@@ -4,5 +4,7 @@ delivery receipts with dedup, and catch up over the journal after outages.
 ``peers`` reads the peer list, ``handshake`` authenticates a link,
 ``index`` keeps per-origin sequence cursors, ``catchup`` reads the journal
 for a peer, ``link`` is the wire protocol, ``hub`` forwards and dedups,
-``service`` keeps one outbound link per peer plus the inbound listener.
+``metrics`` counts per peer, ``service`` keeps one outbound link per peer
+plus the inbound listener, and ``keys`` is the command that prepares keys
+for a small federation.
 """
