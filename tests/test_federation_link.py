@@ -360,17 +360,17 @@ class ForwardingTests(ThreeRelays):
         self.assertEqual(server.state, "up")
         self.assertEqual(self.r[1].message_ids(), set())
 
-    def test_journal_failure_is_retried_at_next_catch_up(self):
+    def test_journal_failure_is_asked_for_again(self):
         client, server, pump = join(self.r[0], self.r[1])
         self.r[1].journal.fail = True
         self.r[0].send(self.r[0].client("alice"), "*", "hi")
         pump.flush()
         self.assertEqual(self.r[1].message_ids(), set())
         self.r[1].journal.fail = False
-        client.transport.loseConnection()
-        pump.flush()
-        _, _, pump = join(self.r[0], self.r[1])
+        self.clock.advance(15)
+        flush(pump)
         self.assertEqual(len(self.r[1].message_ids()), 1)
+        self.assertEqual(self.r[1].index.wants()["relay1"], [1, []])
 
 
 class CatchUpTests(ThreeRelays):

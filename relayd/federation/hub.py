@@ -87,6 +87,7 @@ class Hub:
         self._early = OrderedDict()    # msg_id -> receipt record, for receipts that beat their message
         self.hop_limited = 0
         self._since_checkpoint = 0
+        self._retrying = set()         # links that will be asked to resend after a journal failure
         self._serving = {}             # link -> None while a catch-up read runs, or the request to serve next
 
     def find_peer(self, name):
@@ -259,8 +260,8 @@ class Hub:
             return          # the same message under another seq is being journaled
         self._pending[msg_id] = (origin, seq)
         d = self.router.accept_remote(entry, link)
-        d.addCallbacks(self._accepted, self._refused,
-                       callbackArgs=(link, origin, seq, msg_id), errbackArgs=(origin, seq, msg_id))
+        d.addCallbacks(self._accepted, self._refused, callbackArgs=(link, origin, seq, msg_id),
+                       errbackArgs=(link, origin, seq, msg_id))
 
     def _accepted(self, new, link, origin, seq, msg_id):
         if not new:         # held already (e.g. a crash lost its seq record): record the seq
@@ -270,11 +271,20 @@ class Hub:
             stats.dedup_hits += 1
             self.metrics.dedup.labels(link.name).inc()
 
-    def _refused(self, failure, origin, seq, msg_id):
+    def _refused(self, failure, link, origin, seq, msg_id):
+        """The journal failed: forget the item and ask the peer again a little later."""
         self._pending.pop(msg_id, None)
-        self.index.discard(origin, seq)   # asked for again at the next catch-up
+        self.index.discard(origin, seq)
         self.log.error("federation: could not accept {origin}/{seq}: {error}",
                        origin=origin, seq=seq, error=failure.getErrorMessage())
+        if link not in self._retrying:
+            self._retrying.add(link)
+            self.clock.callLater(self.settings.keepalive, self._retry, link)
+
+    def _retry(self, link):
+        self._retrying.discard(link)
+        if link.state == "up":
+            self.ask_sync(link)
 
     def _receive_receipt(self, link, frame):
         origin, seq = item_key(frame)
