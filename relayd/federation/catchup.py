@@ -1,4 +1,4 @@
-"""Catch-up reads: the items a peer lacks, from the journal (file pool thread).
+"""Catch-up: the items a peer lacks, read from the journal on the file pool.
 
 Two passes over the segments: the first finds the ``(origin, seq)``
 records the peer lacks (receipts are complete there; messages are named
@@ -8,6 +8,10 @@ whether more are left.
 """
 import os
 
+from twisted.logger import Logger
+
+from relayd.core import message
+from relayd.federation.frames import BadItem, msg_frame, receipt_frame
 from relayd.journal import segments
 from relayd.journal.replay import check
 
@@ -73,3 +77,72 @@ def collect(directory, wants, limit, recent=()):
             found.setdefault((origin, seq), (origin, seq, kind, record))
     items = [found[k] for k in sorted(found)]
     return items[:limit], len(items) > limit
+
+
+class CatchUpServer:
+    """Answers a peer's ``sync`` with the items it lacks: one journal read at a
+    time per link, a newer request served when the running one ends."""
+
+    log = Logger()
+
+    def __init__(self, hub):
+        self.hub = hub
+        self._serving = {}             # link -> None while a read runs, or the request to serve next
+
+    def request(self, link, frame):
+        """Handle a ``sync`` frame; raises BadItem when it is malformed."""
+        have = frame.get("have")
+        if not isinstance(have, dict):
+            raise BadItem("sync needs have: {origin: [low, [seqs above]]}")
+        wants = {}
+        for origin, cursor in have.items():
+            try:
+                low, above = cursor
+                wants[origin] = (int(low), frozenset(int(s) for s in above))
+            except (TypeError, ValueError):
+                raise BadItem(f"bad cursor for origin {origin!r}") from None
+        own = wants.get(self.hub.relay_id)
+        top = max(own[1], default=own[0]) if own is not None else 0
+        if self.hub.index.seen_own(top):
+            self.log.warn("federation: {peer} holds items of ours up to seq {seq}, beyond our "
+                          "journal (was it lost?); new items continue after it",
+                          peer=link.name, seq=top)
+        self._start(link, wants)
+
+    def forget(self, link):
+        self._serving.pop(link, None)
+
+    def _start(self, link, wants):
+        if link in self._serving:
+            self._serving[link] = wants
+            return
+        self._serving[link] = None
+        hub = self.hub
+        d = hub.file_pool.run(collect, hub.journal.directory, wants, hub.settings.sync_batch,
+                              list(hub.recent))
+        d.addCallbacks(self._send, self._failed, callbackArgs=(link,), errbackArgs=(link,))
+
+    def _send(self, result, link):
+        again = self._serving.pop(link, None)
+        if link.state != "up":
+            return
+        items, more = result
+        name = link.name
+        for origin, seq, kind, record in items:
+            if kind == "m":
+                link.send_raw(msg_frame(origin, seq, message.journal_line(record)))
+            else:
+                link.send_raw(receipt_frame(origin, seq, record["receipt"], record["to"],
+                                            record["timestamp"]))
+        if items:
+            self.hub.peer_stats(name).caught_up += len(items)
+            self.hub.metrics.caught_up.labels(name).inc(len(items))
+            self.log.info("federation: sent {count} missed items to {peer}",
+                          count=len(items), peer=name)
+        link.send({"type": "synced", "sent": len(items), "more": more})
+        if again is not None:
+            self._start(link, again)
+
+    def _failed(self, failure, link):
+        self._serving.pop(link, None)
+        self.log.failure("federation: catch-up read for {peer} failed", failure, peer=link.name)

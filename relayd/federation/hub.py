@@ -1,4 +1,4 @@
-"""The hub: forwards items over the up links, takes items in, serves catch-up.
+"""The hub: forwards items over the up links and takes items in.
 
 Items are messages and delivery receipts, each named by ``(origin, seq)``.
 Every item is flooded: a relay sends what it accepts to every up link,
@@ -13,57 +13,14 @@ from collections import OrderedDict, deque
 
 from twisted.logger import Logger
 
-from relayd.core import message
 from relayd.federation import index as fed_index
-from relayd.federation.catchup import collect
-from relayd.federation.metrics import PeerStats
+from relayd.federation.catchup import CatchUpServer
+from relayd.federation.frames import BadItem, check_entry, item_key, msg_frame, receipt_frame
+from relayd.federation.metrics import PeerStats, peer_rows
 
 RECENT_ITEMS = 10000
 CHECKPOINT_EVERY = 1000       # items between two cursor checkpoints in the journal
 EARLY_RECEIPTS = 10000
-HEX = frozenset("0123456789abcdef")
-MAX_SEEN_BY = 255             # as max_hops
-
-
-class BadItem(ValueError):
-    """A frame from a peer does not hold a valid item."""
-
-
-def check_entry(entry):
-    """Raise BadItem unless ``entry`` looks like a relayed message entry."""
-    if not isinstance(entry, dict):
-        raise BadItem("entry must be an object")
-    msg_id = entry.get("msg_id")
-    if not isinstance(msg_id, str) or len(msg_id) != 64 or not HEX.issuperset(msg_id):
-        raise BadItem("msg_id must be 64 hex digits")
-    for key in ("from", "to", "body"):
-        if not isinstance(entry.get(key), str):
-            raise BadItem(f"{key} must be a string")
-    seen_by = entry.get("seen_by")
-    if not isinstance(seen_by, list) or not 0 < len(seen_by) <= MAX_SEEN_BY \
-            or not all(isinstance(r, str) for r in seen_by):
-        raise BadItem(f"seen_by must list 1 to {MAX_SEEN_BY} relay ids")
-    if not isinstance(entry.get("timestamp", 0), (int, float)):
-        raise BadItem("timestamp must be a number")
-    if "room" in entry and not isinstance(entry["room"], str):
-        raise BadItem("room must be a string")
-
-
-def item_key(frame):
-    origin, seq = frame.get("origin"), frame.get("seq")
-    if not isinstance(origin, str) or not origin or type(seq) is not int or seq < 1:
-        raise BadItem("origin must be a relay id and seq a positive whole number")
-    return origin, seq
-
-
-def msg_frame(origin, seq, line):
-    head = json.dumps({"type": "msg", "origin": origin, "seq": seq})[:-1].encode()
-    return head + b', "entry": ' + line + b"}\n"
-
-
-def receipt_frame(origin, seq, msg_id, peer, timestamp):
-    return json.dumps({"type": "receipt", "origin": origin, "seq": seq, "msg_id": msg_id,
-                       "to": peer, "timestamp": timestamp}).encode() + b"\n"
 
 
 class Hub:
@@ -88,7 +45,7 @@ class Hub:
         self.hop_limited = 0
         self._since_checkpoint = 0
         self._retrying = set()         # links that will be asked to resend after a journal failure
-        self._serving = {}             # link -> None while a catch-up read runs, or the request to serve next
+        self.catchup = CatchUpServer(self)
 
     def find_peer(self, name):
         return self.peers.get(name)
@@ -132,7 +89,7 @@ class Hub:
             self.ask_sync(links[0])
         else:
             self.links.pop(name, None)
-        self._serving.pop(link, None)
+        self.catchup.forget(link)
         stats = self.peer_stats(name)
         stats.links -= 1
         if not stats.links:
@@ -216,7 +173,7 @@ class Hub:
             elif kind == "receipt":
                 self._receive_receipt(link, frame)
             elif kind == "sync":
-                self._serve(link, frame)
+                self.catchup.request(link, frame)
             elif kind == "synced":
                 if frame.get("more"):
                     self.ask_sync(link)
@@ -301,81 +258,8 @@ class Hub:
                 self._early.popitem(last=False)
         self._receipt(msg_id, peer, timestamp, origin, seq, link)
 
-    # --- catch-up ------------------------------------------------------------------------
-
-    def _serve(self, link, frame):
-        have = frame.get("have")
-        if not isinstance(have, dict):
-            raise BadItem("sync needs have: {origin: [low, [seqs above]]}")
-        wants = {}
-        for origin, cursor in have.items():
-            try:
-                low, above = cursor
-                wants[origin] = (int(low), frozenset(int(s) for s in above))
-            except (TypeError, ValueError):
-                raise BadItem(f"bad cursor for origin {origin!r}") from None
-        own = wants.get(self.relay_id)
-        top = max(own[1], default=own[0]) if own is not None else 0
-        if self.index.seen_own(top):
-            self.log.warn("federation: {peer} holds items of ours up to seq {seq}, beyond our "
-                          "journal (was it lost?); new items continue after it",
-                          peer=link.name, seq=top)
-        self._start_serving(link, wants)
-
-    def _start_serving(self, link, wants):
-        if link in self._serving:
-            self._serving[link] = wants       # serve the newest request when this one ends
-            return
-        self._serving[link] = None
-        directory = self.journal.directory
-        d = self.file_pool.run(collect, directory, wants, self.settings.sync_batch,
-                               list(self.recent))
-        d.addCallbacks(self._served, self._serve_failed, callbackArgs=(link,), errbackArgs=(link,))
-
-    def _served(self, result, link):
-        again = self._serving.pop(link, None)
-        if link.state != "up":
-            return
-        items, more = result
-        name = link.name
-        for origin, seq, kind, record in items:
-            if kind == "m":
-                link.send_raw(msg_frame(origin, seq, message.journal_line(record)))
-            else:
-                link.send_raw(receipt_frame(origin, seq, record["receipt"], record["to"],
-                                            record["timestamp"]))
-        if items:
-            self.peer_stats(name).caught_up += len(items)
-            self.metrics.caught_up.labels(name).inc(len(items))
-            self.log.info("federation: sent {count} missed items to {peer}",
-                          count=len(items), peer=name)
-        link.send({"type": "synced", "sent": len(items), "more": more})
-        if again is not None:
-            self._start_serving(link, again)
-
-    def _serve_failed(self, failure, link):
-        self._serving.pop(link, None)
-        self.log.failure("federation: catch-up read for {peer} failed", failure, peer=link.name)
-
-    # --- views ---------------------------------------------------------------------
-
     def peer_rows(self):
-        now = self.clock.seconds()
-        rows = []
-        for name in sorted(set(self.peers) | set(self.links)):
-            s = self.peer_stats(name)
-            peer = self.peers.get(name)
-            rows.append({
-                "peer": name, "endpoint": peer.endpoint if peer else None,
-                "fingerprint": peer.fingerprint if peer else None,
-                "state": "up" if s.links else "down", "links": s.links,
-                "up_for": None if s.since is None else round(now - s.since, 1),
-                "messages_in": s.received["messages"], "messages_out": s.sent["messages"],
-                "receipts_in": s.received["receipts"], "receipts_out": s.sent["receipts"],
-                "dedup_hits": s.dedup_hits, "caught_up": s.caught_up,
-                "lag": None if s.lag is None else round(s.lag, 3),
-                "connects": s.connects, "last_error": s.last_error})
-        return rows
+        return peer_rows(self.peers, self._stats, self.clock.seconds())
 
     def sequence_leftovers(self):
         """Give a seq to own items the journal holds without one (a crash, or

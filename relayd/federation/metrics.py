@@ -37,3 +37,22 @@ class FederationMetrics:
                                "Links refused during the handshake", **kw)
         self.hop_limited = Counter("relayd_federation_hop_limited",
                                    "Messages not forwarded because of the hop limit", **kw)
+
+
+def peer_rows(peers, stats, now):
+    """One dict per peer for ``peers()``: ``peers`` name -> Peer, ``stats`` name -> PeerStats."""
+    rows = []
+    for name in sorted(set(peers) | set(stats)):
+        s = stats.get(name) or PeerStats()
+        peer = peers.get(name)
+        rows.append({
+            "peer": name, "endpoint": peer.endpoint if peer else None,
+            "fingerprint": peer.fingerprint if peer else None,
+            "state": "up" if s.links else "down", "links": s.links,
+            "up_for": None if s.since is None else round(now - s.since, 1),
+            "messages_in": s.received["messages"], "messages_out": s.sent["messages"],
+            "receipts_in": s.received["receipts"], "receipts_out": s.sent["receipts"],
+            "dedup_hits": s.dedup_hits, "caught_up": s.caught_up,
+            "lag": None if s.lag is None else round(s.lag, 3),
+            "connects": s.connects, "last_error": s.last_error})
+    return rows
