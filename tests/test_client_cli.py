@@ -53,7 +53,8 @@ class _Collect(protocol.ProcessProtocol):
 def spawn(testcase, args, stdin=None):
     """Run relay-chat with ``args``; a Deferred of (out, err, code).
 
-    The process is killed at cleanup if it is still running (a failed test).
+    The Deferred's ``process`` is the ProcessProtocol.  The process is killed
+    at cleanup if it is still running (a failed test).
     """
     proc = _Collect(stdin)
     argv = command() + list(args)
@@ -65,6 +66,7 @@ def spawn(testcase, args, stdin=None):
             proc.transport.signalProcess("KILL")
             return proc.done
     testcase.addCleanup(reap)
+    proc.done.process = proc
     return proc.done
 
 
@@ -197,6 +199,16 @@ class SubprocessTests(TestCase):
         self.assertEqual(code, 3, err)
         self.assertIn("reconnecting", err)
         self.assertIn("refused by the relay: session_replaced", err)
+
+    @defer.inlineCallbacks
+    def test_listen_ends_quietly_when_its_reader_goes(self):
+        done = self.chat("--id", "bob", "listen", "--timeout", "60")
+        yield defer.ensureDeferred(self.wait_for(lambda: "bob" in self.relay.sessions))
+        done.process.transport.closeChildFD(1)          # like `relay-chat listen | head -0`
+        msg = {"type": "message", "from": "a", "to": "bob", "body": "x", "msg_id": "c" * 64}
+        self.relay.sessions["bob"].push(msg)
+        out, err, code = yield done
+        self.assertEqual((code, err.count("Error")), (0, 0), err)
 
     @defer.inlineCallbacks
     def test_listen_timeout(self):

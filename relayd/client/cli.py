@@ -14,6 +14,7 @@ subcommand with a ``register_command(subparsers)`` function listed in
 import argparse
 import getpass
 import json
+import os
 import sys
 
 from twisted.internet import defer, endpoints, ssl, task
@@ -52,9 +53,18 @@ def fail(code, text):
     raise SystemExit(code)
 
 
+class OutputClosed(Exception):
+    """Whoever read our stdout has gone (``relay-chat listen | head -1``)."""
+
+
 def out(text):
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Point stdout at /dev/null so that the flush at exit stays quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise OutputClosed() from None
 
 
 # -- connecting --------------------------------------------------------
@@ -222,7 +232,11 @@ async def cmd_listen(reactor, args):
         nonlocal received
         if done.called:
             return
-        out(json.dumps(msg) if args.json else message_line(msg))
+        try:
+            out(json.dumps(msg) if args.json else message_line(msg))
+        except OutputClosed:
+            done.callback(OK)
+            return
         received += 1
         if args.count and received >= args.count:
             done.callback(OK)
