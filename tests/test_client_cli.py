@@ -277,6 +277,19 @@ class SubprocessTests(TestCase):
         self.assertIn("refusing to overwrite", err)
 
     @defer.inlineCallbacks
+    def test_a_relay_that_does_not_name_itself_needs_the_relay_id(self):
+        self.relay.relay_id, self.relay.name_in_challenge = "relayX", False
+        path = os.path.abspath(self.mktemp())
+        keys.generate(path)
+        out, err, code = yield self.chat("--id", "carol", "--key", path, "peers")
+        self.assertEqual(code, 3)
+        self.assertIn("auth_failed", err)
+        self.assertIn("is --relay-id right?", err)
+        out, err, code = yield self.chat("--id", "carol", "--key", path,
+                                         "--relay-id", "relayX", "peers")
+        self.assertEqual((code, out.split()), (0, ["carol"]), err)
+
+    @defer.inlineCallbacks
     def test_mutual_tls(self):
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
