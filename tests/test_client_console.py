@@ -71,8 +71,8 @@ class ConsoleTests(SynchronousTestCase):
         self.assertEqual([m["to"] for m in self.bob.received], ["#general"])
 
     def test_room_without_joining(self):
-        self.type("/room general hey")
-        self.assertEqual(self.relay.sent("send")[-1]["room"], "general")
+        self.type("/room general hey", "/to #random ho")
+        self.assertEqual([r["room"] for r in self.relay.sent("send")], ["general", "random"])
 
     def test_leave_the_current_room(self):
         self.type("/join general")

@@ -156,6 +156,8 @@ class Console(LineReceiver):
         name, _, text = rest.partition(" ")
         if not name:
             return self.status(f"usage: /{kind} NAME [text]")
+        if name.startswith("#"):
+            kind = "room"                   # /to #general means the room
         self.target = (kind, room_name(name) if kind == "room" else name)
         self.status(f"talking to {self._target_label()}")
         if text.strip():
