@@ -2,6 +2,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -85,6 +86,25 @@ class RelayChatE2E(SynchronousTestCase):
         self.assertEqual([(m["from"], m["to"], m["body"]) for m in got],
                          [("alice", "bob", "hi bob"), ("alice", "*", "hi all")])
         self.assertEqual([m["msg_id"] for m in got], [direct.strip(), everyone.strip()])
+
+    def test_a_seed_000_client_and_relay_chat_talk(self):
+        self.daemon()
+        bob = self.start_chat("--id", "bob", "listen", "--count", "1", "--timeout", str(WAIT))
+        self.wait_line(bob.stderr, "connected as bob")
+        with socket.create_connection(("127.0.0.1", self.port), timeout=WAIT) as seed:
+            seed.sendall(b"dan")                              # the seed's registration
+            time.sleep(0.2)
+            seed.sendall(b'bob||{"from": "dan", "text": "from the seed"}')
+            reader = seed.makefile()
+            ack = json.loads(reader.readline())
+            self.assertEqual(ack["status"], "ok")
+            out, err = bob.communicate(timeout=WAIT)
+            self.assertEqual(bob.returncode, 0, err)
+            self.assertRegex(out, r"^\[\d\d:\d\d:\d\d\] dan -> bob: from the seed\n$")
+            code, out, err = self.run_chat("--id", "bob", "send", "--to", "dan", "hi seed")
+            self.assertEqual(code, 0, err)
+            delivered = json.loads(reader.readline())
+            self.assertEqual((delivered["from"], delivered["body"]), ("bob", "hi seed"))
 
     def test_key_proof_and_exit_codes(self):
         self.daemon()
