@@ -111,10 +111,6 @@ class Index:
         return {origin: [c.low, sorted(c.above)[:MAX_ABOVE_SENT]]
                 for origin, c in self.cursors.items()}
 
-    def lag(self, origin):
-        cursor = self.cursors.get(origin)
-        return 0 if cursor is None else cursor.high() - cursor.low
-
     # --- journal replay -----------------------------------------------------------
 
     def restore(self, record):

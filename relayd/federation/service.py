@@ -114,7 +114,7 @@ class FederationService(MultiService):
         rows = self.peers()
         return {"listen": self.hub.settings.listen, "peers": len(rows),
                 "links_up": sum(1 for r in rows if r["state"] == "up"),
-                "cursors": {o: c.low for o, c in self.hub.index.cursors.items()},
+                "cursors": {o: [c.low, c.high()] for o, c in self.hub.index.cursors.items()},
                 "hop_limited": self.hub.hop_limited,
                 "by_peer": {r["peer"]: {k: r[k] for k in ("state", "messages_in", "messages_out",
                                                         "dedup_hits", "lag")} for r in rows}}
