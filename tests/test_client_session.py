@@ -188,6 +188,24 @@ class SessionTests(SynchronousTestCase):
         self.assertEqual(self.failureResultOf(alice.ready(), ServerError).value.code, "id_owned")
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_a_full_relay_refuses_a_new_session_but_not_a_returning_one(self):
+        self.relay.full = True
+        fatal = []
+        self.session("newcomer", on_fatal=fatal.append)
+        self.assertEqual([e.code for e in fatal], ["too_many_connections"])
+        self.relay.full = False
+        alice = self.session(on_fatal=fatal.append)
+        self.relay.full = True
+        self.endpoint.drop()
+        self.reconnect()
+        self.assertIsNone(alice.protocol)
+        self.assertEqual(len(fatal), 1)
+        self.assertTrue(any("too_many_connections" in s for s in self.statuses))
+        self.relay.full = False
+        self.clock.advance(60)
+        self.endpoint.flush()
+        self.assertIsNotNone(alice.protocol)
+
     def test_replaced_session_does_not_fight_back(self):
         fatal = []
         self.session("alice", on_fatal=fatal.append)

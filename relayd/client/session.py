@@ -31,6 +31,8 @@ from relayd.client.protocol import (
 # Error codes after which connecting again cannot help.
 REFUSALS = frozenset({"bad_id", "id_owned", "auth_required", "auth_failed", "banned",
                       "too_many_connections", "session_replaced"})
+# Refusals an established session waits out instead.
+BUSY = frozenset({"too_many_connections", "banned"})
 # Error codes answering a send that mean "the same message, later".
 TRY_LATER = frozenset({"rate_limited", "journal_unavailable", "shutting_down"})
 # Room for the "req" key the protocol adds to every request line.
@@ -75,16 +77,23 @@ class _SessionFactory(Factory):
         return self.session._new_protocol()
 
 
-def _refusal(failure):
-    """The error that makes reconnecting pointless, or None."""
-    if failure.check(ProtocolViolation):
-        return failure.value
+def _server_error(failure):
+    """The relay's error behind a failed attempt, if any."""
     error = failure.value
     if failure.check(ConnectionClosed):
         error = error.error
-    if isinstance(error, ServerError) and error.code in REFUSALS:
-        return error
-    return None
+    return error if isinstance(error, ServerError) else None
+
+
+def _is_final(error, established):
+    """Whether ``error`` ends the session.
+
+    A relay that is full or has banned this address refuses a new session
+    for good, but an established one waits it out: after a relay restart
+    every client comes back at once.
+    """
+    return (error is not None and error.code in REFUSALS
+            and not (established and error.code in BUSY))
 
 
 class Session:
@@ -293,16 +302,16 @@ class Session:
         self._connecting = self._candidate = None
         if not self._running:
             return None
-        refusal = _refusal(failure)
-        if refusal is not None:
-            self._give_up(refusal)
+        error = _server_error(failure)
+        if failure.check(ProtocolViolation) or _is_final(error, self.connections > 0):
+            self._give_up(error or failure.value)
             return None
         self._attempts += 1
         self._last_failure = failure.value
         self._fail_waiters(failure.value)
         if not self._running:           # a waiter gave up and stopped the session
             return None
-        delay = self._policy(self._attempts)
+        delay = self._delay(self._attempts, error)
         self._status(f"cannot connect ({_describe(failure)}); retrying in {delay:.1f}s")
         self._retry = self.reactor.callLater(delay, self._connect)
         return None
@@ -318,13 +327,20 @@ class Session:
             for d in waiters:
                 d.callback(None)
             return
-        if proto.last_error is not None and proto.last_error.code in REFUSALS:
+        if _is_final(proto.last_error, True):
             self._give_up(proto.last_error)
             return
-        delay = self._policy(0)
+        delay = self._delay(0, proto.last_error)
         self._status(f"connection lost ({proto.last_error or reason.getErrorMessage()}); "
                      f"reconnecting in {delay:.1f}s")
         self._retry = self.reactor.callLater(delay, self._connect)
+
+    def _delay(self, attempt, error):
+        """The backoff delay, or longer if the relay said when to come back."""
+        delay = self._policy(attempt)
+        if error is not None and error.retry_after is not None:
+            delay = max(delay, error.retry_after)
+        return delay
 
     def _give_up(self, error):
         self.fatal = error
@@ -403,7 +419,7 @@ class Session:
             self.on_message(msg)
 
     def _error(self, proto, error):
-        if error.code not in REFUSALS:
+        if not _is_final(error, True):
             self._status(f"relay: {error}")
 
     def _ping(self):

@@ -4,7 +4,7 @@
 docs/PROTOCOL.md section 1 closely enough for client tests: hello with or
 without a key (challenge, Ed25519 check), send with nonce dedup, delivery to
 a peer / a room / everyone, join, leave, peers, rooms, history, ping.  Tests
-steer it with a few attributes (``refuse``, ``swallow_acks``,
+steer it with a few attributes (``refuse``, ``full``, ``swallow_acks``,
 ``send_errors``, ``silent``, ``name_in_challenge``) and read what it saw (``requests``, ``stored``).
 ``MemoryEndpoint`` connects clients to it in memory (iosim).
 """
@@ -36,6 +36,7 @@ class FakeRelay(Factory):
         self.stored = []            # accepted messages, in order
         self.requests = []          # every request object received
         self.refuse = None          # an error code to answer every hello with
+        self.full = False           # close new connections with too_many_connections
         self.swallow_acks = 0       # store (and deliver) this many sends without acking
         self.send_errors = []       # error codes to answer the next sends with
         self.answer_pings = True
@@ -63,6 +64,11 @@ class FakeRelayProtocol(LineOnlyReceiver):
         self.requested_id = None
         self.pending_key = None
         self.challenge = None
+
+    def connectionMade(self):
+        if self.relay.full:
+            self.error(None, "too_many_connections")
+            self.transport.loseConnection()
 
     def reply(self, request, **fields):
         if "req" in request:
