@@ -32,7 +32,7 @@ from relayd.journal.replay import replay
 from relayd.journal.segments import scan
 
 SETTINGS = dict(max_hops=16, max_line=1 << 20, handshake_timeout=10.0, keepalive=15.0,
-                dead_after=45.0, sync_batch=1000)
+                dead_after=45.0, sync_batch=1000, repair_interval=60.0)
 
 
 class FileJournal:
@@ -446,6 +446,20 @@ class CatchUpTests(ThreeRelays):
         self.r[0].restart()
         self.r[0].send(self.r[0].client("alice"), "*", "after")
         self.assertEqual(self.r[0].index.cursors["relay1"].low, 5)
+
+
+class RepairTests(ThreeRelays):
+    def test_a_lasting_hole_is_caught_up_while_links_stay_up(self):
+        pump = self.relay_broadcasts(3)
+        b = self.r[1]
+        b.index.discard("relay1", 2)               # as if that item's frame was lost
+        self.assertEqual(b.index.wants()["relay1"], [1, [3]])
+        self.assertFalse(b.hub.repair())           # a hole may be an item still on its way
+        flush(pump)
+        self.assertTrue(b.hub.repair())            # still there: ask the peers
+        flush(pump)
+        self.assertEqual(b.index.wants()["relay1"], [3, []])
+        self.assertFalse(b.hub.repair())
 
 
 class CheckpointTests(ThreeRelays):

@@ -44,6 +44,7 @@ class Hub:
         self._early = OrderedDict()    # msg_id -> receipt record, for receipts that beat their message
         self.hop_limited = 0
         self._since_checkpoint = 0
+        self._holes = set()            # (origin, low) with items above low, at the last repair()
         self._retrying = set()         # links that will be asked to resend after a journal failure
         self.catchup = CatchUpServer(self)
 
@@ -260,6 +261,16 @@ class Hub:
 
     def peer_rows(self):
         return peer_rows(self.peers, self._stats, self.clock.seconds())
+
+    def repair(self):
+        """Ask every peer again when a hole in a cursor outlived one call (an item
+        lost in a dropped link, refused by a full disk, or stopped by max_hops)."""
+        holes = {(origin, c.low) for origin, c in self.index.cursors.items() if c.above}
+        lasting, self._holes = holes & self._holes, holes
+        if lasting:
+            for links in self.links.values():
+                self.ask_sync(links[0])
+        return bool(lasting)
 
     def sequence_leftovers(self):
         """Give a seq to own items the journal holds without one (a crash, or

@@ -10,6 +10,7 @@ import random
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from relayd.federation import keys, peers as peer_list
@@ -33,6 +34,8 @@ class FederationService(MultiService):
         self._loaded = False
         self.listener = stream_service(daemon, hub.settings.listen, LinkFactory(hub))
         self.listener.setServiceParent(self)
+        self._repair = LoopingCall(hub.repair)
+        self._repair.clock = daemon.reactor
 
     def privilegedStartService(self):
         """Read the peers before anything listens: a bad peer list stops the daemon."""
@@ -56,6 +59,8 @@ class FederationService(MultiService):
         if count:
             self.log.info("federation: sequenced {count} journal items that had no seq", count=count)
         self.hub.checkpoint()
+        if self.hub.settings.repair_interval > 0:
+            self._repair.start(self.hub.settings.repair_interval, now=False)
         for peer in self.hub.peers.values():
             if peer.name not in self.dialers:
                 self._dial(peer)
@@ -65,6 +70,8 @@ class FederationService(MultiService):
 
     def stopService(self):
         self._loaded = False
+        if self._repair.running:
+            self._repair.stop()
         return super().stopService()
 
     def _dial(self, peer):
