@@ -73,19 +73,22 @@ class RelayChatE2E(SynchronousTestCase):
 
     def test_send_and_listen_between_two_processes(self):
         self.daemon()
-        bob = self.start_chat("--id", "bob", "listen", "--json", "--count", "2",
-                              "--timeout", str(WAIT))
+        bob = self.start_chat("--id", "bob", "listen", "--json", "--count", "3",
+                              "--join", "#general", "--timeout", str(WAIT))
         self.wait_line(bob.stderr, "connected as bob")
-        code, direct, err = self.run_chat("--id", "alice", "send", "--to", "bob", "hi", "bob")
-        self.assertEqual(code, 0, err)
-        code, everyone, err = self.run_chat("--id", "alice", "send", "--to", "*", "hi all")
-        self.assertEqual(code, 0, err)
+        acks = []
+        for target, text in ((["--to", "bob"], ["hi", "bob"]), (["--to", "*"], ["hi all"]),
+                             (["--room", "general"], ["hi room"])):
+            code, out, err = self.run_chat("--id", "alice", "send", *target, *text)
+            self.assertEqual(code, 0, err)
+            acks.append(out.strip())
         out, err = bob.communicate(timeout=WAIT)
         self.assertEqual(bob.returncode, 0, err)
         got = [json.loads(line) for line in out.splitlines()]
         self.assertEqual([(m["from"], m["to"], m["body"]) for m in got],
-                         [("alice", "bob", "hi bob"), ("alice", "*", "hi all")])
-        self.assertEqual([m["msg_id"] for m in got], [direct.strip(), everyone.strip()])
+                         [("alice", "bob", "hi bob"), ("alice", "*", "hi all"),
+                          ("alice", "#general", "hi room")])
+        self.assertEqual([m["msg_id"] for m in got], acks)
 
     def test_a_seed_000_client_and_relay_chat_talk(self):
         self.daemon()
