@@ -2,9 +2,12 @@
 CLI run as a subprocess against a scripted relay on a loopback port."""
 import base64
 import datetime
+import fcntl
 import json
 import os
+import pty
 import stat
+import subprocess
 import sys
 
 from cryptography import x509
@@ -16,6 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from relayd.client import cli, keys
 from relayd.client.testing import FakeRelay
+from tests.daemon import free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "relay-chat")
@@ -127,6 +131,20 @@ class KeyFileTests(SynchronousTestCase):
             f.write("not a key")
         self.assertRaises(keys.KeyFileError, keys.load, path, "alice")
         self.assertRaises(keys.KeyFileError, keys.load, path + ".missing", "alice")
+
+
+class TerminalTests(SynchronousTestCase):
+    def test_the_terminal_is_left_blocking(self):
+        """StandardIO's non-blocking mode must not leak into the user's shell."""
+        master, slave = pty.openpty()
+        self.addCleanup(os.close, master)
+        self.addCleanup(os.close, slave)
+        env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        done = subprocess.run(command() + ["--server", f"127.0.0.1:{free_port()}", "chat"],
+                              stdin=slave, stdout=slave, stderr=slave, env=env, cwd=REPO,
+                              timeout=60)
+        self.assertEqual(done.returncode, 2)
+        self.assertFalse(fcntl.fcntl(slave, fcntl.F_GETFL) & os.O_NONBLOCK)
 
 
 class SubprocessTests(TestCase):

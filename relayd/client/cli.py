@@ -12,6 +12,7 @@ subcommand with a ``register_command(subparsers)`` function listed in
 ``build_parser``.
 """
 import argparse
+import fcntl
 import getpass
 import json
 import os
@@ -202,12 +203,30 @@ async def answer(reactor, args, session, d, late="no answer within {:g}s"):
 
 # -- commands ----------------------------------------------------------
 
+def restore_at_exit(reactor, fds):
+    """Give ``fds`` their file status flags back once the reactor has stopped.
+
+    StandardIO makes stdin and stdout non-blocking, and a terminal shares
+    those flags with the shell that started us.
+    """
+    saved = {fd: fcntl.fcntl(fd, fcntl.F_GETFL) for fd in fds}
+
+    def restore():
+        for fd, flags in saved.items():
+            try:
+                fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+            except OSError:
+                pass
+    reactor.addSystemEventTrigger("after", "shutdown", restore)
+
+
 async def cmd_chat(reactor, args):
     done = defer.Deferred()
     console = Console(None, done.callback)
     session = open_session(reactor, args, on_message=console.show_message,
                            on_status=console.status)
     console.session = session
+    restore_at_exit(reactor, (sys.stdin.fileno(), sys.stdout.fileno()))
     StandardIO(console, reactor=reactor)
     await connected(session, args)
     end_on_refusal(session, done, args, console.status)
