@@ -156,7 +156,14 @@ class SubprocessTests(TestCase):
         self.relay = FakeRelay()
         self.port = reactor.listenTCP(0, self.relay, interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
+        self.addCleanup(lambda: defer.ensureDeferred(self.close_connections()))
         self.server = f"127.0.0.1:{self.port.getHost().port}"
+
+    async def close_connections(self):
+        """Leave no server side of a client connection behind."""
+        for proto in list(self.relay.connections):
+            proto.transport.abortConnection()
+        await self.wait_for(lambda: not self.relay.connections)
 
     def relay_chat(self, *args, stdin=None):
         return spawn(self, args, stdin)

@@ -29,6 +29,7 @@ class FakeRelay(Factory):
     def __init__(self, relay_id="relay1", clock=None):
         self.relay_id = relay_id
         self.clock = clock
+        self.connections = set()    # every open connection
         self.sessions = {}          # peer id -> protocol
         self.rooms = {}             # room -> set of peer ids
         self.owners = {}            # peer id -> raw public key
@@ -66,6 +67,7 @@ class FakeRelayProtocol(LineOnlyReceiver):
         self.challenge = None
 
     def connectionMade(self):
+        self.relay.connections.add(self)
         if self.relay.full:
             self.error(None, "too_many_connections")
             self.transport.loseConnection()
@@ -194,6 +196,7 @@ class FakeRelayProtocol(LineOnlyReceiver):
         self.reply(request, type="history", messages=messages[-request.get("limit", 50):])
 
     def connectionLost(self, reason):
+        self.relay.connections.discard(self)
         if self.relay.sessions.get(self.peer_id) is self:
             del self.relay.sessions[self.peer_id]
 
