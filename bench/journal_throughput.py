@@ -1,16 +1,17 @@
-"""Journal throughput: lines/s through the real Journal and file thread.
+"""Journal throughput and ack latency through the real Journal and file thread.
 
-    .venv/bin/python bench/journal_throughput.py [--lines N] [--fsync batch] [--window W]
+    .venv/bin/python -m bench.journal_throughput [--lines N] [--window W] [--fsync POLICY]
+    .venv/bin/python -m bench.journal_throughput --rate 1000 [--lines N]
 
-Appends N seed-000 sized lines (about 250 bytes) keeping at most W
-unacknowledged, the way a busy relay would, and prints acknowledged
-lines/s, the process CPU per line, the batch sizes seen, and how fast the
-result replays at start-up.  Runs in a
-temporary directory on the disk of the working directory and stops by itself.
+Saturation (the default): appends N seed-000 sized lines (about 200 bytes)
+keeping at most W unacknowledged, the way a busy relay would, and prints
+acknowledged lines/s, CPU per line and batch sizes.  ``--rate R``: appends
+one line every 1/R s instead and prints the append-to-ack latency.  Both then
+time the start-up replay of what was written.  Runs in a temporary directory
+on the disk of the working directory and stops by itself.
 """
 import argparse
 import json
-import os
 import resource
 import shutil
 import sys
@@ -19,13 +20,12 @@ import time
 
 from prometheus_client import CollectorRegistry
 from twisted.internet import reactor
+from twisted.internet.task import LoopingCall
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from relayd.filepool import FilePool  # noqa: E402
-from relayd.journal import segments  # noqa: E402
-from relayd.journal.replay import replay  # noqa: E402
-from relayd.journal.service import Journal  # noqa: E402
+from relayd.filepool import FilePool
+from relayd.journal import segments
+from relayd.journal.replay import replay
+from relayd.journal.service import Journal
 
 
 class NoRecords:
@@ -47,73 +47,103 @@ def cpu():
     return usage.ru_utime + usage.ru_stime
 
 
-def run(args):
-    directory = tempfile.mkdtemp(prefix="journal-bench-", dir=".")
-    registry = CollectorRegistry()
-    pool = FilePool(reactor)
-    journal = Journal(directory, pool, reactor, NoRecords(), fsync=args.fsync,
-                      registry=registry, prune_interval=0)
-    lines = [sample_line(n) for n in range(1000)]
-    state = {"sent": 0, "acked": 0}
-    result = {}
+class Load:
+    """Drives one journal until ``lines`` are acked, then stops the reactor."""
 
-    def acked(_):
-        state["acked"] += 1
-        if state["acked"] == args.lines:
-            result["seconds"] = time.perf_counter() - result["start"]
-            result["cpu"] = cpu() - result["cpu0"]
-            result["reactor_cpu"] = time.thread_time() - result["thread0"]
-            journal.stopService().addBoth(lambda _: pool.stopService()).addBoth(
+    def __init__(self, journal, pool, args):
+        self.journal, self.pool, self.args = journal, pool, args
+        self.lines = [sample_line(n) for n in range(1000)]
+        self.sent = self.acked = 0
+        self.latencies = []
+        self.result = {}
+
+    def begin(self):
+        self.pool.startService()
+        self.journal.privilegedStartService()
+        self.journal.startService()
+        self.result.update(start=time.perf_counter(), cpu0=cpu(), thread0=time.thread_time())
+        if self.args.rate:
+            LoopingCall(self.send_one).start(1.0 / self.args.rate)
+        else:
+            self.pump()
+
+    def on_ack(self, _, sent_at=None):
+        self.acked += 1
+        if sent_at is not None:
+            self.latencies.append(time.perf_counter() - sent_at)
+        if self.acked == self.args.lines:
+            r = self.result
+            r.update(seconds=time.perf_counter() - r["start"], cpu=cpu() - r["cpu0"],
+                     reactor_cpu=time.thread_time() - r["thread0"])
+            self.journal.stopService().addBoth(lambda _: self.pool.stopService()).addBoth(
                 lambda _: reactor.stop())
 
-    def pump():
-        budget = min(args.window - (state["sent"] - state["acked"]), args.lines - state["sent"])
-        append = journal.append
+    def pump(self):
+        budget = min(self.args.window - (self.sent - self.acked), self.args.lines - self.sent)
+        append = self.journal.append
         for _ in range(max(0, budget)):
-            append(lines[state["sent"] % 1000]).addCallback(acked)
-            state["sent"] += 1
-        if state["sent"] < args.lines:
-            reactor.callLater(0, pump)
+            append(self.lines[self.sent % 1000]).addCallback(self.on_ack)
+            self.sent += 1
+        if self.sent < self.args.lines:
+            reactor.callLater(0, self.pump)
 
-    def begin():
-        pool.startService()
-        journal.privilegedStartService()
-        journal.startService()
-        result["start"], result["cpu0"] = time.perf_counter(), cpu()
-        result["thread0"] = time.thread_time()
-        pump()
+    def send_one(self):
+        if self.sent < self.args.lines:
+            d = self.journal.append(self.lines[self.sent % 1000])
+            d.addCallback(self.on_ack, time.perf_counter())
+            self.sent += 1
 
-    reactor.callWhenRunning(begin)
-    reactor.callLater(args.timeout, reactor.stop)
-    reactor.run()
-    if "seconds" not in result:
-        shutil.rmtree(directory, ignore_errors=True)
-        sys.exit(f"timed out after {args.timeout}s with {state['acked']} of {args.lines} acked")
-    replay_start = time.perf_counter()
-    replay(directory, segments.scan(directory), NoRecords().restore)
-    replay_seconds = time.perf_counter() - replay_start
-    shutil.rmtree(directory, ignore_errors=True)
+
+def report(args, load, registry, replay_seconds):
+    r = load.result
     count = registry.get_sample_value("relayd_journal_batch_records_count")
     total = registry.get_sample_value("relayd_journal_batch_records_sum")
-    print(f"fsync={args.fsync} lines={args.lines} window={args.window} "
-          f"line_bytes={len(lines[0]) + 1}")
-    print(f"  {args.lines / result['seconds']:,.0f} lines/s acknowledged "
-          f"({result['seconds']:.2f} s), {count:.0f} batches of {total / count:.0f} lines on average")
-    print(f"  CPU per line: {result['cpu'] / args.lines * 1e6:.2f} us in all, "
-          f"{result['reactor_cpu'] / args.lines * 1e6:.2f} us on the reactor thread "
-          f"(including this load generator's own append loop and ack callbacks)")
-    print(f"  start-up replay: {args.lines / replay_seconds:,.0f} lines/s "
-          f"({replay_seconds:.2f} s)")
+    print(f"fsync={args.fsync} lines={args.lines} line_bytes={len(load.lines[0]) + 1} "
+          + (f"rate={args.rate}/s" if args.rate else f"window={args.window}"))
+    if args.rate:
+        lat = sorted(load.latencies[len(load.latencies) // 10:])     # 10% warm-up dropped
+        print(f"  append-to-ack latency: p50 {lat[len(lat) // 2] * 1e3:.3f} ms, "
+              f"p99 {lat[int(len(lat) * 0.99)] * 1e3:.3f} ms; "
+              f"CPU {r['cpu'] / r['seconds'] * 100:.0f}% of a core")
+    else:
+        print(f"  {args.lines / r['seconds']:,.0f} lines/s acknowledged ({r['seconds']:.2f} s), "
+              f"{count:.0f} batches of {total / count:.0f} lines on average")
+        print(f"  CPU per line: {r['cpu'] / args.lines * 1e6:.2f} us in all, "
+              f"{r['reactor_cpu'] / args.lines * 1e6:.2f} us on the reactor thread "
+              f"(including this load generator's own append loop and ack callbacks)")
+    print(f"  start-up replay: {args.lines / replay_seconds:,.0f} lines/s ({replay_seconds:.2f} s)")
 
 
-def main():
+def run(args):
+    directory = tempfile.mkdtemp(prefix="journal-bench-", dir=".")
+    try:
+        registry = CollectorRegistry()
+        pool = FilePool(reactor)
+        journal = Journal(directory, pool, reactor, NoRecords(), fsync=args.fsync,
+                          registry=registry, prune_interval=0)
+        load = Load(journal, pool, args)
+        reactor.callWhenRunning(load.begin)
+        reactor.callLater(args.timeout, reactor.stop)
+        reactor.run()
+        if "seconds" not in load.result:
+            sys.exit(f"timed out after {args.timeout}s with {load.acked} of {args.lines} acked")
+        start = time.perf_counter()
+        replay(directory, segments.scan(directory), NoRecords().restore)
+        report(args, load, registry, time.perf_counter() - start)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lines", type=int, default=500_000)
+    parser.add_argument("--lines", type=int, default=300_000)
     parser.add_argument("--fsync", choices=("always", "batch", "never"), default="batch")
-    parser.add_argument("--window", type=int, default=20_000,
-                        help="most unacknowledged lines at once")
+    parser.add_argument("--window", type=int, default=2000,
+                        help="most unacknowledged lines at once (saturation)")
+    parser.add_argument("--rate", type=float, default=0,
+                        help="lines per second instead of saturation: measures ack latency")
     parser.add_argument("--timeout", type=float, default=120.0)
-    run(parser.parse_args())
+    run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -225,6 +225,17 @@ class FsyncPolicyTests(JournalTestMixin, unittest.TestCase):
         self.successResultOf(journal.stopService())
         self.assertEqual(len(fsyncs), 2, "stopService fsyncs")
 
+    def test_batch_fsyncs_rolled_segments_off_the_write_path(self):
+        journal = self.make(fsync="batch", fsync_interval=1.0, segment_size=1)
+        fsyncs = self.count_calls(journal, "_fsync")
+        self.write_batches(journal, 3)
+        self.assertEqual(fsyncs, [], "rolling does not fsync on the write path")
+        self.assertEqual(len(journal._writer.retired), 3)
+        self.clock.advance(1.0)
+        self.assertEqual(len(fsyncs), 3)
+        self.assertEqual(journal._writer.retired, [])
+        self.assertEqual(self.registry.get_sample_value("relayd_journal_fsyncs_total"), 3)
+
     def test_never_leaves_fsync_to_the_os_until_shutdown(self):
         journal = self.make(fsync="never")
         fsyncs = self.count_calls(journal, "_fsync")

@@ -10,6 +10,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 from twisted.internet import defer, reactor
@@ -40,10 +41,16 @@ def stop(pool, journal):
 
 class RealThreadTests(unittest.TestCase):
 
+    def start(self, directory, **options):
+        """``start`` with a cleanup, so that a failing test leaves no pool thread behind."""
+        pool, journal = start(directory, Consumer(), **options)
+        self.addCleanup(lambda: journal.running and stop(pool, journal))
+        return pool, journal
+
     @defer.inlineCallbacks
     def test_many_appends_all_durable_in_order(self):
         directory = self.mktemp()
-        pool, journal = start(directory, Consumer(), fsync="batch", segment_size=4096)
+        pool, journal = self.start(directory, fsync="batch", segment_size=4096)
         acks = []
         for n in range(20000):
             journal.append(b'{"n": %d}' % n).addCallback(lambda _, n=n: acks.append(n))
@@ -59,7 +66,7 @@ class RealThreadTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_always_policy_on_a_real_disk(self):
         directory = self.mktemp()
-        pool, journal = start(directory, Consumer(), fsync="always")
+        pool, journal = self.start(directory, fsync="always")
         yield defer.gatherResults([journal.append(b'{"n": %d}' % n) for n in range(100)])
         self.assertEqual(journal.stats()["records_written"], 100)
         self.assertIsNotNone(journal.stats()["last_fsync_age"])
@@ -68,12 +75,39 @@ class RealThreadTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_stop_right_after_appends_loses_nothing(self):
         directory = self.mktemp()
-        pool, journal = start(directory, Consumer(), fsync="never")
+        pool, journal = self.start(directory, fsync="never")
         acks = [journal.append(b'{"n": %d}' % n) for n in range(500)]
         yield stop(pool, journal)
         yield defer.gatherResults(acks)
         consumer = replay_directory(directory)
         self.assertEqual(consumer.report.records, 500)
+
+
+    @defer.inlineCallbacks
+    def test_a_slow_periodic_fsync_does_not_hold_up_acks(self):
+        directory = self.mktemp()
+        pool, journal = self.start(directory, fsync="batch", fsync_interval=0.01)
+        release, threads = threading.Event(), []
+        self.addCleanup(release.set)
+        real = journal._writer._fsync
+
+        def slow_fsync(fd):
+            threads.append(threading.current_thread().name)
+            release.wait(10)
+            return real(fd)
+        journal._writer._fsync = slow_fsync
+        yield journal.append(b'{"n": 1}')
+        for _ in range(500):
+            if threads:
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(len(threads), 1, "the periodic fsync started")
+        yield defer.gatherResults([journal.append(b'{"n": %d}' % n) for n in range(2, 50)])
+        self.assertFalse(release.is_set(), "acked while the fsync was still running")
+        release.set()
+        yield stop(pool, journal)
+        self.assertIn("relayd-fsync", threads[0])
+        self.assertEqual(replay_directory(directory).report.records, 49)
 
 
 class CrashTests(unittest.TestCase):

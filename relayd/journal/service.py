@@ -9,7 +9,9 @@ import os
 from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 
+from relayd.filepool import FilePool
 from relayd.journal import lock, segments
 from relayd.journal.commit import GroupCommit
 from relayd.journal.metrics import JournalMetrics
@@ -60,6 +62,12 @@ class Journal(Service):
         self._failed_batches = 0
         self._dirty = False
         self._writer = SegmentWriter(directory, segment_size, durable=fsync != "never")
+        # The periodic fsync of the `batch` policy gets a thread of its own;
+        # stand-in pools (tests) run it with the other jobs.
+        if fsync == "batch" and isinstance(file_pool, FilePool):
+            self._sync_pool = FilePool(file_pool.reactor, ThreadPool(1, 1, "relayd-fsync"))
+        else:
+            self._sync_pool = file_pool
         self._commit = GroupCommit(clock, self._submit, batch_interval)
         self._fsync_loop = LoopingCall(self._sync_tick)
         self._fsync_loop.clock = clock
@@ -78,6 +86,8 @@ class Journal(Service):
             self._replay()
         super().startService()
         self._commit.closed = False
+        if self._sync_pool is not self.file_pool:
+            self._sync_pool.startService()
         if self.fsync == "batch" and self.fsync_interval > 0:
             self._fsync_loop.start(self.fsync_interval, now=False)
         if self.prune_interval > 0:
@@ -92,6 +102,9 @@ class Journal(Service):
         self._commit.close()
         d = self.file_pool.run(self._writer.close, True)
         d.addCallbacks(self._closed, self._close_failed)
+        if self._sync_pool is not self.file_pool and self._sync_pool.running:
+            # By now a tick in progress has queued its fsync: let it finish.
+            d.addCallback(lambda _: self._sync_pool.stopService())
         return d
 
     def _replay(self):
@@ -172,22 +185,27 @@ class Journal(Service):
     # --- fsync and pruning timers ------------------------------------------------
 
     def _sync_tick(self):
+        """fsync what was written since the last tick, on the fsync thread, so
+        that a slow fsync never holds up the writes (and acks) behind it."""
         if not self._dirty:
             return None
         self._dirty = False
-        d = self.file_pool.run(self._writer.sync)
+        d = self.file_pool.run(self._writer.take_unsynced)
+        d.addCallback(lambda fds: self._sync_pool.run(self._writer.sync_and_close, fds))
         d.addCallbacks(self._synced, self._sync_failed)
         return d
 
-    def _synced(self, did):
-        if did:
+    def _synced(self, count):
+        if count:
             self.last_fsync = self.clock.seconds()
-            self.metrics.fsyncs.inc()
+            self.metrics.fsyncs.inc(count)
 
     def _sync_failed(self, failure):
         self.last_error = failure.getErrorMessage()
         self.metrics.write_errors.inc()
-        self.log.error("journal: fsync failed: {error}", error=self.last_error)
+        self.log.error("journal: fsync failed: {error}; starting a new segment",
+                       error=self.last_error)
+        self.file_pool.run(self._writer.close, False)
 
     def _prune_tick(self):
         d = self.prune()

@@ -1,8 +1,10 @@
 """The file-thread side: the open segment, writes, fsync, rolling, pruning.
 
 Every method runs on the file pool's single thread (``load`` runs at
-start-up, before that thread has work), so nothing here needs a lock.
-Methods return small summaries for the reactor side to keep.
+start-up, before that thread has work), so nothing here needs a lock;
+the exception is ``sync_and_close``, which only touches the descriptors it
+is given, so that a periodic fsync can run on its own thread without
+holding up writes.  Methods return small summaries for the reactor side.
 """
 import os
 
@@ -14,8 +16,9 @@ _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 class SegmentWriter:
     """Appends batches to the active segment and rolls it past ``segment_size``.
 
-    ``durable`` (fsync policy other than ``never``) also fsyncs a segment
-    when it is rolled and the directory when a segment is created.  After a
+    ``durable`` (fsync policy other than ``never``) keeps a rolled segment
+    open until ``take_unsynced`` hands it out for its fsync, and fsyncs the
+    directory when a segment is created.  After a
     failed write the segment is abandoned, so that a partly written batch is
     never followed by good lines in the same file.
     """
@@ -30,6 +33,7 @@ class SegmentWriter:
         self.active = None
         self.fd = None
         self.unsynced = False
+        self.retired = []        # rolled segments awaiting their fsync
         # Seams for tests.
         self._open = os.open
         self._write = os.write
@@ -65,32 +69,56 @@ class SegmentWriter:
         entry[1] = now
         self.total += len(data)
         if entry[0] >= self.segment_size:
-            self.close(self.durable)
+            self._retire()
         return self.summary()
 
-    def sync(self):
-        """fsync the active segment if it has unsynced writes; True if it did."""
-        if self.fd is None or not self.unsynced:
-            return False
-        try:
-            self._fsync(self.fd)
-        except OSError:
-            self.close(False)
-            raise
+    def _retire(self):
+        """Stop writing the active segment; under a durable policy its fsync
+        is left to ``take_unsynced`` so that it never delays the next write."""
+        fd, self.fd, self.active = self.fd, None, None
+        if self.unsynced and self.durable:
+            self.retired.append(fd)
+        else:
+            os.close(fd)
         self.unsynced = False
-        return True
+
+    def take_unsynced(self):
+        """File descriptors with unsynced writes, for ``sync_and_close`` on
+        another thread: the retired segments and a dup of the active one."""
+        fds, self.retired = self.retired, []
+        if self.fd is not None and self.unsynced:
+            fds.append(os.dup(self.fd))
+            self.unsynced = False
+        return fds
+
+    def sync_and_close(self, fds):
+        """fsync and close each of ``fds``; thread-safe (touches no state)."""
+        error = None
+        for fd in fds:
+            try:
+                self._fsync(fd)
+            except OSError as e:
+                error = error or e
+            finally:
+                os.close(fd)
+        if error is not None:
+            raise error
+        return len(fds)
 
     def close(self, sync):
-        """Close the active segment (fsyncing it first if ``sync``)."""
-        if self.fd is None:
-            return
-        fd, self.fd, self.active = self.fd, None, None
-        try:
-            if sync and self.unsynced:
-                self._fsync(fd)
-                self.unsynced = False
-        finally:
+        """Close every open segment, first fsyncing those with unsynced writes if ``sync``."""
+        fds, self.retired = self.retired, []
+        if self.fd is not None:
+            if self.unsynced:
+                fds.append(self.fd)
+            else:
+                os.close(self.fd)
+            self.fd, self.active, self.unsynced = None, None, False
+        if sync:
+            return self.sync_and_close(fds)
+        for fd in fds:
             os.close(fd)
+        return 0
 
     def prune(self, now, max_age, max_size):
         """Delete closed segments by age and size; returns a summary dict."""
