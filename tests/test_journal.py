@@ -236,6 +236,18 @@ class FsyncPolicyTests(JournalTestMixin, unittest.TestCase):
         self.assertEqual(journal._writer.retired, [])
         self.assertEqual(self.registry.get_sample_value("relayd_journal_fsyncs_total"), 3)
 
+    def test_a_stalled_fsync_shows_in_health(self):
+        journal = self.make(fsync="batch", fsync_interval=1.0, pool=ManualPool())
+        journal.append(line(1))
+        self.clock.advance(0)
+        self.pool.run_all()
+        self.clock.advance(1.0)
+        self.pool.run_next()          # take_unsynced; the fsync job now waits
+        self.clock.advance(10.5)
+        self.assertIn("fsync has been running for 10.5s", journal.health())
+        self.pool.run_all()
+        self.assertIsNone(journal.health())
+
     def test_never_leaves_fsync_to_the_os_until_shutdown(self):
         journal = self.make(fsync="never")
         fsyncs = self.count_calls(journal, "_fsync")

@@ -20,7 +20,7 @@ from relayd.journal.writer import SegmentWriter
 
 POLICIES = ("always", "batch", "never")
 
-# health() reports a journal whose oldest pending line is older than this.
+# health() reports a journal whose oldest pending line, or fsync, is older than this.
 LAG_LIMIT = 10.0
 
 
@@ -61,6 +61,7 @@ class Journal(Service):
         self.last_error = None
         self._failed_batches = 0
         self._dirty = False
+        self._sync_since = None       # when the fsync in progress began
         self._writer = SegmentWriter(directory, segment_size, durable=fsync != "never")
         # The periodic fsync of the `batch` policy gets a thread of its own;
         # stand-in pools (tests) run it with the other jobs.
@@ -158,7 +159,7 @@ class Journal(Service):
         self.records_written += count
         self.bytes_written += size
         if self.last_error is not None:
-            self.log.info("journal: writing again after {failed} failed batches",
+            self.log.info("journal: writes succeed again after {failed} failures",
                           failed=self._failed_batches)
             self.last_error, self._failed_batches = None, 0
         m = self.metrics
@@ -190,18 +191,22 @@ class Journal(Service):
         if not self._dirty:
             return None
         self._dirty = False
+        self._sync_since = self.clock.seconds()
         d = self.file_pool.run(self._writer.take_unsynced)
         d.addCallback(lambda fds: self._sync_pool.run(self._writer.sync_and_close, fds))
         d.addCallbacks(self._synced, self._sync_failed)
         return d
 
     def _synced(self, count):
+        self._sync_since = None
         if count:
             self.last_fsync = self.clock.seconds()
             self.metrics.fsyncs.inc(count)
 
     def _sync_failed(self, failure):
+        self._sync_since = None
         self.last_error = failure.getErrorMessage()
+        self._failed_batches += 1
         self.metrics.write_errors.inc()
         self.log.error("journal: fsync failed: {error}; starting a new segment",
                        error=self.last_error)
@@ -250,7 +255,10 @@ class Journal(Service):
     def health(self):
         if self.last_error is not None:
             return f"journal write failed: {self.last_error}"
-        lag = self._commit.lag(self.clock.seconds())
+        now = self.clock.seconds()
+        lag = self._commit.lag(now)
         if lag > LAG_LIMIT:
             return f"journal is {lag:.1f}s behind"
+        if self._sync_since is not None and now - self._sync_since > LAG_LIMIT:
+            return f"journal fsync has been running for {now - self._sync_since:.1f}s"
         return None
