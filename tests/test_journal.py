@@ -132,6 +132,20 @@ class GroupCommitTests(JournalTestMixin, unittest.TestCase):
         self.assertEqual(read_lines(self.directory), [line(n) for n in range(5)])
         self.assertEqual(journal.pending, 0)
 
+    def test_a_line_that_is_not_bytes_fails_alone(self):
+        journal = self.make()
+        ok = [journal.append(line(1)), journal.append(line(2))]
+        bad = journal.append("not bytes")
+        self.clock.advance(0)
+        self.assertIn("must be bytes", str(self.failureResultOf(bad, TypeError).value))
+        for d in ok:
+            self.successResultOf(d)
+        self.assertEqual(read_lines(self.directory), [line(1), line(2)])
+        later = journal.append(line(3))
+        self.clock.advance(0)
+        self.successResultOf(later)
+        self.assertEqual(journal.pending, 0)
+
     def test_batch_interval_delays_the_write(self):
         journal = self.make(batch_interval=0.005)
         writes = self.count_calls(journal, "_write")

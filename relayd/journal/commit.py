@@ -67,10 +67,16 @@ class GroupCommit:
         lines, waiters, since = self._lines, self._waiters, self._since
         self._lines, self._waiters, self._since = [], [], None
         lines.append(b"")
+        try:
+            data = b"\n".join(lines)
+        except TypeError:
+            data, waiters = _refuse_non_bytes(lines, waiters)
+            if not waiters:
+                return succeed(None)
         if not self._busy:
             self._busy_since = since
         self._busy += len(waiters)
-        d = self._submit(b"\n".join(lines), len(waiters))
+        d = self._submit(data, len(waiters))
         d.addBoth(self._done, waiters)
         return d
 
@@ -98,3 +104,16 @@ class GroupCommit:
             self._call = self._clock.callLater(max(0.0, wait), self.flush)
         else:
             self.flush()
+
+
+def _refuse_non_bytes(lines, waiters):
+    """Fail the appends whose line is not bytes; ``(data, waiters)`` of the rest."""
+    good, kept = [], []
+    for line, d in zip(lines, waiters):
+        if isinstance(line, bytes):
+            good.append(line)
+            kept.append(d)
+        else:
+            d.errback(TypeError(f"a journal line must be bytes, not {type(line).__name__}"))
+    good.append(b"")
+    return b"\n".join(good), kept
