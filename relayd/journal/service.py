@@ -2,7 +2,8 @@
 
 The reactor thread only buffers lines and keeps counters; every file
 operation after the start-up replay runs on the daemon's file pool, whose
-single thread keeps them in order.
+single thread keeps them in order, except the periodic fsync of the
+``batch`` policy, which has a thread of its own.
 """
 import os
 
@@ -65,7 +66,7 @@ class Journal(Service):
         self._writer = SegmentWriter(directory, segment_size, durable=fsync != "never")
         # The periodic fsync of the `batch` policy gets a thread of its own;
         # stand-in pools (tests) run it with the other jobs.
-        if fsync == "batch" and isinstance(file_pool, FilePool):
+        if fsync == "batch" and fsync_interval > 0 and isinstance(file_pool, FilePool):
             self._sync_pool = FilePool(file_pool.reactor, ThreadPool(1, 1, "relayd-fsync"))
         else:
             self._sync_pool = file_pool
