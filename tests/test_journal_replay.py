@@ -132,16 +132,27 @@ class ReplayTests(JournalTestMixin, unittest.TestCase):
         self.write_segment(3, good(3))
 
         class FailingRead(io.BytesIO):
-            def __iter__(self):
-                yield good(2)
-                raise OSError(errno.EIO, "Input/output error")
+            """Reads one line, then fails like a bad sector."""
+
+            def readline(self, limit=-1):
+                if self.tell():
+                    raise OSError(errno.EIO, "Input/output error")
+                return super().readline(limit)
 
         def fake_open(path, mode):
             if path.endswith(bad):
-                return FailingRead()
+                return FailingRead(good(2) + good(22))
             return open(path, mode)
         replay_module.open = fake_open      # shadows the builtin in that module only
         self.addCleanup(delattr, replay_module, "open")
         self.make()
         self.assertEqual(self.replayed(), [1, 2, 3])
         self.assertEqual(self.consumer.report.skipped, [(bad, 2, "unreadable: Input/output error")])
+
+    def test_an_overlong_line_is_skipped_without_reading_it_whole(self):
+        self.patch(replay_module, "MAX_LINE", 100)
+        name = self.write_segment(1, good(1) + b"\0" * 1000 + b"\n" + good(2) + b"\0" * 500)
+        self.make()
+        self.assertEqual(self.replayed(), [1, 2])
+        self.assertEqual(self.consumer.report.skipped,
+                         [(name, 2, "line too long"), (name, 4, "line too long")])

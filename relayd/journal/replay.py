@@ -15,6 +15,9 @@ log = Logger()
 # Past this many skipped lines in one start-up, only the total is logged.
 LOGGED_SKIPS = 100
 
+# A longer line is corrupt (messages are far smaller) and is skipped unread.
+MAX_LINE = 16 * 2 ** 20
+
 
 @dataclass
 class ReplayReport:
@@ -53,14 +56,32 @@ def replay(directory, segments, restore):
         number = 0
         try:
             with open(os.path.join(directory, segment.name), "rb") as f:
-                for number, line in enumerate(f, 1):
-                    _replay_line(report, segment.name, number, line, restore)
+                for number, line in enumerate(_lines(f), 1):
+                    if line is None:
+                        _skip(report, segment.name, number, "line too long")
+                    else:
+                        _replay_line(report, segment.name, number, line, restore)
         except OSError as e:
             _skip(report, segment.name, number + 1, f"unreadable: {e.strerror}")
     if len(report.skipped) > LOGGED_SKIPS:
         log.warn("journal: {count} lines skipped in all ({logged} logged)",
                  count=len(report.skipped), logged=LOGGED_SKIPS)
     return report
+
+
+def _lines(f):
+    """The lines of ``f`` with their newlines; None for one over MAX_LINE
+    (say, a run of zeros a crash left), read past in bounded chunks."""
+    while True:
+        line = f.readline(MAX_LINE + 1)
+        if not line:
+            return
+        if len(line) <= MAX_LINE or line.endswith(b"\n"):
+            yield line
+            continue
+        while line and not line.endswith(b"\n"):
+            line = f.readline(MAX_LINE)
+        yield None
 
 
 def _replay_line(report, segment, number, line, restore):
