@@ -145,7 +145,7 @@ def paced(server, receivers, rate, seconds, warmup=1.0):
 
 
 def _paced(server, clients, receivers, rate, seconds, warmup):
-    frame, sender, sender_fd = server.frame, clients.sender, clients.sender_fd
+    frame, sender = server.frame, clients.sender
     socks, poll = clients.receivers, clients.epoll.poll
     pending = {fd: b"" for fd in socks}
     samples = []

@@ -4,7 +4,6 @@ MQTT 3.1.1 client: CONNECT, SUBSCRIBE and QoS 0 PUBLISH over raw sockets.
 Every PUBLISH on the one topic has the same size, so receivers count bytes
 and divide by the frame size instead of parsing.
 """
-import os
 import shutil
 import struct
 
@@ -69,10 +68,7 @@ class Mosquitto(Server):
     COUNTS_LINES = False
 
     def command(self):
-        config = os.path.join(self.workdir, "mosquitto.conf")
-        with open(config, "w") as f:
-            f.write(CONFIG.format(port=self.port, host=HOST))
-        return ["mosquitto", "-c", config]
+        return ["mosquitto", "-c", self.write_config("mosquitto.conf", CONFIG.format(port=self.port, host=HOST))]
 
     def greeting(self, name, subscribe_):
         return connect(name.encode()) + (subscribe(TOPIC) if subscribe_ else b"")

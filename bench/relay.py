@@ -34,10 +34,8 @@ class Relayd(Server):
     COUNTS_LINES = True
 
     def command(self):
-        config = os.path.join(self.workdir, "relay.ini")
-        with open(config, "w") as f:
-            f.write(CONFIG.format(data_dir=os.path.join(self.workdir, "var"),
-                                  port=self.port, host=HOST))
+        config = self.write_config("relay.ini", CONFIG.format(
+            data_dir=os.path.join(self.workdir, "var"), port=self.port, host=HOST))
         return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
                 "--logfile", os.path.join(self.workdir, "twistd.log"),
                 "relayd", "--config", config]

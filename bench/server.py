@@ -53,6 +53,13 @@ class Server:
     def command(self):
         raise NotImplementedError
 
+    def write_config(self, name, text):
+        """Write ``text`` to ``name`` in the scratch directory; its path."""
+        path = os.path.join(self.workdir, name)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
     def env(self):
         return None
 
