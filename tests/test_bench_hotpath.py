@@ -3,10 +3,12 @@ the reference ``json.dumps`` formulas give (docs/PROTOCOL.md 1.5)."""
 import hashlib
 import json
 import random
+from types import SimpleNamespace
 
 from twisted.trial import unittest
 
 from relayd.core import message
+from tests.fakes import make_router
 
 SAMPLES = ["alice", "", "bob\n\"quoted\"\\", "é中文😀", "\x00\x1f\x7f", "#room", "*", "a" * 300]
 TIMES = [1734200000.123456, 0.0, 1e-7, 1.5e22, 3, float("nan")]
@@ -47,7 +49,7 @@ class AckTests(unittest.TestCase):
         for duplicate in (False, True):
             for nonce in (None, "n1", "é\"\\"):
                 for req in (None, 1, "r", {"a": [1, 2.5, None]}):
-                    protocol = RelayProtocol(service=None)
+                    protocol = RelayProtocol(service=SimpleNamespace(router=make_router()))
                     protocol.transport = StringTransport()
                     protocol._ack(("ab" * 32, duplicate), nonce, req)
                     expected = {"status": "ok", "type": "ack", "msg_id": "ab" * 32, "duplicate": duplicate}
@@ -61,7 +63,6 @@ class AckTests(unittest.TestCase):
 class IdleSessionTests(unittest.TestCase):
     def test_rooms_start_shared_and_empty_and_work_once_joined(self):
         from relayd.tcp.protocol import RelayProtocol
-        from tests.fakes import make_router
 
         router = make_router()
         a, b = RelayProtocol(service=None), RelayProtocol(service=None)
@@ -71,3 +72,71 @@ class IdleSessionTests(unittest.TestCase):
         self.assertEqual((a.rooms, b.rooms), ({"r"}, frozenset()))
         router.leave(a, "r")
         self.assertEqual((a.rooms, router.rooms()), (set(), {}))
+
+
+class BatchJournal:
+    """Like the journal's group commit: a batch leaves ``pending``, then its
+    lines are called back one after another."""
+
+    def __init__(self, hold=True):
+        self.waiting = []
+        self.hold = hold
+
+    @property
+    def pending(self):
+        # hold=False: claim a huge backlog, so the router writes each copy at
+        # once, as it did before it held them
+        return len(self.waiting) if self.hold else 10 ** 9
+
+    def append(self, line):
+        from twisted.internet.defer import Deferred
+        self.waiting.append(Deferred())
+        return self.waiting[-1]
+
+    def commit(self):
+        batch, self.waiting = self.waiting, []
+        for d in batch:
+            d.callback(None)
+
+
+class HeldDeliveryTests(unittest.TestCase):
+    """Copies are held until the end of their journal batch: one write per
+    session and batch, and every session's stream exactly as without it."""
+
+    def streams(self, journal):
+        from twisted.internet.testing import MemoryReactorClock, StringTransport
+        from tests.test_tcp_protocol import Client, make_service
+
+        class Counting(StringTransport):
+            writes = 0
+
+            def write(self, data):
+                self.writes += 1
+                super().write(data)
+
+        service = make_service("[ratelimit]\nmessages = 1000\n", reactor=MemoryReactorClock())
+        service.router.journal = journal
+        clients = {}
+        for n, name in enumerate(("a", "b", "c")):
+            client = Client(service, port=n + 1)
+            client.transport.__class__ = Counting
+            client.request(type="hello", id=name)
+            clients[name] = client
+        for sender, body in (("a", "1"), ("b", "2"), ("a", "3"), ("c", "4")):
+            clients[sender].request(type="send", to="*", body=body, nonce=body)
+        clients["b"].request(type="send", to="*", body="2", nonce="2")       # a retry
+        clients["c"].request(type="send", to="b", body="5", nonce="5")
+        writes = {name: c.transport.writes for name, c in clients.items()}
+        journal.commit()
+        writes = {name: c.transport.writes - writes[name] for name, c in clients.items()}
+        return {name: c.transport.value() for name, c in clients.items()}, writes
+
+    def test_same_streams_fewer_writes(self):
+        one_by_one, before = self.streams(BatchJournal(hold=False))
+        held, after = self.streams(BatchJournal())
+        self.assertEqual(held, one_by_one)
+        self.assertEqual(before, {"a": 4, "b": 6, "c": 5})
+        # a: its 2 acks, each after the copies held for it; b: its ack (the
+        # retry's too) after copy 1, then 3, 4 and 5 at the end; c: its 2 acks
+        self.assertEqual(after, {"a": 4, "b": 4, "c": 3})
+        self.assertIn(b'"body": "4"', held["a"])

@@ -3,7 +3,9 @@
 A message takes one path: ``submit`` (local client) or ``accept_remote``
 (federation) -> dedup -> journal -> once durable: history, local delivery,
 forwarders.  Sessions are adapters with ``peer_id``, ``address``,
-``deliver(line)`` and ``close(code, message)``; the router never does I/O.
+``deliver(line)`` (and optionally ``deliver_lines(lines)``, the same for
+several lines at once) and ``close(code, message)``; the router never does
+I/O.
 """
 from prometheus_client import Counter, Gauge, Histogram
 from twisted.internet import defer
@@ -31,6 +33,8 @@ class Router:
         self.sessions = {}             # peer id -> session
         self.members = {}              # room -> set of peer ids
         self._waiting = {}             # msg_id -> [Deferred] for retries of a pending message
+        self._held = {}                # session -> [lines] held until its journal batch is done
+        self._unsettled = 0            # messages appended to the journal and not yet back
         self.received = 0
         self.delivered = 0
         self._last_timestamp = 0.0
@@ -81,6 +85,7 @@ class Router:
 
     def detach(self, session):
         """Forget ``session`` if (and only if) it still owns its id."""
+        self._held.pop(session, None)
         if self.sessions.get(session.peer_id) is session:
             self._leave_all(session)
             del self.sessions[session.peer_id]
@@ -160,6 +165,7 @@ class Router:
         self._waiting[msg_id] = [first]
         if line is None:
             line = message.journal_line(entry)
+        self._unsettled += 1
         d = self.journal.append(line)
         d.addCallbacks(self._durable, self._failed,
                        callbackArgs=(entry, line, source, self.clock.seconds(), first_result, later_result),
@@ -167,6 +173,7 @@ class Router:
         return first
 
     def _durable(self, _, entry, line, source, started, first_result, later_result):
+        self._unsettled -= 1
         self.received += 1
         self.history.add(entry)
         self._route(entry, message.delivery_line(line))
@@ -177,8 +184,43 @@ class Router:
         waiters[0].callback(first_result)
         for d in waiters[1:]:
             d.callback(later_result)
+        self._release_if_batch_done()
+
+    def _release_if_batch_done(self):
+        """Write the held lines once no more messages of this journal batch
+        are about to come back.
+
+        The journal calls back a batch's lines one after another in one go;
+        holding each session's copies until the last of them turns one
+        ``write`` per copy into one per session and batch.  Every line
+        appended before the batch went out is back or in this batch, and the
+        journal's ``pending`` counts only lines appended since, so
+        ``_unsettled - pending`` never exceeds what is left of this batch:
+        the lines are written at its end at the latest, and at once when the
+        journal answers each line by itself.
+        """
+        if self._held and self._unsettled <= getattr(self.journal, "pending", 0):
+            held, self._held = self._held, {}
+            for session, lines in held.items():
+                _deliver(session, lines)
+
+    def release(self, session):
+        """Write what is held for ``session`` now: call before writing anything
+        else to it, so that its stream keeps the order things happened in."""
+        lines = self._held.pop(session, None)
+        if lines:
+            _deliver(session, lines)
+
+    def _hold(self, session, line):
+        lines = self._held.get(session)
+        if lines is None:
+            self._held[session] = [line]
+        else:
+            lines.append(line)
 
     def _failed(self, failure, entry):
+        self._unsettled -= 1
+        self._release_if_batch_done()
         msg_id = entry["msg_id"]
         self.dedup.discard(msg_id)
         self.m_failed.inc()
@@ -192,16 +234,17 @@ class Router:
         to = entry["to"]
         room = entry.get("room")
         count = 0
+        hold = self._hold
         if room is not None:
             sessions = self.sessions
             for peer in self.members.get(room, ()):
                 if peer != sender:
-                    sessions[peer].deliver(line)
+                    hold(sessions[peer], line)
                     count += 1
         elif to == message.BROADCAST:
             for peer, session in self.sessions.items():
                 if peer != sender:
-                    session.deliver(line)
+                    hold(session, line)
                     count += 1
         else:
             session = self.sessions.get(to)
@@ -209,7 +252,7 @@ class Router:
                 self.mailboxes.put(to, entry, line)
                 self.m_stored.inc()
             elif to != sender:
-                session.deliver(line)
+                hold(session, line)
                 self._receipt(entry, to)
                 count = 1
         if count:
@@ -277,3 +320,12 @@ class Router:
                 "dedup_hits": self.dedup.hits, "dedup_window": len(self.dedup),
                 "mailbox_messages": self.mailboxes.total(), "mailbox_peers": len(self.mailboxes),
                 "mailbox_dropped": self.mailboxes.dropped, "owned_ids": len(self.ownership)}
+
+
+def _deliver(session, lines):
+    many = getattr(session, "deliver_lines", None)
+    if many is not None:
+        many(lines)
+    else:
+        for line in lines:
+            session.deliver(line)

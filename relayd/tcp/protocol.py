@@ -92,12 +92,24 @@ class RelayProtocol(Protocol):
     # --- session interface used by the router ---------------------------------
 
     def deliver(self, line):
+        self.deliver_lines((line,))
+
+    def deliver_lines(self, lines):
+        """Write ``lines`` (in one write), unless the output buffer overflows."""
         if self._paused:
-            self._backlog += len(line)
-            if self._backlog > self.service.output_buffer:
-                self.close("slow_consumer", "your connection could not keep up; messages were dropped")
-                return
-        self.transport.write(line)
+            for n, line in enumerate(lines):
+                self._backlog += len(line)
+                if self._backlog > self.service.output_buffer:
+                    if n:
+                        self.transport.write(b"".join(lines[:n]))
+                    self.close("slow_consumer", "your connection could not keep up; messages were dropped")
+                    return
+        self.transport.write(lines[0] if len(lines) == 1 else b"".join(lines))
+
+    def _write(self, data):
+        """Write ``data`` after the messages the router still holds for us."""
+        self.service.router.release(self)
+        self.transport.write(data)
 
     def close(self, code, text, **extra):
         """Send an error and disconnect (once)."""
@@ -105,7 +117,7 @@ class RelayProtocol(Protocol):
             return
         self._closing = True
         self.service.m_errors.labels(code).inc()
-        self.transport.write(errors.frame(code, text, **extra))
+        self._write(errors.frame(code, text, **extra))
         self.transport.loseConnection()
 
     def send(self, obj, req=None):
@@ -113,7 +125,7 @@ class RelayProtocol(Protocol):
             return
         if req is not None:
             obj["req"] = req
-        self.transport.write(encode(obj))
+        self._write(encode(obj))
 
     def error(self, code, text, req=None, **extra):
         if self._closing:
@@ -121,7 +133,7 @@ class RelayProtocol(Protocol):
         if req is not None:
             extra["req"] = req
         self.service.m_errors.labels(code).inc()
-        self.transport.write(errors.frame(code, text, **extra))
+        self._write(errors.frame(code, text, **extra))
 
     # --- input ------------------------------------------------------------------
 
@@ -340,7 +352,7 @@ class RelayProtocol(Protocol):
             d.addCallbacks(self._ack, self._not_stored, callbackArgs=(nonce, req), errbackArgs=(req,))
 
     def _legacy_ack(self, result):
-        self.transport.write(b'{"status": "ok", "msg_id": "' + result[0].encode() + b'"}\n')
+        self._write(b'{"status": "ok", "msg_id": "' + result[0].encode() + b'"}\n')
 
     def _ack(self, result, nonce, req):
         """``send`` of ``{"status", "type", "msg_id", "duplicate"[, "nonce"][, "req"]}``,
@@ -353,7 +365,7 @@ class RelayProtocol(Protocol):
             ack += b', "nonce": ' + encode_basestring_ascii(nonce).encode()
         if req is not None:
             ack += b', "req": ' + json.dumps(req).encode()
-        self.transport.write(ack + b"}\n")
+        self._write(ack + b"}\n")
 
     def _not_stored(self, failure, req=None):
         self.error("journal_unavailable", "the message could not be stored; retry later", req=req)
