@@ -3,6 +3,7 @@
 ``Options`` reads and validates the ini file (a bad file is a usage error, so
 twistd exits non-zero before anything listens); ``makeService`` only wires.
 """
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
 from relayd import config
@@ -16,9 +17,14 @@ class Options(usage.Options):
     ]
 
     def postOptions(self):
+        """Load the ini file and wire a trial daemon on a memory reactor, so
+        that every problem, including one only the wiring finds (a section
+        that needs another), is reported before anything listens."""
+        from relayd.daemon import build
         try:
             self["settings"] = config.load(self["config"])
-        except config.ConfigError as e:
+            build(self["settings"], MemoryReactorClock())
+        except (config.ConfigError, ValueError) as e:
             raise usage.UsageError(str(e)) from None
 
 

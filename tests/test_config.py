@@ -79,6 +79,14 @@ class OptionsTests(unittest.TestCase):
             Options().parseOptions(["--config", path])
         self.assertIn("[tcp] max_line", str(cm.exception))
 
+    def test_wiring_error_is_a_usage_error(self):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[tor]\ncontrol_port = tcp:127.0.0.1:9051\n")
+        with self.assertRaises(usage.UsageError) as cm:
+            Options().parseOptions(["--config", path])
+        self.assertIn("[tor] target", str(cm.exception))
+
     def test_settings_parsed(self):
         path = self.mktemp()
         with open(path, "w") as f:
