@@ -13,7 +13,7 @@ TARGET_BYTES = 2048
 
 
 def main(argv=None):
-    p = systems.parser(__doc__)
+    p = systems.parser(__doc__, systems="relayd,mosquitto")
     p.add_argument("--connections", type=int, default=10000)
     args = p.parse_args(argv)
     limit = raise_fd_limit()

@@ -2,17 +2,19 @@
 import argparse
 
 from bench import mosquitto
-from bench.mosquitto import Mosquitto
+from bench.mosquitto import Mosquitto, MosquittoNoDelay
 from bench.relay import Relayd
 from bench.report import emit, ratio, verdict
 
-SYSTEMS = {"relayd": Relayd, "mosquitto": Mosquitto}
+SYSTEMS = {cls.name: cls for cls in (Relayd, Mosquitto, MosquittoNoDelay)}
+REFERENCES = ("mosquitto", "mosquitto-nodelay")
 
 
-def parser(description, repeat=1):
+def parser(description, repeat=1, systems="relayd,mosquitto,mosquitto-nodelay"):
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--systems", default="relayd,mosquitto",
-                   help="comma-separated servers to drive (default: %(default)s)")
+    p.add_argument("--systems", default=systems,
+                   help="comma-separated servers to drive, of " + ", ".join(SYSTEMS)
+                   + " (default: %(default)s)")
     p.add_argument("--repeat", type=int, default=repeat,
                    help="runs per server, alternating servers; the median is kept (default: %(default)s)")
     return p
@@ -29,7 +31,7 @@ def each(bench, args, run, **labels):
     runs = {}
     for n in range(args.repeat):
         for name in args.systems.split(","):
-            if name == "mosquitto" and not mosquitto.available():
+            if name in REFERENCES and not mosquitto.available():
                 if n == 0:
                     emit(bench, system=name, skipped="mosquitto_not_installed", **labels)
                 continue
@@ -57,7 +59,9 @@ def check(bench, name, value, target, higher_is_better=True, **labels):
 
 
 def compare(bench, results, key, target, higher_is_better=True, **labels):
-    """Check relayd/mosquitto for ``key`` against ``target``."""
-    if "relayd" in results and "mosquitto" in results:
-        check(bench, f"relayd/mosquitto_{key}", ratio(results["relayd"][key], results["mosquitto"][key]),
-              target, higher_is_better, **labels)
+    """Check relayd / the best mosquitto configuration for ``key`` against ``target``."""
+    found = [name for name in REFERENCES if name in results]
+    if "relayd" in results and found:
+        best = (max if higher_is_better else min)(found, key=lambda name: results[name][key])
+        check(bench, f"relayd/mosquitto_{key}", ratio(results["relayd"][key], results[best][key]),
+              target, higher_is_better, against=best, **labels)

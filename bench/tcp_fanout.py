@@ -14,7 +14,7 @@ TARGETS = {10: 1.5, 100: 3.0}
 def main(argv=None):
     p = systems.parser(__doc__, repeat=3)
     p.add_argument("--receivers", default="10,100", help="comma-separated N (default: %(default)s)")
-    p.add_argument("--seconds", type=float, default=4.0, help="measured span per run")
+    p.add_argument("--seconds", type=float, default=3.0, help="measured span per run")
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--window", type=int, default=500,
                    help="messages the sender may be ahead of the average receiver")
