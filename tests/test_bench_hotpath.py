@@ -140,3 +140,24 @@ class HeldDeliveryTests(unittest.TestCase):
         # retry's too) after copy 1, then 3, 4 and 5 at the end; c: its 2 acks
         self.assertEqual(after, {"a": 4, "b": 4, "c": 3})
         self.assertIn(b'"body": "4"', held["a"])
+
+
+class LoadsTests(unittest.TestCase):
+    def test_same_results_and_errors_as_json_loads(self):
+        from relayd.tcp.protocol import _loads
+
+        samples = [b'{"a": 1}', b'{"a": "\xc3\xa9"}', b'{"a": "\xed\xa0\x80"}', b'{\x00"',
+                   b'{"a": "\xff"}', b'{"a": ', b'{}', b'{"a": 1} x', b' {"a": 1}', b'\xef\xbb\xbf{"a": 1}',
+                   '{"a": 1}'.encode("utf-16-le"), '{"a": 1}'.encode("utf-16"), b'{', b'[1]', b'{"a": NaN}']
+        for line in samples:
+            try:
+                expected = ("ok", json.loads(line))
+            except Exception as e:
+                expected = ("error", type(e))
+            try:
+                got = ("ok", _loads(line))
+            except Exception as e:
+                got = ("error", type(e))
+            if expected[0] == "ok" and expected[1] != expected[1]:
+                continue
+            self.assertEqual(got, expected, line)

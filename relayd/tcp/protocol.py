@@ -33,6 +33,15 @@ def encode(obj):
     return json.dumps(obj).encode() + b"\n"
 
 
+def _loads(line):
+    """``json.loads(line)``, without guessing the encoding of a line that
+    starts ``{`` then a non-zero byte: ``json.loads`` would take it as UTF-8."""
+    if line[:1] == b"{" and line[1:2] != b"\x00":
+        return _decode(line.decode("utf-8", "surrogatepass"))
+    return json.loads(line)
+
+
+_decode = json.JSONDecoder().decode
 _ACK_HEAD = b'{"status": "ok", "type": "ack", "msg_id": "'
 _ACK_DUPLICATE = (b'", "duplicate": false', b'", "duplicate": true')     # by bool
 
@@ -231,7 +240,7 @@ class RelayProtocol(Protocol):
         if not line.strip():
             return
         try:
-            request = json.loads(line)
+            request = _loads(line)
         except UnicodeDecodeError:
             self.error("bad_utf8", errors.TEXT["bad_utf8"])
             return
