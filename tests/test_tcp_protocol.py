@@ -185,6 +185,7 @@ class KeyProofTests(unittest.TestCase):
         if answer["status"] == "error":
             return answer
         challenge = answer["challenge"]
+        self.assertEqual(answer["relay"], "relay1")
         signature = key.sign(auth_payload("relay1", peer_id, challenge))
         client.request(type="auth", signature=base64.b64encode(signature).decode())
         return client.frames()[0]

@@ -291,7 +291,8 @@ class RelayProtocol(Protocol):
             self.error("id_owned", "this id is owned by another key", req=req)
             return
         self._challenge = (peer_id, public, os.urandom(32).hex())
-        self.send({"status": "ok", "type": "challenge", "challenge": self._challenge[2]}, req)
+        self.send({"status": "ok", "type": "challenge", "challenge": self._challenge[2],
+                   "relay": self.service.router.relay_id}, req)
 
     def _auth(self, request, req):
         if self._challenge is None:
