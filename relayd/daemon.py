@@ -18,10 +18,15 @@ from relayd.core.history import History
 from relayd.core.mailbox import Mailboxes
 from relayd.core.ownership import FILE_NAME as OWNERSHIP_FILE, Ownership
 from relayd.core.router import Router
+from relayd.federation.service import build_federation
 from relayd.filepool import FilePool
 from relayd.identity import IdentityService
 from relayd.journal.service import Journal
+from relayd.libp2p.service import Libp2pService
+from relayd.ops import build_ops
 from relayd.tcp.service import TcpRelayService
+from relayd.tls import ServerTLS
+from relayd.udp.service import UDPService
 
 
 class Daemon(MultiService):
@@ -139,12 +144,10 @@ def build(settings, reactor, config_path=None):
     daemon.identity_service.setServiceParent(daemon)
     daemon.file_pool.setServiceParent(daemon)
     if settings.enabled("tls"):
-        from relayd.tls import ServerTLS
         daemon.tls = ServerTLS(settings.tls, reactor, daemon.file_pool)
         daemon.on_reload(daemon.tls.apply_settings)
         daemon.tls.setServiceParent(daemon)
     if settings.enabled("udp"):
-        from relayd.udp.service import UDPService
         udp = UDPService(settings.udp, reactor, daemon.registry)
         daemon.on_reload(lambda new: udp.reconfigure(new.get("udp")))
         udp.setServiceParent(daemon)
@@ -152,11 +155,8 @@ def build(settings, reactor, config_path=None):
     if settings.enabled("tcp"):
         TcpRelayService(daemon, settings.tcp, daemon.router, daemon.guard).setServiceParent(daemon)
     if settings.enabled("libp2p"):
-        from relayd.libp2p.service import Libp2pService
         Libp2pService(daemon, settings.libp2p, reactor).setServiceParent(daemon)
     if settings.enabled("federation"):
-        from relayd.federation.service import build_federation
         build_federation(daemon)
-    from relayd.ops import build_ops
     build_ops(daemon)
     return daemon
