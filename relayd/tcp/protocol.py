@@ -69,7 +69,10 @@ class RelayProtocol(Protocol):
 
     def connectionMade(self):
         peer = self.transport.getPeer()
-        self.address = (getattr(peer, "host", "?"), getattr(peer, "port", 0))
+        address = (getattr(peer, "host", "?"), getattr(peer, "port", 0))
+        # A TCP transport already holds this tuple (the accept() address): share it.
+        client = getattr(self.transport, "client", None)
+        self.address = client if client == address else address
         self.connected_at = self.last_activity = self.service.clock.seconds()
         refusal = self.service.admit(self)
         if refusal is not None:
