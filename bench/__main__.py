@@ -13,6 +13,10 @@ BENCHMARKS = [
     "bench.tcp_fanout",
     "bench.tcp_latency",
     "bench.idle_connections",
+    "bench.journal_throughput",
+    "bench.federation",
+    "bench.udp_relay",
+    "bench.libp2p_circuits",
 ]
 
 
