@@ -4,6 +4,7 @@ hop limit, receipts and catch-up between relays joined by iosim pumps.
 ``Relay`` here is a router, index and hub with a synchronous file journal,
 so the catch-up reads run against real segment files.
 """
+import base64
 import json
 import os
 from dataclasses import replace
@@ -24,6 +25,7 @@ from relayd.core.mailbox import Mailboxes
 from relayd.core.router import Router
 from relayd.federation.hub import Hub
 from relayd.federation.index import Index, JournalTee
+from relayd.federation.handshake import transcript
 from relayd.federation.link import Link
 from relayd.federation.metrics import FederationMetrics
 from relayd.federation.peers import Peer, fingerprint
@@ -208,6 +210,24 @@ class HandshakeTests(unittest.TestCase):
         link.dataReceived(b'{"type": "auth", "sig": "' + b"A" * 88 + b'"}\n')
         self.assertEqual(link.state, "closed")
         self.assertIn(b"auth_failed", b"".join(transport.stream))
+
+    def test_peer_removed_during_the_handshake_is_refused(self):
+        self.a.trust(self.b)
+        self.b.trust(self.a)
+        link = Link(self.b.hub)
+        transport = iosim.FakeTransport(link, isServer=True)
+        link.makeConnection(transport)
+        a = self.a.hub.identity
+        link.dataReceived(json.dumps({"type": "hello", "proto": "relayd-federation/1",
+                                      "relay": "relay1", "key": a.public_b64,
+                                      "nonce": "ab" * 16}).encode() + b"\n")
+        del self.b.hub.peers["relay1"]              # a reload drops relay1 meanwhile
+        signature = a.sign(transcript("relay1", "relay2", "ab" * 16, link.handshake.nonce))
+        link.dataReceived(json.dumps({"type": "auth", "sig": base64.b64encode(
+            signature).decode()}).encode() + b"\n")
+        self.assertEqual(link.state, "closed")
+        self.assertEqual(self.b.hub.links, {})
+        self.assertIn(b"no longer a configured peer", b"".join(transport.stream))
 
     def test_silent_handshake_times_out(self):
         link = Link(self.b.hub)

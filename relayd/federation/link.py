@@ -103,6 +103,9 @@ class Link(LineReceiver):
             self.send(auth)
         elif self.state == AUTH and kind == "auth":
             self.handshake.receive_auth(frame)
+            if self.hub.find_peer(self.peer.name) != self.peer:
+                # a reload removed or changed the peer while it was authenticating
+                raise HandshakeError(f"relay {self.peer.name!r} is no longer a configured peer")
             self.state = UP
             self._timer.cancel()
             self._timer = self.hub.clock.callLater(self.hub.settings.keepalive, self._tick)
