@@ -1,10 +1,11 @@
 """multistream-select, Noise XX and Yamux framing, in memory."""
 import hashlib
+from types import SimpleNamespace
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.trial import unittest
 
-from relayd.libp2p import multistream, noise, yamux
+from relayd.libp2p import multistream, noise, ping, yamux
 from relayd.libp2p.peerid import KeyPair
 
 
@@ -246,3 +247,23 @@ class YamuxTests(unittest.TestCase):
         handler = session.streams[1].handler
         session.connection_lost()
         self.assertEqual(handler.closed, "reset")
+
+
+class PingTests(unittest.TestCase):
+    def test_a_pinger_that_never_reads_cannot_queue_unbounded_echoes(self):
+        """The opener sends as fast as its window allows and never grants any:
+        the echoes waiting for window stop the credit, so its sending stops."""
+        sent = []
+        session = yamux.Session(sent.append, False,
+                                lambda s: s.attach(ping.PingResponder(SimpleNamespace(ping_streams=0))),
+                                self.fail)
+        session.feed(yamux.header(yamux.WINDOW_UPDATE, yamux.SYN, 1, 0))
+        window, pushed, chunk = yamux.INITIAL_WINDOW, 0, 32 * 1024
+        while window >= chunk and pushed < 8 * 1024 * 1024:
+            session.feed(yamux.header(yamux.DATA, 0, 1, chunk) + bytes(chunk))
+            window -= chunk
+            pushed += chunk
+            window += sum(f[3] for f in frames(b"".join(sent)) if f[0] == yamux.WINDOW_UPDATE)
+            sent.clear()
+        self.assertLess(pushed, 8 * 1024 * 1024)
+        self.assertLessEqual(session.streams[1].queued, yamux.HIGH_WATER + yamux.INITIAL_WINDOW)

@@ -20,6 +20,7 @@ class PingResponder(StreamHandler):
             return
         self.connection.ping_streams = active + 1
         self.counted = True
+        stream.register_producer(stream)    # echoes waiting for window stop the opener's credit
 
     def data_received(self, data):
         self.buf += data
