@@ -27,6 +27,7 @@ class CheckTests(unittest.TestCase):
             b'{"n": 1\n': "invalid JSON",
             b"\x00\x00\x00\n": "invalid JSON",
             b'{"n": "\xff\xfe"}\n': "invalid UTF-8",
+            b'{"n": ' + b"[" * 5000 + b"\n": "invalid JSON",
             b"[1, 2]\n": "not a JSON object",
             b'"text"\n': "not a JSON object",
             b"\n": "empty line",

@@ -43,6 +43,13 @@ class LegacyTests(unittest.TestCase):
         frames = splitter.feed(b'bob||{"text": "\xff\xfe"}\nbob||{"text": "ok"}\n')
         self.assertEqual(frames, [(None, None, "bad_utf8"), ("bob", {"text": "ok"}, None)])
 
+    def test_nested_too_deeply(self):
+        for tail in (b"\n", b""):
+            splitter = LegacySplitter(65536)
+            frames = splitter.feed(b'bob||{"text": ' + b"[" * 5000 + tail)
+            self.assertEqual(frames, [(None, None, "bad_json")], tail)
+            self.assertEqual(splitter.feed(b'bob||{"text": "ok"}\n'), [("bob", {"text": "ok"}, None)])
+
     def test_oversized(self):
         splitter = LegacySplitter(100)
         self.assertRaises(FrameTooLong, splitter.feed, b'bob||{"text": "' + b"x" * 200)

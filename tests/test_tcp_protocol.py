@@ -120,6 +120,12 @@ class JsonDialectTests(unittest.TestCase):
                                  "bad_request"])
         self.assertFalse(client.closed)
 
+    def test_deeply_nested_json_is_bad_json(self):
+        client = hello(self.service, "alice")
+        client.send(b'{"type": "ping", "x": ' + b"[" * 5000 + b"\n")
+        client.request(type="ping")
+        self.assertEqual([f.get("error", f.get("type")) for f in client.frames()], ["bad_json", "pong"])
+
     def test_line_too_long_closes(self):
         service = make_service("max_line = 1000\n")
         client = hello(service, "alice")
@@ -257,6 +263,13 @@ class LegacyDialectTests(unittest.TestCase):
         alice.send(b"alice")
         alice.send(b"bob||hello\n")
         self.assertEqual(alice.frames()[0]["error"], "bad_json")
+        self.assertFalse(alice.closed)
+
+    def test_deeply_nested_json_is_bad_json(self):
+        alice = Client(self.service)
+        alice.send(b"alice")
+        alice.send(b'bob||{"text": ' + b"[" * 5000 + b"\n")
+        self.assertEqual([f["error"] for f in alice.frames()], ["bad_json"])
         self.assertFalse(alice.closed)
 
 

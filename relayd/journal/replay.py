@@ -41,7 +41,7 @@ def check(line):
         return None, "invalid UTF-8"
     try:
         record = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):         # RecursionError: nested too deeply
         return None, "invalid JSON"
     if not isinstance(record, dict):
         return None, "not a JSON object"

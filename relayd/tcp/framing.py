@@ -95,6 +95,8 @@ class LegacySplitter:
             if newline < 0:
                 return None                      # the JSON object is not complete yet
             return self._reject(newline, "bad_json")
+        except RecursionError:                   # nested too deeply: more bytes cannot help
+            return self._reject(newline, "bad_json")
         consumed = len(text[:len(text) - len(stripped) + end].encode("utf-8"))
         self._buffer = buffer[separator + 2 + consumed:]
         try:

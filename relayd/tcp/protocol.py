@@ -247,7 +247,7 @@ class RelayProtocol(Protocol):
         except UnicodeDecodeError:
             self.error("bad_utf8", errors.TEXT["bad_utf8"])
             return
-        except ValueError:
+        except (ValueError, RecursionError):        # RecursionError: nested too deeply
             self.error("bad_json", errors.TEXT["bad_json"])
             return
         if not isinstance(request, dict):
