@@ -1,6 +1,8 @@
 """relay-chat peer: end-to-end channel, and two clients through a real relay on loopback."""
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.internet import defer, reactor, task
+
+from relayd.client import e2e
 from twisted.trial import unittest
 
 from relayd.client.e2e import Channel, E2EError, ReplayWindow
@@ -41,6 +43,31 @@ class ChannelTests(unittest.TestCase):
 
     def test_repeated_hello_is_not_a_new_session(self):
         self.assertFalse(self.bob.accept_hello(self.alice.hello()))
+
+    def test_replayed_hello_of_an_earlier_session_is_refused(self):
+        old = self.alice.seal({"k": "text", "body": "once"})
+        self.bob.open(old)
+        old_hello = self.alice.hello()
+        restarted = Channel(self.alice_id, "alice", "bob")
+        self.assertTrue(self.bob.accept_hello(restarted.hello()))
+        sent = self.bob.seal({"k": "x"})["n"]
+        # Keying Alice's old ephemeral key again would reuse Bob's nonces
+        # and reopen the old session's frames.
+        self.assertRaises(E2EError, self.bob.accept_hello, old_hello)
+        self.assertRaises(E2EError, self.bob.open, old)
+        self.assertEqual(self.bob.seal({"k": "x"})["n"], sent + 1)
+
+    def test_own_ephemeral_key_is_replaced_after_many_sessions(self):
+        self.patch(e2e, "MAX_PEER_SESSIONS", 2)
+        first = self.bob.eph_public
+        alice = Channel(self.alice_id, "alice", "bob")
+        self.assertTrue(self.bob.accept_hello(alice.hello()))
+        self.assertEqual(self.bob.eph_public, first)
+        alice = Channel(self.alice_id, "alice", "bob")
+        self.assertTrue(self.bob.accept_hello(alice.hello()))
+        self.assertNotEqual(self.bob.eph_public, first)
+        self.assertTrue(alice.accept_hello(self.bob.hello()))
+        self.assertEqual(alice.open(self.bob.seal({"k": "text", "body": "hi"}))["body"], "hi")
 
     def test_forged_or_unexpected_hello(self):
         mallory = Channel(identity("mallory"), "alice", "bob")

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from relayd.identity import verify
 
 REPLAY_WINDOW = 1024
+MAX_PEER_SESSIONS = 64     # peer ephemeral keys remembered before ours is replaced
 
 
 class E2EError(ValueError):
@@ -74,20 +75,26 @@ class Channel:
     def __init__(self, identity, me, peer):
         self.identity = identity
         self.me, self.peer = me, peer
-        self._eph = X25519PrivateKey.generate()
-        self.eph_public = _raw(self._eph.public_key())
+        self._new_ephemeral()
         self.peer_id = None            # the peer's Ed25519 public key, once seen
         self.peer_eph = None
         self._send = self._recv = None
         self._counter = 0
         self._window = None
 
+    def _new_ephemeral(self):
+        self._eph = X25519PrivateKey.generate()
+        self.eph_public = _raw(self._eph.public_key())
+        # The peer ephemeral keys this one has made sessions with: keying
+        # the same pair again would repeat its keys, nonces and counters.
+        self._keyed = set()
+
     @property
     def established(self):
         return self._send is not None
 
     def hello(self):
-        """Our handshake frame (the same until we restart)."""
+        """Our handshake frame (the same until MAX_PEER_SESSIONS peer sessions)."""
         return {"t": "hs", "from": self.me, "to": self.peer, "id": b64(self.identity.public_bytes),
                 "eph": b64(self.eph_public),
                 "sig": b64(self.identity.sign(_hs_text(self.me, self.peer, self.eph_public)))}
@@ -111,6 +118,11 @@ class Channel:
             return False
         if self.peer_id is not None and peer_id != self.peer_id:
             raise E2EError("the peer's identity changed")
+        if eph in self._keyed:
+            raise E2EError("replayed handshake of an earlier session")
+        if len(self._keyed) >= MAX_PEER_SESSIONS:
+            self._new_ephemeral()
+        self._keyed.add(eph)
         self.peer_id, self.peer_eph = peer_id, eph
         secret = self._eph.exchange(X25519PublicKey.from_public_bytes(eph))
         names = "|".join(sorted((self.me, self.peer))).encode()
