@@ -220,6 +220,25 @@ class YamuxTests(unittest.TestCase):
         self.assertEqual(self.wire()[-1][:4], (yamux.GO_AWAY, 0, 0, yamux.GO_AWAY_PROTOCOL_ERROR))
         self.assertEqual(len(self.errors), 1)
 
+    def test_a_frame_beyond_the_window_is_refused_before_its_payload_arrives(self):
+        self.session.feed(yamux.header(yamux.WINDOW_UPDATE, yamux.SYN, 1, 0))
+        self.session.feed(yamux.header(yamux.DATA, 0, 1, yamux.INITIAL_WINDOW + 1))
+        self.assertEqual(len(self.errors), 1)
+        for stream_id, size in ((3, yamux.INITIAL_WINDOW), (5, yamux.INITIAL_WINDOW + 1)):
+            errors = []
+            session = yamux.Session(lambda data: None, False, lambda s: None, errors.append)
+            session.feed(yamux.header(yamux.DATA, 0, stream_id, size))    # a stream it never had
+            self.assertEqual(len(errors), size > yamux.INITIAL_WINDOW, size)
+
+    def test_late_data_up_to_a_grown_window_is_dropped_quietly(self):
+        stream = self.session.open_stream(Recorder())
+        stream.set_window(4 * yamux.INITIAL_WINDOW)
+        stream.reset()
+        size = 4 * yamux.INITIAL_WINDOW
+        self.session.feed(yamux.header(yamux.DATA, 0, stream.id, size) + bytes(size))
+        self.assertEqual(self.errors, [])
+        self.assertEqual(self.session.buf, b"")
+
     def test_reset_both_ways(self):
         self.session.feed(yamux.header(yamux.WINDOW_UPDATE, yamux.SYN, 1, 0)
                           + yamux.header(yamux.WINDOW_UPDATE, yamux.RST, 1, 0))

@@ -92,6 +92,7 @@ class Stream:
         if size > self.window and not self.closed:
             delta, self.window = size - self.window, size
             self.recv_window += delta
+            self.session.max_window = max(self.session.max_window, size)
             self.session._send(header(WINDOW_UPDATE, self._take_flags(), self.id, delta))
 
     def pause(self):
@@ -206,6 +207,7 @@ class Session:
         self.next_id = 1 if client else 2
         self.client = client
         self.buf = bytearray()
+        self.max_window = INITIAL_WINDOW    # the largest receive window granted on any stream
         self.write_paused = False
         self.go_away_received = self.closed = False
 
@@ -222,8 +224,11 @@ class Session:
                     raise ProtocolError(f"bad frame header version={version} type={frame_type}")
                 payload = b""
                 if frame_type == DATA:
-                    if length > INITIAL_WINDOW * 64:
-                        raise ProtocolError(f"data frame of {length} bytes")
+                    stream = self.streams.get(stream_id)
+                    window = self.max_window if stream is None else stream.recv_window
+                    if length > window:     # refused before its payload is buffered
+                        raise ProtocolError(f"stream {stream_id}: a data frame of {length} bytes "
+                                            "exceeds the receive window")
                     if len(self.buf) < HEADER.size + length:
                         return
                     payload = bytes(self.buf[HEADER.size:HEADER.size + length])
