@@ -318,3 +318,15 @@ class ConnectionLimitTests(unittest.TestCase):
         self.assertTrue(bob.closed)
         self.assertIn(b"slow_consumer", bob.transport.value())
         self.assertFalse(alice.closed)
+
+    def test_answers_to_a_slow_reader_count_too(self):
+        service = make_service("output_buffer = 2000\n")
+        bob = hello(service, "bob")
+        bob.protocol.pauseProducing()
+        for i in range(200):
+            bob.request(type="peers")
+        self.assertTrue(bob.closed)
+        output = bob.transport.value()
+        self.assertTrue(output.endswith(b'"error": "slow_consumer", "message": '
+                                        b'"your connection could not keep up; messages were dropped"}\n'))
+        self.assertLess(len(output), 2000 + 200)

@@ -110,17 +110,31 @@ class RelayProtocol(Protocol):
         """Write ``lines`` (in one write), unless the output buffer overflows."""
         if self._paused:
             for n, line in enumerate(lines):
-                self._backlog += len(line)
-                if self._backlog > self.service.output_buffer:
+                if self._overflows(len(line)):
                     if n:
                         self.transport.write(b"".join(lines[:n]))
-                    self.close("slow_consumer", "your connection could not keep up; messages were dropped")
+                    self._too_slow()
                     return
         self.transport.write(lines[0] if len(lines) == 1 else b"".join(lines))
 
+    def _overflows(self, size):
+        """Count ``size`` bytes queued while the transport is paused; True
+        once they pass ``output_buffer``."""
+        self._backlog += size
+        return self._backlog > self.service.output_buffer
+
+    def _too_slow(self):
+        self.close("slow_consumer", "your connection could not keep up; messages were dropped")
+
     def _write(self, data):
-        """Write ``data`` after the messages the router still holds for us."""
+        """Write ``data`` after the messages the router still holds for us;
+        answers count against ``output_buffer`` as the messages do."""
         self.service.router.release(self)
+        if self._closing:
+            return
+        if self._paused and self._overflows(len(data)):
+            self._too_slow()
+            return
         self.transport.write(data)
 
     def close(self, code, text, **extra):
@@ -129,7 +143,8 @@ class RelayProtocol(Protocol):
             return
         self._closing = True
         self.service.m_errors.labels(code).inc()
-        self._write(errors.frame(code, text, **extra))
+        self.service.router.release(self)
+        self.transport.write(errors.frame(code, text, **extra))
         self.transport.loseConnection()
 
     def send(self, obj, req=None):
