@@ -19,12 +19,14 @@ from twisted.internet.task import Clock
 from twisted.test import iosim
 from twisted.trial import unittest
 
+from relayd.core import message
 from relayd.core.dedup import DedupWindow
 from relayd.core.history import History
 from relayd.core.mailbox import Mailboxes
 from relayd.core.router import Router
 from relayd.federation.hub import Hub
-from relayd.federation.index import Index, JournalTee
+from relayd.federation.index import Index, JournalTee, companion_line
+from relayd.federation import catchup
 from relayd.federation.handshake import transcript
 from relayd.federation.link import Link
 from relayd.federation.metrics import FederationMetrics
@@ -466,6 +468,49 @@ class CatchUpTests(ThreeRelays):
         self.r[0].restart()
         self.r[0].send(self.r[0].client("alice"), "*", "after")
         self.assertEqual(self.r[0].index.cursors["relay1"].low, 5)
+
+
+class CollectTests(unittest.TestCase):
+    """``catchup.collect`` straight over a journal of relay1's messages."""
+
+    def journal(self, count, gone=()):
+        journal = FileJournal(self.mktemp())
+        for seq in range(1, count + 1):
+            msg_id = f"{seq:064x}"
+            if seq not in gone:
+                journal.append(message.journal_line({
+                    "msg_id": msg_id, "from": "alice", "to": "*", "body": f"m{seq}",
+                    "seen_by": ["relay1"], "timestamp": 1.0}))
+            journal.append(companion_line("relay1", seq, msg_id))
+        return journal.directory
+
+    def test_a_batch_is_the_oldest_items_lacked_and_memory_stays_bounded(self):
+        held = []
+        offer = catchup.Smallest.offer
+
+        def spy(picked, key, value):
+            offer(picked, key, value)
+            held.append(len(picked.items))
+        self.patch(catchup.Smallest, "offer", spy)
+        items, more = catchup.collect(self.journal(500), {"relay1": (100, frozenset([102]))}, 10)
+        self.assertEqual([seq for _, seq, _, _ in items], [101] + list(range(103, 112)))
+        self.assertEqual({kind for _, _, kind, _ in items}, {"m"})
+        self.assertEqual(items[0][3]["body"], "m101")
+        self.assertTrue(more)
+        self.assertEqual(len(held), 399)           # every item lacked was offered
+        self.assertLessEqual(max(held), 20)
+
+    def test_the_last_batch_says_no_more(self):
+        items, more = catchup.collect(self.journal(30), {"relay1": (25, frozenset())}, 10)
+        self.assertEqual([seq for _, seq, _, _ in items], [26, 27, 28, 29, 30])
+        self.assertFalse(more)
+
+    def test_messages_pruned_under_their_seq_records_are_looked_past(self):
+        items, more = catchup.collect(self.journal(30, gone=range(1, 16)), {}, 10)
+        self.assertEqual([seq for _, seq, _, _ in items], [16, 17, 18, 19, 20])
+        self.assertTrue(more)
+        items, more = catchup.collect(self.journal(30, gone=range(1, 31)), {}, 10)
+        self.assertEqual((items, more), ([], False))
 
 
 class RepairTests(ThreeRelays):

@@ -1,10 +1,11 @@
 """Catch-up: the items a peer lacks, read from the journal on the file pool.
 
-Two passes over the segments: the first finds the ``(origin, seq)``
-records the peer lacks (receipts are complete there; messages are named
-by ``ref``), the second picks up those messages' records.  Items come back
-sorted by origin and seq, at most ``limit`` of them, with a flag saying
-whether more are left.
+Two passes over the segments: the first picks the ``limit`` oldest
+``(origin, seq)`` records the peer lacks (receipts are complete there;
+messages are named by ``ref``), holding at most ``2 * limit`` at a time,
+the second picks up those messages' records.  Items come back sorted by
+origin and seq, at most ``limit`` of them, with a flag saying whether more
+are left.
 """
 import os
 
@@ -54,29 +55,91 @@ def _messages(directory, ids):
                 yield record
 
 
+class Smallest:
+    """The ``limit`` smallest keys offered, each with the first value offered
+    for it, and whether more keys were offered; never holds more than
+    ``2 * limit`` of them, however many are offered."""
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.items = {}
+        self.bound = None       # once trimmed: the largest key that can still be kept
+        self.more = False
+
+    def offer(self, key, value):
+        if self.bound is not None and key > self.bound:
+            self.more = True
+            return
+        self.items.setdefault(key, value)
+        if len(self.items) > 2 * self.limit:
+            self._trim()
+
+    def _trim(self):
+        keys = sorted(self.items)
+        if len(keys) > self.limit:
+            self.more = True
+            self.bound = keys[self.limit - 1]
+            for key in keys[self.limit:]:
+                del self.items[key]
+
+    def result(self):
+        """``({key: value}, more)`` for the ``limit`` smallest keys."""
+        self._trim()
+        return self.items, self.more
+
+
 def collect(directory, wants, limit, recent=()):
     """``(items, more)``: items are ``(origin, seq, kind, record)``, kind "m" or "r".
 
     ``wants`` maps origin -> (low, set of seqs above low) held by the peer;
-    ``recent`` holds items not yet on disk, in the same shape.
+    ``recent`` holds items not yet on disk, in the same shape.  Memory stays
+    within a few times ``limit`` items, whatever the journal holds.
     """
-    found, refs = {}, {}
+    gone = set()
+    while True:
+        items, more, missing = _pick(directory, wants, limit, recent, gone)
+        if items or not more:
+            return items, more
+        gone |= missing         # messages pruned under their seq record: look past them
+
+
+def _pick(directory, wants, limit, recent, gone):
+    """One try of ``collect``: (items, more, keys whose message is found nowhere)."""
+    picked = Smallest(limit)
+
+    def offer(origin, seq, item):
+        if lacks(wants, origin, seq) and (origin, seq) not in gone:
+            picked.offer((origin, seq), item)
+
     for record in _fed_records(directory):
         origin, seq = record.get("fed"), record.get("seq")
-        if not isinstance(origin, str) or not isinstance(seq, int) or not lacks(wants, origin, seq):
+        if not isinstance(origin, str) or not isinstance(seq, int):
             continue
         if "receipt" in record:
-            found[(origin, seq)] = (origin, seq, "r", record)
+            offer(origin, seq, ("r", record))
         elif isinstance(record.get("ref"), str):
-            refs.setdefault(record["ref"], (origin, seq))
+            offer(origin, seq, ("ref", record["ref"]))
+    for origin, seq, kind, record in recent:
+        offer(origin, seq, (kind, record))
+    chosen, more = picked.result()
+    refs = {}
+    for key, (kind, value) in chosen.items():
+        if kind == "ref":
+            refs.setdefault(value, []).append(key)
     if refs:
         for record in _messages(directory, refs):
-            found[refs[record["msg_id"]]] = refs[record["msg_id"]] + ("m", record)
-    for origin, seq, kind, record in recent:
-        if lacks(wants, origin, seq):
-            found.setdefault((origin, seq), (origin, seq, kind, record))
-    items = [found[k] for k in sorted(found)]
-    return items[:limit], len(items) > limit
+            for key in refs.pop(record["msg_id"], ()):
+                chosen[key] = ("m", record)
+    missing = {key for keys in refs.values() for key in keys}
+    if missing:
+        held = {(origin, seq): (kind, record) for origin, seq, kind, record in recent}
+        for key in missing:
+            if key in held:
+                chosen[key] = held[key]
+            else:
+                del chosen[key]
+        missing -= held.keys()
+    return [key + chosen[key] for key in sorted(chosen)], more, missing
 
 
 class CatchUpServer:
