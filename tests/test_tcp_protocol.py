@@ -11,7 +11,7 @@ from twisted.trial import unittest
 
 from relayd import config
 from relayd.tcp.protocol import auth_payload
-from relayd.tcp.service import TcpRelayService
+from relayd.tcp.service import CLOSE_GRACE, TcpRelayService
 from tests.fakes import make_guard, make_router
 
 
@@ -318,6 +318,22 @@ class ConnectionLimitTests(unittest.TestCase):
         self.assertTrue(bob.closed)
         self.assertIn(b"slow_consumer", bob.transport.value())
         self.assertFalse(alice.closed)
+
+    def test_a_closed_connection_that_does_not_drain_is_cut(self):
+        reactor = MemoryReactorClock()
+        service = make_service("output_buffer = 2000\n", reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        alice, bob = hello(service, "alice"), hello(service, "bob", port=2)
+        bob.protocol.pauseProducing()
+        for i in range(10):
+            alice.request(type="send", to="bob", body="x" * 300)
+        self.assertTrue(bob.closed)
+        reactor.advance(CLOSE_GRACE - 1)
+        self.assertFalse(bob.transport.disconnected, "a closed connection may still drain")
+        reactor.advance(5)
+        self.assertTrue(bob.transport.disconnected, "aborted")
+        self.assertFalse(alice.transport.disconnecting)
 
     def test_answers_to_a_slow_reader_count_too(self):
         service = make_service("output_buffer = 2000\n")

@@ -50,6 +50,7 @@ _ACK_DUPLICATE = (b'", "duplicate": false', b'", "duplicate": true')     # by bo
 class RelayProtocol(Protocol):
     log = Logger()
     rooms = frozenset()     # until the first join (the router then sets a set): idle sessions stay small
+    closed_at = None        # when close() was called
 
     def __init__(self, service):
         self.service = service
@@ -142,6 +143,7 @@ class RelayProtocol(Protocol):
         if self._closing:
             return
         self._closing = True
+        self.closed_at = self.service.clock.seconds()
         self.service.m_errors.labels(code).inc()
         self.service.router.release(self)
         self.transport.write(errors.frame(code, text, **extra))

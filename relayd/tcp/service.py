@@ -8,6 +8,10 @@ from twisted.logger import Logger
 from relayd.listeners import stream_service
 from relayd.tcp.protocol import LEGACY, RelayProtocol
 
+# A closed connection whose peer has not read its last bytes after this many
+# seconds is cut (a peer that stops reading would otherwise hold it forever).
+CLOSE_GRACE = 30.0
+
 
 class RelayFactory(Factory):
     def __init__(self, service):
@@ -119,10 +123,14 @@ class TcpRelayService(MultiService):
             protocol.close("banned", "this address is temporarily banned", retry_after=round(left, 1))
 
     def sweep(self):
-        """Close connections idle for too long or that never identified."""
+        """Close connections idle for too long or that never identified, and
+        cut closed ones that did not drain within ``CLOSE_GRACE``."""
         now = self.clock.seconds()
         for protocol in list(self.connections):
-            if protocol.peer_id is None:
+            if protocol.closed_at is not None:
+                if now - protocol.closed_at > CLOSE_GRACE:
+                    protocol.transport.abortConnection()
+            elif protocol.peer_id is None:
                 if now - protocol.connected_at > self.handshake_timeout:
                     protocol.close("idle_timeout", "no hello within the handshake timeout")
             elif protocol.dialect != LEGACY and now - protocol.last_activity > self.idle_timeout:
