@@ -134,17 +134,30 @@ class KeyFileTests(SynchronousTestCase):
 
 
 class TerminalTests(SynchronousTestCase):
-    def test_the_terminal_is_left_blocking(self):
-        """StandardIO's non-blocking mode must not leak into the user's shell."""
+    """StandardIO's non-blocking mode must not leak into the user's shell."""
+
+    def run_on_a_terminal(self, args):
+        """Run relay-chat with stdin on a new pty; its exit code, once the pty is checked.
+
+        stdout goes elsewhere: Twisted makes its own stdout blocking again at
+        exit, which would hide a stdin left non-blocking on a shared pty.
+        """
         master, slave = pty.openpty()
         self.addCleanup(os.close, master)
         self.addCleanup(os.close, slave)
         env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        done = subprocess.run(command() + ["--server", f"127.0.0.1:{free_port()}", "chat"],
-                              stdin=slave, stdout=slave, stderr=slave, env=env, cwd=REPO,
-                              timeout=60)
-        self.assertEqual(done.returncode, 2)
+        done = subprocess.run(command() + args, stdin=slave, stdout=subprocess.DEVNULL,
+                              stderr=slave, env=env, cwd=REPO, timeout=60)
         self.assertFalse(fcntl.fcntl(slave, fcntl.F_GETFL) & os.O_NONBLOCK)
+        return done.returncode
+
+    def test_the_terminal_is_left_blocking(self):
+        self.assertEqual(self.run_on_a_terminal(
+            ["--server", f"127.0.0.1:{free_port()}", "chat"]), 2)
+
+    def test_peer_chat_leaves_the_terminal_blocking(self):
+        self.assertEqual(self.run_on_a_terminal(
+            ["peer", "--relay", f"127.0.0.1:{free_port()}", "--to", "bob", "--timeout", "1"]), 4)
 
 
 class SubprocessTests(TestCase):

@@ -12,7 +12,6 @@ subcommand with a ``register_command(subparsers)`` function listed in
 ``build_parser``.
 """
 import argparse
-import fcntl
 import getpass
 import json
 import os
@@ -26,7 +25,7 @@ from twisted.logger import (
 
 from relayd.client import keys
 from relayd.client import udp_peer
-from relayd.client.console import Console, room_name
+from relayd.client.console import Console, restore_at_exit, room_name
 from relayd.client.protocol import ConnectionClosed, ProtocolViolation, ServerError
 from relayd.client.render import clean, message_line, rooms_lines
 from relayd.client.session import MessageTooLong, Session
@@ -202,23 +201,6 @@ async def answer(reactor, args, session, d, late="no answer within {:g}s"):
 
 
 # -- commands ----------------------------------------------------------
-
-def restore_at_exit(reactor, fds):
-    """Give ``fds`` their file status flags back once the reactor has stopped.
-
-    StandardIO makes stdin and stdout non-blocking, and a terminal shares
-    those flags with the shell that started us.
-    """
-    saved = {fd: fcntl.fcntl(fd, fcntl.F_GETFL) for fd in fds}
-
-    def restore():
-        for fd, flags in saved.items():
-            try:
-                fcntl.fcntl(fd, fcntl.F_SETFL, flags)
-            except OSError:
-                pass
-    reactor.addSystemEventTrigger("after", "shutdown", restore)
-
 
 async def cmd_chat(reactor, args):
     done = defer.Deferred()

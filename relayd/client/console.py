@@ -5,6 +5,8 @@ line it shows goes through its transport (stdout), status lines start with
 ``***``.  End of input (or ``/quit``) waits until every message typed has
 been acked and every query answered, then calls ``on_done(0)``.
 """
+import fcntl
+
 from zope.interface import implementer
 
 from twisted.internet.defer import DeferredList
@@ -203,3 +205,20 @@ class Console(LineReceiver):
         on_done, self.on_done = self.on_done, None
         if on_done is not None:
             on_done(0)
+
+
+def restore_at_exit(reactor, fds):
+    """Give ``fds`` their file status flags back once the reactor has stopped.
+
+    StandardIO makes stdin and stdout non-blocking, and a terminal shares
+    those flags with the shell that started us.
+    """
+    saved = {fd: fcntl.fcntl(fd, fcntl.F_GETFL) for fd in fds}
+
+    def restore():
+        for fd, flags in saved.items():
+            try:
+                fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+            except OSError:
+                pass
+    reactor.addSystemEventTrigger("after", "shutdown", restore)

@@ -22,6 +22,7 @@ from twisted.internet.stdio import StandardIO
 from twisted.protocols.basic import LineReceiver
 
 from relayd.client import keys
+from relayd.client.console import restore_at_exit
 from relayd.client.e2e import Channel, E2EError, fingerprint, unb64
 from relayd.client.render import clean
 from relayd.identity import Identity
@@ -372,6 +373,7 @@ async def run(reactor, args):
         client.on_text = count
         client.path_ready.addCallback(say)
     else:
+        restore_at_exit(reactor, (sys.stdin.fileno(), sys.stdout.fileno()))
         StandardIO(Console(client, finish), reactor=reactor)
     if args.timeout:
         reactor.callLater(args.timeout, finish, TIMEOUT)
