@@ -51,6 +51,22 @@ class FakeDaemon:
         self.children.append(service)
 
 
+class FakeLink:
+    """An up link as the hub sees it; fail() closes it at once."""
+
+    def __init__(self, hub, peer):
+        self.hub, self.peer, self.name, self.sent = hub, peer, peer.name, []
+
+    def address(self):
+        return "127.0.0.1:1"
+
+    def send(self, frame):
+        self.sent.append(frame)
+
+    def fail(self, code, text):
+        self.hub.link_down(self, text)
+
+
 class ServiceTests(unittest.TestCase):
     def setUp(self):
         self.data_dir = os.path.abspath(self.mktemp())
@@ -78,6 +94,17 @@ class ServiceTests(unittest.TestCase):
         self.assertEqual(sorted(self.service.dialers), ["relay3"])
         self.assertEqual(self.dialled(), [7002, 7003])
         self.assertEqual([c.name for c in self.service if c.name], ["peer:relay3"])
+
+    def test_a_removed_peer_leaves_the_views_with_its_last_link(self):
+        hub = self.service.hub
+        hub.link_up(FakeLink(hub, hub.peers["relay2"]))
+        self.assertEqual(self.service.health(), None)
+        self.daemon.reload(ini(self.data_dir, "relay3"))
+        self.assertEqual([(r["peer"], r["state"]) for r in self.service.peers()],
+                         [("relay3", "down")])
+        self.assertEqual(self.service.stats()["peers"], 1)
+        self.assertIn("relay3", self.service.health())
+        self.assertNotIn("relay2", hub._stats)
 
     def test_unchanged_peer_keeps_its_dialer(self):
         dialer = self.service.dialers["relay2"]

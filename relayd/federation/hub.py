@@ -95,14 +95,20 @@ class Hub:
         stats.links -= 1
         if not stats.links:
             stats.since = None
+            if name not in self.peers:
+                del self._stats[name]       # the last link of a removed peer
         stats.last_error = why
         self.metrics.links.labels(name).dec()
         self.log.info("federation: link to {peer} down: {why}", peer=name, why=why)
 
     def drop_peer(self, name):
-        """Close every link of a peer that is no longer trusted."""
-        for link in list(self.links.get(name, ())):
+        """Close every link of a peer that is no longer trusted; a removed peer's
+        counters go with its last link."""
+        links = list(self.links.get(name, ()))
+        for link in links:
             link.fail("not_a_peer", "this relay no longer lists you as a peer")
+        if not links and name not in self.peers:
+            self._stats.pop(name, None)
 
     def _send(self, data, kind, skip=(), seen_by=()):
         for name, links in self.links.items():

@@ -40,9 +40,10 @@ class FederationMetrics:
 
 
 def peer_rows(peers, stats, now):
-    """One dict per peer for ``peers()``: ``peers`` name -> Peer, ``stats`` name -> PeerStats."""
+    """One dict per configured peer, or removed one with a link still up, for
+    ``peers()``: ``peers`` name -> Peer, ``stats`` name -> PeerStats."""
     rows = []
-    for name in sorted(set(peers) | set(stats)):
+    for name in sorted(set(peers) | {name for name, s in stats.items() if s.links}):
         s = stats.get(name) or PeerStats()
         peer = peers.get(name)
         rows.append({
