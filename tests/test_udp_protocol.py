@@ -191,7 +191,8 @@ class WeaknessTests(Harness):
     def test_registered_sources_get_errors(self):
         self.register("Alice", ALICE)
         self.take()
-        for data, code in ((b"{not json", "bad_json"), (b"\xff\xfe", "bad_utf8"),
+        for data, code in ((b"{not json", "bad_json"), (b"[" * 5000, "bad_json"),
+                           (b"\xff\xfe", "bad_utf8"),
                            (b"[1]", "bad_request"), (b'{"type": "dance"}', "unknown_type"),
                            (b'{"type": "relay", "target": "Alice"}', "bad_request")):
             self.send(data, ALICE)

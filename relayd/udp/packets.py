@@ -29,7 +29,7 @@ def decode(data):
         raise PacketError("bad_utf8") from None
     try:
         packet = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):      # RecursionError: nested too deep
         raise PacketError("bad_json") from None
     if not isinstance(packet, dict) or not isinstance(packet.get("type"), str):
         raise PacketError("bad_request", "a packet is a JSON object with a string type")
