@@ -98,6 +98,15 @@ class CommandTests(unittest.TestCase):
         self.assertEqual(self.ns["unban"]("10.0.0.9"), "10.0.0.9 was not banned")
         self.assertEqual(repr(self.ns["bans"]()), "no bans")
 
+    def test_ban_reads_minutes_given_as_text_and_unban_any_spelling(self):
+        self.enable_core()
+        self.assertEqual(self.ns["ban"]("10.0.0.7", "15"), "banned 10.0.0.7 for 15 minutes")
+        self.assertIn("not banned", self.ns["ban"]("10.0.0.6", "nan"))
+        self.assertEqual(self.daemon.guard.banned, {"10.0.0.7": 900})
+        self.ns["ban"]("::0001", 1)
+        self.assertEqual(self.ns["unban"]("0:0::1"), "unbanned ::1")
+        self.assertEqual(self.ns["unban"]("not-an-ip"), "not-an-ip was not banned")
+
     def test_rooms(self):
         self.enable_core()
         self.assertEqual(repr(self.ns["rooms"]()), "general (2): alice, bob\nops (1): alice")

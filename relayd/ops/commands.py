@@ -139,14 +139,19 @@ class AdminCommands:
             seconds = float(minutes) * 60
         except ValueError as e:
             return Text(f"not banned: {e}")
-        if seconds <= 0:
+        if not seconds > 0:             # also refuses nan, a ban that would never end
             return Text("not banned: minutes must be positive")
         guard.ban(address, seconds)
-        return Text(f"banned {address} for {minutes:g} minutes")
+        return Text(f"banned {address} for {seconds / 60:g} minutes")
 
     def unban(self, ip):
         """Lift a ban."""
-        if self._attribute("guard", "ratelimit").unban(ip):
+        guard = self._attribute("guard", "ratelimit")
+        try:
+            ip = str(ipaddress.ip_address(ip))      # the form ban() stored
+        except ValueError:
+            pass
+        if guard.unban(ip):
             return Text(f"unbanned {ip}")
         return Text(f"{ip} was not banned")
 
