@@ -176,3 +176,13 @@ class ReplayTests(unittest.TestCase):
         self.assertEqual([e["body"] for e in router.visible_history("bob", room="r")], ["room"])
         self.assertEqual(router.visible_history("carol", with_peer="bob"), [])
         self.assertTrue(all(message.is_message(e) for e in router.visible_history("bob", room="r")))
+
+    def test_history_follows_the_journal_retention(self):
+        clock = Clock()
+        clock.advance(1000)
+        kept, expiring = make_router(clock, retention=0), make_router(clock, retention=86400)
+        for router in (kept, expiring):
+            router.submit(FakeSession("alice"), "*", "old")
+        clock.advance(2 * 86400)
+        self.assertEqual([e["body"] for e in kept.visible_history("bob")], ["old"], "0 keeps forever")
+        self.assertEqual(expiring.visible_history("bob"), [])

@@ -288,14 +288,16 @@ class Router:
     # --- queries --------------------------------------------------------------
 
     def visible_history(self, peer_id, room=None, with_peer=None, limit=50):
-        """Recent entries ``peer_id`` may read, oldest first."""
+        """Recent entries ``peer_id`` may read, oldest first, within the
+        journal's retention (0: kept forever)."""
         if room is not None:
             key = conversation({"room": room})
         elif with_peer is not None:
             key = conversation({"from": peer_id, "to": with_peer})
         else:
             key = conversation({"to": message.BROADCAST})
-        return self.history.recent(key, limit, self.clock.seconds() - self.retention)
+        horizon = self.clock.seconds() - self.retention if self.retention else float("-inf")
+        return self.history.recent(key, limit, horizon)
 
     def clients(self):
         now = self.clock.seconds()
