@@ -1,10 +1,12 @@
 """relay-chat peer: end-to-end channel, and two clients through a real relay on loopback."""
+import json
+
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.internet import defer, reactor, task
-
-from relayd.client import e2e
+from twisted.internet.testing import FakeDatagramTransport
 from twisted.trial import unittest
 
+from relayd.client import e2e
 from relayd.client.e2e import Channel, E2EError, ReplayWindow
 from relayd.client.udp_peer import PeerClient, parse_address
 from relayd.identity import Identity
@@ -77,10 +79,33 @@ class ChannelTests(unittest.TestCase):
         self.assertRaises(E2EError, bob.accept_hello, hello)
         self.assertRaises(E2EError, bob.accept_hello, dict(self.alice.hello(), to="carol"))
 
+    def test_a_frame_that_does_not_hold_an_object(self):
+        self.assertRaises(E2EError, self.bob.open, self.alice.seal(["not", "a", "dict"]))
+
     def test_replay_window(self):
         window = ReplayWindow(size=4)
         self.assertEqual([window.accept(n) for n in (0, 2, 1, 2, 9, 5, 6, 4)],
                          [True, True, True, False, True, False, True, False])
+
+
+class BadInputTests(unittest.TestCase):
+    """Whatever arrives, from the relay or from anyone, is ignored without an exception."""
+
+    RELAY = ("192.0.2.9", 8000)
+
+    def test_malformed_datagrams_are_ignored(self):
+        client = PeerClient(task.Clock(), identity("alice"), "alice", "bob", self.RELAY, print)
+        client.makeConnection(FakeDatagramTransport())
+        self.addCleanup(client.stopProtocol)
+        deep = "[" * 5000
+        for packet in (deep, {"type": "relayed_packet", "from_peer": "bob", "payload": deep},
+                       {"type": "connect_peer", "peer_name": "bob", "address": "192.0.2.7:9",
+                        "authenticated": True, "key": "not base64!"},
+                       {"type": "connect_peer", "peer_name": "bob", "address": 7}):
+            data = (packet if isinstance(packet, str) else json.dumps(packet)).encode()
+            client.datagramReceived(data, self.RELAY)
+            client.datagramReceived(data, ("198.51.100.1", 4000))
+        self.assertIsNone(client.peer_address)
 
 
 class LoopbackPeerTests(unittest.TestCase):

@@ -39,6 +39,15 @@ def unb64(text):
         raise E2EError("bad base64") from None
 
 
+def json_object(data):
+    """``data`` (bytes or str) as a JSON object, or None for anything else."""
+    try:
+        obj = json.loads(data)
+    except (TypeError, ValueError, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
 def fingerprint(public_bytes):
     return "sha256:" + hashlib.sha256(public_bytes).hexdigest()
 
@@ -158,4 +167,7 @@ class Channel:
             raise E2EError("frame does not authenticate") from None
         if not self._window.accept(n):
             raise E2EError("replayed frame")
-        return json.loads(plain)
+        obj = json_object(plain)
+        if obj is None:
+            raise E2EError("the frame does not hold a JSON object")
+        return obj

@@ -23,7 +23,7 @@ from twisted.protocols.basic import LineReceiver
 
 from relayd.client import keys
 from relayd.client.console import restore_at_exit
-from relayd.client.e2e import Channel, E2EError, fingerprint, unb64
+from relayd.client.e2e import Channel, E2EError, fingerprint, json_object, unb64
 from relayd.client.render import clean
 from relayd.identity import Identity
 from relayd.udp.packets import format_address
@@ -184,11 +184,8 @@ class PeerClient(DatagramProtocol):
     # --- receiving -----------------------------------------------------------
 
     def datagramReceived(self, data, address):
-        try:
-            packet = json.loads(data)
-        except ValueError:
-            return
-        if not isinstance(packet, dict):
+        packet = json_object(data)
+        if packet is None:
             return
         if address[:2] == self.relay:
             self._from_relay(packet)
@@ -213,11 +210,8 @@ class PeerClient(DatagramProtocol):
         elif kind == "peer_joined" and packet.get("peer_name") == self.target:
             self._write({"type": "connect", "target": self.target}, self.relay)
         elif kind == "relayed_packet" and packet.get("from_peer") == self.target:
-            try:
-                frame = json.loads(packet.get("payload"))
-            except (TypeError, ValueError):
-                return
-            if isinstance(frame, dict):
+            frame = json_object(packet.get("payload"))
+            if frame is not None:
                 self._frame(frame, None)
 
     def _relay_error(self, packet):
@@ -234,16 +228,17 @@ class PeerClient(DatagramProtocol):
             self.show(f"*** relay error: {clean(code)}")
 
     def _connect_peer(self, packet):
+        vouched = packet.get("authenticated") and packet.get("key")
         try:
-            host, port = parse_address(packet.get("address", ""))
+            host, port = parse_address(str(packet.get("address", "")))
             ip = ipaddress.ip_address(host)
-        except ValueError:
+            key = unb64(packet["key"]) if vouched else None
+        except ValueError:             # E2EError included
             return
         if ip.version == 4 and ":" in self.relay[0]:
             host = f"::ffff:{ip}"      # an IPv4 peer seen from our dual-stack socket
         self.peer_address = (host, port)
-        if packet.get("authenticated") and packet.get("key"):
-            key = unb64(packet["key"])
+        if vouched:
             if key != self.relay_key and self.channel.peer_id is not None and not self.expected_key:
                 verdict = "now vouched for by the relay" if key == self.channel.peer_id else \
                     "NOT the key the relay saw it prove: do not trust this session"
