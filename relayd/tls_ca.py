@@ -23,17 +23,19 @@ class CAError(Exception):
 
 
 def _write(path, data, mode):
-    if os.path.exists(path):
-        raise CAError(f"{path} already exists; not overwriting it")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
 
 
 def _write_pair(directory, stem, cert, key):
+    """Write both files, or neither when one of them exists."""
     os.makedirs(directory, mode=0o700, exist_ok=True)
     cert_path = os.path.join(directory, stem + ".pem")
     key_path = os.path.join(directory, stem + ".key")
+    for path in (key_path, cert_path):
+        if os.path.exists(path):
+            raise CAError(f"{path} already exists; not overwriting it")
     _write(key_path, key.private_bytes(serialization.Encoding.PEM,
                                        serialization.PrivateFormat.PKCS8,
                                        serialization.NoEncryption()), 0o600)

@@ -75,6 +75,17 @@ class CATests(unittest.TestCase):
         self.assertIn("already exists; not overwriting it", output)
 
 
+    def test_an_existing_certificate_leaves_no_new_key_behind(self):
+        directory = os.path.abspath(self.mktemp())
+        tls_ca.init_ca(directory)
+        with open(os.path.join(directory, "relay2.pem"), "w") as f:
+            f.write("kept")
+        with self.assertRaises(tls_ca.CAError):
+            tls_ca.issue(directory, "relay2")
+        self.assertFalse(os.path.exists(os.path.join(directory, "relay2.key")))
+        self.assertEqual(read(os.path.join(directory, "relay2.pem")), b"kept")
+
+
 class MaterialTests(unittest.TestCase):
     def setUp(self):
         self.files = make_pki(os.path.abspath(self.mktemp()))
