@@ -335,6 +335,25 @@ class ConnectionLimitTests(unittest.TestCase):
         self.assertTrue(bob.transport.disconnected, "aborted")
         self.assertFalse(alice.transport.disconnecting)
 
+    def test_the_closing_error_is_the_last_frame(self):
+        service = make_service()
+        alice, bob = hello(service, "alice"), hello(service, "bob", port=2)
+        service.router.kick("bob")
+        alice.request(type="send", to="*", body="after the kick")
+        self.assertEqual([f.get("error") for f in bob.frames()], ["kicked"])
+
+    def test_what_is_held_goes_out_before_the_closing_error(self):
+        from tests.test_bench_hotpath import BatchJournal
+        service = make_service()
+        service.router.journal = journal = BatchJournal()
+        alice, bob = hello(service, "alice"), hello(service, "bob", port=2)
+        kick = SimpleNamespace(forward=lambda entry, line, source: service.router.kick("bob"))
+        service.router.forwarders.append(kick)
+        for body in ("held", "after the kick"):
+            alice.request(type="send", to="*", body=body)
+        journal.commit()
+        self.assertEqual([f.get("body", f.get("error")) for f in bob.frames()], ["held", "kicked"])
+
     def test_answers_to_a_slow_reader_count_too(self):
         service = make_service("output_buffer = 2000\n")
         bob = hello(service, "bob")

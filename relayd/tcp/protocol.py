@@ -108,7 +108,10 @@ class RelayProtocol(Protocol):
         self.deliver_lines((line,))
 
     def deliver_lines(self, lines):
-        """Write ``lines`` (in one write), unless the output buffer overflows."""
+        """Write ``lines`` (in one write), unless we are closing or the
+        output buffer overflows."""
+        if self._closing:
+            return
         if self._paused:
             for n, line in enumerate(lines):
                 if self._overflows(len(line)):
@@ -139,13 +142,16 @@ class RelayProtocol(Protocol):
         self.transport.write(data)
 
     def close(self, code, text, **extra):
-        """Send an error and disconnect (once)."""
+        """Send an error after what the router holds for us, then nothing
+        more, and disconnect (once)."""
         if self._closing:
+            return
+        self.service.router.release(self)
+        if self._closing:           # what was held overflowed the output buffer
             return
         self._closing = True
         self.closed_at = self.service.clock.seconds()
         self.service.m_errors.labels(code).inc()
-        self.service.router.release(self)
         self.transport.write(errors.frame(code, text, **extra))
         self.transport.loseConnection()
 
