@@ -231,6 +231,21 @@ class HandshakeTests(unittest.TestCase):
         self.assertEqual(self.b.hub.links, {})
         self.assertIn(b"no longer a configured peer", b"".join(transport.stream))
 
+    def test_unauthenticated_side_may_not_send_long_lines(self):
+        link = Link(self.b.hub)
+        transport = iosim.FakeTransport(link, isServer=True)
+        link.makeConnection(transport)
+        link.dataReceived(b"x" * 20000)
+        self.assertEqual(link.state, "closed")
+        self.assertIn(b"too_long", b"".join(transport.stream))
+
+    def test_authenticated_links_take_frames_up_to_max_line(self):
+        client, server, pump = join(self.a, self.b)
+        self.assertEqual(server.MAX_LENGTH, 1 << 20)
+        client.send({"type": "pong", "pad": "x" * 20000})
+        pump.flush()
+        self.assertEqual(server.state, "up")
+
     def test_silent_handshake_times_out(self):
         link = Link(self.b.hub)
         transport = iosim.FakeTransport(link, isServer=True)

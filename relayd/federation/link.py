@@ -2,7 +2,8 @@
 
 Frames are JSON objects, one per line (``\\n``), at most ``max_line``
 bytes.  Until the handshake has succeeded only ``hello`` and ``auth`` are
-read; afterwards every frame goes to the hub.  A link that stays silent
+read, at most ``HANDSHAKE_LINE`` bytes each (an unauthenticated connection
+holds no more); afterwards every frame goes to the hub.  A link that stays silent
 for ``dead_after`` seconds is dropped (each side pings every ``keepalive``).
 """
 import hashlib
@@ -19,6 +20,7 @@ from zope.interface import implementer
 from relayd.federation.handshake import Handshake, HandshakeError
 
 HELLO, AUTH, UP, CLOSED = "hello", "auth", "up", "closed"
+HANDSHAKE_LINE = 16384
 
 
 def encode(obj):
@@ -52,7 +54,7 @@ class Link(LineReceiver):
         return self.peer.name if self.peer is not None else self.expected or "?"
 
     def connectionMade(self):
-        self.MAX_LENGTH = self.hub.settings.max_line
+        self.MAX_LENGTH = min(HANDSHAKE_LINE, self.hub.settings.max_line)
         setter = getattr(self.transport, "setTcpNoDelay", None)
         if setter is not None:
             setter(True)
@@ -107,6 +109,7 @@ class Link(LineReceiver):
                 # a reload removed or changed the peer while it was authenticating
                 raise HandshakeError(f"relay {self.peer.name!r} is no longer a configured peer")
             self.state = UP
+            self.MAX_LENGTH = self.hub.settings.max_line
             self._timer.cancel()
             self._timer = self.hub.clock.callLater(self.hub.settings.keepalive, self._tick)
             self.registered = True
