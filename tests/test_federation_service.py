@@ -118,6 +118,11 @@ class ServiceTests(unittest.TestCase):
         self.assertEqual(sorted(self.service.dialers), ["relay2"])
         self.assertEqual(sorted(self.service.hub.peers), ["relay2"])
 
+    def test_a_reload_without_federation_keeps_it_until_restart(self):
+        self.daemon.reload(config.parse("[relay]\nid = relay1\n"))
+        self.assertEqual(sorted(self.service.dialers), ["relay2"])
+        self.assertEqual(sorted(self.service.hub.peers), ["relay2"])
+
     def test_views(self):
         rows = self.service.peers()
         self.assertEqual([(r["peer"], r["state"]) for r in rows], [("relay2", "down")])

@@ -92,6 +92,9 @@ class FederationService(MultiService):
 
     def reload(self, settings):
         """Apply a new peer list; keeps the old one if the new one is wrong."""
+        if settings.get("federation") is None:
+            self.log.warn("federation: removing [federation] takes effect at the next restart")
+            return
         try:
             new = peer_list.load(settings)
         except peer_list.PeerError as e:
