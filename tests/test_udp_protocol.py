@@ -220,6 +220,19 @@ class WeaknessTests(Harness):
         self.assertEqual(plist["peers"][0], "last")
         self.assertLessEqual(len(json.dumps(plist)), 1400)
 
+    def test_lists_of_escaped_names_fit_in_a_datagram(self):
+        # 62 emoji are 744 bytes once JSON-escaped: 32 of them would be 24 KB.
+        for i in range(32):
+            self.register("\U0001F600" * 62 + f"{i:02d}", (f"192.0.2.{100 + i}", 1000))
+        self.register("last", ALICE)
+        for data, _ in self.transport.written:
+            self.assertLessEqual(len(data), 8192)
+        plist = self.take(ALICE)[1]
+        self.assertEqual(plist["peers"][0], "last")
+        self.assertLess(plist["count"], 32)
+        self.assertGreater(plist["count"], 1)
+        self.assertEqual(self.proto.counts["dropped_too_large_out"], 0)
+
     def test_per_source_rate_limit(self):
         self.register("Alice", ALICE)
         self.take()
@@ -246,6 +259,21 @@ class WeaknessTests(Harness):
         for event in events:
             self.assertNotIn("SECRET-PAYLOAD", repr(event))
             self.assertIn(event["log_level"], (LogLevel.debug, LogLevel.info))
+
+
+class SmallDatagramTests(Harness):
+    settings = {"max_datagram": 576}
+
+    def test_nothing_longer_than_max_datagram_is_sent(self):
+        # 256 bytes of UTF-8 in, but 768 once escaped in the register_ack.
+        name = "\U0001F600" * 64
+        self.send(json.dumps({"type": "register", "name": name}, ensure_ascii=False).encode(),
+                  ALICE)
+        self.register("Bob", BOB)
+        for data, _ in self.transport.written:
+            self.assertLessEqual(len(data), 576)
+        self.assertGreater(self.proto.counts["dropped_too_large_out"], 0)
+        self.assertEqual(self.take(BOB)[0]["type"], "register_ack")
 
 
 class ConnectTests(Harness):

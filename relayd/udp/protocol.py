@@ -122,7 +122,7 @@ class RendezvousProtocol(DatagramProtocol):
         self.log.debug("udp peer {name} registered from {address}",
                        name=name, address=packets.format_address(address))
         self._send_packet(packets.register_ack(address, now, name, **extra), address)
-        names = self.table.recent_names(self.settings.peer_list_max)
+        names = self._names()
         self._send_packet(packets.peer_list(names), address)
         self._announce(packets.peer_joined(name, names), exclude=address)
 
@@ -219,9 +219,23 @@ class RendezvousProtocol(DatagramProtocol):
             self._error("server_full", address, size)
             return None
         if gave_up is not None:
-            self._announce(packets.peer_left(gave_up, self.table.recent_names(
-                self.settings.peer_list_max)))
+            self._announce(packets.peer_left(gave_up, self._names()))
         return peer
+
+    def _names(self):
+        """Names for ``peers`` lists: the most recent ``peer_list_max``, in half a datagram.
+
+        A name is up to NAME_LIMIT characters, but JSON escaping makes one
+        up to 12 bytes each: the byte budget keeps every list-carrying
+        packet within ``max_datagram``.
+        """
+        budget, names = self.max_datagram // 2, []
+        for name in self.table.recent_names(self.settings.peer_list_max):
+            budget -= len(encode(name)) + 2            # the quoted name and ", "
+            if budget < 0:
+                break
+            names.append(name)
+        return names
 
     def _sender(self, address, size):
         peer = self.table.at(address)
@@ -255,6 +269,9 @@ class RendezvousProtocol(DatagramProtocol):
         self._send(encode(packet), address)
 
     def _send(self, data, address):
+        if len(data) > self.max_datagram:      # never more than the clients accept
+            self._drop("too_large_out")
+            return
         try:
             self._write(data, address)
         except OSError:
@@ -273,7 +290,6 @@ class RendezvousProtocol(DatagramProtocol):
         for peer in self.table.sweep(now):
             self.counts["stale"] += 1
             self.log.debug("udp peer {name} went stale", name=peer.name)
-            self._announce(packets.peer_left(peer.name, self.table.recent_names(
-                self.settings.peer_list_max)))
+            self._announce(packets.peer_left(peer.name, self._names()))
         for peer in self.table:
             self._send_packet(packets.server_keepalive(peer.name, now), peer.address)
