@@ -199,32 +199,34 @@ class HandshakeTests(unittest.TestCase):
         self.assertEqual(self.a.hub.links, {})
         self.failureResultOf(client.ready)
 
-    def test_forged_signature_is_refused(self):
-        self.a.trust(self.b)
-        self.b.trust(self.a)
+    def inbound(self):
+        """relay2's side of a link from relay1; returns (link, transport)."""
         link = Link(self.b.hub)
         transport = iosim.FakeTransport(link, isServer=True)
         link.makeConnection(transport)
-        hello = self.a.hub.identity
+        return link, transport
+
+    def hello_from_a(self):
+        """relay2's side of a link that got relay1's hello; returns (link, transport)."""
+        self.a.trust(self.b)
+        self.b.trust(self.a)
+        link, transport = self.inbound()
         link.dataReceived(json.dumps({"type": "hello", "proto": "relayd-federation/1",
-                                      "relay": "relay1", "key": hello.public_b64,
+                                      "relay": "relay1", "key": self.a.hub.identity.public_b64,
                                       "nonce": "ab" * 16}).encode() + b"\n")
+        return link, transport
+
+    def test_forged_signature_is_refused(self):
+        link, transport = self.hello_from_a()
         link.dataReceived(b'{"type": "auth", "sig": "' + b"A" * 88 + b'"}\n')
         self.assertEqual(link.state, "closed")
         self.assertIn(b"auth_failed", b"".join(transport.stream))
 
     def test_peer_removed_during_the_handshake_is_refused(self):
-        self.a.trust(self.b)
-        self.b.trust(self.a)
-        link = Link(self.b.hub)
-        transport = iosim.FakeTransport(link, isServer=True)
-        link.makeConnection(transport)
-        a = self.a.hub.identity
-        link.dataReceived(json.dumps({"type": "hello", "proto": "relayd-federation/1",
-                                      "relay": "relay1", "key": a.public_b64,
-                                      "nonce": "ab" * 16}).encode() + b"\n")
+        link, transport = self.hello_from_a()
         del self.b.hub.peers["relay1"]              # a reload drops relay1 meanwhile
-        signature = a.sign(transcript("relay1", "relay2", "ab" * 16, link.handshake.nonce))
+        signature = self.a.hub.identity.sign(
+            transcript("relay1", "relay2", "ab" * 16, link.handshake.nonce))
         link.dataReceived(json.dumps({"type": "auth", "sig": base64.b64encode(
             signature).decode()}).encode() + b"\n")
         self.assertEqual(link.state, "closed")
@@ -232,9 +234,7 @@ class HandshakeTests(unittest.TestCase):
         self.assertIn(b"no longer a configured peer", b"".join(transport.stream))
 
     def test_unauthenticated_side_may_not_send_long_lines(self):
-        link = Link(self.b.hub)
-        transport = iosim.FakeTransport(link, isServer=True)
-        link.makeConnection(transport)
+        link, transport = self.inbound()
         link.dataReceived(b"x" * 20000)
         self.assertEqual(link.state, "closed")
         self.assertIn(b"too_long", b"".join(transport.stream))
@@ -247,9 +247,7 @@ class HandshakeTests(unittest.TestCase):
         self.assertEqual(server.state, "up")
 
     def test_silent_handshake_times_out(self):
-        link = Link(self.b.hub)
-        transport = iosim.FakeTransport(link, isServer=True)
-        link.makeConnection(transport)
+        link, transport = self.inbound()
         self.clock.advance(10.1)
         self.assertEqual(link.state, "closed")
         self.assertTrue(transport.disconnecting)
