@@ -81,7 +81,7 @@ class StringTransportTests(SynchronousTestCase):
 
     def test_garbage_from_the_relay_is_ignored(self):
         d = self.proto.request({"type": "ping"})
-        self.proto.dataReceived(b"not json\n[1, 2]\n\xff\xfe\n")
+        self.proto.dataReceived(b"not json\n[1, 2]\n\xff\xfe\n" + b"[" * 100000 + b"\n")
         self.feed({"status": "ok", "type": "pong", "req": 1})
         self.assertEqual(self.successResultOf(d)["type"], "pong")
         self.assertFalse(self.transport.disconnecting)

@@ -160,7 +160,7 @@ class RelayClientProtocol(LineOnlyReceiver):
     def lineReceived(self, line):
         try:
             obj = json.loads(line)
-        except (UnicodeDecodeError, ValueError):
+        except (ValueError, RecursionError):     # RecursionError: nested too deeply
             self.log.warn("ignoring a line from the relay that is not JSON ({size} bytes)",
                           size=len(line))
             return
