@@ -162,6 +162,21 @@ class WeaknessTests(Harness):
         self.clock.advance(121)
         prove(new, refused["challenge"])
         self.assertEqual(self.take(new)[0]["code"], "auth_failed")
+        # Odd challenges are refused, not internal errors.
+        window, _, mac = self.proto.challenger.challenge(new, "Bob", self.clock.seconds()).partition(".")
+        for odd in ("\u00b2." + mac, "9" * 5000 + "." + mac, window + ".\u00e9" + mac[1:]):
+            prove(new, odd)
+            self.assertEqual(self.take(new)[0]["code"], "auth_failed")
+        self.assertEqual(self.proto.counts["dropped_internal_error"], 0)
+
+    def test_a_name_with_a_lone_surrogate_is_refused(self):
+        # JSON can escape what UTF-8 cannot encode (nor the log, nor the proof's HMAC).
+        self.send({"type": "register", "name": "B\udc80b", "pad": "x" * 80}, BOB)
+        self.assertEqual(self.take(BOB), [{"type": "error", "code": "bad_request",
+                                           "detail": "name is not valid Unicode"}])
+        self.assertEqual(len(self.proto.table), 0)
+        self.register("B\u00f6b", BOB)
+        self.assertEqual(self.take(BOB)[0]["peer_name"], "B\u00f6b")
 
     def test_unknown_target_gets_an_error(self):
         self.register("Alice", ALICE)

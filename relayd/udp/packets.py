@@ -43,6 +43,11 @@ def field(packet, key, required=True, kind=str, limit=256):
         return None
     if not isinstance(value, kind) or (kind is str and not 0 < len(value) <= limit):
         raise PacketError("bad_request", f"{key} must be a string of 1 to {limit} characters")
+    if kind is str and not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:          # a lone surrogate, from a JSON escape
+            raise PacketError("bad_request", f"{key} is not valid Unicode") from None
     return value
 
 
