@@ -36,14 +36,14 @@ def decode(data):
     return packet
 
 
-def field(packet, key, required=True, kind=str, limit=256):
-    """``packet[key]`` checked to be a non-empty ``kind`` of at most ``limit`` chars."""
+def field(packet, key, required=True, limit=256):
+    """``packet[key]`` checked to be a string of 1 to ``limit`` chars (valid Unicode)."""
     value = packet.get(key)
     if value is None and not required:
         return None
-    if not isinstance(value, kind) or (kind is str and not 0 < len(value) <= limit):
+    if not isinstance(value, str) or not 0 < len(value) <= limit:
         raise PacketError("bad_request", f"{key} must be a string of 1 to {limit} characters")
-    if kind is str and not value.isascii():
+    if not value.isascii():
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:          # a lone surrogate, from a JSON escape
