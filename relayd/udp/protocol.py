@@ -127,10 +127,9 @@ class RendezvousProtocol(DatagramProtocol):
         self._announce(packets.peer_joined(name, names), exclude=address)
 
     def _keepalive(self, packet, address, now, size):
-        name = packet.get("name")
+        name = field(packet, "name", required=False, limit=NAME_LIMIT)
         if name is None:
             return                     # the seed ignores a keepalive without a name
-        name = field(packet, "name", limit=NAME_LIMIT)
         peer = self.table.at(address)
         if peer is None or peer.name != name:
             peer = self._claim(name, address, now, size, None, False)
