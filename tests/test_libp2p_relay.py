@@ -9,7 +9,8 @@ from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.trial import unittest
 
 from relayd import config
-from relayd.libp2p import envelope, identify, messages as m, multiaddr, ping, protobuf, varint
+from relayd.libp2p import (envelope, identify, messages as m, multiaddr, noise, ping, protobuf,
+                          varint, yamux)
 from relayd.libp2p.peer import Peer, Pipe
 from relayd.libp2p.peerid import KeyPair
 from relayd.libp2p.service import Libp2pService
@@ -224,6 +225,24 @@ class ReserveAndConnectTests(unittest.TestCase):
         a = yield dial(self, self.relay)
         _, _, status, _ = yield a.reserve()
         self.assertEqual(status, m.OK)
+
+    @defer.inlineCallbacks
+    def test_a_peer_that_floods_pings_and_never_reads_is_dropped(self):
+        """The replies it never reads stop growing at MAX_UNREAD_OUTPUT: the
+        connection is dropped and the relay serves others."""
+        peer = yield dial(self, self.relay)
+        [conn] = self.relay.factory.connections
+        client = peer.connection
+        client.transport.pauseProducing()                   # the peer reads nothing more
+        pings = yamux.header(yamux.PING, yamux.SYN, 0, 7) * 5000
+        for _ in range(160):    # 9.6 MB of pings, 24 MB of replies; straight to the socket
+            client.transport.write(noise.encrypt_frames(client.handshake.send, pings))
+        yield peer.lost
+        self.assertEqual(conn.close_reason, "the peer does not read its output")
+        self.assertLess(conn.bytes_in, 160 * len(pings))
+        self.assertEqual(self.relay.factory.connections, set())
+        other = yield dial(self, self.relay)
+        self.assertEqual((yield other.reserve())[2], m.OK)
 
 
 class LimitTests(unittest.TestCase):

@@ -15,6 +15,10 @@ from relayd.libp2p import multistream, noise, yamux
 from relayd.libp2p.multiaddr import from_address
 
 NEGOTIATING, HANDSHAKE, SECURED, MUXED, CLOSED = range(5)
+# Bytes written while the transport holds our output unread: only control frames
+# (pings, window updates, resets) go out then, so a peer that makes this many
+# without reading is dropped instead of growing the buffer without bound.
+MAX_UNREAD_OUTPUT = 1024 * 1024
 
 
 class InboundNegotiation(yamux.StreamHandler):
@@ -94,6 +98,7 @@ class Libp2pConnection(Protocol):
         self.bytes_in = self.bytes_out = 0
         self.close_reason = None
         self.ping_streams = 0
+        self.unread = None              # bytes written since the transport paused us
         self.idle_since = None
         self.ip = None
 
@@ -140,10 +145,13 @@ class Libp2pConnection(Protocol):
         self.factory.connection_lost(self)
 
     def pauseProducing(self):
+        if self.unread is None:         # the transport says so again at every write
+            self.unread = 0
         if self.session is not None:
             self.session.pause_writing()
 
     def resumeProducing(self):
+        self.unread = None
         if self.session is not None:
             self.session.resume_writing()
 
@@ -152,6 +160,11 @@ class Libp2pConnection(Protocol):
 
     # --- layers ---------------------------------------------------------------------
     def _raw_write(self, data):
+        if self.unread is not None:
+            self.unread += len(data)
+            if self.unread > MAX_UNREAD_OUTPUT:
+                self.abort("the peer does not read its output")
+                return
         self.bytes_out += len(data)
         self.transport.write(data)
 
@@ -177,8 +190,7 @@ class Libp2pConnection(Protocol):
                 self._raw_write(noise.frame(self.handshake.write_message()))
             if self.handshake.complete:
                 self._secured()
-        for message in messages:
-            self._on_plaintext(self.handshake.recv.decrypt(b"", message))
+        self._plaintexts(messages)
 
     def _secured(self):
         self.state = SECURED
@@ -192,10 +204,13 @@ class Libp2pConnection(Protocol):
             self.negotiation = multistream.Listener({yamux.PROTOCOL_ID})
 
     def _decrypt(self, data):
-        for message in self.deframer.feed(data):
-            self._on_plaintext(self.handshake.recv.decrypt(b"", message))
+        self._plaintexts(self.deframer.feed(data))
+
+    def _plaintexts(self, messages):
+        for message in messages:
             if self.state == CLOSED:
                 return
+            self._on_plaintext(self.handshake.recv.decrypt(b"", message))
 
     def _on_plaintext(self, data):
         if self.state == MUXED:
@@ -250,9 +265,11 @@ class Libp2pConnection(Protocol):
         self.timeout = None
 
     def abort(self, reason):
-        """Drop the connection at once (protocol error, timeout, policy)."""
+        """Drop the connection at once (protocol error, timeout, policy): nothing
+        more is read or written."""
         if self.state == CLOSED:
             return
+        self.state = CLOSED
         if self.close_reason is None:
             self.close_reason = reason
         self.log.debug("libp2p connection from {peer} aborted: {reason}",
