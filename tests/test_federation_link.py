@@ -395,6 +395,18 @@ class ForwardingTests(ThreeRelays):
         self.assertEqual(server.state, "up")
         self.assertEqual(self.r[1].message_ids(), set())
 
+    def test_infinite_or_nan_times_are_bad_items(self):
+        client, server, pump = join(self.r[0], self.r[1])
+        entry = {"msg_id": "ab" * 32, "from": "alice", "to": "*", "body": "hi",
+                 "seen_by": ["relay1"], "timestamp": float("inf")}
+        client.send({"type": "msg", "origin": "relay1", "seq": 1, "entry": entry})
+        client.send({"type": "receipt", "origin": "relay1", "seq": 2, "msg_id": "ab" * 32,
+                     "to": "bob", "timestamp": float("nan")})
+        pump.flush()
+        self.assertEqual(server.state, "up")
+        self.assertEqual(self.r[1].journal.records(), [])
+        self.assertEqual(self.r[1].index.wants(), {})
+
     def test_journal_failure_is_asked_for_again(self):
         client, server, pump = join(self.r[0], self.r[1])
         self.r[1].journal.fail = True

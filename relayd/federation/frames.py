@@ -1,5 +1,6 @@
 """Item frames on a link: validation of what a peer sends, encoding of what we send."""
 import json
+import math
 
 HEX = frozenset("0123456789abcdef")
 MAX_SEEN_BY = 255             # as max_hops
@@ -7,6 +8,11 @@ MAX_SEEN_BY = 255             # as max_hops
 
 class BadItem(ValueError):
     """A frame from a peer does not hold a valid item."""
+
+
+def is_time(value):
+    """A finite number (json.loads also reads NaN and Infinity, which must not travel on)."""
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def check_entry(entry):
@@ -23,8 +29,8 @@ def check_entry(entry):
     if not isinstance(seen_by, list) or not 0 < len(seen_by) <= MAX_SEEN_BY \
             or not all(isinstance(r, str) for r in seen_by):
         raise BadItem(f"seen_by must list 1 to {MAX_SEEN_BY} relay ids")
-    if not isinstance(entry.get("timestamp", 0), (int, float)):
-        raise BadItem("timestamp must be a number")
+    if not is_time(entry.get("timestamp", 0)):
+        raise BadItem("timestamp must be a finite number")
     if "room" in entry and not isinstance(entry["room"], str):
         raise BadItem("room must be a string")
 

@@ -15,7 +15,8 @@ from twisted.logger import Logger
 
 from relayd.federation import index as fed_index
 from relayd.federation.catchup import CatchUpServer
-from relayd.federation.frames import BadItem, check_entry, item_key, msg_frame, receipt_frame
+from relayd.federation.frames import (BadItem, check_entry, is_time, item_key, msg_frame,
+                                      receipt_frame)
 from relayd.federation.metrics import PeerStats, peer_rows
 
 RECENT_ITEMS = 10000
@@ -253,8 +254,7 @@ class Hub:
     def _receive_receipt(self, link, frame):
         origin, seq = item_key(frame)
         msg_id, peer, timestamp = frame.get("msg_id"), frame.get("to"), frame.get("timestamp")
-        if not isinstance(msg_id, str) or not isinstance(peer, str) \
-                or not isinstance(timestamp, (int, float)):
+        if not isinstance(msg_id, str) or not isinstance(peer, str) or not is_time(timestamp):
             raise BadItem("a receipt needs msg_id, to and timestamp")
         if self._held(link, origin, seq, "receipts"):
             return
