@@ -264,6 +264,25 @@ class WeaknessTests(Harness):
             self.register(f"n{i}", ("192.0.2.60", 2000 + i))
         self.assertEqual(len(self.proto.table), 10)
 
+    def test_repeated_registers_are_rate_limited_too(self):
+        # Each register is answered with a peer_list and announced to every
+        # peer: repeating it (or spoofing it for a victim's address) must not
+        # multiply that traffic beyond the claim rate.
+        self.register("Bob", BOB)
+        self.register("Alice", ALICE)
+        self.take()
+        for _ in range(50):
+            self.register("Alice", ALICE)
+        replies = self.take(ALICE)
+        self.assertEqual(sum(r["type"] == "peer_list" for r in replies), 9)
+        self.assertEqual(sum(r.get("code") == "rate_limited" for r in replies), 41)
+        self.assertEqual(len(self.take(BOB)), 9)
+        self.clock.advance(1)
+        self.register("Alice", ALICE)
+        self.assertEqual(self.take(ALICE)[0]["type"], "register_ack")
+        self.send({"type": "keepalive", "name": "Alice"}, ALICE)    # a refresh: no token
+        self.assertEqual(self.take(ALICE)[0]["type"], "keepalive_ack")
+
     def test_payloads_are_never_logged(self):
         with capturedLogs() as events:
             self.register("Alice", ALICE)

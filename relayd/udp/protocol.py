@@ -203,9 +203,13 @@ class RendezvousProtocol(DatagramProtocol):
         return None if peer.key is None else base64.b64encode(peer.key).decode("ascii")
 
     def _claim(self, name, address, now, size, key, wants_proof):
-        """Claim ``name`` for ``address``; None (after an error reply) if refused."""
-        refresh = self.table.at(address)
-        if (refresh is None or refresh.name != name) and not self.claims.allow(address[0], now):
+        """Claim ``name`` for ``address``; None (after an error reply) if refused.
+
+        Every claim costs a ``claim_rate`` token, a repeated ``register`` of
+        the name the address holds too: each one is answered with a
+        ``peer_list`` and announced to every peer.
+        """
+        if not self.claims.allow(address[0], now):
             self._error("rate_limited", address, size)
             return None
         try:
