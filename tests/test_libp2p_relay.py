@@ -195,6 +195,9 @@ class ReserveAndConnectTests(unittest.TestCase):
         self.assertEqual(status, m.MALFORMED_MESSAGE)
         _, _, status, _ = yield b.hop(m.hop(m.CONNECT))
         self.assertEqual(status, m.MALFORMED_MESSAGE)
+        for truncated in (b"", b"\x00", b"\x12\x80"):                # peer ids cut short
+            _, _, status, _ = yield b.hop(m.hop(m.CONNECT, peer=protobuf.encode([(1, truncated)])))
+            self.assertEqual(status, m.MALFORMED_MESSAGE)
         _, _, status, _ = yield b.hop(m.hop(m.STATUS, status=m.OK))
         self.assertEqual(status, m.UNEXPECTED_MESSAGE)
 

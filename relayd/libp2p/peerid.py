@@ -118,7 +118,7 @@ class PeerId:
                     raise ValueError("CID is not a v1 libp2p-key")
                 return cls(raw[pos:])
             return cls(b58decode(text))
-        except (ValueError, varint.Incomplete, Exception) as e:
+        except Exception as e:
             raise ValueError(f"{text!r} is not a peer id: {e}") from None
 
     def public_key(self):

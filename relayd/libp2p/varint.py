@@ -1,8 +1,9 @@
 """Unsigned LEB128 varints (multiformats unsigned-varint) and length prefixes."""
 
 
-class Incomplete(Exception):
-    """More bytes are needed before the value can be read."""
+class Incomplete(ValueError):
+    """More bytes are needed before the value can be read (malformed, to a
+    caller that holds the whole input)."""
 
 
 MAX_VARINT_BYTES = 9    # multiformats caps varints at 63 bits / 9 bytes
