@@ -125,9 +125,6 @@ class PeerId:
         """The embedded ``PublicKey`` protobuf for identity multihashes, else None."""
         return self.bytes[2:] if self.bytes[0] == IDENTITY else None
 
-    def matches(self, public_key_proto):
-        return PeerId.from_public_key(public_key_proto) == self
-
     def __str__(self):
         return b58encode(self.bytes)
 
