@@ -54,6 +54,8 @@ class Material:
             self.options.getContext()
         except SSL.Error as e:
             raise TLSConfigError(f"[tls] key does not match [tls] cert ({e})") from None
+        except TypeError as e:      # pyOpenSSL's refusal of a key type (e.g. X25519)
+            raise TLSConfigError(f"[tls] key: cannot sign for TLS ({e})") from None
         leaf = chain[0]
         self.source = (cert_pem, key_pem, client_ca_pem)
         self.subject = leaf.subject.rfc4514_string()

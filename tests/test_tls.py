@@ -15,6 +15,8 @@ import urllib.error
 import urllib.request
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -94,6 +96,12 @@ class MaterialTests(unittest.TestCase):
         e = self.assertRaises(TLSConfigError, Material, read(self.files["relay1.pem"]),
                               read(self.files["alice.key"]))
         self.assertIn("[tls] key does not match [tls] cert", str(e))
+
+    def test_a_key_tls_cannot_use_is_a_config_error(self):
+        key = X25519PrivateKey.generate().private_bytes(
+            Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+        e = self.assertRaises(TLSConfigError, Material, read(self.files["relay1.pem"]), key)
+        self.assertIn("[tls] key: cannot sign for TLS", str(e))
 
     def test_required_client_certs_need_a_ca(self):
         e = self.assertRaises(TLSConfigError, Material, read(self.files["relay1.pem"]),
