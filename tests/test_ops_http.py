@@ -105,7 +105,7 @@ class ServiceTests(unittest.TestCase):
     def test_token_file_and_process_metrics(self):
         token_file = self.mktemp()
         with open(token_file, "w") as f:
-            f.write("from-a-file\n")
+            f.write("from-a-file\nonly the first line is the token\n")
         daemon = FakeDaemon()
         daemon.reactor = MemoryReactorClock()
         daemon.settings = config.parse(f"[http]\nlisten = tcp:0\ntoken_file = {token_file}\n"

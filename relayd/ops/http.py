@@ -130,7 +130,7 @@ class MonitorService(MultiService):
     def _load_token(self):
         if self.settings.token_file and self.root.token is None:
             with open(self.settings.token_file, encoding="utf-8") as f:
-                self.root.token = f.read().strip() or None
+                self.root.token = f.readline().strip() or None
             if self.root.token is None:
                 raise ValueError(f"[http] token_file: {self.settings.token_file} is empty")
 
