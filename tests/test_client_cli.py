@@ -104,6 +104,21 @@ class OptionTests(SynchronousTestCase):
     def test_default_is_chat(self):
         self.assertIs(self.parse().run, cli.cmd_chat)
 
+    def test_chat_peer_command_uses_the_udp_relay(self):
+        """/peer goes to --udp-relay, by default the --server host on port 8000."""
+        relays = []
+        self.patch(cli.udp_peer, "open_peer", lambda reactor, identity, name, target, relay, show:
+                   relays.append((name, target, relay)) or defer.succeed(None))
+
+        def relay_for(*argv):
+            opener = cli.peer_opener(None, self.parse(*argv))
+            return opener and (opener("bob", print), relays.pop())[1][2]
+        self.assertEqual(relay_for("--server", "192.0.2.1:1234"), "192.0.2.1:8000")
+        self.assertEqual(relay_for("--server", "[2001:db8::1]:1234", "chat"), "[2001:db8::1]:8000")
+        self.assertEqual(relay_for("chat", "--udp-relay", "192.0.2.9:9000"), "192.0.2.9:9000")
+        self.assertIsNone(relay_for("--endpoint", "tcp:host=192.0.2.1:port=1"))
+        self.assertEqual(relay_for("--id", "alice"), "127.0.0.1:8000")
+
     def test_usage_errors_exit_1(self):
         self.assertEqual(self.exit_code("send", "hi"), 1)                     # no --to/--room
         self.assertEqual(self.exit_code("--server", "h:notaport", "peers"), 1)

@@ -1,4 +1,5 @@
 """The interactive console: commands, targets, output, quitting."""
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
@@ -9,7 +10,9 @@ from relayd.client.session import Session
 from relayd.client.testing import FakeRelay, MemoryEndpoint
 
 
-class ConsoleTests(SynchronousTestCase):
+class ConsoleHarness(SynchronousTestCase):
+    """A console for alice, and bob, both on a scripted relay in memory."""
+
     def setUp(self):
         self.clock = Clock()
         self.relay = FakeRelay(clock=self.clock)
@@ -47,6 +50,8 @@ class ConsoleTests(SynchronousTestCase):
         self.out.clear()
         return text.splitlines()
 
+
+class ConsoleTests(ConsoleHarness):
     def test_status_lines(self):
         self.assertEqual(self.output(), ["*** type /help for commands",
                                          "*** connected as alice to relay relay1"])
@@ -125,6 +130,81 @@ class ConsoleTests(SynchronousTestCase):
     def test_end_of_input_quits(self):
         self.console.readConnectionLost()
         self.assertEqual(self.done, [0])
+
+
+class FakePeer:
+    """A PeerClient and its UDP port, as far as the console sees them."""
+
+    def __init__(self, target):
+        self.target = target
+        self.sent = []
+        self.failed = Deferred()
+        self.listening = True
+
+    def send_text(self, text):
+        self.sent.append(text)
+
+    def stopListening(self):
+        self.listening = False
+
+
+class PeerCommandTests(ConsoleHarness):
+    """/peer: end-to-end chat over UDP from the same console."""
+
+    def setUp(self):
+        super().setUp()
+        self.opening = []               # (name, Deferred) per open_peer call
+        self.console.open_peer = self.open_peer
+        self.output()
+
+    def open_peer(self, name, show):
+        d = Deferred()
+        self.opening.append((name, d))
+        return d
+
+    def opened(self, index=-1):
+        name, d = self.opening[index]
+        peer = FakePeer(name)
+        d.callback((peer, peer))
+        return peer
+
+    def test_plain_lines_go_to_the_peer_until_another_target(self):
+        self.type("/peer carol")
+        self.type("too early")
+        carol = self.opened()
+        self.type("hi carol", "/to bob", "hi bob")
+        self.assertEqual(carol.sent, ["hi carol"])
+        self.assertEqual([m["body"] for m in self.bob.received], ["hi bob"])
+        self.assertIn("*** not connected to carol yet; message not sent", self.output())
+        self.type("/peer carol", "again")           # the open conversation, not a new one
+        self.assertEqual((len(self.opening), carol.sent[-1]), (1, "again"))
+
+    def test_another_peer_replaces_the_first(self):
+        self.type("/peer carol")
+        carol = self.opened()
+        self.type("/peer dave", "/peer erin")
+        dave, erin = self.opened(1), self.opened(2)
+        self.assertFalse(carol.listening)
+        self.assertFalse(dave.listening)            # superseded while it was opening
+        self.assertTrue(erin.listening)
+        self.type("hi")
+        self.assertEqual(erin.sent, ["hi"])
+
+    def test_a_refusal_closes_it_and_quitting_closes_it(self):
+        self.type("/peer carol")
+        carol = self.opened()
+        carol.failed.callback("the relay refused us: name_taken")
+        self.assertFalse(carol.listening)
+        self.assertIn("*** the relay refused us: name_taken", self.output())
+        self.type("/peer dave")
+        dave = self.opened()
+        self.type("/quit")
+        self.assertEqual((self.done, dave.listening), ([0], False))
+
+    def test_without_a_udp_relay(self):
+        self.console.open_peer = None
+        self.type("/peer carol")
+        self.assertIn("no UDP relay", self.output()[-1])
 
 
 class RenderTests(SynchronousTestCase):

@@ -3,12 +3,13 @@ import json
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.internet import defer, reactor, task
-from twisted.internet.testing import FakeDatagramTransport
+from twisted.internet.testing import FakeDatagramTransport, StringTransport
 from twisted.trial import unittest
 
 from relayd.client import e2e
 from relayd.client.e2e import Channel, E2EError, ReplayWindow
-from relayd.client.udp_peer import PeerClient, parse_address
+from relayd.client.console import Console
+from relayd.client.udp_peer import PeerClient, open_peer, parse_address
 from relayd.identity import Identity
 from tests.test_udp_service import start_service
 
@@ -158,6 +159,29 @@ class LoopbackPeerTests(unittest.TestCase):
         bob.send_text("via the relay")
         yield self.wait_for("alice", "bob: via the relay")
         self.assertGreater(self.service.stats()["relayed"], 0)
+
+
+    @defer.inlineCallbacks
+    def test_chat_console_peer_command(self):
+        """relay-chat chat's /peer NAME talks to a relay-chat peer through the same relay."""
+        out = StringTransport()
+        console = Console(None, lambda code: None, lambda name, show: defer.ensureDeferred(
+            open_peer(reactor, identity("alice"), "alice", name, "127.0.0.1:%d" % self.relay[1],
+                      show, bind="127.0.0.1", punch_time=1.0)))
+        console.makeConnection(out)
+        self.addCleanup(console.close_peer)
+        bob, _ = self.client("bob", "alice")
+        console.dataReceived(b"/peer bob\n")
+        yield bob.path_ready
+        yield console.peer[0].path_ready
+        console.dataReceived(b"hello from the console\n")
+        yield self.wait_for("bob", "alice: hello from the console")
+        bob.send_text("hi console")
+        for _ in range(200):
+            if b"bob: hi console" in out.value():
+                break
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        self.assertIn(b"bob: hi console", out.value())
 
 
 class ParseTests(unittest.TestCase):

@@ -32,6 +32,7 @@ from relayd.client.session import MessageTooLong, Session
 
 OK, USAGE, CANNOT_CONNECT, REFUSED, TIMEOUT = 0, 1, 2, 3, 4
 DEFAULT_PORT = 55665
+DEFAULT_UDP_PORT = 8000                 # [udp] listen of the shipped etc/relay.ini
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_RELAY_ID = "relay1"             # [relay] id of the shipped etc/relay.ini
 
@@ -202,12 +203,30 @@ async def answer(reactor, args, session, d, late="no answer within {:g}s"):
 
 # -- commands ----------------------------------------------------------
 
+def peer_opener(reactor, args, identity=None):
+    """The console's ``open_peer(name, show)`` for ``/peer``, or None without a UDP relay.
+
+    The UDP relay is ``--udp-relay``, by default the --server host on port
+    DEFAULT_UDP_PORT; ``identity`` is --key's (None: a throwaway one).
+    """
+    relay = getattr(args, "udp_relay", None)
+    if relay is None and not args.endpoint:
+        host = args.server[0]
+        relay = f"[{host}]:{DEFAULT_UDP_PORT}" if ":" in host else f"{host}:{DEFAULT_UDP_PORT}"
+    if relay is None:
+        return None
+    identity = identity or udp_peer.load_identity(None, args.id)
+    return lambda name, show: defer.ensureDeferred(
+        udp_peer.open_peer(reactor, identity, args.id, name, relay, show))
+
+
 async def cmd_chat(reactor, args):
     done = defer.Deferred()
     console = Console(None, done.callback)
     session = open_session(reactor, args, on_message=console.show_message,
                            on_status=console.status)
     console.session = session
+    console.open_peer = peer_opener(reactor, args, session.signer)
     restore_at_exit(reactor, (sys.stdin.fileno(), sys.stdout.fileno()))
     StandardIO(console, reactor=reactor)
     await connected(session, args)
@@ -364,8 +383,11 @@ def build_parser():
     parser.set_defaults(run=cmd_chat, needs_reactor=True, timeout=None, command=None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
-    _command(sub, "chat", cmd_chat, "interactive chat on stdin/stdout (the default)",
-             timeout=None)
+    p = _command(sub, "chat", cmd_chat, "interactive chat on stdin/stdout (the default)",
+                 timeout=None)
+    p.add_argument("--udp-relay", metavar="HOST:PORT",
+                   help="the relay's UDP rendezvous, for /peer (default: the --server host, "
+                        f"port {DEFAULT_UDP_PORT})")
 
     p = _command(sub, "send", cmd_send, "send one message; exit 0 once the relay acks it",
                  json_help="print the whole ack, not just the msg_id")

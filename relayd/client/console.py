@@ -4,6 +4,10 @@ It is the protocol given to ``twisted.internet.stdio.StandardIO``; every
 line it shows goes through its transport (stdout), status lines start with
 ``***``.  End of input (or ``/quit``) waits until every message typed has
 been acked and every query answered, then calls ``on_done(0)``.
+
+``/peer NAME`` talks to NAME end to end over UDP instead (``relay-chat
+peer``), through ``open_peer(name, show)``: a Deferred of a started
+``(PeerClient, port)``, given by whoever has the UDP relay's address.
 """
 import fcntl
 
@@ -21,6 +25,7 @@ HELP = """\
 commands:
   /to NAME [text]       talk to peer NAME (* for everyone) from now on; send text if given
   /room ROOM [text]     talk to room ROOM from now on (without joining it)
+  /peer NAME            talk to NAME end to end over UDP (direct or via the relay)
   /join ROOM            join ROOM and talk to it
   /leave [ROOM]         leave ROOM (default: the current room)
   /peers                who is connected
@@ -38,10 +43,12 @@ def room_name(text):
 class Console(LineReceiver):
     delimiter = b"\n"
 
-    def __init__(self, session, on_done):
+    def __init__(self, session, on_done, open_peer=None):
         self.session = session
         self.on_done = on_done
-        self.target = None              # ("to", peer) or ("room", name)
+        self.open_peer = open_peer
+        self.target = None              # ("to", peer), ("room", name) or ("peer", name)
+        self.peer = None                # (PeerClient, UDP port) of /peer, once open
         self.quitting = False
         self._asking = set()            # queries not answered yet
 
@@ -98,6 +105,37 @@ class Console(LineReceiver):
 
     def cmd_room(self, rest):
         self._retarget("room", rest)
+
+    def cmd_peer(self, rest):
+        name = rest.split()[0] if rest else ""
+        if not name:
+            return self.status("usage: /peer NAME")
+        if self.open_peer is None:
+            return self.status("no UDP relay for peer chat (relay-chat chat --udp-relay HOST:PORT)")
+        self.target = ("peer", name)
+        if self.peer is not None and self.peer[0].target == name:
+            return self.status(f"talking to {clean(name)} over UDP")
+        self.close_peer()
+        self.status(f"talking to {clean(name)} end to end over UDP; /to or /room to leave")
+        self._ask(self.open_peer(name, self.show), self._peer_opened)
+
+    def _peer_opened(self, peer):
+        client, port = peer
+        if self.peer is not None or self.quitting or self.target != ("peer", client.target):
+            port.stopListening()        # another /peer (or /quit) came first
+            return
+        self.peer = peer
+        client.failed.addCallback(self._peer_refused, peer)
+
+    def _peer_refused(self, why, peer):
+        self.status(why)
+        if self.peer is peer:
+            self.close_peer()
+
+    def close_peer(self):
+        """Stop the /peer conversation, if any (a Deferred when there was one)."""
+        peer, self.peer = self.peer, None
+        return None if peer is None else peer[1].stopListening()
 
     def cmd_join(self, rest):
         if not rest:
@@ -173,6 +211,10 @@ class Console(LineReceiver):
         if self.target is None:
             return self.status("no target yet: /to NAME, /room ROOM or /join ROOM")
         kind, name = self.target
+        if kind == "peer":
+            if self.peer is None:
+                return self.status(f"not connected to {clean(name)} yet; message not sent")
+            return self.peer[0].send_text(text)
         d = self.session.send(text, **{kind: name})
         if self.session.protocol is None:
             self.status("not connected: the message is queued")
@@ -202,6 +244,7 @@ class Console(LineReceiver):
             lambda _: self.finish())
 
     def finish(self):
+        self.close_peer()
         on_done, self.on_done = self.on_done, None
         if on_done is not None:
             on_done(0)

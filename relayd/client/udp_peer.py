@@ -326,22 +326,32 @@ def _print(line):
     sys.stdout.flush()
 
 
-async def run(reactor, args):
-    try:
-        identity = load_identity(args.key, args.id)
-        relay_host, relay_port = parse_address(args.relay)
-    except (keys.KeyFileError, ValueError) as e:
-        _fail(USAGE, str(e))
+async def open_peer(reactor, identity, name, target, relay, show, bind=None, port=0, **options):
+    """A started PeerClient for ``target`` through ``relay`` (``HOST:PORT``): (client, port).
+
+    Raises ValueError for a bad ``relay``, and whatever resolving its host
+    or listening raises.  ``options`` go to PeerClient.
+    """
+    relay_host, relay_port = parse_address(relay)
     try:
         relay_host = str(ipaddress.ip_address(relay_host))
     except ValueError:
         relay_host = await reactor.resolve(relay_host)
-    interface = args.bind or ("::" if ":" in relay_host else "0.0.0.0")
+    interface = bind or ("::" if ":" in relay_host else "0.0.0.0")
     if interface == "::" and ":" not in relay_host:
         relay_host = "::ffff:" + relay_host
-    client = PeerClient(reactor, identity, args.id, args.to, (relay_host, relay_port), _print,
-                        expected_key=args.peer_key, punch_time=args.punch_time)
-    port = reactor.listenUDP(args.port, client, interface=interface)
+    client = PeerClient(reactor, identity, name, target, (relay_host, relay_port), show, **options)
+    return client, reactor.listenUDP(port, client, interface=interface)
+
+
+async def run(reactor, args):
+    try:
+        identity = load_identity(args.key, args.id)
+        client, port = await open_peer(reactor, identity, args.id, args.to, args.relay, _print,
+                                       bind=args.bind, port=args.port,
+                                       expected_key=args.peer_key, punch_time=args.punch_time)
+    except (keys.KeyFileError, ValueError) as e:
+        _fail(USAGE, str(e))
     done = defer.Deferred()
 
     def finish(code):
