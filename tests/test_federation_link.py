@@ -27,6 +27,7 @@ from relayd.core.router import Router
 from relayd.federation.hub import Hub
 from relayd.federation.index import Index, JournalTee, companion_line
 from relayd.federation import catchup
+from relayd.federation import index as fed_index
 from relayd.federation.handshake import transcript
 from relayd.federation.link import Link
 from relayd.federation.metrics import FederationMetrics
@@ -459,6 +460,24 @@ class CatchUpTests(ThreeRelays):
         _, _, pump = join(self.r[0], self.r[1])
         flush(pump)
         self.assertEqual(bob.bodies(), [f"m{i}" for i in range(7)])
+
+    def test_a_hole_no_peer_can_fill_does_not_loop_the_catch_up(self):
+        # relay1 holds relay9's items 2..12 but never had 1 (pruned before it came):
+        # beyond the seqs a sync lists, relay2 would be sent the same items forever
+        self.patch(fed_index, "MAX_ABOVE_SENT", 3)
+        for relay in self.r:
+            relay.hub.settings.sync_batch = 2
+        for seq in range(2, 13):
+            msg_id = f"{seq:064x}"
+            self.r[0].journal.append(message.journal_line({
+                "msg_id": msg_id, "from": "zoe", "to": "*", "body": f"z{seq}",
+                "seen_by": ["relay9"], "timestamp": 1.0}))
+            self.r[0].journal.append(companion_line("relay9", seq, msg_id))
+        self.r[0].restart()
+        _, _, pump = join(self.r[0], self.r[1])
+        flush(pump)
+        self.assertFalse(pump.pump())                   # quiet, not asking again and again
+        self.assertEqual(self.r[1].index.cursors["relay9"].above, set(range(2, 7)))
 
     def test_receipts_are_caught_up_too(self):
         alice = self.r[0].client("alice")

@@ -77,8 +77,9 @@ class Hub:
         if len(links) == 1:
             self.ask_sync(link)
 
-    def ask_sync(self, link):
-        link.send({"type": "sync", "have": self.index.wants()})
+    def ask_sync(self, link, have=None):
+        link.sync_have = self.index.wants() if have is None else have
+        link.send({"type": "sync", "have": link.sync_have})
 
     def link_down(self, link, why):
         """Forget a link; if another link to the peer remains, catch up over it
@@ -183,8 +184,7 @@ class Hub:
             elif kind == "sync":
                 self.catchup.request(link, frame)
             elif kind == "synced":
-                if frame.get("more"):
-                    self.ask_sync(link)
+                self._synced(link, frame)
             elif kind == "ping":
                 link.send({"type": "pong"})
             elif kind == "error":
@@ -197,6 +197,15 @@ class Hub:
             self.log.warn("federation: bad {kind} frame from {peer}: {why}",
                           kind=kind, peer=link.name, why=str(e))
             link.send({"type": "error", "error": "bad_item", "message": str(e)})
+
+    def _synced(self, link, frame):
+        """Ask for the next round, unless this one changed nothing in what we
+        would ask with: the answer would be the same (a hole no peer can fill,
+        with more seqs held above it than a sync lists), again and again."""
+        if frame.get("more"):
+            have = self.index.wants()
+            if have != link.sync_have:
+                self.ask_sync(link, have)
 
     def _held(self, link, origin, seq, kind):
         stats = self.peer_stats(link.name)

@@ -47,6 +47,7 @@ class Link(LineReceiver):
         self.handshake = None
         self.last_heard = 0.0
         self.stalled_since = None       # when the transport paused us, if it did
+        self.sync_have = None           # the cursors of the last sync sent (hub)
         self._timer = None
 
     @property
