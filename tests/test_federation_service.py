@@ -99,12 +99,16 @@ class ServiceTests(unittest.TestCase):
         hub = self.service.hub
         hub.link_up(FakeLink(hub, hub.peers["relay2"]))
         self.assertEqual(self.service.health(), None)
+        self.assertEqual(self.daemon.registry.get_sample_value(
+            "relayd_federation_link_ups_total", {"peer": "relay2"}), 1)
         self.daemon.reload(ini(self.data_dir, "relay3"))
         self.assertEqual([(r["peer"], r["state"]) for r in self.service.peers()],
                          [("relay3", "down")])
         self.assertEqual(self.service.stats()["peers"], 1)
         self.assertIn("relay3", self.service.health())
         self.assertNotIn("relay2", hub._stats)
+        for name in ("relayd_federation_link_ups_total", "relayd_federation_links"):
+            self.assertIsNone(self.daemon.registry.get_sample_value(name, {"peer": "relay2"}))
 
     def test_unchanged_peer_keeps_its_dialer(self):
         dialer = self.service.dialers["relay2"]

@@ -95,22 +95,26 @@ class Hub:
         self.catchup.forget(link)
         stats = self.peer_stats(name)
         stats.links -= 1
+        stats.last_error = why
+        self.metrics.links.labels(name).dec()
         if not stats.links:
             stats.since = None
             if name not in self.peers:
-                del self._stats[name]       # the last link of a removed peer
-        stats.last_error = why
-        self.metrics.links.labels(name).dec()
+                self._forget(name)          # the last link of a removed peer
         self.log.info("federation: link to {peer} down: {why}", peer=name, why=why)
 
     def drop_peer(self, name):
         """Close every link of a peer that is no longer trusted; a removed peer's
-        counters go with its last link."""
+        counters and metric series go with its last link."""
         links = list(self.links.get(name, ()))
         for link in links:
             link.fail("not_a_peer", "this relay no longer lists you as a peer")
         if not links and name not in self.peers:
-            self._stats.pop(name, None)
+            self._forget(name)
+
+    def _forget(self, name):
+        self._stats.pop(name, None)
+        self.metrics.forget(name)
 
     def _send(self, data, kind, skip=(), seen_by=()):
         for name, links in self.links.items():

@@ -38,6 +38,14 @@ class FederationMetrics:
         self.hop_limited = Counter("relayd_federation_hop_limited",
                                    "Messages not forwarded because of the hop limit", **kw)
 
+    def forget(self, peer):
+        """Drop the series of a peer that is no longer configured."""
+        for metric in (self.links, self.dedup, self.caught_up, self.lag, self.connects):
+            metric.remove(peer)
+        for metric in (self.items_in, self.items_out):
+            for kind in ("messages", "receipts"):
+                metric.remove(peer, kind)
+
 
 def peer_rows(peers, stats, now):
     """One dict per configured peer, or removed one with a link still up, for
