@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import CollectorRegistry
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.test import iosim
 from twisted.trial import unittest
 
@@ -233,6 +234,17 @@ class HandshakeTests(unittest.TestCase):
         self.assertEqual(link.state, "closed")
         self.assertEqual(self.b.hub.links, {})
         self.assertIn(b"no longer a configured peer", b"".join(transport.stream))
+
+    def test_an_unauthenticated_refusal_is_logged_quoted_and_short(self):
+        link, transport = self.inbound()
+        with capturedLogs() as events:
+            link.dataReceived(json.dumps({"type": "error", "message": "no\nforged line" + "x" * 500})
+                              .encode() + b"\n")
+        self.assertEqual(link.state, "closed")
+        [text] = [formatEvent(e) for e in events if "refused a link" in formatEvent(e)]
+        self.assertNotIn("\n", text)
+        self.assertIn("'no\\nforged line", text)
+        self.assertLess(len(text), 400)
 
     def test_unauthenticated_side_may_not_send_long_lines(self):
         link, transport = self.inbound()

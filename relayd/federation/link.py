@@ -118,7 +118,8 @@ class Link(LineReceiver):
             if self.ready is not None:
                 self.ready.callback(self)
         elif kind == "error":
-            raise HandshakeError(f"the other side refused: {frame.get('message')}")
+            # unauthenticated text: quoted, so that it cannot forge log lines, and cut short
+            raise HandshakeError(f"the other side refused: {str(frame.get('message'))[:200]!r}")
         else:
             raise HandshakeError(f"unexpected {kind!r} frame during the handshake")
 
