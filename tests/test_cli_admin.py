@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import bcrypt
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer, reactor
@@ -88,3 +89,16 @@ class AdminUsageTests(unittest.TestCase):
         for name, password in [(b"ops", b"wrong"), (b"other", b"x"), (b"nobody", b"x")]:
             with self.assertRaises(UnauthorizedLogin):
                 yield checker.requestAvatarId(UsernamePassword(name, password))
+
+    @defer.inlineCallbacks
+    def test_an_unknown_user_costs_a_bcrypt_check_too(self):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("ops:" + bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode() + "\n")
+        checked = []
+        self.patch(bcrypt, "checkpw", lambda password, hashed: checked.append(hashed) or False)
+        for name in (b"ops", b"nobody"):
+            with self.assertRaises(UnauthorizedLogin):
+                yield BcryptPasswords(path, reactor).requestAvatarId(UsernamePassword(name, b"x"))
+        self.assertEqual(len(checked), 2)
+        self.assertEqual(checked[1], BcryptPasswords.DECOY)

@@ -86,17 +86,22 @@ class BcryptPasswords:
         return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self._check,
                                          credentials.username, credentials.password)
 
+    # checked for unknown users, so that the time taken does not tell who exists
+    DECOY = b"$2b$12$uBVTCXr4DIgrmSmsd0xIlOoWGuGlyzVI/dK8Nq5cK50IyO3FD1MPK"
+
     def _check(self, username, password):
+        hashed = None
         with open(self.path, "rb") as f:
             for line in f:
-                user, _, hashed = line.strip().partition(b":")
+                user, _, value = line.strip().partition(b":")
                 if user == username:
-                    try:
-                        if bcrypt.checkpw(password, hashed):
-                            return username
-                    except ValueError:
-                        pass
+                    hashed = value
                     break
+        try:
+            if bcrypt.checkpw(password, hashed or self.DECOY) and hashed:
+                return username
+        except ValueError:
+            pass
         raise UnauthorizedLogin(f"bad password for {username!r}")
 
 
