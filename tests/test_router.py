@@ -5,6 +5,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from relayd.core import message
+from relayd.core.router import STORED_CHUNK
 from tests.fakes import FakeSession, make_router
 
 
@@ -101,6 +102,27 @@ class StoreAndForwardTests(unittest.TestCase):
         receipts = [json.loads(l) for l in self.router.journal.lines if b"receipt" in l]
         self.assertEqual(len(receipts), 3)
         self.assertEqual(self.router.attach(FakeSession("dave")), [])
+
+    def test_stored_messages_go_out_while_the_session_is_writable(self):
+        router = make_router(self.clock, mailbox_max=100)
+        router.attach(self.alice)
+        for n in range(70):
+            router.submit(self.alice, "dave", str(n))
+        dave = FakeSession("dave")
+        dave.writable = lambda: not dave.lines      # full after the first write
+        router.deliver_stored(dave, router.attach(dave))
+        self.assertEqual(bodies(dave), [str(n) for n in range(STORED_CHUNK)])
+        router.submit(self.alice, "dave", "live")
+        self.assertEqual(len(dave.lines), STORED_CHUNK, "stored behind the rest, not written ahead")
+        self.assertEqual(router.mailboxes.count("dave"), 70 - STORED_CHUNK + 1)
+        dave.writable = lambda: True
+        router.resume(dave)
+        self.assertEqual(bodies(dave), [str(n) for n in range(70)] + ["live"])
+        self.assertNotIn("dave", router.mailboxes)
+        receipts = [l for l in router.journal.lines if b'"receipt"' in l]
+        self.assertEqual(len(receipts), 71)
+        router.submit(self.alice, "dave", "direct")
+        self.assertEqual(bodies(dave)[-1], "direct")
 
     def test_mailbox_is_bounded(self):
         for text in ("1", "2", "3", "4"):

@@ -9,6 +9,7 @@ from twisted.trial import unittest
 
 from relayd import config
 from relayd.daemon import build
+from relayd.tcp.service import CLOSE_GRACE
 
 
 class Collector(LineReceiver):
@@ -76,3 +77,54 @@ class LoopbackTests(unittest.TestCase):
         lines = [json.loads(line) for name in sorted(os.listdir(journal_dir))
                  for line in open(os.path.join(journal_dir, name), "rb")]
         self.assertIn(frames[1]["msg_id"], [r.get("msg_id") for r in lines])
+
+
+class StoredMailTests(unittest.TestCase):
+    """More stored mail than ``output_buffer`` reaches a peer that reads it."""
+    timeout = 60
+
+    def setUp(self):
+        data_dir = os.path.abspath(self.mktemp())
+        settings = config.parse(f"[relay]\ndata_dir = {data_dir}\n"
+                                "[tcp]\nlisten = tcp:0:interface=127.0.0.1\noutput_buffer = 64KiB\n"
+                                "[ratelimit]\nmessages = 100000\n")
+        self.daemon = build(settings, reactor)
+        self.daemon.privilegedStartService()
+        self.daemon.startService()
+        self.addCleanup(self.daemon.stopService)
+        tcp = self.daemon.getServiceNamed("tcp")
+        self.port = tcp.services[0]._waitingForPort.result.getHost().port
+
+    connect = LoopbackTests.connect
+
+    @defer.inlineCallbacks
+    def test_all_stored_mail_is_delivered_in_order(self):
+        count = 3000
+        alice = yield self.connect("alice")
+        alice.transport.write(b"".join(
+            json.dumps({"type": "send", "to": "zed", "body": "%05d" % i + "x" * 200}).encode() + b"\n"
+            for i in range(count)))
+        yield alice.wait(1 + count)
+        zed = yield self.connect("zed")
+        self.assertEqual(zed.frames[0]["pending"], count)
+        frames = yield zed.wait(1 + count)
+        self.assertEqual([f.get("body", "")[:5] for f in frames[1:]], ["%05d" % i for i in range(count)])
+
+    @defer.inlineCallbacks
+    def test_a_reader_that_stops_is_dropped_as_slow_consumer(self):
+        alice = yield self.connect("alice")
+        bob = yield self.connect("bob")
+        bob.MAX_LENGTH = 2 ** 20
+        bob.transport.pauseProducing()          # bob stops reading
+        errors = self.daemon.registry.get_sample_value
+        sent = 0
+        while sent < 800 and not errors("relayd_tcp_errors_total", {"code": "slow_consumer"}):
+            alice.request(type="send", to="bob", body="x" * 50000)      # under output_buffer
+            sent += 1
+            yield alice.wait(1 + sent)
+        self.assertEqual(errors("relayd_tcp_errors_total", {"code": "slow_consumer"}), 1.0)
+        bob.transport.resumeProducing()
+        started = reactor.seconds()
+        yield bob.lost
+        self.assertLess(reactor.seconds() - started, CLOSE_GRACE, "closed once drained")
+        self.assertEqual(bob.frames[-1]["error"], "slow_consumer")

@@ -1,4 +1,5 @@
-"""Store-and-forward: messages kept, in order, for peers that are offline."""
+"""Store-and-forward: messages kept, in order, for peers that are offline
+(or still reading what was kept for them)."""
 from collections import OrderedDict
 
 
@@ -26,13 +27,16 @@ class Mailboxes:
             if not box:
                 del self._boxes[peer]
 
-    def take(self, peer):
-        """Every live stored ``(entry, line)`` for ``peer``, oldest first."""
-        box = self._boxes.pop(peer, None)
-        if not box:
+    def peek(self, peer):
+        """Every live stored ``(entry, line)`` for ``peer``, oldest first; they
+        stay stored until ``remove``d (expired ones are dropped now)."""
+        if peer not in self._boxes:
             return []
-        horizon = self.clock.seconds() - self.ttl
-        return [(e, l) for e, l in box.values() if e.get("timestamp", 0) >= horizon]
+        self._expire(peer, self.clock.seconds() - self.ttl)
+        return list(self._boxes.get(peer, {}).values())
+
+    def __contains__(self, peer):
+        return peer in self._boxes
 
     def count(self, peer):
         return len(self._boxes.get(peer, ()))
@@ -40,12 +44,15 @@ class Mailboxes:
     def expire(self):
         horizon = self.clock.seconds() - self.ttl
         for peer in list(self._boxes):
-            box = self._boxes[peer]
-            for msg_id in [m for m, (e, _) in box.items() if e.get("timestamp", 0) < horizon]:
-                del box[msg_id]
-                self.dropped += 1
-            if not box:
-                del self._boxes[peer]
+            self._expire(peer, horizon)
+
+    def _expire(self, peer, horizon):
+        box = self._boxes[peer]
+        for msg_id in [m for m, (e, _) in box.items() if e.get("timestamp", 0) < horizon]:
+            del box[msg_id]
+            self.dropped += 1
+        if not box:
+            del self._boxes[peer]
 
     def total(self):
         return sum(len(b) for b in self._boxes.values())

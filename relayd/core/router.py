@@ -4,8 +4,8 @@ A message takes one path: ``submit`` (local client) or ``accept_remote``
 (federation) -> dedup -> journal -> once durable: history, local delivery,
 forwarders.  Sessions are adapters with ``peer_id``, ``address``,
 ``deliver(line)`` (and optionally ``deliver_lines(lines)``, the same for
-several lines at once) and ``close(code, message)``; the router never does
-I/O.
+several lines at once, and ``writable()``, false while the session's output
+is full) and ``close(code, message)``; the router never does I/O.
 """
 from prometheus_client import Counter, Gauge, Histogram
 from twisted.internet import defer
@@ -13,6 +13,8 @@ from twisted.logger import Logger
 
 from relayd.core import message
 from relayd.core.history import conversation
+
+STORED_CHUNK = 64       # stored messages written at once while a session is writable
 
 
 class Router:
@@ -62,7 +64,8 @@ class Router:
     # --- presence ----------------------------------------------------------
 
     def attach(self, session):
-        """Make ``session`` the owner of its id; returns its stored messages.
+        """Make ``session`` the owner of its id; returns its stored messages
+        (still stored: ``deliver_stored`` sends and removes them).
 
         A previous session with the same id is closed first; its close no
         longer touches the registry (see ``detach``).
@@ -73,15 +76,29 @@ class Router:
             del self.sessions[session.peer_id]
             old.close("session_replaced", "another connection identified with this id")
         self.sessions[session.peer_id] = session
-        return self.mailboxes.take(session.peer_id)
+        return self.mailboxes.peek(session.peer_id)
 
     def deliver_stored(self, session, stored):
-        """Send what ``attach`` returned, in order, with delivery receipts."""
-        for entry, line in stored:
-            session.deliver(line)
-            self._receipt(entry, session.peer_id)
-        self.delivered += len(stored)
-        self.m_delivered.inc(len(stored))
+        """Send what ``attach`` returned, in order, with delivery receipts,
+        while ``session`` is writable; the rest stays stored, and messages
+        directed to the peer are stored behind it, until ``resume``."""
+        peer, writable = session.peer_id, getattr(session, "writable", None)
+        sent = 0
+        while sent < len(stored) and (writable is None or writable()):
+            chunk = stored[sent:sent + STORED_CHUNK]
+            _deliver(session, [line for _, line in chunk])
+            for entry, _ in chunk:
+                self.mailboxes.remove(peer, entry["msg_id"])
+                self._receipt(entry, peer)
+            sent += len(chunk)
+        self.delivered += sent
+        self.m_delivered.inc(sent)
+
+    def resume(self, session):
+        """``session`` is writable again: go on with its stored messages."""
+        peer = session.peer_id
+        if peer in self.mailboxes and self.sessions.get(peer) is session:
+            self.deliver_stored(session, self.mailboxes.peek(peer))
 
     def detach(self, session):
         """Forget ``session`` if (and only if) it still owns its id."""
@@ -248,7 +265,8 @@ class Router:
                     count += 1
         else:
             session = self.sessions.get(to)
-            if session is None:
+            if session is None or (to in self.mailboxes and to != sender):
+                # offline, or what was stored for it is still going out: keep the order
                 self.mailboxes.put(to, entry, line)
                 self.m_stored.inc()
             elif to != sender:

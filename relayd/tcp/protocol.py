@@ -75,6 +75,7 @@ class RelayProtocol(Protocol):
         client = getattr(self.transport, "client", None)
         self.address = client if client == address else address
         self.connected_at = self.last_activity = self.service.clock.seconds()
+        self.transport.registerProducer(self, True)
         refusal = self.service.admit(self)
         if refusal is not None:
             code, text, extra = refusal
@@ -84,25 +85,30 @@ class RelayProtocol(Protocol):
             setter = getattr(self.transport, option, None)
             if setter is not None:
                 setter(True)
-        self.transport.registerProducer(self, True)
 
     def connectionLost(self, reason):
         self.service.release(self)
         if self.peer_id is not None:
             self.service.router.detach(self)
 
-    # IPushProducer: the transport pauses us when its buffer is full.
+    # IPushProducer: the transport pauses us when its buffer is full (again
+    # at every write while it stays full) and resumes us once it has drained.
     def pauseProducing(self):
         self._paused = True
-        self._backlog = 0
 
     def resumeProducing(self):
         self._paused = False
+        self._backlog = 0
+        if self.peer_id is not None:
+            self.service.router.resume(self)
 
     def stopProducing(self):
         pass
 
     # --- session interface used by the router ---------------------------------
+
+    def writable(self):
+        return not (self._paused or self._closing)
 
     def deliver(self, line):
         self.deliver_lines((line,))
@@ -153,6 +159,8 @@ class RelayProtocol(Protocol):
         self.closed_at = self.service.clock.seconds()
         self.service.m_errors.labels(code).inc()
         self.transport.write(errors.frame(code, text, **extra))
+        # A paused producer would keep the transport open once drained.
+        self.transport.unregisterProducer()
         self.transport.loseConnection()
 
     def send(self, obj, req=None):
