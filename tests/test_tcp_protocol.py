@@ -274,6 +274,13 @@ class LegacyDialectTests(unittest.TestCase):
 
 
 class ConnectionLimitTests(unittest.TestCase):
+    def test_reload_keeps_the_bound_listen_address(self):
+        service = make_service("max_connections = 5\n")
+        service.configure(config.parse("[tcp]\nlisten = tcp:1:interface=127.0.0.1\n"
+                                       "max_connections = 7\n").tcp)
+        self.assertEqual((service.stats()["listen"], service.max_connections),
+                         ("tcp:0:interface=127.0.0.1", 7))
+
     def test_per_ip_and_total(self):
         service = make_service("max_connections_per_ip = 2\nmax_connections = 3\n")
         a, b = Client(service), Client(service, port=2)

@@ -40,6 +40,7 @@ class TcpRelayService(MultiService):
         self.connections = set()
         self.per_ip = {}
         self.refused = 0
+        self.listen = settings.listen           # not reloadable: the port stays bound
         self.configure(settings)
         self.factory = RelayFactory(self)
         stream_service(daemon, settings.listen, self.factory).setServiceParent(self)
@@ -61,7 +62,6 @@ class TcpRelayService(MultiService):
               ).set_function(lambda: self.guard.rate_limited)
 
     def configure(self, settings):
-        self.listen = settings.listen
         self.max_line = settings.max_line
         self.max_connections = settings.max_connections
         self.max_per_ip = settings.max_connections_per_ip
