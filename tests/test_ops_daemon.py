@@ -106,6 +106,8 @@ class OpsDaemonTests(unittest.TestCase):
         with open(self.ops.host_key, "rb") as f:
             first = f.read()
         self.assertEqual(os.stat(self.ops.host_key).st_mode & 0o777, 0o600)
+        # its ports listen before twistd runs the reactor and handles SIGTERM: wait for an answer
+        self.assertEqual(http_json(self.ports["http"], "/health")[0], 200)
         self.assertEqual(self.relay.stop(), 0)
         for port in self.ports.values():
             self.assertFalse(wait_for_port(port, timeout=0.2))
