@@ -8,6 +8,7 @@ import os
 import signal
 
 from prometheus_client import CollectorRegistry
+from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.logger import Logger
 
@@ -27,6 +28,10 @@ from relayd.ops import build_ops
 from relayd.tcp.service import TcpRelayService
 from relayd.tls import ServerTLS
 from relayd.udp.service import UDPService
+
+
+# Seconds between sweeps of the mailboxes for messages past [mailbox] ttl.
+MAILBOX_EXPIRY = 3600.0
 
 
 class Daemon(MultiService):
@@ -132,6 +137,10 @@ def build_core(daemon):
         prune_interval=j.prune_interval, registry=daemon.registry)
     journal.setServiceParent(daemon)
     router.journal = journal
+    # Mail for peers that never come back is dropped past its ttl, not kept until a restart.
+    expiry = TimerService(min(max(s.mailbox.ttl, 60.0), MAILBOX_EXPIRY), router.mailboxes.expire)
+    expiry.clock = reactor
+    expiry.setServiceParent(daemon)
     r = s.ratelimit
     guard = AbuseGuard(reactor, r.messages, r.per_seconds, r.ban_after, r.ban_window, r.ban_duration)
     daemon.on_reload(guard.reload)

@@ -1,12 +1,14 @@
 """twistd finds the relayd plugin, and makeService composes the enabled services."""
 import os
 
+from twisted.application.internet import TimerService
 from twisted.application.service import IServiceMaker
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 from twisted.trial import unittest
 
 from relayd import tap
+from relayd.daemon import MAILBOX_EXPIRY
 
 
 class PluginTests(unittest.TestCase):
@@ -47,3 +49,20 @@ class PluginTests(unittest.TestCase):
             f.write("[bogus]\n")
         self.assertIn("[bogus]", daemon.reload())
         self.assertEqual(daemon.guard.capacity, 99)
+
+    def test_mailboxes_expire_while_running(self):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(f"[relay]\ndata_dir = {os.path.abspath(self.mktemp())}\n[mailbox]\nttl = 1d\n")
+        options = tap.Options()
+        options.parseOptions(["--config", path])
+        reactor = MemoryReactorClock()
+        daemon = tap.makeService(options, reactor)
+        [timer] = [s for s in daemon if isinstance(s, TimerService)]
+        timer.startService()
+        self.addCleanup(timer.stopService)
+        daemon.router.mailboxes.put("gone", {"msg_id": "m1", "timestamp": reactor.seconds()}, b"")
+        reactor.advance(86400 - MAILBOX_EXPIRY / 2)
+        self.assertEqual(daemon.router.mailboxes.total(), 1)
+        reactor.advance(MAILBOX_EXPIRY)
+        self.assertEqual(daemon.router.mailboxes.total(), 0, "dropped past the ttl")
