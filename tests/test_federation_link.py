@@ -238,8 +238,8 @@ class HandshakeTests(unittest.TestCase):
     def test_an_unauthenticated_refusal_is_logged_quoted_and_short(self):
         link, transport = self.inbound()
         with capturedLogs() as events:
-            link.dataReceived(json.dumps({"type": "error", "message": "no\nforged line" + "x" * 500})
-                              .encode() + b"\n")
+            refusal = {"type": "error", "message": "no\nforged line" + "x" * 500}
+            link.dataReceived(json.dumps(refusal).encode() + b"\n")
         self.assertEqual(link.state, "closed")
         [text] = [formatEvent(e) for e in events if "refused a link" in formatEvent(e)]
         self.assertNotIn("\n", text)
