@@ -1,7 +1,8 @@
 """Which Ed25519 key owns which peer id, kept in the data directory.
 
 The first key that proves an id owns it; the table is rewritten atomically
-on the file pool whenever it changes and read once at start-up.
+on the file pool whenever it changes (claims made during a write go into the
+next one) and read once at start-up.
 """
 import base64
 import json
@@ -11,6 +12,12 @@ from twisted.application.service import Service
 from twisted.logger import Logger
 
 FILE_NAME = "peer_keys.json"
+
+
+def _save(path, owners):
+    """Write ``owners`` (peer id -> raw key) as the JSON table; on the file thread."""
+    data = json.dumps({p: base64.b64encode(k).decode() for p, k in owners.items()}, indent=0)
+    _write_atomically(path, data.encode())
 
 
 def _write_atomically(path, data):
@@ -32,6 +39,8 @@ class Ownership(Service):
         self.file_pool = file_pool
         self._owners = {}          # peer id -> raw 32-byte public key
         self._loaded = False
+        self._saving = False       # a write is on the file pool
+        self._changed = False      # claims since that write's copy of the table
 
     def privilegedStartService(self):
         self.load()
@@ -63,11 +72,24 @@ class Ownership(Service):
         if current is not None:
             return current == public_key
         self._owners[peer_id] = public_key
-        data = json.dumps({p: base64.b64encode(k).decode() for p, k in self._owners.items()},
-                          indent=0).encode()
-        d = self.file_pool.run(_write_atomically, self.path, data)
-        d.addErrback(lambda f: self.log.failure("could not save {path}", f, path=self.path))
+        self._save()
         return True
+
+    def _save(self):
+        """Write a copy of the table (encoded on the file thread), one write
+        at a time, so that a run of claims costs a few writes, not one each."""
+        if self._saving:
+            self._changed = True
+            return
+        self._saving, self._changed = True, False
+        d = self.file_pool.run(_save, self.path, dict(self._owners))
+        d.addErrback(lambda f: self.log.failure("could not save {path}", f, path=self.path))
+        d.addCallback(self._saved)
+
+    def _saved(self, _):
+        self._saving = False
+        if self._changed:
+            self._save()
 
     def __len__(self):
         return len(self._owners)

@@ -1,0 +1,62 @@
+"""The key ownership table: first proof wins, kept across restarts, written in few writes."""
+import os
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from relayd.core.ownership import Ownership
+
+KEY_A, KEY_B = b"a" * 32, b"b" * 32
+
+
+class HeldPool:
+    """A file pool whose jobs run when ``step()`` says so."""
+
+    def __init__(self):
+        self.jobs = []
+
+    def run(self, f, *args):
+        d = defer.Deferred()
+        self.jobs.append((f, args, d))
+        return d
+
+    def step(self):
+        f, args, d = self.jobs.pop(0)
+        d.callback(f(*args))
+
+
+class OwnershipTests(unittest.TestCase):
+    def setUp(self):
+        self.path = os.path.abspath(self.mktemp())
+        self.pool = HeldPool()
+        self.table = Ownership(self.path, self.pool)
+        self.table.load()
+
+    def reloaded(self):
+        table = Ownership(self.path, self.pool)
+        table.load()
+        return table
+
+    def test_first_proof_wins_and_survives_a_restart(self):
+        self.assertTrue(self.table.claim("alice", KEY_A))
+        self.assertFalse(self.table.claim("alice", KEY_B))
+        self.assertTrue(self.table.claim("alice", KEY_A))
+        self.pool.step()
+        again = self.reloaded()
+        self.assertEqual((again.owner("alice"), len(again)), (KEY_A, 1))
+
+    def test_claims_during_a_write_go_into_one_more_write(self):
+        for n in range(5):
+            self.table.claim(f"peer{n}", KEY_A)
+        self.assertEqual(len(self.pool.jobs), 1, "one write at a time")
+        self.pool.step()
+        self.assertEqual(len(self.pool.jobs), 1, "the four later claims together")
+        self.assertEqual(len(self.reloaded()), 1)
+        self.pool.step()
+        self.assertEqual(self.pool.jobs, [])
+        self.assertEqual(len(self.reloaded()), 5)
+
+    def test_a_damaged_table_is_reported_not_fatal(self):
+        with open(self.path, "w") as f:
+            f.write("{not json")
+        self.assertEqual(len(self.reloaded()), 0)
