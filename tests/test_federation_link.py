@@ -281,6 +281,13 @@ class HandshakeTests(unittest.TestCase):
         self.assertEqual(server.state, "closed")
         self.assertEqual(self.b.hub.links, {})
 
+    def test_deeply_nested_json_closes_the_link(self):
+        client, server, pump = join(self.a, self.b)
+        client.transport.write(b"[" * 5000 + b"\n")
+        pump.flush()
+        self.assertEqual(server.state, "closed")
+        self.assertEqual(self.b.hub.links, {})
+
 
 class ThreeRelays(unittest.TestCase):
     """relay1, relay2 and relay3 on one clock, not yet linked."""

@@ -77,7 +77,7 @@ class Link(LineReceiver):
         self.last_heard = self.hub.clock.seconds()
         try:
             frame = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):        # RecursionError: nested too deeply
             frame = None
         if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
             self.fail("bad_frame", "each line must be a JSON object with a type")

@@ -116,11 +116,11 @@ def parse_relays_json(text, source, own_id):
     """
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         kept = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
         try:
             data = json.loads("\n".join(kept))
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise PeerError(f"{source}: not valid JSON: {e}") from None
         log.warn("{source}: ignored {count} comment line(s) starting with '#', "
                  "which are not JSON; delete them", source=source,
