@@ -74,6 +74,8 @@ class Daemon(MultiService):
         signal.signal(signal.SIGHUP, self._on_sighup)
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
+        self.log.info("relay {relay_id} running (pid {pid}): SIGHUP reloads {path}, SIGTERM stops",
+                      relay_id=self.settings.relay.id, pid=os.getpid(), path=self.config_path)
 
     def _on_sighup(self, signum, frame):
         self.reactor.callFromThread(self.reload)

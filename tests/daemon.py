@@ -20,6 +20,7 @@ import sys
 import textwrap
 import time
 
+READY = "SIGTERM stops"      # the daemon's log line once it runs with its signal handlers
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWISTD = [sys.executable, "-c",
           "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"]
@@ -66,14 +67,23 @@ class Relayd:
                          "relayd", "--config", self.config]
 
     def start(self, wait_tcp=(), timeout=30.0):
-        """Start the daemon and wait until every port in ``wait_tcp`` accepts."""
+        """Start the daemon; wait until every port in ``wait_tcp`` accepts and
+        the daemon says it runs (its signal handlers are then in place, so an
+        early SIGTERM is a graceful stop, not a kill)."""
         env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        started = self.log().count(READY)
         self.process = subprocess.Popen(self.command(), cwd=REPO, env=env,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         for port in wait_tcp:
             if not wait_for_port(port, timeout, process=self.process):
                 self.stop()
                 raise AssertionError(f"relayd did not listen on {port}:\n{self.output()}")
+        deadline = time.monotonic() + timeout
+        while self.log().count(READY) == started:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"relayd did not start:\n{self.output()}")
+            time.sleep(0.05)
         return self
 
     def run_to_exit(self, timeout=30.0):
