@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 from twisted.test import iosim
 from twisted.trial import unittest
 
@@ -28,7 +29,7 @@ class Harness:
         self.settings = config.parse("[libp2p]\n" + extra).libp2p
         self.keypair = KeyPair(Ed25519PrivateKey.generate())
         self.registry = CollectorRegistry()
-        self.events = RelayEvents(self.registry)
+        self.events = RelayEvents(self.registry, self.clock)
         self.relay = Relay(self.clock, self.settings, self.keypair, self.events,
                            lambda: [f"/ip4/127.0.0.1/tcp/4001/p2p/{self.keypair.peer_id}"])
         self.factory = Libp2pFactory(self.clock, self.keypair, self.relay, self.settings, None)
@@ -199,3 +200,20 @@ class TimerTests(unittest.TestCase):
         h.advance(20)
         limiter.prune()
         self.assertEqual(limiter.events, {})
+
+
+class DenialLogTests(unittest.TestCase):
+    def test_denials_are_all_counted_but_logged_at_a_bounded_rate(self):
+        clock = Clock()
+        events = RelayEvents(CollectorRegistry(), clock)
+        with capturedLogs() as logged:
+            for _ in range(25):
+                events.denied("RESERVE", "rate limited", "12D3KooWpeer", "10.0.0.9")
+            events.denied("RESERVE", "rate limited", "12D3KooWother", "10.0.0.10")
+            clock.advance(60)
+            events.denied("CONNECT", "no reservation", "12D3KooWpeer", "10.0.0.9")
+        denials = [e for e in logged if e.get("libp2p_event") == "denied"]
+        warnings = [e for e in logged if "only counted" in e["log_format"]]
+        self.assertEqual(len(denials), 20 + 1 + 1)
+        self.assertEqual([w["ip"] for w in warnings], ["10.0.0.9"])
+        self.assertEqual(events.totals["denied"], 27)

@@ -2,13 +2,22 @@
 from prometheus_client import Counter, Gauge
 from twisted.logger import Logger
 
+DENIALS_LOGGED_PER_MINUTE = 20      # per source IP; the rest are only counted
+
 
 class RelayEvents:
-    """Receives the relay's accounting events; logs each one and counts it."""
+    """Receives the relay's accounting events; logs each one and counts it.
+
+    Denials are counted every time but logged at most
+    ``DENIALS_LOGGED_PER_MINUTE`` times a minute per source IP, so that a
+    peer hammering the relay cannot flood the log.
+    """
 
     log = Logger(namespace="relayd.libp2p")
 
-    def __init__(self, registry):
+    def __init__(self, registry, clock):
+        self.clock = clock
+        self._denial_windows = {}       # ip -> [window start, denials logged in it]
         self.relayed_bytes = 0
         self.totals = {"reservations_accepted": 0, "reservations_renewed": 0,
                        "circuits_opened": 0, "circuits_closed": 0, "denied": 0}
@@ -45,9 +54,25 @@ class RelayEvents:
     def denied(self, request, reason, peer, ip, target=None):
         self.totals["denied"] += 1
         self.m_denied.labels(request, reason.split(":")[0]).inc()
-        self.log.info("libp2p {request} denied: peer {peer} from {ip}{to}: {reason}",
-                      request=request, reason=reason, peer=peer, ip=ip,
-                      to=f" to {target}" if target else "", target=target, libp2p_event="denied")
+        if self._may_log_denial(ip):
+            self.log.info("libp2p {request} denied: peer {peer} from {ip}{to}: {reason}",
+                          request=request, reason=reason, peer=peer, ip=ip,
+                          to=f" to {target}" if target else "", target=target, libp2p_event="denied")
+
+    def _may_log_denial(self, ip):
+        now = self.clock.seconds()
+        window = self._denial_windows.get(ip)
+        if window is None or now - window[0] >= 60:
+            if len(self._denial_windows) >= 10000:
+                self._denial_windows = {k: w for k, w in self._denial_windows.items()
+                                        if now - w[0] < 60}
+            window = self._denial_windows[ip] = [now, 0]
+        window[1] += 1
+        if window[1] == DENIALS_LOGGED_PER_MINUTE + 1:
+            self.log.warn("libp2p: more than {limit} denials this minute for {ip}; further ones "
+                          "are only counted (relayd_libp2p_denials)",
+                          limit=DENIALS_LOGGED_PER_MINUTE, ip=ip)
+        return window[1] <= DENIALS_LOGGED_PER_MINUTE
 
     def circuit_opened(self, circuit):
         self.totals["circuits_opened"] += 1

@@ -115,7 +115,7 @@ class Libp2pService(MultiService):
         self.daemon = daemon
         self.settings = settings
         self.reactor = reactor
-        self.events = RelayEvents(daemon.registry)
+        self.events = RelayEvents(daemon.registry, reactor)
         self.keypair = self.relay = self.factory = None
         self.listen_addrs = []
         self.started = None
