@@ -209,6 +209,15 @@ class KeyProofTests(unittest.TestCase):
         self.assertEqual(legacy.frames()[0]["error"], "id_owned")
         self.assertEqual(self.prove(Client(self.service, port=5), "alice")["type"], "welcome")
 
+    def test_new_claims_count_against_the_rate_limit(self):
+        for i in range(10):
+            self.assertEqual(self.prove(Client(self.service, port=10 + i), f"id{i}")["type"], "welcome")
+        refused = self.prove(Client(self.service, port=30), "one-too-many")
+        self.assertEqual(refused["error"], "rate_limited")
+        self.assertIsNone(self.service.router.ownership.owner("one-too-many"))
+        self.assertEqual(self.prove(Client(self.service, port=31), "id3")["type"], "welcome",
+                         "proving an id already owned claims nothing new")
+
     def test_bad_signature(self):
         client = Client(self.service)
         client.request(type="hello", id="alice", key=base64.b64encode(self.public).decode())

@@ -342,7 +342,16 @@ class RelayProtocol(Protocol):
         if not verify(public, signature, payload):
             self.error("auth_failed", "the signature does not verify", req=req)
             return
-        if not self.service.router.ownership.claim(peer_id, public):
+        ownership = self.service.router.ownership
+        if ownership.owner(peer_id) is None:
+            # A new claim is kept for good: it costs one message of the
+            # address's rate limit, so the table cannot be flooded.
+            wait = self.service.guard.allow(self.address[0])
+            if wait is not None:
+                self.error("rate_limited", "too many new ids claimed; slow down", req=req,
+                           retry_after=round(wait, 3))
+                return
+        if not ownership.claim(peer_id, public):
             self.error("id_owned", "this id is owned by another key", req=req)
             return
         self.authenticated = True
