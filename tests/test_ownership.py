@@ -4,7 +4,7 @@ import os
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from relayd.core.ownership import Ownership
+from relayd.core.ownership import DamagedTable, Ownership
 
 KEY_A, KEY_B = b"a" * 32, b"b" * 32
 
@@ -56,7 +56,12 @@ class OwnershipTests(unittest.TestCase):
         self.assertEqual(self.pool.jobs, [])
         self.assertEqual(len(self.reloaded()), 5)
 
-    def test_a_damaged_table_is_reported_not_fatal(self):
-        with open(self.path, "w") as f:
-            f.write("{not json")
-        self.assertEqual(len(self.reloaded()), 0)
+    def test_a_damaged_table_stops_the_start_and_is_left_alone(self):
+        for damage in ("{not json", '{"alice": "not base64!"}', '["alice"]'):
+            with open(self.path, "w") as f:
+                f.write(damage)
+            with self.assertRaises(DamagedTable) as cm:
+                self.reloaded()
+            self.assertIn(self.path, str(cm.exception))
+            with open(self.path) as f:
+                self.assertEqual(f.read(), damage)

@@ -29,6 +29,10 @@ def _write_atomically(path, data):
     os.replace(tmp, path)
 
 
+class DamagedTable(Exception):
+    """peer_keys.json cannot be read; the message says what to do."""
+
+
 class Ownership(Service):
     """Loaded when the daemon starts, before anything listens."""
 
@@ -52,15 +56,23 @@ class Ownership(Service):
         super().startService()
 
     def load(self):
-        """Read the table (start-up only); a damaged file is reported, not fatal."""
+        """Read the table (start-up only).
+
+        A damaged table stops the daemon: running without it would let
+        anyone take over every owned id, and the next claim would overwrite
+        it.  The operator restores it from a backup or deletes it knowingly.
+        """
         try:
             with open(self.path, "rb") as f:
                 table = json.loads(f.read())
-            self._owners = {peer: base64.b64decode(key) for peer, key in table.items()}
+            self._owners = {peer: base64.b64decode(key, validate=True)
+                            for peer, key in table.items()}
         except FileNotFoundError:
             pass
-        except (ValueError, AttributeError, TypeError) as e:
-            self.log.error("ignoring damaged key table {path}: {error}", path=self.path, error=str(e))
+        except (ValueError, AttributeError, TypeError, RecursionError) as e:
+            raise DamagedTable(f"the key ownership table {self.path} is damaged ({e}); restore "
+                               f"it from a backup, or delete it to let every id be claimed "
+                               f"again") from None
         self._loaded = True
 
     def owner(self, peer_id):
