@@ -7,12 +7,12 @@ forwarders.  Sessions are adapters with ``peer_id``, ``address``,
 several lines at once, and ``writable()``, false while the session's output
 is full) and ``close(code, message)``; the router never does I/O.
 """
-from prometheus_client import Counter, Gauge, Histogram
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from relayd.core import message
 from relayd.core.history import conversation
+from relayd.core.metrics import LatencyHistogram, RouterCollector
 
 STORED_CHUNK = 64       # stored messages written at once while a session is writable
 
@@ -43,23 +43,12 @@ class Router:
         self._metrics(registry)
 
     def _metrics(self, registry):
-        kw = {"registry": registry}
-        self.m_received = Counter("relayd_messages_received", "Messages accepted", ["source"], **kw)
-        self.m_received_local = self.m_received.labels("client")
-        self.m_received_remote = self.m_received.labels("federation")
-        self.m_delivered = Counter("relayd_messages_delivered", "Message copies written to clients", **kw)
-        self.m_stored = Counter("relayd_messages_stored", "Messages kept for offline peers", **kw)
-        self.m_dedup = Counter("relayd_dedup_hits", "Messages dropped as already seen", **kw)
-        self.m_failed = Counter("relayd_journal_failures", "Messages refused because the journal failed", **kw)
-        self.m_latency = Histogram(
-            "relayd_message_commit_seconds", "From acceptance to durable and delivered",
-            buckets=(.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1), **kw)
-        g = Gauge("relayd_sessions", "Identified client sessions", **kw)
-        g.set_function(lambda: len(self.sessions))
-        g = Gauge("relayd_rooms", "Rooms with members", **kw)
-        g.set_function(lambda: len(self.members))
-        g = Gauge("relayd_mailbox_messages", "Messages waiting for offline peers", **kw)
-        g.set_function(self.mailboxes.total)
+        self.accepted = {"client": 0, "federation": 0}
+        self.stored = 0
+        self.journal_failures = 0
+        self.latency = LatencyHistogram()
+        if registry is not None:
+            registry.register(RouterCollector(self))
 
     # --- presence ----------------------------------------------------------
 
@@ -92,7 +81,6 @@ class Router:
                 self._receipt(entry, peer)
             sent += len(chunk)
         self.delivered += sent
-        self.m_delivered.inc(sent)
 
     def resume(self, session):
         """``session`` is writable again: go on with its stored messages."""
@@ -140,9 +128,8 @@ class Router:
                                           self.relay_id, room=room, nonce=nonce)
         msg_id = entry["msg_id"]
         if self.dedup.check(msg_id):
-            self.m_dedup.inc()
             return self._when_settled(msg_id)
-        self.m_received_local.inc()
+        self.accepted["client"] += 1
         return self._admit(entry, None, (msg_id, False), (msg_id, True), line)
 
     def _timestamp(self):
@@ -158,9 +145,8 @@ class Router:
         """Accept an entry relayed by a peer relay; fires True if it was new."""
         msg_id = entry["msg_id"]
         if self.dedup.check(msg_id):
-            self.m_dedup.inc()
             return defer.succeed(False)
-        self.m_received_remote.inc()
+        self.accepted["federation"] += 1
         return self._admit(entry, source, True, False)
 
     def _when_settled(self, msg_id):
@@ -196,7 +182,7 @@ class Router:
         self._route(entry, message.delivery_line(line))
         for forwarder in self.forwarders:
             forwarder.forward(entry, line, source)
-        self.m_latency.observe(self.clock.seconds() - started)
+        self.latency.observe(self.clock.seconds() - started)
         waiters = self._waiting.pop(entry["msg_id"])
         waiters[0].callback(first_result)
         for d in waiters[1:]:
@@ -240,7 +226,7 @@ class Router:
         self._release_if_batch_done()
         msg_id = entry["msg_id"]
         self.dedup.discard(msg_id)
-        self.m_failed.inc()
+        self.journal_failures += 1
         self.log.error("journal write failed for a message from {sender}: {error}",
                        sender=entry["from"], error=failure.getErrorMessage())
         for d in self._waiting.pop(msg_id, ()):
@@ -268,14 +254,12 @@ class Router:
             if session is None or (to in self.mailboxes and to != sender):
                 # offline, or what was stored for it is still going out: keep the order
                 self.mailboxes.put(to, entry, line)
-                self.m_stored.inc()
+                self.stored += 1
             elif to != sender:
                 hold(session, line)
                 self._receipt(entry, to)
                 count = 1
-        if count:
-            self.delivered += count
-            self.m_delivered.inc(count)
+        self.delivered += count
 
     def _receipt(self, entry, peer):
         now = self.clock.seconds()
