@@ -2,14 +2,23 @@
 from collections import OrderedDict
 
 
+SWEEP_EVERY = 1.0     # seconds between sweeps of expired ids
+
+
 class DedupWindow:
-    """Remembers ids for ``window`` seconds, at most ``max_entries`` of them."""
+    """Remembers ids for ``window`` seconds, at most ``max_entries`` of them.
+
+    The size bound holds after every ``add``; expired ids are swept at most
+    once every ``SWEEP_EVERY`` seconds, so an id may outlive the window by
+    that much, and an ``add`` costs no scan of the oldest entries.
+    """
 
     def __init__(self, clock, window, max_entries):
         self.clock = clock
         self.window = window
         self.max_entries = max_entries
         self._ids = OrderedDict()      # msg_id -> time added (oldest first)
+        self._next_sweep = 0.0
         self.hits = 0
 
     def __contains__(self, msg_id):
@@ -27,8 +36,13 @@ class DedupWindow:
 
     def add(self, msg_id, when=None):
         now = self.clock.seconds()
-        self._ids[msg_id] = now if when is None else when
-        self._expire(now)
+        ids = self._ids
+        ids[msg_id] = now if when is None else when
+        if len(ids) > self.max_entries:
+            ids.popitem(last=False)
+        if now >= self._next_sweep:
+            self._next_sweep = now + SWEEP_EVERY
+            self._expire(now)
 
     def discard(self, msg_id):
         self._ids.pop(msg_id, None)
@@ -38,6 +52,6 @@ class DedupWindow:
         horizon = now - self.window
         while ids:
             oldest_id, added = next(iter(ids.items()))
-            if added >= horizon and len(ids) <= self.max_entries:
+            if added >= horizon:
                 break
             del ids[oldest_id]
