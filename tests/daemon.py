@@ -13,6 +13,7 @@ The process is stopped (SIGTERM, then SIGKILL) in the test's cleanup, and its
 log is printed when a test fails to start it.
 """
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -26,11 +27,33 @@ TWISTD = [sys.executable, "-c",
           "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"]
 
 
+def _ephemeral_floor():
+    """The lowest port the kernel hands out for outgoing connections."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(kind=socket.SOCK_STREAM):
-    """A port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port that was free on 127.0.0.1 a moment ago.
+
+    It is drawn at random below the kernel's ephemeral range: a port the
+    kernel picked with ``bind(0)`` could be handed out again as the source
+    port of some outgoing connection (the relays' own links, another test's
+    clients) before the daemon binds it.
+    """
+    high = _ephemeral_floor() - 1
+    for _ in range(200):
+        port = random.randint(min(10000, high // 2), high)
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def wait_for_port(port, timeout=20.0, host="127.0.0.1", process=None):
