@@ -15,13 +15,19 @@ class PluginTests(unittest.TestCase):
     def test_plugin_discoverable(self):
         self.assertIn("relayd", {p.tapname for p in getPlugins(IServiceMaker)})
 
-    def test_make_service_wires_without_listening(self):
-        path = self.mktemp()
-        data_dir = os.path.abspath(self.mktemp())
+    def options(self, text):
+        """Parsed Options for a config file holding ``text``; returns (options, path)."""
+        path = os.path.abspath(self.mktemp())
         with open(path, "w") as f:
-            f.write(f"[relay]\ndata_dir = {data_dir}\n[tcp]\nlisten = tcp:5555:interface=127.0.0.1\n")
+            f.write(text)
         options = tap.Options()
         options.parseOptions(["--config", path])
+        return options, path
+
+    def test_make_service_wires_without_listening(self):
+        data_dir = os.path.abspath(self.mktemp())
+        options, _ = self.options(
+            f"[relay]\ndata_dir = {data_dir}\n[tcp]\nlisten = tcp:5555:interface=127.0.0.1\n")
         reactor = MemoryReactorClock()
         daemon = tap.makeService(options, reactor)
         self.assertEqual(reactor.tcpServers, [])
@@ -33,12 +39,8 @@ class PluginTests(unittest.TestCase):
         self.assertTrue(os.path.exists(os.path.join(data_dir, "identity.key")))
 
     def test_reload_applies_new_limits(self):
-        path = os.path.abspath(self.mktemp())
         data_dir = os.path.abspath(self.mktemp())
-        with open(path, "w") as f:
-            f.write(f"[relay]\ndata_dir = {data_dir}\n[tcp]\nlisten = tcp:0\n")
-        options = tap.Options()
-        options.parseOptions(["--config", path])
+        options, path = self.options(f"[relay]\ndata_dir = {data_dir}\n[tcp]\nlisten = tcp:0\n")
         daemon = tap.makeService(options, MemoryReactorClock())
         with open(path, "a") as f:
             f.write("max_connections = 7\n[ratelimit]\nmessages = 99\n")
@@ -51,11 +53,8 @@ class PluginTests(unittest.TestCase):
         self.assertEqual(daemon.guard.capacity, 99)
 
     def test_mailboxes_expire_while_running(self):
-        path = self.mktemp()
-        with open(path, "w") as f:
-            f.write(f"[relay]\ndata_dir = {os.path.abspath(self.mktemp())}\n[mailbox]\nttl = 1d\n")
-        options = tap.Options()
-        options.parseOptions(["--config", path])
+        options, _ = self.options(
+            f"[relay]\ndata_dir = {os.path.abspath(self.mktemp())}\n[mailbox]\nttl = 1d\n")
         reactor = MemoryReactorClock()
         daemon = tap.makeService(options, reactor)
         [timer] = [s for s in daemon if isinstance(s, TimerService)]

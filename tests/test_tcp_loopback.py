@@ -41,19 +41,25 @@ class Collector(LineReceiver):
         self.sendLine(json.dumps(obj).encode())
 
 
+def start_daemon(testcase, tcp="", extra=""):
+    """A started daemon in this process with the relay on a free loopback port:
+    ``(daemon, port)``; ``tcp`` adds [tcp] keys, ``extra`` more sections."""
+    data_dir = os.path.abspath(testcase.mktemp())
+    settings = config.parse(f"[relay]\ndata_dir = {data_dir}\n"
+                            f"[tcp]\nlisten = tcp:0:interface=127.0.0.1\n{tcp}{extra}")
+    daemon = build(settings, reactor)
+    daemon.privilegedStartService()
+    daemon.startService()
+    testcase.addCleanup(daemon.stopService)
+    listener = daemon.getServiceNamed("tcp").services[0]
+    return daemon, listener._waitingForPort.result.getHost().port
+
+
 class LoopbackTests(unittest.TestCase):
     timeout = 20
 
     def setUp(self):
-        data_dir = os.path.abspath(self.mktemp())
-        settings = config.parse(f"[relay]\ndata_dir = {data_dir}\n"
-                                "[tcp]\nlisten = tcp:0:interface=127.0.0.1\n")
-        self.daemon = build(settings, reactor)
-        self.daemon.privilegedStartService()
-        self.daemon.startService()
-        self.addCleanup(self.daemon.stopService)
-        tcp = self.daemon.getServiceNamed("tcp")
-        self.port = tcp.services[0]._waitingForPort.result.getHost().port
+        self.daemon, self.port = start_daemon(self)
 
     @defer.inlineCallbacks
     def connect(self, peer_id):
@@ -84,16 +90,8 @@ class StoredMailTests(unittest.TestCase):
     timeout = 60
 
     def setUp(self):
-        data_dir = os.path.abspath(self.mktemp())
-        settings = config.parse(f"[relay]\ndata_dir = {data_dir}\n"
-                                "[tcp]\nlisten = tcp:0:interface=127.0.0.1\noutput_buffer = 64KiB\n"
-                                "[ratelimit]\nmessages = 100000\n")
-        self.daemon = build(settings, reactor)
-        self.daemon.privilegedStartService()
-        self.daemon.startService()
-        self.addCleanup(self.daemon.stopService)
-        tcp = self.daemon.getServiceNamed("tcp")
-        self.port = tcp.services[0]._waitingForPort.result.getHost().port
+        self.daemon, self.port = start_daemon(
+            self, tcp="output_buffer = 64KiB\n", extra="[ratelimit]\nmessages = 100000\n")
 
     connect = LoopbackTests.connect
 
