@@ -182,6 +182,11 @@ SCHEMA = {
         "history_limit": F(integer(1), "500"),
         "require_auth": F(boolean, "no"),
     },
+    "e2ee": {
+        "require_encryption": F(boolean, "no"),
+        "max_prekeys": F(integer(1, 1000), "100"),
+        "fetch_timeout": F(duration, "5"),
+    },
     "ratelimit": {
         "messages": F(integer(1), "10"),
         "per_seconds": F(duration, "10"),
@@ -320,7 +325,7 @@ class Settings:
         return dict(self._named.get(prefix, {}))
 
 
-ALWAYS_PRESENT = ("relay", "ratelimit", "dedup", "mailbox", "journal")
+ALWAYS_PRESENT = ("relay", "ratelimit", "dedup", "mailbox", "journal", "e2ee")
 
 
 def _convert_section(source, section, schema, values):

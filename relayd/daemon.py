@@ -23,6 +23,7 @@ from relayd.federation.service import build_federation
 from relayd.filepool import FilePool
 from relayd.identity import IdentityService
 from relayd.journal.service import Journal
+from relayd.keydir.service import build_keydir
 from relayd.libp2p.service import Libp2pService
 from relayd.ops import build_ops
 from relayd.tcp.service import TcpRelayService
@@ -163,11 +164,15 @@ def build(settings, reactor, config_path=None):
         daemon.on_reload(lambda new: udp.reconfigure(new.get("udp")))
         udp.setServiceParent(daemon)
     build_core(daemon)
+    tcp = None
     if settings.enabled("tcp"):
-        TcpRelayService(daemon, settings.tcp, daemon.router, daemon.guard).setServiceParent(daemon)
+        tcp = TcpRelayService(daemon, settings.tcp, daemon.router, daemon.guard)
+        tcp.setServiceParent(daemon)
     if settings.enabled("libp2p"):
         Libp2pService(daemon, settings.libp2p, reactor).setServiceParent(daemon)
     if settings.enabled("federation"):
         build_federation(daemon)
+    if tcp is not None:
+        build_keydir(daemon, tcp)
     build_ops(daemon)
     return daemon

@@ -106,3 +106,8 @@ def parse_body(text):
     if kind not in (DM, ROOM):
         raise BadEnvelope(f"unknown content type {kind[:16]!r}")
     return kind, unb64(data, what="envelope")
+
+
+def prekey_record(identity, label, peer_id, raw):
+    """``{"key", "sig"}``: ``raw`` signed by ``identity`` for ``peer_id``."""
+    return {"key": b64(raw), "sig": b64(identity.sign(prekey_text(label, peer_id, raw)))}

@@ -48,6 +48,7 @@ class Hub:
         self._holes = set()            # (origin, low) with items above low, at the last repair()
         self._retrying = set()         # links that will be asked to resend after a journal failure
         self.catchup = CatchUpServer(self)
+        self.handlers = {}             # extra frame type -> handler(link, frame)
 
     def find_peer(self, name):
         return self.peers.get(name)
@@ -194,6 +195,8 @@ class Hub:
             elif kind == "error":
                 self.log.warn("federation: {peer} reports {error}: {text}", peer=link.name,
                               error=frame.get("error"), text=frame.get("message"))
+            elif kind in self.handlers:
+                self.handlers[kind](link, frame)
             elif kind != "pong":
                 link.send({"type": "error", "error": "unknown_type",
                            "message": f"unknown frame type {kind!r}"})

@@ -286,7 +286,8 @@ class RelayProtocol(Protocol):
             return
         req = request.get("req")
         kind = request.get("type")
-        handler = self._handlers.get(kind) if isinstance(kind, str) else None
+        handler = (self._handlers.get(kind) or self.service.requests.get(kind)
+                   if isinstance(kind, str) else None)
         if handler is None:
             self.error("unknown_type", f"unknown request type {kind!r}", req=req)
             return
@@ -389,6 +390,11 @@ class RelayProtocol(Protocol):
             reason = message.valid_peer_id(to)
             if reason is not None:
                 self.error("bad_request", reason, field="to", req=req)
+                return
+        for check in self.service.send_checks:
+            refusal = check(self.peer_id, to, body)
+            if refusal is not None:
+                self.error(*refusal, req=req)
                 return
         self._submit(to, body, room, nonce, req)
 

@@ -39,6 +39,8 @@ class TcpRelayService(MultiService):
         self.guard = guard
         self.connections = set()
         self.per_ip = {}
+        self.requests = {}          # extra request type -> handler(protocol, request, req)
+        self.send_checks = []       # check(sender, to, body) -> None or (code, text)
         self.refused = 0
         self.listen = settings.listen           # not reloadable: the port stays bound
         self.configure(settings)
