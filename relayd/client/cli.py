@@ -29,6 +29,8 @@ from relayd.client.console import Console, restore_at_exit, room_name
 from relayd.client.protocol import ConnectionClosed, ProtocolViolation, ServerError
 from relayd.client.render import clean, message_line, rooms_lines
 from relayd.client.session import MessageTooLong, Session
+from relayd.e2ee import commands as e2ee
+from relayd.e2ee.layer import E2EEError
 
 OK, USAGE, CANNOT_CONNECT, REFUSED, TIMEOUT = 0, 1, 2, 3, 4
 DEFAULT_PORT = 55665
@@ -134,10 +136,17 @@ def open_session(reactor, args, on_message=None, on_status=None):
             signer = keys.load(args.key, args.id)
         except keys.KeyFileError as e:
             fail(USAGE, str(e))
+    # End-to-end warnings (a changed key, a refused message) show even with --quiet.
+    layer = e2ee.make_layer(args, signer, on_status or warn)
+    on_status = on_status if on_status is not None else status_printer(args)
+    if layer is not None:
+        on_message = layer.incoming(on_message)
     session = Session(reactor, make_endpoint(reactor, args), args.id, signer=signer,
                       relay_id=args.relay_id, handshake_timeout=args.connect_timeout,
-                      on_message=on_message,
-                      on_status=on_status if on_status is not None else status_printer(args))
+                      on_message=on_message, on_status=on_status)
+    session.e2ee = layer
+    if layer is not None:
+        layer.session = session
     session.start()
     return session
 
@@ -192,11 +201,11 @@ async def answer(reactor, args, session, d, late="no answer within {:g}s"):
         d.addTimeout(args.timeout, reactor)
     try:
         return await d
-    except (defer.TimeoutError, MessageTooLong, ServerError) as e:
+    except (defer.TimeoutError, MessageTooLong, ServerError, E2EEError) as e:
         await session.stop()
         if isinstance(e, defer.TimeoutError):
             fail(TIMEOUT, late.format(args.timeout))
-        if isinstance(e, MessageTooLong):
+        if isinstance(e, (MessageTooLong, E2EEError)):
             fail(USAGE, str(e))
         fail(REFUSED, refusal_text(e, args))
 
@@ -225,11 +234,12 @@ async def cmd_chat(reactor, args):
     console = Console(None, done.callback)
     session = open_session(reactor, args, on_message=console.show_message,
                            on_status=console.status)
-    console.session = session
+    console.session = e2ee.secure(session)
     console.open_peer = peer_opener(reactor, args, session.signer)
     restore_at_exit(reactor, (sys.stdin.fileno(), sys.stdout.fileno()))
     StandardIO(console, reactor=reactor)
     await connected(session, args)
+    e2ee.publish(session)
     end_on_refusal(session, done, args, console.status)
     code = await done
     await finish(session, code)
@@ -238,7 +248,8 @@ async def cmd_chat(reactor, args):
 async def cmd_send(reactor, args):
     session = await connect(reactor, args)
     target = {"room": room_name(args.room)} if args.room else {"to": args.to}
-    ack = await answer(reactor, args, session, session.send(" ".join(args.text), **target),
+    sending = e2ee.secure(session).send(" ".join(args.text), **target)
+    ack = await answer(reactor, args, session, sending,
                        late="no ack within {:g}s (the message may still be delivered)")
     out(json.dumps(ack) if args.json else ack.get("msg_id", ""))
     await finish(session)
@@ -266,6 +277,7 @@ async def cmd_listen(reactor, args):
             TIMEOUT if args.count else OK))
         done.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
     session = await connect(reactor, args, on_message=show)
+    e2ee.publish(session)
     end_on_refusal(session, done, args, warn)
     for room in args.join:
         await answer(reactor, args, session, session.join(room_name(room)))
@@ -420,6 +432,7 @@ def build_parser():
     p.add_argument("file", metavar="FILE")
     p.set_defaults(run=cmd_genkey, needs_reactor=False)
     udp_peer.register_command(sub)
+    e2ee.register_command(sub, _command)
     return parser
 
 
