@@ -107,19 +107,25 @@ class DirectoryRequests(unittest.TestCase):
             KeyDirectory(self.path, self.pool, self.service.router.ownership, "relay1").load()
 
     def test_require_encryption_refuses_plaintext_between_keyed_ids(self):
-        alice, alice_id = self.connect("alice", 1)
+        alice, _ = self.connect("alice", 1)
         bob, bob_id = self.connect("bob", 2)
         self.ask(alice, type="send", to="carol", body="carol has no keys: fine")
-        for client, ident in ((alice, alice_id), (bob, bob_id)):
-            spk, opks = bundle(ident, ident.relay_id, 1)
-            self.ask(client, type="keys_publish", spk=spk, opks=opks)
+        spk, opks = bundle(bob_id, "bob", 1)
+        self.ask(bob, type="keys_publish", spk=spk, opks=opks)
+        plain = Client(self.service, port=4)
+        plain.request(type="hello", id="dan")
+        plain.frames()
+        self.assertEqual(self.ask(plain, type="send", to="bob", body="no key, no rule")["type"],
+                         "ack")
         refused = self.ask(alice, type="send", to="bob", body="in the clear")
         self.assertEqual(refused["error"], "encryption_required")
         self.assertIn("end-to-end encrypted", refused["message"])
+        self.assertEqual(self.ask(bob, type="send", to="alice", body="alice has no keys")["type"],
+                         "ack")
         sealed = self.ask(alice, type="send", to="bob", body=wire.PREFIX + "dm AAAA")
         self.assertEqual(sealed["type"], "ack")
-        self.assertEqual(self.ask(alice, type="send", room="open", body="rooms are not DMs")["type"],
-                         "ack")
+        answer = self.ask(alice, type="send", room="open", body="rooms are not DMs")
+        self.assertEqual(answer["type"], "ack")
 
 
 class FakeLink:

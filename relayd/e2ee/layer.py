@@ -271,7 +271,8 @@ class E2EE:
         self.report(f"#{room}: {gone} removed; key rotated to epoch {state['epoch']}")
 
     async def _share(self, room, state, peer, history):
-        keys = state["keys"] if history else {str(state["epoch"]): state["keys"][str(state["epoch"])]}
+        current = str(state["epoch"])
+        keys = state["keys"] if history else {current: state["keys"][current]}
         body = await self.seal_dm(peer, {"k": "roomkey", "room": room, "epoch": state["epoch"],
                                          "keys": keys, "members": state["members"],
                                          "owner": state["owner"]})

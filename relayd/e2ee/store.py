@@ -69,7 +69,8 @@ class Store:
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
         except OSError as e:
-            raise StoreError(f"cannot write the end-to-end store {self.path}: {e.strerror}") from None
+            raise StoreError(f"cannot write the end-to-end store {self.path}: "
+                             f"{e.strerror}") from None
 
     # -- prekeys ----------------------------------------------------------
 

@@ -60,7 +60,8 @@ class KeyDirectory(Service):
             with open(self.path, "rb") as f:
                 table = json.loads(f.read())
             if not isinstance(table, dict) or not all(
-                    isinstance(r, dict) and isinstance(r.get("opks"), list) for r in table.values()):
+                    isinstance(r, dict) and isinstance(r.get("opks"), list)
+                    for r in table.values()):
                 raise ValueError("not a table of prekey records")
             self._table = table
         except FileNotFoundError:
@@ -141,7 +142,8 @@ class KeyDirectory(Service):
             self._save()
 
     def stats(self):
-        return {"ids": len(self._table), "prekeys": sum(len(r["opks"]) for r in self._table.values()),
+        return {"ids": len(self._table),
+                "prekeys": sum(len(r["opks"]) for r in self._table.values()),
                 "handed_out": self.handed_out}
 
     def __len__(self):

@@ -49,7 +49,8 @@ class RemoteKeys:
         """A peer asks for one of our ids."""
         qid, peer_id = frame.get("qid"), frame.get("id")
         if type(qid) is not int or valid_peer_id(peer_id) is not None:
-            link.send({"type": "error", "error": "bad_item", "message": "keys_fetch needs qid and id"})
+            link.send({"type": "error", "error": "bad_item",
+                       "message": "keys_fetch needs qid and id"})
             return
         record = self.directory.fetch(peer_id, take_opk=frame.get("opk") is True)
         link.send({"type": "keys", "qid": qid, "record": record})

@@ -75,8 +75,9 @@ class KeyRequests:
 
 
 class EncryptionPolicy:
-    """Refuses a plaintext direct message between two ids that both
-    published keys here, when ``[e2ee] require_encryption`` is on."""
+    """Refuses a plaintext direct message from an id owned by a key (it can
+    sign) to an id that published encryption keys here, when ``[e2ee]
+    require_encryption`` is on."""
 
     def __init__(self, directory, required):
         self.directory = directory
@@ -85,7 +86,9 @@ class EncryptionPolicy:
     def __call__(self, sender, to, body):
         if (self.required and not to.startswith("#") and to != "*"
                 and not wire.is_encrypted(body)
-                and self.directory.keyed(sender) and self.directory.keyed(to)):
-            return ("encryption_required", f"{to} and you have encryption keys here; this relay "
-                    "accepts only end-to-end encrypted direct messages between keyed ids")
+                and self.directory.ownership.owner(sender) is not None
+                and self.directory.keyed(to)):
+            return ("encryption_required", f"{to} has published encryption keys and your id is "
+                    "owned by a key: this relay accepts only end-to-end encrypted direct "
+                    "messages between such ids")
         return None
