@@ -5,6 +5,7 @@ import base64
 import json
 import os
 import socket
+import urllib.request
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -25,6 +26,8 @@ messages = 1000
 per_seconds = 1
 [e2ee]
 require_encryption = yes
+[http]
+listen = tcp:{http}:interface=127.0.0.1
 """
 
 
@@ -85,9 +88,9 @@ class Chat:
 
 class OneRelay(Chat, SynchronousTestCase):
     def setUp(self):
-        self.port = free_port()
-        self.relay = Relayd(self, INI, tcp=self.port)
-        self.relay.start(wait_tcp=[self.port])
+        self.port, self.http = free_port(), free_port()
+        self.relay = Relayd(self, INI, tcp=self.port, http=self.http)
+        self.relay.start(wait_tcp=[self.port, self.http])
         self.keys = {}
         for name in ("alice", "bob"):
             self.keys[name] = os.path.join(self.relay.workdir, name + ".key")
@@ -119,6 +122,10 @@ class OneRelay(Chat, SynchronousTestCase):
         self.assertTrue(all(b.startswith("relayd-e2ee/1 dm ") for b in bodies))
         self.assertNotIn(b"CANARY", everything_written(self.relay.workdir + "/var"))
         self.assertNotIn("CANARY", self.relay.log())
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/stats", timeout=10) as page:
+            stats = page.read()
+        self.assertNotIn(b"CANARY", stats)
+        self.assertEqual(json.loads(stats)["e2ee"], {"ids": 1, "prekeys": 48, "handed_out": 2})
 
         # A replay of a stored ciphertext (here by someone holding alice's session)
         # is refused by bob's client, not shown.
