@@ -152,7 +152,8 @@ class Prekeys(unittest.TestCase):
         raw = X25519PrivateKey.generate().public_key().public_bytes_raw()
         record = {"key": wire.b64(raw),
                   "sig": wire.b64(alice.sign(wire.prekey_text(wire.OPK_LABEL, "alice", raw)))}
-        self.assertEqual(wire.check_prekey(record, wire.OPK_LABEL, "alice", alice.public_bytes), raw)
+        self.assertEqual(
+            wire.check_prekey(record, wire.OPK_LABEL, "alice", alice.public_bytes), raw)
         for label, peer in ((wire.SPK_LABEL, "alice"), (wire.OPK_LABEL, "bob")):
             with self.assertRaises(BadEnvelope):
                 wire.check_prekey(record, label, peer, alice.public_bytes)

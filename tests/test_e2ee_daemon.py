@@ -5,13 +5,16 @@ import base64
 import json
 import os
 import socket
+import subprocess
+import time
 import urllib.request
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from relayd.client import keys
+from relayd.e2ee import seal
 from relayd.tcp.protocol import auth_payload
-from tests.daemon import Relayd, free_port
+from tests.daemon import REPO, Relayd, free_port
 from tests import test_client_e2e
 from tests.test_federation_e2e import Federation
 
@@ -120,7 +123,7 @@ class OneRelay(Chat, SynchronousTestCase):
         bodies = journal_bodies(self.relay.data_dir)
         self.assertEqual(len(bodies), 2)
         self.assertTrue(all(b.startswith("relayd-e2ee/1 dm ") for b in bodies))
-        self.assertNotIn(b"CANARY", everything_written(self.relay.workdir + "/var"))
+        self.assertNotIn(b"CANARY", everything_written(self.relay.data_dir))
         self.assertNotIn("CANARY", self.relay.log())
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/stats", timeout=10) as page:
             stats = page.read()
@@ -133,17 +136,30 @@ class OneRelay(Chat, SynchronousTestCase):
         self.addCleanup(replayer.close)
         ack = replayer.ask({"type": "send", "to": "bob", "body": bodies[0], "nonce": "again"})
         self.assertEqual(ack["type"], "ack")
+        # So is a fresh ciphertext with one byte flipped on its way.
+        prekey = replayer.ask({"type": "keys_fetch", "id": "bob"})["opk"]["key"]
+        body = seal.seal_dm(keys.load(self.keys["alice"], "alice"), "alice", "bob",
+                            base64.b64decode(prekey), seal.OPK,
+                            {"k": "text", "body": "CANARY flipped", "mid": "f" * 32, "ts": 1.0})
+        i = len(body) // 2
+        flipped = body[:i] + ("B" if body[i] == "A" else "A") + body[i + 1:]
+        ack = replayer.ask({"type": "send", "to": "bob", "body": flipped, "nonce": "flipped"})
+        self.assertEqual(ack["type"], "ack")
         # A plaintext DM between two keyed ids is refused by [e2ee] require_encryption.
         refused = replayer.ask({"type": "send", "to": "bob", "body": "CANARY in the clear"})
         self.assertEqual(refused["error"], "encryption_required")
         code, out, err = self.run_chat(*self.as_("bob", "listen", "--count", "1",
                                                  "--timeout", "3"))
         self.assertEqual((code, out), (4, ""), err)
-        self.assertIn("refused an encrypted message from 'alice'", err)
+        self.assertEqual(err.count("refused an encrypted message from 'alice'"), 2, err)
+        self.assertIn("already used", err)
+        self.assertIn("does not decrypt", err)
 
         # A plain client (no key) still talks to keyed ids in the clear.
         code, out, err = self.run_chat("--id", "dan", "send", "--to", "bob", "plain hello")
         self.assertEqual(code, 0, err)
+        self.assertIn("plain hello", journal_bodies(self.relay.data_dir))
+        self.assertNotIn(b"CANARY", everything_written(self.relay.data_dir))
 
     def test_a_changed_key_is_refused_loudly_and_verify_shows_it(self):
         for name in ("alice", "bob"):
@@ -172,6 +188,28 @@ class OneRelay(Chat, SynchronousTestCase):
         self.assertEqual(self.run_chat(*self.as_("alice", "send", "--to", "bob", "ok"))[0], 0)
         self.assertEqual(os.stat(store).st_mode & 0o777, 0o600)
 
+    def wait_joined(self, room, members=1):
+        """Until the relay counts ``members`` in ``room``."""
+        deadline = time.monotonic() + test_client_e2e.WAIT
+        while time.monotonic() < deadline:
+            code, out, err = self.run_chat("--id", "watcher", "rooms", "--json")
+            if json.loads(out or "{}").get(room, 0) >= members:
+                return
+            time.sleep(0.2)
+        self.fail(f"#{room} never had {members} member(s)")
+
+    def test_chat_console_encrypts_too(self):
+        self.assertEqual(self.run_chat(*self.as_("bob", "keys"))[0], 0)
+        done = subprocess.run(self.args(*self.as_("alice", "chat")), input="/to bob\nCHATCANARY\n",
+                              cwd=REPO, env=test_client_e2e.ENV, capture_output=True, text=True,
+                              timeout=test_client_e2e.WAIT)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        code, out, err = self.run_chat(*self.as_("bob", "listen", "--count", "1",
+                                                 "--timeout", str(test_client_e2e.WAIT)))
+        self.assertEqual(code, 0, err)
+        self.assertRegex(out, r"alice -> bob: CHATCANARY\n$")
+        self.assertNotIn(b"CHATCANARY", everything_written(self.relay.data_dir))
+
     def test_private_room(self):
         self.assertEqual(self.run_chat(*self.as_("bob", "keys"))[0], 0)
         code, out, err = self.run_chat(*self.as_("alice", "room-invite", "secret", "bob"))
@@ -185,6 +223,20 @@ class OneRelay(Chat, SynchronousTestCase):
         out, err = bob.communicate(timeout=test_client_e2e.WAIT)
         self.assertEqual(bob.returncode, 0, err)
         self.assertRegex(out, r"alice -> #secret: ROOMCANARY\n$")
+        # bob is removed: the key is rotated, and bob cannot read what follows
+        code, out, err = self.run_chat(*self.as_("alice", "room-remove", "secret", "bob"))
+        self.assertEqual(code, 0, err)
+        self.assertIn("#secret: bob removed; key rotated to epoch 2", err)
+        bob = self.start_chat(*self.as_("bob", "listen", "--join", "#secret", "--count", "1",
+                                        "--timeout", "8"))
+        self.wait_line(bob.stderr, "connected as bob")
+        self.wait_joined("secret")
+        code, out, err = self.run_chat(*self.as_("alice", "send", "--room", "secret",
+                                                 "ROOMCANARY after"))
+        self.assertEqual(code, 0, err)
+        out, err = bob.communicate(timeout=test_client_e2e.WAIT)
+        self.assertEqual((bob.returncode, out), (4, ""), err)
+        self.assertIn("no key for epoch 2 of #secret", err)
         self.assertNotIn(b"ROOMCANARY", everything_written(self.relay.data_dir))
         self.assertTrue(any(b.startswith("relayd-e2ee/1 room ")
                             for b in journal_bodies(self.relay.data_dir)))

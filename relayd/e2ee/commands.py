@@ -5,7 +5,9 @@
 The store is the key file's path + ``.e2ee``.
 """
 
-from relayd.client.protocol import ServerError
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
+
+from relayd.client.protocol import ConnectionClosed, ServerError
 from relayd.e2ee import wire
 from relayd.e2ee.layer import E2EE, E2EEError, fingerprint, safety_number
 from relayd.e2ee.store import Store, StoreError
@@ -14,11 +16,39 @@ STORE_SUFFIX = ".e2ee"
 
 
 class SecureSession:
-    """A Session whose ``send`` encrypts (for the interactive console)."""
+    """A Session whose ``send`` encrypts (for the interactive console).
+
+    A message counts as unacked from the moment it is given, while its
+    recipient's keys are fetched, not only once it is in the outbox.
+    """
 
     def __init__(self, session, layer):
         self._session = session
-        self.send = layer.send
+        self._layer = layer
+        self._sending = []
+
+    def send(self, body, to=None, room=None):
+        d = self._layer.send(body, to=to, room=room)
+        if not d.called:
+            self._sending.append(d)
+            d.addBoth(self._settled, d)
+        return d
+
+    def _settled(self, result, d):
+        self._sending.remove(d)
+        return result
+
+    @property
+    def unacked(self):
+        return len(self._sending)
+
+    def drained(self):
+        pending = []
+        for d in self._sending:
+            waiter = Deferred()
+            d.addBoth(lambda result, w=waiter: (w.callback(None), result)[1])
+            pending.append(waiter)
+        return DeferredList(pending).addCallback(lambda _: self._session.drained())
 
     def __getattr__(self, name):
         return getattr(self._session, name)
@@ -45,7 +75,12 @@ def publish(session):
     """Publish keys in the background once connected (listen, chat)."""
     layer = getattr(session, "e2ee", None)
     if layer is not None:
-        layer.publish()
+        layer.publish().addErrback(_unpublished, layer)
+
+
+def _unpublished(failure, layer):
+    if not failure.check(CancelledError, ConnectionClosed):     # not the session ending
+        layer.report(f"end-to-end keys not published: {failure.getErrorMessage()}")
 
 
 def _layer(session):
