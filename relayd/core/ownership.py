@@ -6,54 +6,22 @@ next one) and read once at start-up.
 """
 import base64
 import json
-import os
 
-from twisted.application.service import Service
-from twisted.logger import Logger
+from relayd.core.tablefile import TableFile
 
 FILE_NAME = "peer_keys.json"
-
-
-def _save(path, owners):
-    """Write ``owners`` (peer id -> raw key) as the JSON table; on the file thread."""
-    data = json.dumps({p: base64.b64encode(k).decode() for p, k in owners.items()}, indent=0)
-    _write_atomically(path, data.encode())
-
-
-def _write_atomically(path, data):
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class DamagedTable(Exception):
     """peer_keys.json cannot be read; the message says what to do."""
 
 
-class Ownership(Service):
+class Ownership(TableFile):
     """Loaded when the daemon starts, before anything listens."""
 
-    log = Logger()
-
     def __init__(self, path, file_pool):
-        self.path = path
-        self.file_pool = file_pool
+        super().__init__(path, file_pool)
         self._owners = {}          # peer id -> raw 32-byte public key
-        self._loaded = False
-        self._saving = False       # a write is on the file pool
-        self._changed = False      # claims since that write's copy of the table
-
-    def privilegedStartService(self):
-        self.load()
-        super().privilegedStartService()
-
-    def startService(self):
-        if not self._loaded:
-            self.load()
-        super().startService()
 
     def load(self):
         """Read the table (start-up only).
@@ -73,7 +41,7 @@ class Ownership(Service):
             raise DamagedTable(f"the key ownership table {self.path} is damaged ({e}); restore "
                                f"it from a backup, or delete it to let every id be claimed "
                                f"again") from None
-        self._loaded = True
+        self.loaded = True
 
     def owner(self, peer_id):
         return self._owners.get(peer_id)
@@ -84,24 +52,17 @@ class Ownership(Service):
         if current is not None:
             return current == public_key
         self._owners[peer_id] = public_key
-        self._save()
+        self.save()
         return True
 
-    def _save(self):
-        """Write a copy of the table (encoded on the file thread), one write
-        at a time, so that a run of claims costs a few writes, not one each."""
-        if self._saving:
-            self._changed = True
-            return
-        self._saving, self._changed = True, False
-        d = self.file_pool.run(_save, self.path, dict(self._owners))
-        d.addErrback(lambda f: self.log.failure("could not save {path}", f, path=self.path))
-        d.addCallback(self._saved)
+    def snapshot(self):
+        return dict(self._owners)
 
-    def _saved(self, _):
-        self._saving = False
-        if self._changed:
-            self._save()
+    @staticmethod
+    def encode(owners):
+        """The JSON table of ``owners`` (peer id -> raw key); on the file thread."""
+        return json.dumps({p: base64.b64encode(k).decode() for p, k in owners.items()},
+                          indent=0).encode()
 
     def __len__(self):
         return len(self._owners)

@@ -4,15 +4,11 @@ A record is the id's signed prekey and its one-time prekeys, each signed
 by the id's owned Ed25519 key (``core.ownership``), which the relay checks
 before storing.  A fetch hands a one-time prekey out once and removes it.
 The table is read once at start-up and rewritten atomically on the file
-pool after changes, one write at a time (changes made during a write go
-into the next one).
+pool after changes (``core.tablefile``).
 """
 import json
 
-from twisted.application.service import Service
-from twisted.logger import Logger
-
-from relayd.core.ownership import _write_atomically
+from relayd.core.tablefile import TableFile
 from relayd.e2ee import wire
 
 FILE_NAME = "prekeys.json"
@@ -26,33 +22,14 @@ class DamagedDirectory(Exception):
     """prekeys.json cannot be read."""
 
 
-def _save(path, table):
-    _write_atomically(path, json.dumps(table, indent=0).encode())
-
-
-class KeyDirectory(Service):
-    log = Logger()
-
+class KeyDirectory(TableFile):
     def __init__(self, path, file_pool, ownership, relay_id, max_prekeys=100):
-        self.path = path
-        self.file_pool = file_pool
+        super().__init__(path, file_pool)
         self.ownership = ownership
         self.relay_id = relay_id
         self.max_prekeys = max_prekeys
         self._table = {}            # peer id -> {"spk": {"key", "sig"}, "opks": [{"key", "sig"}]}
-        self._loaded = False
-        self._saving = False
-        self._changed = False
         self.handed_out = 0         # one-time prekeys given away since start
-
-    def privilegedStartService(self):
-        self.load()
-        super().privilegedStartService()
-
-    def startService(self):
-        if not self._loaded:
-            self.load()
-        super().startService()
 
     def load(self):
         """Read the table (start-up only); a damaged one stops the start."""
@@ -70,7 +47,7 @@ class KeyDirectory(Service):
             raise DamagedDirectory(f"the prekey directory {self.path} is damaged ({e}); restore "
                                    f"it from a backup, or delete it (clients publish again when "
                                    f"they next connect)") from None
-        self._loaded = True
+        self.loaded = True
 
     # -- queries ------------------------------------------------------------
 
@@ -95,7 +72,7 @@ class KeyDirectory(Service):
         if take_opk and record["opks"]:
             opk = record["opks"].pop(0)
             self.handed_out += 1
-            self._save()
+            self.save()
         return {"id": peer_id, "ik": wire.b64(owner), "spk": record["spk"], "opk": opk,
                 "opks_left": len(record["opks"]), "relay": self.relay_id}
 
@@ -123,23 +100,15 @@ class KeyDirectory(Service):
                 known.add(opk["key"])
                 record["opks"].append({"key": opk["key"], "sig": opk["sig"]})
         del record["opks"][:-self.max_prekeys]
-        self._save()
+        self.save()
         return len(record["opks"])
 
-    def _save(self):
-        if self._saving:
-            self._changed = True
-            return
-        self._saving, self._changed = True, False
-        table = {p: {"spk": r["spk"], "opks": list(r["opks"])} for p, r in self._table.items()}
-        d = self.file_pool.run(_save, self.path, table)
-        d.addErrback(lambda f: self.log.failure("could not save {path}", f, path=self.path))
-        d.addCallback(self._saved)
+    def snapshot(self):
+        return {p: {"spk": r["spk"], "opks": list(r["opks"])} for p, r in self._table.items()}
 
-    def _saved(self, _):
-        self._saving = False
-        if self._changed:
-            self._save()
+    @staticmethod
+    def encode(table):
+        return json.dumps(table, indent=0).encode()
 
     def stats(self):
         return {"ids": len(self._table),

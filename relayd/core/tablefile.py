@@ -1,0 +1,62 @@
+"""A JSON table kept in the data directory (key ownership, prekeys).
+
+Read once when the daemon starts, before anything listens; rewritten
+atomically on the file pool whenever it changes, one write at a time: a
+subclass calls ``save()`` after each change, changes made during a write
+go into the next one, and the table is encoded on the file thread from a
+copy (``snapshot``), never on the reactor.
+"""
+import os
+
+from twisted.application.service import Service
+from twisted.logger import Logger
+
+
+def write_atomically(path, data):
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class TableFile(Service):
+    """Subclasses define ``load()`` (start-up only; sets ``loaded``),
+    ``snapshot()`` (a copy of the table, on the reactor) and
+    ``encode(snapshot)`` (bytes, on the file thread)."""
+
+    log = Logger()
+
+    def __init__(self, path, file_pool):
+        self.path = path
+        self.file_pool = file_pool
+        self.loaded = False
+        self._saving = False       # a write is on the file pool
+        self._changed = False      # changes since that write's copy of the table
+
+    def privilegedStartService(self):
+        self.load()
+        super().privilegedStartService()
+
+    def startService(self):
+        if not self.loaded:
+            self.load()
+        super().startService()
+
+    def save(self):
+        if self._saving:
+            self._changed = True
+            return
+        self._saving, self._changed = True, False
+        d = self.file_pool.run(self._write, self.snapshot())
+        d.addErrback(lambda f: self.log.failure("could not save {path}", f, path=self.path))
+        d.addCallback(self._saved)
+
+    def _write(self, snapshot):
+        write_atomically(self.path, self.encode(snapshot))
+
+    def _saved(self, _):
+        self._saving = False
+        if self._changed:
+            self.save()
