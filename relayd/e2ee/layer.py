@@ -283,7 +283,7 @@ class E2EE:
         return ensureDeferred(self._leave(room))
 
     async def _leave(self, room):
-        state = self.store.rooms.pop(room, None)
+        state = self.store.forget_room(room)
         self.store.save()
         if state is not None and state["owner"] != self.me:
             body = await self.seal_dm(state["owner"], {"k": "roomleave", "room": room})

@@ -4,9 +4,13 @@ It holds the X25519 prekeys' private halves (a one-time prekey is deleted
 once a message sealed to it has been opened), the identity keys pinned for
 each peer on first use, the ids of messages already opened (replay
 protection) and the private rooms' keys.  Writes are atomic (a temporary
-file, fsync, rename).  The file is small and read and written by the CLI,
+file, fsync, rename) and merge with what another relay-chat process of the
+same id wrote meanwhile (under an flock of ``<file>.lock``): a ``listen``
+running for hours does not undo the prekeys a ``keys`` published or the
+pins a ``send`` made.  The file is small and read and written by the CLI,
 whose reactor serves one person; it is not a daemon's file.
 """
+import fcntl
 import json
 import os
 import time
@@ -43,34 +47,58 @@ class Store:
         self.seen = data.get("seen", [])            # message ids opened, oldest first
         self.rooms = data.get("rooms", {})          # room -> {"owner", "epoch", "keys", "members"}
         self._seen = set(self.seen)
+        self._used = set()          # one-time prekeys this process consumed
+        self._pinned = set()        # peers this process pinned
+        self._left = set()          # rooms this process forgot
 
     @classmethod
     def open(cls, path, clock=time.time):
-        try:
-            with open(path, "rb") as f:
-                data = json.loads(f.read())
-        except FileNotFoundError:
-            data = None
-        except (OSError, ValueError) as e:
-            raise StoreError(f"cannot read the end-to-end store {path}: {e}") from None
-        if data is not None and not isinstance(data, dict):
-            raise StoreError(f"{path} is not an end-to-end store")
-        return cls(path, data, clock)
+        return cls(path, _read(path), clock)
 
     def save(self):
-        data = json.dumps({"version": 1, "spks": self.spks, "opks": self.opks, "pins": self.pins,
-                           "seen": self.seen, "rooms": self.rooms}, indent=1).encode()
-        tmp = self.path + ".tmp"
+        """Merge with the file as it is now, then write it."""
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            lock = os.open(self.path + ".lock", os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                self._merge(_read(self.path) or {})
+                self._write()
+            finally:
+                os.close(lock)
         except OSError as e:
             raise StoreError(f"cannot write the end-to-end store {self.path}: "
                              f"{e.strerror}") from None
+
+    def _write(self):
+        data = json.dumps({"version": 1, "spks": self.spks, "opks": self.opks, "pins": self.pins,
+                           "seen": self.seen, "rooms": self.rooms}, indent=1).encode()
+        tmp = self.path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def _merge(self, disk):
+        ours = {s["private"] for s in self.spks}
+        theirs = [s for s in disk.get("spks", []) if s["private"] not in ours]
+        self.spks = sorted(self.spks + theirs, key=lambda s: s["created"])
+        self.opks = {k: v for k, v in dict(disk.get("opks", {}), **self.opks).items()
+                     if k not in self._used}
+        self.pins = dict(disk.get("pins", {}), **{p: self.pins[p] for p in self._pinned})
+        self.seen = [m for m in disk.get("seen", []) if m not in self._seen] + self.seen
+        del self.seen[:-SEEN_LIMIT]
+        self._seen = set(self.seen)
+        for room, state in disk.get("rooms", {}).items():
+            mine = self.rooms.get(room)
+            if room in self._left:
+                continue
+            if mine is None or state["epoch"] > mine["epoch"]:
+                self.rooms[room] = dict(state, keys=dict(mine["keys"] if mine else {},
+                                                         **state["keys"]))
+            else:
+                mine["keys"] = dict(state["keys"], **mine["keys"])
 
     # -- prekeys ----------------------------------------------------------
 
@@ -101,6 +129,7 @@ class Store:
         return None if text is None else _private(text)
 
     def forget_one_time(self, kid):
+        self._used.add(kid.hex())
         self.opks.pop(kid.hex(), None)
 
     # -- pins and replays -------------------------------------------------
@@ -110,7 +139,12 @@ class Store:
         return None if text is None else wire.unb64(text, 32, "pin")
 
     def pin(self, peer, key):
+        self._pinned.add(peer)
         self.pins[peer] = wire.b64(key)
+
+    def forget_room(self, room):
+        self._left.add(room)
+        return self.rooms.pop(room, None)
 
     def first_time(self, mid):
         """Record ``mid``; False if it was opened before (a replay)."""
@@ -121,3 +155,17 @@ class Store:
         if len(self.seen) > SEEN_LIMIT:
             self._seen.discard(self.seen.pop(0))
         return True
+
+
+def _read(path):
+    """The store file's object, or None if there is none."""
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise StoreError(f"cannot read the end-to-end store {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise StoreError(f"{path} is not an end-to-end store")
+    return data
