@@ -76,7 +76,7 @@ class OpsDaemonTests(unittest.TestCase):
     def test_health_stats_and_metrics_move_with_messages(self):
         status, health = http_json(self.ports["http"], "/health")
         self.assertEqual((status, health["status"]), (200, "ok"))
-        self.assertEqual(health["services"], ["admin", "http", "journal", "tcp"])
+        self.assertEqual(health["services"], ["admin", "e2ee", "http", "journal", "tcp"])
         status, body, headers = http_get(self.ports["http"], "/metrics")
         self.assertEqual(status, 200)
         self.assertTrue(headers["Content-Type"].startswith("text/plain; version="))
