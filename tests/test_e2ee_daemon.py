@@ -237,6 +237,17 @@ class OneRelay(Chat, SynchronousTestCase):
         out, err = bob.communicate(timeout=test_client_e2e.WAIT)
         self.assertEqual((bob.returncode, out), (4, ""), err)
         self.assertIn("no key for epoch 2 of #secret", err)
+        # a member who leaves tells the owner, whose client rotates the key
+        code, out, err = self.run_chat(*self.as_("alice", "room-invite", "secret", "bob"))
+        self.assertEqual(code, 0, err)
+        code, out, err = self.run_chat(*self.as_("bob", "listen", "--count", "1",
+                                                 "--timeout", "3"))
+        self.assertIn("#secret: key of epoch 2 from alice", err)
+        code, out, err = self.run_chat(*self.as_("bob", "room-leave", "secret"))
+        self.assertEqual(code, 0, err)
+        code, out, err = self.run_chat(*self.as_("alice", "listen", "--count", "1",
+                                                 "--timeout", "3"))
+        self.assertIn("#secret: bob removed; key rotated to epoch 3", err)
         self.assertNotIn(b"ROOMCANARY", everything_written(self.relay.data_dir))
         self.assertTrue(any(b.startswith("relayd-e2ee/1 room ")
                             for b in journal_bodies(self.relay.data_dir)))

@@ -73,6 +73,17 @@ class DirectoryRequests(unittest.TestCase):
                          {"status": "ok", "type": "keys_status", "spk": spk["key"], "opks": 0})
         self.assertEqual(self.ask(bob, type="keys_fetch", id="nobody")["error"], "no_keys")
 
+    def test_one_time_prekeys_go_only_to_sessions_that_proved_a_key(self):
+        alice, alice_id = self.connect("alice", 1)
+        spk, opks = bundle(alice_id, "alice", 2)
+        self.ask(alice, type="keys_publish", spk=spk, opks=opks)
+        plain = Client(self.service, port=3)
+        plain.request(type="hello", id="dan")
+        plain.frames()
+        keys = self.ask(plain, type="keys_fetch", id="alice")
+        self.assertEqual((keys["ik"], keys["opk"], keys["opks_left"]),
+                         (alice_id.public_b64, None, 2))
+
     def test_a_prekey_not_signed_by_the_owned_key_is_refused(self):
         alice, _ = self.connect("alice", 1)
         spk, opks = bundle(Identity("x", Ed25519PrivateKey.generate()), "alice", 1)

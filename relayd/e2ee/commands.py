@@ -5,11 +5,11 @@
 The store is the key file's path + ``.e2ee``.
 """
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, ensureDeferred
 
 from relayd.client.protocol import ConnectionClosed, ServerError
 from relayd.e2ee import wire
-from relayd.e2ee.layer import E2EE, E2EEError, fingerprint, safety_number
+from relayd.e2ee.layer import E2EE, fingerprint, safety_number
 from relayd.e2ee.store import Store, StoreError
 
 STORE_SUFFIX = ".e2ee"
@@ -135,11 +135,9 @@ async def cmd_verify(reactor, args, cli):
 async def _room_command(reactor, args, cli, action):
     session = await cli.connect(reactor, args)
     layer = _layer(session)
-    try:
-        await cli.answer(reactor, args, session, action(layer))
-    except E2EEError as e:
-        await session.stop()
-        cli.fail(cli.REFUSED, str(e))
+    # Our own keys too: members send their leave notices to them.
+    await cli.answer(reactor, args, session, layer.publish())
+    await cli.answer(reactor, args, session, action(layer))
     await cli.answer(reactor, args, session, session.drained())
     await cli.finish(session)
 
@@ -162,7 +160,7 @@ async def cmd_room_leave(reactor, args, cli):
             await layer.session.leave(room)
         except ServerError:
             pass
-    await _room_command(reactor, args, cli, leave)
+    await _room_command(reactor, args, cli, lambda layer: ensureDeferred(leave(layer)))
 
 
 def register_command(sub, command):

@@ -49,10 +49,11 @@ class KeyRequests:
         if reason is not None:
             protocol.error("bad_request", reason, field="id", req=req)
             return
-        take = request.get("opk", True) is not False
+        # One-time prekeys go only to sessions that proved a key (only those
+        # can sign a message), and each costs a message of the address's rate
+        # limit, so nobody drains a peer's supply fast.
+        take = request.get("opk", True) is not False and protocol.authenticated
         if take:
-            # A one-time prekey is spent by every fetch: fetches cost a message
-            # of the address's rate limit, so nobody drains a peer's supply fast.
             wait = protocol.service.guard.allow(protocol.address[0])
             if wait is not None:
                 protocol.error("rate_limited", "too many key fetches; slow down", req=req,
