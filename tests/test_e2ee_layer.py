@@ -8,7 +8,7 @@ from twisted.trial import unittest
 
 from relayd.client.protocol import ServerError
 from relayd.e2ee import wire
-from relayd.e2ee.layer import E2EE, E2EEError, KeyChanged, safety_number
+from relayd.e2ee.layer import OPK_TARGET, E2EE, E2EEError, KeyChanged, safety_number
 from relayd.e2ee.store import Store
 from relayd.identity import Identity
 from relayd.keydir.directory import KeyDirectory, NotOwned
@@ -102,6 +102,15 @@ class LayerTests(unittest.TestCase):
         self.assertEqual(len(self.bob.store.opks), 47)          # used ones are gone
         self.assertEqual(os.stat(self.bob.store.path).st_mode & 0o777, 0o600)
         self.assertTrue(any("pinned the key of alice" in r for r in self.bob.reports))
+
+    def test_a_busy_recipient_tops_up_its_one_time_prekeys(self):
+        for n in range(41):
+            self.successResultOf(self.alice.layer.send(f"m{n}", to="bob"))
+            self.bob.read()
+        self.assertEqual(len(self.bob.shown), 41)
+        # bob checks every 10 used: at 40 the relay held 10, below OPK_LOW: back to 50,
+        # then one more went
+        self.assertEqual(self.relay.directory.status("bob")["opks"], OPK_TARGET - 1)
 
     def test_a_replayed_ciphertext_is_refused(self):
         self.successResultOf(self.alice.layer.send("once", to="bob"))

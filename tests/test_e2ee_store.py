@@ -6,7 +6,7 @@ import stat
 from twisted.trial import unittest
 
 from relayd.e2ee import wire
-from relayd.e2ee.store import SEEN_LIMIT, Store, StoreError
+from relayd.e2ee.store import SEEN_LIMIT, SPK_KEEP, SPK_ROTATE, Store, StoreError
 
 
 class StoreTests(unittest.TestCase):
@@ -52,6 +52,21 @@ class StoreTests(unittest.TestCase):
         a.forget_room("r")
         a.save()
         self.assertNotIn("r", Store.open(self.path).rooms)
+
+    def test_signed_prekey_rotates_weekly_and_old_ones_are_kept_a_while(self):
+        now = [1000.0]
+        store = Store(self.path, clock=lambda: now[0])
+        first = store.signed_prekey()
+        kid = wire.key_id(first.public_key().public_bytes_raw())
+        now[0] += SPK_ROTATE - 1
+        self.assertEqual(store.signed_prekey().private_bytes_raw(), first.private_bytes_raw())
+        now[0] += 1
+        self.assertNotEqual(store.signed_prekey().private_bytes_raw(), first.private_bytes_raw())
+        self.assertIsNotNone(store.signed_prekey_for(kid))      # mail in flight still opens
+        now[0] += SPK_KEEP
+        store.signed_prekey()
+        self.assertIsNone(store.signed_prekey_for(kid))         # then it is gone for good
+        self.assertEqual(len(store.spks), 1)
 
     def test_replay_memory_is_bounded(self):
         store = Store.open(self.path)

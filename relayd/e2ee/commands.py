@@ -5,9 +5,9 @@
 The store is the key file's path + ``.e2ee``.
 """
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 
-from relayd.client.protocol import ConnectionClosed, ServerError
+from relayd.client.protocol import ServerError
 from relayd.e2ee import wire
 from relayd.e2ee.layer import E2EE, fingerprint, safety_number
 from relayd.e2ee.store import Store, StoreError
@@ -75,12 +75,7 @@ def publish(session):
     """Publish keys in the background once connected (listen, chat)."""
     layer = getattr(session, "e2ee", None)
     if layer is not None:
-        layer.publish().addErrback(_unpublished, layer)
-
-
-def _unpublished(failure, layer):
-    if not failure.check(CancelledError, ConnectionClosed):     # not the session ending
-        layer.report(f"end-to-end keys not published: {failure.getErrorMessage()}")
+        layer.top_up()
 
 
 def _layer(session):

@@ -12,13 +12,14 @@ import os
 import secrets
 import time
 
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import CancelledError, ensureDeferred
 
-from relayd.client.protocol import ServerError
+from relayd.client.protocol import ConnectionClosed, ServerError
 from relayd.e2ee import seal, wire
 from relayd.e2ee.wire import BadEnvelope
 
 OPK_LOW, OPK_TARGET = 20, 50    # publish more one-time prekeys below LOW, up to TARGET
+TOP_UP_EVERY = 10               # one-time prekeys used between two checks of the relay's supply
 
 
 class E2EEError(Exception):
@@ -55,6 +56,7 @@ class E2EE:
         self.report = report            # report(text): status and warnings for the person
         self.clock = clock
         self.session = None
+        self._used = 0              # one-time prekeys used since the last top-up
 
     # -- keys ---------------------------------------------------------------
 
@@ -84,6 +86,15 @@ class E2EE:
                 self.report(f"end-to-end keys not published ({e}); messages to you stay "
                             f"unencrypted")
             return None
+
+    def top_up(self):
+        """``publish`` in the background (at start, and as prekeys get used)."""
+        self._used = 0
+        self.publish().addErrback(self._unpublished)
+
+    def _unpublished(self, failure):
+        if not failure.check(CancelledError, ConnectionClosed):     # not the session ending
+            self.report(f"end-to-end keys not published: {failure.getErrorMessage()}")
 
     async def bundle(self, peer, take_opk=True):
         """The peer's verified keys: (identity key, prekey, SPK or OPK).
@@ -208,7 +219,10 @@ class E2EE:
         self._accept(sender, content)
         if which == seal.OPK:
             self.store.forget_one_time(kid)
+            self._used += 1
         self.store.save()
+        if self._used >= TOP_UP_EVERY and self.session is not None:
+            self.top_up()
         return content
 
     def _open_room(self, envelope, sender, room):
