@@ -218,6 +218,8 @@ class RenderTests(SynchronousTestCase):
 
     def test_bad_timestamp(self):
         self.assertIn("[--:--:--]", message_line({"timestamp": "soon"}))
+        sealed = {"from": "alice", "to": "bob", "body": "relayd-e2ee/1 dm AAECAwQ="}
+        self.assertTrue(message_line(sealed).endswith("alice -> bob: [end-to-end encrypted dm]"))
 
     def test_rooms(self):
         self.assertEqual(rooms_lines({"b": 1, "a": 2}), ["a 2", "b 1"])

@@ -1,6 +1,8 @@
 """How relay-chat shows messages and answers to people."""
 import datetime
 
+from relayd.e2ee import wire
+
 
 def clean(text):
     """``text`` with control characters escaped, so a peer cannot drive the terminal."""
@@ -21,9 +23,13 @@ def clock(timestamp):
 
 
 def message_line(msg):
-    """``[12:00:01] alice -> #general: text``"""
+    """``[12:00:01] alice -> #general: text``; a body still encrypted (one
+    this client cannot or may no longer open) is shown as a short tag."""
+    body = msg.get("body", "")
+    if wire.is_encrypted(body):
+        body = "[end-to-end encrypted " + body[len(wire.PREFIX):].partition(" ")[0][:8] + "]"
     return (f"[{clock(msg.get('timestamp'))}] {clean(msg.get('from', '?'))} -> "
-            f"{clean(msg.get('to', '?'))}: {clean(msg.get('body', ''))}")
+            f"{clean(msg.get('to', '?'))}: {clean(body)}")
 
 
 def rooms_lines(rooms):
