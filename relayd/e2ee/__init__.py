@@ -2,5 +2,6 @@
 
 ``wire``: formats both ends share (prekey signatures, envelopes, padding);
 ``seal``: HPKE direct messages and room messages; ``store``: the client's
-keys and pins; ``layer``: the client side over a ``Session``.
+keys and pins; ``layer``: the client side over a ``Session``; ``commands``:
+relay-chat's subcommands and wiring.
 """
