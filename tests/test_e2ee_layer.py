@@ -133,6 +133,12 @@ class LayerTests(unittest.TestCase):
         self.assertEqual(self.bob.read(), [])
         self.assertIn("refused an encrypted message from 'alice'", self.bob.reports[-1])
 
+    def test_names_in_reports_cannot_drive_the_terminal(self):
+        self.successResultOf(self.alice.layer.invite("evil\x1b[2J", ["bob"]))
+        self.bob.read()
+        self.assertIn("key of epoch 1 from alice", self.bob.reports[-1])
+        self.assertNotIn("\x1b", self.bob.reports[-1])
+
     def test_a_relay_cannot_relabel_the_sender(self):
         self.successResultOf(self.alice.layer.send("from alice", to="bob"))
         self.relay.mail[0]["from"] = "carol"

@@ -15,6 +15,7 @@ import time
 from twisted.internet.defer import CancelledError, ensureDeferred
 
 from relayd.client.protocol import ConnectionClosed, ServerError
+from relayd.client.render import clean
 from relayd.e2ee import seal, wire
 from relayd.e2ee.wire import BadEnvelope
 
@@ -53,7 +54,9 @@ class E2EE:
         self.identity = identity
         self.me = peer_id
         self.store = store
-        self.report = report            # report(text): status and warnings for the person
+        # report(text): status and warnings for the person; names in them come
+        # from peers, so control characters are escaped
+        self.report = lambda text: report(clean(text))
         self.clock = clock
         self.session = None
         self._used = 0              # one-time prekeys used since the last top-up
