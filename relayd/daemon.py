@@ -10,6 +10,7 @@ import signal
 from prometheus_client import CollectorRegistry
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from relayd import config
@@ -23,6 +24,7 @@ from relayd.federation.service import build_federation
 from relayd.filepool import FilePool
 from relayd.identity import IdentityService
 from relayd.journal.service import Journal
+from relayd.listeners import listen_failure
 from relayd.libp2p.service import Libp2pService
 from relayd.ops import build_ops
 from relayd.tcp.service import TcpRelayService
@@ -60,6 +62,12 @@ class Daemon(MultiService):
     @property
     def identity(self):
         return self.identity_service.identity
+
+    def privilegedStartService(self):
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            raise listen_failure(self.settings, e) from None
 
     def startService(self):
         self.started_at = self.reactor.seconds()

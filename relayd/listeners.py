@@ -12,6 +12,8 @@ import re
 from twisted.application import strports
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from relayd.config import SCHEMA
+
 
 def tls_wanted(daemon, description):
     """True when ``[tls] listeners`` names a section listening on ``description``."""
@@ -36,6 +38,39 @@ def stream_service(daemon, description, factory, tls=None):
         factory = TLSMemoryBIOFactory(daemon.tls, False, factory)
         daemon.tls.listeners.append(description)
     return strports.service(description, factory, reactor=daemon.reactor)
+
+
+class ListenFailed(SystemExit):
+    """A listener could not bind.  twistd prints the one-line message and
+    exits with status 1, without a traceback."""
+
+
+def _endpoint_port(value):
+    """The port of an endpoint string (or a bare port number), else None."""
+    if isinstance(value, int):
+        return value
+    for part in re.split(r"(?<!\\):", str(value))[1:]:
+        number = part[5:] if part.startswith("port=") else part
+        if number.isdigit():
+            return int(number)
+    return None
+
+
+def listen_failure(settings, error):
+    """``ListenFailed`` naming ``[section] key`` and the address of a CannotListenError."""
+    where = "a listener"
+    for name in SCHEMA:
+        section = settings.get(name)
+        for key, value in sorted(vars(section).items()) if section is not None else ():
+            if key.startswith("listen") and _endpoint_port(value) == error.port:
+                where = f"[{name}] {key} = {value}"
+                break
+        else:
+            continue
+        break
+    reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
+    host = error.interface or "*"
+    return ListenFailed(f"relayd: {where}: cannot listen on {host}:{error.port}: {reason}")
 
 
 def tcp_address(description):
