@@ -88,8 +88,12 @@ def run_cert_issue(args):
 
 
 def run_admin_password(args):
-    password = getpass.getpass(f"password for {args.user}: ")
-    if not password or password != getpass.getpass("again: "):
+    try:
+        password = getpass.getpass(f"password for {args.user}: ")
+        again = getpass.getpass("again: ") if password else None
+    except EOFError:
+        raise CommandError("no password given (end of input)") from None
+    if not password or password != again:
         raise CommandError("empty password, or the two entries differ")
     hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt()).decode()
     print(f"{args.user}:{hashed}")
