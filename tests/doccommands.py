@@ -1,0 +1,134 @@
+"""Run the commands a document shows, verbatim, the way a reader would.
+
+    sandbox = DocSandbox(self)          # skips (saying why) without network namespaces
+    [keys, *relays] = shell_blocks("README.md", "Federation")[0]
+    sandbox.run(keys)
+    sandbox.start(relays[0])
+
+A sandbox is a fresh directory holding the repository's committed files
+(``git archive HEAD``: never the reader's edited ``etc/relay.ini``) with
+``.venv`` linked to the running virtualenv, so a command such as
+``.venv/bin/twistd -n relayd --config etc/relay.ini`` runs as written.  Every
+command runs inside a network namespace of its own (loopback only), so the
+fixed ports the documents use cannot collide with other tests or with a
+relay the reader runs.
+"""
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+from tests.daemon import REPO
+
+
+def shell_blocks(path, heading):
+    """The ```sh blocks of the section ``heading`` (any level) of the
+    Markdown file ``path`` (relative to the repository): one list of
+    command lines per block, comment-only and empty lines left out."""
+    with open(os.path.join(REPO, path), encoding="utf-8") as f:
+        text = f.read()
+    match = re.search(rf"^#+ {re.escape(heading)}\s*$(.*?)(?=^#+ |\Z)", text, re.M | re.S)
+    if match is None:
+        raise AssertionError(f"{path} has no section {heading!r}")
+    blocks = re.findall(r"^```sh\n(.*?)^```", match.group(1), re.M | re.S)
+    return [[line for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+            for block in blocks]
+
+
+def committed_tree(destination):
+    """Extract ``git archive HEAD`` of the repository into ``destination``."""
+    archive = os.path.join(destination, ".tree.tar")
+    subprocess.run(["git", "-C", REPO, "archive", "--format=tar", "-o", archive, "HEAD"],
+                   check=True, capture_output=True, timeout=60)
+    with tarfile.open(archive) as tar:
+        tar.extractall(destination, filter="data")
+    os.unlink(archive)
+
+
+def sandbox_unavailable():
+    """None when doc commands can run in a sandbox here, else the reason."""
+    if sys.prefix == sys.base_prefix:
+        return "the tests do not run in a virtualenv, so the docs' .venv/bin commands do not exist"
+    if shutil.which("git") is None or not os.path.exists(os.path.join(REPO, ".git")):
+        return "not a git checkout: the committed files cannot be told from edited ones"
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        return "needs root and ip (iproute2) for a network namespace with the docs' fixed ports"
+    return None
+
+
+class DocSandbox:
+    """A directory and a network namespace in which doc commands run."""
+
+    def __init__(self, testcase):
+        reason = sandbox_unavailable()
+        if reason:
+            raise testcase.skipTest(reason)
+        self.dir = os.path.abspath(testcase.mktemp())
+        os.makedirs(self.dir)
+        committed_tree(self.dir)
+        os.symlink(sys.prefix, os.path.join(self.dir, ".venv"))
+        self.ns = f"relaydoc{os.getpid()}x{id(self) % 100000}"
+        subprocess.run(["ip", "netns", "add", self.ns], check=True, capture_output=True)
+        testcase.addCleanup(subprocess.run, ["ip", "netns", "del", self.ns], capture_output=True)
+        subprocess.run(["ip", "-n", self.ns, "link", "set", "lo", "up"], check=True)
+        self.env = dict(os.environ, PATH=os.path.join(sys.prefix, "bin") + os.pathsep
+                        + os.environ.get("PATH", ""), HOME=self.dir)
+        self.env.pop("PYTHONPATH", None)
+        self.processes = []
+        testcase.addCleanup(self.stop_all)
+
+    def argv(self, line):
+        return ["ip", "netns", "exec", self.ns, "sh", "-c", line]
+
+    def run(self, line, timeout=60, input=None):
+        """Run ``line`` to its end: ``(exit status, stdout and stderr)``."""
+        done = subprocess.run(self.argv(line), cwd=self.dir, env=self.env, input=input,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              timeout=timeout)
+        return done.returncode, done.stdout
+
+    def start(self, line):
+        """Start ``line`` (one simple command) as a reader would in a terminal
+        of its own; its output goes to a file, read with ``output(process)``."""
+        log = open(os.path.join(self.dir, f".out{len(self.processes)}"), "w+")
+        # exec: the command is the process a signal reaches, as in a terminal.
+        process = subprocess.Popen(self.argv("exec " + line), cwd=self.dir, env=self.env,
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process.log = log
+        self.processes.append(process)
+        return process
+
+    @staticmethod
+    def output(process):
+        with open(process.log.name, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def wait_output(self, process, text, timeout=30.0):
+        """Wait until ``process`` has printed ``text``; its output so far."""
+        deadline = time.monotonic() + timeout
+        while text not in self.output(process):
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise AssertionError(f"no {text!r} from the command; it printed:\n"
+                                     + self.output(process))
+            time.sleep(0.1)
+        return self.output(process)
+
+    def stop(self, process, sig=signal.SIGTERM, timeout=15.0):
+        """Send ``sig`` to the command's process group; its exit status."""
+        if process.poll() is None:
+            os.killpg(process.pid, sig)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        process.log.close()
+        return process.returncode
+
+    def stop_all(self):
+        for process in self.processes:
+            self.stop(process)
