@@ -49,6 +49,15 @@ def committed_tree(destination):
     os.unlink(archive)
 
 
+def committed_file(path):
+    """The text of ``path`` as committed (``git show HEAD:path``), or None
+    outside a git checkout."""
+    if shutil.which("git") is None or not os.path.exists(os.path.join(REPO, ".git")):
+        return None
+    return subprocess.run(["git", "-C", REPO, "show", f"HEAD:{path}"], check=True,
+                          capture_output=True, text=True, timeout=60).stdout
+
+
 def sandbox_unavailable():
     """None when doc commands can run in a sandbox here, else the reason."""
     if sys.prefix == sys.base_prefix:
