@@ -11,10 +11,12 @@ A sandbox is a fresh directory holding the repository's committed files
 ``.venv/bin/twistd -n relayd --config etc/relay.ini`` runs as written.  Every
 command runs inside a network namespace of its own (loopback only), so the
 fixed ports the documents use cannot collide with other tests or with a
-relay the reader runs.
+relay the reader runs, and with the sandbox as its home directory.
 """
 import os
+import pty
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -26,17 +28,30 @@ from tests.daemon import REPO
 
 
 def shell_blocks(path, heading):
-    """The ```sh blocks of the section ``heading`` (any level) of the
-    Markdown file ``path`` (relative to the repository): one list of
-    command lines per block, comment-only and empty lines left out."""
+    """The ```sh blocks of the section ``heading`` (any level, up to the next
+    heading) of the Markdown file ``path`` (relative to the repository): one
+    list of command lines per block, comment-only and empty lines left out."""
     with open(os.path.join(REPO, path), encoding="utf-8") as f:
-        text = f.read()
-    match = re.search(rf"^#+ {re.escape(heading)}\s*$(.*?)(?=^#+ |\Z)", text, re.M | re.S)
-    if match is None:
+        lines = f.read().splitlines()
+    blocks, block, inside, fence = [], None, False, False
+    for line in lines:
+        if line.startswith("```"):
+            fence = not fence
+            if inside and line == "```sh":
+                block = []
+            elif block is not None:
+                blocks.append(block)
+                block = None
+        elif fence:
+            if block is not None and line.strip() and not line.lstrip().startswith("#"):
+                block.append(line)
+        elif re.match(r"#+ ", line):
+            if inside:
+                break
+            inside = re.sub(r"^#+ ", "", line).strip() == heading
+    if not inside and not blocks:
         raise AssertionError(f"{path} has no section {heading!r}")
-    blocks = re.findall(r"^```sh\n(.*?)^```", match.group(1), re.M | re.S)
-    return [[line for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-            for block in blocks]
+    return blocks
 
 
 def committed_tree(destination):
@@ -64,8 +79,9 @@ def sandbox_unavailable():
         return "the tests do not run in a virtualenv, so the docs' .venv/bin commands do not exist"
     if shutil.which("git") is None or not os.path.exists(os.path.join(REPO, ".git")):
         return "not a git checkout: the committed files cannot be told from edited ones"
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        return "needs root and ip (iproute2) for a network namespace with the docs' fixed ports"
+    if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("unshare") is None:
+        return ("needs root, ip (iproute2) and unshare for the network and mount "
+                "namespaces in which the docs' fixed ports are free")
     return None
 
 
@@ -87,11 +103,19 @@ class DocSandbox:
         self.env = dict(os.environ, PATH=os.path.join(sys.prefix, "bin") + os.pathsep
                         + os.environ.get("PATH", ""), HOME=self.dir)
         self.env.pop("PYTHONPATH", None)
+        self.ssh_config = os.path.join(self.dir, ".ssh_config")
+        with open(self.ssh_config, "w") as f:
+            f.write(f"Host *\n    UserKnownHostsFile {self.dir}/.ssh/known_hosts\n")
         self.processes = []
         testcase.addCleanup(self.stop_all)
 
     def argv(self, line):
-        return ["ip", "netns", "exec", self.ns, "sh", "-c", line]
+        """``line`` in the namespace; ssh there keeps its known hosts in the
+        sandbox's ``~/.ssh`` (it takes ``~`` from the password database, not
+        from $HOME), through an ssh_config mounted for this command only."""
+        return ["ip", "netns", "exec", self.ns, "unshare", "--mount", "sh", "-c",
+                'if [ -e /etc/ssh/ssh_config ]; then mount --bind "$1" /etc/ssh/ssh_config '
+                '|| exit 125; fi; exec sh -c "$2"', "sh", self.ssh_config, line]
 
     def run(self, line, timeout=60, input=None):
         """Run ``line`` to its end: ``(exit status, stdout and stderr)``."""
@@ -99,6 +123,33 @@ class DocSandbox:
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               timeout=timeout)
         return done.returncode, done.stdout
+
+    def run_on_a_terminal(self, line, typed, timeout=30.0):
+        """Run ``line`` on a new pseudo-terminal, as a reader at a terminal
+        would, typing ``typed`` (bytes) once it prints something; its exit
+        status and everything it printed."""
+        master, slave = pty.openpty()
+        process = subprocess.Popen(self.argv(line), cwd=self.dir, env=self.env, stdin=slave,
+                                   stdout=slave, stderr=slave, start_new_session=True)
+        os.close(slave)
+        output, deadline = b"", time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:         # EIO: the terminal's last user has gone
+                    break
+                if not output and typed:
+                    os.write(master, typed)
+                output += chunk
+        os.close(master)
+        try:
+            code = process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            code = process.wait()
+        return code, output.decode("utf-8", "replace")
 
     def start(self, line):
         """Start ``line`` (one simple command) as a reader would in a terminal
