@@ -10,18 +10,53 @@ served over TLS with the daemon's reloadable certificates.
 import re
 
 from twisted.application import strports
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from OpenSSL import SSL
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 
 from relayd.config import SCHEMA
 
 
-def tls_wanted(daemon, description):
-    """True when ``[tls] listeners`` names a section listening on ``description``."""
+def tls_section(daemon, description):
+    """The section named in ``[tls] listeners`` that listens on ``description``, or None."""
     tls = daemon.settings.get("tls")
     if tls is None:
-        return False
-    return any(getattr(daemon.settings.get(name), "listen", None) == description
-               for name in tls.listeners)
+        return None
+    for name in tls.listeners:
+        if getattr(daemon.settings.get(name), "listen", None) == description:
+            return name
+    return None
+
+
+def tls_wanted(daemon, description):
+    """True when ``[tls] listeners`` names a section listening on ``description``."""
+    return tls_section(daemon, description) is not None
+
+
+class _HandshakeCounting(TLSMemoryBIOProtocol):
+    """Counts a connection whose TLS handshake failed (a TLS error before it
+    completed, once the client sent something: a bare connect and close, as
+    port probes do, is not a handshake) in ``factory.failures[factory.section]``."""
+
+    _spoke = False
+
+    def dataReceived(self, data):
+        self._spoke = True
+        super().dataReceived(data)
+
+    def _tlsShutdownFinished(self, reason):
+        if (self._spoke and not self._handshakeDone and reason is not None
+                and reason.check(SSL.Error)):
+            self.factory.failures[self.factory.section] += 1
+        super()._tlsShutdownFinished(reason)
+
+
+class CountingTLSFactory(TLSMemoryBIOFactory):
+    protocol = _HandshakeCounting
+
+    def __init__(self, tls, factory, section):
+        super().__init__(tls, False, factory)
+        self.failures = tls.handshake_failures
+        self.section = section
 
 
 def stream_service(daemon, description, factory, tls=None):
@@ -35,7 +70,8 @@ def stream_service(daemon, description, factory, tls=None):
     if tls:
         if daemon.tls is None:
             raise ValueError(f"listener {description} wants TLS but [tls] is not configured")
-        factory = TLSMemoryBIOFactory(daemon.tls, False, factory)
+        factory = CountingTLSFactory(daemon.tls, factory,
+                                     tls_section(daemon, description) or description)
         daemon.tls.listeners.append(description)
     return strports.service(description, factory, reactor=daemon.reactor)
 
