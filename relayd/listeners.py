@@ -76,11 +76,6 @@ def stream_service(daemon, description, factory, tls=None):
     return strports.service(description, factory, reactor=daemon.reactor)
 
 
-class ListenFailed(SystemExit):
-    """A listener could not bind.  twistd prints the one-line message and
-    exits with status 1, without a traceback."""
-
-
 def _endpoint_port(value):
     """The port of an endpoint string (or a bare port number), else None."""
     if isinstance(value, int):
@@ -93,7 +88,7 @@ def _endpoint_port(value):
 
 
 def listen_failure(settings, error):
-    """``ListenFailed`` naming ``[section] key`` and the address of a CannotListenError."""
+    """One line naming ``[section] key`` and the address of a CannotListenError."""
     where = "a listener"
     for name in SCHEMA:
         section = settings.get(name)
@@ -106,7 +101,7 @@ def listen_failure(settings, error):
         break
     reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
     host = error.interface or "*"
-    return ListenFailed(f"relayd: {where}: cannot listen on {host}:{error.port}: {reason}")
+    return f"{where}: cannot listen on {host}:{error.port}: {reason}"
 
 
 def tcp_address(description):

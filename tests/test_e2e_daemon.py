@@ -112,6 +112,15 @@ class DaemonTests(unittest.TestCase):
         ini = BASIC + "[udp]\nlisten = {held}\ninterface = 127.0.0.1\n"
         self.assertPortInUse(ini, socket.SOCK_DGRAM, "[udp] listen = {held}", tcp=free_port())
 
+    def test_a_second_daemon_on_the_same_data_directory_says_so_in_one_line(self):
+        first = self.start()
+        second = Relayd(self, BASIC.replace("{data_dir}", first.data_dir), tcp=free_port())
+        code, output = second.run_to_exit()
+        self.assertEqual(code, 1, output)
+        self.assertIn(f"relayd: the journal {first.data_dir}/journal is in use by another relayd",
+                      output)
+        self.assertNotIn("Traceback", output)
+
     def test_sigterm_is_graceful(self):
         relay = self.start()
         alice = LineClient(relay.ports["tcp"], "alice")
