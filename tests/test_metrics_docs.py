@@ -187,3 +187,10 @@ class AlertRulesTests(SynchronousTestCase):
                               timeout=60)
         self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
         self.assertIn("SUCCESS: 12 rules found", done.stdout)
+
+    def test_alerts_fire_on_the_series_they_watch(self):
+        """promtool's rule unit tests (tests/prometheus/relayd-rules-test.yml)."""
+        done = subprocess.run([PROMTOOL, "test", "rules", "relayd-rules-test.yml"],
+                              cwd=os.path.join(REPO, "tests", "prometheus"),
+                              capture_output=True, text=True, timeout=60)
+        self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
