@@ -9,8 +9,8 @@ served over TLS with the daemon's reloadable certificates.
 """
 import re
 
-from twisted.application import strports
 from OpenSSL import SSL
+from twisted.application import strports
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 
 from relayd.config import SCHEMA
@@ -25,11 +25,6 @@ def tls_section(daemon, description):
         if getattr(daemon.settings.get(name), "listen", None) == description:
             return name
     return None
-
-
-def tls_wanted(daemon, description):
-    """True when ``[tls] listeners`` names a section listening on ``description``."""
-    return tls_section(daemon, description) is not None
 
 
 class _HandshakeCounting(TLSMemoryBIOProtocol):
@@ -51,6 +46,9 @@ class _HandshakeCounting(TLSMemoryBIOProtocol):
 
 
 class CountingTLSFactory(TLSMemoryBIOFactory):
+    """TLS in front of ``factory``; failed handshakes counted in
+    ``tls.handshake_failures[section]`` (``relayd_tls_handshake_failures_total``)."""
+
     protocol = _HandshakeCounting
 
     def __init__(self, tls, factory, section):
@@ -65,13 +63,13 @@ def stream_service(daemon, description, factory, tls=None):
     ``tls`` forces TLS on (True) or off (False); by default it follows
     ``[tls] listeners``.  TLS uses ``daemon.tls`` (``relayd.tls.ServerTLS``).
     """
+    section = tls_section(daemon, description)
     if tls is None:
-        tls = tls_wanted(daemon, description)
+        tls = section is not None
     if tls:
         if daemon.tls is None:
             raise ValueError(f"listener {description} wants TLS but [tls] is not configured")
-        factory = CountingTLSFactory(daemon.tls, factory,
-                                     tls_section(daemon, description) or description)
+        factory = CountingTLSFactory(daemon.tls, factory, section or description)
         daemon.tls.listeners.append(description)
     return strports.service(description, factory, reactor=daemon.reactor)
 

@@ -128,6 +128,7 @@ class RelayProtocol(Protocol):
         self._send_bytes(lines[0] if len(lines) == 1 else b"".join(lines))
 
     def _send_bytes(self, data):
+        """Write ``data``, counted in ``relayd_tcp_sent_bytes_total``."""
         self.service.bytes_sent += len(data)
         self.transport.write(data)
 
