@@ -91,7 +91,7 @@ class DocSandbox:
     def __init__(self, testcase):
         reason = sandbox_unavailable()
         if reason:
-            raise testcase.skipTest(reason)
+            testcase.skipTest(reason)
         self.dir = os.path.abspath(testcase.mktemp())
         os.makedirs(self.dir)
         committed_tree(self.dir)
