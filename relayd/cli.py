@@ -4,6 +4,7 @@
     relayd ca init [--dir etc/tls]                       create a private CA
     relayd cert issue NAME [--client] [--host H ...]     sign a relay or client certificate
     relayd admin-password USER                           a line for [admin] passwords
+    relayd init DIR [--id NAME]                          a starter config and keys in DIR
 
 ``relayd admin`` runs OpenSSH's ``ssh`` against the ``[admin]`` listener,
 checking the daemon's host key from its data directory (no trust on first
@@ -20,7 +21,7 @@ import tempfile
 
 import bcrypt
 
-from relayd import config, tls_ca
+from relayd import config, init, tls_ca
 from relayd.listeners import tcp_address
 from relayd.ops.manhole import HOST_KEY_FILE
 
@@ -88,11 +89,26 @@ def run_cert_issue(args):
 
 
 def run_admin_password(args):
-    password = getpass.getpass(f"password for {args.user}: ")
-    if not password or password != getpass.getpass("again: "):
+    try:
+        password = getpass.getpass(f"password for {args.user}: ")
+        again = getpass.getpass("again: ") if password else None
+    except EOFError:
+        raise CommandError("no password given (end of input)") from None
+    if not password or password != again:
         raise CommandError("empty password, or the two entries differ")
     hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt()).decode()
     print(f"{args.user}:{hashed}")
+    return 0
+
+
+def run_init(args):
+    written = init.init(args.dir, args.id)
+    print(f"relay {args.id}: {written['config']}\n"
+          f"  data directory {written['data_dir']} (identity key {written['fingerprint']})\n"
+          f"  /metrics bearer token in {written['token_file']}\n"
+          f"  admin console keys go in {written['admin_keys']} (then uncomment [admin])\n"
+          f"  federation peers name this relay with: key = {written['public_key']}\n"
+          f"start it: twistd -n relayd --config {written['config']}")
     return 0
 
 
@@ -132,6 +148,10 @@ def parser():
     password = sub.add_parser("admin-password", help="print a bcrypt line for [admin] passwords")
     password.add_argument("user")
     password.set_defaults(run=run_admin_password)
+    starter = sub.add_parser("init", help="write a starter config and keys into a new directory")
+    starter.add_argument("dir", help="the directory (created if missing; nothing is overwritten)")
+    starter.add_argument("--id", default="relay1", help="the relay's name (default relay1)")
+    starter.set_defaults(run=run_init)
     return p
 
 
@@ -139,7 +159,7 @@ def main(argv=None):
     args = parser().parse_args(argv)
     try:
         return args.run(args)
-    except (CommandError, tls_ca.CAError) as e:
+    except (CommandError, tls_ca.CAError, init.InitError) as e:
         print(f"relayd: {e}", file=sys.stderr)
         return 2
 

@@ -10,6 +10,7 @@ import signal
 from prometheus_client import CollectorRegistry
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from relayd import config
@@ -17,19 +18,32 @@ from relayd.core.abuse import AbuseGuard
 from relayd.core.dedup import DedupWindow
 from relayd.core.history import History
 from relayd.core.mailbox import Mailboxes
-from relayd.core.ownership import FILE_NAME as OWNERSHIP_FILE, Ownership
+from relayd.core.ownership import FILE_NAME as OWNERSHIP_FILE, DamagedTable, Ownership
 from relayd.core.router import Router
 from relayd.federation.service import build_federation
 from relayd.filepool import FilePool
 from relayd.identity import IdentityService
+from relayd.journal.lock import JournalLocked
 from relayd.journal.service import Journal
 from relayd.keydir.service import build_keydir
+from relayd.listeners import listen_failure
 from relayd.libp2p.service import Libp2pService
 from relayd.ops import build_ops
 from relayd.tcp.service import TcpRelayService
-from relayd.tls import ServerTLS
+from relayd.tls import ServerTLS, TLSConfigError
 from relayd.udp.service import UDPService
 
+
+class StartFailed(SystemExit):
+    """The daemon cannot start: twistd prints ``relayd: <why>`` and exits
+    with status 1, without a traceback."""
+
+    def __init__(self, why):
+        super().__init__(f"relayd: {why}")
+
+
+# Start-up problems an operator fixes (the message says what and where).
+START_PROBLEMS = (JournalLocked, DamagedTable, TLSConfigError, OSError)
 
 # Seconds between sweeps of the mailboxes for messages past [mailbox] ttl.
 MAILBOX_EXPIRY = 3600.0
@@ -61,6 +75,16 @@ class Daemon(MultiService):
     @property
     def identity(self):
         return self.identity_service.identity
+
+    def privilegedStartService(self):
+        """Start what needs privileges (listeners, state files); a problem
+        the operator must fix ends the process with one line naming it."""
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            raise StartFailed(listen_failure(self.settings, e)) from None
+        except START_PROBLEMS as e:
+            raise StartFailed(str(e)) from None
 
     def startService(self):
         self.started_at = self.reactor.seconds()

@@ -9,17 +9,52 @@ served over TLS with the daemon's reloadable certificates.
 """
 import re
 
+from OpenSSL import SSL
 from twisted.application import strports
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+
+from relayd.config import SCHEMA
 
 
-def tls_wanted(daemon, description):
-    """True when ``[tls] listeners`` names a section listening on ``description``."""
+def tls_section(daemon, description):
+    """The section named in ``[tls] listeners`` that listens on ``description``, or None."""
     tls = daemon.settings.get("tls")
     if tls is None:
-        return False
-    return any(getattr(daemon.settings.get(name), "listen", None) == description
-               for name in tls.listeners)
+        return None
+    for name in tls.listeners:
+        if getattr(daemon.settings.get(name), "listen", None) == description:
+            return name
+    return None
+
+
+class _HandshakeCounting(TLSMemoryBIOProtocol):
+    """Counts a connection whose TLS handshake failed (a TLS error before it
+    completed, once the client sent something: a bare connect and close, as
+    port probes do, is not a handshake) in ``factory.failures[factory.section]``."""
+
+    _spoke = False
+
+    def dataReceived(self, data):
+        self._spoke = True
+        super().dataReceived(data)
+
+    def _tlsShutdownFinished(self, reason):
+        if (self._spoke and not self._handshakeDone and reason is not None
+                and reason.check(SSL.Error)):
+            self.factory.failures[self.factory.section] += 1
+        super()._tlsShutdownFinished(reason)
+
+
+class CountingTLSFactory(TLSMemoryBIOFactory):
+    """TLS in front of ``factory``; failed handshakes counted in
+    ``tls.handshake_failures[section]`` (``relayd_tls_handshake_failures_total``)."""
+
+    protocol = _HandshakeCounting
+
+    def __init__(self, tls, factory, section):
+        super().__init__(tls, False, factory)
+        self.failures = tls.handshake_failures
+        self.section = section
 
 
 def stream_service(daemon, description, factory, tls=None):
@@ -28,14 +63,43 @@ def stream_service(daemon, description, factory, tls=None):
     ``tls`` forces TLS on (True) or off (False); by default it follows
     ``[tls] listeners``.  TLS uses ``daemon.tls`` (``relayd.tls.ServerTLS``).
     """
+    section = tls_section(daemon, description)
     if tls is None:
-        tls = tls_wanted(daemon, description)
+        tls = section is not None
     if tls:
         if daemon.tls is None:
             raise ValueError(f"listener {description} wants TLS but [tls] is not configured")
-        factory = TLSMemoryBIOFactory(daemon.tls, False, factory)
+        factory = CountingTLSFactory(daemon.tls, factory, section or description)
         daemon.tls.listeners.append(description)
     return strports.service(description, factory, reactor=daemon.reactor)
+
+
+def _endpoint_port(value):
+    """The port of an endpoint string (or a bare port number), else None."""
+    if isinstance(value, int):
+        return value
+    for part in re.split(r"(?<!\\):", str(value))[1:]:
+        number = part[5:] if part.startswith("port=") else part
+        if number.isdigit():
+            return int(number)
+    return None
+
+
+def listen_failure(settings, error):
+    """One line naming ``[section] key`` and the address of a CannotListenError."""
+    where = "a listener"
+    for name in SCHEMA:
+        section = settings.get(name)
+        for key, value in sorted(vars(section).items()) if section is not None else ():
+            if key.startswith("listen") and _endpoint_port(value) == error.port:
+                where = f"[{name}] {key} = {value}"
+                break
+        else:
+            continue
+        break
+    reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
+    host = error.interface or "*"
+    return f"{where}: cannot listen on {host}:{error.port}: {reason}"
 
 
 def tcp_address(description):

@@ -2,11 +2,18 @@
 
 ``Options`` reads and validates the ini file (a bad file is a usage error, so
 twistd exits non-zero before anything listens); ``makeService`` only wires.
+Unless ``--pidfile`` is given, twistd's pid file is ``<data_dir>/twistd.pid``
+instead of ``twistd.pid`` in the working directory, so relays with their
+own configs can run side by side from one directory.
 """
+import os
+
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
 from relayd import config
+
+DEFAULT_PIDFILE = "twistd.pid"      # twistd's own default, in the working directory
 
 
 class Options(usage.Options):
@@ -26,6 +33,17 @@ class Options(usage.Options):
             build(self["settings"], MemoryReactorClock())
         except (config.ConfigError, ValueError) as e:
             raise usage.UsageError(str(e)) from None
+        self._pidfile_in_data_dir()
+
+    def _pidfile_in_data_dir(self):
+        """Under twistd, move the default pid file into the data directory
+        (created here: twistd writes the file before any service starts)."""
+        twistd = getattr(self, "parent", None)
+        if twistd is None or twistd.get("pidfile") != DEFAULT_PIDFILE:
+            return
+        data_dir = self["settings"].relay.data_dir
+        os.makedirs(os.path.join(twistd.get("rundir") or ".", data_dir), exist_ok=True)
+        twistd["pidfile"] = os.path.join(data_dir, DEFAULT_PIDFILE)
 
 
 def makeService(options, reactor=None):

@@ -8,6 +8,8 @@ fails (missing file, key that does not match) is logged and the previous
 certificate stays in use.  ``relayd.listeners.stream_service`` wraps the
 listeners named in ``[tls] listeners`` with it.
 """
+import collections
+
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
@@ -94,6 +96,7 @@ class ServerTLS(MultiService):
         self.material = None
         self.reloads = 0
         self.listeners = []  # endpoint strings served with TLS (filled by stream_service)
+        self.handshake_failures = collections.Counter()     # listener section -> count
         if settings.reload_interval > 0:
             timer = TimerService(settings.reload_interval, self.reload)
             timer.clock = reactor

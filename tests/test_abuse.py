@@ -24,10 +24,34 @@ class GuardTests(unittest.TestCase):
         self.guard.on_ban.append(banned.append)
         for _ in range(13):
             self.guard.allow("1.2.3.4")
+        self.assertEqual(banned, [], "the first refusal only says when to come back")
+        self.guard.allow("1.2.3.4")
         self.assertEqual(banned, ["1.2.3.4"])
         self.assertAlmostEqual(self.guard.banned("1.2.3.4"), 600)
         self.clock.advance(601)
         self.assertIsNone(self.guard.banned("1.2.3.4"))
+
+    def test_a_client_that_waits_as_told_is_never_banned(self):
+        """Each new message is sent at once; a refused one again after its
+        retry_after (rounded to milliseconds, as the TCP answer does)."""
+        sent = 0
+        for _ in range(100):
+            wait = self.guard.allow("1.2.3.4")
+            if wait is not None:
+                self.clock.advance(round(wait, 3))
+                wait = self.guard.allow("1.2.3.4")
+            self.assertIsNone(wait)
+            sent += 1
+        self.assertEqual((sent, self.guard.bans()), (100, {}))
+        self.assertEqual(self.guard.rate_limited, 90)
+
+    def test_coming_back_before_retry_after_is_a_strike(self):
+        wait = [self.guard.allow("1.2.3.4") for _ in range(11)][-1]
+        for _ in range(3):
+            self.clock.advance(wait / 2)
+            wait = self.guard.allow("1.2.3.4")
+            self.assertIsNotNone(wait)
+        self.assertEqual(list(self.guard.bans()), ["1.2.3.4"])
 
     def test_admin_ban_and_unban(self):
         self.guard.ban("9.9.9.9", 60)

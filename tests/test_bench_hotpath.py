@@ -49,7 +49,7 @@ class AckTests(unittest.TestCase):
         for duplicate in (False, True):
             for nonce in (None, "n1", "é\"\\"):
                 for req in (None, 1, "r", {"a": [1, 2.5, None]}):
-                    protocol = RelayProtocol(service=SimpleNamespace(router=make_router()))
+                    protocol = RelayProtocol(service=SimpleNamespace(router=make_router(), bytes_sent=0))
                     protocol.transport = StringTransport()
                     protocol._ack(("ab" * 32, duplicate), nonce, req)
                     expected = {"status": "ok", "type": "ack", "msg_id": "ab" * 32, "duplicate": duplicate}

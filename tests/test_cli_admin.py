@@ -90,6 +90,18 @@ class AdminUsageTests(unittest.TestCase):
             with self.assertRaises(UnauthorizedLogin):
                 yield checker.requestAvatarId(UsernamePassword(name, password))
 
+    def test_admin_password_at_end_of_input(self):
+        """Without a terminal (a new session has none), at end of input: one
+        line and status 2, no traceback."""
+        for given in ("", "only once\n"):
+            done = subprocess.run([sys.executable, "-m", "relayd.cli", "admin-password", "ops"],
+                                  cwd=REPO, input=given, capture_output=True, text=True,
+                                  start_new_session=True, timeout=30)
+            self.assertEqual(done.returncode, 2, done.stderr)
+            self.assertIn("relayd: no password given (end of input)\n", done.stderr)
+            self.assertNotIn("Traceback", done.stderr)
+            self.assertEqual(done.stdout, "")
+
     @defer.inlineCallbacks
     def test_an_unknown_user_costs_a_bcrypt_check_too(self):
         path = self.mktemp()

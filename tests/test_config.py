@@ -1,5 +1,4 @@
 """The ini loader: typed values, defaults, and errors that name [section] key."""
-import os
 
 from twisted.trial import unittest
 
@@ -7,7 +6,7 @@ from relayd import config
 from relayd.tap import Options
 from twisted.python import usage
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.doccommands import committed_file
 
 
 class ParseTests(unittest.TestCase):
@@ -65,7 +64,11 @@ class ParseTests(unittest.TestCase):
         self.assertIn("/nonexistent/relay.ini", str(cm.exception))
 
     def test_shipped_config_is_valid(self):
-        s = config.load(os.path.join(REPO, "etc", "relay.ini"))
+        """etc/relay.ini as shipped (committed), not as the reader edited it."""
+        text = committed_file("etc/relay.ini")
+        if text is None:
+            raise unittest.SkipTest("not a git checkout: the shipped etc/relay.ini is unknown")
+        s = config.parse(text, "etc/relay.ini")
         self.assertTrue(s.enabled("tcp"))
         self.assertIn("interface=127.0.0.1", s.tcp.listen)
 

@@ -83,15 +83,43 @@ class DaemonTests(unittest.TestCase):
         self.assertNotEqual(code, 0)
         self.assertIn("[tcp] listen", output)
 
-    def test_port_in_use_fails_startup(self):
-        blocker = socket.socket()
-        blocker.bind(("127.0.0.1", 0))
-        blocker.listen(1)
+    def assertPortInUse(self, ini, kind, where, **ports):
+        """The daemon, on a port the test holds, exits 1 with one line naming
+        ``where`` (the section, key and value) and the address, no traceback."""
+        blocker = socket.socket(socket.AF_INET, kind)
+        blocker.bind(("127.0.0.1", free_port(kind)))
+        if kind == socket.SOCK_STREAM:
+            blocker.listen(1)
         self.addCleanup(blocker.close)
-        relay = Relayd(self, BASIC, tcp=blocker.getsockname()[1])
+        port = blocker.getsockname()[1]
+        relay = Relayd(self, ini, held=port, **ports)
         code, output = relay.run_to_exit()
-        self.assertNotEqual(code, 0)
-        self.assertIn("Address already in use", output)
+        self.assertEqual(code, 1, output)
+        self.assertIn(f"relayd: {where.format(held=port)}: cannot listen on 127.0.0.1:{port}: "
+                      "Address already in use\n", output)
+        self.assertNotIn("Traceback", output)
+
+    def test_port_in_use_names_the_listener(self):
+        self.assertPortInUse(BASIC.replace("{tcp}", "{held}"), socket.SOCK_STREAM,
+                             "[tcp] listen = tcp:{held}:interface=127.0.0.1")
+
+    def test_port_in_use_names_a_later_listener(self):
+        ini = BASIC + "[http]\nlisten = tcp:{held}:interface=127.0.0.1\n"
+        self.assertPortInUse(ini, socket.SOCK_STREAM,
+                             "[http] listen = tcp:{held}:interface=127.0.0.1", tcp=free_port())
+
+    def test_udp_port_in_use_names_the_listener(self):
+        ini = BASIC + "[udp]\nlisten = {held}\ninterface = 127.0.0.1\n"
+        self.assertPortInUse(ini, socket.SOCK_DGRAM, "[udp] listen = {held}", tcp=free_port())
+
+    def test_a_second_daemon_on_the_same_data_directory_says_so_in_one_line(self):
+        first = self.start()
+        second = Relayd(self, BASIC.replace("{data_dir}", first.data_dir), tcp=free_port())
+        code, output = second.run_to_exit()
+        self.assertEqual(code, 1, output)
+        self.assertIn(f"relayd: the journal {first.data_dir}/journal is in use by another relayd",
+                      output)
+        self.assertNotIn("Traceback", output)
 
     def test_sigterm_is_graceful(self):
         relay = self.start()

@@ -31,6 +31,7 @@ class FakeDaemon(MultiService):
         super().__init__()
         self.registry = CollectorRegistry()
         self.reactor = Clock()
+        self.tls = None
 
     def uptime(self):
         return 7.0

@@ -65,3 +65,27 @@ class PluginTests(unittest.TestCase):
         self.assertEqual(daemon.router.mailboxes.total(), 1)
         reactor.advance(MAILBOX_EXPIRY)
         self.assertEqual(daemon.router.mailboxes.total(), 0, "dropped past the ttl")
+
+
+class PidfileTests(unittest.TestCase):
+    """twistd's pid file goes to the data directory unless --pidfile names one."""
+
+    def twistd_options(self, *args):
+        from twisted.scripts.twistd import ServerOptions
+        data_dir = os.path.abspath(self.mktemp())
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write(f"[relay]\ndata_dir = {data_dir}\n")
+        options = ServerOptions()
+        options.parseOptions([*args, "relayd", "--config", path])
+        return options, data_dir
+
+    def test_default_pidfile_is_in_the_data_directory(self):
+        options, data_dir = self.twistd_options("-n")
+        self.assertEqual(options["pidfile"], os.path.join(data_dir, "twistd.pid"))
+        self.assertTrue(os.path.isdir(data_dir))
+
+    def test_an_explicit_pidfile_is_kept(self):
+        self.assertEqual(self.twistd_options("-n", "--pidfile", "/run/r.pid")[0]["pidfile"],
+                         "/run/r.pid")
+        self.assertEqual(self.twistd_options("-n", "--pidfile=")[0]["pidfile"], "")

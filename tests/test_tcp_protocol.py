@@ -143,10 +143,10 @@ class JsonDialectTests(unittest.TestCase):
         [error] = alice.frames()
         self.assertEqual(error["error"], "rate_limited")
         self.assertAlmostEqual(error["retry_after"], 1.0, places=2)
-        for i in range(4):
+        for i in range(5):      # ban_after = 5 more before that retry_after: banned
             alice.request(type="send", to="*", body="more")
         frames = alice.frames()
-        self.assertEqual(frames[-1]["error"], "banned")
+        self.assertEqual([f["error"] for f in frames], ["rate_limited"] * 4 + ["banned"])
         self.assertTrue(alice.closed)
         again = Client(self.service)
         self.assertEqual(again.frames()[0]["error"], "banned")

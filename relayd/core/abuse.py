@@ -12,13 +12,21 @@ class TokenBucket:
         self.stamp = now
 
 
+# Seconds a client may come back before the retry_after it was given without
+# that counting as ignoring it (the answer rounds retry_after to milliseconds).
+RETRY_SLACK = 0.05
+
+
 class AbuseGuard:
-    """Rate-limits messages per source IP and bans repeat offenders.
+    """Rate-limits messages per source IP and bans the ones that ignore it.
 
     ``messages`` per ``per_seconds`` (a token bucket, so a burst of
-    ``messages`` is allowed); ``ban_after`` refusals within ``ban_window``
-    seconds ban the IP for ``ban_duration`` seconds.  ``on_ban(ip)`` lets
-    the listeners drop that IP's open connections.
+    ``messages`` is allowed).  A refusal tells the client when to come back
+    (``retry_after``); a message refused *before* that time is a strike, and
+    ``ban_after`` strikes within ``ban_window`` seconds ban the IP for
+    ``ban_duration`` seconds.  A client that waits as told is refused at
+    most once per wait and never banned.  ``on_ban(ip)`` lets the listeners
+    drop that IP's open connections.
     """
 
     log = Logger()
@@ -28,6 +36,7 @@ class AbuseGuard:
         self.on_ban = []
         self._buckets = {}
         self._strikes = {}
+        self._told = {}         # ip -> when its last refusal said a message would pass
         self._bans = {}
         self.rate_limited = 0
         self.configure(messages, per_seconds, ban_after, ban_window, ban_duration)
@@ -67,8 +76,11 @@ class AbuseGuard:
             bucket.tokens -= 1.0
             return None
         self.rate_limited += 1
-        self._strike(ip, now)
-        return (1.0 - bucket.tokens) / self.rate
+        wait = (1.0 - bucket.tokens) / self.rate
+        if now < self._told.get(ip, now) - RETRY_SLACK:
+            self._strike(ip, now)
+        self._told[ip] = now + wait
+        return wait
 
     def _strike(self, ip, now):
         strikes = [t for t in self._strikes.get(ip, ()) if t > now - self.ban_window]
@@ -102,4 +114,5 @@ class AbuseGuard:
         full_after = self.capacity / self.rate
         self._buckets = {ip: b for ip, b in self._buckets.items() if now - b.stamp < full_after}
         self._strikes = {ip: s for ip, s in self._strikes.items() if s[-1] > now - self.ban_window}
+        self._told = {ip: t for ip, t in self._told.items() if t > now}
         self.bans()

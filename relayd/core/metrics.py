@@ -42,16 +42,16 @@ class RouterCollector:
 
     def collect(self):
         r = self.router
-        received = CounterMetricFamily("relayd_messages_received", "Messages accepted",
+        received = CounterMetricFamily("relayd_messages_received_total", "Messages accepted",
                                        labels=["source"])
         for source, count in r.accepted.items():
             received.add_metric([source], count)
         yield received
         for name, doc, value in (
-                ("relayd_messages_delivered", "Message copies written to clients", r.delivered),
-                ("relayd_messages_stored", "Messages kept for offline peers", r.stored),
-                ("relayd_dedup_hits", "Messages dropped as already seen", r.dedup.hits),
-                ("relayd_journal_failures", "Messages refused because the journal failed",
+                ("relayd_messages_delivered_total", "Message copies written to clients", r.delivered),
+                ("relayd_messages_stored_total", "Messages kept for offline peers", r.stored),
+                ("relayd_dedup_hits_total", "Messages dropped as already seen", r.dedup.hits),
+                ("relayd_journal_failures_total", "Messages refused because the journal failed",
                  r.journal_failures)):
             yield CounterMetricFamily(name, doc, value=value)
         yield HistogramMetricFamily(

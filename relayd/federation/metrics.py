@@ -22,20 +22,20 @@ class FederationMetrics:
     def __init__(self, registry):
         kw = {"registry": registry}
         self.links = Gauge("relayd_federation_links", "Authenticated links up, per peer", ["peer"], **kw)
-        self.items_in = Counter("relayd_federation_items_in", "Items received from a peer",
+        self.items_in = Counter("relayd_federation_items_in_total", "Items received from a peer",
                                 ["peer", "kind"], **kw)
-        self.items_out = Counter("relayd_federation_items_out", "Items sent to a peer",
+        self.items_out = Counter("relayd_federation_items_out_total", "Items sent to a peer",
                                  ["peer", "kind"], **kw)
-        self.dedup = Counter("relayd_federation_dedup_hits", "Items from a peer already held",
+        self.dedup = Counter("relayd_federation_dedup_hits_total", "Items from a peer already held",
                              ["peer"], **kw)
-        self.caught_up = Counter("relayd_federation_catchup_items",
+        self.caught_up = Counter("relayd_federation_catchup_items_total",
                                  "Items sent to a peer by catch-up", ["peer"], **kw)
         self.lag = Gauge("relayd_federation_lag_seconds",
                          "Age of the last message received from a peer", ["peer"], **kw)
-        self.connects = Counter("relayd_federation_link_ups", "Links that authenticated", ["peer"], **kw)
-        self.refused = Counter("relayd_federation_handshake_failures",
+        self.connects = Counter("relayd_federation_link_ups_total", "Links that authenticated", ["peer"], **kw)
+        self.refused = Counter("relayd_federation_handshake_failures_total",
                                "Links refused during the handshake", **kw)
-        self.hop_limited = Counter("relayd_federation_hop_limited",
+        self.hop_limited = Counter("relayd_federation_hop_limited_total",
                                    "Messages not forwarded because of the hop limit", **kw)
 
     def forget(self, peer):

@@ -22,16 +22,16 @@ class JournalMetrics:
         self.batch_records = Histogram(
             "relayd_journal_batch_records", "Records per group-commit batch",
             buckets=_BATCH_BUCKETS, registry=registry)
-        self.records = counter("relayd_journal_records", "Records written to the journal")
-        self.bytes = counter("relayd_journal_bytes", "Bytes written to the journal")
-        self.write_errors = counter("relayd_journal_write_errors",
+        self.records = counter("relayd_journal_records_total", "Records written to the journal")
+        self.bytes = counter("relayd_journal_bytes_total", "Bytes written to the journal")
+        self.write_errors = counter("relayd_journal_write_errors_total",
                                     "Failed batch writes or fsyncs (their appends failed)")
-        self.fsyncs = counter("relayd_journal_fsyncs", "fsync calls on journal segments")
-        self.torn_lines = counter("relayd_journal_torn_lines",
+        self.fsyncs = counter("relayd_journal_fsyncs_total", "fsync calls on journal segments")
+        self.torn_lines = counter("relayd_journal_torn_lines_total",
                                   "Torn or corrupt lines skipped by the start-up replay")
-        self.prunes = counter("relayd_journal_prunes", "Prune runs")
-        self.pruned_segments = counter("relayd_journal_pruned_segments", "Segments deleted by pruning")
-        self.pruned_bytes = counter("relayd_journal_pruned_bytes", "Bytes deleted by pruning")
+        self.prunes = counter("relayd_journal_prunes_total", "Prune runs")
+        self.pruned_segments = counter("relayd_journal_pruned_segments_total", "Segments deleted by pruning")
+        self.pruned_bytes = counter("relayd_journal_pruned_bytes_total", "Bytes deleted by pruning")
         gauge("relayd_journal_pending", "Records appended but not yet durable",
               lambda: journal.pending)
         gauge("relayd_journal_segments", "Segment files in the journal directory",

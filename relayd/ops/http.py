@@ -11,12 +11,16 @@ import hmac
 import json
 
 from prometheus_client import (CONTENT_TYPE_LATEST, Gauge, PlatformCollector,
-                               ProcessCollector, generate_latest)
+                               ProcessCollector, disable_created_metrics, generate_latest)
 from twisted.application.service import MultiService
 from twisted.web import resource, server
 
 from relayd.listeners import stream_service
+from relayd.ops.metrics import DaemonCollector
 from relayd.ops.statslog import StatsLogger
+
+# Counters as Prometheus names them: ``x_total`` only, no ``x_created`` series.
+disable_created_metrics()
 
 
 def health(daemon):
@@ -118,6 +122,7 @@ class MonitorService(MultiService):
         PlatformCollector(registry=registry)
         Gauge("relayd_uptime_seconds", "Seconds since the daemon started",
               registry=registry).set_function(daemon.uptime)
+        registry.register(DaemonCollector(daemon))
 
     def privilegedStartService(self):
         self._load_token()

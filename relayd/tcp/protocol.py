@@ -122,10 +122,15 @@ class RelayProtocol(Protocol):
             for n, line in enumerate(lines):
                 if self._overflows(len(line)):
                     if n:
-                        self.transport.write(b"".join(lines[:n]))
+                        self._send_bytes(b"".join(lines[:n]))
                     self._too_slow()
                     return
-        self.transport.write(lines[0] if len(lines) == 1 else b"".join(lines))
+        self._send_bytes(lines[0] if len(lines) == 1 else b"".join(lines))
+
+    def _send_bytes(self, data):
+        """Write ``data``, counted in ``relayd_tcp_sent_bytes_total``."""
+        self.service.bytes_sent += len(data)
+        self.transport.write(data)
 
     def _overflows(self, size):
         """Count ``size`` bytes queued while the transport is paused; True
@@ -145,7 +150,7 @@ class RelayProtocol(Protocol):
         if self._paused and self._overflows(len(data)):
             self._too_slow()
             return
-        self.transport.write(data)
+        self._send_bytes(data)
 
     def close(self, code, text, **extra):
         """Send an error after what the router holds for us, then nothing
@@ -158,7 +163,7 @@ class RelayProtocol(Protocol):
         self._closing = True
         self.closed_at = self.service.clock.seconds()
         self.service.m_errors.labels(code).inc()
-        self.transport.write(errors.frame(code, text, **extra))
+        self._send_bytes(errors.frame(code, text, **extra))
         # A paused producer would keep the transport open once drained.
         self.transport.unregisterProducer()
         self.transport.loseConnection()
@@ -181,6 +186,7 @@ class RelayProtocol(Protocol):
     # --- input ------------------------------------------------------------------
 
     def dataReceived(self, data):
+        self.service.bytes_received += len(data)
         if self._closing:
             return
         self.last_activity = self.service.clock.seconds()

@@ -6,6 +6,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from relayd.listeners import stream_service
+from relayd.tcp.metrics import TCPCollector
 from relayd.tcp.protocol import LEGACY, RelayProtocol
 
 # A closed connection whose peer has not read its last bytes after this many
@@ -42,6 +43,7 @@ class TcpRelayService(MultiService):
         self.requests = {}          # extra request type -> handler(protocol, request, req)
         self.send_checks = []       # check(sender, to, body) -> None or (code, text)
         self.refused = 0
+        self.bytes_received = self.bytes_sent = 0
         self.listen = settings.listen           # not reloadable: the port stays bound
         self.configure(settings)
         self.factory = RelayFactory(self)
@@ -60,8 +62,8 @@ class TcpRelayService(MultiService):
         self.m_errors = Counter("relayd_tcp_errors", "Error answers sent to clients", ["code"], **kw)
         Gauge("relayd_banned_addresses", "Addresses under a temporary ban", **kw).set_function(
             lambda: len(self.guard.bans()))
-        Gauge("relayd_rate_limited", "Messages refused by the per-IP rate limit (total)", **kw
-              ).set_function(lambda: self.guard.rate_limited)
+        if registry is not None:
+            registry.register(TCPCollector(self))
 
     def configure(self, settings):
         self.max_line = settings.max_line
