@@ -96,7 +96,7 @@ class Libp2pConnection(Protocol):
         self.negotiation = None
         self.timeout = None
         self.bytes_in = self.bytes_out = 0
-        self.close_reason = None
+        self.close_reason = self.close_kind = None
         self.ping_streams = 0
         self.unread = None              # bytes written since the transport paused us
         self.idle_since = None
@@ -131,11 +131,15 @@ class Libp2pConnection(Protocol):
                 self._handshake(data)
             elif self.state in (SECURED, MUXED) and data:
                 self._decrypt(data)
-        except (multistream.NegotiationFailed, noise.HandshakeError, ValueError) as e:
-            self.abort(str(e))
+        except multistream.NegotiationFailed as e:
+            self.abort(str(e), "multistream")
+        except noise.HandshakeError as e:
+            self.abort(str(e), "noise")
+        except ValueError as e:
+            self.abort(str(e), "malformed")
         except Exception:
             self.log.failure("libp2p connection handler failed")
-            self.abort("internal error")
+            self.abort("internal error", "internal")
 
     def connectionLost(self, reason):
         self.state = CLOSED
@@ -163,7 +167,7 @@ class Libp2pConnection(Protocol):
         if self.unread is not None:
             self.unread += len(data)
             if self.unread > MAX_UNREAD_OUTPUT:
-                self.abort("the peer does not read its output")
+                self.abort("the peer does not read its output", "slow-reader")
                 return
         self.bytes_out += len(data)
         self.transport.write(data)
@@ -235,7 +239,8 @@ class Libp2pConnection(Protocol):
         self.negotiation = None
         self._cancel_timeout()
         self.state = MUXED
-        self.session = yamux.Session(self.write, self.initiator, self._inbound_stream, self.abort)
+        self.session = yamux.Session(self.write, self.initiator, self._inbound_stream,
+                                     lambda reason: self.abort(reason, "yamux"))
         self.factory.connection_ready(self)
         if leftover and self.state == MUXED:
             self.session.feed(leftover)
@@ -257,23 +262,22 @@ class Libp2pConnection(Protocol):
     # --- ending ---------------------------------------------------------------------
     def _handshake_timed_out(self):
         self.timeout = None
-        self.abort("handshake timeout")
+        self.abort("handshake timeout", "handshake-timeout")
 
     def _cancel_timeout(self):
         if self.timeout is not None and self.timeout.active():
             self.timeout.cancel()
         self.timeout = None
 
-    def abort(self, reason):
+    def abort(self, reason, kind="policy"):
         """Drop the connection at once (protocol error, timeout, policy): nothing
-        more is read or written."""
+        more is read or written.  ``kind`` is a short word for counting; the
+        factory's ``connection_lost`` sees both as ``close_reason``/``close_kind``."""
         if self.state == CLOSED:
             return
         self.state = CLOSED
         if self.close_reason is None:
-            self.close_reason = reason
-        self.log.debug("libp2p connection from {peer} aborted: {reason}",
-                       peer=self.transport.getPeer(), reason=reason)
+            self.close_reason, self.close_kind = reason, kind
         self.transport.abortConnection()
 
     def close(self):

@@ -21,13 +21,14 @@ def encode(public_key, listen_addrs, protocols, observed_addr, agent_version):
 
 
 def decode(data):
-    """``{"public_key", "listen_addrs", "protocols", "observed_addr", "agent_version"}``."""
+    """``{"public_key", "listen_addrs", "protocols", "observed_addr", "agent_version"}``;
+    ValueError when malformed."""
     fields = protobuf.decode(data)
     observed = protobuf.first_bytes(fields, 4)
     return {
         "public_key": protobuf.first_bytes(fields, 1),
-        "listen_addrs": [multiaddr.to_string(a) for a in fields.get(2, [])],
-        "protocols": [p.decode("utf-8") for p in fields.get(3, [])],
+        "listen_addrs": [multiaddr.to_string(a) for a in protobuf.all_bytes(fields, 2)],
+        "protocols": [p.decode("utf-8") for p in protobuf.all_bytes(fields, 3)],
         "observed_addr": multiaddr.to_string(observed) if observed else None,
         "agent_version": (protobuf.first_bytes(fields, 6) or b"").decode("utf-8"),
     }

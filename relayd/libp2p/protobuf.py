@@ -69,6 +69,14 @@ def first_bytes(fields, number):
     return value
 
 
+def all_bytes(fields, number):
+    """Every value of a repeated length-delimited field; ValueError if one is a varint."""
+    values = fields.get(number, [])
+    if any(not isinstance(value, bytes) for value in values):
+        raise ValueError(f"field {number} is not length-delimited")
+    return values
+
+
 def first_int(fields, number, default=None):
     value = first(fields, number, default)
     if value is not None and not isinstance(value, int):

@@ -90,11 +90,16 @@ class Relay:
         """Start a circuit for ``hop_handler`` (the initiator's hop stream) to ``target``."""
         src = hop_handler.connection
         peer, ip = src.remote_peer, _ip(src)
-        found = self.limits.reservation_for(target)
-        if found is None:
-            self.events.denied("circuit", "no-reservation", peer=str(peer), ip=ip, target=str(target))
-            return hop_handler.refuse(m.NO_RESERVATION)
-        reason = self.limits.check_circuit(peer, target, ip)
+        # the rate limit comes first: every lookup costs one, so no one can probe
+        # without limit which peers hold reservations
+        reason = self.limits.check_circuit_rate(ip)
+        if reason is None:
+            found = self.limits.reservation_for(target)
+            if found is None:
+                self.events.denied("circuit", "no-reservation", peer=str(peer), ip=ip,
+                                   target=str(target))
+                return hop_handler.refuse(m.NO_RESERVATION)
+            reason = self.limits.check_circuit(peer, target)
         if reason is not None:
             self.events.denied("circuit", reason, peer=str(peer), ip=ip, target=str(target))
             return hop_handler.refuse(m.RESOURCE_LIMIT_EXCEEDED)

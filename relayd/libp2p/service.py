@@ -74,6 +74,8 @@ class Libp2pFactory(Factory):
                 self.closed_bytes[1] + sum(c.bytes_out for c in live))
 
     def connection_lost(self, connection):
+        if connection.close_reason is not None:
+            self.relay.events.aborted(connection.close_kind, connection.close_reason, connection.ip)
         if connection in self.connections:
             self.closed_bytes[0] += connection.bytes_in
             self.closed_bytes[1] += connection.bytes_out
