@@ -4,6 +4,9 @@ For each relay, js-libp2p 3.x peers (tests/interop/peers.mjs, Node 22) measure
   * throughput: MiB/s echoed through one circuit (each direction carries it),
   * circuits held at once: initiators that each open and keep one circuit to
     one reserved target and ping through it,
+  * time to open a circuit: each initiator, already connected to the relay,
+    dials the target's /p2p-circuit address (hop CONNECT, STOP, then Noise
+    and Yamux end to end); median and 90th percentile in ms,
 and the relay process's resident memory afterwards.
 
     python -m bench.libp2p_circuits [--mib 64] [--circuits 200]
@@ -99,6 +102,7 @@ def run(server, mib, circuits):
              throughput_mib_s=float(got["throughput_mib_s"]),
              circuits_requested=circuits, circuits_held=got["circuits_held"],
              circuits_seconds=float(got["circuits_seconds"]),
+             open_ms_median=got["open_ms"]["median"], open_ms_p90=got["open_ms"]["p90"],
              stopped_by=(got["stopped_by"] or "-").replace(" ", "_"),
              rss_mib=rss_kib(server.pid) / 1024, wall_s=wall,
              relay_cpu_pct=cpu["server_cpu_pct"], machine_cpu_pct=cpu["machine_cpu_pct"])

@@ -146,6 +146,15 @@ class ReserveAndConnectTests(unittest.TestCase):
         self.assertEqual((yield pinger.wait_for(64)), b"p" * 32 + b"q" * 32)
 
     @defer.inlineCallbacks
+    def test_sockets_run_without_nagle_both_ways(self):
+        """Small handshake messages leave at once (no Nagle + delayed ACK stalls)."""
+        a = yield dial(self, self.relay)
+        server_side, = self.relay.factory.connections
+        for conn in (server_side, a.connection):
+            sock = conn.transport.getHandle()
+            self.assertTrue(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    @defer.inlineCallbacks
     def test_muxer_agreed_inside_noise(self):
         """A dialer offering Yamux in its Noise payload skips the multistream round."""
         a = yield dial(self, self.relay, early_muxers=("/mplex/6.7.0", "/yamux/1.0.0"))

@@ -6,7 +6,7 @@ multistream-select and is handed to the handler registered for it; outbound
 streams come from ``open_protocol``.  Leftover bytes are passed on at every
 layer.
 """
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, ITCPTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -113,6 +113,8 @@ class Libp2pConnection(Protocol):
 
     # --- Twisted protocol -----------------------------------------------------------
     def connectionMade(self):
+        if ITCPTransport.providedBy(self.transport):
+            self.transport.setTcpNoDelay(True)  # Nagle + delayed ACKs stall every handshake step
         self.timeout = self.factory.reactor.callLater(
             self.factory.handshake_timeout, self._handshake_timed_out)
         self.transport.registerProducer(self, True)

@@ -237,6 +237,12 @@ async function relayServer (port) {
   await new Promise(() => {})
 }
 
+function quantiles (values) {
+  const sorted = [...values].sort((x, y) => x - y)
+  const at = (q) => sorted.length ? Number(sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))].toFixed(2)) : null
+  return { median: at(0.5), p90: at(0.9), count: sorted.length }
+}
+
 async function bench (relay, mib, circuits) {
   const { node: a } = await reservedPeer(relay)
   const b = await peer()
@@ -248,11 +254,15 @@ async function bench (relay, mib, circuits) {
   let held = 0
   let stopped = null
   const start = Date.now()
+  const opens = []
   for (let i = 0; i < circuits; i++) {
     const node = await peer()
     initiators.push(node)
     try {
-      await node.dial(target)
+      await node.dial(multiaddr(relay))
+      const t0 = performance.now()
+      await node.dial(target) // hop CONNECT, STOP, then Noise and Yamux end to end
+      opens.push(performance.now() - t0)
       await node.services.ping.ping(a.peerId)
       held++
     } catch (err) {
@@ -267,7 +277,8 @@ async function bench (relay, mib, circuits) {
     circuits_requested: circuits,
     circuits_held: held,
     stopped_by: stopped,
-    circuits_seconds: (Date.now() - start) / 1000
+    circuits_seconds: (Date.now() - start) / 1000,
+    open_ms: quantiles(opens)
   })
   await Promise.all([a.stop(), ...initiators.map((n) => n.stop())])
 }
