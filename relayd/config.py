@@ -272,6 +272,8 @@ SCHEMA = {
     },
     "libp2p": {
         "listen": F(server_endpoint, "tcp:4001:interface=127.0.0.1"),
+        "ws_listen": F(optional(server_endpoint), ""),
+        "wss_listen": F(optional(server_endpoint), ""),
         "announce": F(multiaddr_list, ""),
         "max_reservations": F(integer(0), "1024"),
         "max_reservations_per_peer": F(integer(0), "3"),

@@ -70,11 +70,8 @@ listen = tcp:{p2p}:interface=127.0.0.1
 """
 
 
-class JsLibp2pInteropTests(unittest.TestCase):
-    timeout = 600
-
-    def setUp(self):
-        ensure_packages()
+class RelaydMixin:
+    """Starts relayd with ``[libp2p]`` and reads its log and HTTP views."""
 
     def start(self, extra="", workdir=None):
         port = free_port()
@@ -93,6 +90,19 @@ class JsLibp2pInteropTests(unittest.TestCase):
                 return found[-1]
             time.sleep(0.05)
         raise AssertionError(f"{pattern!r} not in the relay log:\n{relay.log()}")
+
+    def http(self, relay, path):
+        url = f"http://127.0.0.1:{relay.ports['http']}/{path}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = response.read().decode()
+        return json.loads(body) if path == "stats" else body
+
+
+class JsLibp2pInteropTests(RelaydMixin, unittest.TestCase):
+    timeout = 600
+
+    def setUp(self):
+        ensure_packages()
 
     def test_reserve_dial_ping_echo_and_reservation_cap(self):
         relay, addr, peer_id = self.start("max_reservations_per_ip = 1\n")
@@ -141,12 +151,6 @@ class JsLibp2pInteropTests(unittest.TestCase):
         relay.process.send_signal(signal.SIGHUP)
         self.wait_for_log(relay, "configuration reloaded", before)
         self.assertEqual(js("reserve-raw", addr, 2)["statuses"], [100, 100])
-
-    def http(self, relay, path):
-        url = f"http://127.0.0.1:{relay.ports['http']}/{path}"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            body = response.read().decode()
-        return json.loads(body) if path == "stats" else body
 
     def test_data_limit_restart_keeps_peer_id_and_a_room(self):
         relay, addr, peer_id = self.start("circuit_bytes = 1MiB\n")

@@ -85,6 +85,7 @@ class Libp2pConnection(Protocol):
     ``handshake_timeout`` and ``connection_ready``/``connection_lost`` hooks."""
 
     log = Logger()
+    transport_suffix = ""       # what follows /tcp/<port> in addresses: "/ws" over WebSocket
 
     def __init__(self, initiator=False):
         self.initiator = initiator
@@ -108,8 +109,8 @@ class Libp2pConnection(Protocol):
 
     @property
     def remote_address(self):
-        """``/ip4/<host>/tcp/<port>`` of the remote as seen from here."""
-        return from_address(self.transport.getPeer())
+        """``/ip4/<host>/tcp/<port>`` (``/ws`` ...) of the remote as seen from here."""
+        return from_address(self.transport.getPeer()) + self.transport_suffix
 
     # --- Twisted protocol -----------------------------------------------------------
     def connectionMade(self):

@@ -4,7 +4,7 @@ from twisted.application.service import MultiService
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from relayd.libp2p import identify, messages, ping, yamux
+from relayd.libp2p import identify, messages, ping, websocket, yamux
 from relayd.listeners import stream_service
 from relayd.libp2p.connection import Libp2pConnection
 from relayd.libp2p.events import RelayEvents
@@ -106,6 +106,10 @@ class _PortRecorder:
         return port
 
 
+# [libp2p] key -> what follows /tcp/<port> in its multiaddr, and whether TLS carries it
+LISTENERS = (("listen", "", False), ("ws_listen", "/ws", False), ("wss_listen", "/tls/ws", True))
+
+
 class Libp2pService(MultiService):
     """``[libp2p]``: a Circuit Relay v2 server speaking TCP/Noise/Yamux."""
 
@@ -120,6 +124,7 @@ class Libp2pService(MultiService):
         self.events = RelayEvents(daemon.registry, reactor)
         self.keypair = self.relay = self.factory = None
         self.listen_addrs = []
+        self.bound = {}                 # multiaddr suffix -> listen multiaddr with /p2p/<id>
         self.started = None
         self.events.gauges(daemon.registry, lambda: len(self.factory.connections) if self.factory else 0,
                            lambda: len(self.relay.limits.reservations) if self.relay else 0,
@@ -139,9 +144,17 @@ class Libp2pService(MultiService):
         self.relay = Relay(self.reactor, self.settings, self.keypair, self.events, self.announce_addrs)
         self.factory = Libp2pFactory(self.reactor, self.keypair, self.relay, self.settings,
                                      self.identify_info)
-        listener = stream_service(self.daemon, self.settings.listen, self.factory)
-        listener.endpoint = _PortRecorder(listener.endpoint, self._listening)
-        listener.setServiceParent(self)
+        for key, suffix, tls in LISTENERS:
+            description = getattr(self.settings, key)
+            if description is None:
+                continue
+            if tls and self.daemon.tls is None:
+                raise ValueError(f"[libp2p] {key} needs the [tls] section (its certificate)")
+            factory = websocket.ServerFactory(self.factory, suffix) if suffix else self.factory
+            listener = stream_service(self.daemon, description, factory, tls=tls)
+            listener.endpoint = _PortRecorder(listener.endpoint,
+                                              lambda port, suffix=suffix: self._listening(suffix, port))
+            listener.setServiceParent(self)
 
     def privilegedStartService(self):
         self._setup()
@@ -163,14 +176,18 @@ class Libp2pService(MultiService):
         if self.factory is not None and self.settings.idle_timeout:
             self.factory.sweep_idle(self.reactor.seconds())
 
-    def _listening(self, port):
+    def _listening(self, suffix, port):
         host = port.getHost()
-        addr = from_address(host)
-        self.listen_addrs = [f"{addr}/p2p/{self.keypair.peer_id}"]
+        addr = from_address(host) + suffix
+        self.bound[suffix] = f"{addr}/p2p/{self.keypair.peer_id}"
+        self.listen_addrs = [self.bound[s] for _, s, _ in LISTENERS if s in self.bound]
         if host.host in ("0.0.0.0", "::") and not self.settings.announce:
             self.log.warn("[libp2p] listens on all interfaces but announce is empty: peers get "
                           "{addr} in their reservations; set announce to the public address",
                           addr=addr)
+        wanted = sum(1 for key, *_ in LISTENERS if getattr(self.settings, key) is not None)
+        if len(self.bound) < wanted:
+            return
         self.log.info("libp2p circuit relay v2 listening on {addrs} (peer id {peer_id}); "
                       "announcing {announce}", addrs=" ".join(self.listen_addrs),
                       peer_id=str(self.keypair.peer_id), announce=" ".join(self.announce_addrs()))
@@ -196,7 +213,7 @@ class Libp2pService(MultiService):
         if settings is None:
             self.log.warn("[libp2p] removed from the config: the service stops at the next start")
             return
-        for key in ("listen", "stats_interval"):
+        for key in ("listen", "ws_listen", "wss_listen", "stats_interval"):
             if getattr(settings, key) != getattr(self.settings, key):
                 self.log.warn("[libp2p] {key} changed: takes effect at the next start", key=key)
         self.settings = settings

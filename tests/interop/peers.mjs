@@ -7,8 +7,13 @@
 //   node peers.mjs reserve-raw <relay-multiaddr> <peers>  (hop RESERVE by hand, prints statuses)
 //   node peers.mjs relay-server <port>                     (the js relay, for benchmarks)
 //   node peers.mjs bench <relay-multiaddr> <MiB> <circuits>
+//   node peers.mjs bundle                                  (esbuild: browser.mjs -> build/browser.js)
+//   node peers.mjs browser-host <relay-ws-multiaddr> <relay-tcp-multiaddr>
+//       serves the browser page, waits for its reservation, chats with it through
+//       the relay over TCP; prints {"url"} first, then the findings
 import { createLibp2p } from 'libp2p'
 import { tcp } from '@libp2p/tcp'
+import { webSockets } from '@libp2p/websockets'
 import { noise } from '@libp2p/noise'
 import { yamux } from '@libp2p/yamux'
 import { identify } from '@libp2p/identify'
@@ -18,6 +23,10 @@ import { lpStream } from '@libp2p/utils'
 import { gossipsub } from '@libp2p/gossipsub'
 import { multiaddr } from '@multiformats/multiaddr'
 import { peerIdFromString } from '@libp2p/peer-id'
+import { createServer } from 'node:http'
+import { readFile } from 'node:fs/promises'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 
 const ECHO = '/relayd-test/echo/1.0.0'
 const CHAT = '/private-chat/1.0.0' // seed 003: one JSON string and "\n" per stream
@@ -26,7 +35,7 @@ const HOP = '/libp2p/circuit/relay/0.2.0/hop'
 async function peer (listen = [], extra = {}) {
   const node = await createLibp2p({
     addresses: { listen },
-    transports: [tcp(), circuitRelayTransport()],
+    transports: [tcp(), webSockets(), circuitRelayTransport()],
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
     services: { identify: identify(), ping: ping(), ...extra },
@@ -283,6 +292,77 @@ async function bench (relay, mib, circuits) {
   await Promise.all([a.stop(), ...initiators.map((n) => n.stop())])
 }
 
+const HERE = dirname(fileURLToPath(import.meta.url))
+const BUNDLE = join(HERE, 'build', 'browser.js')
+
+async function bundle () {
+  const esbuild = await import('esbuild')
+  await esbuild.build({
+    entryPoints: [join(HERE, 'browser.mjs')],
+    bundle: true,
+    format: 'esm',
+    platform: 'browser',
+    target: 'chrome120',
+    outfile: BUNDLE,
+    logLevel: 'warning'
+  })
+  out({ bundle: BUNDLE })
+}
+
+const PAGE = '<!doctype html><meta charset="utf-8"><title>relayd browser test</title>' +
+  '<pre id="log"></pre><script type="module" src="/browser.js"></script>'
+
+async function browserHost (relayWs, relayTcp) {
+  const b = await peer()
+  const script = await readFile(BUNDLE)
+  let ready = null
+  let done = null
+  let pageError = null
+  const server = createServer((req, res) => {
+    let body = ''
+    req.on('data', (chunk) => { body += chunk })
+    req.on('end', () => {
+      if (req.method === 'GET' && req.url.startsWith('/browser.js')) {
+        res.writeHead(200, { 'content-type': 'text/javascript' }).end(script)
+        return
+      }
+      if (req.method === 'GET') {
+        res.writeHead(200, { 'content-type': 'text/html' }).end(PAGE)
+        return
+      }
+      const got = JSON.parse(body || '{}')
+      if (req.url === '/ready') ready = got
+      else if (req.url === '/done') done = got
+      else pageError = got.error
+      res.writeHead(204).end()
+    })
+  })
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const url = `http://127.0.0.1:${server.address().port}/?relay=${encodeURIComponent(relayWs)}`
+  out({ url })
+  const check = (get) => () => {
+    if (pageError != null) throw new Error(`the page failed: ${pageError}`)
+    return get()
+  }
+  await until('the page to reserve', check(() => ready), 45000)
+  const target = multiaddr(`${relayTcp}/p2p-circuit/p2p/${ready.peer_id}`)
+  const sent = `hello from node ${b.peerId}`
+  await chat(b, target, sent)
+  await until('the page to answer', check(() => done && b.chats.length > 0), 30000)
+  out({
+    browser_peer: ready.peer_id,
+    browser_addrs: ready.addrs,
+    browser_received: done.received,
+    browser_relay_conns: done.relay_conns,
+    node_peer: b.peerId.toString(),
+    node_sent: sent,
+    node_received: b.chats,
+    node_conns: b.getConnections().map((c) => c.remoteAddr.toString())
+  })
+  server.close()
+  await b.stop()
+}
+
 const [cmd, ...args] = process.argv.slice(2)
 const commands = {
   scenario: () => scenario(args[0], Number(args[1] ?? 4)),
@@ -290,7 +370,9 @@ const commands = {
   room: () => room(args[0]),
   'reserve-raw': () => reserveRaw(args[0], Number(args[1] ?? 1)),
   'relay-server': () => relayServer(Number(args[0] ?? 0)),
-  bench: () => bench(args[0], Number(args[1] ?? 16), Number(args[2] ?? 50))
+  bench: () => bench(args[0], Number(args[1] ?? 16), Number(args[2] ?? 50)),
+  bundle: () => bundle(),
+  'browser-host': () => browserHost(args[0], args[1])
 }
 if (commands[cmd] == null) {
   console.error(`unknown command ${cmd}`)
