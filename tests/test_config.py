@@ -68,6 +68,8 @@ class ParseTests(unittest.TestCase):
         s = config.load(os.path.join(REPO, "etc", "relay.ini"))
         self.assertTrue(s.enabled("tcp"))
         self.assertIn("interface=127.0.0.1", s.tcp.listen)
+        for listen in (s.libp2p.listen, s.libp2p.ws_listen):           # TCP and WebSocket
+            self.assertIn("interface=127.0.0.1", listen)
 
 
 class OptionsTests(unittest.TestCase):
@@ -86,6 +88,14 @@ class OptionsTests(unittest.TestCase):
         with self.assertRaises(usage.UsageError) as cm:
             Options().parseOptions(["--config", path])
         self.assertIn("[tor] target", str(cm.exception))
+
+    def test_secure_websocket_without_tls_is_a_usage_error(self):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[libp2p]\nwss_listen = tcp:4443\n")
+        with self.assertRaises(usage.UsageError) as cm:
+            Options().parseOptions(["--config", path])
+        self.assertIn("[libp2p] wss_listen needs the [tls] section", str(cm.exception))
 
     def test_settings_parsed(self):
         path = self.mktemp()

@@ -118,6 +118,9 @@ class Libp2pService(MultiService):
     def __init__(self, daemon, settings, reactor):
         super().__init__()
         self.setName("libp2p")
+        for key, _, tls in LISTENERS:
+            if tls and getattr(settings, key) is not None and daemon.tls is None:
+                raise ValueError(f"[libp2p] {key} needs the [tls] section (its certificate)")
         self.daemon = daemon
         self.settings = settings
         self.reactor = reactor
@@ -148,8 +151,6 @@ class Libp2pService(MultiService):
             description = getattr(self.settings, key)
             if description is None:
                 continue
-            if tls and self.daemon.tls is None:
-                raise ValueError(f"[libp2p] {key} needs the [tls] section (its certificate)")
             factory = websocket.ServerFactory(self.factory, suffix) if suffix else self.factory
             listener = stream_service(self.daemon, description, factory, tls=tls)
             listener.endpoint = _PortRecorder(listener.endpoint,
