@@ -120,6 +120,8 @@ class JsLibp2pInteropTests(RelaydMixin, unittest.TestCase):
         self.assertIsInstance(got["relay_ping_rtt_ms"], int)
         self.assertIn("/libp2p/circuit/relay/0.2.0/hop", got["relay_protocols"])
         self.assertEqual(got["relay_agent"], "relayd/0.1")
+        self.assertTrue(got["relay_peer_record"])                 # js verified relayd's record
+        self.assertIn({"addr": addr.rsplit("/p2p/", 1)[0], "certified": True}, got["relay_addrs"])
         log = relay.log()
         self.assertIn(f"reservation accepted: peer {got['a']}", log)
         opened = re.findall(rf"circuit (\d+) opened: {got['b']} -> {got['a']}", log)

@@ -4,7 +4,7 @@ from twisted.application.service import MultiService
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from relayd.libp2p import identify, messages, ping, websocket, yamux
+from relayd.libp2p import envelope, identify, messages, multiaddr, ping, websocket, yamux
 from relayd.listeners import stream_service
 from relayd.libp2p.connection import Libp2pConnection
 from relayd.libp2p.events import RelayEvents
@@ -128,6 +128,7 @@ class Libp2pService(MultiService):
         self.keypair = self.relay = self.factory = None
         self.listen_addrs = []
         self.bound = {}                 # multiaddr suffix -> listen multiaddr with /p2p/<id>
+        self.record = None              # (addrs, seq, signed peer record) of the last addrs
         self.started = None
         self.events.gauges(daemon.registry, lambda: len(self.factory.connections) if self.factory else 0,
                            lambda: len(self.relay.limits.reservations) if self.relay else 0,
@@ -186,6 +187,7 @@ class Libp2pService(MultiService):
             self.log.warn("[libp2p] listens on all interfaces but announce is empty: peers get "
                           "{addr} in their reservations; set announce to the public address",
                           addr=addr)
+        self.push_identify()
         wanted = sum(1 for key, *_ in LISTENERS if getattr(self.settings, key) is not None)
         if len(self.bound) < wanted:
             return
@@ -206,7 +208,30 @@ class Libp2pService(MultiService):
 
     def identify_info(self):
         return {"public_key": self.keypair.public_key, "listen_addrs": self.announce_addrs(),
-                "protocols": ADVERTISED, "agent_version": AGENT_VERSION}
+                "protocols": ADVERTISED, "agent_version": AGENT_VERSION,
+                "signed_peer_record": self.signed_peer_record()}
+
+    def signed_peer_record(self):
+        """The relay's signed PeerRecord of its announce addresses; its seq
+        (milliseconds, always growing) changes only with the addresses."""
+        addrs = tuple(self.announce_addrs())
+        if self.record is None or self.record[0] != addrs:
+            seq = int(self.reactor.seconds() * 1000)
+            if self.record is not None:
+                seq = max(seq, self.record[1] + 1)
+            suffix = f"/p2p/{self.keypair.peer_id}"
+            raw = [multiaddr.to_bytes(a[:-len(suffix)] if a.endswith(suffix) else a) for a in addrs]
+            self.record = (addrs, seq, envelope.peer_record(self.keypair, seq, raw))
+        return self.record[2]
+
+    def push_identify(self):
+        """Tell every connected peer the relay's addresses changed (identify push)."""
+        if self.record is None or self.record[0] == tuple(self.announce_addrs()):
+            return
+        self.signed_peer_record()
+        for conns in list(self.factory.peers.values()):
+            for conn in list(conns):
+                conn.open_protocol(identify.PUSH_PROTOCOL_ID, identify.IdentifyResponder(conn))
 
     def reconfigure(self, settings):
         """Apply reloaded limits, rates, timeouts and ``announce`` at once;
@@ -218,6 +243,7 @@ class Libp2pService(MultiService):
             if getattr(settings, key) != getattr(self.settings, key):
                 self.log.warn("[libp2p] {key} changed: takes effect at the next start", key=key)
         self.settings = settings
+        self.push_identify()
         if self.relay is not None:
             self.relay.settings = self.relay.limits.settings = self.factory.settings = settings
             self.factory.handshake_timeout = settings.handshake_timeout

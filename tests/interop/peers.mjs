@@ -167,7 +167,10 @@ async function scenario (relay, mib) {
     echo_seconds: result.seconds,
     chats_received: a.chats,
     relay_protocols: relayPeer.protocols,
-    relay_agent: new TextDecoder().decode(relayPeer.metadata.get('AgentVersion') ?? new Uint8Array())
+    relay_agent: new TextDecoder().decode(relayPeer.metadata.get('AgentVersion') ?? new Uint8Array()),
+    // js keeps the signed peer record only once it verified it (signer, domain, peer id)
+    relay_peer_record: relayPeer.peerRecordEnvelope != null,
+    relay_addrs: relayPeer.addresses.map((a) => ({ addr: a.multiaddr.toString(), certified: a.isCertified }))
   })
   await Promise.all([a.stop(), b.stop()])
 }
