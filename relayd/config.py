@@ -275,6 +275,8 @@ SCHEMA = {
         "ws_listen": F(optional(server_endpoint), ""),
         "wss_listen": F(optional(server_endpoint), ""),
         "announce": F(multiaddr_list, ""),
+        "allow_peers_file": F(optional(existing_file), ""),
+        "deny_peers_file": F(optional(existing_file), ""),
         "max_reservations": F(integer(0), "1024"),
         "max_reservations_per_peer": F(integer(0), "3"),
         "max_reservations_per_ip": F(integer(0), "8"),

@@ -4,7 +4,7 @@ from twisted.application.service import MultiService
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from relayd.libp2p import envelope, identify, messages, multiaddr, ping, websocket, yamux
+from relayd.libp2p import access, envelope, identify, messages, multiaddr, ping, websocket, yamux
 from relayd.listeners import stream_service
 from relayd.libp2p.connection import Libp2pConnection
 from relayd.libp2p.events import RelayEvents
@@ -146,6 +146,7 @@ class Libp2pService(MultiService):
             return
         self.keypair = KeyPair(self.daemon.identity.private_key)
         self.relay = Relay(self.reactor, self.settings, self.keypair, self.events, self.announce_addrs)
+        self.relay.access = access.load(self.settings)     # at start-up, before the reactor runs
         self.factory = Libp2pFactory(self.reactor, self.keypair, self.relay, self.settings,
                                      self.identify_info)
         for key, suffix, tls in LISTENERS:
@@ -244,12 +245,27 @@ class Libp2pService(MultiService):
                 self.log.warn("[libp2p] {key} changed: takes effect at the next start", key=key)
         self.settings = settings
         self.push_identify()
+        self._reload_access(settings)
         if self.relay is not None:
             self.relay.settings = self.relay.limits.settings = self.factory.settings = settings
             self.factory.handshake_timeout = settings.handshake_timeout
             for limiter, count in ((self.relay.limits.reservation_rate, settings.reservation_rate),
                                    (self.relay.limits.circuit_rate, settings.circuit_rate)):
                 limiter.count, limiter.window = count, settings.rate_window
+
+    def _reload_access(self, settings):
+        """Re-read the peer lists on the file pool; a bad file keeps the lists in force."""
+        if self.relay is None:
+            return
+        if settings.allow_peers_file is None and settings.deny_peers_file is None:
+            self.relay.set_access(access.PeerAccess())
+            return
+
+        def refused(failure):
+            self.log.error("reload: {error}; the previous peer lists stay in force",
+                           error=failure.getErrorMessage())
+        d = self.daemon.file_pool.run(access.load, settings)
+        d.addCallbacks(self.relay.set_access, refused)
 
     # --- views ----------------------------------------------------------------------
     def reservations(self):
