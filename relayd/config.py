@@ -294,6 +294,12 @@ SCHEMA = {
         "handshake_timeout": F(duration, "15s"),
         "connect_timeout": F(duration, "10s"),
         "stats_interval": F(duration, "60"),
+        "autonat": F(boolean, "yes"),
+        "autonat_dial_private": F(boolean, "no"),
+        "autonat_rate": F(integer(1), "3"),
+        "autonat_global_rate": F(integer(1), "30"),
+        "autonat_dial_timeout": F(duration, "10s"),
+        "autonat_dial_data": F(integer(1, 10 * 1024 * 1024), "30000"),
     },
 }
 

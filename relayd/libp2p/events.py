@@ -38,9 +38,21 @@ class RelayEvents:
         self.m_denied = Counter(
             "relayd_libp2p_denials", "Refused reservation and circuit requests",
             ["request", "reason"], registry=registry)
+        self.m_autonat = Counter(
+            "relayd_libp2p_autonat_requests", "AutoNAT dial-back requests, by protocol version "
+            "and result", ["version", "result"], registry=registry)
         self.m_aborted = Counter(
             "relayd_libp2p_connections_aborted", "Connections dropped for a protocol error, "
             "timeout or policy, by kind", ["reason"], registry=registry)
+
+    def autonat(self, version, result, ip, addr=None):
+        """An AutoNAT request answered (``result``: ok, dial-error, dial-back-error,
+        refused, rejected, bad-request)."""
+        self.m_autonat.labels(version, result).inc()
+        if self._may_log(ip):
+            self.log.info("libp2p autonat {version} request from {ip}: {result}{at}",
+                          version=version, ip=ip, result=result, at=f" ({addr})" if addr else "",
+                          addr=addr, libp2p_event="autonat")
 
     def gauges(self, registry, connections, reservations, circuits):
         """Live gauges read from callables at scrape time."""

@@ -4,7 +4,8 @@ from twisted.application.service import MultiService
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from relayd.libp2p import access, envelope, identify, messages, multiaddr, ping, websocket, yamux
+from relayd.libp2p import (access, autonat, envelope, identify, messages, multiaddr, ping,
+                           websocket, yamux)
 from relayd.listeners import stream_service
 from relayd.libp2p.connection import Libp2pConnection
 from relayd.libp2p.events import RelayEvents
@@ -15,6 +16,7 @@ from relayd.libp2p.relay import HopHandler, Relay
 AGENT_VERSION = "relayd/0.1"
 ADVERTISED = (identify.PROTOCOL_ID, identify.PUSH_PROTOCOL_ID, ping.PROTOCOL_ID,
               messages.HOP_PROTOCOL_ID)
+AUTONAT = (autonat.V1, autonat.V2_REQUEST)
 
 
 class Libp2pFactory(Factory):
@@ -40,6 +42,10 @@ class Libp2pFactory(Factory):
             ping.PROTOCOL_ID: ping.PingResponder,
             messages.HOP_PROTOCOL_ID: HopHandler,
         }
+        self.autonat = None
+        if settings.autonat:
+            self.autonat = autonat.AutoNAT(reactor, keypair, settings, relay.events)
+            self.handlers.update({autonat.V1: autonat.V1Handler, autonat.V2_REQUEST: autonat.V2Handler})
 
     def buildProtocol(self, addr):
         ip = getattr(addr, "host", None)
@@ -209,7 +215,8 @@ class Libp2pService(MultiService):
 
     def identify_info(self):
         return {"public_key": self.keypair.public_key, "listen_addrs": self.announce_addrs(),
-                "protocols": ADVERTISED, "agent_version": AGENT_VERSION,
+                "protocols": ADVERTISED + (AUTONAT if self.settings.autonat else ()),
+                "agent_version": AGENT_VERSION,
                 "signed_peer_record": self.signed_peer_record()}
 
     def signed_peer_record(self):
@@ -240,7 +247,7 @@ class Libp2pService(MultiService):
         if settings is None:
             self.log.warn("[libp2p] removed from the config: the service stops at the next start")
             return
-        for key in ("listen", "ws_listen", "wss_listen", "stats_interval"):
+        for key in ("listen", "ws_listen", "wss_listen", "stats_interval", "autonat"):
             if getattr(settings, key) != getattr(self.settings, key):
                 self.log.warn("[libp2p] {key} changed: takes effect at the next start", key=key)
         self.settings = settings
@@ -249,6 +256,8 @@ class Libp2pService(MultiService):
         if self.relay is not None:
             self.relay.settings = self.relay.limits.settings = self.factory.settings = settings
             self.factory.handshake_timeout = settings.handshake_timeout
+            if self.factory.autonat is not None:
+                self.factory.autonat.reconfigure(settings)
             for limiter, count in ((self.relay.limits.reservation_rate, settings.reservation_rate),
                                    (self.relay.limits.circuit_rate, settings.circuit_rate)):
                 limiter.count, limiter.window = count, settings.rate_window
