@@ -1,6 +1,11 @@
 """AutoNAT v1 and v2 servers over real loopback sockets, with a Python client
 that listens for the dial-back (127.0.0.0/8 stands for the requester's and
 another host's IP; ``autonat_dial_private`` lets the relay dial them)."""
+import json
+import os
+import re
+import subprocess
+
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import generate_latest
 from twisted.internet import defer, reactor, task
@@ -13,6 +18,9 @@ from relayd.libp2p.peerid import KeyPair
 from relayd.libp2p.yamux import StreamHandler
 from tests.test_libp2p_relay import dial, start_relay, wait_until
 from tests.daemon import free_port
+from tests.test_libp2p_interop import INTEROP, NODE, SCRIPT, ensure_packages
+from tests.test_nat_traversal import (NAT_RULES, NamespacedRelayd, Topology, forward,
+                                      netns_unavailable, run)
 
 PRIVATE_OK = "autonat_dial_private = yes\n"
 
@@ -184,3 +192,84 @@ class AutoNATTests(unittest.TestCase):
         pipe.stream.write(varint.prefixed(too_big))            # chunks are at most 4096 bytes
         self.assertTrue((yield pipe.done))                      # reset
         self.assertEqual(elsewhere.nonces, [7])
+
+
+AUTONAT_INI = """
+    [relay]
+    data_dir = {data_dir}
+    [libp2p]
+    listen = tcp:4001:interface=11.0.0.1
+    autonat_dial_timeout = 3s
+"""
+
+
+class AutoNATInteropTests(unittest.TestCase):
+    """js-libp2p's AutoNAT v1 client against relayd, in network namespaces of
+    the test's own making (addresses in 11.0.0.0/8, which js-libp2p and the
+    relay treat as public; nothing leaves the namespaces)::
+
+        open 11.0.3.2 ------------------------------ pub (relayd on 11.0.0.1)
+        natted 10.0.1.2 -- nat (10.0.1.1 | 11.0.1.2) --/
+
+    The natted peer claims a public mapping of its port on the NAT's address
+    (as UPnP would); the NAT drops unsolicited connections, so relayd's dial
+    back fails and the address stays unverified, and the peer reserves a slot.
+    The open peer's address is dialled back and becomes verified.
+    """
+
+    timeout = 180
+
+    def setUp(self):
+        reason = netns_unavailable()
+        if reason:
+            raise unittest.SkipTest(reason)
+        ensure_packages()
+        tag = f"{os.getpid() % 100000}"
+        self.ns = {role: f"an{role}{tag}" for role in ("pub", "open", "nat", "natted")}
+        self.addCleanup(self.destroy)
+        for name in self.ns.values():
+            run("ip", "netns", "add", name)
+        pub = self.ns["pub"]
+        run("ip", "link", "set", "lo", "up", ns=pub)
+        run("ip", "addr", "add", "11.0.0.1/32", "dev", "lo", ns=pub)
+        Topology._link(pub, "pO", "11.0.3.1/24", self.ns["open"], "eth0", "11.0.3.2/24")
+        run("ip", "route", "add", "default", "via", "11.0.3.1", ns=self.ns["open"])
+        Topology._link(pub, "pN", "11.0.1.1/24", self.ns["nat"], "wan", "11.0.1.2/24")
+        Topology._link(self.ns["nat"], "lan", "10.0.1.1/24", self.ns["natted"], "eth0", "10.0.1.2/24")
+        run("ip", "route", "add", "default", "via", "11.0.1.1", ns=self.ns["nat"])
+        run("ip", "route", "add", "default", "via", "10.0.1.1", ns=self.ns["natted"])
+        forward(self.ns["nat"])
+        run("nft", "-f", "-", ns=self.ns["nat"], stdin=NAT_RULES.format(flags=""))
+        self.relay = NamespacedRelayd(self, pub, AUTONAT_INI)
+        self.relay.start()
+        found = re.search(r"listening on (\S+/p2p/\S+)", self.relay.log())
+        self.relay_addr = found.group(1)
+
+    def destroy(self):
+        for name in self.ns.values():
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+    def peer(self, role, ip, mapped):
+        done = subprocess.run(["ip", "netns", "exec", self.ns[role], NODE, SCRIPT, "autonat-peer",
+                               self.relay_addr, ip, "4010", mapped, "12000"], cwd=INTEROP,
+                              capture_output=True, text=True, timeout=90)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        if done.returncode != 0 or not lines:
+            raise AssertionError(f"autonat-peer failed:\n{done.stdout}\n{done.stderr[-3000:]}\n"
+                                 f"relayd:\n{self.relay.log()}")
+        return json.loads(lines[-1])
+
+    def test_open_peer_is_public_and_natted_peer_is_not(self):
+        got = self.peer("open", "11.0.3.2", "-")
+        self.assertTrue(got["public_verified"])
+        self.assertIn(f"/ip4/11.0.3.2/tcp/4010/p2p/{got['peer']}", got["multiaddrs"])
+        log = self.relay.log()
+        self.assertIn("autonat v1 request from 11.0.3.2: ok (/ip4/11.0.3.2/tcp/4010)", log)
+
+        got = self.peer("natted", "10.0.1.2", "11.0.1.2")
+        self.assertFalse(got["public_verified"])
+        self.assertNotIn(f"/ip4/11.0.1.2/tcp/4010/p2p/{got['peer']}", got["multiaddrs"])
+        self.assertIn(f"{self.relay_addr}/p2p-circuit/p2p/{got['peer']}", got["multiaddrs"])
+        log = self.relay.log()
+        self.assertIn("autonat v1 request from 11.0.1.2: dial-error", log)
+        self.assertIn(f"reservation accepted: peer {got['peer']} from 11.0.1.2", log)

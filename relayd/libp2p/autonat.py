@@ -88,6 +88,7 @@ class AutoNAT:
         peer = Peer(self.reactor, self.keypair, handshake_timeout=timeout,
                     early_muxers=(yamux.PROTOCOL_ID,))
         peer.handlers = {}
+        peer.noisy = False              # no "Starting factory" line per dial
         connector = self.reactor.connectTCP(host, port, peer, timeout=timeout)
         timer = self.reactor.callLater(timeout, connector.disconnect)
 

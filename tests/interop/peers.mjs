@@ -7,6 +7,10 @@
 //   node peers.mjs reserve-raw <relay-multiaddr> <peers>  (hop RESERVE by hand, prints statuses)
 //   node peers.mjs relay-server <port> [<ws-port>]         (the js relay, for benchmarks)
 //   node peers.mjs bench <relay-multiaddr> <MiB> <circuits>
+//   node peers.mjs autonat-peer <relay-multiaddr> <listen-ip> <port> <mapped-ip|-> <ms>
+//       AutoNAT v1 client: listens on <listen-ip>:<port> and on the relay's circuit,
+//       optionally maps that port to <mapped-ip> (as a UPnP mapping would), and
+//       prints its addresses with what AutoNAT made of them
 //   node peers.mjs bundle                                  (esbuild: browser.mjs -> build/browser.js)
 //   node peers.mjs browser-host <relay-ws-multiaddr> <relay-tcp-multiaddr>
 //       serves the browser page, waits for its reservation, chats with it through
@@ -21,6 +25,7 @@ import { ping } from '@libp2p/ping'
 import { circuitRelayTransport, circuitRelayServer } from '@libp2p/circuit-relay-v2'
 import { lpStream } from '@libp2p/utils'
 import { gossipsub } from '@libp2p/gossipsub'
+import { autoNAT } from '@libp2p/autonat'
 import { multiaddr } from '@multiformats/multiaddr'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { createServer } from 'node:http'
@@ -297,6 +302,45 @@ async function bench (relay, mib, circuits) {
   await Promise.all([a.stop(), ...initiators.map((n) => n.stop())])
 }
 
+// An AutoNAT v1 client; `mapped` claims a public mapping of its port (as UPnP
+// would), which AutoNAT then asks the relay to verify.
+async function autonatPeer (relay, ip, port, mapped, ms) {
+  let addressManager = null
+  const node = await createLibp2p({
+    addresses: { listen: [`/ip4/${ip}/tcp/${port}`, `${relay}/p2p-circuit`] },
+    transports: [tcp(), circuitRelayTransport()],
+    connectionEncrypters: [noise()],
+    streamMuxers: [yamux()],
+    services: {
+      identify: identify(),
+      autoNAT: autoNAT(),
+      grab: (components) => { addressManager = components.addressManager; return {} }
+    },
+    start: false
+  })
+  if (mapped !== '-') addressManager.addPublicAddressMapping(ip, port, mapped, port, 'tcp')
+  await node.start()
+  const publicAddr = `/ip4/${mapped === '-' ? ip : mapped}/tcp/${port}`
+  const entry = () => addressManager.getAddressesWithMetadata()
+    .find((a) => a.multiaddr.toString() === publicAddr)
+  const end = Date.now() + ms
+  while (Date.now() < end && !entry()?.verified) {
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+  await until('a /p2p-circuit address', () =>
+    node.getMultiaddrs().find((ma) => ma.toString().includes('/p2p-circuit')))
+  out({
+    peer: node.peerId.toString(),
+    public_addr: publicAddr,
+    public_verified: entry()?.verified ?? null,
+    addresses: addressManager.getAddressesWithMetadata().map((a) => ({
+      addr: a.multiaddr.toString(), type: a.type, verified: a.verified
+    })),
+    multiaddrs: node.getMultiaddrs().map(String)
+  })
+  await node.stop()
+}
+
 const HERE = dirname(fileURLToPath(import.meta.url))
 const BUNDLE = join(HERE, 'build', 'browser.js')
 
@@ -377,6 +421,7 @@ const commands = {
   'relay-server': () => relayServer(Number(args[0] ?? 0), Number(args[1] ?? 0)),
   bench: () => bench(args[0], Number(args[1] ?? 16), Number(args[2] ?? 50)),
   bundle: () => bundle(),
+  'autonat-peer': () => autonatPeer(args[0], args[1], Number(args[2]), args[3], Number(args[4])),
   'browser-host': () => browserHost(args[0], args[1])
 }
 if (commands[cmd] == null) {
