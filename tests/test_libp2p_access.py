@@ -1,8 +1,5 @@
 """[libp2p] allow_peers_file / deny_peers_file: who may reserve and use circuits."""
-from types import SimpleNamespace
-
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from prometheus_client import CollectorRegistry
 from twisted.internet import defer, reactor
 from twisted.logger import capturedLogs
 from twisted.trial import unittest
@@ -13,7 +10,7 @@ from relayd.libp2p.peer import Pipe
 from relayd.libp2p.peerid import KeyPair
 from relayd.libp2p.service import Libp2pService
 from tests.test_libp2p_codec import SPEC_ID
-from tests.test_libp2p_relay import dial, wait_until
+from tests.test_libp2p_relay import dial, fake_daemon, wait_until
 from tests.test_libp2p_timers import Harness
 from tests.test_ops_support import InlinePool
 
@@ -76,11 +73,7 @@ class ServiceAccessTests(unittest.TestCase):
         self.write(deny)
         settings = config.parse("[libp2p]\nlisten = tcp:0:interface=127.0.0.1\n"
                                 f"deny_peers_file = {deny}\n")
-        daemon = SimpleNamespace(
-            identity=SimpleNamespace(private_key=Ed25519PrivateKey.generate()),
-            registry=CollectorRegistry(), settings=settings, reactor=reactor, tls=None,
-            file_pool=InlinePool(), on_reload=lambda hook: None)
-        relay = Libp2pService(daemon, settings.libp2p, reactor)
+        relay = Libp2pService(fake_daemon(settings, file_pool=InlinePool()), settings.libp2p, reactor)
         relay.startService()
         self.addCleanup(relay.stopService)
         yield wait_until(lambda: relay.listen_addrs)
@@ -103,10 +96,6 @@ class ServiceAccessTests(unittest.TestCase):
         allow = self.mktemp()
         self.write(allow, "12D3KooW-nope")
         settings = config.parse(f"[libp2p]\nlisten = tcp:0\nallow_peers_file = {allow}\n")
-        daemon = SimpleNamespace(
-            identity=SimpleNamespace(private_key=Ed25519PrivateKey.generate()),
-            registry=CollectorRegistry(), settings=settings, reactor=reactor, tls=None,
-            on_reload=lambda hook: None)
-        relay = Libp2pService(daemon, settings.libp2p, reactor)
+        relay = Libp2pService(fake_daemon(settings), settings.libp2p, reactor)
         e = self.assertRaises(ValueError, relay.privilegedStartService)
         self.assertIn("[libp2p] allow_peers_file: line 1", str(e))

@@ -21,12 +21,17 @@ def relay_settings(extra=""):
     return config.parse(text)
 
 
-def start_relay(testcase, extra=""):
-    settings = relay_settings(extra)
-    daemon = SimpleNamespace(
+def fake_daemon(settings, **extra):
+    """What Libp2pService uses of the daemon, on the real reactor."""
+    return SimpleNamespace(
         identity=SimpleNamespace(private_key=Ed25519PrivateKey.generate()),
         registry=CollectorRegistry(), settings=settings, reactor=reactor, tls=None,
-        on_reload=lambda hook: None)
+        on_reload=lambda hook: None, **extra)
+
+
+def start_relay(testcase, extra=""):
+    settings = relay_settings(extra)
+    daemon = fake_daemon(settings)
     service = Libp2pService(daemon, settings.libp2p, reactor)
     service.startService()
     testcase.addCleanup(lambda: service.running and service.stopService())

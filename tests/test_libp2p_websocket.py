@@ -1,9 +1,8 @@
 """libp2p over WebSocket (/ws and /tls/ws) on real loopback sockets, Python peers."""
 import socket
-from types import SimpleNamespace
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import generate_latest
 from twisted.internet import defer, reactor, ssl
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.logger import capturedLogs
@@ -15,7 +14,7 @@ from relayd.libp2p.peer import Peer, Pipe
 from relayd.libp2p.peerid import KeyPair
 from relayd.libp2p.service import Libp2pService
 from relayd.tls import ServerTLS
-from tests.test_libp2p_relay import dial, wait_until
+from tests.test_libp2p_relay import dial, fake_daemon, wait_until
 from tests.test_ops_support import InlinePool
 
 
@@ -25,10 +24,7 @@ def start(testcase, extra="", tls=None):
     if tls is not None:
         text += f"[tls]\ncert = {tls}/relay1.pem\nkey = {tls}/relay1.key\nlisteners =\n"
     settings = config.parse(text)
-    daemon = SimpleNamespace(
-        identity=SimpleNamespace(private_key=Ed25519PrivateKey.generate()),
-        registry=CollectorRegistry(), settings=settings, reactor=reactor, tls=None,
-        on_reload=lambda hook: None)
+    daemon = fake_daemon(settings)
     if tls is not None:
         daemon.tls = ServerTLS(settings.tls, reactor, InlinePool())
         daemon.tls.startService()
