@@ -3,6 +3,7 @@
 For each relay and each transport peers reach it over (TCP, WebSocket),
 js-libp2p 3.x peers (tests/interop/peers.mjs, Node 22) measure
   * throughput: MiB/s echoed through one circuit (each direction carries it),
+    and the relay's CPU time per MiB relayed during that echo,
   * circuits held at once: initiators that each open and keep one circuit to
     one reserved target and ping through it,
   * time to open a circuit: each initiator, already connected to the relay,
@@ -10,7 +11,7 @@ js-libp2p 3.x peers (tests/interop/peers.mjs, Node 22) measure
     and Yamux end to end); median and 90th percentile in ms,
 and the relay process's resident memory afterwards.
 
-    python -m bench.libp2p_circuits [--mib 64] [--circuits 200]
+    python -m bench.libp2p_circuits [--mib 64] [--circuits 200] [--transports tcp,ws]
 
 Needs ``npm ci`` done in tests/interop (the interop tests do it).
 """
@@ -98,15 +99,16 @@ def _wait_for(server, pattern, timeout=20.0):
     raise ServerError(f"{server.name}: {pattern!r} not in its log:\n{server.log()}")
 
 
-def run(server, mib, circuits):
+def run(server, mib, circuits, transports):
     """Each transport in turn against one running relay (peers reach it over it)."""
     with server:
         for transport, addr in sorted(server.multiaddrs().items(), reverse=True):
-            measure(server, transport, addr, mib, circuits)
+            if transport in transports:
+                measure(server, transport, addr, mib, circuits)
 
 
-def measure(server, transport, addr, mib, circuits):
-    meter = CpuMeter(server.pid)
+def peers(server, addr, mib, circuits):
+    """One run of ``peers.mjs bench``: its findings."""
     done = subprocess.run([NODE, SCRIPT, "bench", addr, str(mib), str(circuits)], cwd=INTEROP,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=900)
     lines = [line for line in done.stdout.decode().splitlines() if line.startswith("{")]
@@ -115,13 +117,24 @@ def measure(server, transport, addr, mib, circuits):
     got = json.loads(lines[-1])
     if "error" in got:
         raise ServerError(f"bench peers against {server.name}: {got['error']}")
+    return got
+
+
+def measure(server, transport, addr, mib, circuits):
+    meter = CpuMeter(server.pid)
+    echo = peers(server, addr, mib, 0)
+    wall, cpu = meter.read()
+    relay_cpu_s = cpu["server_cpu_pct"] * wall / 100
+    meter = CpuMeter(server.pid)
+    held = peers(server, addr, 1, circuits)
     wall, cpu = meter.read()
     emit("libp2p_circuits", relay=server.name, transport=transport, mib=mib,
-         throughput_mib_s=float(got["throughput_mib_s"]),
-         circuits_requested=circuits, circuits_held=got["circuits_held"],
-         circuits_seconds=float(got["circuits_seconds"]),
-         open_ms_median=got["open_ms"]["median"], open_ms_p90=got["open_ms"]["p90"],
-         stopped_by=(got["stopped_by"] or "-").replace(" ", "_"),
+         throughput_mib_s=float(echo["throughput_mib_s"]),
+         relay_cpu_ms_per_mib=relay_cpu_s * 1000 / (2 * mib),      # each MiB crosses twice
+         circuits_requested=circuits, circuits_held=held["circuits_held"],
+         circuits_seconds=float(held["circuits_seconds"]),
+         open_ms_median=held["open_ms"]["median"], open_ms_p90=held["open_ms"]["p90"],
+         stopped_by=(held["stopped_by"] or "-").replace(" ", "_"),
          rss_mib=rss_kib(server.pid) / 1024, wall_s=wall,
          relay_cpu_pct=cpu["server_cpu_pct"], machine_cpu_pct=cpu["machine_cpu_pct"])
 
@@ -130,12 +143,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="bench.libp2p_circuits")
     parser.add_argument("--mib", type=int, default=64)
     parser.add_argument("--circuits", type=int, default=200)
+    parser.add_argument("--transports", default="tcp,ws", help="comma-separated: tcp, ws")
     args = parser.parse_args(argv)
     if not os.path.exists(NODE):
         raise SystemExit("run `npm ci` in tests/interop first (or the interop tests)")
     emit("machine", when="start", **machine())
     for server in (Libp2pRelayd(), JsRelay()):
-        run(server, args.mib, args.circuits)
+        run(server, args.mib, args.circuits, args.transports.split(","))
     emit("machine", when="end", **machine())
 
 
