@@ -147,6 +147,15 @@ def optional(convert):
     return wrapped
 
 
+def host_port(text):
+    """``host:port`` (``[v6]:port``) -> (host, port)."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        _fail(f"{text!r} is not host:port")
+    return host, int(port)
+
+
 def word_list(text):
     """Comma- or whitespace-separated words."""
     return [w for w in re.split(r"[,\s]+", text) if w]
@@ -274,6 +283,7 @@ SCHEMA = {
         "listen": F(server_endpoint, "tcp:4001:interface=127.0.0.1"),
         "ws_listen": F(optional(server_endpoint), ""),
         "wss_listen": F(optional(server_endpoint), ""),
+        "quic_listen": F(optional(host_port), ""),
         "announce": F(multiaddr_list, ""),
         "allow_peers_file": F(optional(existing_file), ""),
         "deny_peers_file": F(optional(existing_file), ""),

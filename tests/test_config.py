@@ -70,6 +70,7 @@ class ParseTests(unittest.TestCase):
         self.assertIn("interface=127.0.0.1", s.tcp.listen)
         for listen in (s.libp2p.listen, s.libp2p.ws_listen):           # TCP and WebSocket
             self.assertIn("interface=127.0.0.1", listen)
+        self.assertEqual(s.libp2p.quic_listen, ("127.0.0.1", 4001))         # QUIC
 
 
 class OptionsTests(unittest.TestCase):

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -153,6 +154,22 @@ class JsLibp2pInteropTests(RelaydMixin, unittest.TestCase):
         relay.process.send_signal(signal.SIGHUP)
         self.wait_for_log(relay, "configuration reloaded", before)
         self.assertEqual(js("reserve-raw", addr, 2)["statuses"], [100, 100])
+
+    def test_quic_peer_reserves_and_moves_data_through_a_circuit(self):
+        quic_port = free_port(socket.SOCK_DGRAM)
+        relay, tcp_addr, peer_id = self.start(f"quic_listen = 127.0.0.1:{quic_port}\n")
+        quic_addr = f"/ip4/127.0.0.1/udp/{quic_port}/quic-v1/p2p/{peer_id}"
+        self.assertIn(f"listening on {tcp_addr} {quic_addr} ", relay.log())
+        got = js("quic-scenario", quic_addr, tcp_addr, 8)        # A on QUIC, B on TCP
+        self.assertEqual(got["a_relay_conn"], quic_addr)
+        self.assertIn(f"{quic_addr}/p2p-circuit/p2p/{got['a']}", got["a_addrs"])
+        self.assertEqual(got["echo_received"], 8 * MiB)
+        self.assertIsInstance(got["relay_ping_rtt_ms"], int)
+        log = relay.log()
+        self.assertIn(f"reservation accepted: peer {got['a']} from 127.0.0.1", log)
+        carried = [int(n) for n in re.findall(
+            rf"closed \(\w+\): {got['b']} -> {got['a']}, (\d+) bytes to target", log)]
+        self.assertGreaterEqual(max(carried), 8 * MiB)
 
     def test_data_limit_restart_keeps_peer_id_and_a_room(self):
         relay, addr, peer_id = self.start("circuit_bytes = 1MiB\n")

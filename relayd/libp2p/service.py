@@ -1,10 +1,10 @@
 """The daemon's ``[libp2p]`` service: listener, relay state, stats and metrics."""
-from twisted.application.internet import TimerService
+from twisted.application.internet import TimerService, UDPServer
 from twisted.application.service import MultiService
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from relayd.libp2p import (access, autonat, envelope, identify, messages, multiaddr, ping,
+from relayd.libp2p import (access, autonat, envelope, identify, messages, multiaddr, ping, quic,
                            websocket, yamux)
 from relayd.listeners import stream_service
 from relayd.libp2p.connection import Libp2pConnection
@@ -49,14 +49,18 @@ class Libp2pFactory(Factory):
 
     def buildProtocol(self, addr):
         ip = getattr(addr, "host", None)
+        proto = super().buildProtocol(addr)
+        return proto if self.admit(proto, ip) else None
+
+    def admit(self, connection, ip):
+        """Count a new connection from ``ip`` (any transport); False when over the caps."""
         if (len(self.connections) >= self.settings.max_connections
                 or self.per_ip.get(ip, 0) >= self.settings.max_connections_per_ip):
-            return None
-        proto = super().buildProtocol(addr)
-        proto.ip = ip
+            return False
+        connection.ip = ip
         self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
-        self.connections.add(proto)
-        return proto
+        self.connections.add(connection)
+        return True
 
     def sweep_idle(self, now):
         """Close muxed connections that held no stream and no reservation for
@@ -112,8 +116,10 @@ class _PortRecorder:
         return port
 
 
-# [libp2p] key -> what follows /tcp/<port> in its multiaddr, and whether TLS carries it
-LISTENERS = (("listen", "", False), ("ws_listen", "/ws", False), ("wss_listen", "/tls/ws", True))
+# [libp2p] key -> what follows /tcp|udp/<port> in its multiaddr, and whether TLS
+# carries it (None: QUIC, on UDP)
+LISTENERS = (("listen", "", False), ("ws_listen", "/ws", False), ("wss_listen", "/tls/ws", True),
+             ("quic_listen", "/quic-v1", None))
 
 
 class Libp2pService(MultiService):
@@ -159,11 +165,20 @@ class Libp2pService(MultiService):
             description = getattr(self.settings, key)
             if description is None:
                 continue
+            if tls is None:
+                self._quic(description)
+                continue
             factory = websocket.ServerFactory(self.factory, suffix) if suffix else self.factory
             listener = stream_service(self.daemon, description, factory, tls=tls)
             listener.endpoint = _PortRecorder(listener.endpoint,
                                               lambda port, suffix=suffix: self._listening(suffix, port))
             listener.setServiceParent(self)
+
+    def _quic(self, address):
+        endpoint = quic.QuicEndpoint(self.factory, self.reactor)
+        endpoint.on_listening = lambda: self._listening("/quic-v1", endpoint.transport)
+        host, port = address
+        UDPServer(port, endpoint, interface=host, reactor=self.reactor).setServiceParent(self)
 
     def privilegedStartService(self):
         self._setup()
@@ -187,7 +202,7 @@ class Libp2pService(MultiService):
 
     def _listening(self, suffix, port):
         host = port.getHost()
-        addr = from_address(host) + suffix
+        addr = from_address(host) + suffix             # /udp/N/quic-v1 for QUIC
         self.bound[suffix] = f"{addr}/p2p/{self.keypair.peer_id}"
         self.listen_addrs = [self.bound[s] for _, s, _ in LISTENERS if s in self.bound]
         if host.host in ("0.0.0.0", "::") and not self.settings.announce:
@@ -247,7 +262,8 @@ class Libp2pService(MultiService):
         if settings is None:
             self.log.warn("[libp2p] removed from the config: the service stops at the next start")
             return
-        for key in ("listen", "ws_listen", "wss_listen", "stats_interval", "autonat"):
+        for key in ("listen", "ws_listen", "wss_listen", "quic_listen", "stats_interval",
+                    "autonat"):
             if getattr(settings, key) != getattr(self.settings, key):
                 self.log.warn("[libp2p] {key} changed: takes effect at the next start", key=key)
         self.settings = settings

@@ -11,6 +11,8 @@
 //       AutoNAT v1 client: listens on <listen-ip>:<port> and on the relay's circuit,
 //       optionally maps that port to <mapped-ip> (as a UPnP mapping would), and
 //       prints its addresses with what AutoNAT made of them
+//   node peers.mjs quic-scenario <relay-quic-multiaddr> <relay-tcp-multiaddr> <echo-MiB>
+//       a peer on QUIC reserves, a peer on TCP reaches it through the circuit
 //   node peers.mjs bundle                                  (esbuild: browser.mjs -> build/browser.js)
 //   node peers.mjs browser-host <relay-ws-multiaddr> <relay-tcp-multiaddr>
 //       serves the browser page, waits for its reservation, chats with it through
@@ -18,6 +20,7 @@
 import { createLibp2p } from 'libp2p'
 import { tcp } from '@libp2p/tcp'
 import { webSockets } from '@libp2p/websockets'
+import { quic } from '@chainsafe/libp2p-quic'
 import { noise } from '@libp2p/noise'
 import { yamux } from '@libp2p/yamux'
 import { identify } from '@libp2p/identify'
@@ -341,6 +344,39 @@ async function autonatPeer (relay, ip, port, mapped, ms) {
   await node.stop()
 }
 
+async function quicScenario (relayQuic, relayTcp, mib) {
+  const a = await createLibp2p({
+    addresses: { listen: [`${relayQuic}/p2p-circuit`] },
+    transports: [quic(), circuitRelayTransport()],
+    connectionEncrypters: [noise()], // for the relayed connection; QUIC brings its own
+    streamMuxers: [yamux()],
+    services: { identify: identify(), ping: ping() }
+  })
+  await a.handle(ECHO, async (stream) => {
+    for await (const buf of stream) {
+      if (!stream.send(buf)) await new Promise((resolve) => stream.addEventListener('drain', resolve, { once: true }))
+    }
+    await stream.close()
+  }, { runOnLimitedConnection: true })
+  await until('a /p2p-circuit address', () =>
+    a.getMultiaddrs().find((ma) => ma.toString().includes('/p2p-circuit')))
+  const b = await peer()
+  const target = multiaddr(`${relayTcp}/p2p-circuit/p2p/${a.peerId}`)
+  const result = await echo(b, target, mib * 1024 * 1024)
+  const relayRtt = await a.services.ping.ping(multiaddr(relayQuic))
+  const relayConn = a.getConnections().find((c) => c.remoteAddr.toString().startsWith(relayQuic.split('/p2p/')[0]))
+  out({
+    a: a.peerId.toString(),
+    b: b.peerId.toString(),
+    a_addrs: a.getMultiaddrs().map(String),
+    a_relay_conn: relayConn?.remoteAddr.toString() ?? null,
+    echo_received: result.received,
+    echo_seconds: result.seconds,
+    relay_ping_rtt_ms: relayRtt
+  })
+  await Promise.all([a.stop(), b.stop()])
+}
+
 const HERE = dirname(fileURLToPath(import.meta.url))
 const BUNDLE = join(HERE, 'build', 'browser.js')
 
@@ -421,6 +457,7 @@ const commands = {
   'relay-server': () => relayServer(Number(args[0] ?? 0), Number(args[1] ?? 0)),
   bench: () => bench(args[0], Number(args[1] ?? 16), Number(args[2] ?? 50)),
   bundle: () => bundle(),
+  'quic-scenario': () => quicScenario(args[0], args[1], Number(args[2] ?? 4)),
   'autonat-peer': () => autonatPeer(args[0], args[1], Number(args[2]), args[3], Number(args[4])),
   'browser-host': () => browserHost(args[0], args[1])
 }
