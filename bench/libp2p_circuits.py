@@ -1,6 +1,6 @@
 """Circuit Relay v2: relayd's [libp2p] service side by side with the js-libp2p relay.
 
-For each relay and each transport peers reach it over (TCP, WebSocket),
+For each relay and each transport peers reach it over (TCP, WebSocket, QUIC),
 js-libp2p 3.x peers (tests/interop/peers.mjs, Node 22) measure
   * throughput: MiB/s echoed through one circuit (each direction carries it),
     and the relay's CPU time per MiB relayed during that echo,
@@ -11,7 +11,7 @@ js-libp2p 3.x peers (tests/interop/peers.mjs, Node 22) measure
     and Yamux end to end); median and 90th percentile in ms,
 and the relay process's resident memory afterwards.
 
-    python -m bench.libp2p_circuits [--mib 64] [--circuits 200] [--transports tcp,ws]
+    python -m bench.libp2p_circuits [--mib 64] [--circuits 200] [--transports tcp,ws,quic]
 
 Needs ``npm ci`` done in tests/interop (the interop tests do it).
 """
@@ -40,6 +40,7 @@ data_dir = {data_dir}
 [libp2p]
 listen = tcp:{port}:interface={host}
 ws_listen = tcp:{ws_port}:interface={host}
+quic_listen = {host}:{quic_port}
 max_circuits = 100000
 max_circuits_per_peer = 100000
 max_connections = 100000
@@ -55,18 +56,19 @@ class Libp2pRelayd(Relayd):
     def __init__(self):
         super().__init__()
         self.ws_port = free_port()
+        self.quic_port = free_port()
 
     def command(self):
         command = super().command()
         with open(command[command.index("--config") + 1], "w") as f:
             f.write(CONFIG.format(data_dir=os.path.join(self.workdir, "var"),
-                                  port=self.port, ws_port=self.ws_port, host=HOST))
+                                  port=self.port, ws_port=self.ws_port,
+                                  quic_port=self.quic_port, host=HOST))
         return command
 
     def multiaddrs(self):
-        """``{"tcp": ..., "ws": ...}``: the relay's addresses from its start-up line."""
-        tcp, ws = _wait_for(self, r"listening on (\S+/p2p/\S+ \S+/ws/p2p/\S+)").split()
-        return {"tcp": tcp, "ws": ws}
+        """``{"tcp": ..., "ws": ..., "quic": ...}``: the relay's addresses from its start-up line."""
+        return _by_transport(_wait_for(self, r"listening on ((?:/\S+ )+)\(").split())
 
 
 class JsRelay(Server):
@@ -77,16 +79,21 @@ class JsRelay(Server):
     def __init__(self):
         super().__init__()
         self.ws_port = free_port()
+        self.quic_port = free_port()
 
     def command(self):
-        return [NODE, SCRIPT, "relay-server", str(self.port), str(self.ws_port)]
+        return [NODE, SCRIPT, "relay-server", str(self.port), str(self.ws_port),
+                str(self.quic_port)]
 
     def cwd(self):
         return INTEROP
 
     def multiaddrs(self):
-        addrs = json.loads(_wait_for(self, r"(\{\"addrs\".*\})"))["addrs"]
-        return {"ws" if "/ws/" in addr else "tcp": addr for addr in addrs}
+        return _by_transport(json.loads(_wait_for(self, r"(\{\"addrs\".*\})"))["addrs"])
+
+
+def _by_transport(addrs):
+    return {"quic" if "/quic-v1/" in a else "ws" if "/ws/" in a else "tcp": a for a in addrs}
 
 
 def _wait_for(server, pattern, timeout=20.0):
@@ -143,7 +150,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="bench.libp2p_circuits")
     parser.add_argument("--mib", type=int, default=64)
     parser.add_argument("--circuits", type=int, default=200)
-    parser.add_argument("--transports", default="tcp,ws", help="comma-separated: tcp, ws")
+    parser.add_argument("--transports", default="tcp,ws,quic",
+                        help="comma-separated: tcp, ws, quic")
     args = parser.parse_args(argv)
     if not os.path.exists(NODE):
         raise SystemExit("run `npm ci` in tests/interop first (or the interop tests)")

@@ -1,12 +1,26 @@
-"""libp2p's TLS certificate for QUIC: the public-key extension proves the peer id."""
+"""libp2p over QUIC: the certificate extension that proves a peer id, and the
+handshake over real UDP loopback with an aioquic client."""
+import datetime
+import socket
+import ssl
+
+from aioquic.quic import events
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from prometheus_client import generate_latest
+from twisted.internet import defer, reactor, task
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import capturedLogs
 from twisted.trial import unittest
 
 from relayd.libp2p import quic
 from relayd.libp2p.peerid import KeyPair
+from tests.daemon import free_port
+from tests.test_libp2p_relay import start_relay, wait_until
 
 
 class CertificateTests(unittest.TestCase):
@@ -35,3 +49,109 @@ class CertificateTests(unittest.TestCase):
                  .not_valid_after(cert.not_valid_after_utc).sign(other_key, hashes.SHA256()))
         e = self.assertRaises(ValueError, quic.peer_of, plain)
         self.assertIn("without the libp2p extension", str(e))
+
+
+class Client(DatagramProtocol):
+    """An aioquic client on the reactor: handshakes, then reports how it ended."""
+
+    def __init__(self, port, cert=None, key=None):
+        self.port = port
+        self.quic = QuicConnection(configuration=QuicConfiguration(
+            is_client=True, alpn_protocols=[quic.ALPN], verify_mode=ssl.CERT_NONE,
+            certificate=cert, private_key=key))
+        self.events = []
+        self.timer = None
+
+    def startProtocol(self):
+        self.quic.connect(("127.0.0.1", self.port), reactor.seconds())
+        self.flush()
+
+    def datagramReceived(self, data, addr):
+        self.quic.receive_datagram(data, addr, reactor.seconds())
+        self.flush()
+
+    def flush(self):
+        event = self.quic.next_event()
+        while event is not None:
+            self.events.append(event)
+            event = self.quic.next_event()
+        for data, addr in self.quic.datagrams_to_send(reactor.seconds()):
+            self.transport.write(data, addr)
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        at = self.quic.get_timer()
+        self.timer = None if at is None else reactor.callLater(
+            max(0, at - reactor.seconds()), self.on_timer)
+
+    def on_timer(self):
+        self.quic.handle_timer(reactor.seconds())
+        self.flush()
+
+    def terminated(self):
+        return [e for e in self.events if isinstance(e, events.ConnectionTerminated)]
+
+
+class HandshakeTests(unittest.TestCase):
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.udp_port = free_port(socket.SOCK_DGRAM)
+        self.relay = start_relay(self, f"quic_listen = 127.0.0.1:{self.udp_port}\n")
+        yield wait_until(lambda: len(self.relay.listen_addrs) == 2)
+
+    def connect(self, cert=None, key=None):
+        client = Client(self.udp_port, cert, key)
+        port = reactor.listenUDP(0, client, interface="127.0.0.1")
+
+        def cleanup():
+            if client.timer is not None and client.timer.active():
+                client.timer.cancel()
+            return port.stopListening()
+        self.addCleanup(cleanup)
+        return client
+
+    @defer.inlineCallbacks
+    def test_peer_ids_come_from_the_certificate(self):
+        self.assertEqual(self.relay.listen_addrs[1],
+                         f"/ip4/127.0.0.1/udp/{self.udp_port}/quic-v1/p2p/{self.relay.peer_id}")
+        keys = KeyPair(Ed25519PrivateKey.generate())
+        client = self.connect(*quic.certificate(keys))
+        yield wait_until(lambda: self.relay.factory.peers)
+        self.assertEqual(list(self.relay.factory.peers), [keys.peer_id])
+        server_cert = client.quic.tls._peer_certificate
+        self.assertEqual(quic.peer_of(server_cert), self.relay.peer_id)
+        self.assertEqual(self.relay.stats()["connections"], 1)
+
+    @defer.inlineCallbacks
+    def test_a_client_without_a_libp2p_certificate_is_closed(self):
+        with capturedLogs():
+            client = self.connect()                               # no certificate at all
+            yield wait_until(client.terminated)
+            key = ec.generate_private_key(ec.SECP256R1())
+            name = x509.Name([])
+            plain = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                     .public_key(key.public_key()).serial_number(1)
+                     .not_valid_before(datetime.datetime(2020, 1, 1))
+                     .not_valid_after(datetime.datetime(2100, 1, 1)).sign(key, hashes.SHA256()))
+            other = self.connect(plain, key)
+            yield wait_until(other.terminated)
+        self.assertEqual(self.relay.factory.peers, {})
+        yield wait_until(lambda: 'reason="tls"} 2.0' in generate_latest(
+            self.relay.daemon.registry).decode())
+
+    @defer.inlineCallbacks
+    def test_garbage_datagrams_get_no_answer(self):
+        answers = []
+
+        class Listener(DatagramProtocol):
+            def datagramReceived(self, data, addr):
+                answers.append(data)
+        port = reactor.listenUDP(0, Listener(), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        for datagram in (b"\x00" * 40, b"\xc0\x00\x00\x00\x01\x08" + b"x" * 100,   # short Initial
+                         b"\xc0\xff\x00\x00\x99" + b"y" * 1300):                   # unknown version
+            port.write(datagram, ("127.0.0.1", self.udp_port))
+        yield task.deferLater(reactor, 0.3, lambda: None)
+        self.assertEqual(answers, [])
+        self.assertEqual(self.relay.factory.connections, set())

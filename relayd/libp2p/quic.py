@@ -261,8 +261,8 @@ class QuicLibp2pConnection:
         self.close_reason = self.close_kind = None
         self.idle_since = None
         self.ping_streams = 0
-        self.ready = False
-        self.timer = self.handshake_timer = None
+        self.ready = self.ended = False
+        self.timer = self.handshake_timer = self.flush = None
 
     @property
     def handlers(self):
@@ -320,9 +320,17 @@ class QuicLibp2pConnection:
         except (ValueError, AttributeError) as e:
             return self.abort(f"TLS: {e}", "tls")
         self.ready = True
+        if self.handshake_timer is not None and self.handshake_timer.active():
+            self.handshake_timer.cancel()
         self.factory.connection_ready(self)
 
     def transmit(self):
+        """Send what aioquic has, once per reactor turn (writes in one turn coalesce)."""
+        if self.flush is None and not self.ended:
+            self.flush = self.endpoint.clock.callLater(0, self._send)
+
+    def _send(self):
+        self.flush = None
         now = self.endpoint.clock.seconds()
         for data, addr in self.quic.datagrams_to_send(now):
             self.bytes_out += len(data)
@@ -346,8 +354,12 @@ class QuicLibp2pConnection:
         self.process()
 
     def terminated(self):
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
+        if self.ended:
+            return
+        self.ended = True
+        for call in (self.timer, self.flush):
+            if call is not None and call.active():
+                call.cancel()
         for stream in list(self.session.streams.values()):
             stream._finish(True)
         self.endpoint.forget(self)
@@ -419,6 +431,7 @@ class QuicEndpoint(DatagramProtocol):
         for cid in [c for c, owner in self.cids.items() if owner is conn]:
             del self.cids[cid]
 
-    def close_all(self):
+    def stopProtocol(self):
+        """The socket is gone: connections end now, without their draining period."""
         for conn in set(self.cids.values()):
-            conn.close()
+            conn.terminated()

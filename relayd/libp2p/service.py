@@ -190,11 +190,11 @@ class Libp2pService(MultiService):
         super().startService()
 
     def stopService(self):
-        """Stop listening, then say GoAway on every connection and close it."""
-        d = super().stopService()
+        """Say GoAway (QUIC: CONNECTION_CLOSE) on every connection and close it,
+        then stop listening."""
         for conn in list(self.factory.connections if self.factory else ()):
             conn.close()
-        return d
+        return super().stopService()
 
     def _sweep(self):
         if self.factory is not None and self.settings.idle_timeout:

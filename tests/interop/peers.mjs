@@ -5,7 +5,7 @@
 //   node peers.mjs limit <relay-multiaddr> <bytes-to-send>
 //   node peers.mjs room <relay-multiaddr>                  (seed 004: a gossipsub room via relayd)
 //   node peers.mjs reserve-raw <relay-multiaddr> <peers>  (hop RESERVE by hand, prints statuses)
-//   node peers.mjs relay-server <port> [<ws-port>]         (the js relay, for benchmarks)
+//   node peers.mjs relay-server <port> [<ws-port> [<quic-port>]]  (the js relay, for benchmarks)
 //   node peers.mjs bench <relay-multiaddr> <MiB> <circuits>
 //   node peers.mjs autonat-peer <relay-multiaddr> <listen-ip> <port> <mapped-ip|-> <ms>
 //       AutoNAT v1 client: listens on <listen-ip>:<port> and on the relay's circuit,
@@ -43,7 +43,7 @@ const HOP = '/libp2p/circuit/relay/0.2.0/hop'
 async function peer (listen = [], extra = {}) {
   const node = await createLibp2p({
     addresses: { listen },
-    transports: [tcp(), webSockets(), circuitRelayTransport()],
+    transports: [tcp(), webSockets(), quic(), circuitRelayTransport()],
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
     services: { identify: identify(), ping: ping(), ...extra },
@@ -236,12 +236,13 @@ async function reserveRaw (relay, count) {
   await Promise.all(nodes.map((n) => n.stop()))
 }
 
-async function relayServer (port, wsPort) {
+async function relayServer (port, wsPort, quicPort) {
   const listen = [`/ip4/127.0.0.1/tcp/${port}`]
   if (wsPort) listen.push(`/ip4/127.0.0.1/tcp/${wsPort}/ws`)
+  if (quicPort) listen.push(`/ip4/127.0.0.1/udp/${quicPort}/quic-v1`)
   const node = await createLibp2p({
     addresses: { listen },
-    transports: [tcp(), webSockets()],
+    transports: [tcp(), webSockets(), quic()],
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
     services: {
@@ -454,7 +455,7 @@ const commands = {
   limit: () => limit(args[0], Number(args[1])),
   room: () => room(args[0]),
   'reserve-raw': () => reserveRaw(args[0], Number(args[1] ?? 1)),
-  'relay-server': () => relayServer(Number(args[0] ?? 0), Number(args[1] ?? 0)),
+  'relay-server': () => relayServer(Number(args[0] ?? 0), Number(args[1] ?? 0), Number(args[2] ?? 0)),
   bench: () => bench(args[0], Number(args[1] ?? 16), Number(args[2] ?? 50)),
   bundle: () => bundle(),
   'quic-scenario': () => quicScenario(args[0], args[1], Number(args[2] ?? 4)),
