@@ -4,7 +4,9 @@ import datetime
 import socket
 import ssl
 
+from aioquic.buffer import Buffer
 from aioquic.quic import events
+from aioquic.quic.packet import QuicPacketType, pull_quic_header
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from cryptography import x509
@@ -139,6 +141,28 @@ class HandshakeTests(unittest.TestCase):
         self.assertEqual(self.relay.factory.peers, {})
         yield wait_until(lambda: 'reason="tls"} 2.0' in generate_latest(
             self.relay.daemon.registry).decode())
+
+    @defer.inlineCallbacks
+    def test_an_unproven_address_gets_only_a_retry_smaller_than_its_initial(self):
+        answers = []
+
+        class Listener(DatagramProtocol):
+            def datagramReceived(self, data, addr):
+                answers.append(data)
+        port = reactor.listenUDP(0, Listener(), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client = QuicConnection(configuration=QuicConfiguration(
+            is_client=True, alpn_protocols=[quic.ALPN], verify_mode=ssl.CERT_NONE))
+        client.connect(("127.0.0.1", self.udp_port), reactor.seconds())
+        (initial, _), = client.datagrams_to_send(reactor.seconds())
+        port.write(initial, ("127.0.0.1", self.udp_port))
+        yield wait_until(lambda: answers)
+        yield task.deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual(len(answers), 1)
+        header = pull_quic_header(Buffer(data=answers[0]), host_cid_length=8)
+        self.assertEqual(header.packet_type, QuicPacketType.RETRY)
+        self.assertLess(len(answers[0]), len(initial))
+        self.assertEqual(self.relay.factory.connections, set())   # no state before the echo
 
     @defer.inlineCallbacks
     def test_garbage_datagrams_get_no_answer(self):

@@ -18,7 +18,8 @@ from aioquic.buffer import Buffer
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection, QuicConnectionState
-from aioquic.quic.packet import QuicPacketType, pull_quic_header
+from aioquic.quic.packet import QuicPacketType, encode_quic_retry, pull_quic_header
+from aioquic.quic.retry import QuicRetryTokenHandler
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -387,6 +388,7 @@ class QuicEndpoint(DatagramProtocol):
         self.factory = factory
         self.clock = clock
         self.cids = {}                  # connection id -> QuicLibp2pConnection
+        self.retry = QuicRetryTokenHandler()
         cert, key = certificate(factory.keypair)
         self.configuration = QuicConfiguration(
             is_client=False, alpn_protocols=[ALPN], certificate=cert, private_key=key,
@@ -411,8 +413,27 @@ class QuicEndpoint(DatagramProtocol):
         conn.datagram(data, addr, self.clock.seconds())
 
     def accept(self, header, addr):
+        """A connection for a client Initial that echoes a Retry token (so its
+        address is proven: a Retry is smaller than the Initial it answers, and
+        nothing bigger goes to an address that did not show it receives)."""
+        if not header.token:
+            source_cid = os.urandom(8)
+            self.transport.write(encode_quic_retry(
+                version=header.version, source_cid=source_cid,
+                destination_cid=header.source_cid, original_destination_cid=header.destination_cid,
+                retry_token=self.retry.create_token(
+                    address=addr, original_destination_connection_id=header.destination_cid,
+                    retry_source_connection_id=source_cid, now=self.clock.seconds())), addr)
+            return None
+        try:
+            original_cid = self.retry.validate_token(
+                address=addr, destination_cid=header.destination_cid, token=header.token,
+                now=self.clock.seconds())
+        except ValueError:
+            return None
         quic = _Libp2pQuicConnection(configuration=self.configuration,
-                                     original_destination_connection_id=header.destination_cid)
+                                     original_destination_connection_id=original_cid,
+                                     retry_source_connection_id=header.destination_cid)
         conn = QuicLibp2pConnection(self, quic, addr)
         if not self.factory.admit(conn, conn.ip):
             return None
