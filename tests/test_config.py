@@ -74,29 +74,25 @@ class ParseTests(unittest.TestCase):
 
 
 class OptionsTests(unittest.TestCase):
-    def test_config_error_is_a_usage_error(self):
+    def usage_error(self, ini):
+        """The UsageError twistd's option parsing gives for a config file of ``ini``."""
         path = self.mktemp()
         with open(path, "w") as f:
-            f.write("[tcp]\nmax_line = huge\n")
+            f.write(ini)
         with self.assertRaises(usage.UsageError) as cm:
             Options().parseOptions(["--config", path])
-        self.assertIn("[tcp] max_line", str(cm.exception))
+        return str(cm.exception)
+
+    def test_config_error_is_a_usage_error(self):
+        self.assertIn("[tcp] max_line", self.usage_error("[tcp]\nmax_line = huge\n"))
 
     def test_wiring_error_is_a_usage_error(self):
-        path = self.mktemp()
-        with open(path, "w") as f:
-            f.write("[tor]\ncontrol_port = tcp:127.0.0.1:9051\n")
-        with self.assertRaises(usage.UsageError) as cm:
-            Options().parseOptions(["--config", path])
-        self.assertIn("[tor] target", str(cm.exception))
+        self.assertIn("[tor] target",
+                      self.usage_error("[tor]\ncontrol_port = tcp:127.0.0.1:9051\n"))
 
     def test_secure_websocket_without_tls_is_a_usage_error(self):
-        path = self.mktemp()
-        with open(path, "w") as f:
-            f.write("[libp2p]\nwss_listen = tcp:4443\n")
-        with self.assertRaises(usage.UsageError) as cm:
-            Options().parseOptions(["--config", path])
-        self.assertIn("[libp2p] wss_listen needs the [tls] section", str(cm.exception))
+        self.assertIn("[libp2p] wss_listen needs the [tls] section",
+                      self.usage_error("[libp2p]\nwss_listen = tcp:4443\n"))
 
     def test_settings_parsed(self):
         path = self.mktemp()

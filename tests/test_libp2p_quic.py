@@ -102,6 +102,17 @@ class HandshakeTests(unittest.TestCase):
         self.relay = start_relay(self, f"quic_listen = 127.0.0.1:{self.udp_port}\n")
         yield wait_until(lambda: len(self.relay.listen_addrs) == 2)
 
+    def collector(self):
+        """``(datagrams received, UDP port)`` of a socket that only collects."""
+        answers = []
+
+        class Collector(DatagramProtocol):
+            def datagramReceived(self, data, addr):
+                answers.append(data)
+        port = reactor.listenUDP(0, Collector(), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return answers, port
+
     def connect(self, cert=None, key=None):
         client = Client(self.udp_port, cert, key)
         port = reactor.listenUDP(0, client, interface="127.0.0.1")
@@ -144,13 +155,7 @@ class HandshakeTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_an_unproven_address_gets_only_a_retry_smaller_than_its_initial(self):
-        answers = []
-
-        class Listener(DatagramProtocol):
-            def datagramReceived(self, data, addr):
-                answers.append(data)
-        port = reactor.listenUDP(0, Listener(), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
+        answers, port = self.collector()
         client = QuicConnection(configuration=QuicConfiguration(
             is_client=True, alpn_protocols=[quic.ALPN], verify_mode=ssl.CERT_NONE))
         client.connect(("127.0.0.1", self.udp_port), reactor.seconds())
@@ -166,13 +171,7 @@ class HandshakeTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_garbage_datagrams_get_no_answer(self):
-        answers = []
-
-        class Listener(DatagramProtocol):
-            def datagramReceived(self, data, addr):
-                answers.append(data)
-        port = reactor.listenUDP(0, Listener(), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
+        answers, port = self.collector()
         for datagram in (b"\x00" * 40, b"\xc0\x00\x00\x00\x01\x08" + b"x" * 100,   # short Initial
                          b"\xc0\xff\x00\x00\x99" + b"y" * 1300):                   # unknown version
             port.write(datagram, ("127.0.0.1", self.udp_port))
