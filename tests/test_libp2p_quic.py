@@ -19,7 +19,8 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import capturedLogs
 from twisted.trial import unittest
 
-from relayd.libp2p import quic
+from relayd.libp2p import multistream, quic
+from relayd.libp2p.ping import PROTOCOL_ID as PING
 from relayd.libp2p.peerid import KeyPair
 from tests.daemon import free_port
 from tests.test_libp2p_relay import start_relay, wait_until
@@ -135,6 +136,24 @@ class HandshakeTests(unittest.TestCase):
         server_cert = client.quic.tls._peer_certificate
         self.assertEqual(quic.peer_of(server_cert), self.relay.peer_id)
         self.assertEqual(self.relay.stats()["connections"], 1)
+
+    @defer.inlineCallbacks
+    def test_streams_negotiate_protocols_and_end_on_stop_sending(self):
+        client = self.connect(*quic.certificate(KeyPair(Ed25519PrivateKey.generate())))
+        yield wait_until(lambda: self.relay.factory.peers)
+        ping = bytes(range(32))
+        client.quic.send_stream_data(0, multistream.message(multistream.HEADER)
+                                     + multistream.message(PING) + ping)
+        client.flush()
+        received = lambda: b"".join(e.data for e in client.events            # noqa: E731
+                                    if isinstance(e, events.StreamDataReceived))
+        yield wait_until(lambda: received().endswith(ping))
+        server_side, = self.relay.factory.connections
+        self.assertEqual((len(server_side.session.streams), server_side.ping_streams), (1, 1))
+        client.quic.stop_stream(0, 0)                     # the reader goes away: the stream ends
+        client.flush()
+        yield wait_until(lambda: not server_side.session.streams)
+        self.assertEqual(server_side.ping_streams, 0)
 
     @defer.inlineCallbacks
     def test_a_client_without_a_libp2p_certificate_is_closed(self):

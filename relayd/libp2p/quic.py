@@ -141,8 +141,8 @@ class QuicStream:
     def write(self, data):
         if self.closed or self.fin_sent or not data:
             return
-        self.connection.quic.send_stream_data(self.id, bytes(data))
-        self.connection.transmit()
+        if not self._send(bytes(data)):
+            return
         if self.producer is not None and not self.producer_paused and self.queued() > HIGH_WATER:
             self.producer_paused = True
             self.producer.pause()
@@ -160,9 +160,18 @@ class QuicStream:
         if self.closed or self.fin_sent:
             return
         self.fin_sent = True
-        self.connection.quic.send_stream_data(self.id, b"", end_stream=True)
+        if self._send(b"", end=True):
+            self._maybe_done()
+
+    def _send(self, data, end=False):
+        """Queue ``data`` in aioquic; False (and the stream reset) when it refuses."""
+        try:
+            self.connection.quic.send_stream_data(self.id, data, end_stream=end)
+        except ValueError:              # the stream ended under us (the connection closing)
+            self._finish(True)
+            return False
         self.connection.transmit()
-        self._maybe_done()
+        return True
 
     def reset(self):
         if self.closed:
@@ -304,7 +313,7 @@ class QuicLibp2pConnection:
                 stream = self._stream(event.stream_id)
                 stream.attach(InboundNegotiation(self))
             stream.received(event.data, event.end_stream)
-        elif isinstance(event, events.StreamReset):
+        elif isinstance(event, (events.StreamReset, events.StopSendingReceived)):
             stream = self.session.streams.get(event.stream_id)
             if stream is not None:
                 stream._finish(True)
