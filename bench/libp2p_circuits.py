@@ -5,7 +5,7 @@ js-libp2p 3.x peers (tests/interop/peers.mjs, Node 22) measure
   * throughput: MiB/s echoed through one circuit (each direction carries it),
     and the relay's CPU time per MiB relayed during that echo,
   * circuits held at once: initiators that each open and keep one circuit to
-    one reserved target and ping through it,
+    a reserved target (a new target for every 200 circuits) and ping through it,
   * time to open a circuit: each initiator, already connected to the relay,
     dials the target's /p2p-circuit address (hop CONNECT, STOP, then Noise
     and Yamux end to end); median and 90th percentile in ms,
@@ -138,7 +138,7 @@ def measure(server, transport, addr, mib, circuits):
     emit("libp2p_circuits", relay=server.name, transport=transport, mib=mib,
          throughput_mib_s=float(echo["throughput_mib_s"]),
          relay_cpu_ms_per_mib=relay_cpu_s * 1000 / (2 * mib),      # each MiB crosses twice
-         circuits_requested=circuits, circuits_held=held["circuits_held"],
+         circuits_requested=circuits, circuits_held=held["circuits_held"], targets=held["targets"],
          circuits_seconds=float(held["circuits_seconds"]),
          open_ms_median=held["open_ms"]["median"], open_ms_p90=held["open_ms"]["p90"],
          stopped_by=(held["stopped_by"] or "-").replace(" ", "_"),

@@ -266,13 +266,19 @@ function quantiles (values) {
   return { median: at(0.5), p90: at(0.9), count: sorted.length }
 }
 
+const CIRCUITS_PER_TARGET = 200 // each target's circuits are streams on its one relay connection
+
 async function bench (relay, mib, circuits) {
   const { node: a } = await reservedPeer(relay)
   const b = await peer()
-  const target = multiaddr(`${relay}/p2p-circuit/p2p/${a.peerId}`)
-  const result = await echo(b, target, mib * 1024 * 1024)
+  const result = await echo(b, multiaddr(`${relay}/p2p-circuit/p2p/${a.peerId}`), mib * 1024 * 1024)
   await b.stop()
-  // circuits held at once: one reserved target, many initiators each holding a circuit
+  // circuits held at once: initiators each holding a circuit to one of the
+  // reserved targets (up to CIRCUITS_PER_TARGET each)
+  const targets = [a]
+  for (let n = CIRCUITS_PER_TARGET; n < circuits; n += CIRCUITS_PER_TARGET) {
+    targets.push((await reservedPeer(relay)).node)
+  }
   const initiators = []
   let held = 0
   let stopped = null
@@ -281,12 +287,13 @@ async function bench (relay, mib, circuits) {
   for (let i = 0; i < circuits; i++) {
     const node = await peer()
     initiators.push(node)
+    const target = targets[i % targets.length]
     try {
       await node.dial(multiaddr(relay))
       const t0 = performance.now()
-      await node.dial(target) // hop CONNECT, STOP, then Noise and Yamux end to end
+      await node.dial(multiaddr(`${relay}/p2p-circuit/p2p/${target.peerId}`)) // CONNECT, STOP, Noise, Yamux
       opens.push(performance.now() - t0)
-      await node.services.ping.ping(a.peerId)
+      await node.services.ping.ping(target.peerId)
       held++
     } catch (err) {
       stopped = `${err.name}: ${err.message}`
@@ -299,11 +306,12 @@ async function bench (relay, mib, circuits) {
     echo_received: result.received,
     circuits_requested: circuits,
     circuits_held: held,
+    targets: targets.length,
     stopped_by: stopped,
     circuits_seconds: (Date.now() - start) / 1000,
     open_ms: quantiles(opens)
   })
-  await Promise.all([a.stop(), ...initiators.map((n) => n.stop())])
+  await Promise.all([...targets, ...initiators].map((n) => n.stop()))
 }
 
 // An AutoNAT v1 client; `mapped` claims a public mapping of its port (as UPnP
