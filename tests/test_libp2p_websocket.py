@@ -134,6 +134,15 @@ class WebSocketTests(unittest.TestCase):
                           and e.get("libp2p_event") != "aborted"], [])
 
     @defer.inlineCallbacks
+    def test_an_endless_opening_handshake_is_cut_off(self):
+        client = Sender(b"GET / HTTP/1.1\r\nX-Pad: " + b"a" * 20000)
+        reactor.connectTCP("127.0.0.1", port_of(self.ws_addr), ClientFactory.forProtocol(
+            lambda: client))
+        yield client.closed                 # well before the handshake timeout
+        metrics = generate_latest(self.relay.daemon.registry).decode()
+        self.assertIn('relayd_libp2p_connections_aborted_total{reason="websocket"} 1.0', metrics)
+
+    @defer.inlineCallbacks
     def test_text_messages_drop_the_connection(self):
         a = yield dial_ws(self, self.ws_addr)
         a.connection.transport.sendMessage(b"hello", isBinary=False)

@@ -12,6 +12,7 @@ from autobahn.twisted.websocket import (
 from twisted.internet.interfaces import ITCPTransport
 
 MAX_MESSAGE = 1024 * 1024       # js sends one Noise frame (<= 64 KiB) per message
+MAX_OPENING_HANDSHAKE = 16 * 1024   # autobahn buffers the HTTP request without a bound
 
 
 class _Quiet:
@@ -84,6 +85,12 @@ class ServerCarrier(_Carrier, WebSocketServerProtocol):
 
     def onConnect(self, request):
         return None                     # any path, no subprotocol (as js-libp2p dials)
+
+    def dataReceived(self, data):
+        if self.state == self.STATE_CONNECTING and len(self.data) + len(data) > MAX_OPENING_HANDSHAKE:
+            self.inner.abort("WebSocket: opening handshake over 16 KiB", "websocket")
+            return
+        super().dataReceived(data)
 
 
 class ClientCarrier(_Carrier, WebSocketClientProtocol):
