@@ -158,6 +158,17 @@ class AutoNATTests(unittest.TestCase):
         self.assertEqual(node.accepted, [])
 
     @defer.inlineCallbacks
+    def test_bytes_after_the_answer_are_dropped_unread(self):
+        yield self.start()
+        node, peer = yield self.client()
+        _, pipe = yield ask(peer, autonat.V1, v1_dial(node.keypair.peer_id, node.addr))
+        pipe.stream.write(b"\x00" * 200000)
+        server_side, = [c for c in self.relay.factory.connections if c.remote_peer == node.keypair.peer_id]
+        handler, = [s.handler for s in server_side.session.streams.values()]
+        yield wait_until(lambda: server_side.bytes_in > 200000)
+        self.assertEqual(handler.buf, b"")
+
+    @defer.inlineCallbacks
     def test_v2_same_ip_dials_back_with_the_nonce(self):
         yield self.start()
         node, peer = yield self.client()

@@ -115,6 +115,8 @@ class _Request(StreamHandler):
         self.gone = False
 
     def data_received(self, data):
+        if self.gone:
+            return                      # answered: anything more is dropped unread
         self.buf += data
         while not self.gone:
             try:
@@ -285,12 +287,14 @@ class DialBack(StreamHandler):
         stream.write(varint.prefixed(protobuf.encode([(1, self.nonce)])))
 
     def data_received(self, data):
+        if self.done.called:
+            return
         self.buf += data
         try:
             got = varint.split_prefixed(self.buf, MAX_MESSAGE)
         except ValueError:
-            got = None
-        if got is not None and not self.done.called:
+            return self.give_up()
+        if got is not None:
             self.done.callback(DIAL_OK)
 
     def stream_closed(self, reset):
