@@ -147,6 +147,15 @@ def optional(convert):
     return wrapped
 
 
+def host_port(text):
+    """``host:port`` (``[v6]:port``) -> (host, port)."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        _fail(f"{text!r} is not host:port")
+    return host, int(port)
+
+
 def word_list(text):
     """Comma- or whitespace-separated words."""
     return [w for w in re.split(r"[,\s]+", text) if w]
@@ -277,7 +286,12 @@ SCHEMA = {
     },
     "libp2p": {
         "listen": F(server_endpoint, "tcp:4001:interface=127.0.0.1"),
+        "ws_listen": F(optional(server_endpoint), ""),
+        "wss_listen": F(optional(server_endpoint), ""),
+        "quic_listen": F(optional(host_port), ""),
         "announce": F(multiaddr_list, ""),
+        "allow_peers_file": F(optional(existing_file), ""),
+        "deny_peers_file": F(optional(existing_file), ""),
         "max_reservations": F(integer(0), "1024"),
         "max_reservations_per_peer": F(integer(0), "3"),
         "max_reservations_per_ip": F(integer(0), "8"),
@@ -295,6 +309,12 @@ SCHEMA = {
         "handshake_timeout": F(duration, "15s"),
         "connect_timeout": F(duration, "10s"),
         "stats_interval": F(duration, "60"),
+        "autonat": F(boolean, "yes"),
+        "autonat_dial_private": F(boolean, "no"),
+        "autonat_rate": F(integer(1), "3"),
+        "autonat_global_rate": F(integer(1), "30"),
+        "autonat_dial_timeout": F(duration, "10s"),
+        "autonat_dial_data": F(integer(1, 10 * 1024 * 1024), "30000"),
     },
 }
 

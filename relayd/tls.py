@@ -33,6 +33,14 @@ def _certificates(pem, what):
         raise TLSConfigError(f"{what}: no PEM certificate ({e})") from None
 
 
+def _alpn(connection, offered):
+    """Twisted's own ALPN callback answers an empty protocol when nothing
+    matches, which OpenSSL turns into an "internal error" alert: every browser
+    (and curl) failed the handshake.  Pick HTTP/1.1 for WebSocket clients and
+    otherwise carry on without ALPN."""
+    return b"http/1.1" if b"http/1.1" in offered else SSL.NO_OVERLAPPING_PROTOCOLS
+
+
 class Material:
     """Parsed certificate material plus the context options built from it."""
 
@@ -53,7 +61,7 @@ class Material:
             requireCertificate=require_client_cert,
             raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
         try:
-            self.options.getContext()
+            self.options.getContext().set_alpn_select_callback(_alpn)
         except SSL.Error as e:
             raise TLSConfigError(f"[tls] key does not match [tls] cert ({e})") from None
         except TypeError as e:      # pyOpenSSL's refusal of a key type (e.g. X25519)

@@ -71,24 +71,31 @@ class ParseTests(unittest.TestCase):
         s = config.parse(text, "etc/relay.ini")
         self.assertTrue(s.enabled("tcp"))
         self.assertIn("interface=127.0.0.1", s.tcp.listen)
+        for listen in (s.libp2p.listen, s.libp2p.ws_listen):           # TCP and WebSocket
+            self.assertIn("interface=127.0.0.1", listen)
+        self.assertEqual(s.libp2p.quic_listen, ("127.0.0.1", 4001))         # QUIC
 
 
 class OptionsTests(unittest.TestCase):
-    def test_config_error_is_a_usage_error(self):
+    def usage_error(self, ini):
+        """The UsageError twistd's option parsing gives for a config file of ``ini``."""
         path = self.mktemp()
         with open(path, "w") as f:
-            f.write("[tcp]\nmax_line = huge\n")
+            f.write(ini)
         with self.assertRaises(usage.UsageError) as cm:
             Options().parseOptions(["--config", path])
-        self.assertIn("[tcp] max_line", str(cm.exception))
+        return str(cm.exception)
+
+    def test_config_error_is_a_usage_error(self):
+        self.assertIn("[tcp] max_line", self.usage_error("[tcp]\nmax_line = huge\n"))
 
     def test_wiring_error_is_a_usage_error(self):
-        path = self.mktemp()
-        with open(path, "w") as f:
-            f.write("[tor]\ncontrol_port = tcp:127.0.0.1:9051\n")
-        with self.assertRaises(usage.UsageError) as cm:
-            Options().parseOptions(["--config", path])
-        self.assertIn("[tor] target", str(cm.exception))
+        self.assertIn("[tor] target",
+                      self.usage_error("[tor]\ncontrol_port = tcp:127.0.0.1:9051\n"))
+
+    def test_secure_websocket_without_tls_is_a_usage_error(self):
+        self.assertIn("[libp2p] wss_listen needs the [tls] section",
+                      self.usage_error("[libp2p]\nwss_listen = tcp:4443\n"))
 
     def test_settings_parsed(self):
         path = self.mktemp()

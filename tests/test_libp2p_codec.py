@@ -2,7 +2,7 @@
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.trial import unittest
 
-from relayd.libp2p import envelope, multiaddr, protobuf, varint
+from relayd.libp2p import envelope, identify, messages, multiaddr, protobuf, varint
 from relayd.libp2p.peerid import KeyPair, PeerId, b58decode, b58encode, decode_public_key
 
 SPEC_KEY = bytes.fromhex("080112201ed1e8fae2c4a144b8be8fd4b47bf3d3b34b871c3cacf6010f0e42d474fce27e")
@@ -48,6 +48,18 @@ class ProtobufTests(unittest.TestCase):
         for bad in (b"\x12\x05ab", b"\x08", b"\x0b", b"\x00\x01"):
             self.assertRaises(ValueError, protobuf.decode, bad)
         self.assertRaises(ValueError, protobuf.first_bytes, {1: [5]}, 1)
+
+    def test_messages_with_wrong_field_types_are_value_errors(self):
+        """A varint where bytes belong (or the reverse) is malformed, never a TypeError."""
+        good = identify.encode(SPEC_KEY, ["/ip4/1.2.3.4/tcp/1"], ["/ipfs/ping/1.0.0"],
+                               "/ip4/5.6.7.8/tcp/2", "x")
+        self.assertEqual(identify.decode(good)["protocols"], ["/ipfs/ping/1.0.0"])
+        for number in (1, 2, 3, 4, 6):
+            self.assertRaises(ValueError, identify.decode, protobuf.encode([(number, 7)]))
+        for number in (2, 3):                                   # repeated: every value counts
+            self.assertRaises(ValueError, identify.decode, good + protobuf.encode([(number, 7)]))
+        self.assertRaises(ValueError, messages.decode_limit, protobuf.encode([(1, b"x")]))
+        self.assertRaises(ValueError, messages.decode_hop, protobuf.encode([(1, 1), (2, 5)]))
 
 
 class PeerIdTests(unittest.TestCase):

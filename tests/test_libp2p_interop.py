@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -70,11 +71,8 @@ listen = tcp:{p2p}:interface=127.0.0.1
 """
 
 
-class JsLibp2pInteropTests(unittest.TestCase):
-    timeout = 600
-
-    def setUp(self):
-        ensure_packages()
+class RelaydMixin:
+    """Starts relayd with ``[libp2p]`` and reads its log and HTTP views."""
 
     def start(self, extra="", workdir=None):
         port = free_port()
@@ -94,6 +92,19 @@ class JsLibp2pInteropTests(unittest.TestCase):
             time.sleep(0.05)
         raise AssertionError(f"{pattern!r} not in the relay log:\n{relay.log()}")
 
+    def http(self, relay, path):
+        url = f"http://127.0.0.1:{relay.ports['http']}/{path}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = response.read().decode()
+        return json.loads(body) if path == "stats" else body
+
+
+class JsLibp2pInteropTests(RelaydMixin, unittest.TestCase):
+    timeout = 600
+
+    def setUp(self):
+        ensure_packages()
+
     def test_reserve_dial_ping_echo_and_reservation_cap(self):
         relay, addr, peer_id = self.start("max_reservations_per_ip = 1\n")
         self.assertTrue(peer_id.startswith("12D3KooW"))
@@ -110,6 +121,8 @@ class JsLibp2pInteropTests(unittest.TestCase):
         self.assertIsInstance(got["relay_ping_rtt_ms"], int)
         self.assertIn("/libp2p/circuit/relay/0.2.0/hop", got["relay_protocols"])
         self.assertEqual(got["relay_agent"], "relayd/0.1")
+        self.assertTrue(got["relay_peer_record"])                 # js verified relayd's record
+        self.assertIn({"addr": addr.rsplit("/p2p/", 1)[0], "certified": True}, got["relay_addrs"])
         log = relay.log()
         self.assertIn(f"reservation accepted: peer {got['a']}", log)
         opened = re.findall(rf"circuit (\d+) opened: {got['b']} -> {got['a']}", log)
@@ -142,11 +155,21 @@ class JsLibp2pInteropTests(unittest.TestCase):
         self.wait_for_log(relay, "configuration reloaded", before)
         self.assertEqual(js("reserve-raw", addr, 2)["statuses"], [100, 100])
 
-    def http(self, relay, path):
-        url = f"http://127.0.0.1:{relay.ports['http']}/{path}"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            body = response.read().decode()
-        return json.loads(body) if path == "stats" else body
+    def test_quic_peer_reserves_and_moves_data_through_a_circuit(self):
+        quic_port = free_port(socket.SOCK_DGRAM)
+        relay, tcp_addr, peer_id = self.start(f"quic_listen = 127.0.0.1:{quic_port}\n")
+        quic_addr = f"/ip4/127.0.0.1/udp/{quic_port}/quic-v1/p2p/{peer_id}"
+        self.assertIn(f"listening on {tcp_addr} {quic_addr} ", relay.log())
+        got = js("quic-scenario", quic_addr, tcp_addr, 8)        # A on QUIC, B on TCP
+        self.assertEqual(got["a_relay_conn"], quic_addr)
+        self.assertIn(f"{quic_addr}/p2p-circuit/p2p/{got['a']}", got["a_addrs"])
+        self.assertEqual(got["echo_received"], 8 * MiB)
+        self.assertIsInstance(got["relay_ping_rtt_ms"], int)
+        log = relay.log()
+        self.assertIn(f"reservation accepted: peer {got['a']} from 127.0.0.1", log)
+        carried = [int(n) for n in re.findall(
+            rf"closed \(\w+\): {got['b']} -> {got['a']}, (\d+) bytes to target", log)]
+        self.assertGreaterEqual(max(carried), 8 * MiB)
 
     def test_data_limit_restart_keeps_peer_id_and_a_room(self):
         relay, addr, peer_id = self.start("circuit_bytes = 1MiB\n")

@@ -21,12 +21,17 @@ def relay_settings(extra=""):
     return config.parse(text)
 
 
-def start_relay(testcase, extra=""):
-    settings = relay_settings(extra)
-    daemon = SimpleNamespace(
+def fake_daemon(settings, **extra):
+    """What Libp2pService uses of the daemon, on the real reactor."""
+    return SimpleNamespace(
         identity=SimpleNamespace(private_key=Ed25519PrivateKey.generate()),
         registry=CollectorRegistry(), settings=settings, reactor=reactor, tls=None,
-        on_reload=lambda hook: None)
+        on_reload=lambda hook: None, **extra)
+
+
+def start_relay(testcase, extra=""):
+    settings = relay_settings(extra)
+    daemon = fake_daemon(settings)
     service = Libp2pService(daemon, settings.libp2p, reactor)
     service.startService()
     testcase.addCleanup(lambda: service.running and service.stopService())
@@ -144,6 +149,58 @@ class ReserveAndConnectTests(unittest.TestCase):
         yield pinger.opened
         pinger.stream.write(b"p" * 32 + b"q" * 32)
         self.assertEqual((yield pinger.wait_for(64)), b"p" * 32 + b"q" * 32)
+
+    @defer.inlineCallbacks
+    def identify(self, peer):
+        pipe = Pipe()
+        peer.connection.open_protocol(identify.PROTOCOL_ID, pipe)
+        yield wait_until(lambda: pipe.fin)
+        return identify.decode(varint.split_prefixed(bytes(pipe.received), 8192)[0])
+
+    def peer_record(self, info):
+        """``(seq, addrs)`` of the signed peer record in an identify answer."""
+        signer, payload_type, payload = envelope.open_envelope(
+            info["signed_peer_record"], envelope.PEER_RECORD_DOMAIN)
+        self.assertEqual((signer, payload_type), (self.relay.peer_id, b"\x03\x01"))
+        fields = protobuf.decode(payload)
+        self.assertEqual(fields[1], [self.relay.peer_id.bytes])
+        addrs = [multiaddr.to_string(protobuf.decode(a)[1][0]) for a in fields[3]]
+        return fields[2][0], addrs
+
+    @defer.inlineCallbacks
+    def test_identify_carries_a_signed_peer_record_and_is_pushed_on_change(self):
+        a = yield dial(self, self.relay)
+        pushes = []
+
+        class Sink(Pipe):
+            def __init__(self, connection):
+                super().__init__()
+                pushes.append(self)
+        a.handlers[identify.PUSH_PROTOCOL_ID] = Sink
+        info = yield self.identify(a)
+        seq, addrs = self.peer_record(info)
+        self.assertEqual([addr + f"/p2p/{self.relay.peer_id}" for addr in addrs],
+                         self.relay.listen_addrs)
+        self.assertEqual(self.peer_record((yield self.identify(a)))[0], seq)   # same addrs, same seq
+
+        self.relay.reconfigure(relay_settings("announce = /dns4/relay.example/tcp/4001\n").libp2p)
+        yield wait_until(lambda: pushes and pushes[0].fin)
+        pushed = identify.decode(varint.split_prefixed(bytes(pushes[0].received), 8192)[0])
+        self.assertEqual(pushed["listen_addrs"], [f"/dns4/relay.example/tcp/4001/p2p/{self.relay.peer_id}"])
+        new_seq, new_addrs = self.peer_record(pushed)
+        self.assertEqual(new_addrs, ["/dns4/relay.example/tcp/4001"])
+        self.assertGreater(new_seq, seq)
+        self.relay.reconfigure(relay_settings("announce = /dns4/relay.example/tcp/4001\n").libp2p)
+        self.assertEqual(len(pushes), 1)                          # nothing changed: no push
+
+    @defer.inlineCallbacks
+    def test_sockets_run_without_nagle_both_ways(self):
+        """Small handshake messages leave at once (no Nagle + delayed ACK stalls)."""
+        a = yield dial(self, self.relay)
+        server_side, = self.relay.factory.connections
+        for conn in (server_side, a.connection):
+            sock = conn.transport.getHandle()
+            self.assertTrue(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 
     @defer.inlineCallbacks
     def test_muxer_agreed_inside_noise(self):

@@ -191,6 +191,21 @@ class TimerTests(unittest.TestCase):
         h.settle()
         self.assertEqual(bytes(pipe_a.received), b"early bytes")
 
+    def test_connect_rate_limit_comes_before_the_reservation_lookup(self):
+        """Once over ``circuit_rate``, a reserved target and an unknown one get
+        the same answer: the reservation table cannot be probed without limit."""
+        h = Harness("circuit_rate = 2\n")
+        a, b = h.peer(), h.peer()
+        a.handlers[m.STOP_PROTOCOL_ID] = Mute
+        h.result(a.reserve())
+        strangers = [KeyPair(Ed25519PrivateKey.generate()).peer_id for _ in range(3)]
+        statuses = [h.result(b.connect(peer, Pipe()))[2] for peer in strangers]
+        self.assertEqual(statuses, [m.NO_RESERVATION, m.NO_RESERVATION, m.RESOURCE_LIMIT_EXCEEDED])
+        self.assertEqual(h.result(b.connect(a.keypair.peer_id, Pipe()))[2], m.RESOURCE_LIMIT_EXCEEDED)
+        self.assertEqual(h.relay.circuits(), [])
+        self.assertIn('relayd_libp2p_denials_total{reason="rate-limited",request="circuit"} 2.0',
+                      h.metrics())
+
     def test_rate_limiter_window_slides(self):
         h = Harness("circuit_rate = 2\nrate_window = 10\n")
         limiter = h.relay.limits.circuit_rate
@@ -202,7 +217,37 @@ class TimerTests(unittest.TestCase):
         self.assertEqual(limiter.events, {})
 
 
+class Garbage(Protocol):
+    def connectionMade(self):
+        self.transport.write(b"\x03abc")
+
+
 class DenialLogTests(unittest.TestCase):
+    def test_garbage_connections_are_all_counted_but_logged_at_a_bounded_rate(self):
+        h = Harness("handshake_timeout = 5\n")
+        with capturedLogs() as logged:
+            for _ in range(30):
+                h.link(Garbage())
+            for _ in range(5):
+                h.link(Protocol())                  # silent until the handshake times out
+            h.advance(5)
+        self.assertEqual(h.factory.connections, set())
+        aborts = [e for e in logged if e.get("libp2p_event") == "aborted"]
+        self.assertEqual(len(aborts), 20)
+        self.assertIn("multistream", aborts[0]["kind"])
+        self.assertEqual(len([e for e in logged if "only counted" in e["log_format"]]), 1)
+        metrics = h.metrics()
+        self.assertIn('relayd_libp2p_connections_aborted_total{reason="multistream"} 30.0', metrics)
+        self.assertIn('relayd_libp2p_connections_aborted_total{reason="handshake-timeout"} 5.0',
+                      metrics)
+
+    def test_log_is_bounded_over_all_sources_too(self):
+        events = RelayEvents(CollectorRegistry(), Clock())
+        with capturedLogs() as logged:
+            for n in range(300):
+                events.aborted("noise", "bad tag", f"10.0.{n // 256}.{n % 256}")
+        self.assertEqual(len([e for e in logged if e.get("libp2p_event") == "aborted"]), 200)
+
     def test_denials_are_all_counted_but_logged_at_a_bounded_rate(self):
         clock = Clock()
         events = RelayEvents(CollectorRegistry(), clock)

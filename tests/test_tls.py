@@ -92,6 +92,33 @@ class MaterialTests(unittest.TestCase):
     def setUp(self):
         self.files = make_pki(os.path.abspath(self.mktemp()))
 
+    def test_clients_offering_alpn_complete_the_handshake(self):
+        """Browsers offer h2 and http/1.1 (wss: http/1.1 only): Twisted's ALPN
+        callback answered an empty choice and OpenSSL failed the handshake."""
+        from OpenSSL import SSL
+        material = Material(read(self.files["relay1.pem"]), read(self.files["relay1.key"]))
+        for offered, chosen in (([b"h2", b"http/1.1"], b"http/1.1"), ([b"h2"], b""),
+                                ([], b"")):
+            server = SSL.Connection(material.options.getContext(), None)
+            server.set_accept_state()
+            client_context = SSL.Context(SSL.TLS_METHOD)
+            if offered:
+                client_context.set_alpn_protos(offered)
+            client = SSL.Connection(client_context, None)
+            client.set_connect_state()
+            for _ in range(4):
+                for one, other in ((client, server), (server, client)):
+                    try:
+                        one.do_handshake()
+                    except SSL.WantReadError:
+                        pass
+                    try:
+                        other.bio_write(one.bio_read(65536))
+                    except SSL.WantReadError:
+                        pass
+            self.assertEqual(server.get_alpn_proto_negotiated(), chosen)
+            client.do_handshake()                                  # done, no alert
+
     def test_key_must_match_the_certificate(self):
         e = self.assertRaises(TLSConfigError, Material, read(self.files["relay1.pem"]),
                               read(self.files["alice.key"]))

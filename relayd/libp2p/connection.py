@@ -6,7 +6,7 @@ multistream-select and is handed to the handler registered for it; outbound
 streams come from ``open_protocol``.  Leftover bytes are passed on at every
 layer.
 """
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, ITCPTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -85,6 +85,7 @@ class Libp2pConnection(Protocol):
     ``handshake_timeout`` and ``connection_ready``/``connection_lost`` hooks."""
 
     log = Logger()
+    transport_suffix = ""       # what follows /tcp/<port> in addresses: "/ws" over WebSocket
 
     def __init__(self, initiator=False):
         self.initiator = initiator
@@ -96,7 +97,7 @@ class Libp2pConnection(Protocol):
         self.negotiation = None
         self.timeout = None
         self.bytes_in = self.bytes_out = 0
-        self.close_reason = None
+        self.close_reason = self.close_kind = None
         self.ping_streams = 0
         self.unread = None              # bytes written since the transport paused us
         self.idle_since = None
@@ -108,11 +109,13 @@ class Libp2pConnection(Protocol):
 
     @property
     def remote_address(self):
-        """``/ip4/<host>/tcp/<port>`` of the remote as seen from here."""
-        return from_address(self.transport.getPeer())
+        """``/ip4/<host>/tcp/<port>`` (``/ws`` ...) of the remote as seen from here."""
+        return from_address(self.transport.getPeer()) + self.transport_suffix
 
     # --- Twisted protocol -----------------------------------------------------------
     def connectionMade(self):
+        if ITCPTransport.providedBy(self.transport):
+            self.transport.setTcpNoDelay(True)  # Nagle + delayed ACKs stall every handshake step
         self.timeout = self.factory.reactor.callLater(
             self.factory.handshake_timeout, self._handshake_timed_out)
         self.transport.registerProducer(self, True)
@@ -131,11 +134,15 @@ class Libp2pConnection(Protocol):
                 self._handshake(data)
             elif self.state in (SECURED, MUXED) and data:
                 self._decrypt(data)
-        except (multistream.NegotiationFailed, noise.HandshakeError, ValueError) as e:
-            self.abort(str(e))
+        except multistream.NegotiationFailed as e:
+            self.abort(str(e), "multistream")
+        except noise.HandshakeError as e:
+            self.abort(str(e), "noise")
+        except ValueError as e:
+            self.abort(str(e), "malformed")
         except Exception:
             self.log.failure("libp2p connection handler failed")
-            self.abort("internal error")
+            self.abort("internal error", "internal")
 
     def connectionLost(self, reason):
         self.state = CLOSED
@@ -163,7 +170,7 @@ class Libp2pConnection(Protocol):
         if self.unread is not None:
             self.unread += len(data)
             if self.unread > MAX_UNREAD_OUTPUT:
-                self.abort("the peer does not read its output")
+                self.abort("the peer does not read its output", "slow-reader")
                 return
         self.bytes_out += len(data)
         self.transport.write(data)
@@ -235,7 +242,8 @@ class Libp2pConnection(Protocol):
         self.negotiation = None
         self._cancel_timeout()
         self.state = MUXED
-        self.session = yamux.Session(self.write, self.initiator, self._inbound_stream, self.abort)
+        self.session = yamux.Session(self.write, self.initiator, self._inbound_stream,
+                                     lambda reason: self.abort(reason, "yamux"))
         self.factory.connection_ready(self)
         if leftover and self.state == MUXED:
             self.session.feed(leftover)
@@ -257,23 +265,22 @@ class Libp2pConnection(Protocol):
     # --- ending ---------------------------------------------------------------------
     def _handshake_timed_out(self):
         self.timeout = None
-        self.abort("handshake timeout")
+        self.abort("handshake timeout", "handshake-timeout")
 
     def _cancel_timeout(self):
         if self.timeout is not None and self.timeout.active():
             self.timeout.cancel()
         self.timeout = None
 
-    def abort(self, reason):
+    def abort(self, reason, kind="policy"):
         """Drop the connection at once (protocol error, timeout, policy): nothing
-        more is read or written."""
+        more is read or written.  ``kind`` is a short word for counting; the
+        factory's ``connection_lost`` sees both as ``close_reason``/``close_kind``."""
         if self.state == CLOSED:
             return
         self.state = CLOSED
         if self.close_reason is None:
-            self.close_reason = reason
-        self.log.debug("libp2p connection from {peer} aborted: {reason}",
-                       peer=self.transport.getPeer(), reason=reason)
+            self.close_reason, self.close_kind = reason, kind
         self.transport.abortConnection()
 
     def close(self):

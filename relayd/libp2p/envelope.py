@@ -4,6 +4,8 @@ from relayd.libp2p.peerid import PeerId, verify
 
 VOUCHER_DOMAIN = b"libp2p-relay-rsvp"
 VOUCHER_TYPE = b"\x03\x02"
+PEER_RECORD_DOMAIN = b"libp2p-peer-record"
+PEER_RECORD_TYPE = b"\x03\x01"         # the multicodec libp2p-peer-record, as a varint
 
 
 def _signed_bytes(domain, payload_type, payload):
@@ -32,3 +34,11 @@ def voucher(keypair, peer, expiration):
     """The sealed reservation voucher for ``peer`` (a PeerId), valid until ``expiration`` (UNIX s)."""
     payload = protobuf.encode([(1, keypair.peer_id.bytes), (2, peer.bytes), (3, expiration)])
     return seal(keypair, VOUCHER_DOMAIN, VOUCHER_TYPE, payload)
+
+
+def peer_record(keypair, seq, addrs):
+    """The sealed PeerRecord (RFC 0003) of ``keypair``'s peer: ``seq`` must grow
+    whenever ``addrs`` (binary multiaddrs without /p2p) change."""
+    payload = protobuf.encode([(1, keypair.peer_id.bytes), (2, seq),
+                               (3, [protobuf.encode([(1, addr)]) for addr in addrs])])
+    return seal(keypair, PEER_RECORD_DOMAIN, PEER_RECORD_TYPE, payload)

@@ -2,15 +2,17 @@
 from prometheus_client import Counter, Gauge
 from twisted.logger import Logger
 
-DENIALS_LOGGED_PER_MINUTE = 20      # per source IP; the rest are only counted
+DENIALS_LOGGED_PER_MINUTE = 20      # denials and aborted connections per source IP ...
+LOGGED_PER_MINUTE = 200             # ... and from all sources; the rest are only counted
 
 
 class RelayEvents:
     """Receives the relay's accounting events; logs each one and counts it.
 
-    Denials are counted every time but logged at most
-    ``DENIALS_LOGGED_PER_MINUTE`` times a minute per source IP, so that a
-    peer hammering the relay cannot flood the log.
+    Denials and aborted connections are counted every time but logged at
+    most ``DENIALS_LOGGED_PER_MINUTE`` times a minute per source IP and
+    ``LOGGED_PER_MINUTE`` in all, so that peers hammering the relay cannot
+    flood the log.
     """
 
     log = Logger(namespace="relayd.libp2p")
@@ -18,6 +20,7 @@ class RelayEvents:
     def __init__(self, registry, clock):
         self.clock = clock
         self._denial_windows = {}       # ip -> [window start, denials logged in it]
+        self._all_window = [None, 0]    # the same over every source
         self.relayed_bytes = 0
         self.totals = {"reservations_accepted": 0, "reservations_renewed": 0,
                        "circuits_opened": 0, "circuits_closed": 0, "denied": 0}
@@ -35,6 +38,21 @@ class RelayEvents:
         self.m_denied = Counter(
             "relayd_libp2p_denials", "Refused reservation and circuit requests",
             ["request", "reason"], registry=registry)
+        self.m_autonat = Counter(
+            "relayd_libp2p_autonat_requests", "AutoNAT dial-back requests, by protocol version "
+            "and result", ["version", "result"], registry=registry)
+        self.m_aborted = Counter(
+            "relayd_libp2p_connections_aborted", "Connections dropped for a protocol error, "
+            "timeout or policy, by kind", ["reason"], registry=registry)
+
+    def autonat(self, version, result, ip, addr=None):
+        """An AutoNAT request answered (``result``: ok, dial-error, dial-back-error,
+        refused, rejected, bad-request)."""
+        self.m_autonat.labels(version, result).inc()
+        if self._may_log(ip):
+            self.log.info("libp2p autonat {version} request from {ip}: {result}{at}",
+                          version=version, ip=ip, result=result, at=f" ({addr})" if addr else "",
+                          addr=addr, libp2p_event="autonat")
 
     def gauges(self, registry, connections, reservations, circuits):
         """Live gauges read from callables at scrape time."""
@@ -54,13 +72,30 @@ class RelayEvents:
     def denied(self, request, reason, peer, ip, target=None):
         self.totals["denied"] += 1
         self.m_denied.labels(request, reason.split(":")[0]).inc()
-        if self._may_log_denial(ip):
+        if self._may_log(ip):
             self.log.info("libp2p {request} denied: peer {peer} from {ip}{to}: {reason}",
                           request=request, reason=reason, peer=peer, ip=ip,
                           to=f" to {target}" if target else "", target=target, libp2p_event="denied")
 
-    def _may_log_denial(self, ip):
+    def aborted(self, kind, reason, ip):
+        """A connection was dropped (``kind``: a short word, ``reason``: the detail)."""
+        self.m_aborted.labels(kind).inc()
+        if self._may_log(ip):
+            self.log.info("libp2p connection from {ip} aborted ({kind}): {reason}", ip=ip,
+                          kind=kind, reason=reason, libp2p_event="aborted")
+
+    def _may_log(self, ip):
         now = self.clock.seconds()
+        overall = self._all_window
+        if overall[0] is None or now - overall[0] >= 60:
+            overall[:] = [now, 0]
+        overall[1] += 1
+        if overall[1] == LOGGED_PER_MINUTE + 1:
+            self.log.warn("libp2p: more than {limit} denials and aborted connections this minute; "
+                          "further ones are only counted (relayd_libp2p_denials, "
+                          "relayd_libp2p_connections_aborted)", limit=LOGGED_PER_MINUTE)
+        if overall[1] > LOGGED_PER_MINUTE:
+            return False
         window = self._denial_windows.get(ip)
         if window is None or now - window[0] >= 60:
             if len(self._denial_windows) >= 10000:
@@ -69,8 +104,9 @@ class RelayEvents:
             window = self._denial_windows[ip] = [now, 0]
         window[1] += 1
         if window[1] == DENIALS_LOGGED_PER_MINUTE + 1:
-            self.log.warn("libp2p: more than {limit} denials this minute for {ip}; further ones "
-                          "are only counted (relayd_libp2p_denials)",
+            self.log.warn("libp2p: more than {limit} denials and aborted connections this minute "
+                          "for {ip}; further ones are only counted (relayd_libp2p_denials, "
+                          "relayd_libp2p_connections_aborted)",
                           limit=DENIALS_LOGGED_PER_MINUTE, ip=ip)
         return window[1] <= DENIALS_LOGGED_PER_MINUTE
 

@@ -92,10 +92,10 @@ def to_string(data):
 
 
 def from_address(address):
-    """A Twisted IPv4/IPv6 TCP address -> ``/ip4|ip6/<host>/tcp/<port>``."""
+    """A Twisted IPv4/IPv6 address -> ``/ip4|ip6/<host>/tcp|udp/<port>``."""
     host = address.host.split("%")[0]
     family = "ip6" if ":" in host else "ip4"
-    return f"/{family}/{host}/tcp/{address.port}"
+    return f"/{family}/{host}/{'udp' if address.type == 'UDP' else 'tcp'}/{address.port}"
 
 
 def multiaddr_list(text):

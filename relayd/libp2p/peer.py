@@ -3,7 +3,7 @@ dial, RESERVE, CONNECT through a relay, and accept STOP (tests, tools)."""
 from twisted.internet import defer
 from twisted.internet.protocol import ClientFactory
 
-from relayd.libp2p import messages as m, ping, varint
+from relayd.libp2p import messages as m, ping, protobuf, varint
 from relayd.libp2p.connection import Libp2pConnection
 from relayd.libp2p.yamux import StreamHandler
 
@@ -93,7 +93,7 @@ class StopAcceptor(StreamHandler):
         self.stream.write(varint.prefixed(m.stop(m.STOP_STATUS, status=m.OK)))
         pipe = Pipe()
         pipe.initiator = initiator
-        pipe.limit = m.decode_limit(fields.get(3, [b""])[0])
+        pipe.limit = m.decode_limit(protobuf.first_bytes(fields, 3))
         self.stream.attach(pipe)
         if rest:
             pipe.data_received(rest)

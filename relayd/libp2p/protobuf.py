@@ -1,12 +1,17 @@
-"""A tiny protobuf codec: varint (0) and length-delimited (2) fields.
+"""A tiny protobuf codec: varint (0), fixed64 (1) and length-delimited (2) fields.
 
-The libp2p messages relayd speaks are small and use only these two wire
-types; encoding writes fields in the order given, which is the canonical
-(deterministic) order the specs require for keys, records and vouchers.
+The libp2p messages relayd speaks are small and use only these wire types
+(fixed64 for AutoNAT v2's nonce); encoding writes fields in the order given,
+which is the canonical (deterministic) order the specs require for keys,
+records and vouchers.
 """
 from relayd.libp2p import varint
 
-VARINT, BYTES = 0, 2
+VARINT, FIXED64, BYTES = 0, 1, 2
+
+
+class Fixed64(int):
+    """An int encoded as a fixed64 field."""
 
 
 def encode(fields):
@@ -17,7 +22,9 @@ def encode(fields):
         if value is None:
             continue
         for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, bool) or isinstance(item, int):
+            if isinstance(item, Fixed64):
+                out += varint.encode(number << 3 | FIXED64) + int(item).to_bytes(8, "little")
+            elif isinstance(item, bool) or isinstance(item, int):
                 out += varint.encode(number << 3 | VARINT) + varint.encode(int(item))
             else:
                 if isinstance(item, str):
@@ -27,7 +34,8 @@ def encode(fields):
 
 
 def decode(data):
-    """``{number: [values]}`` (ints or bytes); skips fixed32/fixed64; ValueError when malformed."""
+    """``{number: [values]}`` (ints, fixed64 as Fixed64, or bytes); skips fixed32;
+    ValueError when malformed."""
     fields = {}
     pos = 0
     try:
@@ -43,8 +51,12 @@ def decode(data):
                 if pos + length > len(data):
                     raise ValueError("truncated field")
                 value, pos = bytes(data[pos:pos + length]), pos + length
-            elif wire in (1, 5):
-                pos += 8 if wire == 1 else 4
+            elif wire == FIXED64:
+                if pos + 8 > len(data):
+                    raise ValueError("truncated field")
+                value, pos = Fixed64(int.from_bytes(data[pos:pos + 8], "little")), pos + 8
+            elif wire == 5:
+                pos += 4
                 if pos > len(data):
                     raise ValueError("truncated field")
                 continue
@@ -67,6 +79,14 @@ def first_bytes(fields, number):
     if value is not None and not isinstance(value, bytes):
         raise ValueError(f"field {number} is not length-delimited")
     return value
+
+
+def all_bytes(fields, number):
+    """Every value of a repeated length-delimited field; ValueError if one is a varint."""
+    values = fields.get(number, [])
+    if any(not isinstance(value, bytes) for value in values):
+        raise ValueError(f"field {number} is not length-delimited")
+    return values
 
 
 def first_int(fields, number, default=None):

@@ -3,6 +3,7 @@ targets, and the byte splice of each circuit with its duration and data limits."
 import itertools
 
 from relayd.libp2p import envelope, messages as m, multiaddr, varint
+from relayd.libp2p.access import PeerAccess
 from relayd.libp2p.resources import Circuit, Limits, Reservation
 from relayd.libp2p.yamux import StreamHandler
 
@@ -37,6 +38,7 @@ class Relay:
         self.events = events
         self.addrs = addrs              # callable -> announce multiaddrs (text, with /p2p/<relay>)
         self.limits = Limits(clock, settings)
+        self.access = PeerAccess()
         self.ids = itertools.count(1)
 
     def limit(self):
@@ -46,6 +48,10 @@ class Relay:
     def reserve(self, connection):
         """Grant or refresh; returns the HopMessage reply."""
         peer, ip = connection.remote_peer, _ip(connection)
+        refused = self.access.refusal(peer)
+        if refused is not None:
+            self.events.denied("reservation", "peer-" + refused, peer=str(peer), ip=ip)
+            return m.hop(m.STATUS, status=m.PERMISSION_DENIED)
         reason = self.limits.check_reservation(peer, connection, ip)
         if reason is not None:
             self.events.denied("reservation", reason, peer=str(peer), ip=ip)
@@ -75,11 +81,19 @@ class Relay:
 
     def connection_gone(self, connection):
         """Drop the reservations held on a closed connection."""
-        for key in [k for k in self.limits.reservations if k[1] is connection]:
+        self._drop([k for k in self.limits.reservations if k[1] is connection], "closed")
+
+    def set_access(self, access):
+        """Apply new peer lists; reservations of peers they refuse end now."""
+        self.access = access
+        self._drop([k for k in self.limits.reservations if access.refusal(k[0])], "revoked")
+
+    def _drop(self, keys, event):
+        for key in keys:
             found = self.limits.reservations.pop(key)
             if found.timer.active():
                 found.timer.cancel()
-            self.events.reservation("closed", peer=str(found.peer), ip=found.ip, expires=found.expires)
+            self.events.reservation(event, peer=str(found.peer), ip=found.ip, expires=found.expires)
 
     def reservations(self):
         return [{"peer": str(r.peer), "ip": r.ip, "expires": r.expires}
@@ -90,20 +104,37 @@ class Relay:
         """Start a circuit for ``hop_handler`` (the initiator's hop stream) to ``target``."""
         src = hop_handler.connection
         peer, ip = src.remote_peer, _ip(src)
-        found = self.limits.reservation_for(target)
-        if found is None:
-            self.events.denied("circuit", "no-reservation", peer=str(peer), ip=ip, target=str(target))
-            return hop_handler.refuse(m.NO_RESERVATION)
-        reason = self.limits.check_circuit(peer, target, ip)
+        status, reason, found = self._admit_circuit(peer, target, ip)
         if reason is not None:
             self.events.denied("circuit", reason, peer=str(peer), ip=ip, target=str(target))
-            return hop_handler.refuse(m.RESOURCE_LIMIT_EXCEEDED)
+            return hop_handler.refuse(status)
         circuit = Circuit(next(self.ids), peer, target, ip, self.clock.seconds())
         self.limits.circuits[circuit.id] = circuit      # holds the slot while STOP runs
         dialer = StopDialer(self, circuit, hop_handler)
         dialer.stream = found.connection.open_protocol(m.STOP_PROTOCOL_ID, dialer)
         if dialer.stream is None:
             dialer.fail("target connection closing")
+
+    def _admit_circuit(self, peer, target, ip):
+        """``(refusal status, denial reason, None)`` or ``(OK, None, the target's reservation)``."""
+        # the rate limit comes first: every lookup costs one, so no one can probe
+        # without limit which peers hold reservations
+        reason = self.limits.check_circuit_rate(ip)
+        if reason is not None:
+            return m.RESOURCE_LIMIT_EXCEEDED, reason, None
+        refused = self.access.refusal(peer)
+        if refused is not None:
+            return m.PERMISSION_DENIED, "peer-" + refused, None
+        found = self.limits.reservation_for(target)
+        if found is None:
+            return m.NO_RESERVATION, "no-reservation", None
+        refused = self.access.refusal(target)
+        if refused is not None:
+            return m.PERMISSION_DENIED, "target-" + refused, None
+        reason = self.limits.check_circuit(peer, target)
+        if reason is not None:
+            return m.RESOURCE_LIMIT_EXCEEDED, reason, None
+        return m.OK, None, found
 
     def circuits(self):
         now = self.clock.seconds()

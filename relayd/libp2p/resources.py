@@ -86,9 +86,12 @@ class Limits:
     def circuits_of(self, peer):
         return sum(1 for c in self.circuits.values() if peer in (c.src, c.dst))
 
-    def check_circuit(self, src, dst, ip):
-        if not self.circuit_rate.allow(ip):
-            return "rate-limited"
+    def check_circuit_rate(self, ip):
+        """None when ``ip`` may make another CONNECT now, else "rate-limited"."""
+        return None if self.circuit_rate.allow(ip) else "rate-limited"
+
+    def check_circuit(self, src, dst):
+        """None when a circuit from ``src`` to ``dst`` fits the limits, else why not."""
         s = self.settings
         if len(self.circuits) >= s.max_circuits:
             return "too-many-circuits"

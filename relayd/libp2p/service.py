@@ -1,10 +1,11 @@
 """The daemon's ``[libp2p]`` service: listener, relay state, stats and metrics."""
-from twisted.application.internet import TimerService
+from twisted.application.internet import TimerService, UDPServer
 from twisted.application.service import MultiService
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from relayd.libp2p import identify, messages, ping, yamux
+from relayd.libp2p import (access, autonat, envelope, identify, messages, multiaddr, ping, quic,
+                           websocket, yamux)
 from relayd.listeners import stream_service
 from relayd.libp2p.connection import Libp2pConnection
 from relayd.libp2p.events import RelayEvents
@@ -15,6 +16,7 @@ from relayd.libp2p.relay import HopHandler, Relay
 AGENT_VERSION = "relayd/0.1"
 ADVERTISED = (identify.PROTOCOL_ID, identify.PUSH_PROTOCOL_ID, ping.PROTOCOL_ID,
               messages.HOP_PROTOCOL_ID)
+AUTONAT = (autonat.V1, autonat.V2_REQUEST)
 
 
 class Libp2pFactory(Factory):
@@ -40,17 +42,25 @@ class Libp2pFactory(Factory):
             ping.PROTOCOL_ID: ping.PingResponder,
             messages.HOP_PROTOCOL_ID: HopHandler,
         }
+        self.autonat = None
+        if settings.autonat:
+            self.autonat = autonat.AutoNAT(reactor, keypair, settings, relay.events)
+            self.handlers.update({autonat.V1: autonat.V1Handler, autonat.V2_REQUEST: autonat.V2Handler})
 
     def buildProtocol(self, addr):
         ip = getattr(addr, "host", None)
+        proto = super().buildProtocol(addr)
+        return proto if self.admit(proto, ip) else None
+
+    def admit(self, connection, ip):
+        """Count a new connection from ``ip`` (any transport); False when over the caps."""
         if (len(self.connections) >= self.settings.max_connections
                 or self.per_ip.get(ip, 0) >= self.settings.max_connections_per_ip):
-            return None
-        proto = super().buildProtocol(addr)
-        proto.ip = ip
+            return False
+        connection.ip = ip
         self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
-        self.connections.add(proto)
-        return proto
+        self.connections.add(connection)
+        return True
 
     def sweep_idle(self, now):
         """Close muxed connections that held no stream and no reservation for
@@ -74,6 +84,8 @@ class Libp2pFactory(Factory):
                 self.closed_bytes[1] + sum(c.bytes_out for c in live))
 
     def connection_lost(self, connection):
+        if connection.close_reason is not None:
+            self.relay.events.aborted(connection.close_kind, connection.close_reason, connection.ip)
         if connection in self.connections:
             self.closed_bytes[0] += connection.bytes_in
             self.closed_bytes[1] += connection.bytes_out
@@ -104,6 +116,12 @@ class _PortRecorder:
         return port
 
 
+# [libp2p] key -> what follows /tcp|udp/<port> in its multiaddr, and whether TLS
+# carries it (None: QUIC, on UDP)
+LISTENERS = (("listen", "", False), ("ws_listen", "/ws", False), ("wss_listen", "/tls/ws", True),
+             ("quic_listen", "/quic-v1", None))
+
+
 class Libp2pService(MultiService):
     """``[libp2p]``: a Circuit Relay v2 server speaking TCP/Noise/Yamux."""
 
@@ -112,12 +130,17 @@ class Libp2pService(MultiService):
     def __init__(self, daemon, settings, reactor):
         super().__init__()
         self.setName("libp2p")
+        for key, _, tls in LISTENERS:
+            if tls and getattr(settings, key) is not None and daemon.tls is None:
+                raise ValueError(f"[libp2p] {key} needs the [tls] section (its certificate)")
         self.daemon = daemon
         self.settings = settings
         self.reactor = reactor
         self.events = RelayEvents(daemon.registry, reactor)
         self.keypair = self.relay = self.factory = None
         self.listen_addrs = []
+        self.bound = {}                 # multiaddr suffix -> listen multiaddr with /p2p/<id>
+        self.record = None              # (addrs, seq, signed peer record) of the last addrs
         self.started = None
         self.events.gauges(daemon.registry, lambda: len(self.factory.connections) if self.factory else 0,
                            lambda: len(self.relay.limits.reservations) if self.relay else 0,
@@ -135,11 +158,27 @@ class Libp2pService(MultiService):
             return
         self.keypair = KeyPair(self.daemon.identity.private_key)
         self.relay = Relay(self.reactor, self.settings, self.keypair, self.events, self.announce_addrs)
+        self.relay.access = access.load(self.settings)     # at start-up, before the reactor runs
         self.factory = Libp2pFactory(self.reactor, self.keypair, self.relay, self.settings,
                                      self.identify_info)
-        listener = stream_service(self.daemon, self.settings.listen, self.factory)
-        listener.endpoint = _PortRecorder(listener.endpoint, self._listening)
-        listener.setServiceParent(self)
+        for key, suffix, tls in LISTENERS:
+            description = getattr(self.settings, key)
+            if description is None:
+                continue
+            if tls is None:
+                self._quic(description)
+                continue
+            factory = websocket.ServerFactory(self.factory, suffix) if suffix else self.factory
+            listener = stream_service(self.daemon, description, factory, tls=tls)
+            listener.endpoint = _PortRecorder(listener.endpoint,
+                                              lambda port, suffix=suffix: self._listening(suffix, port))
+            listener.setServiceParent(self)
+
+    def _quic(self, address):
+        endpoint = quic.QuicEndpoint(self.factory, self.reactor)
+        endpoint.on_listening = lambda: self._listening("/quic-v1", endpoint.transport)
+        host, port = address
+        UDPServer(port, endpoint, interface=host, reactor=self.reactor).setServiceParent(self)
 
     def privilegedStartService(self):
         self._setup()
@@ -151,24 +190,29 @@ class Libp2pService(MultiService):
         super().startService()
 
     def stopService(self):
-        """Stop listening, then say GoAway on every connection and close it."""
-        d = super().stopService()
+        """Say GoAway (QUIC: CONNECTION_CLOSE) on every connection and close it,
+        then stop listening."""
         for conn in list(self.factory.connections if self.factory else ()):
             conn.close()
-        return d
+        return super().stopService()
 
     def _sweep(self):
         if self.factory is not None and self.settings.idle_timeout:
             self.factory.sweep_idle(self.reactor.seconds())
 
-    def _listening(self, port):
+    def _listening(self, suffix, port):
         host = port.getHost()
-        addr = from_address(host)
-        self.listen_addrs = [f"{addr}/p2p/{self.keypair.peer_id}"]
+        addr = from_address(host) + suffix             # /udp/N/quic-v1 for QUIC
+        self.bound[suffix] = f"{addr}/p2p/{self.keypair.peer_id}"
+        self.listen_addrs = [self.bound[s] for _, s, _ in LISTENERS if s in self.bound]
         if host.host in ("0.0.0.0", "::") and not self.settings.announce:
             self.log.warn("[libp2p] listens on all interfaces but announce is empty: peers get "
                           "{addr} in their reservations; set announce to the public address",
                           addr=addr)
+        self.push_identify()
+        wanted = sum(1 for key, *_ in LISTENERS if getattr(self.settings, key) is not None)
+        if len(self.bound) < wanted:
+            return
         self.log.info("libp2p circuit relay v2 listening on {addrs} (peer id {peer_id}); "
                       "announcing {announce}", addrs=" ".join(self.listen_addrs),
                       peer_id=str(self.keypair.peer_id), announce=" ".join(self.announce_addrs()))
@@ -186,7 +230,31 @@ class Libp2pService(MultiService):
 
     def identify_info(self):
         return {"public_key": self.keypair.public_key, "listen_addrs": self.announce_addrs(),
-                "protocols": ADVERTISED, "agent_version": AGENT_VERSION}
+                "protocols": ADVERTISED + (AUTONAT if self.settings.autonat else ()),
+                "agent_version": AGENT_VERSION,
+                "signed_peer_record": self.signed_peer_record()}
+
+    def signed_peer_record(self):
+        """The relay's signed PeerRecord of its announce addresses; its seq
+        (milliseconds, always growing) changes only with the addresses."""
+        addrs = tuple(self.announce_addrs())
+        if self.record is None or self.record[0] != addrs:
+            seq = int(self.reactor.seconds() * 1000)
+            if self.record is not None:
+                seq = max(seq, self.record[1] + 1)
+            suffix = f"/p2p/{self.keypair.peer_id}"
+            raw = [multiaddr.to_bytes(a[:-len(suffix)] if a.endswith(suffix) else a) for a in addrs]
+            self.record = (addrs, seq, envelope.peer_record(self.keypair, seq, raw))
+        return self.record[2]
+
+    def push_identify(self):
+        """Tell every connected peer the relay's addresses changed (identify push)."""
+        if self.record is None or self.record[0] == tuple(self.announce_addrs()):
+            return
+        self.signed_peer_record()
+        for conns in list(self.factory.peers.values()):
+            for conn in list(conns):
+                conn.open_protocol(identify.PUSH_PROTOCOL_ID, identify.IdentifyResponder(conn))
 
     def reconfigure(self, settings):
         """Apply reloaded limits, rates, timeouts and ``announce`` at once;
@@ -194,16 +262,35 @@ class Libp2pService(MultiService):
         if settings is None:
             self.log.warn("[libp2p] removed from the config: the service stops at the next start")
             return
-        for key in ("listen", "stats_interval"):
+        for key in ("listen", "ws_listen", "wss_listen", "quic_listen", "stats_interval",
+                    "autonat"):
             if getattr(settings, key) != getattr(self.settings, key):
                 self.log.warn("[libp2p] {key} changed: takes effect at the next start", key=key)
         self.settings = settings
+        self.push_identify()
+        self._reload_access(settings)
         if self.relay is not None:
             self.relay.settings = self.relay.limits.settings = self.factory.settings = settings
             self.factory.handshake_timeout = settings.handshake_timeout
+            if self.factory.autonat is not None:
+                self.factory.autonat.reconfigure(settings)
             for limiter, count in ((self.relay.limits.reservation_rate, settings.reservation_rate),
                                    (self.relay.limits.circuit_rate, settings.circuit_rate)):
                 limiter.count, limiter.window = count, settings.rate_window
+
+    def _reload_access(self, settings):
+        """Re-read the peer lists on the file pool; a bad file keeps the lists in force."""
+        if self.relay is None:
+            return
+        if settings.allow_peers_file is None and settings.deny_peers_file is None:
+            self.relay.set_access(access.PeerAccess())
+            return
+
+        def refused(failure):
+            self.log.error("reload: {error}; the previous peer lists stay in force",
+                           error=failure.getErrorMessage())
+        d = self.daemon.file_pool.run(access.load, settings)
+        d.addCallbacks(self.relay.set_access, refused)
 
     # --- views ----------------------------------------------------------------------
     def reservations(self):

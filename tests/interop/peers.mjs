@@ -5,10 +5,22 @@
 //   node peers.mjs limit <relay-multiaddr> <bytes-to-send>
 //   node peers.mjs room <relay-multiaddr>                  (seed 004: a gossipsub room via relayd)
 //   node peers.mjs reserve-raw <relay-multiaddr> <peers>  (hop RESERVE by hand, prints statuses)
-//   node peers.mjs relay-server <port>                     (the js relay, for benchmarks)
+//   node peers.mjs relay-server <port> [<ws-port> [<quic-port>]]  (the js relay, for benchmarks)
 //   node peers.mjs bench <relay-multiaddr> <MiB> <circuits>
+//   node peers.mjs autonat-peer <relay-multiaddr> <listen-ip> <port> <mapped-ip|-> <ms>
+//       AutoNAT v1 client: listens on <listen-ip>:<port> and on the relay's circuit,
+//       optionally maps that port to <mapped-ip> (as a UPnP mapping would), and
+//       prints its addresses with what AutoNAT made of them
+//   node peers.mjs quic-scenario <relay-quic-multiaddr> <relay-tcp-multiaddr> <echo-MiB>
+//       a peer on QUIC reserves, a peer on TCP reaches it through the circuit
+//   node peers.mjs bundle                                  (esbuild: browser.mjs -> build/browser.js)
+//   node peers.mjs browser-host <relay-ws-multiaddr> <relay-tcp-multiaddr>
+//       serves the browser page, waits for its reservation, chats with it through
+//       the relay over TCP; prints {"url"} first, then the findings
 import { createLibp2p } from 'libp2p'
 import { tcp } from '@libp2p/tcp'
+import { webSockets } from '@libp2p/websockets'
+import { quic } from '@chainsafe/libp2p-quic'
 import { noise } from '@libp2p/noise'
 import { yamux } from '@libp2p/yamux'
 import { identify } from '@libp2p/identify'
@@ -16,8 +28,13 @@ import { ping } from '@libp2p/ping'
 import { circuitRelayTransport, circuitRelayServer } from '@libp2p/circuit-relay-v2'
 import { lpStream } from '@libp2p/utils'
 import { gossipsub } from '@libp2p/gossipsub'
+import { autoNAT } from '@libp2p/autonat'
 import { multiaddr } from '@multiformats/multiaddr'
 import { peerIdFromString } from '@libp2p/peer-id'
+import { createServer } from 'node:http'
+import { readFile } from 'node:fs/promises'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 
 const ECHO = '/relayd-test/echo/1.0.0'
 const CHAT = '/private-chat/1.0.0' // seed 003: one JSON string and "\n" per stream
@@ -26,7 +43,7 @@ const HOP = '/libp2p/circuit/relay/0.2.0/hop'
 async function peer (listen = [], extra = {}) {
   const node = await createLibp2p({
     addresses: { listen },
-    transports: [tcp(), circuitRelayTransport()],
+    transports: [tcp(), webSockets(), quic(), circuitRelayTransport()],
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
     services: { identify: identify(), ping: ping(), ...extra },
@@ -158,7 +175,10 @@ async function scenario (relay, mib) {
     echo_seconds: result.seconds,
     chats_received: a.chats,
     relay_protocols: relayPeer.protocols,
-    relay_agent: new TextDecoder().decode(relayPeer.metadata.get('AgentVersion') ?? new Uint8Array())
+    relay_agent: new TextDecoder().decode(relayPeer.metadata.get('AgentVersion') ?? new Uint8Array()),
+    // js keeps the signed peer record only once it verified it (signer, domain, peer id)
+    relay_peer_record: relayPeer.peerRecordEnvelope != null,
+    relay_addrs: relayPeer.addresses.map((a) => ({ addr: a.multiaddr.toString(), certified: a.isCertified }))
   })
   await Promise.all([a.stop(), b.stop()])
 }
@@ -216,10 +236,13 @@ async function reserveRaw (relay, count) {
   await Promise.all(nodes.map((n) => n.stop()))
 }
 
-async function relayServer (port) {
+async function relayServer (port, wsPort, quicPort) {
+  const listen = [`/ip4/127.0.0.1/tcp/${port}`]
+  if (wsPort) listen.push(`/ip4/127.0.0.1/tcp/${wsPort}/ws`)
+  if (quicPort) listen.push(`/ip4/127.0.0.1/udp/${quicPort}/quic-v1`)
   const node = await createLibp2p({
-    addresses: { listen: [`/ip4/127.0.0.1/tcp/${port}`] },
-    transports: [tcp()],
+    addresses: { listen },
+    transports: [tcp(), webSockets(), quic()],
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
     services: {
@@ -237,23 +260,40 @@ async function relayServer (port) {
   await new Promise(() => {})
 }
 
+function quantiles (values) {
+  const sorted = [...values].sort((x, y) => x - y)
+  const at = (q) => sorted.length ? Number(sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))].toFixed(2)) : null
+  return { median: at(0.5), p90: at(0.9), count: sorted.length }
+}
+
+const CIRCUITS_PER_TARGET = 200 // each target's circuits are streams on its one relay connection
+
 async function bench (relay, mib, circuits) {
   const { node: a } = await reservedPeer(relay)
   const b = await peer()
-  const target = multiaddr(`${relay}/p2p-circuit/p2p/${a.peerId}`)
-  const result = await echo(b, target, mib * 1024 * 1024)
+  const result = await echo(b, multiaddr(`${relay}/p2p-circuit/p2p/${a.peerId}`), mib * 1024 * 1024)
   await b.stop()
-  // circuits held at once: one reserved target, many initiators each holding a circuit
+  // circuits held at once: initiators each holding a circuit to one of the
+  // reserved targets (up to CIRCUITS_PER_TARGET each)
+  const targets = [a]
+  for (let n = CIRCUITS_PER_TARGET; n < circuits; n += CIRCUITS_PER_TARGET) {
+    targets.push((await reservedPeer(relay)).node)
+  }
   const initiators = []
   let held = 0
   let stopped = null
   const start = Date.now()
+  const opens = []
   for (let i = 0; i < circuits; i++) {
     const node = await peer()
     initiators.push(node)
+    const target = targets[i % targets.length]
     try {
-      await node.dial(target)
-      await node.services.ping.ping(a.peerId)
+      await node.dial(multiaddr(relay))
+      const t0 = performance.now()
+      await node.dial(multiaddr(`${relay}/p2p-circuit/p2p/${target.peerId}`)) // CONNECT, STOP, Noise, Yamux
+      opens.push(performance.now() - t0)
+      await node.services.ping.ping(target.peerId)
       held++
     } catch (err) {
       stopped = `${err.name}: ${err.message}`
@@ -266,10 +306,155 @@ async function bench (relay, mib, circuits) {
     echo_received: result.received,
     circuits_requested: circuits,
     circuits_held: held,
+    targets: targets.length,
     stopped_by: stopped,
-    circuits_seconds: (Date.now() - start) / 1000
+    circuits_seconds: (Date.now() - start) / 1000,
+    open_ms: quantiles(opens)
   })
-  await Promise.all([a.stop(), ...initiators.map((n) => n.stop())])
+  await Promise.all([...targets, ...initiators].map((n) => n.stop()))
+}
+
+// An AutoNAT v1 client; `mapped` claims a public mapping of its port (as UPnP
+// would), which AutoNAT then asks the relay to verify.
+async function autonatPeer (relay, ip, port, mapped, ms) {
+  let addressManager = null
+  const node = await createLibp2p({
+    addresses: { listen: [`/ip4/${ip}/tcp/${port}`, `${relay}/p2p-circuit`] },
+    transports: [tcp(), circuitRelayTransport()],
+    connectionEncrypters: [noise()],
+    streamMuxers: [yamux()],
+    services: {
+      identify: identify(),
+      autoNAT: autoNAT(),
+      grab: (components) => { addressManager = components.addressManager; return {} }
+    },
+    start: false
+  })
+  if (mapped !== '-') addressManager.addPublicAddressMapping(ip, port, mapped, port, 'tcp')
+  await node.start()
+  const publicAddr = `/ip4/${mapped === '-' ? ip : mapped}/tcp/${port}`
+  const entry = () => addressManager.getAddressesWithMetadata()
+    .find((a) => a.multiaddr.toString() === publicAddr)
+  const end = Date.now() + ms
+  while (Date.now() < end && !entry()?.verified) {
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+  await until('a /p2p-circuit address', () =>
+    node.getMultiaddrs().find((ma) => ma.toString().includes('/p2p-circuit')))
+  out({
+    peer: node.peerId.toString(),
+    public_addr: publicAddr,
+    public_verified: entry()?.verified ?? null,
+    addresses: addressManager.getAddressesWithMetadata().map((a) => ({
+      addr: a.multiaddr.toString(), type: a.type, verified: a.verified
+    })),
+    multiaddrs: node.getMultiaddrs().map(String)
+  })
+  await node.stop()
+}
+
+async function quicScenario (relayQuic, relayTcp, mib) {
+  const a = await createLibp2p({
+    addresses: { listen: [`${relayQuic}/p2p-circuit`] },
+    transports: [quic(), circuitRelayTransport()],
+    connectionEncrypters: [noise()], // for the relayed connection; QUIC brings its own
+    streamMuxers: [yamux()],
+    services: { identify: identify(), ping: ping() }
+  })
+  await a.handle(ECHO, async (stream) => {
+    for await (const buf of stream) {
+      if (!stream.send(buf)) await new Promise((resolve) => stream.addEventListener('drain', resolve, { once: true }))
+    }
+    await stream.close()
+  }, { runOnLimitedConnection: true })
+  await until('a /p2p-circuit address', () =>
+    a.getMultiaddrs().find((ma) => ma.toString().includes('/p2p-circuit')))
+  const b = await peer()
+  const target = multiaddr(`${relayTcp}/p2p-circuit/p2p/${a.peerId}`)
+  const result = await echo(b, target, mib * 1024 * 1024)
+  const relayRtt = await a.services.ping.ping(multiaddr(relayQuic))
+  const relayConn = a.getConnections().find((c) => c.remoteAddr.toString().startsWith(relayQuic.split('/p2p/')[0]))
+  out({
+    a: a.peerId.toString(),
+    b: b.peerId.toString(),
+    a_addrs: a.getMultiaddrs().map(String),
+    a_relay_conn: relayConn?.remoteAddr.toString() ?? null,
+    echo_received: result.received,
+    echo_seconds: result.seconds,
+    relay_ping_rtt_ms: relayRtt
+  })
+  await Promise.all([a.stop(), b.stop()])
+}
+
+const HERE = dirname(fileURLToPath(import.meta.url))
+const BUNDLE = join(HERE, 'build', 'browser.js')
+
+async function bundle () {
+  const esbuild = await import('esbuild')
+  await esbuild.build({
+    entryPoints: [join(HERE, 'browser.mjs')],
+    bundle: true,
+    format: 'esm',
+    platform: 'browser',
+    target: 'chrome120',
+    outfile: BUNDLE,
+    logLevel: 'warning'
+  })
+  out({ bundle: BUNDLE })
+}
+
+const PAGE = '<!doctype html><meta charset="utf-8"><title>relayd browser test</title>' +
+  '<pre id="log"></pre><script type="module" src="/browser.js"></script>'
+
+async function browserHost (relayWs, relayTcp) {
+  const b = await peer()
+  const script = await readFile(BUNDLE)
+  let ready = null
+  let done = null
+  let pageError = null
+  const server = createServer((req, res) => {
+    let body = ''
+    req.on('data', (chunk) => { body += chunk })
+    req.on('end', () => {
+      if (req.method === 'GET' && req.url.startsWith('/browser.js')) {
+        res.writeHead(200, { 'content-type': 'text/javascript' }).end(script)
+        return
+      }
+      if (req.method === 'GET') {
+        res.writeHead(200, { 'content-type': 'text/html' }).end(PAGE)
+        return
+      }
+      const got = JSON.parse(body || '{}')
+      if (req.url === '/ready') ready = got
+      else if (req.url === '/done') done = got
+      else pageError = got.error
+      res.writeHead(204).end()
+    })
+  })
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const url = `http://127.0.0.1:${server.address().port}/?relay=${encodeURIComponent(relayWs)}`
+  out({ url })
+  const check = (get) => () => {
+    if (pageError != null) throw new Error(`the page failed: ${pageError}`)
+    return get()
+  }
+  await until('the page to reserve', check(() => ready), 45000)
+  const target = multiaddr(`${relayTcp}/p2p-circuit/p2p/${ready.peer_id}`)
+  const sent = `hello from node ${b.peerId}`
+  await chat(b, target, sent)
+  await until('the page to answer', check(() => done && b.chats.length > 0), 30000)
+  out({
+    browser_peer: ready.peer_id,
+    browser_addrs: ready.addrs,
+    browser_received: done.received,
+    browser_relay_conns: done.relay_conns,
+    node_peer: b.peerId.toString(),
+    node_sent: sent,
+    node_received: b.chats,
+    node_conns: b.getConnections().map((c) => c.remoteAddr.toString())
+  })
+  server.close()
+  await b.stop()
 }
 
 const [cmd, ...args] = process.argv.slice(2)
@@ -278,8 +463,12 @@ const commands = {
   limit: () => limit(args[0], Number(args[1])),
   room: () => room(args[0]),
   'reserve-raw': () => reserveRaw(args[0], Number(args[1] ?? 1)),
-  'relay-server': () => relayServer(Number(args[0] ?? 0)),
-  bench: () => bench(args[0], Number(args[1] ?? 16), Number(args[2] ?? 50))
+  'relay-server': () => relayServer(Number(args[0] ?? 0), Number(args[1] ?? 0), Number(args[2] ?? 0)),
+  bench: () => bench(args[0], Number(args[1] ?? 16), Number(args[2] ?? 50)),
+  bundle: () => bundle(),
+  'quic-scenario': () => quicScenario(args[0], args[1], Number(args[2] ?? 4)),
+  'autonat-peer': () => autonatPeer(args[0], args[1], Number(args[2]), args[3], Number(args[4])),
+  'browser-host': () => browserHost(args[0], args[1])
 }
 if (commands[cmd] == null) {
   console.error(`unknown command ${cmd}`)
