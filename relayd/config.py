@@ -152,6 +152,13 @@ def word_list(text):
     return [w for w in re.split(r"[,\s]+", text) if w]
 
 
+def protocol_id(text):
+    """A libp2p protocol id such as ``/ipfs/kad/1.0.0``."""
+    if not text.startswith("/") or any(c.isspace() for c in text) or len(text) > 1024:
+        raise ValueError(f"{text!r}: a protocol id starts with / and has no spaces")
+    return text
+
+
 def port_number(text):
     return integer(0, 65535)(text)
 
@@ -290,6 +297,21 @@ SCHEMA = {
         "handshake_timeout": F(duration, "15s"),
         "connect_timeout": F(duration, "10s"),
         "stats_interval": F(duration, "60"),
+    },
+    "kad": {
+        "protocol": F(protocol_id, "/ipfs/kad/1.0.0"),
+        "k": F(integer(1, 100), "20"),
+        "provider_ttl": F(duration, "48h"),
+        "max_providers_per_key": F(integer(1), "20"),
+        "max_keys_per_provider": F(integer(1), "1000"),
+        "max_provider_keys": F(integer(1), "100000"),
+        "record_ttl": F(duration, "36h"),
+        "max_record_size": F(size, "10KiB"),
+        "max_records": F(integer(1), "100000"),
+        "rendezvous": F(word_list, "/libp2p/relay"),
+        "advertise_descord": F(boolean, "yes"),
+        "advertise_interval": F(duration, "5m"),
+        "save_interval": F(duration, "1m"),
     },
 }
 

@@ -23,6 +23,7 @@ from relayd.federation.service import build_federation
 from relayd.filepool import FilePool
 from relayd.identity import IdentityService
 from relayd.journal.service import Journal
+from relayd.libp2p.hub import build_hub
 from relayd.libp2p.service import Libp2pService
 from relayd.ops import build_ops
 from relayd.tcp.service import TcpRelayService
@@ -165,8 +166,11 @@ def build(settings, reactor, config_path=None):
     build_core(daemon)
     if settings.enabled("tcp"):
         TcpRelayService(daemon, settings.tcp, daemon.router, daemon.guard).setServiceParent(daemon)
+    libp2p = None
     if settings.enabled("libp2p"):
-        Libp2pService(daemon, settings.libp2p, reactor).setServiceParent(daemon)
+        libp2p = Libp2pService(daemon, settings.libp2p, reactor)
+        libp2p.setServiceParent(daemon)
+    build_hub(daemon, libp2p)
     if settings.enabled("federation"):
         build_federation(daemon)
     build_ops(daemon)

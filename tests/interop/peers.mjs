@@ -7,6 +7,7 @@
 //   node peers.mjs reserve-raw <relay-multiaddr> <peers>  (hop RESERVE by hand, prints statuses)
 //   node peers.mjs relay-server <port>                     (the js relay, for benchmarks)
 //   node peers.mjs bench <relay-multiaddr> <MiB> <circuits>
+//   node peers.mjs dht <relay-multiaddr> <kad-protocol>   (seed 003: find a peer through relayd's DHT)
 import { createLibp2p } from 'libp2p'
 import { tcp } from '@libp2p/tcp'
 import { noise } from '@libp2p/noise'
@@ -18,6 +19,10 @@ import { lpStream } from '@libp2p/utils'
 import { gossipsub } from '@libp2p/gossipsub'
 import { multiaddr } from '@multiformats/multiaddr'
 import { peerIdFromString } from '@libp2p/peer-id'
+import { kadDHT, passthroughMapper } from '@libp2p/kad-dht'
+import { CID } from 'multiformats/cid'
+import { sha256 } from 'multiformats/hashes/sha2'
+import * as raw from 'multiformats/codecs/raw'
 
 const ECHO = '/relayd-test/echo/1.0.0'
 const CHAT = '/private-chat/1.0.0' // seed 003: one JSON string and "\n" per stream
@@ -185,6 +190,65 @@ async function room (relay) {
   await Promise.all([a.stop(), b.stop()])
 }
 
+// a go-libp2p discovery rendezvous: the CIDv1 (raw) of the string's sha2-256
+async function rendezvous (text) {
+  return CID.createV1(raw.code, await sha256.digest(new TextEncoder().encode(text)))
+}
+
+function dhtService (protocol) {
+  return {
+    dht: kadDHT({
+      protocol,
+      clientMode: false,
+      peerInfoMapper: passthroughMapper,
+      validators: { descord: async () => {} },
+      selectors: { descord: () => 0 }
+    })
+  }
+}
+
+async function providersOf (node, key, want) {
+  const found = []
+  for await (const provider of node.contentRouting.findProviders(key, { signal: AbortSignal.timeout(20000) })) {
+    found.push(provider)
+    if (want != null && provider.id.equals(want)) break
+  }
+  return found
+}
+
+// seed 003: A advertises /private-chat/1.0.0 and B finds and dials it, both
+// knowing only relayd; B also finds relayd as a relay
+async function dht (relay, protocol) {
+  const a = await peer(['/ip4/127.0.0.1/tcp/0'], dhtService(protocol))
+  const b = await peer(['/ip4/127.0.0.1/tcp/0'], dhtService(protocol))
+  const relayId = peerIdFromString(relay.split('/p2p/').pop())
+  for (const node of [a, b]) {
+    await node.dial(multiaddr(relay))
+    await until('relayd in the routing table', () => node.services.dht.routingTable.size > 0)
+  }
+  const key = await rendezvous(CHAT)
+  await a.contentRouting.provide(key)
+  const found = await providersOf(b, key, a.peerId)
+  const provider = found.find((p) => p.id.equals(a.peerId))
+  await chat(b, provider.multiaddrs.map((ma) => ma.encapsulate(`/p2p/${a.peerId}`)), 'found you through the DHT')
+  await until('the chat message', () => a.chats.length > 0)
+  const relays = await providersOf(b, await rendezvous('/libp2p/relay'), relayId)
+  const ad = await b.services.dht.get(new TextEncoder().encode('/descord/relays'), { signal: AbortSignal.timeout(10000) })
+  let advert = null
+  for await (const event of ad) {
+    if (event.name === 'VALUE') advert = JSON.parse(new TextDecoder().decode(event.value))
+  }
+  out({
+    a: a.peerId.toString(),
+    b: b.peerId.toString(),
+    providers: found.map((p) => ({ id: p.id.toString(), addrs: p.multiaddrs.map((ma) => ma.toString()) })),
+    chats_received: a.chats,
+    relay_providers: relays.map((p) => p.id.toString()),
+    descord_relays: advert
+  })
+  await Promise.all([a.stop(), b.stop()])
+}
+
 async function limit (relay, bytes) {
   const { node: a } = await reservedPeer(relay)
   const b = await peer()
@@ -277,6 +341,7 @@ const commands = {
   scenario: () => scenario(args[0], Number(args[1] ?? 4)),
   limit: () => limit(args[0], Number(args[1])),
   room: () => room(args[0]),
+  dht: () => dht(args[0], args[1] ?? '/ipfs/kad/1.0.0'),
   'reserve-raw': () => reserveRaw(args[0], Number(args[1] ?? 1)),
   'relay-server': () => relayServer(Number(args[0] ?? 0)),
   bench: () => bench(args[0], Number(args[1] ?? 16), Number(args[2] ?? 50))
