@@ -313,6 +313,23 @@ SCHEMA = {
         "advertise_interval": F(duration, "5m"),
         "save_interval": F(duration, "1m"),
     },
+    "gossipsub": {
+        "topics": F(word_list, ""),
+        "bridge": F(word_list, ""),
+        "subscribe_all": F(boolean, "no"),
+        "max_topics": F(integer(1), "64"),
+        "strict_signing": F(boolean, "yes"),
+        "heartbeat_interval": F(duration, "1s"),
+        "d": F(integer(1), "6"),
+        "d_lo": F(integer(0), "4"),
+        "d_hi": F(integer(1), "12"),
+        "d_lazy": F(integer(0), "6"),
+        "seen_ttl": F(duration, "2m"),
+        "max_message_size": F(size, "1MiB"),
+        "max_topics_per_peer": F(integer(1), "256"),
+        "max_peers_per_topic": F(integer(1), "10000"),
+        "max_queued": F(size, "4MiB"),
+    },
 }
 
 

@@ -2,6 +2,7 @@
 (twistd subprocess) as their only bootstrap node and GossipSub hub."""
 import json
 import time
+import urllib.request
 
 from twisted.trial import unittest
 
@@ -11,7 +12,9 @@ from tests.test_libp2p_interop import INI, ensure_packages, js
 KAD = "[kad]\nprotocol = {protocol}\n"
 
 
-class HubInteropTests(unittest.TestCase):
+class HubTestCase(unittest.TestCase):
+    """Starts the daemon with [libp2p] plus the given sections."""
+
     timeout = 600
 
     def setUp(self):
@@ -27,6 +30,13 @@ class HubInteropTests(unittest.TestCase):
         peer_id = relay.log().split("(peer id ")[1].split(")")[0]
         return relay, f"/ip4/127.0.0.1/tcp/{port}/p2p/{peer_id}", peer_id
 
+    def http(self, relay, path):
+        url = f"http://127.0.0.1:{relay.ports['http']}/{path}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.read().decode()
+
+
+class DhtInteropTests(HubTestCase):
     def test_peers_find_each_other_through_relayd_alone(self):
         protocol = "/myapp/kad/1.0.0"        # a private network's own DHT
         relay, addr, relay_id = self.start(KAD.format(protocol=protocol))
@@ -52,8 +62,17 @@ class HubInteropTests(unittest.TestCase):
         self.assertEqual(json.loads(self.http(again, "stats"))["kad"]["providers"],
                          stats["providers"])
 
-    def http(self, relay, path):
-        import urllib.request
-        url = f"http://127.0.0.1:{relay.ports['http']}/{path}"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.read().decode()
+
+class GossipInteropTests(HubTestCase):
+    def test_three_js_peers_each_connected_only_to_relayd_get_every_message_once(self):
+        relay, addr, relay_id = self.start("[gossipsub]\ntopics = libp2p-chat\n")
+        got = js("gossip", addr, 3, "libp2p-chat", 3)
+        sent = {f"{p}: message {n}" for p in got["peers"] for n in range(3)}
+        for me, room in zip(got["peers"], got["received"]):
+            texts = [m["text"] for m in room]
+            self.assertEqual(sorted(texts), sorted(t for t in sent if not t.startswith(me)))
+            self.assertEqual(len(texts), len(set(texts)))        # once each
+            self.assertTrue(all(m["text"].startswith(m["from"] + ": ") for m in room))
+        stats = json.loads(self.http(relay, "stats"))["gossipsub"]
+        self.assertEqual(stats["delivered"], 9)
+        self.assertEqual(stats["invalid"], 0)

@@ -12,3 +12,9 @@ def build_hub(daemon, libp2p):
     if settings.enabled("kad"):
         from relayd.libp2p.kad.service import KadService
         KadService(daemon, libp2p, settings.kad, daemon.reactor).setServiceParent(daemon)
+    if settings.enabled("gossipsub"):
+        from relayd.libp2p.gossipsub.service import GossipSubService
+        g = settings.gossipsub
+        if not g.d_lo <= g.d <= g.d_hi:
+            raise ConfigError(f"{settings.source}: [gossipsub] d: must lie between d_lo and d_hi")
+        GossipSubService(daemon, libp2p, g, daemon.reactor).setServiceParent(daemon)

@@ -8,6 +8,8 @@
 //   node peers.mjs relay-server <port>                     (the js relay, for benchmarks)
 //   node peers.mjs bench <relay-multiaddr> <MiB> <circuits>
 //   node peers.mjs dht <relay-multiaddr> <kad-protocol>   (seed 003: find a peer through relayd's DHT)
+//   node peers.mjs gossip <relay-multiaddr> <peers> <topic> <messages-each> [<expect-extra>]
+//                                                          (seed 004: a room whose peers know only relayd)
 import { createLibp2p } from 'libp2p'
 import { tcp } from '@libp2p/tcp'
 import { noise } from '@libp2p/noise'
@@ -249,6 +251,35 @@ async function dht (relay, protocol) {
   await Promise.all([a.stop(), b.stop()])
 }
 
+async function gossip (relay, count, topic, each, extra) {
+  const relayId = peerIdFromString(relay.split('/p2p/').pop())
+  const nodes = []
+  for (let i = 0; i < count; i++) {
+    const node = await peer([], { pubsub: gossipsub({ heartbeatInterval: 200 }) })
+    node.room = []
+    node.services.pubsub.addEventListener('message', (evt) => {
+      if (evt.detail.topic === topic) {
+        node.room.push({ from: evt.detail.from?.toString(), text: new TextDecoder().decode(evt.detail.data) })
+      }
+    })
+    node.services.pubsub.subscribe(topic)
+    await node.dial(multiaddr(relay))
+    nodes.push(node)
+  }
+  for (const node of nodes) {
+    await until('relayd in the mesh', () =>
+      node.services.pubsub.getMeshPeers(topic).some((p) => p.toString() === relayId.toString()))
+  }
+  for (let n = 0; n < each; n++) {
+    for (const node of nodes) await node.services.pubsub.publish(topic, new TextEncoder().encode(`${node.peerId}: message ${n}`))
+  }
+  const expected = (count - 1) * each + extra
+  await until('every message', () => nodes.every((node) => node.room.length >= expected), 30000)
+  await new Promise((resolve) => setTimeout(resolve, 1500))   // time for any duplicate to show up
+  out({ peers: nodes.map((node) => node.peerId.toString()), received: nodes.map((node) => node.room) })
+  await Promise.all(nodes.map((node) => node.stop()))
+}
+
 async function limit (relay, bytes) {
   const { node: a } = await reservedPeer(relay)
   const b = await peer()
@@ -342,6 +373,7 @@ const commands = {
   limit: () => limit(args[0], Number(args[1])),
   room: () => room(args[0]),
   dht: () => dht(args[0], args[1] ?? '/ipfs/kad/1.0.0'),
+  gossip: () => gossip(args[0], Number(args[1] ?? 3), args[2] ?? 'libp2p-chat', Number(args[3] ?? 3), Number(args[4] ?? 0)),
   'reserve-raw': () => reserveRaw(args[0], Number(args[1] ?? 1)),
   'relay-server': () => relayServer(Number(args[0] ?? 0)),
   bench: () => bench(args[0], Number(args[1] ?? 16), Number(args[2] ?? 50))
