@@ -69,8 +69,8 @@ class RecordStore:
         self.refused = 0
 
     def put(self, key, value, sender):
-        """Store after validation (``sender``: the PeerId storing it, None for
-        relayd itself); raises Invalid."""
+        """Store after validation (``sender``: the PeerId storing it, or None for
+        relayd's own records, which replace what is stored); raises Invalid."""
         try:
             if len(key) + len(value) > self.max_size:
                 raise Invalid(f"record larger than {self.max_size} bytes")
@@ -79,7 +79,7 @@ class RecordStore:
                 raise Invalid("no validator for this namespace")
             rank = validator(key, value, sender)
             old = self.get(key)
-            if old is not None and old[1] >= rank and old[0] != value:
+            if sender is not None and old is not None and old[1] >= rank and old[0] != value:
                 raise Invalid("a better record is stored")
             if old is None and len(self.records) >= self.max_records:
                 raise Invalid("record store full")
