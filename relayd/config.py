@@ -316,6 +316,7 @@ SCHEMA = {
     "gossipsub": {
         "topics": F(word_list, ""),
         "bridge": F(word_list, ""),
+        "bridge_federated": F(boolean, "yes"),
         "subscribe_all": F(boolean, "no"),
         "max_topics": F(integer(1), "64"),
         "strict_signing": F(boolean, "yes"),

@@ -1,6 +1,11 @@
 """Wiring of the libp2p hub services on top of ``[libp2p]``: ``[kad]`` (the
 DHT server) and ``[gossipsub]`` (with its bridge to relayd rooms)."""
+from relayd.bridge.gossipsub import GossipRoomBridge
+from relayd.bridge.router_adapter import RouterAdapter
 from relayd.config import ConfigError
+from relayd.core.message import valid_room
+from relayd.libp2p.gossipsub.service import GossipSubService
+from relayd.libp2p.kad.service import KadService
 
 
 def build_hub(daemon, libp2p):
@@ -10,11 +15,18 @@ def build_hub(daemon, libp2p):
             raise ConfigError(f"{settings.source}: [{section}] needs a [libp2p] section "
                               f"(it serves on the libp2p listener)")
     if settings.enabled("kad"):
-        from relayd.libp2p.kad.service import KadService
         KadService(daemon, libp2p, settings.kad, daemon.reactor).setServiceParent(daemon)
     if settings.enabled("gossipsub"):
-        from relayd.libp2p.gossipsub.service import GossipSubService
         g = settings.gossipsub
         if not g.d_lo <= g.d <= g.d_hi:
             raise ConfigError(f"{settings.source}: [gossipsub] d: must lie between d_lo and d_hi")
-        GossipSubService(daemon, libp2p, g, daemon.reactor).setServiceParent(daemon)
+        for room in g.bridge:
+            reason = valid_room(room)
+            if reason:
+                raise ConfigError(f"{settings.source}: [gossipsub] bridge: {room!r}: {reason}")
+        service = GossipSubService(daemon, libp2p, g, daemon.reactor)
+        service.setServiceParent(daemon)
+        if g.bridge:
+            service.bridge = GossipRoomBridge(RouterAdapter(daemon.router), g.bridge,
+                                              settings.relay.id, daemon.reactor, g.bridge_federated)
+            service.on_router.append(service.bridge.attach)

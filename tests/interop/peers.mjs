@@ -10,6 +10,8 @@
 //   node peers.mjs dht <relay-multiaddr> <kad-protocol>   (seed 003: find a peer through relayd's DHT)
 //   node peers.mjs gossip <relay-multiaddr> <peers> <topic> <messages-each> [<expect-extra>]
 //                                                          (seed 004: a room whose peers know only relayd)
+//   node peers.mjs bridge <relay-multiaddr> <topic> <text> <expect>
+//                                  (prints {"ready"} once in the mesh, says <text>, prints what it heard)
 import { createLibp2p } from 'libp2p'
 import { tcp } from '@libp2p/tcp'
 import { noise } from '@libp2p/noise'
@@ -280,6 +282,25 @@ async function gossip (relay, count, topic, each, extra) {
   await Promise.all(nodes.map((node) => node.stop()))
 }
 
+async function bridge (relay, topic, text, expect) {
+  const relayId = relay.split('/p2p/').pop()
+  const node = await peer([], { pubsub: gossipsub({ heartbeatInterval: 200 }) })
+  const heard = []
+  node.services.pubsub.addEventListener('message', (evt) => {
+    heard.push({ from: evt.detail.from?.toString(), text: new TextDecoder().decode(evt.detail.data) })
+  })
+  node.services.pubsub.subscribe(topic)
+  await node.dial(multiaddr(relay))
+  await until('relayd in the mesh', () =>
+    node.services.pubsub.getMeshPeers(topic).some((p) => p.toString() === relayId))
+  out({ ready: node.peerId.toString() })
+  await node.services.pubsub.publish(topic, new TextEncoder().encode(`${node.peerId}: ${text}`))
+  await until('the room messages', () => heard.length >= expect, 60000)
+  await new Promise((resolve) => setTimeout(resolve, 1000))   // time for an echo to show up
+  out({ peer: node.peerId.toString(), heard })
+  await node.stop()
+}
+
 async function limit (relay, bytes) {
   const { node: a } = await reservedPeer(relay)
   const b = await peer()
@@ -373,6 +394,7 @@ const commands = {
   limit: () => limit(args[0], Number(args[1])),
   room: () => room(args[0]),
   dht: () => dht(args[0], args[1] ?? '/ipfs/kad/1.0.0'),
+  bridge: () => bridge(args[0], args[1], args[2], Number(args[3] ?? 1)),
   gossip: () => gossip(args[0], Number(args[1] ?? 3), args[2] ?? 'libp2p-chat', Number(args[3] ?? 3), Number(args[4] ?? 0)),
   'reserve-raw': () => reserveRaw(args[0], Number(args[1] ?? 1)),
   'relay-server': () => relayServer(Number(args[0] ?? 0)),

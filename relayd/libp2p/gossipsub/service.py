@@ -33,7 +33,7 @@ class GossipSubService(MultiService):
         self.libp2p = libp2p
         self.settings = settings
         self.reactor = reactor
-        self.router = self.pubsub = None
+        self.router = self.pubsub = self.bridge = None
         self.on_router = []             # called with the router once it exists
         for protocol in PROTOCOLS:
             libp2p.add_protocol(protocol, lambda conn: self.pubsub.handler(conn))
@@ -66,4 +66,7 @@ class GossipSubService(MultiService):
             self.router.heartbeat()
 
     def stats(self):
-        return {} if self.router is None else self.router.stats()
+        out = {} if self.router is None else self.router.stats()
+        if self.bridge is not None:
+            out["bridge"] = self.bridge.stats()
+        return out
