@@ -1,13 +1,18 @@
 """js-libp2p peers (@libp2p/kad-dht, @libp2p/gossipsub) using the real daemon
 (twistd subprocess) as their only bootstrap node and GossipSub hub."""
 import json
+import os
+import socket
+import subprocess
 import time
 import urllib.request
 
 from twisted.trial import unittest
 
-from tests.daemon import Relayd, free_port
-from tests.test_libp2p_interop import INI, ensure_packages, js
+from tests.daemon import REPO, Relayd, free_port
+from tests.test_bridge_e2e import json_lines
+from tests.test_client_cli import command
+from tests.test_libp2p_interop import INI, INTEROP, NODE, SCRIPT, ensure_packages, js
 
 KAD = "[kad]\nprotocol = {protocol}\n"
 
@@ -76,3 +81,40 @@ class GossipInteropTests(HubTestCase):
         stats = json.loads(self.http(relay, "stats"))["gossipsub"]
         self.assertEqual(stats["delivered"], 9)
         self.assertEqual(stats["invalid"], 0)
+
+
+class ShippedConfigTests(HubTestCase):
+    def test_make_run_is_a_working_hub(self):
+        """etc/relay.ini as shipped (on free ports): seed-003 peers meet in its
+        DHT, and a seed-004 peer and relay-chat share its libp2p-chat room."""
+        with open(os.path.join(REPO, "etc", "relay.ini")) as f:
+            ini = f.read()
+        for old, new in (("data_dir = var", "data_dir = {data_dir}"), ("tcp:55665:", "tcp:{tcp}:"),
+                         ("tcp:9001:", "tcp:{http}:"), ("tcp:4001:", "tcp:{p2p}:"),
+                         ("listen = 8000", "listen = {udp}")):
+            self.assertIn(old, ini)
+            ini = ini.replace(old, new)
+        ports = dict(tcp=free_port(), http=free_port(), p2p=free_port(),
+                     udp=free_port(socket.SOCK_DGRAM))
+        relay = Relayd(self, ini, **ports)
+        relay.start(wait_tcp=[ports["p2p"], ports["tcp"]])
+        peer_id = relay.log().split("(peer id ")[1].split(")")[0]
+        addr = f"/ip4/127.0.0.1/tcp/{ports['p2p']}/p2p/{peer_id}"
+
+        got = js("dht", addr, "/ipfs/kad/1.0.0")
+        self.assertEqual(got["chats_received"],
+                         [{"from": got["b"], "message": "found you through the DHT"}])
+
+        peer = subprocess.Popen([NODE, SCRIPT, "bridge", addr, "libp2p-chat", "hi all", "1"],
+                                cwd=INTEROP, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.addCleanup(lambda: peer.poll() is None and peer.kill())
+        lines = json_lines(peer.stdout)
+        js_peer = next(lines)["ready"]
+        chat = command() + ["--server", f"127.0.0.1:{ports['tcp']}", "--id", "alice", "-q"]
+        subprocess.run(chat + ["send", "--room", "libp2p-chat", "hello libp2p"], check=True,
+                       timeout=60, stdout=subprocess.PIPE)
+        self.assertEqual(next(lines)["heard"], [{"from": peer_id, "text": "alice: hello libp2p"}])
+        history = subprocess.run(chat + ["history", "--room", "libp2p-chat"], check=True,
+                                 timeout=60, stdout=subprocess.PIPE).stdout.decode()
+        self.assertIn(f"{js_peer}", history)
+        self.assertIn("hi all", history)
