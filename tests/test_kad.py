@@ -10,12 +10,11 @@ from twisted.trial import unittest
 
 from relayd import config, daemon as daemon_module
 from relayd.libp2p import identify
-from relayd.libp2p.kad import messages as km
+from relayd.libp2p.kad import client as kad_client, messages as km
 from relayd.libp2p.kad.providers import ProviderStore
 from relayd.libp2p.kad.records import Invalid, RecordStore
 from relayd.libp2p.kad.routing import RoutingTable, kad_id
 from relayd.libp2p.kad.server import rendezvous_key
-from relayd.libp2p.peer import Request
 from relayd.libp2p.peerid import KeyPair, PeerId
 
 from tests.test_libp2p_relay import dial, wait_until
@@ -150,9 +149,7 @@ class RecordStoreTests(unittest.TestCase):
 
 
 def ask(peer, message, protocol="/ipfs/kad/1.0.0"):
-    request = Request(km.encode(message), km.decode)
-    peer.connection.open_protocol(protocol, request)
-    return request.reply
+    return kad_client.ask(peer.connection, message, protocol)
 
 
 def kad_server_peer(peer, protocol="/ipfs/kad/1.0.0"):

@@ -10,6 +10,8 @@
 //   node peers.mjs dht <relay-multiaddr> <kad-protocol>   (seed 003: find a peer through relayd's DHT)
 //   node peers.mjs gossip <relay-multiaddr> <peers> <topic> <messages-each> [<expect-extra>]
 //                                                          (seed 004: a room whose peers know only relayd)
+//   node peers.mjs chat-peer <relay-multiaddr> <expect>  (seed 003: advertise /private-chat/1.0.0,
+//                                  take <expect> chats, then answer every other advertiser)
 //   node peers.mjs bridge <relay-multiaddr> <topic> <text> <expect>
 //                                  (prints {"ready"} once in the mesh, says <text>, prints what it heard)
 import { createLibp2p } from 'libp2p'
@@ -282,6 +284,23 @@ async function gossip (relay, count, topic, each, extra) {
   await Promise.all(nodes.map((node) => node.stop()))
 }
 
+async function chatPeer (relay, expect) {
+  const relayId = peerIdFromString(relay.split('/p2p/').pop())
+  const node = await peer(['/ip4/127.0.0.1/tcp/0'], dhtService('/ipfs/kad/1.0.0'))
+  await node.dial(multiaddr(relay))
+  await until('relayd in the routing table', () => node.services.dht.routingTable.size > 0)
+  const key = await rendezvous(CHAT)
+  await node.contentRouting.provide(key)
+  out({ ready: node.peerId.toString() })
+  await until('the chat messages', () => node.chats.length >= expect, 60000)
+  const others = (await providersOf(node, key)).filter((p) => !p.id.equals(node.peerId) && !p.id.equals(relayId))
+  for (const other of others) {
+    await chat(node, other.multiaddrs.map((ma) => ma.encapsulate(`/p2p/${other.id}`)), 'hello relay-chat')
+  }
+  out({ peer: node.peerId.toString(), chats: node.chats, answered: others.map((p) => p.id.toString()) })
+  await node.stop()
+}
+
 async function bridge (relay, topic, text, expect) {
   const relayId = relay.split('/p2p/').pop()
   const node = await peer([], { pubsub: gossipsub({ heartbeatInterval: 200 }) })
@@ -394,6 +413,7 @@ const commands = {
   limit: () => limit(args[0], Number(args[1])),
   room: () => room(args[0]),
   dht: () => dht(args[0], args[1] ?? '/ipfs/kad/1.0.0'),
+  'chat-peer': () => chatPeer(args[0], Number(args[1] ?? 1)),
   bridge: () => bridge(args[0], args[1], args[2], Number(args[3] ?? 1)),
   gossip: () => gossip(args[0], Number(args[1] ?? 3), args[2] ?? 'libp2p-chat', Number(args[3] ?? 3), Number(args[4] ?? 0)),
   'reserve-raw': () => reserveRaw(args[0], Number(args[1] ?? 1)),
