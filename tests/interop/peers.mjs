@@ -7,6 +7,7 @@
 //   node peers.mjs reserve-raw <relay-multiaddr> <peers>  (hop RESERVE by hand, prints statuses)
 //   node peers.mjs relay-server <port>                     (the js relay, for benchmarks)
 //   node peers.mjs bench <relay-multiaddr> <MiB> <circuits>
+//   node peers.mjs hub-server <port> <topic> <D> <Dhi>      (a js DHT server and GossipSub hub, for benchmarks)
 //   node peers.mjs dht <relay-multiaddr> <kad-protocol>   (seed 003: find a peer through relayd's DHT)
 //   node peers.mjs gossip <relay-multiaddr> <peers> <topic> <messages-each> [<expect-extra>]
 //                                                          (seed 004: a room whose peers know only relayd)
@@ -372,6 +373,25 @@ async function relayServer (port) {
   await new Promise(() => {})
 }
 
+async function hubServer (port, topic, D, Dhi) {
+  const node = await createLibp2p({
+    addresses: { listen: [`/ip4/127.0.0.1/tcp/${port}`] },
+    transports: [tcp()],
+    connectionEncrypters: [noise()],
+    streamMuxers: [yamux()],
+    services: {
+      identify: identify(),
+      ping: ping(),
+      dht: kadDHT({ clientMode: false, peerInfoMapper: passthroughMapper }),
+      pubsub: gossipsub({ D, Dlo: 4, Dhi, maxInboundStreams: 4096, maxOutboundStreams: 4096 })
+    },
+    connectionManager: { maxConnections: 8192, inboundConnectionThreshold: 100000, maxIncomingPendingConnections: 4096 }
+  })
+  node.services.pubsub.subscribe(topic)
+  out({ addrs: node.getMultiaddrs().map((ma) => ma.toString()) })
+  await new Promise(() => {})
+}
+
 async function bench (relay, mib, circuits) {
   const { node: a } = await reservedPeer(relay)
   const b = await peer()
@@ -418,6 +438,7 @@ const commands = {
   gossip: () => gossip(args[0], Number(args[1] ?? 3), args[2] ?? 'libp2p-chat', Number(args[3] ?? 3), Number(args[4] ?? 0)),
   'reserve-raw': () => reserveRaw(args[0], Number(args[1] ?? 1)),
   'relay-server': () => relayServer(Number(args[0] ?? 0)),
+  'hub-server': () => hubServer(Number(args[0] ?? 0), args[1] ?? 'bench', Number(args[2] ?? 6), Number(args[3] ?? 12)),
   bench: () => bench(args[0], Number(args[1] ?? 16), Number(args[2] ?? 50))
 }
 if (commands[cmd] == null) {
