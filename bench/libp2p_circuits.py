@@ -45,12 +45,13 @@ circuit_rate = 100000
 
 class Libp2pRelayd(Relayd):
     name = "relayd-libp2p"
+    config = CONFIG
 
     def command(self):
         command = super().command()
         with open(command[command.index("--config") + 1], "w") as f:
-            f.write(CONFIG.format(data_dir=os.path.join(self.workdir, "var"),
-                                  port=self.port, host=HOST))
+            f.write(self.config.format(data_dir=os.path.join(self.workdir, "var"),
+                                       port=self.port, host=HOST))
         return command
 
     def multiaddr(self):

@@ -20,10 +20,10 @@ import os
 import subprocess
 import sys
 
-from bench.libp2p_circuits import NODE, SCRIPT, JsRelay, _wait_for
-from bench.relay import REPO, Relayd
+from bench.libp2p_circuits import NODE, SCRIPT, JsRelay, Libp2pRelayd
+from bench.relay import REPO
 from bench.report import emit, machine
-from bench.server import HOST, ServerError
+from bench.server import ServerError
 
 TOPIC = "bench"
 D, D_HI = 64, 1024
@@ -40,24 +40,15 @@ max_connections_per_ip = 100000
 [kad]
 
 [gossipsub]
-topics = {topic}
-d = {d}
-d_hi = {d_hi}
-"""
+topics = %s
+d = %d
+d_hi = %d
+""" % (TOPIC, D, D_HI)
 
 
-class HubRelayd(Relayd):
+class HubRelayd(Libp2pRelayd):
     name = "relayd-hub"
-
-    def command(self):
-        command = super().command()
-        with open(command[command.index("--config") + 1], "w") as f:
-            f.write(CONFIG.format(data_dir=os.path.join(self.workdir, "var"), port=self.port,
-                                  host=HOST, topic=TOPIC, d=D, d_hi=D_HI))
-        return command
-
-    def multiaddr(self):
-        return _wait_for(self, r"listening on (\S+/p2p/\S+)")
+    config = CONFIG
 
 
 class JsHub(JsRelay):

@@ -6,10 +6,11 @@ next one) and read once at start-up.
 """
 import base64
 import json
-import os
 
 from twisted.application.service import Service
 from twisted.logger import Logger
+
+from relayd.filepool import write_atomically
 
 FILE_NAME = "peer_keys.json"
 
@@ -17,16 +18,7 @@ FILE_NAME = "peer_keys.json"
 def _save(path, owners):
     """Write ``owners`` (peer id -> raw key) as the JSON table; on the file thread."""
     data = json.dumps({p: base64.b64encode(k).decode() for p, k in owners.items()}, indent=0)
-    _write_atomically(path, data.encode())
-
-
-def _write_atomically(path, data):
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomically(path, data.encode())
 
 
 class DamagedTable(Exception):

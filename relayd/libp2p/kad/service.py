@@ -14,6 +14,7 @@ from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.logger import Logger
 
+from relayd.filepool import write_atomically
 from relayd.libp2p.kad import server
 from relayd.libp2p.kad.providers import ProviderStore
 from relayd.libp2p.kad.records import RecordStore
@@ -24,18 +25,9 @@ STATE_FILE = "kad_state.json"
 DESCORD_KEYS = (b"/descord/relay/advertisements", b"/descord/relays")
 
 
-def _write_atomically(path, data):
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _save(path, snapshot):
     """Encode and write the state; on the file thread."""
-    _write_atomically(path, json.dumps(snapshot).encode())
+    write_atomically(path, json.dumps(snapshot).encode())
 
 
 class KadService(MultiService):
