@@ -143,3 +143,32 @@ class P2pPeerTests(HubTestCase):
         out, err = room.communicate(timeout=60)
         self.assertEqual(room.returncode, 0, err)
         self.assertEqual(out.decode(), "zoe: hello p2p\n")
+
+    def test_con_send_and_listen_through_the_relays_circuit(self):
+        relay, addr, relay_id, _ = self.start_hub()
+        js = self.background(["chat-reserved", addr, "1"], node=True)
+        lines = json_lines(js.stdout)
+        js_peer = next(lines)["ready"]          # reachable only through relayd
+        con = p2p("con", "--relay", addr, js_peer)
+        self.assertEqual(con.returncode, 0, con.stderr)
+        said = con.stdout.decode().splitlines()
+        self.assertEqual(said[0], f"connected to {js_peer} through the relay {addr}")
+        self.assertIn("/private-chat/1.0.0", said[1])
+        self.assertTrue(said[1].startswith("remote supports: "))
+        no_relay = p2p("con", "--bootstrap", addr, js_peer)
+        self.assertEqual(no_relay.returncode, 3)
+        sent = p2p("send", "--relay", addr, js_peer, "through", "the", "circuit")
+        self.assertEqual(sent.returncode, 0, sent.stderr)
+        self.assertEqual(next(lines)["chats"][0]["message"], "through the circuit")
+
+        listener = self.background(["listen", "--relay", addr, "--count", "1"])
+        self.assertTrue(listener.stdout.readline().startswith(b"listening on "))
+        circuit = listener.stdout.readline().decode().split(" at ")[1].strip()
+        self.assertTrue(circuit.startswith(f"{addr}/p2p-circuit/p2p/12D3KooW"))
+        said = subprocess.run([NODE, SCRIPT, "say", circuit, "hello through relayd"], cwd=INTEROP,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+        self.assertEqual(said.returncode, 0, said.stderr[-2000:])
+        js_sender = json.loads(said.stdout.decode().splitlines()[-1])["peer"]
+        out, err = listener.communicate(timeout=60)
+        self.assertEqual(out.decode().splitlines()[-1], f"{js_sender}: hello through relayd")
+        self.assertIn("reservation accepted", relay.log())

@@ -3,10 +3,13 @@
 - ``genkey FILE``: a libp2p identity in seed 003's format (base64 of the
   protobuf private key, ``CAESQ...``); prints the peer id.
 - ``listen``: take ``/private-chat/1.0.0`` messages, printed ``<peer>: <text>``;
-  with ``--bootstrap`` also advertise the rendezvous in the DHT.
+  with ``--relay`` also through a reservation on the relay, with
+  ``--bootstrap`` advertised in the DHT.
 - ``dht``: the peers that advertise the rendezvous (``FindPeers``).
 - ``find PEER``: a peer's addresses from the DHT.
-- ``ping ADDR``: libp2p ping round trips.
+- ``con PEER``: connect, directly first, then through ``--relay``'s circuit;
+  says which, and what the peer supports.
+- ``ping ADDR|PEER``: libp2p ping round trips.
 - ``send ADDR|PEER TEXT``: one chat message as seed 003 sends it.
 - ``room NAME``: seed 004's GossipSub chat through a relay (``"<peer id>: <text>"``).
 """
@@ -26,14 +29,17 @@ from relayd.client.render import clean
 from relayd.libp2p import chat
 from relayd.libp2p.gossipsub.router import GossipRouter, Params
 from relayd.libp2p.gossipsub.streams import PROTOCOLS as MESHSUB, PubSub
-from relayd.libp2p.host import Host, ping_once, split_multiaddr
+from relayd.libp2p.host import Host, dial_circuit, ping_once, reserve, split_multiaddr
 from relayd.libp2p.kad import client as kad
 from relayd.libp2p.kad.server import PROTOCOL_ID as KAD_PROTOCOL, rendezvous_key
-from relayd.libp2p.peerbook import PeerBook
+from relayd.libp2p import identify
+from relayd.libp2p.peerbook import IdentifyRequest, PeerBook
 from relayd.libp2p.peerid import PeerId, KeyPair
 
 OK, USAGE, CANNOT_CONNECT, NOT_FOUND, TIMEOUT = 0, 1, 2, 3, 4
 RENDEZVOUS = chat.PROTOCOL_ID       # seed 003 advertises its protocol id
+RESERVATION_REFRESH = 20 * 60       # the relay's reservations last an hour
+DIRECT_TIMEOUT = 3
 
 
 class Failed(Exception):
@@ -106,9 +112,18 @@ async def cmd_listen(reactor, host, args):
     host.handlers[chat.PROTOCOL_ID] = lambda conn: chat.ChatReceiver(conn, show)
     addr = await host.listen(endpoints.serverFromString(reactor, endpoint_of(args.listen)))
     out(f"listening on {addr}")
+    addrs = [without_peer(addr)]
+    if args.relay:
+        circuit = await reserve(host, args.relay)
+        refresh = task.LoopingCall(reserve, host, args.relay)
+        refresh.clock = reactor
+        refresh.start(RESERVATION_REFRESH, now=False)
+        received.addBoth(lambda result: (refresh.stop(), result)[1])
+        out(f"reachable through the relay at {circuit}")
+        addrs.append(without_peer(circuit))
     if args.bootstrap:
         told = await kad.provide(host, args.bootstrap, rendezvous_key(args.rendezvous),
-                                 [without_peer(addr)], args.kad_protocol)
+                                 addrs, args.kad_protocol)
         out(f"advertised {args.rendezvous} to {told} peers")
     return await received
 
@@ -132,16 +147,42 @@ async def cmd_find(reactor, host, args):
     return OK
 
 
-async def _dial(host, args, target):
+async def _connect(host, args, target):
+    """``(connection, how)``: a multiaddr is dialled; a peer id is dialled at
+    the addresses the DHT has for it, then through ``--relay``'s circuit."""
     if target.startswith("/"):
-        return await host.dial(target)
+        return await host.dial(target), f"directly via {without_peer(target)}"
     peer = PeerId.from_string(target)
-    if not args.bootstrap:
-        raise Failed(USAGE, "a peer id without an address needs --bootstrap to look it up")
-    addrs = await kad.find_peer(host, args.bootstrap, peer, args.kad_protocol)
-    if not addrs:
-        raise Failed(NOT_FOUND, f"no address for {peer}")
-    return await host.dial(f"{without_peer(addrs[0])}/p2p/{peer}")
+    if not (args.bootstrap or args.relay):
+        raise Failed(USAGE, "a peer id without an address needs --bootstrap or --relay")
+    addrs = []
+    if args.bootstrap:
+        addrs = await kad.find_peer(host, args.bootstrap, peer, args.kad_protocol)
+    for addr in (without_peer(a) for a in addrs if "/p2p-circuit" not in a):
+        try:
+            return await host.dial(f"{addr}/p2p/{peer}", DIRECT_TIMEOUT), f"directly via {addr}"
+        except (ConnectionError, OSError, ValueError, error.ConnectError):
+            continue
+    if args.relay:
+        return await dial_circuit(host, args.relay, peer), f"through the relay {args.relay}"
+    raise Failed(NOT_FOUND, f"no address for {peer}" if not addrs
+                 else f"{peer} cannot be reached directly; try --relay")
+
+
+async def _dial(host, args, target):
+    return (await _connect(host, args, target))[0]
+
+
+async def cmd_con(reactor, host, args):
+    connection, how = await _connect(host, args, args.addr)
+    out(f"connected to {connection.remote_peer} {how}")
+    answer = defer.Deferred()
+    connection.open_protocol(identify.PROTOCOL_ID, IdentifyRequest(
+        lambda info: answer.called or answer.callback(info)))
+    info = await answer
+    if info is not None:
+        out("remote supports: " + ", ".join(clean(p) for p in info["protocols"]))
+    return OK
 
 
 async def cmd_ping(reactor, host, args):
@@ -204,8 +245,8 @@ async def cmd_room(reactor, host, args):
     return await done
 
 
-COMMANDS = {"listen": cmd_listen, "dht": cmd_dht, "find": cmd_find, "ping": cmd_ping,
-            "send": cmd_send, "room": cmd_room}
+COMMANDS = {"listen": cmd_listen, "dht": cmd_dht, "find": cmd_find, "con": cmd_con,
+            "ping": cmd_ping, "send": cmd_send, "room": cmd_room}
 
 
 async def run(reactor, args):
@@ -275,7 +316,7 @@ def register_command(subparsers):
     g = sub.add_parser("genkey", help="create a libp2p identity file and print its peer id")
     g.add_argument("file", metavar="FILE")
 
-    def command(name, help, bootstrap=False):
+    def command(name, help, bootstrap=False, relay=False):
         c = sub.add_parser(name, help=help, description=help)
         c.add_argument("--key", metavar="FILE", help="identity file (p2p genkey; seed 003's "
                                                      "PEER_ID format); a throwaway key if omitted")
@@ -286,8 +327,12 @@ def register_command(subparsers):
                        help=f"the DHT's protocol id (default {KAD_PROTOCOL})")
         c.add_argument("--rendezvous", default=RENDEZVOUS, metavar="STRING",
                        help=f"the string peers advertise and look up (default {RENDEZVOUS})")
+        if relay:
+            c.add_argument("--relay", metavar="MULTIADDR",
+                           help="a circuit relay (e.g. relayd) to use when direct fails")
         return c
-    c = command("listen", "take chat messages; with --bootstrap, advertise the rendezvous too")
+    c = command("listen", "take chat messages; with --relay also through a reservation there, "
+                          "with --bootstrap advertised in the DHT", relay=True)
     c.add_argument("--listen", default="/ip4/127.0.0.1/tcp/0", metavar="MULTIADDR",
                    help="where to listen (default /ip4/127.0.0.1/tcp/0)")
     c.add_argument("--count", type=int, metavar="N", help="exit after N messages")
@@ -295,11 +340,15 @@ def register_command(subparsers):
     c.add_argument("--json", action="store_true", help="one JSON object per peer")
     c = command("find", "print a peer's addresses from the DHT", bootstrap=True)
     c.add_argument("peer", type=_peer_id, metavar="PEER")
-    c = command("ping", "libp2p ping round trips to a peer")
+    c = command("con", "connect to a peer (directly, else through --relay) and show what it "
+                       "supports", relay=True)
+    c.add_argument("addr", metavar="MULTIADDR|PEER", help="a multiaddr with /p2p/<id>, or a "
+                                                          "peer id to look up (with --bootstrap)")
+    c = command("ping", "libp2p ping round trips to a peer", relay=True)
     c.add_argument("addr", metavar="MULTIADDR|PEER", help="a multiaddr with /p2p/<id>, or a "
                                                           "peer id to look up (with --bootstrap)")
     c.add_argument("--count", type=int, default=3, metavar="N", help="round trips (default 3)")
-    c = command("send", "send one chat message on /private-chat/1.0.0")
+    c = command("send", "send one chat message on /private-chat/1.0.0", relay=True)
     c.add_argument("addr", metavar="MULTIADDR|PEER", help="a multiaddr with /p2p/<id>, or a "
                                                           "peer id to look up (with --bootstrap)")
     c.add_argument("text", nargs="+", help="the message (words are joined by spaces)")

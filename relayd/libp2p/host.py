@@ -7,9 +7,10 @@ from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.protocol import Factory
 
-from relayd.libp2p import identify, ping, yamux
+from relayd.libp2p import identify, messages as m, ping, varint, yamux
 from relayd.libp2p.connection import Libp2pConnection
 from relayd.libp2p.multiaddr import from_address
+from relayd.libp2p.peer import Request
 from relayd.libp2p.peerid import PeerId
 
 AGENT_VERSION = "relay-chat/0.1"
@@ -157,3 +158,130 @@ def ping_once(connection, clock):
     request = _PingRequest(clock, os.urandom(ping.SIZE))
     connection.open_protocol(ping.PROTOCOL_ID, request)
     return request.done
+
+
+class _StreamTransport:
+    """What a connection running inside a relayed stream writes to."""
+
+    def __init__(self, stream, peer_address):
+        self.stream = stream
+        self.peer_address = peer_address
+
+    def write(self, data):
+        self.stream.write(data)
+
+    def registerProducer(self, producer, streaming):
+        self.stream.register_producer(_Producer(producer))
+
+    def getPeer(self):
+        return self.peer_address
+
+    def abortConnection(self):
+        self.stream.reset()
+
+    def loseConnection(self):
+        self.stream.close()
+
+
+class _Producer:
+    def __init__(self, producer):
+        self.producer = producer
+
+    def pause(self):
+        self.producer.pauseProducing()
+
+    def resume(self):
+        self.producer.resumeProducing()
+
+
+class _Circuit(yamux.StreamHandler):
+    """The hop stream once the relay said OK: carries a whole libp2p
+    connection (Noise, Yamux) to the target, end to end."""
+
+    def __init__(self, proto, peer_address):
+        self.proto = proto
+        self.peer_address = peer_address
+        self.early = b""
+        self.started = False
+
+    def start(self):
+        self.started = True
+        self.proto.makeConnection(_StreamTransport(self.stream, self.peer_address))
+        if self.early:
+            self.proto.dataReceived(self.early)
+
+    def data_received(self, data):
+        if self.started:
+            self.proto.dataReceived(data)
+        else:
+            self.early += data
+
+    def read_closed(self):
+        self.stream.close()
+
+    def stream_closed(self, reset):
+        if self.started:
+            self.proto.connectionLost(ConnectionError("the circuit closed"))
+
+
+@defer.inlineCallbacks
+def dial_circuit(host, relay_multiaddr, target):
+    """A connection to ``target`` (PeerId) through the relay's circuit (a HOP
+    CONNECT); fires once Noise and Yamux run end to end."""
+    relay = yield host.dial(relay_multiaddr)
+    proto = Libp2pConnection(initiator=True)
+    proto.factory = host
+    circuit = _Circuit(proto, relay.transport.getPeer())
+    request = Request(m.hop(m.CONNECT, peer=m.peer(target)), m.decode_hop, then=circuit)
+    relay.open_protocol(m.HOP_PROTOCOL_ID, request)
+    _, _, status, _ = yield request.reply
+    if status != m.OK:
+        circuit.stream.reset()
+        raise ConnectionError(f"the relay refused the circuit (status {status})")
+    ready = defer.Deferred()
+    host.pending[proto] = (ready, target)
+    circuit.start()
+    connection = yield ready
+    return connection
+
+
+class StopAcceptor(yamux.StreamHandler):
+    """A circuit the relay opens to us (STOP CONNECT): say OK, then serve the
+    initiator's connection inside the stream."""
+
+    def __init__(self, connection):
+        self.host = connection.factory
+        self.relay_address = connection.transport.getPeer()
+        self.buf = b""
+
+    def data_received(self, data):
+        self.buf += data
+        got = varint.split_prefixed(self.buf, m.MAX_MESSAGE)
+        if got is None:
+            return
+        message, rest = got
+        msg_type, initiator, _, _ = m.decode_stop(message)
+        if msg_type != m.STOP_CONNECT or initiator is None:
+            self.stream.reset()
+            return
+        self.stream.write(varint.prefixed(m.stop(m.STOP_STATUS, status=m.OK)))
+        proto = Libp2pConnection(initiator=False)
+        proto.factory = self.host
+        circuit = _Circuit(proto, self.relay_address)
+        self.stream.attach(circuit)
+        circuit.early = rest
+        circuit.start()
+
+
+@defer.inlineCallbacks
+def reserve(host, relay_multiaddr):
+    """Take a reservation on the relay and accept its circuits; fires with our
+    circuit address ``<relay>/p2p-circuit/p2p/<us>``."""
+    host.handlers[m.STOP_PROTOCOL_ID] = StopAcceptor
+    relay = yield host.dial(relay_multiaddr)
+    request = Request(m.hop(m.RESERVE), m.decode_hop)
+    relay.open_protocol(m.HOP_PROTOCOL_ID, request)
+    _, _, status, _ = yield request.reply
+    if status != m.OK:
+        raise ConnectionError(f"the relay refused the reservation (status {status})")
+    return f"{relay_multiaddr}/p2p-circuit/p2p/{host.peer_id}"

@@ -13,6 +13,8 @@
 //                                                          (seed 004: a room whose peers know only relayd)
 //   node peers.mjs chat-peer <relay-multiaddr> <expect>  (seed 003: advertise /private-chat/1.0.0,
 //                                  take <expect> chats, then answer every other advertiser)
+//   node peers.mjs chat-reserved <relay-multiaddr> <expect>  (reachable only through relayd: take chats)
+//   node peers.mjs say <multiaddr> <text>                 (one seed-003 chat message, circuits allowed)
 //   node peers.mjs bridge <relay-multiaddr> <topic> <text> <expect>
 //                                  (prints {"ready"} once in the mesh, says <text>, prints what it heard)
 import { createLibp2p } from 'libp2p'
@@ -302,6 +304,21 @@ async function chatPeer (relay, expect) {
   await node.stop()
 }
 
+async function chatReserved (relay, expect) {
+  const { node, addr } = await reservedPeer(relay)
+  out({ ready: node.peerId.toString(), addr: addr.toString() })
+  await until('the chat messages', () => node.chats.length >= expect, 60000)
+  out({ peer: node.peerId.toString(), chats: node.chats })
+  await node.stop()
+}
+
+async function say (target, text) {
+  const node = await peer()
+  await chat(node, multiaddr(target), text)
+  out({ peer: node.peerId.toString(), said: text })
+  await node.stop()
+}
+
 async function bridge (relay, topic, text, expect) {
   const relayId = relay.split('/p2p/').pop()
   const node = await peer([], { pubsub: gossipsub({ heartbeatInterval: 200 }) })
@@ -433,6 +450,8 @@ const commands = {
   limit: () => limit(args[0], Number(args[1])),
   room: () => room(args[0]),
   dht: () => dht(args[0], args[1] ?? '/ipfs/kad/1.0.0'),
+  'chat-reserved': () => chatReserved(args[0], Number(args[1] ?? 1)),
+  say: () => say(args[0], args[1]),
   'chat-peer': () => chatPeer(args[0], Number(args[1] ?? 1)),
   bridge: () => bridge(args[0], args[1], args[2], Number(args[3] ?? 1)),
   gossip: () => gossip(args[0], Number(args[1] ?? 3), args[2] ?? 'libp2p-chat', Number(args[3] ?? 3), Number(args[4] ?? 0)),
