@@ -17,6 +17,7 @@ from tests.test_bridge_e2e import json_lines
 from tests.test_client_cli import command
 from tests.test_libp2p_hub_interop import HubTestCase
 from tests.test_libp2p_interop import INTEROP, NODE, SCRIPT
+from tests.test_nat_traversal import netns_unavailable, run
 
 HUB = """
 [tcp]
@@ -172,3 +173,43 @@ class P2pPeerTests(HubTestCase):
         out, err = listener.communicate(timeout=60)
         self.assertEqual(out.decode().splitlines()[-1], f"{js_sender}: hello through relayd")
         self.assertIn("reservation accepted", relay.log())
+
+
+class MdnsTests(unittest.TestCase):
+    """Two relay-chat p2p peers in one network namespace (multicast on its lo)."""
+
+    def setUp(self):
+        reason = netns_unavailable()
+        if reason:
+            raise unittest.SkipTest(reason)
+        self.ns = f"rcmdns{os.getpid() % 100000}"
+        run("ip", "netns", "add", self.ns)
+        self.addCleanup(subprocess.run, ["ip", "netns", "del", self.ns], capture_output=True)
+        run("ip", "link", "set", "lo", "up", ns=self.ns)
+        run("ip", "link", "set", "lo", "multicast", "on", ns=self.ns)
+        run("ip", "route", "add", "224.0.0.0/4", "dev", "lo", ns=self.ns)
+
+    def p2p(self, *args):
+        return ["ip", "netns", "exec", self.ns] + command() + ["p2p", *args]
+
+    def test_a_listener_is_found_on_the_local_network_and_reached(self):
+        listener = subprocess.Popen(self.p2p("listen", "--mdns", "--count", "1"),
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.addCleanup(lambda: listener.poll() is None and listener.kill())
+        addr = listener.stdout.readline().decode().split("listening on ")[1].strip()
+        self.assertEqual(listener.stdout.readline(), b"announced on mDNS\n")
+        found = subprocess.run(self.p2p("mdns", "--wait", "2"), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, timeout=60)
+        self.assertEqual(found.returncode, 0, found.stderr)
+        peer = addr.split("/p2p/")[1]
+        self.assertEqual(found.stdout.decode(), f"{peer} {addr}\n")
+        sent = subprocess.run(self.p2p("send", addr, "hello", "neighbour"), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, timeout=60)
+        self.assertEqual(sent.returncode, 0, sent.stderr)
+        out, _ = listener.communicate(timeout=60)
+        self.assertTrue(out.decode().endswith(": hello neighbour\n"))
+
+    def test_nobody_there(self):
+        found = subprocess.run(self.p2p("mdns", "--wait", "1"), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, timeout=60)
+        self.assertEqual((found.returncode, found.stdout), (3, b""))

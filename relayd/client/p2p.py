@@ -12,6 +12,7 @@
 - ``ping ADDR|PEER``: libp2p ping round trips.
 - ``send ADDR|PEER TEXT``: one chat message as seed 003 sends it.
 - ``room NAME``: seed 004's GossipSub chat through a relay (``"<peer id>: <text>"``).
+- ``mdns``: the peers announcing themselves on the local network (``listen --mdns``).
 """
 import argparse
 import base64
@@ -32,7 +33,7 @@ from relayd.libp2p.gossipsub.streams import PROTOCOLS as MESHSUB, PubSub
 from relayd.libp2p.host import Host, dial_circuit, ping_once, reserve, split_multiaddr
 from relayd.libp2p.kad import client as kad
 from relayd.libp2p.kad.server import PROTOCOL_ID as KAD_PROTOCOL, rendezvous_key
-from relayd.libp2p import identify
+from relayd.libp2p import identify, mdns
 from relayd.libp2p.peerbook import IdentifyRequest, PeerBook
 from relayd.libp2p.peerid import PeerId, KeyPair
 
@@ -121,6 +122,10 @@ async def cmd_listen(reactor, host, args):
         received.addBoth(lambda result: (refresh.stop(), result)[1])
         out(f"reachable through the relay at {circuit}")
         addrs.append(without_peer(circuit))
+    if args.mdns:
+        full = [f"{a}/p2p/{host.peer_id}" for a in addrs if "/p2p-circuit" not in a]
+        mdns.start(reactor, host.peer_id, lambda: full, lambda peer, addrs: None)
+        out("announced on mDNS")
     if args.bootstrap:
         told = await kad.provide(host, args.bootstrap, rendezvous_key(args.rendezvous),
                                  addrs, args.kad_protocol)
@@ -136,6 +141,15 @@ async def cmd_dht(reactor, host, args):
             out(json.dumps({"peer": str(peer_id), "addrs": addrs}) if args.json
                 else " ".join([str(peer_id)] + addrs))
     return OK
+
+
+async def cmd_mdns(reactor, host, args):
+    found = {}
+    mdns.start(reactor, host.peer_id, None, found.__setitem__)
+    await task.deferLater(reactor, args.wait)
+    for peer_id, addrs in found.items():
+        out(" ".join([str(peer_id)] + addrs))
+    return OK if found else NOT_FOUND
 
 
 async def cmd_find(reactor, host, args):
@@ -246,7 +260,7 @@ async def cmd_room(reactor, host, args):
 
 
 COMMANDS = {"listen": cmd_listen, "dht": cmd_dht, "find": cmd_find, "con": cmd_con,
-            "ping": cmd_ping, "send": cmd_send, "room": cmd_room}
+            "ping": cmd_ping, "send": cmd_send, "room": cmd_room, "mdns": cmd_mdns}
 
 
 async def run(reactor, args):
@@ -336,6 +350,11 @@ def register_command(subparsers):
     c.add_argument("--listen", default="/ip4/127.0.0.1/tcp/0", metavar="MULTIADDR",
                    help="where to listen (default /ip4/127.0.0.1/tcp/0)")
     c.add_argument("--count", type=int, metavar="N", help="exit after N messages")
+    c.add_argument("--mdns", action="store_true",
+                   help="announce ourselves on the local network (mDNS, _p2p._udp.local)")
+    c = command("mdns", "print the peers announcing themselves on the local network")
+    c.add_argument("--wait", type=float, default=3.0, metavar="S",
+                   help="how long to listen for answers (default 3)")
     c = command("dht", "print the peers advertising the rendezvous", bootstrap=True)
     c.add_argument("--json", action="store_true", help="one JSON object per peer")
     c = command("find", "print a peer's addresses from the DHT", bootstrap=True)
