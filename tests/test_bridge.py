@@ -55,9 +55,10 @@ class BridgeTests(unittest.TestCase):
         # the other relay made the same message id, so federation keeps one of them
         self.assertEqual([e["msg_id"] for e in other.injected], [first["msg_id"], second["msg_id"]])
 
-    def test_messages_that_are_not_text_are_refused(self):
+    def test_messages_that_are_not_text_or_too_long_are_refused(self):
         self.net.send(self.peer, self.net.message(self.peer, b"\xff\xfe", topic="libp2p-chat"))
-        self.assertEqual((self.adapter.injected, self.bridge.counts["refused"]), ([], 1))
+        self.net.send(self.peer, self.net.message(self.peer, b"x" * 70000, "libp2p-chat", 2))
+        self.assertEqual((self.adapter.injected, self.bridge.counts["refused"]), ([], 2))
 
     def forward(self, entry, source=None):
         for link in self.net.links.values():

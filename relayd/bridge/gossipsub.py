@@ -23,6 +23,7 @@ from relayd.core import message
 from relayd.libp2p.peerid import PeerId
 
 VIA = "gossipsub"
+MAX_BODY = 60 * 1024    # a bridged line still fits [tcp] max_line's default 64 KiB
 
 
 class GossipRoomBridge:
@@ -51,6 +52,9 @@ class GossipRoomBridge:
             text = msg.data.decode("utf-8")
         except (ValueError, TypeError):
             self.counts["refused"] += 1     # unsigned (permissive mode) or not UTF-8
+            return
+        if len(msg.data) > MAX_BODY:
+            self.counts["refused"] += 1
             return
         prefix = sender + ": "
         body = text[len(prefix):] if text.startswith(prefix) else text
