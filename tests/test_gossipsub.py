@@ -4,6 +4,7 @@ import random
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 from twisted.trial import unittest
 
 from relayd import config
@@ -164,9 +165,11 @@ class MessageTests(unittest.TestCase):
         self.net.send(a, good)                             # the forgery did not poison the id
         self.assertEqual(self.net.delivered, [("t", b"a: hi")])
         unsigned = gm.decode_message(gm.Message(a.bytes, b"x", b"\0" * 8, "t").encode())
-        for n in range(8):
-            self.net.send(a, unsigned)
+        with capturedLogs() as logged:
+            for n in range(8):
+                self.net.send(a, unsigned)
         self.assertLess(self.net.router.peers[a].score, -80)
+        self.assertEqual([e["peer"] for e in logged if "graylisted" in e["log_format"]], [str(a)])
         self.net.send(a, self.net.message(a, b"later", seqno=2))
         self.assertEqual(self.net.router.counts["graylisted"], 1)
         self.assertEqual(len(self.net.delivered), 1)

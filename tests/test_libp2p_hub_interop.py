@@ -59,6 +59,7 @@ class DhtInteropTests(HubTestCase):
         self.assertGreaterEqual(stats["requests"]["add_provider"], 1)
         self.assertGreaterEqual(stats["requests"]["get_providers"], 1)
         self.assertGreaterEqual(stats["routing_table"], 2)
+        self.assertIn('relayd_kad_requests_total{type="add_provider"}', self.http(relay, "metrics"))
 
         # provider records are kept across a restart
         workdir = relay.workdir
@@ -81,6 +82,8 @@ class GossipInteropTests(HubTestCase):
         stats = json.loads(self.http(relay, "stats"))["gossipsub"]
         self.assertEqual(stats["delivered"], 9)
         self.assertEqual(stats["invalid"], 0)
+        self.assertIn('relayd_gossipsub_messages_total{event="delivered"} 9.0',
+                      self.http(relay, "metrics"))
 
 
 class ShippedConfigTests(HubTestCase):

@@ -1,5 +1,7 @@
 """Wiring of the libp2p hub services on top of ``[libp2p]``: ``[kad]`` (the
 DHT server) and ``[gossipsub]`` (with its bridge to relayd rooms)."""
+from twisted.logger import Logger
+
 from relayd.bridge.gossipsub import GossipRoomBridge
 from relayd.bridge.router_adapter import RouterAdapter
 from relayd.config import ConfigError
@@ -7,9 +9,12 @@ from relayd.core.message import valid_room
 from relayd.libp2p.gossipsub.service import GossipSubService
 from relayd.libp2p.kad.service import KadService
 
+log = Logger(namespace="relayd.libp2p")
+
 
 def build_hub(daemon, libp2p):
     settings = daemon.settings
+    daemon.on_reload(lambda new: _reloaded(settings, new))
     for section in ("kad", "gossipsub"):
         if settings.enabled(section) and libp2p is None:
             raise ConfigError(f"{settings.source}: [{section}] needs a [libp2p] section "
@@ -30,3 +35,9 @@ def build_hub(daemon, libp2p):
             service.bridge = GossipRoomBridge(RouterAdapter(daemon.router), g.bridge,
                                               settings.relay.id, daemon.reactor, g.bridge_federated)
             service.on_router.append(service.bridge.attach)
+
+
+def _reloaded(old, new):
+    for section in ("kad", "gossipsub"):
+        if old.get(section) != new.get(section):
+            log.warn("[{section}] changed: takes effect at the next start", section=section)

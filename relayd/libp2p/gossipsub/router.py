@@ -176,7 +176,15 @@ class GossipRouter:
     def malformed(self, peer_id):
         """An RPC that could not be decoded counts as an invalid message."""
         self.counts["invalid"] += 1
-        self.peer(peer_id).penalty += self.params.invalid_penalty
+        self._penalize(self.peer(peer_id))
+
+    def _penalize(self, state):
+        was = state.score
+        state.penalty += self.params.invalid_penalty
+        if was >= self.params.graylist_threshold > state.score:
+            self.log.warn("gossipsub: peer {peer} graylisted (score {score:.0f}) after invalid "
+                          "messages; ignored until its score recovers",
+                          peer=str(state.peer_id), score=state.score)
 
     def _on_subscription(self, state, subscribe, topic):
         if not subscribe:
@@ -210,7 +218,7 @@ class GossipRouter:
             return
         if not self._valid(msg):
             self.counts["invalid"] += 1
-            state.penalty += self.params.invalid_penalty
+            self._penalize(state)
             return
         self.seen.add(msg_id)
         mesh = self.mesh.get(msg.topic)
@@ -247,7 +255,7 @@ class GossipRouter:
             reply.prune.append((topic, int(self.params.prune_backoff)))
             return
         if self._backing_off(topic, state.peer_id):
-            state.penalty += self.params.invalid_penalty
+            self._penalize(state)
             reply.prune.append((topic, int(self.params.prune_backoff)))
         elif state.score < 0:
             reply.prune.append((topic, int(self.params.prune_backoff)))

@@ -10,6 +10,7 @@ from twisted.application.service import MultiService
 from twisted.logger import Logger
 
 from relayd.libp2p.gossipsub.router import GossipRouter, Params
+from relayd.libp2p.hub_metrics import GossipCollector
 from relayd.libp2p.gossipsub.streams import PROTOCOLS, PubSub
 from relayd.libp2p.peerbook import peer_book
 
@@ -47,6 +48,7 @@ class GossipSubService(MultiService):
                 ("relayd_gossipsub_mesh_peers", "Mesh links over all of relayd's topics",
                  lambda: sum(map(len, self.router.mesh.values())) if self.router else 0)):
             Gauge(name, doc, registry=daemon.registry).set_function(read)
+        daemon.registry.register(GossipCollector(self))
 
     def startService(self):
         if self.router is None:

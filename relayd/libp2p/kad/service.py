@@ -15,6 +15,7 @@ from twisted.application.service import MultiService
 from twisted.logger import Logger
 
 from relayd.filepool import write_atomically
+from relayd.libp2p.hub_metrics import KadCollector
 from relayd.libp2p.kad import server
 from relayd.libp2p.kad.providers import ProviderStore
 from relayd.libp2p.kad.records import RecordStore
@@ -60,6 +61,7 @@ class KadService(MultiService):
                 ("relayd_kad_provider_records", "Provider records held", lambda: len(self.providers)),
                 ("relayd_kad_value_records", "Value records held", lambda: len(self.records.records))):
             Gauge(name, doc, registry=daemon.registry).set_function(read)
+        daemon.registry.register(KadCollector(self))
 
     def privilegedStartService(self):
         self.load()
