@@ -38,6 +38,7 @@ max_connections = 100000
 max_connections_per_ip = 100000
 
 [kad]
+request_rate = 1000000
 
 [gossipsub]
 topics = %s

@@ -308,6 +308,8 @@ SCHEMA = {
         "record_ttl": F(duration, "36h"),
         "max_record_size": F(size, "10KiB"),
         "max_records": F(integer(1), "100000"),
+        "request_rate": F(integer(1), "200"),
+        "request_window": F(duration, "1s"),
         "rendezvous": F(word_list, "/libp2p/relay"),
         "advertise_descord": F(boolean, "yes"),
         "advertise_interval": F(duration, "5m"),

@@ -233,6 +233,15 @@ class DhtServerTests(unittest.TestCase):
         self.assertEqual(pong.type, km.PING)
         self.assertIn("/myapp/kad/1.0.0", libp2p.identify_info()["protocols"])
 
+    @defer.inlineCallbacks
+    def test_requests_beyond_the_rate_of_an_address_are_refused(self):
+        d, libp2p, kad = yield self.start(self.mktemp(), "request_rate = 3\nrequest_window = 1m\n")
+        peer = yield dial(self, libp2p)
+        for _ in range(3):
+            yield ask(peer, km.KadMessage(km.PING))
+        yield self.assertFailure(ask(peer, km.KadMessage(km.PING)), ConnectionError)
+        self.assertEqual(d.stats()["kad"]["rate_limited"], 1)
+
     def test_kad_needs_libp2p(self):
         settings = config.parse(f"[relay]\ndata_dir = {self.mktemp()}\n[kad]\n")
         with self.assertRaises(config.ConfigError) as caught:

@@ -36,6 +36,10 @@ class KadStream(StreamHandler):
                 if got is None:
                     return
                 request, self.buf = got
+                if not self.dht.allow(self.connection.ip):
+                    self.dht.rate_limited += 1
+                    self.stream.reset()
+                    return
                 reply = self.dht.handle(self.connection.remote_peer, km.decode(request))
             except (ValueError, Invalid):
                 self.dht.malformed += 1
@@ -63,8 +67,12 @@ class Dht:
         self.protocol_id = protocol_id
         self.own_keys = set()           # keys relayd itself provides
         self.requests = dict.fromkeys(km.TYPE_NAMES.values(), 0)
-        self.malformed = 0
+        self.malformed = self.rate_limited = 0
+        self.limiter = None             # a RateLimiter of requests per source IP, or None
         self.changed = False            # providers or records changed since the last save
+
+    def allow(self, ip):
+        return self.limiter is None or self.limiter.allow(ip)
 
     # --- peers ----------------------------------------------------------------------
     def peer_identified(self, info, connection):

@@ -21,6 +21,7 @@ from relayd.libp2p.kad.providers import ProviderStore
 from relayd.libp2p.kad.records import RecordStore
 from relayd.libp2p.kad.routing import RoutingTable
 from relayd.libp2p.peerbook import peer_book
+from relayd.libp2p.resources import RateLimiter
 
 STATE_FILE = "kad_state.json"
 DESCORD_KEYS = (b"/descord/relay/advertisements", b"/descord/relays")
@@ -95,6 +96,8 @@ class KadService(MultiService):
         self.dht = server.Dht(keypair.peer_id, table, self.providers, self.records, self.book,
                               self.own_addrs, self.settings.protocol)
         self.dht.own_keys = {server.rendezvous_key(r) for r in self.settings.rendezvous}
+        self.dht.limiter = RateLimiter(self.reactor, self.settings.request_rate,
+                                       self.settings.request_window)
         self.book.listeners.append(self.dht)
         super().startService()
         self.log.info("kad DHT server on {protocol} (k={k}); providing {rendezvous}",
@@ -125,6 +128,8 @@ class KadService(MultiService):
 
     def save(self):
         """Write providers and records if they changed (one write at a time)."""
+        if self.dht is not None:
+            self.dht.limiter.prune()
         if self.dht is None or not self.dht.changed or self._saving:
             return None
         self.providers.expire()
@@ -144,5 +149,6 @@ class KadService(MultiService):
                "providers_refused": self.providers.refused, "records_refused": self.records.refused}
         if self.dht is not None:
             out.update(routing_table=len(self.dht.table), malformed=self.dht.malformed,
+                       rate_limited=self.dht.rate_limited,
                        requests=dict(self.dht.requests))
         return out
