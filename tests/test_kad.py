@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from relayd import config, daemon as daemon_module
-from relayd.libp2p import identify
+from relayd.libp2p import identify, protobuf
 from relayd.libp2p.kad import client as kad_client, messages as km
 from relayd.libp2p.kad.providers import ProviderStore
 from relayd.libp2p.kad.records import Invalid, RecordStore
@@ -260,3 +260,55 @@ class MessageCodecTests(unittest.TestCase):
                           [(p, ["/ip4/1.2.3.4/tcp/5"])], [(p, [])]))
         self.assertRaises(ValueError, km.decode, b"\x08\x09")          # type 9
         self.assertEqual(km.decode(random.Random(1).randbytes(0)).type, km.PUT_VALUE)
+
+
+def cbor(value):
+    """A tiny DAG-CBOR encoder for the maps IPNS data holds (test helper)."""
+    def head(major, n):
+        if n < 24:
+            return bytes([major << 5 | n])
+        size = next(s for s in (1, 2, 4, 8) if n < 1 << (8 * s))
+        return bytes([major << 5 | (24 + (1, 2, 4, 8).index(size))]) + n.to_bytes(size, "big")
+    if isinstance(value, int):
+        return head(0, value)
+    if isinstance(value, bytes):
+        return head(2, len(value)) + value
+    if isinstance(value, str):
+        return head(3, len(value.encode())) + value.encode()
+    items = sorted(value.items(), key=lambda kv: (len(kv[0]), kv[0]))
+    return head(5, len(items)) + b"".join(cbor(k) + cbor(v) for k, v in items)
+
+
+def ipns_record(keypair, seq, validity=b"2030-01-01T00:00:00.000000000Z", value=b"/ipfs/bafkqaaa",
+                sign_with=None, v1_value=None):
+    data = cbor({"Value": value, "Validity": validity, "ValidityType": 0, "Sequence": seq,
+                 "TTL": 3600 * 10 ** 9})
+    signature = (sign_with or keypair).sign(b"ipns-signature:" + data)
+    return protobuf.encode([(1, v1_value), (5, seq), (8, signature), (9, data)])
+
+
+class IpnsTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1_800_000_000)                  # 2027
+        self.store = RecordStore(self.clock, max_age=100)
+        self.keypair = KeyPair(Ed25519PrivateKey.generate())
+        self.key = b"/ipns/" + self.keypair.peer_id.bytes
+
+    def test_the_higher_sequence_wins(self):
+        self.store.put(self.key, ipns_record(self.keypair, 2), None)
+        self.assertRaises(Invalid, self.store.put, self.key, ipns_record(self.keypair, 1), new_peer_id())
+        self.store.put(self.key, ipns_record(self.keypair, 3), new_peer_id())
+        self.assertEqual(self.store.get(self.key)[0], ipns_record(self.keypair, 3))
+
+    def test_forged_expired_and_inconsistent_records_are_refused(self):
+        other = KeyPair(Ed25519PrivateKey.generate())
+        for bad in (ipns_record(self.keypair, 1, sign_with=other),
+                    ipns_record(self.keypair, 1, validity=b"2020-01-01T00:00:00Z"),
+                    ipns_record(self.keypair, 1, validity=b"next tuesday"),
+                    ipns_record(self.keypair, 1, v1_value=b"/ipfs/other"),
+                    protobuf.encode([(5, 1)])):
+            self.assertRaises(Invalid, self.store.put, self.key, bad, None)
+        self.assertRaises(Invalid, self.store.put, b"/ipns/" + other.peer_id.bytes,
+                          ipns_record(self.keypair, 1), None)
+        self.assertEqual(len(self.store.records), 0)

@@ -121,3 +121,15 @@ class ShippedConfigTests(HubTestCase):
                                  timeout=60, stdout=subprocess.PIPE).stdout.decode()
         self.assertIn(f"{js_peer}", history)
         self.assertIn("hi all", history)
+
+
+class IpnsInteropTests(HubTestCase):
+    def test_an_ipns_name_published_and_resolved_through_relayd(self):
+        relay, addr, relay_id = self.start(KAD.format(protocol="/ipfs/kad/1.0.0"))
+        got = js("ipns", addr)
+        self.assertEqual([(r["seq"], r["value"]) for r in got["resolved"]],
+                         [(1, "/ipfs/bafkqaaa"), (2, "/ipfs/bafkqabtimvwgy3yk")])
+        self.assertIn(relay_id, {r["from"] for r in got["resolved"]})
+        stats = json.loads(self.http(relay, "stats"))["kad"]
+        self.assertEqual(stats["records_refused"], 0)
+        self.assertGreaterEqual(stats["requests"]["put_value"], 2)

@@ -11,6 +11,7 @@
 //   node peers.mjs dht <relay-multiaddr> <kad-protocol>   (seed 003: find a peer through relayd's DHT)
 //   node peers.mjs gossip <relay-multiaddr> <peers> <topic> <messages-each> [<expect-extra>]
 //                                                          (seed 004: a room whose peers know only relayd)
+//   node peers.mjs ipns <relay-multiaddr>                 (an IPNS name published and resolved via relayd)
 //   node peers.mjs chat-peer <relay-multiaddr> <expect>  (seed 003: advertise /private-chat/1.0.0,
 //                                  take <expect> chats, then answer every other advertiser)
 //   node peers.mjs chat-reserved <relay-multiaddr> <expect>  (reachable only through relayd: take chats)
@@ -32,6 +33,10 @@ import { kadDHT, passthroughMapper } from '@libp2p/kad-dht'
 import { CID } from 'multiformats/cid'
 import { sha256 } from 'multiformats/hashes/sha2'
 import * as raw from 'multiformats/codecs/raw'
+import { createIPNSRecord, marshalIPNSRecord, unmarshalIPNSRecord, multihashToIPNSRoutingKey } from 'ipns'
+import { ipnsValidator } from 'ipns/validator'
+import { ipnsSelector } from 'ipns/selector'
+import { generateKeyPair } from '@libp2p/crypto/keys'
 
 const ECHO = '/relayd-test/echo/1.0.0'
 const CHAT = '/private-chat/1.0.0' // seed 003: one JSON string and "\n" per stream
@@ -210,8 +215,8 @@ function dhtService (protocol) {
       protocol,
       clientMode: false,
       peerInfoMapper: passthroughMapper,
-      validators: { descord: async () => {} },
-      selectors: { descord: () => 0 }
+      validators: { descord: async () => {}, ipns: ipnsValidator },
+      selectors: { descord: () => 0, ipns: ipnsSelector }
     })
   }
 }
@@ -285,6 +290,31 @@ async function gossip (relay, count, topic, each, extra) {
   await new Promise((resolve) => setTimeout(resolve, 1500))   // time for any duplicate to show up
   out({ peers: nodes.map((node) => node.peerId.toString()), received: nodes.map((node) => node.room) })
   await Promise.all(nodes.map((node) => node.stop()))
+}
+
+// an IPNS name: A publishes two versions through relayd, B resolves each
+async function ipnsName (relay) {
+  const key = await generateKeyPair('Ed25519')
+  const a = await peer(['/ip4/127.0.0.1/tcp/0'], dhtService('/ipfs/kad/1.0.0'))
+  const b = await peer(['/ip4/127.0.0.1/tcp/0'], dhtService('/ipfs/kad/1.0.0'))
+  for (const node of [a, b]) {
+    await node.dial(multiaddr(relay))
+    await until('relayd in the routing table', () => node.services.dht.routingTable.size > 0)
+  }
+  const routingKey = multihashToIPNSRoutingKey(key.publicKey.toMultihash())
+  const resolved = []
+  for (const [seq, value] of [[1, '/ipfs/bafkqaaa'], [2, '/ipfs/bafkqabtimvwgy3yk']]) {
+    const record = await createIPNSRecord(key, value, seq, 60 * 60 * 1000)
+    for await (const event of a.services.dht.put(routingKey, marshalIPNSRecord(record), { signal: AbortSignal.timeout(10000) })) {}
+    for await (const event of b.services.dht.get(routingKey, { signal: AbortSignal.timeout(10000) })) {
+      if (event.name === 'VALUE') {
+        const got = unmarshalIPNSRecord(event.value)
+        resolved.push({ from: event.from.toString(), seq: Number(got.sequence), value: got.value })
+      }
+    }
+  }
+  out({ name: key.publicKey.toString(), resolved })
+  await Promise.all([a.stop(), b.stop()])
 }
 
 async function chatPeer (relay, expect) {
@@ -450,6 +480,7 @@ const commands = {
   limit: () => limit(args[0], Number(args[1])),
   room: () => room(args[0]),
   dht: () => dht(args[0], args[1] ?? '/ipfs/kad/1.0.0'),
+  ipns: () => ipnsName(args[0]),
   'chat-reserved': () => chatReserved(args[0], Number(args[1] ?? 1)),
   say: () => say(args[0], args[1]),
   'chat-peer': () => chatPeer(args[0], Number(args[1] ?? 1)),

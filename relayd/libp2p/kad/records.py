@@ -4,6 +4,8 @@ A key is ``/<namespace>/<rest>``; a record whose namespace has no validator
 is refused, as are records over the size limit.  Validators:
 
 - ``pk``: ``/pk/<peer id bytes>`` holds that peer's ``PublicKey`` protobuf.
+- ``ipns``: ``/ipns/<peer id bytes>`` holds an IPNS record signed by that
+  peer (see ``relayd.libp2p.kad.ipns``); the higher sequence number wins.
 - ``descord``: seed 002's relay advertisements (``/descord/relays``,
   ``/descord/relay/advertisements``): a JSON object whose ``peer_id`` is the
   peer that stores it, with ``addresses`` and an integer ``timestamp``; the
@@ -12,6 +14,7 @@ is refused, as are records over the size limit.  Validators:
 import base64
 import json
 
+from relayd.libp2p.kad import ipns
 from relayd.libp2p.kad.providers import b64 as _b64
 from relayd.libp2p.peerid import PeerId
 
@@ -27,7 +30,7 @@ def namespace(key):
     return parts[1].decode("ascii", "replace")
 
 
-def validate_pk(key, value, sender):
+def validate_pk(key, value, sender, now):
     try:
         peer_id = PeerId(key[len(b"/pk/"):])
     except ValueError:
@@ -37,7 +40,7 @@ def validate_pk(key, value, sender):
     return 0
 
 
-def validate_descord(key, value, sender):
+def validate_descord(key, value, sender, now):
     try:
         ad = json.loads(value)
         peer_id = PeerId.from_string(ad["peer_id"])
@@ -51,7 +54,14 @@ def validate_descord(key, value, sender):
     return ad["timestamp"]
 
 
-VALIDATORS = {"pk": validate_pk, "descord": validate_descord}
+def validate_ipns(key, value, sender, now):
+    try:
+        return ipns.validate(key, value, now)
+    except ValueError as e:
+        raise Invalid(f"not a valid IPNS record: {e}") from None
+
+
+VALIDATORS = {"pk": validate_pk, "ipns": validate_ipns, "descord": validate_descord}
 
 
 class RecordStore:
@@ -77,7 +87,7 @@ class RecordStore:
             validator = self.validators.get(namespace(key))
             if validator is None:
                 raise Invalid("no validator for this namespace")
-            rank = validator(key, value, sender)
+            rank = validator(key, value, sender, self.clock.seconds())
             old = self.get(key)
             if sender is not None and old is not None and old[1] >= rank and old[0] != value:
                 raise Invalid("a better record is stored")
