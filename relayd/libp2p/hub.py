@@ -8,6 +8,7 @@ from relayd.config import ConfigError
 from relayd.core.message import valid_room
 from relayd.libp2p.gossipsub.service import GossipSubService
 from relayd.libp2p.kad.service import KadService
+from relayd.libp2p.peerbook import PeerBook
 
 log = Logger(namespace="relayd.libp2p")
 
@@ -19,8 +20,12 @@ def build_hub(daemon, libp2p):
         if settings.enabled(section) and libp2p is None:
             raise ConfigError(f"{settings.source}: [{section}] needs a [libp2p] section "
                               f"(it serves on the libp2p listener)")
+    if not (settings.enabled("kad") or settings.enabled("gossipsub")):
+        return
+    book = PeerBook()
+    libp2p.add_observer(book)
     if settings.enabled("kad"):
-        KadService(daemon, libp2p, settings.kad, daemon.reactor).setServiceParent(daemon)
+        KadService(daemon, libp2p, book, settings.kad, daemon.reactor).setServiceParent(daemon)
     if settings.enabled("gossipsub"):
         g = settings.gossipsub
         if not g.d_lo <= g.d <= g.d_hi:
@@ -29,7 +34,7 @@ def build_hub(daemon, libp2p):
             reason = valid_room(room)
             if reason:
                 raise ConfigError(f"{settings.source}: [gossipsub] bridge: {room!r}: {reason}")
-        service = GossipSubService(daemon, libp2p, g, daemon.reactor)
+        service = GossipSubService(daemon, libp2p, book, g, daemon.reactor)
         service.setServiceParent(daemon)
         if g.bridge:
             service.bridge = GossipRoomBridge(RouterAdapter(daemon.router), g.bridge,

@@ -94,12 +94,3 @@ class PeerBook:
     def addrs(self, peer_id):
         info = self.peers.get(peer_id)
         return info.addrs if info is not None else []
-
-
-def peer_book(libp2p):
-    """The one PeerBook of a Libp2pService (made and registered on first use)."""
-    book = getattr(libp2p, "peer_book", None)
-    if book is None:
-        book = libp2p.peer_book = PeerBook()
-        libp2p.add_observer(book)
-    return book

@@ -12,7 +12,6 @@ from twisted.logger import Logger
 from relayd.libp2p.gossipsub.router import GossipRouter, Params
 from relayd.libp2p.hub_metrics import GossipCollector
 from relayd.libp2p.gossipsub.streams import PROTOCOLS, PubSub
-from relayd.libp2p.peerbook import peer_book
 
 
 def params_from(settings):
@@ -28,7 +27,7 @@ def params_from(settings):
 class GossipSubService(MultiService):
     log = Logger(namespace="relayd.gossipsub")
 
-    def __init__(self, daemon, libp2p, settings, reactor):
+    def __init__(self, daemon, libp2p, book, settings, reactor):
         super().__init__()
         self.setName("gossipsub")
         self.libp2p = libp2p
@@ -38,7 +37,7 @@ class GossipSubService(MultiService):
         self.on_router = []             # called with the router once it exists
         for protocol in PROTOCOLS:
             libp2p.add_protocol(protocol, lambda conn: self.pubsub.handler(conn))
-        self.book = peer_book(libp2p)
+        self.book = book                # identify answers of connected peers
         heartbeat = TimerService(settings.heartbeat_interval, self._heartbeat)
         heartbeat.clock = reactor
         heartbeat.setServiceParent(self)

@@ -20,7 +20,6 @@ from relayd.libp2p.kad import server
 from relayd.libp2p.kad.providers import ProviderStore
 from relayd.libp2p.kad.records import RecordStore
 from relayd.libp2p.kad.routing import RoutingTable
-from relayd.libp2p.peerbook import peer_book
 from relayd.libp2p.resources import RateLimiter
 
 STATE_FILE = "kad_state.json"
@@ -35,7 +34,7 @@ def _save(path, snapshot):
 class KadService(MultiService):
     log = Logger(namespace="relayd.kad")
 
-    def __init__(self, daemon, libp2p, settings, reactor):
+    def __init__(self, daemon, libp2p, book, settings, reactor):
         super().__init__()
         self.setName("kad")
         self.daemon = daemon
@@ -49,7 +48,7 @@ class KadService(MultiService):
                                        settings.max_keys_per_provider, settings.max_provider_keys)
         self.records = RecordStore(reactor, settings.record_ttl, settings.max_record_size,
                                    settings.max_records)
-        self.book = peer_book(libp2p)
+        self.book = book                # identify answers of connected peers
         libp2p.add_protocol(settings.protocol, lambda conn: server.KadStream(self.dht, conn))
         for interval, work in ((settings.save_interval, self.save),
                                (settings.advertise_interval, self.advertise)):
