@@ -34,12 +34,11 @@ def build_hub(daemon, libp2p):
             reason = valid_room(room)
             if reason:
                 raise ConfigError(f"{settings.source}: [gossipsub] bridge: {room!r}: {reason}")
-        service = GossipSubService(daemon, libp2p, book, g, daemon.reactor)
-        service.setServiceParent(daemon)
+        bridge = None
         if g.bridge:
-            service.bridge = GossipRoomBridge(RouterAdapter(daemon.router), g.bridge,
-                                              settings.relay.id, daemon.reactor, g.bridge_federated)
-            service.on_router.append(service.bridge.attach)
+            bridge = GossipRoomBridge(RouterAdapter(daemon.router), g.bridge, settings.relay.id,
+                                      daemon.reactor, g.bridge_federated)
+        GossipSubService(daemon, libp2p, book, g, daemon.reactor, bridge).setServiceParent(daemon)
 
 
 def _reloaded(old, new):

@@ -27,14 +27,14 @@ def params_from(settings):
 class GossipSubService(MultiService):
     log = Logger(namespace="relayd.gossipsub")
 
-    def __init__(self, daemon, libp2p, book, settings, reactor):
+    def __init__(self, daemon, libp2p, book, settings, reactor, bridge=None):
         super().__init__()
         self.setName("gossipsub")
         self.libp2p = libp2p
         self.settings = settings
         self.reactor = reactor
-        self.router = self.pubsub = self.bridge = None
-        self.on_router = []             # called with the router once it exists
+        self.router = self.pubsub = None
+        self.bridge = bridge            # a GossipRoomBridge, attached to the router at start
         for protocol in PROTOCOLS:
             libp2p.add_protocol(protocol, lambda conn: self.pubsub.handler(conn))
         self.book = book                # identify answers of connected peers
@@ -56,8 +56,8 @@ class GossipSubService(MultiService):
             self.book.listeners.append(self.pubsub)
             for topic in self.settings.topics + self.settings.bridge:
                 self.router.subscribe(topic)
-            for hook in self.on_router:
-                hook(self.router)
+            if self.bridge is not None:
+                self.bridge.attach(self.router)
         super().startService()
         self.log.info("gossipsub router on {protocols}, subscribed to {topics}",
                       protocols=" ".join(PROTOCOLS), topics=" ".join(self.router.mesh) or "nothing")
