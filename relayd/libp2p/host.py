@@ -7,10 +7,10 @@ from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.protocol import Factory
 
-from relayd.libp2p import identify, messages as m, ping, varint, yamux
+from relayd.libp2p import identify, messages as m, ping, yamux
 from relayd.libp2p.connection import Libp2pConnection
 from relayd.libp2p.multiaddr import from_address
-from relayd.libp2p.peer import Request
+from relayd.libp2p.peer import Request, StopAcceptor as _PipeStopAcceptor
 from relayd.libp2p.peerid import PeerId
 
 AGENT_VERSION = "relay-chat/0.1"
@@ -23,13 +23,13 @@ def split_multiaddr(text):
         family, host, proto, port = parts[:4]
         if family not in ("ip4", "ip6") or proto != "tcp":
             raise ValueError
-        peer = None
+        peer_id = None
         rest = parts[4:]
         if rest:
             if len(rest) != 2 or rest[0] not in ("p2p", "ipfs"):
                 raise ValueError
-            peer = PeerId.from_string(rest[1])
-        return family, host, int(port), peer
+            peer_id = PeerId.from_string(rest[1])
+        return family, host, int(port), peer_id
     except (ValueError, IndexError):
         raise ValueError(f"{text!r}: expected /ip4/<address>/tcp/<port>[/p2p/<peer id>]") from None
 
@@ -245,7 +245,7 @@ def dial_circuit(host, relay_multiaddr, target):
     return connection
 
 
-class StopAcceptor(yamux.StreamHandler):
+class StopAcceptor(_PipeStopAcceptor):
     """A circuit the relay opens to us (STOP CONNECT): say OK, then serve the
     initiator's connection inside the stream."""
 
@@ -254,17 +254,7 @@ class StopAcceptor(yamux.StreamHandler):
         self.relay_address = connection.transport.getPeer()
         self.buf = b""
 
-    def data_received(self, data):
-        self.buf += data
-        got = varint.split_prefixed(self.buf, m.MAX_MESSAGE)
-        if got is None:
-            return
-        message, rest = got
-        msg_type, initiator, _, _ = m.decode_stop(message)
-        if msg_type != m.STOP_CONNECT or initiator is None:
-            self.stream.reset()
-            return
-        self.stream.write(varint.prefixed(m.stop(m.STOP_STATUS, status=m.OK)))
+    def accepted(self, initiator, fields, rest):
         proto = Libp2pConnection(initiator=False)
         proto.factory = self.host
         circuit = _Circuit(proto, self.relay_address)
