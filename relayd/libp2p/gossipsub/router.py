@@ -228,7 +228,10 @@ class GossipRouter:
         self.mcache.put(msg_id, msg)
         self.counts["delivered"] += 1
         for listener in self.listeners:
-            listener(msg.topic, msg, state.peer_id)
+            try:
+                listener(msg.topic, msg, state.peer_id)
+            except Exception:
+                self.log.failure("gossipsub: a message listener failed")
         author = msg.sender
         for peer_id in mesh:
             if peer_id != state.peer_id and peer_id.bytes != author:
