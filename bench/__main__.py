@@ -17,6 +17,7 @@ BENCHMARKS = [
     "bench.federation",
     "bench.udp_relay",
     "bench.libp2p_circuits",
+    "bench.libp2p_hub",
 ]
 
 

@@ -52,6 +52,7 @@ circuit_rate = 100000
 
 class Libp2pRelayd(Relayd):
     name = "relayd-libp2p"
+    config = CONFIG
 
     def __init__(self):
         super().__init__()
@@ -61,9 +62,9 @@ class Libp2pRelayd(Relayd):
     def command(self):
         command = super().command()
         with open(command[command.index("--config") + 1], "w") as f:
-            f.write(CONFIG.format(data_dir=os.path.join(self.workdir, "var"),
-                                  port=self.port, ws_port=self.ws_port,
-                                  quic_port=self.quic_port, host=HOST))
+            f.write(self.config.format(data_dir=os.path.join(self.workdir, "var"),
+                                       port=self.port, ws_port=self.ws_port,
+                                       quic_port=self.quic_port, host=HOST))
         return command
 
     def multiaddrs(self):

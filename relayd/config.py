@@ -161,6 +161,13 @@ def word_list(text):
     return [w for w in re.split(r"[,\s]+", text) if w]
 
 
+def protocol_id(text):
+    """A libp2p protocol id such as ``/ipfs/kad/1.0.0``."""
+    if not text.startswith("/") or any(c.isspace() for c in text) or len(text) > 1024:
+        raise ValueError(f"{text!r}: a protocol id starts with / and has no spaces")
+    return text
+
+
 def port_number(text):
     return integer(0, 65535)(text)
 
@@ -315,6 +322,41 @@ SCHEMA = {
         "autonat_global_rate": F(integer(1), "30"),
         "autonat_dial_timeout": F(duration, "10s"),
         "autonat_dial_data": F(integer(1, 10 * 1024 * 1024), "30000"),
+    },
+    "kad": {
+        "protocol": F(protocol_id, "/ipfs/kad/1.0.0"),
+        "k": F(integer(1, 100), "20"),
+        "provider_ttl": F(duration, "48h"),
+        "max_providers_per_key": F(integer(1), "20"),
+        "max_keys_per_provider": F(integer(1), "1000"),
+        "max_provider_keys": F(integer(1), "100000"),
+        "record_ttl": F(duration, "36h"),
+        "max_record_size": F(size, "10KiB"),
+        "max_records": F(integer(1), "100000"),
+        "request_rate": F(integer(1), "200"),
+        "request_window": F(duration, "1s"),
+        "rendezvous": F(word_list, "/libp2p/relay"),
+        "advertise_descord": F(boolean, "yes"),
+        "advertise_interval": F(duration, "5m"),
+        "save_interval": F(duration, "1m"),
+    },
+    "gossipsub": {
+        "topics": F(word_list, ""),
+        "bridge": F(word_list, ""),
+        "bridge_federated": F(boolean, "yes"),
+        "subscribe_all": F(boolean, "no"),
+        "max_topics": F(integer(1), "64"),
+        "strict_signing": F(boolean, "yes"),
+        "heartbeat_interval": F(duration, "1s"),
+        "d": F(integer(1), "6"),
+        "d_lo": F(integer(0), "4"),
+        "d_hi": F(integer(1), "12"),
+        "d_lazy": F(integer(0), "6"),
+        "seen_ttl": F(duration, "2m"),
+        "max_message_size": F(size, "1MiB"),
+        "max_topics_per_peer": F(integer(1), "256"),
+        "max_peers_per_topic": F(integer(1), "10000"),
+        "max_queued": F(size, "4MiB"),
     },
 }
 

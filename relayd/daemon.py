@@ -27,6 +27,7 @@ from relayd.journal.lock import JournalLocked
 from relayd.journal.service import Journal
 from relayd.keydir.service import build_keydir
 from relayd.listeners import listen_failure
+from relayd.libp2p.hub import build_hub
 from relayd.libp2p.service import Libp2pService
 from relayd.ops import build_ops
 from relayd.tcp.service import TcpRelayService
@@ -192,8 +193,11 @@ def build(settings, reactor, config_path=None):
     if settings.enabled("tcp"):
         tcp = TcpRelayService(daemon, settings.tcp, daemon.router, daemon.guard)
         tcp.setServiceParent(daemon)
+    libp2p = None
     if settings.enabled("libp2p"):
-        Libp2pService(daemon, settings.libp2p, reactor).setServiceParent(daemon)
+        libp2p = Libp2pService(daemon, settings.libp2p, reactor)
+        libp2p.setServiceParent(daemon)
+    build_hub(daemon, libp2p)
     if settings.enabled("federation"):
         build_federation(daemon)
     if tcp is not None:

@@ -3,6 +3,8 @@
 One thread keeps writes in submission order; the reactor thread never
 touches the disk after start-up.
 """
+import os
+
 from twisted.application.service import Service
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
@@ -30,3 +32,13 @@ class FilePool(Service):
     def run(self, f, *args, **kwargs):
         """Run ``f`` on the file thread; a Deferred fires on the reactor thread."""
         return deferToThreadPool(self.reactor, self.pool, f, *args, **kwargs)
+
+
+def write_atomically(path, data):
+    """Replace ``path`` with ``data`` (bytes), synced, in one rename; on the file thread."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

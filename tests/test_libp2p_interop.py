@@ -27,8 +27,13 @@ MiB = 1024 * 1024
 
 
 def installed():
+    """Node and every package that package.json names are in node_modules."""
+    with open(os.path.join(INTEROP, "package.json")) as f:
+        wanted = json.load(f)["dependencies"]
     return (os.path.exists(NODE)
-            and os.path.exists(os.path.join(INTEROP, "node_modules", ".package-lock.json")))
+            and os.path.exists(os.path.join(INTEROP, "node_modules", ".package-lock.json"))
+            and all(os.path.exists(os.path.join(INTEROP, "node_modules", name, "package.json"))
+                    for name in wanted))
 
 
 def ensure_packages():

@@ -24,7 +24,7 @@ from twisted.logger import (
     textFileLogObserver)
 
 from relayd.client import keys
-from relayd.client import udp_peer
+from relayd.client import p2p, udp_peer
 from relayd.client.console import Console, restore_at_exit, room_name
 from relayd.client.protocol import ConnectionClosed, ProtocolViolation, ServerError
 from relayd.client.render import clean, message_line, rooms_lines
@@ -433,11 +433,12 @@ def build_parser():
     p.set_defaults(run=cmd_genkey, needs_reactor=False)
     udp_peer.register_command(sub)
     e2ee.register_command(sub, _command)
+    p2p.register_command(sub)
     return parser
 
 
 def check(parser, args):
-    if args.command != "genkey":
+    if args.command not in ("genkey", "p2p"):
         if args.tls and args.endpoint:
             parser.error("--tls goes with --server; give a tls: endpoint string instead")
         if bool(args.cert) != bool(args.client_key):

@@ -9,6 +9,7 @@ import json
 
 from relayd.core.tablefile import TableFile
 
+
 FILE_NAME = "peer_keys.json"
 
 

@@ -90,7 +90,14 @@ class StopAcceptor(StreamHandler):
             return
         message, rest = got
         msg_type, initiator, _, fields = m.decode_stop(message)
+        if msg_type != m.STOP_CONNECT or initiator is None:
+            self.stream.reset()
+            return
         self.stream.write(varint.prefixed(m.stop(m.STOP_STATUS, status=m.OK)))
+        self.accepted(initiator, fields, rest)
+
+    def accepted(self, initiator, fields, rest):
+        """The circuit from ``initiator`` is open; ``rest``: bytes that followed."""
         pipe = Pipe()
         pipe.initiator = initiator
         pipe.limit = m.decode_limit(protobuf.first_bytes(fields, 3))

@@ -36,6 +36,7 @@ class Libp2pFactory(Factory):
         self.per_ip = {}                # source IP -> open connections
         self.closed_bytes = [0, 0]      # TCP bytes in, out of connections already closed
         self.peers = {}                 # PeerId -> set of muxed connections
+        self.observers = []             # connection_ready(conn)/connection_lost(conn) hooks
         self.handlers = {
             identify.PROTOCOL_ID: identify.IdentifyResponder,
             identify.PUSH_PROTOCOL_ID: identify.IdentifyPushSink,
@@ -76,6 +77,8 @@ class Libp2pFactory(Factory):
 
     def connection_ready(self, connection):
         self.peers.setdefault(connection.remote_peer, set()).add(connection)
+        for observer in self.observers:
+            observer.connection_ready(connection)
 
     def wire_bytes(self):
         """TCP bytes received and sent on all libp2p connections, overhead included."""
@@ -99,6 +102,8 @@ class Libp2pFactory(Factory):
             if not conns:
                 del self.peers[connection.remote_peer]
             self.relay.connection_gone(connection)
+            for observer in self.observers:
+                observer.connection_lost(connection)
 
 
 class _PortRecorder:
@@ -142,6 +147,8 @@ class Libp2pService(MultiService):
         self.bound = {}                 # multiaddr suffix -> listen multiaddr with /p2p/<id>
         self.record = None              # (addrs, seq, signed peer record) of the last addrs
         self.started = None
+        self.protocols = {}             # protocols other services add: id -> handler factory
+        self.observers = []             # and their connection observers
         self.events.gauges(daemon.registry, lambda: len(self.factory.connections) if self.factory else 0,
                            lambda: len(self.relay.limits.reservations) if self.relay else 0,
                            lambda: len(self.relay.limits.circuits) if self.relay else 0)
@@ -161,6 +168,8 @@ class Libp2pService(MultiService):
         self.relay.access = access.load(self.settings)     # at start-up, before the reactor runs
         self.factory = Libp2pFactory(self.reactor, self.keypair, self.relay, self.settings,
                                      self.identify_info)
+        self.factory.handlers.update(self.protocols)
+        self.factory.observers = self.observers
         for key, suffix, tls in LISTENERS:
             description = getattr(self.settings, key)
             if description is None:
@@ -217,6 +226,16 @@ class Libp2pService(MultiService):
                       "announcing {announce}", addrs=" ".join(self.listen_addrs),
                       peer_id=str(self.keypair.peer_id), announce=" ".join(self.announce_addrs()))
 
+    def add_protocol(self, protocol_id, handler_factory):
+        """Serve (and advertise in identify) ``protocol_id``; ``handler_factory(connection)``
+        makes the stream handler.  Called while wiring, before the service starts."""
+        self.protocols[protocol_id] = handler_factory
+
+    def add_observer(self, observer):
+        """``observer.connection_ready(conn)`` and ``connection_lost(conn)`` for every
+        muxed connection."""
+        self.observers.append(observer)
+
     @property
     def peer_id(self):
         return None if self.keypair is None else self.keypair.peer_id
@@ -230,7 +249,7 @@ class Libp2pService(MultiService):
 
     def identify_info(self):
         return {"public_key": self.keypair.public_key, "listen_addrs": self.announce_addrs(),
-                "protocols": ADVERTISED + (AUTONAT if self.settings.autonat else ()),
+                "protocols": ADVERTISED + (AUTONAT if self.settings.autonat else ()) + tuple(self.protocols),
                 "agent_version": AGENT_VERSION,
                 "signed_peer_record": self.signed_peer_record()}
 

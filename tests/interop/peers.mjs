@@ -17,6 +17,17 @@
 //   node peers.mjs browser-host <relay-ws-multiaddr> <relay-tcp-multiaddr>
 //       serves the browser page, waits for its reservation, chats with it through
 //       the relay over TCP; prints {"url"} first, then the findings
+//   node peers.mjs hub-server <port> <topic> <D> <Dhi>      (a js DHT server and GossipSub hub, for benchmarks)
+//   node peers.mjs dht <relay-multiaddr> <kad-protocol>   (seed 003: find a peer through relayd's DHT)
+//   node peers.mjs gossip <relay-multiaddr> <peers> <topic> <messages-each> [<expect-extra>]
+//                                                          (seed 004: a room whose peers know only relayd)
+//   node peers.mjs ipns <relay-multiaddr>                 (an IPNS name published and resolved via relayd)
+//   node peers.mjs chat-peer <relay-multiaddr> <expect>  (seed 003: advertise /private-chat/1.0.0,
+//                                  take <expect> chats, then answer every other advertiser)
+//   node peers.mjs chat-reserved <relay-multiaddr> <expect>  (reachable only through relayd: take chats)
+//   node peers.mjs say <multiaddr> <text>                 (one seed-003 chat message, circuits allowed)
+//   node peers.mjs bridge <relay-multiaddr> <topic> <text> <expect>
+//                                  (prints {"ready"} once in the mesh, says <text>, prints what it heard)
 import { createLibp2p } from 'libp2p'
 import { tcp } from '@libp2p/tcp'
 import { webSockets } from '@libp2p/websockets'
@@ -35,6 +46,14 @@ import { createServer } from 'node:http'
 import { readFile } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { kadDHT, passthroughMapper } from '@libp2p/kad-dht'
+import { CID } from 'multiformats/cid'
+import { sha256 } from 'multiformats/hashes/sha2'
+import * as raw from 'multiformats/codecs/raw'
+import { createIPNSRecord, marshalIPNSRecord, unmarshalIPNSRecord, multihashToIPNSRoutingKey } from 'ipns'
+import { ipnsValidator } from 'ipns/validator'
+import { ipnsSelector } from 'ipns/selector'
+import { generateKeyPair } from '@libp2p/crypto/keys'
 
 const ECHO = '/relayd-test/echo/1.0.0'
 const CHAT = '/private-chat/1.0.0' // seed 003: one JSON string and "\n" per stream
@@ -205,6 +224,170 @@ async function room (relay) {
   await Promise.all([a.stop(), b.stop()])
 }
 
+// a go-libp2p discovery rendezvous: the CIDv1 (raw) of the string's sha2-256
+async function rendezvous (text) {
+  return CID.createV1(raw.code, await sha256.digest(new TextEncoder().encode(text)))
+}
+
+function dhtService (protocol) {
+  return {
+    dht: kadDHT({
+      protocol,
+      clientMode: false,
+      peerInfoMapper: passthroughMapper,
+      validators: { descord: async () => {}, ipns: ipnsValidator },
+      selectors: { descord: () => 0, ipns: ipnsSelector }
+    })
+  }
+}
+
+async function providersOf (node, key, want) {
+  const found = []
+  for await (const provider of node.contentRouting.findProviders(key, { signal: AbortSignal.timeout(20000) })) {
+    found.push(provider)
+    if (want != null && provider.id.equals(want)) break
+  }
+  return found
+}
+
+// seed 003: A advertises /private-chat/1.0.0 and B finds and dials it, both
+// knowing only relayd; B also finds relayd as a relay
+async function dht (relay, protocol) {
+  const a = await peer(['/ip4/127.0.0.1/tcp/0'], dhtService(protocol))
+  const b = await peer(['/ip4/127.0.0.1/tcp/0'], dhtService(protocol))
+  const relayId = peerIdFromString(relay.split('/p2p/').pop())
+  for (const node of [a, b]) {
+    await node.dial(multiaddr(relay))
+    await until('relayd in the routing table', () => node.services.dht.routingTable.size > 0)
+  }
+  const key = await rendezvous(CHAT)
+  await a.contentRouting.provide(key)
+  const found = await providersOf(b, key, a.peerId)
+  const provider = found.find((p) => p.id.equals(a.peerId))
+  await chat(b, provider.multiaddrs.map((ma) => ma.encapsulate(`/p2p/${a.peerId}`)), 'found you through the DHT')
+  await until('the chat message', () => a.chats.length > 0)
+  const relays = await providersOf(b, await rendezvous('/libp2p/relay'), relayId)
+  const ad = await b.services.dht.get(new TextEncoder().encode('/descord/relays'), { signal: AbortSignal.timeout(10000) })
+  let advert = null
+  for await (const event of ad) {
+    if (event.name === 'VALUE') advert = JSON.parse(new TextDecoder().decode(event.value))
+  }
+  out({
+    a: a.peerId.toString(),
+    b: b.peerId.toString(),
+    providers: found.map((p) => ({ id: p.id.toString(), addrs: p.multiaddrs.map((ma) => ma.toString()) })),
+    chats_received: a.chats,
+    relay_providers: relays.map((p) => p.id.toString()),
+    descord_relays: advert
+  })
+  await Promise.all([a.stop(), b.stop()])
+}
+
+async function gossip (relay, count, topic, each, extra) {
+  const relayId = peerIdFromString(relay.split('/p2p/').pop())
+  const nodes = []
+  for (let i = 0; i < count; i++) {
+    const node = await peer([], { pubsub: gossipsub({ heartbeatInterval: 200 }) })
+    node.room = []
+    node.services.pubsub.addEventListener('message', (evt) => {
+      if (evt.detail.topic === topic) {
+        node.room.push({ from: evt.detail.from?.toString(), text: new TextDecoder().decode(evt.detail.data) })
+      }
+    })
+    node.services.pubsub.subscribe(topic)
+    await node.dial(multiaddr(relay))
+    nodes.push(node)
+  }
+  for (const node of nodes) {
+    await until('relayd in the mesh', () =>
+      node.services.pubsub.getMeshPeers(topic).some((p) => p.toString() === relayId.toString()))
+  }
+  for (let n = 0; n < each; n++) {
+    for (const node of nodes) await node.services.pubsub.publish(topic, new TextEncoder().encode(`${node.peerId}: message ${n}`))
+  }
+  const expected = (count - 1) * each + extra
+  await until('every message', () => nodes.every((node) => node.room.length >= expected), 30000)
+  await new Promise((resolve) => setTimeout(resolve, 1500))   // time for any duplicate to show up
+  out({ peers: nodes.map((node) => node.peerId.toString()), received: nodes.map((node) => node.room) })
+  await Promise.all(nodes.map((node) => node.stop()))
+}
+
+// an IPNS name: A publishes two versions through relayd, B resolves each
+async function ipnsName (relay) {
+  const key = await generateKeyPair('Ed25519')
+  const a = await peer(['/ip4/127.0.0.1/tcp/0'], dhtService('/ipfs/kad/1.0.0'))
+  const b = await peer(['/ip4/127.0.0.1/tcp/0'], dhtService('/ipfs/kad/1.0.0'))
+  for (const node of [a, b]) {
+    await node.dial(multiaddr(relay))
+    await until('relayd in the routing table', () => node.services.dht.routingTable.size > 0)
+  }
+  const routingKey = multihashToIPNSRoutingKey(key.publicKey.toMultihash())
+  const resolved = []
+  for (const [seq, value] of [[1, '/ipfs/bafkqaaa'], [2, '/ipfs/bafkqabtimvwgy3yk']]) {
+    const record = await createIPNSRecord(key, value, seq, 60 * 60 * 1000)
+    for await (const event of a.services.dht.put(routingKey, marshalIPNSRecord(record), { signal: AbortSignal.timeout(10000) })) {}
+    for await (const event of b.services.dht.get(routingKey, { signal: AbortSignal.timeout(10000) })) {
+      if (event.name === 'VALUE') {
+        const got = unmarshalIPNSRecord(event.value)
+        resolved.push({ from: event.from.toString(), seq: Number(got.sequence), value: got.value })
+      }
+    }
+  }
+  out({ name: key.publicKey.toString(), resolved })
+  await Promise.all([a.stop(), b.stop()])
+}
+
+async function chatPeer (relay, expect) {
+  const relayId = peerIdFromString(relay.split('/p2p/').pop())
+  const node = await peer(['/ip4/127.0.0.1/tcp/0'], dhtService('/ipfs/kad/1.0.0'))
+  await node.dial(multiaddr(relay))
+  await until('relayd in the routing table', () => node.services.dht.routingTable.size > 0)
+  const key = await rendezvous(CHAT)
+  await node.contentRouting.provide(key)
+  out({ ready: node.peerId.toString() })
+  await until('the chat messages', () => node.chats.length >= expect, 60000)
+  const others = (await providersOf(node, key)).filter((p) => !p.id.equals(node.peerId) && !p.id.equals(relayId))
+  for (const other of others) {
+    await chat(node, other.multiaddrs.map((ma) => ma.encapsulate(`/p2p/${other.id}`)), 'hello relay-chat')
+  }
+  out({ peer: node.peerId.toString(), chats: node.chats, answered: others.map((p) => p.id.toString()) })
+  await node.stop()
+}
+
+async function chatReserved (relay, expect) {
+  const { node, addr } = await reservedPeer(relay)
+  out({ ready: node.peerId.toString(), addr: addr.toString() })
+  await until('the chat messages', () => node.chats.length >= expect, 60000)
+  out({ peer: node.peerId.toString(), chats: node.chats })
+  await node.stop()
+}
+
+async function say (target, text) {
+  const node = await peer()
+  await chat(node, multiaddr(target), text)
+  out({ peer: node.peerId.toString(), said: text })
+  await node.stop()
+}
+
+async function bridge (relay, topic, text, expect) {
+  const relayId = relay.split('/p2p/').pop()
+  const node = await peer([], { pubsub: gossipsub({ heartbeatInterval: 200 }) })
+  const heard = []
+  node.services.pubsub.addEventListener('message', (evt) => {
+    heard.push({ from: evt.detail.from?.toString(), text: new TextDecoder().decode(evt.detail.data) })
+  })
+  node.services.pubsub.subscribe(topic)
+  await node.dial(multiaddr(relay))
+  await until('relayd in the mesh', () =>
+    node.services.pubsub.getMeshPeers(topic).some((p) => p.toString() === relayId))
+  out({ ready: node.peerId.toString() })
+  await node.services.pubsub.publish(topic, new TextEncoder().encode(`${node.peerId}: ${text}`))
+  await until('the room messages', () => heard.length >= expect, 60000)
+  await new Promise((resolve) => setTimeout(resolve, 1000))   // time for an echo to show up
+  out({ peer: node.peerId.toString(), heard })
+  await node.stop()
+}
+
 async function limit (relay, bytes) {
   const { node: a } = await reservedPeer(relay)
   const b = await peer()
@@ -267,6 +450,25 @@ function quantiles (values) {
 }
 
 const CIRCUITS_PER_TARGET = 200 // each target's circuits are streams on its one relay connection
+
+async function hubServer (port, topic, D, Dhi) {
+  const node = await createLibp2p({
+    addresses: { listen: [`/ip4/127.0.0.1/tcp/${port}`] },
+    transports: [tcp()],
+    connectionEncrypters: [noise()],
+    streamMuxers: [yamux()],
+    services: {
+      identify: identify(),
+      ping: ping(),
+      dht: kadDHT({ clientMode: false, peerInfoMapper: passthroughMapper }),
+      pubsub: gossipsub({ D, Dlo: 4, Dhi, maxInboundStreams: 4096, maxOutboundStreams: 4096 })
+    },
+    connectionManager: { maxConnections: 8192, inboundConnectionThreshold: 100000, maxIncomingPendingConnections: 4096 }
+  })
+  node.services.pubsub.subscribe(topic)
+  out({ addrs: node.getMultiaddrs().map((ma) => ma.toString()) })
+  await new Promise(() => {})
+}
 
 async function bench (relay, mib, circuits) {
   const { node: a } = await reservedPeer(relay)
@@ -462,13 +664,21 @@ const commands = {
   scenario: () => scenario(args[0], Number(args[1] ?? 4)),
   limit: () => limit(args[0], Number(args[1])),
   room: () => room(args[0]),
+  dht: () => dht(args[0], args[1] ?? '/ipfs/kad/1.0.0'),
+  ipns: () => ipnsName(args[0]),
+  'chat-reserved': () => chatReserved(args[0], Number(args[1] ?? 1)),
+  say: () => say(args[0], args[1]),
+  'chat-peer': () => chatPeer(args[0], Number(args[1] ?? 1)),
+  bridge: () => bridge(args[0], args[1], args[2], Number(args[3] ?? 1)),
+  gossip: () => gossip(args[0], Number(args[1] ?? 3), args[2] ?? 'libp2p-chat', Number(args[3] ?? 3), Number(args[4] ?? 0)),
   'reserve-raw': () => reserveRaw(args[0], Number(args[1] ?? 1)),
   'relay-server': () => relayServer(Number(args[0] ?? 0), Number(args[1] ?? 0), Number(args[2] ?? 0)),
   bench: () => bench(args[0], Number(args[1] ?? 16), Number(args[2] ?? 50)),
   bundle: () => bundle(),
   'quic-scenario': () => quicScenario(args[0], args[1], Number(args[2] ?? 4)),
   'autonat-peer': () => autonatPeer(args[0], args[1], Number(args[2]), args[3], Number(args[4])),
-  'browser-host': () => browserHost(args[0], args[1])
+  'browser-host': () => browserHost(args[0], args[1]),
+  'hub-server': () => hubServer(Number(args[0] ?? 0), args[1] ?? 'bench', Number(args[2] ?? 6), Number(args[3] ?? 12))
 }
 if (commands[cmd] == null) {
   console.error(`unknown command ${cmd}`)

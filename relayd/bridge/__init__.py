@@ -1,0 +1,1 @@
+"""Bridges between relayd rooms and other networks' rooms."""
