@@ -6,19 +6,10 @@ subclass calls ``save()`` after each change, changes made during a write
 go into the next one, and the table is encoded on the file thread from a
 copy (``snapshot``), never on the reactor.
 """
-import os
-
 from twisted.application.service import Service
 from twisted.logger import Logger
 
-
-def write_atomically(path, data):
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+from relayd.filepool import write_atomically
 
 
 class TableFile(Service):
