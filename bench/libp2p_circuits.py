@@ -13,7 +13,7 @@ and the relay process's resident memory afterwards.
 
     python -m bench.libp2p_circuits [--mib 64] [--circuits 200] [--transports tcp,ws,quic]
 
-Needs ``npm ci`` done in tests/interop (the interop tests do it).
+Needs ``npm install --no-save`` done in tests/interop (the interop tests do it).
 """
 import argparse
 import json
@@ -155,7 +155,7 @@ def main(argv=None):
                         help="comma-separated: tcp, ws, quic")
     args = parser.parse_args(argv)
     if not os.path.exists(NODE):
-        raise SystemExit("run `npm ci` in tests/interop first (or the interop tests)")
+        raise SystemExit("run `npm install --no-save` in tests/interop first (or the interop tests)")
     emit("machine", when="start", **machine())
     for server in (Libp2pRelayd(), JsRelay()):
         run(server, args.mib, args.circuits, args.transports.split(","))

@@ -10,7 +10,7 @@ measures
 
     python -m bench.libp2p_hub [--subscribers 10,100] [--messages 2000] [--seconds 5]
 
-Needs ``npm ci`` done in tests/interop (the interop tests do it).  Both hubs
+Needs ``npm install --no-save`` done in tests/interop (the interop tests do it).  Both hubs
 use the shipped mesh degrees for a hub (d = 64, d_hi = 1024), so that every
 subscriber is in the mesh.
 """
@@ -72,7 +72,7 @@ def load(*args, timeout=600):
 def run(make_server, subscribers, messages, seconds, timeout):
     for n in subscribers:               # a fresh hub each time: memory and backlog start empty
         with make_server() as server:
-            got = load("gossip", server.multiaddr(), "--pid", server.pid, "--topic", TOPIC,
+            got = load("gossip", server.multiaddrs()["tcp"], "--pid", server.pid, "--topic", TOPIC,
                        "--subscribers", n, "--messages", messages, "--timeout", timeout)
             emit("libp2p_gossipsub", hub=server.name, subscribers=n, messages=messages,
                  size=got["size"], msgs_per_s=float(got["msgs_per_s"]),
@@ -82,7 +82,7 @@ def run(make_server, subscribers, messages, seconds, timeout):
                  hub_cpu_pct=float(got["hub_cpu_pct"]),
                  loadgen_cpu_pct=float(got["loadgen_cpu_pct"]))
     with make_server() as server:
-        got = load("dht", server.multiaddr(), "--pid", server.pid, "--seconds", seconds)
+        got = load("dht", server.multiaddrs()["tcp"], "--pid", server.pid, "--seconds", seconds)
         emit("libp2p_kad", hub=server.name, connections=got["connections"], depth=got["depth"],
              lookups_per_s=float(got["lookups_per_s"]), hub_cpu_pct=float(got["hub_cpu_pct"]),
              loadgen_cpu_pct=float(got["loadgen_cpu_pct"]))
@@ -101,7 +101,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     systems = args.systems.split(",")
     if "js" in systems and not os.path.exists(NODE):
-        raise SystemExit("run `npm ci` in tests/interop first (or the interop tests)")
+        raise SystemExit("run `npm install --no-save` in tests/interop first (or the interop tests)")
     emit("machine", when="start", **machine())
     hubs = {"relayd": HubRelayd, "js": JsHub}
     for name in systems:
