@@ -48,6 +48,13 @@ class Harness(unittest.TestCase):
     def register(self, name, source):
         self.send({"type": "register", "name": name}, source)
 
+    def prove(self, source):
+        """Echo a cookie from ``source`` (as relay-chat does): no byte budget applies to it."""
+        self.send({"type": "ping", "cookie": "", "pad": "x" * 200}, source)
+        cookie = self.take(source)[-1]["cookie"]
+        self.send({"type": "ping", "cookie": cookie}, source)
+        self.assertNotIn("cookie", self.take(source)[-1])
+
 
 class SeedPacketTests(Harness):
     def test_register_ack_peer_list_and_peer_joined(self):
@@ -239,6 +246,7 @@ class WeaknessTests(Harness):
         # 62 emoji are 744 bytes once JSON-escaped: 32 of them would be 24 KB.
         for i in range(32):
             self.register("\U0001F600" * 62 + f"{i:02d}", (f"192.0.2.{100 + i}", 1000))
+        self.prove(ALICE)
         self.register("last", ALICE)
         for data, _ in self.transport.written:
             self.assertLessEqual(len(data), 8192)
@@ -249,12 +257,13 @@ class WeaknessTests(Harness):
         self.assertEqual(self.proto.counts["dropped_too_large_out"], 0)
 
     def test_per_source_rate_limit(self):
+        self.prove(ALICE)
         self.register("Alice", ALICE)
         self.take()
         for _ in range(500):
             self.send({"type": "ping", "name": "Alice"}, ALICE)
-        self.assertEqual(len(self.take(ALICE)), 399)      # burst 400, one used by register
-        self.assertEqual(self.proto.counts["dropped_rate_limited"], 101)
+        self.assertEqual(len(self.take(ALICE)), 397)      # burst 400: 2 proved, 1 registered
+        self.assertEqual(self.proto.counts["dropped_rate_limited"], 103)
         self.clock.advance(1)
         self.send({"type": "ping", "name": "Alice"}, ALICE)
         self.assertEqual(len(self.take(ALICE)), 1)
@@ -268,6 +277,8 @@ class WeaknessTests(Harness):
         # Each register is answered with a peer_list and announced to every
         # peer: repeating it (or spoofing it for a victim's address) must not
         # multiply that traffic beyond the claim rate.
+        for source in (ALICE, BOB):
+            self.prove(source)
         self.register("Bob", BOB)
         self.register("Alice", ALICE)
         self.take()

@@ -16,6 +16,7 @@ class Peer:
     address: tuple
     last_seen: float
     key: Optional[bytes] = None       # raw Ed25519 public key, once proven
+    pending_names: Optional[list] = None   # the rest of a peer_list cut by the byte budget
 
     @property
     def authenticated(self):

@@ -75,6 +75,11 @@ def _join_type(method, cls):
             | ((cls & 0b01) << 4) | ((cls & 0b10) << 7))
 
 
+def message_class(data):
+    """The class (REQUEST, INDICATION, SUCCESS or ERROR) of an encoded message."""
+    return _split_type(struct.unpack_from("!H", data)[0])[1]
+
+
 def _pad(n):
     return (4 - n % 4) % 4
 
