@@ -4,6 +4,7 @@ import json
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from prometheus_client import CollectorRegistry, generate_latest
 from twisted.internet.task import Clock
 from twisted.internet.testing import FakeDatagramTransport
 from twisted.logger import LogLevel, capturedLogs
@@ -11,6 +12,7 @@ from twisted.trial import unittest
 
 from relayd import config
 from relayd.udp import proof, stun
+from relayd.udp.metrics import UDPCollector
 from relayd.udp.protocol import RendezvousProtocol
 
 ALICE = ("192.0.2.1", 5001)
@@ -360,6 +362,30 @@ class StunDemuxTests(Harness):
         self.assertEqual(to, ALICE)
         message = stun.parse(data)
         self.assertEqual(stun.decode_xor_address(message.get(stun.XOR_MAPPED_ADDRESS), txid), ALICE)
+
+    def test_binding_success_counts_as_success(self):
+        # Issue 10: every success was counted as an error (class bits tested wrongly).
+        self.send(stun.encode(stun.BINDING, stun.REQUEST, b"t" * 12, []), ALICE)
+        self.send(stun.encode(0x003, stun.REQUEST, b"u" * 12, []), ALICE)
+        metrics = generate_latest(self.registry()).decode()
+        self.assertIn("relayd_udp_stun_success_total 1.0", metrics)
+        self.assertIn("relayd_udp_stun_error_total 1.0", metrics)
+
+    def registry(self):
+        registry = CollectorRegistry()
+        registry.register(UDPCollector(self.proto))
+        return registry
+
+    def test_classic_rfc_3489_request_on_the_same_port(self):
+        padded = (b"\x00\x01\x00\x0c" + bytes(range(16))
+                  + b"\x00\x03\x00\x04\x00\x00\x00\x00\x00\x06\x00\x00")
+        self.send(padded[:20], ALICE)      # a bare 20-byte request: the answer would be 32
+        self.assertEqual(self.transport.written, [])
+        self.send(padded, ALICE)
+        [(data, to)] = self.transport.written
+        self.assertEqual((data[20:24], data[26:28], data[28:]),
+                         (b"\x00\x01\x00\x08", (5001).to_bytes(2, "big"), bytes([192, 0, 2, 1])))
+        self.assertEqual(self.proto.counts["stun_success"], 1)
 
     def test_malformed_stun_is_dropped(self):
         good = stun.encode(stun.BINDING, stun.REQUEST, b"t" * 12, [])

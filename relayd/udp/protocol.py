@@ -78,6 +78,9 @@ class RendezvousProtocol(DatagramProtocol):
         if stun.looks_like_stun(data):
             self._stun(data, address)
             return
+        if stun.looks_like_classic(data):
+            self._classic_stun(data, address)
+            return
         try:
             relay = packets.relay_fields(data)
             if relay is not None:
@@ -108,6 +111,14 @@ class RendezvousProtocol(DatagramProtocol):
             self._drop("stun_not_request")
             return
         self.counts["stun_" + ("error" if stun.message_class(reply) == stun.ERROR else "success")] += 1
+        self._out(reply, address, address)
+
+    def _classic_stun(self, data, address):
+        reply = stun.classic_response(data, packets.plain_host(address[0]), address[1])
+        if reply is None:
+            self._drop("stun_classic_unanswered")
+            return
+        self.counts["stun_success"] += 1
         self._out(reply, address, address)
 
     # --- handlers ------------------------------------------------------------
