@@ -143,6 +143,14 @@ class SeedClientTests(Harness):
         self.assertEqual([p["type"] for p in self.take(BOB)], ["register_ack", "peer_list"])
         self.assertEqual(self.take(ALICE)[-1]["type"], "peer_joined")
 
+    def test_many_seed_clients_behind_one_nat_all_get_their_ack(self):
+        # As many at once as claim_burst lets one IP register, then one a second.
+        for port in range(1000, 1040):
+            self.register(f"natted-{port}", ("192.0.2.99", port))
+            self.assertEqual(self.take(("192.0.2.99", port))[0]["type"], "register_ack")
+            if port >= 1009:
+                self.clock.advance(1)
+
     def test_the_rest_of_a_long_peer_list_follows_keepalives(self):
         everyone = [f"peer-with-a-longish-name-{i:04d}" for i in range(32)]
         for i, name in enumerate(everyone):
@@ -253,14 +261,16 @@ class BudgetUnitTests(Harness):
     def test_an_address_pays_from_its_own_budget_and_its_ips(self):
         budgets = SourceBudgets(cap=20000)
         a, b = ("192.0.2.1", 1), ("192.0.2.2", 1)
-        self.assertFalse(budgets.charge([a, b], 0, ALLOWANCE + 1))
+        self.assertFalse(budgets.charge({a: 0, b: 0}, 0, ALLOWANCE + 1))
         budgets.deposit(b, 0, 100)
-        self.assertFalse(budgets.charge([a, b], 0, ALLOWANCE + 1))    # a cannot: neither pays
+        self.assertFalse(budgets.charge({a: 0, b: 0}, 0, ALLOWANCE + 1))  # a cannot: neither pays
         self.assertEqual(budgets.balance(b, 0), ALLOWANCE + 100)
-        self.assertTrue(budgets.charge([a], 0, ALLOWANCE - 10, reserve=10))
-        self.assertFalse(budgets.charge([a], 0, 1, reserve=10))
+        self.assertTrue(budgets.charge({a: 10}, 0, ALLOWANCE - 10))
+        self.assertFalse(budgets.charge({a: 10}, 0, 1))
+        self.assertTrue(budgets.charge({a: 0, b: 300}, 0, 1))       # each keeps its own reserve
+        self.assertFalse(budgets.charge({a: 0, b: 300}, 0, 400))
         # Many ports of one IP share its budget.
-        spent = sum(budgets.charge([("198.51.100.7", port)], 0, ALLOWANCE)
+        spent = sum(budgets.charge({("198.51.100.7", port): 0}, 0, ALLOWANCE)
                     for port in range(1, 100))
         self.assertEqual(spent, 8)
 

@@ -7,9 +7,10 @@ refills at ``REFILL`` bytes a second back up to ``ALLOWANCE``, and every
 datagram received from that address adds its length.  Each datagram relayd
 sends to an unproven address, or because of a request from one (a
 ``peer_joined`` to every peer, a ``connect_peer``, a relayed wrapper beyond
-``RELAY_SLACK``), is paid from that budget, or not sent; the keepalive
+``RELAY_SLACK``), is paid from that budget, or not sent.  The keepalive
 answers, which the seed's clients ignore, leave ``RESERVE`` of it for the
-notices they read.  Each source IP has a second, larger budget
+notices they read, and notices to others leave ``FANOUT_RESERVE`` for the
+next ``register_ack`` (seed clients behind one NAT register one by one).  Each source IP has a second, larger budget
 (``IP_ALLOWANCE``, ``IP_REFILL``) that its addresses also pay from, so that
 spoofing many ports of one victim does not multiply the allowance.  So what
 an unproven source makes relayd send, to itself and to others, stays
@@ -26,6 +27,7 @@ IP_ALLOWANCE = 4096  # bytes, shared by the unproven addresses of one IP (client
 IP_REFILL = 512      # bytes a second, likewise
 RELAY_SLACK = 32     # bytes a relayed_packet may exceed its relay request for free
 RESERVE = 128        # bytes keepalive_ack/server_keepalive leave for the notices
+FANOUT_RESERVE = 256   # bytes notices to others leave for the next register_ack
 
 
 class ByteBudgets(TokenBuckets):
@@ -63,14 +65,18 @@ class SourceBudgets:
     def balance(self, address, now):
         return min(self.by_address.balance(address, now), self.by_ip.balance(address[0], now))
 
-    def charge(self, addresses, now, amount, reserve=0):
-        """Take ``amount`` from the budgets of every address in ``addresses`` (and of its
-        IP), or from none when one would keep less than ``reserve``."""
-        buckets = {id(b): b for a in addresses for b in (self.by_address._bucket(a, now),
-                                                          self.by_ip._bucket(a[0], now))}
-        if any(bucket[0] < amount + reserve for bucket in buckets.values()):
+    def charge(self, payers, now, amount):
+        """Take ``amount`` from the budgets of every address in ``payers`` (and of its
+        IP), or from none when one would keep less than ``payers[address]``."""
+        buckets = {}
+        for address, reserve in payers.items():
+            for bucket in (self.by_address._bucket(address, now),
+                           self.by_ip._bucket(address[0], now)):
+                keep = max(reserve, buckets.get(id(bucket), (0, None))[0])
+                buckets[id(bucket)] = (keep, bucket)
+        if any(bucket[0] < amount + keep for keep, bucket in buckets.values()):
             return False
-        for bucket in buckets.values():
+        for _, bucket in buckets.values():
             bucket[0] -= amount
         return True
 
@@ -96,11 +102,13 @@ class ProvenAddresses:
             self._seen.popitem(last=False)
 
     def touch(self, address, now):
-        """True (and refreshed) when ``address`` is proven."""
-        if address not in self._seen:
+        """True (and refreshed, to the second) when ``address`` is proven."""
+        seen = self._seen.get(address)
+        if seen is None:
             return False
-        self._seen[address] = now
-        self._seen.move_to_end(address)
+        if now - seen >= 1.0:
+            self._seen[address] = now
+            self._seen.move_to_end(address)
         return True
 
     def sweep(self, now):

@@ -15,7 +15,8 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from relayd.udp import packets, proof, stun
-from relayd.udp.budget import RELAY_SLACK, RESERVE, ProvenAddresses, SourceBudgets
+from relayd.udp.budget import (FANOUT_RESERVE, RELAY_SLACK, RESERVE, ProvenAddresses,
+                               SourceBudgets)
 from relayd.udp.packets import PacketError, encode, field
 from relayd.udp.peers import NameTaken, PeerTable, TableFull
 from relayd.udp.ratelimit import TokenBuckets
@@ -73,18 +74,19 @@ class RendezvousProtocol(DatagramProtocol):
         if not self.datagrams.allow(address[0], now):
             self._drop("rate_limited")
             return
-        if not self.proven.touch(address, now):
-            self.budgets.deposit(address, now, len(data))
-        if stun.looks_like_stun(data):
-            self._stun(data, address)
-            return
-        if stun.looks_like_classic(data):
-            self._classic_stun(data, address)
-            return
+        proven = self.proven.touch(address, now)
         try:
             relay = packets.relay_fields(data)
-            if relay is not None:
+            if relay is not None:       # the hot path: neither earns nor spends budget
                 self._forward(address, now, len(data), *relay)
+                return
+            if not proven:
+                self.budgets.deposit(address, now, len(data))
+            if stun.looks_like_stun(data):
+                self._stun(data, address)
+                return
+            if stun.looks_like_classic(data):
+                self._classic_stun(data, address)
                 return
             packet = packets.decode(data)
             if "cookie" in packet and self.challenger.check_cookie(address, now, packet["cookie"]):
@@ -186,7 +188,8 @@ class RendezvousProtocol(DatagramProtocol):
     def _forward(self, address, now, size, target_name, payload):
         """Wrap ``payload`` (JSON bytes, as received) in a relayed_packet for ``target_name``.
 
-        An unproven sender pays what the wrapper adds beyond RELAY_SLACK.
+        An unproven sender pays what the relayed_packet is longer than its
+        request beyond RELAY_SLACK.
         """
         sender = self._sender(address, size)
         if sender is None:
@@ -200,8 +203,9 @@ class RendezvousProtocol(DatagramProtocol):
         if len(out) > self.max_datagram:
             self._error("too_large", address, size, limit=self.max_datagram)
             return
-        if address not in self.proven and not self.budgets.charge(
-                (address,), now, max(0, len(out) - RELAY_SLACK)):
+        extra = len(out) - size - RELAY_SLACK
+        if extra > 0 and address not in self.proven and not self.budgets.charge(
+                {address: 0}, now, extra):
             self._drop("budget")
             return
         self.counts["relayed"] += 1
@@ -270,8 +274,8 @@ class RendezvousProtocol(DatagramProtocol):
         return peer
 
     def _cookie(self, packet, address, now):
-        """``{"cookie": ...}`` for a reply when ``packet`` asks for one (carries an unproven one)."""
-        if "cookie" in packet and address not in self.proven:
+        """``{"cookie": ...}`` for a reply when ``packet`` asks for one (carries an invalid one)."""
+        if "cookie" in packet and not self.challenger.check_cookie(address, now, packet["cookie"]):
             return {"cookie": self.challenger.cookie(address, now)}
         return {}
 
@@ -337,7 +341,7 @@ class RendezvousProtocol(DatagramProtocol):
         data = encode(packet)
         for peer in self.table:
             if peer.address != exclude:
-                self._out(data, peer.address, cause)
+                self._out(data, peer.address, cause, cause_reserve=FANOUT_RESERVE)
 
     def _error(self, code, address, size, **extra):
         self.counts["error_" + code] += 1
@@ -351,14 +355,18 @@ class RendezvousProtocol(DatagramProtocol):
             return
         self._out(data, address, address)
 
-    def _out(self, data, address, cause=None, reserve=0):
+    def _out(self, data, address, cause=None, reserve=0, cause_reserve=0):
         """Send ``data`` to ``address`` once the budgets of the unproven among it and
-        ``cause`` pay (and keep ``reserve``)."""
+        ``cause`` pay, keeping ``reserve`` and ``cause_reserve`` bytes."""
         if len(data) > self.max_datagram:      # never more than the clients accept
             self._drop("too_large_out")
             return
-        payers = {a for a in (address, cause) if a is not None and a not in self.proven}
-        if payers and not self.budgets.charge(payers, self.clock.seconds(), len(data), reserve):
+        payers = {}
+        if cause is not None and cause not in self.proven:
+            payers[cause] = cause_reserve
+        if address not in self.proven:
+            payers[address] = max(reserve, payers.get(address, 0))
+        if payers and not self.budgets.charge(payers, self.clock.seconds(), len(data)):
             self._drop("budget")
             return
         self._send(data, address)
