@@ -346,7 +346,7 @@ def uclient(port, peer_port, clients, messages, interval_ms, length):
 
 
 def measure_offered_coturn(args):
-    """coturn at the same total relayed rate: clients x (1000 / 10 ms) each way, echoed."""
+    """coturn at the same total relayed rate: clients x (1000 / 5 ms) each way, echoed."""
     if any(shutil.which(t) is None for t in ("turnserver", "turnutils_uclient", "turnutils_peer")):
         emit("udp_relay", system="coturn", test="offered", skipped="coturn_not_installed")
         return {}
@@ -357,7 +357,7 @@ def measure_offered_coturn(args):
         if not stun_answers((HOST, port)):
             emit("udp_relay", system="coturn", test="offered", skipped="no_stun_answer")
             return {}
-        interval = 10                                   # ms between one client's messages
+        interval = 5              # ms between one client's messages (150 clients collide)
         for rate in args.offered:
             clients = max(1, round(rate / 2 / (1000 / interval)))   # echoed: two relays each
             messages = int(args.seconds * 1000 / interval)

@@ -58,6 +58,10 @@ class SourceBudgets:
     def set_max_keys(self, max_keys):
         self.by_address.max_keys = self.by_ip.max_keys = max_keys
 
+    def forget(self, address):
+        """Drop ``address``'s own budget (it proved itself; its IP's stays)."""
+        self.by_address._buckets.pop(address, None)
+
     def deposit(self, address, now, amount):
         self.by_address.deposit(address, now, amount)
         self.by_ip.deposit(address[0], now, amount)

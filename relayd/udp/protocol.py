@@ -191,11 +191,13 @@ class RendezvousProtocol(DatagramProtocol):
         An unproven sender pays what the relayed_packet is longer than its
         request beyond RELAY_SLACK.
         """
-        sender = self._sender(address, size)
+        table = self.table
+        sender = table.at(address)
         if sender is None:
+            self._error("not_registered", address, size)
             return
-        self.table.touch(sender, now)
-        target = self.table.get(target_name)
+        table.touch(sender, now)
+        target = table.get(target_name)
         if target is None:
             self._error("unknown_target", address, size, target=target_name)
             return
@@ -208,8 +210,9 @@ class RendezvousProtocol(DatagramProtocol):
                 {address: 0}, now, extra):
             self._drop("budget")
             return
-        self.counts["relayed"] += 1
-        self.counts["relayed_bytes"] += len(out)
+        counts = self.counts
+        counts["relayed"] += 1
+        counts["relayed_bytes"] += len(out)
         self._send(out, target.address)
 
     def _connect(self, packet, address, now, size):
@@ -282,6 +285,7 @@ class RendezvousProtocol(DatagramProtocol):
     def _prove(self, address, now):
         """``address`` echoed a cookie or signed a challenge: no budget, and the rest of its list."""
         self.proven.add(address, now)
+        self.budgets.forget(address)
         peer = self.table.at(address)
         if peer is not None:
             self._more_names(peer, now)
