@@ -400,39 +400,25 @@ def measure_coturn(args):
         emit("udp_relay", system="coturn", skipped="coturn_not_installed(apt-get install coturn)")
         return None
     workdir = tempfile.mkdtemp(prefix="bench-coturn-")
-    port, peer_port = free_port_udp(), free_port_udp()
-    server = subprocess.Popen(
-        ["turnserver", "-L", HOST, "-p", str(port), "--no-auth", "--allow-loopback-peers",
-         "--no-cli", "--no-tls", "--no-dtls", "-n", "--relay-ip", HOST, "--relay-threads", "1",
-         "--min-port", "49152", "--max-port", "65535", "--log-file", "stdout", "--simple-log",
-         "--pidfile", os.path.join(workdir, "turn.pid"), "--userdb", os.path.join(workdir, "db")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    peer = subprocess.Popen(["turnutils_peer", "-L", HOST, "-p", str(peer_port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server, peer, port, peer_port = start_coturn(workdir)
     try:
         if not stun_answers((HOST, port)):
             emit("udp_relay", system="coturn", skipped="turnserver_did_not_answer_stun")
             return None
         meter = CpuMeter(server.pid)
-        start = time.monotonic()
-        done = subprocess.run(
-            ["turnutils_uclient", "-c", "-z", "0", "-e", HOST, "-r", str(peer_port),
-             "-m", str(args.coturn_clients), "-n", str(args.coturn_messages), "-l", "110",
-             "-p", str(port), HOST], capture_output=True, text=True, timeout=300)
-        elapsed = time.monotonic() - start
+        sent, received, elapsed, output = uclient(port, peer_port, args.coturn_clients,
+                                                  args.coturn_messages, 0, 110)
         _, cpu = meter.read()
     finally:
         for process in (peer, server):
             process.terminate()
             process.wait(10)
         shutil.rmtree(workdir, ignore_errors=True)
-    totals = re.findall(r"tot_send_msgs=(\d+), tot_recv_msgs=(\d+)\s*$", done.stdout, re.M)
-    rtt = re.search(r"Average round trip delay ([\d.]+) ms", done.stdout)
-    if not totals:
-        print((done.stdout + done.stderr)[-2000:])
+    if sent is None:
+        print(output[-2000:])
         emit("udp_relay", system="coturn", skipped="no_uclient_totals")
         return None
-    sent, received = map(int, totals[-1])
+    rtt = re.search(r"Average round trip delay ([\d.]+) ms", output)
     result = {"datagrams_per_s": (sent + received) / elapsed, "server_cpu_pct": cpu["server_cpu_pct"]}
     result["per_cpu_second"] = per_cpu_second(result["datagrams_per_s"], cpu["server_cpu_pct"])
     emit("udp_relay", system="coturn", test="saturate", clients=args.coturn_clients, sent=sent,
