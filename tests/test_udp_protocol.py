@@ -187,6 +187,16 @@ class WeaknessTests(Harness):
         self.register("B\u00f6b", BOB)
         self.assertEqual(self.take(BOB)[0]["peer_name"], "B\u00f6b")
 
+    def test_names_follow_the_rule_for_every_id(self):
+        # relayd.core.message.valid_peer_id: the same rule as on TCP.
+        for name in ("a||b", "bell\x07", "*", "#room"):
+            self.send({"type": "register", "name": name, "pad": "x" * 100}, BOB)
+            [error] = self.take(BOB)
+            self.assertEqual((error["code"], error["detail"][:5]), ("bad_request", "name:"))
+            self.send({"type": "keepalive", "name": name, "pad": "x" * 100}, BOB)
+            self.assertEqual(self.take(BOB)[0]["code"], "bad_request")
+        self.assertEqual(len(self.proto.table), 0)
+
     def test_unknown_target_gets_an_error(self):
         self.register("Alice", ALICE)
         self.take()

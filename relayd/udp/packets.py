@@ -11,6 +11,8 @@ from typing import Any
 
 import msgspec
 
+from relayd.core.message import valid_peer_id
+
 
 class PacketError(ValueError):
     """A datagram that is not a usable rendezvous packet."""
@@ -92,6 +94,15 @@ def field(packet, key, required=True, limit=256):
             value.encode("utf-8")
         except UnicodeEncodeError:          # a lone surrogate, from a JSON escape
             raise PacketError("bad_request", f"{key} is not valid Unicode") from None
+    return value
+
+
+def name_field(packet, key, required=True, limit=64):
+    """``field`` for a peer name, which also follows relayd's one rule for ids and names."""
+    value = field(packet, key, required, limit)
+    reason = None if value is None else valid_peer_id(value)
+    if reason is not None:
+        raise PacketError("bad_request", f"{key}: {reason}")
     return value
 
 

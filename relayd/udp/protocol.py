@@ -126,7 +126,7 @@ class RendezvousProtocol(DatagramProtocol):
     # --- handlers ------------------------------------------------------------
 
     def _register(self, packet, address, now, size):
-        name = field(packet, "name", limit=NAME_LIMIT)
+        name = packets.name_field(packet, "name", limit=NAME_LIMIT)
         key_text = field(packet, "key", required=False, limit=64)
         key = self._decode_key(key_text)
         proven = None
@@ -154,7 +154,7 @@ class RendezvousProtocol(DatagramProtocol):
         self._announce(packets.peer_joined(name, names), exclude=address, cause=address)
 
     def _keepalive(self, packet, address, now, size):
-        name = field(packet, "name", required=False, limit=NAME_LIMIT)
+        name = packets.name_field(packet, "name", required=False, limit=NAME_LIMIT)
         if name is None:
             return                     # the seed ignores a keepalive without a name
         peer = self.table.at(address)
