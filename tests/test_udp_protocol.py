@@ -11,7 +11,7 @@ from twisted.logger import LogLevel, capturedLogs
 from twisted.trial import unittest
 
 from relayd import config
-from relayd.udp import proof, stun
+from relayd.udp import packets, proof, stun
 from relayd.udp.metrics import UDPCollector
 from relayd.udp.protocol import RendezvousProtocol
 
@@ -403,3 +403,47 @@ class StunDemuxTests(Harness):
         self.send(good[:2] + b"\x00\x01" + good[4:], ALICE)
         self.assertEqual(self.transport.written, [])
         self.assertEqual(self.proto.counts["dropped_bad_stun"], 2)
+
+
+class FastPathTests(Harness):
+    """The relay path that keeps the payload as bytes answers exactly as the full parse."""
+
+    CORPUS = [
+        b'{"type": "relay", "target": "Bob", "source": "Alice", "payload": "{\\"a\\": 1}"}',
+        b'{"type":"relay","target":"Bob","payload":{"x": [1, 2.5e3, null, "\\u00e9\\ud83d\\ude00"]}}',
+        '{"type": "relay", "target": "Bob", "payload": "caf\u00e9 \U0001F600"}'.encode(),
+        b'{"type": "relay", "target": "Bob", "payload": NaN}',
+        b'{"type": "relay", "target": "Bob", "payload": "\\ud800"}',
+        b'{"type": "relay", "target": "B\\udc80b", "payload": 1}',
+        b'{"type": "relay", "target": "Nobody", "payload": 1}',
+        b'{"type": "relay", "target": "", "payload": 1}',
+        b'{"type": "relay", "target": 7, "payload": 1}',
+        b'{"type": "relay", "target": "Bob"}',
+        b'{"type": "relay", "target": "Bob", "payload": [1, }',
+        b'{"type": "relay", "target": "Bob", "payload": "\xff"}',
+        b'{"type": "relay", "target": "Bob", "payload": 1, "payload": 2}',
+        b'{"type": "relay", "target": "' + b"B" * 65 + b'", "payload": 1}',
+        b'{"type": 5, "target": "Bob", "payload": 1}',
+        b'[{"type": "relay", "target": "Bob", "payload": 1}]',
+        b'{"type": "relay", "target": "Bob", "payload": "' + b'\\"' * 4070 + b'"}',
+        b'{"type": "relay", "target": "Bob", "payload": 1, "cookie": "x"}',
+    ]
+
+    def answers(self, fast):
+        if not fast:
+            self.patch(packets, "relay_fields", lambda data: None)
+        self.setUp()
+        self.register("Alice", ALICE)
+        self.register("Bob", BOB)
+        self.take()
+        out = []
+        for data in self.CORPUS:
+            self.send(data, ALICE)
+            out.append([(json.loads(d), a) for d, a in self.transport.written])
+            self.transport.written = []
+        return out
+
+    def test_same_answers_with_and_without_the_fast_path(self):
+        fast = self.answers(fast=True)
+        self.assertGreater(self.proto.counts["relayed"], 4)
+        self.assertEqual(fast, self.answers(fast=False))
