@@ -427,6 +427,9 @@ class FastPathTests(Harness):
         b'[{"type": "relay", "target": "Bob", "payload": 1}]',
         b'{"type": "relay", "target": "Bob", "payload": "' + b'\\"' * 4070 + b'"}',
         b'{"type": "relay", "target": "Bob", "payload": 1, "cookie": "x"}',
+        b'{"type": "relay", "target": "Bob", "payload": 1, "z": [1, }',
+        b'{"type": "relay", "target": "Bob", "payload": 1, "z": ' + b"[" * 3000 + b"]" * 3000 + b"}",
+        b'{"type": "relay", "target": "Bob", "payload": ' + b"[" * 3000 + b"]" * 3000 + b"}",
     ]
 
     def answers(self, fast):
@@ -446,4 +449,5 @@ class FastPathTests(Harness):
     def test_same_answers_with_and_without_the_fast_path(self):
         fast = self.answers(fast=True)
         self.assertGreater(self.proto.counts["relayed"], 4)
+        self.assertEqual(self.proto.counts["dropped_internal_error"], 0)
         self.assertEqual(fast, self.answers(fast=False))

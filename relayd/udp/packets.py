@@ -68,7 +68,7 @@ def relay_fields(data, name_limit=64):
             return None
     try:
         head = _relay_head.decode(data)
-    except msgspec.MsgspecError:
+    except (msgspec.MsgspecError, RecursionError):
         return None
     target = head.target
     if (head.type != "relay" or not head.payload or head.cookie is not None
