@@ -318,6 +318,14 @@ class WeaknessTests(Harness):
             self.assertIn(event["log_level"], (LogLevel.debug, LogLevel.info))
 
 
+class NoListTests(Harness):
+    settings = {"peer_list_max": 0}
+
+    def test_an_empty_peer_list_is_still_sent(self):
+        self.register("Alice", ALICE)
+        self.assertEqual(self.take(ALICE)[1], {"type": "peer_list", "peers": [], "count": 0})
+
+
 class SmallDatagramTests(Harness):
     settings = {"max_datagram": 576}
 

@@ -303,7 +303,7 @@ class RendezvousProtocol(DatagramProtocol):
                 names, rest = names[:-1], names[-1:] + rest
                 data = encode(packets.peer_list(names, more=len(rest)))
         peer.pending_names = rest or None
-        if names:
+        if names or not rest:
             self._out(data, peer.address, peer.address)
         else:
             self._drop("budget")
