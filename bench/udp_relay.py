@@ -6,7 +6,13 @@ raised); the load generator speaks the seed-001 packets.  coturn
 through a ``turnutils_peer`` echo, and its relayed datagrams are counted
 both ways (client -> peer and the echo back).
 
+The offered-rate table (issue 15) paces 10 seed sender/receiver pairs with
+200-byte ``relay`` packets at each ``--offered`` rate, and coturn's uclient
+clients (200-byte ChannelData, echoed) at the same total rate, and compares
+relayed datagrams per second of server CPU.
+
     python -m bench.udp_relay [--seconds 5] [--peers 20000] [--rate 10000]
+                              [--offered 10000,20000,30000] [--only offered]
 """
 import argparse
 import json
@@ -38,6 +44,9 @@ stale_after = 1h
 """
 PAYLOAD = "x" * 100
 TARGET_RATIO = 0.3
+OFFERED_TARGET = 0.5       # relayed datagrams per CPU-second, relayd / coturn
+PAIRS = 10
+PAIR_PAYLOAD = "x" * 118   # a 200-byte relay packet
 
 
 class UdpRelayd(relay.Relayd):
@@ -69,9 +78,22 @@ def udp_socket(buffer=4 * 1024 * 1024):
     return sock
 
 
+def cookie(sock, server):
+    """The relay's address cookie for ``sock`` (a padded ping asking for one)."""
+    sock.sendto(json.dumps({"type": "ping", "cookie": "", "pad": "x" * 200}).encode(), server)
+    while True:
+        packet = json.loads(sock.recvfrom(65536)[0])
+        if packet["type"] == "pong":
+            return packet["cookie"]
+
+
 def register(sock, server, name, timeout=10.0):
+    """Register ``name`` from ``sock`` after proving its address: all the load
+    generator's sockets share one IP, whose unproven byte budget would not
+    pay for thousands of registrations at once."""
     sock.settimeout(timeout)
-    sock.sendto(json.dumps({"type": "register", "name": name}).encode(), server)
+    sock.sendto(json.dumps({"type": "register", "name": name,
+                            "cookie": cookie(sock, server)}).encode(), server)
     while True:
         packet = json.loads(sock.recvfrom(65536)[0])
         if packet["type"] == "register_ack":
@@ -79,14 +101,17 @@ def register(sock, server, name, timeout=10.0):
     drain(sock)
 
 
-def drain(sock):
-    """Read and count whatever is queued on ``sock`` without blocking."""
+RELAYED = b'{"type": "relayed_packet"'
+
+
+def drain(sock, only=b""):
+    """Read and count what is queued on ``sock`` (starting with ``only``) without blocking."""
     sock.setblocking(False)
     count = 0
     try:
         while True:
-            sock.recvfrom(65536)
-            count += 1
+            if sock.recvfrom(65536)[0].startswith(only):
+                count += 1
     except BlockingIOError:
         return count
 
@@ -189,7 +214,9 @@ def peers_per_mb(server_pid, server, count, batch=500):
         socks = [udp_socket(65536) for _ in range(min(batch, count - registered))]
         for i, sock in enumerate(socks):
             name = f"peer{registered + i:07d}"
-            sock.sendto(json.dumps({"type": "register", "name": name}).encode(), server)
+            sock.settimeout(10)
+            sock.sendto(json.dumps({"type": "register", "name": name,
+                                    "cookie": cookie(sock, server)}).encode(), server)
         for sock in socks:
             sock.settimeout(10)
             sock.recvfrom(65536)                        # register_ack
@@ -236,13 +263,61 @@ def measure_relayd(args):
     return result, no_loss
 
 
-def measure_coturn(args):
-    """coturn relaying uclient <-> peer echo; relayed datagrams/s (both directions)."""
-    needed = ("turnserver", "turnutils_uclient", "turnutils_peer")
-    if any(shutil.which(tool) is None for tool in needed):
-        emit("udp_relay", system="coturn", skipped="coturn_not_installed(apt-get install coturn)")
-        return None
-    workdir = tempfile.mkdtemp(prefix="bench-coturn-")
+def pair_frames(pairs, tag):
+    return [json.dumps({"type": "relay", "target": f"rx{tag}-{i}", "source": f"tx{tag}-{i}",
+                        "payload": "0000000000" + PAIR_PAYLOAD}).encode() for i in range(pairs)]
+
+
+def offered(server, pid, rate, seconds, pairs=PAIRS):
+    """``pairs`` senders paced to ``rate`` datagrams/s in all; CPU and loss of the relay."""
+    senders, receivers = [], []
+    for i in range(pairs):
+        rx, tx = udp_socket(), udp_socket()
+        register(rx, server, f"rx{rate}-{i}")
+        register(tx, server, f"tx{rate}-{i}")
+        rx.setblocking(False)
+        senders.append(tx)
+        receivers.append(rx)
+    frames = pair_frames(pairs, rate)
+    sent = received = 0
+    tick = 0.001
+    meter = CpuMeter(pid)
+    start = time.monotonic()
+    while True:
+        now = time.monotonic()
+        if now - start >= seconds:
+            break
+        due = int((now - start) * rate) + 1
+        while sent < due:
+            senders[sent % pairs].sendto(frames[sent % pairs], server)
+            sent += 1
+        for rx in select.select(receivers, [], [], tick)[0]:
+            received += drain(rx, RELAYED)
+    settle = time.monotonic() + 1.0
+    while time.monotonic() < settle and received < sent:
+        for rx in select.select(receivers, [], [], 0.05)[0]:
+            received += drain(rx, RELAYED)
+    _, cpu = meter.read()
+    for sock in senders + receivers:
+        sock.close()
+    relayed_per_s = received / seconds
+    return {"offered": rate, "sent": sent, "received": received, "lost": sent - received,
+            "server_cpu_pct": cpu["server_cpu_pct"],
+            "per_cpu_second": per_cpu_second(relayed_per_s, cpu["server_cpu_pct"])}
+
+
+def measure_offered_relayd(args):
+    rows = {}
+    with UdpRelayd() as server:
+        address = (HOST, server.udp_port)
+        offered(address, server.pid, 2000, 1.0)                   # warm-up
+        for rate in args.offered:
+            rows[rate] = offered(address, server.pid, rate, args.seconds)
+            emit("udp_relay", system="relayd", test="offered", **rows[rate])
+    return rows
+
+
+def start_coturn(workdir):
     port, peer_port = free_port_udp(), free_port_udp()
     server = subprocess.Popen(
         ["turnserver", "-L", HOST, "-p", str(port), "--no-auth", "--allow-loopback-peers",
@@ -252,30 +327,98 @@ def measure_coturn(args):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     peer = subprocess.Popen(["turnutils_peer", "-L", HOST, "-p", str(peer_port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return server, peer, port, peer_port
+
+
+def uclient(port, peer_port, clients, messages, interval_ms, length):
+    """Run turnutils_uclient; (sent, echoed, seconds, output)."""
+    start = time.monotonic()
+    done = subprocess.run(
+        ["turnutils_uclient", "-c", "-z", str(interval_ms), "-e", HOST, "-r", str(peer_port),
+         "-m", str(clients), "-n", str(messages), "-l", str(length), "-p", str(port), HOST],
+        capture_output=True, text=True, timeout=300)
+    elapsed = time.monotonic() - start
+    totals = re.findall(r"tot_send_msgs=(\d+), tot_recv_msgs=(\d+)\s*$", done.stdout, re.M)
+    if not totals:
+        return None, None, elapsed, done.stdout + done.stderr
+    sent, received = map(int, totals[-1])
+    return sent, received, elapsed, done.stdout
+
+
+def measure_offered_coturn(args):
+    """coturn at the same total relayed rate: clients x (1000 / 5 ms) each way, echoed."""
+    if any(shutil.which(t) is None for t in ("turnserver", "turnutils_uclient", "turnutils_peer")):
+        emit("udp_relay", system="coturn", test="offered", skipped="coturn_not_installed")
+        return {}
+    rows = {}
+    workdir = tempfile.mkdtemp(prefix="bench-coturn-")
+    server, peer, port, peer_port = start_coturn(workdir)
+    try:
+        if not stun_answers((HOST, port)):
+            emit("udp_relay", system="coturn", test="offered", skipped="no_stun_answer")
+            return {}
+        interval = 5              # ms between one client's messages (150 clients collide)
+        for rate in args.offered:
+            clients = max(1, round(rate / 2 / (1000 / interval)))   # echoed: two relays each
+            messages = int(args.seconds * 1000 / interval)
+            meter = CpuMeter(server.pid)
+            sent, received, elapsed, output = uclient(port, peer_port, clients, messages,
+                                                      interval, 200)
+            _, cpu = meter.read()
+            if sent is None:
+                print(output[-2000:])
+                emit("udp_relay", system="coturn", test="offered", offered=rate, skipped="no_totals")
+                continue
+            relayed_per_s = (sent + received) / elapsed
+            rows[rate] = {"offered": rate, "clients": clients, "sent": sent, "echoed": received,
+                          "relayed_per_s": relayed_per_s, "server_cpu_pct": cpu["server_cpu_pct"],
+                          "per_cpu_second": per_cpu_second(relayed_per_s, cpu["server_cpu_pct"])}
+            emit("udp_relay", system="coturn", test="offered", **rows[rate])
+    finally:
+        for process in (peer, server):
+            process.terminate()
+            process.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return rows
+
+
+def offered_table(args):
+    ours = measure_offered_relayd(args)
+    theirs = measure_offered_coturn(args)
+    for rate in args.offered:
+        if rate in ours and rate in theirs:
+            r = ratio(ours[rate]["per_cpu_second"], theirs[rate]["per_cpu_second"])
+            emit("udp_relay", check="offered_vs_coturn_per_cpu_second", offered=rate, ratio=r,
+                 lost=ours[rate]["lost"], target=OFFERED_TARGET,
+                 result=verdict(r >= OFFERED_TARGET and ours[rate]["lost"] == 0))
+
+
+def measure_coturn(args):
+    """coturn relaying uclient <-> peer echo; relayed datagrams/s (both directions)."""
+    needed = ("turnserver", "turnutils_uclient", "turnutils_peer")
+    if any(shutil.which(tool) is None for tool in needed):
+        emit("udp_relay", system="coturn", skipped="coturn_not_installed(apt-get install coturn)")
+        return None
+    workdir = tempfile.mkdtemp(prefix="bench-coturn-")
+    server, peer, port, peer_port = start_coturn(workdir)
     try:
         if not stun_answers((HOST, port)):
             emit("udp_relay", system="coturn", skipped="turnserver_did_not_answer_stun")
             return None
         meter = CpuMeter(server.pid)
-        start = time.monotonic()
-        done = subprocess.run(
-            ["turnutils_uclient", "-c", "-z", "0", "-e", HOST, "-r", str(peer_port),
-             "-m", str(args.coturn_clients), "-n", str(args.coturn_messages), "-l", "110",
-             "-p", str(port), HOST], capture_output=True, text=True, timeout=300)
-        elapsed = time.monotonic() - start
+        sent, received, elapsed, output = uclient(port, peer_port, args.coturn_clients,
+                                                  args.coturn_messages, 0, 110)
         _, cpu = meter.read()
     finally:
         for process in (peer, server):
             process.terminate()
             process.wait(10)
         shutil.rmtree(workdir, ignore_errors=True)
-    totals = re.findall(r"tot_send_msgs=(\d+), tot_recv_msgs=(\d+)\s*$", done.stdout, re.M)
-    rtt = re.search(r"Average round trip delay ([\d.]+) ms", done.stdout)
-    if not totals:
-        print((done.stdout + done.stderr)[-2000:])
+    if sent is None:
+        print(output[-2000:])
         emit("udp_relay", system="coturn", skipped="no_uclient_totals")
         return None
-    sent, received = map(int, totals[-1])
+    rtt = re.search(r"Average round trip delay ([\d.]+) ms", output)
     result = {"datagrams_per_s": (sent + received) / elapsed, "server_cpu_pct": cpu["server_cpu_pct"]}
     result["per_cpu_second"] = per_cpu_second(result["datagrams_per_s"], cpu["server_cpu_pct"])
     emit("udp_relay", system="coturn", test="saturate", clients=args.coturn_clients, sent=sent,
@@ -313,7 +456,14 @@ def main(argv=None):
     p.add_argument("--peers", type=int, default=20000, help="peers registered for the memory test")
     p.add_argument("--coturn-clients", type=int, default=20)
     p.add_argument("--coturn-messages", type=int, default=10000, help="per uclient client")
+    p.add_argument("--offered", default="10000,20000,30000",
+                   help="total paced rates (datagrams/s) for the relayd/coturn table")
+    p.add_argument("--only", choices=["offered"], help="run only the offered-rate table")
     args = p.parse_args(argv)
+    args.offered = [int(r) for r in args.offered.split(",") if r]
+    offered_table(args)
+    if args.only:
+        return
     ours, no_loss = measure_relayd(args)
     theirs = measure_coturn(args)
     emit("udp_relay", check="no_loss_at_rate", rate=args.rate, result=verdict(no_loss))

@@ -143,3 +143,44 @@ class RespondTests(unittest.TestCase):
         for cls in (stun.INDICATION, stun.SUCCESS, stun.ERROR):
             message = stun.parse(stun.encode(stun.BINDING, cls, TXID, []))
             self.assertIsNone(stun.respond(message, "192.0.2.1", 1))
+
+
+CLASSIC_TXID = bytes(range(16))
+
+
+def classic(attributes=b""):
+    """An RFC 3489 Binding request: a 16-byte transaction id, no magic cookie."""
+    return struct.pack("!HH", 0x0001, len(attributes)) + CLASSIC_TXID + attributes
+
+
+class ClassicTests(unittest.TestCase):
+    """RFC 3489 requests get a MAPPED-ADDRESS, but never more bytes than they sent."""
+
+    USERNAME = struct.pack("!HH", 0x0006, 8) + b"classic!"
+    NO_CHANGE = struct.pack("!HHI", stun.CHANGE_REQUEST, 4, 0)
+
+    def test_recognised_apart_from_rfc_8489_and_json(self):
+        self.assertTrue(stun.looks_like_classic(classic()))
+        self.assertFalse(stun.looks_like_classic(stun.encode(stun.BINDING, stun.REQUEST, TXID, [])))
+        self.assertFalse(stun.looks_like_classic(b'{"type": "ping", "pad": "xxxxxxxxxx"}'))
+        self.assertFalse(stun.looks_like_classic(classic()[:-1]))
+
+    def test_a_request_as_long_as_the_answer_gets_a_mapped_address(self):
+        request = classic(self.NO_CHANGE + self.USERNAME)
+        reply = stun.classic_response(request, "192.0.2.1", 32853)
+        self.assertEqual(len(reply), 32)
+        self.assertLessEqual(len(reply), len(request))
+        self.assertEqual(reply[:4], b"\x01\x01\x00\x0c")
+        self.assertEqual(reply[4:20], CLASSIC_TXID)
+        self.assertEqual(reply[20:], struct.pack("!HHBBH4s", stun.MAPPED_ADDRESS, 8, 0, 1, 32853,
+                                                 bytes([192, 0, 2, 1])))
+
+    def test_no_answer_where_it_would_amplify_or_mislead(self):
+        for request, host in ((classic(), "192.0.2.1"),                        # 20 < 32 bytes
+                              (classic(self.NO_CHANGE), "192.0.2.1"),          # 28 < 32
+                              (classic(struct.pack("!HHI", stun.CHANGE_REQUEST, 4, 6)
+                                       + self.USERNAME), "192.0.2.1"),         # another address
+                              (classic(self.USERNAME * 2), "2001:db8::1"),     # IPv4 only
+                              (classic(self.USERNAME[:-4] + b"\0" * 4 + b"\x00\x06\x00\x09"),
+                               "192.0.2.1")):                                  # overrun
+            self.assertIsNone(stun.classic_response(request, host, 1))

@@ -109,6 +109,43 @@ class BadInputTests(unittest.TestCase):
         self.assertIsNone(client.peer_address)
 
 
+class CookieTests(unittest.TestCase):
+    """The client echoes the relay's address cookie in its first register."""
+
+    RELAY = ("192.0.2.9", 8000)
+
+    def setUp(self):
+        self.clock = task.Clock()
+        self.client = PeerClient(self.clock, identity("alice"), "alice", "bob", self.RELAY, print)
+        self.transport = FakeDatagramTransport()
+        self.client.makeConnection(self.transport)
+        self.addCleanup(self.client.stopProtocol)
+
+    def sent(self):
+        out = [json.loads(data) for data, _ in self.transport.written]
+        self.transport.written = []
+        return out
+
+    def test_asks_for_a_cookie_and_registers_with_it(self):
+        [ping] = self.sent()
+        self.assertEqual((ping["type"], ping["cookie"]), ("ping", ""))
+        self.client.datagramReceived(json.dumps({"type": "pong", "cookie": "7.abc"}).encode(),
+                                     self.RELAY)
+        [register] = self.sent()
+        self.assertEqual((register["type"], register["cookie"]), ("register", "7.abc"))
+        self.assertNotIn("pad", register)
+
+    def test_registers_without_a_cookie_when_the_relay_has_none(self):
+        self.sent()
+        self.clock.advance(1)
+        self.clock.advance(1)
+        self.assertEqual([p["type"] for p in self.sent()], ["ping", "ping"])
+        self.clock.advance(1)
+        [register] = self.sent()
+        self.assertNotIn("cookie", register)
+        self.assertIn("pad", register)
+
+
 class LoopbackPeerTests(unittest.TestCase):
     """Two clients and a relay on 127.0.0.1: a direct path, and relayed text."""
 
@@ -145,6 +182,9 @@ class LoopbackPeerTests(unittest.TestCase):
         self.assertIn("vouched for by the relay", "\n".join(self.lines["alice"] + self.lines["bob"]))
         # The text took the direct path: the relay forwarded nothing more.
         self.assertEqual(self.service.stats().get("relayed", 0), relayed)
+        # Both proved their addresses by a cookie echo: nothing they drew was cut.
+        self.assertEqual(len(self.service.protocol.proven), 2)
+        self.assertNotIn("dropped_budget", self.service.stats())
 
     @defer.inlineCallbacks
     def test_relay_fallback_when_direct_frames_are_lost(self):
@@ -159,7 +199,6 @@ class LoopbackPeerTests(unittest.TestCase):
         bob.send_text("via the relay")
         yield self.wait_for("alice", "bob: via the relay")
         self.assertGreater(self.service.stats()["relayed"], 0)
-
 
     @defer.inlineCallbacks
     def test_chat_console_peer_command(self):

@@ -4,13 +4,15 @@ import json
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from prometheus_client import CollectorRegistry, generate_latest
 from twisted.internet.task import Clock
 from twisted.internet.testing import FakeDatagramTransport
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial import unittest
 
 from relayd import config
-from relayd.udp import proof, stun
+from relayd.udp import packets, proof, stun
+from relayd.udp.metrics import UDPCollector
 from relayd.udp.protocol import RendezvousProtocol
 
 ALICE = ("192.0.2.1", 5001)
@@ -47,6 +49,13 @@ class Harness(unittest.TestCase):
 
     def register(self, name, source):
         self.send({"type": "register", "name": name}, source)
+
+    def prove(self, source):
+        """Echo a cookie from ``source`` (as relay-chat does): no byte budget applies to it."""
+        self.send({"type": "ping", "cookie": "", "pad": "x" * 200}, source)
+        cookie = self.take(source)[-1]["cookie"]
+        self.send({"type": "ping", "cookie": cookie}, source)
+        self.assertNotIn("cookie", self.take(source)[-1])
 
 
 class SeedPacketTests(Harness):
@@ -178,6 +187,16 @@ class WeaknessTests(Harness):
         self.register("B\u00f6b", BOB)
         self.assertEqual(self.take(BOB)[0]["peer_name"], "B\u00f6b")
 
+    def test_names_follow_the_rule_for_every_id(self):
+        # relayd.core.message.valid_peer_id: the same rule as on TCP.
+        for name in ("a||b", "bell\x07", "*", "#room"):
+            self.send({"type": "register", "name": name, "pad": "x" * 100}, BOB)
+            [error] = self.take(BOB)
+            self.assertEqual((error["code"], error["detail"][:5]), ("bad_request", "name:"))
+            self.send({"type": "keepalive", "name": name, "pad": "x" * 100}, BOB)
+            self.assertEqual(self.take(BOB)[0]["code"], "bad_request")
+        self.assertEqual(len(self.proto.table), 0)
+
     def test_unknown_target_gets_an_error(self):
         self.register("Alice", ALICE)
         self.take()
@@ -239,6 +258,7 @@ class WeaknessTests(Harness):
         # 62 emoji are 744 bytes once JSON-escaped: 32 of them would be 24 KB.
         for i in range(32):
             self.register("\U0001F600" * 62 + f"{i:02d}", (f"192.0.2.{100 + i}", 1000))
+        self.prove(ALICE)
         self.register("last", ALICE)
         for data, _ in self.transport.written:
             self.assertLessEqual(len(data), 8192)
@@ -249,12 +269,13 @@ class WeaknessTests(Harness):
         self.assertEqual(self.proto.counts["dropped_too_large_out"], 0)
 
     def test_per_source_rate_limit(self):
+        self.prove(ALICE)
         self.register("Alice", ALICE)
         self.take()
         for _ in range(500):
             self.send({"type": "ping", "name": "Alice"}, ALICE)
-        self.assertEqual(len(self.take(ALICE)), 399)      # burst 400, one used by register
-        self.assertEqual(self.proto.counts["dropped_rate_limited"], 101)
+        self.assertEqual(len(self.take(ALICE)), 397)      # burst 400: 2 proved, 1 registered
+        self.assertEqual(self.proto.counts["dropped_rate_limited"], 103)
         self.clock.advance(1)
         self.send({"type": "ping", "name": "Alice"}, ALICE)
         self.assertEqual(len(self.take(ALICE)), 1)
@@ -268,6 +289,8 @@ class WeaknessTests(Harness):
         # Each register is answered with a peer_list and announced to every
         # peer: repeating it (or spoofing it for a victim's address) must not
         # multiply that traffic beyond the claim rate.
+        for source in (ALICE, BOB):
+            self.prove(source)
         self.register("Bob", BOB)
         self.register("Alice", ALICE)
         self.take()
@@ -293,6 +316,14 @@ class WeaknessTests(Harness):
         for event in events:
             self.assertNotIn("SECRET-PAYLOAD", repr(event))
             self.assertIn(event["log_level"], (LogLevel.debug, LogLevel.info))
+
+
+class NoListTests(Harness):
+    settings = {"peer_list_max": 0}
+
+    def test_an_empty_peer_list_is_still_sent(self):
+        self.register("Alice", ALICE)
+        self.assertEqual(self.take(ALICE)[1], {"type": "peer_list", "peers": [], "count": 0})
 
 
 class SmallDatagramTests(Harness):
@@ -350,9 +381,81 @@ class StunDemuxTests(Harness):
         message = stun.parse(data)
         self.assertEqual(stun.decode_xor_address(message.get(stun.XOR_MAPPED_ADDRESS), txid), ALICE)
 
+    def test_binding_success_counts_as_success(self):
+        # Issue 10: every success was counted as an error (class bits tested wrongly).
+        self.send(stun.encode(stun.BINDING, stun.REQUEST, b"t" * 12, []), ALICE)
+        self.send(stun.encode(0x003, stun.REQUEST, b"u" * 12, []), ALICE)
+        metrics = generate_latest(self.registry()).decode()
+        self.assertIn("relayd_udp_stun_success_total 1.0", metrics)
+        self.assertIn("relayd_udp_stun_error_total 1.0", metrics)
+
+    def registry(self):
+        registry = CollectorRegistry()
+        registry.register(UDPCollector(self.proto))
+        return registry
+
+    def test_classic_rfc_3489_request_on_the_same_port(self):
+        padded = (b"\x00\x01\x00\x0c" + bytes(range(16))
+                  + b"\x00\x03\x00\x04\x00\x00\x00\x00\x00\x06\x00\x00")
+        self.send(padded[:20], ALICE)      # a bare 20-byte request: the answer would be 32
+        self.assertEqual(self.transport.written, [])
+        self.send(padded, ALICE)
+        [(data, to)] = self.transport.written
+        self.assertEqual((data[20:24], data[26:28], data[28:]),
+                         (b"\x00\x01\x00\x08", (5001).to_bytes(2, "big"), bytes([192, 0, 2, 1])))
+        self.assertEqual(self.proto.counts["stun_success"], 1)
+
     def test_malformed_stun_is_dropped(self):
         good = stun.encode(stun.BINDING, stun.REQUEST, b"t" * 12, [])
         self.send(good[:-1] + b"\x00", ALICE)
         self.send(good[:2] + b"\x00\x01" + good[4:], ALICE)
         self.assertEqual(self.transport.written, [])
         self.assertEqual(self.proto.counts["dropped_bad_stun"], 2)
+
+
+class FastPathTests(Harness):
+    """The relay path that keeps the payload as bytes answers exactly as the full parse."""
+
+    CORPUS = [
+        b'{"type": "relay", "target": "Bob", "source": "Alice", "payload": "{\\"a\\": 1}"}',
+        b'{"type":"relay","target":"Bob","payload":{"x": [1, 2.5e3, null, "\\u00e9\\ud83d\\ude00"]}}',
+        '{"type": "relay", "target": "Bob", "payload": "caf\u00e9 \U0001F600"}'.encode(),
+        b'{"type": "relay", "target": "Bob", "payload": NaN}',
+        b'{"type": "relay", "target": "Bob", "payload": "\\ud800"}',
+        b'{"type": "relay", "target": "B\\udc80b", "payload": 1}',
+        b'{"type": "relay", "target": "Nobody", "payload": 1}',
+        b'{"type": "relay", "target": "", "payload": 1}',
+        b'{"type": "relay", "target": 7, "payload": 1}',
+        b'{"type": "relay", "target": "Bob"}',
+        b'{"type": "relay", "target": "Bob", "payload": [1, }',
+        b'{"type": "relay", "target": "Bob", "payload": "\xff"}',
+        b'{"type": "relay", "target": "Bob", "payload": 1, "payload": 2}',
+        b'{"type": "relay", "target": "' + b"B" * 65 + b'", "payload": 1}',
+        b'{"type": 5, "target": "Bob", "payload": 1}',
+        b'[{"type": "relay", "target": "Bob", "payload": 1}]',
+        b'{"type": "relay", "target": "Bob", "payload": "' + b'\\"' * 4070 + b'"}',
+        b'{"type": "relay", "target": "Bob", "payload": 1, "cookie": "x"}',
+        b'{"type": "relay", "target": "Bob", "payload": 1, "z": [1, }',
+        b'{"type": "relay", "target": "Bob", "payload": 1, "z": ' + b"[" * 3000 + b"]" * 3000 + b"}",
+        b'{"type": "relay", "target": "Bob", "payload": ' + b"[" * 3000 + b"]" * 3000 + b"}",
+    ]
+
+    def answers(self, fast):
+        if not fast:
+            self.patch(packets, "relay_fields", lambda data: None)
+        self.setUp()
+        self.register("Alice", ALICE)
+        self.register("Bob", BOB)
+        self.take()
+        out = []
+        for data in self.CORPUS:
+            self.send(data, ALICE)
+            out.append([(json.loads(d), a) for d, a in self.transport.written])
+            self.transport.written = []
+        return out
+
+    def test_same_answers_with_and_without_the_fast_path(self):
+        fast = self.answers(fast=True)
+        self.assertGreater(self.proto.counts["relayed"], 4)
+        self.assertEqual(self.proto.counts["dropped_internal_error"], 0)
+        self.assertEqual(fast, self.answers(fast=False))

@@ -1,9 +1,10 @@
 """The [udp] service: wiring, real loopback sockets, stats, peers, metrics."""
 import json
+import shutil
 import socket
 
 from prometheus_client import generate_latest
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, utils
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import FakeDatagramTransport
@@ -124,6 +125,22 @@ class LoopbackTests(unittest.TestCase):
                          ("Alice", f"127.0.0.1:{host.port}", False))
         self.assertEqual(self.service.stats()["registered"], 1)
         self.assertIsNone(self.service.health())
+
+
+class CoturnStunClientTests(unittest.TestCase):
+    """coturn's own STUN client against the rendezvous port."""
+
+    @defer.inlineCallbacks
+    def test_turnutils_stunclient_reads_its_address(self):
+        if shutil.which("turnutils_stunclient") is None:
+            raise unittest.SkipTest("coturn is not installed (tests/debian-packages.txt)")
+        service = start_service(self)
+        out, err, code = yield utils.getProcessOutputAndValue(
+            "timeout", ["10", "turnutils_stunclient", "-p", str(service.port), "127.0.0.1"])
+        self.assertEqual(code, 0, err)
+        self.assertRegex(out.decode(), r"UDP reflexive addr: 127\.0\.0\.1:\d+")
+        stats = service.stats()
+        self.assertEqual((stats.get("stun_success"), stats.get("stun_error")), (1, None))
 
 
 def ipv6_loopback():

@@ -1,7 +1,9 @@
 """``relay-chat peer``: end-to-end encrypted chat over UDP, direct when possible.
 
-The client registers with the relay's UDP service (proving its Ed25519 key),
-asks it to ``connect`` it with the peer, and punches a hole by sending to
+The client first proves to the relay that it receives at its address (it
+echoes the cookie of a ``pong``: the relay then answers it in full, with no
+byte budget), registers with the relay's UDP service (proving its Ed25519
+key), asks it to ``connect`` it with the peer, and punches a hole by sending to
 the peer's public endpoint while the peer does the same.  Once an encrypted
 probe has gone both ways directly the path is ``direct``; until then, or if
 it stops answering, frames go through the relay (``relay``/``relayed_packet``).
@@ -37,6 +39,7 @@ HELLO_INTERVAL = 1.0
 DIRECT_CHECK = 5.0
 DIRECT_DEAD = 15.0
 REGISTER_PAD = 256         # big enough that the relay may answer before we hold a name
+COOKIE_TRIES = 3           # cookie pings before registering without one (an older relay)
 
 
 def parse_address(text):
@@ -74,6 +77,8 @@ class PeerClient(DatagramProtocol):
         self.path_ready = defer.Deferred()
         self.failed = defer.Deferred()
         self.on_text = None
+        self.cookie = None             # the relay's address cookie, echoed in register
+        self._cookie_tries = 0
         self._loops = []
         self._retry = None             # the pending connect retry, while the peer is away
 
@@ -113,8 +118,11 @@ class PeerClient(DatagramProtocol):
     def _register(self, challenge=None):
         packet = {"type": "register", "name": self.name, "key": base64.b64encode(
             self.identity.public_bytes).decode("ascii")}
+        if self.cookie is not None:
+            packet["cookie"] = self.cookie
         if challenge is None:
-            packet["pad"] = "x" * REGISTER_PAD
+            if self.cookie is None:
+                packet["pad"] = "x" * REGISTER_PAD
         else:
             packet["challenge"] = challenge
             packet["signature"] = base64.b64encode(
@@ -141,7 +149,12 @@ class PeerClient(DatagramProtocol):
     # --- timers --------------------------------------------------------------
 
     def _register_tick(self):
-        if not self.registered.called:
+        if self.registered.called:
+            return
+        if self.cookie is None and self._cookie_tries < COOKIE_TRIES:
+            self._cookie_tries += 1
+            self._write({"type": "ping", "cookie": "", "pad": "x" * REGISTER_PAD}, self.relay)
+        else:
             self._register()
 
     def _hello_tick(self):
@@ -194,7 +207,14 @@ class PeerClient(DatagramProtocol):
 
     def _from_relay(self, packet):
         kind = packet.get("type")
-        if kind == "register_ack":
+        if kind == "pong" and self.cookie is None and not self.registered.called:
+            if isinstance(packet.get("cookie"), str):
+                self.cookie = packet["cookie"]
+            self._cookie_tries = COOKIE_TRIES       # a relay without cookies: register as is
+            self._register()
+        elif kind == "register_ack":
+            if isinstance(packet.get("cookie"), str):
+                self.cookie = packet["cookie"]      # ours had expired: echo the new one
             if packet.get("authenticated"):
                 if not self.registered.called:
                     self.show(f"*** registered as {self.name} (key proven) at "

@@ -36,3 +36,6 @@ class UDPCollector:
                     family.add_metric([key[len(prefix):]], value)
             yield family
         yield GaugeMetricFamily("relayd_udp_peers", "registered peers", value=len(self.protocol.table))
+        yield GaugeMetricFamily("relayd_udp_proven_addresses",
+                                "addresses that proved they receive (cookie or key), not budgeted",
+                                value=len(self.protocol.proven))

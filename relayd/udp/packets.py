@@ -7,6 +7,11 @@ datagram into a dict and raises PacketError with a machine-readable code.
 import functools
 import ipaddress
 import json
+from typing import Any
+
+import msgspec
+
+from relayd.core.message import valid_peer_id
 
 
 class PacketError(ValueError):
@@ -36,6 +41,47 @@ def decode(data):
     return packet
 
 
+class _RelayHead(msgspec.Struct):
+    """What the relay path reads of a ``relay`` packet; ``payload`` stays raw JSON bytes."""
+    type: str
+    target: Any = None
+    payload: msgspec.Raw = msgspec.Raw()
+    cookie: Any = None
+
+
+_relay_head = msgspec.json.Decoder(_RelayHead)
+
+
+def relay_fields(data, name_limit=64):
+    """``(target, payload JSON bytes)`` of a plain ``relay`` packet, or None.
+
+    The payload is neither decoded nor re-encoded.  None means "take the
+    full parse": not a relay, or anything unusual (invalid UTF-8 or JSON,
+    JSON the standard module accepts but strict parsers do not, a bad
+    ``target``, no payload, a cookie), which ``decode`` and the handlers
+    then answer as always.
+    """
+    if not data.isascii():
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    try:
+        head = _relay_head.decode(data)
+    except (msgspec.MsgspecError, RecursionError):
+        return None
+    target = head.target
+    if (head.type != "relay" or not head.payload or head.cookie is not None
+            or not isinstance(target, str) or not 0 < len(target) <= name_limit):
+        return None
+    return target, head.payload
+
+
+def payload_json(payload):
+    """A decoded payload back to JSON bytes (the full parse's relay path)."""
+    return json.dumps(payload).encode("utf-8")
+
+
 def field(packet, key, required=True, limit=256):
     """``packet[key]`` checked to be a string of 1 to ``limit`` chars (valid Unicode)."""
     value = packet.get(key)
@@ -48,6 +94,15 @@ def field(packet, key, required=True, limit=256):
             value.encode("utf-8")
         except UnicodeEncodeError:          # a lone surrogate, from a JSON escape
             raise PacketError("bad_request", f"{key} is not valid Unicode") from None
+    return value
+
+
+def name_field(packet, key, required=True, limit=64):
+    """``field`` for a peer name, which also follows relayd's one rule for ids and names."""
+    value = field(packet, key, required, limit)
+    reason = None if value is None else valid_peer_id(value)
+    if reason is not None:
+        raise PacketError("bad_request", f"{key}: {reason}")
     return value
 
 
@@ -71,8 +126,12 @@ def register_ack(address, now, name, **extra):
             "server_time": now, "peer_name": name, **extra}
 
 
-def peer_list(names):
-    return {"type": "peer_list", "peers": names, "count": len(names)}
+def peer_list(names, more=0):
+    """``more``: names still to come (the list was cut by the sender's byte budget)."""
+    packet = {"type": "peer_list", "peers": names, "count": len(names)}
+    if more:
+        packet["more"] = more
+    return packet
 
 
 def peer_joined(name, names):
@@ -94,16 +153,17 @@ def relayed_head(from_peer):
             + ', "via_relay": true, "payload": ').encode("utf-8")
 
 
-def relayed(from_peer, payload_json):
-    return relayed_head(from_peer) + payload_json + b"}"
+def relayed(from_peer, payload):
+    """``payload``: the payload's JSON, as bytes or a buffer (msgspec.Raw)."""
+    return b"".join((relayed_head(from_peer), payload, b"}"))
 
 
-def keepalive_ack(name, now):
-    return {"type": "keepalive_ack", "peer_name": name, "server_time": now}
+def keepalive_ack(name, now, **extra):
+    return {"type": "keepalive_ack", "peer_name": name, "server_time": now, **extra}
 
 
-def pong(address, now):
-    return {"type": "pong", "server_time": now, "your_address": format_address(address)}
+def pong(address, now, **extra):
+    return {"type": "pong", "server_time": now, "your_address": format_address(address), **extra}
 
 
 def server_keepalive(name, now):

@@ -9,6 +9,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Optional
 
+TOUCH_GRAIN = 1.0      # seconds: last_seen is kept to this precision
+
 
 @dataclass
 class Peer:
@@ -16,6 +18,7 @@ class Peer:
     address: tuple
     last_seen: float
     key: Optional[bytes] = None       # raw Ed25519 public key, once proven
+    pending_names: Optional[list] = None   # the rest of a peer_list cut by the byte budget
 
     @property
     def authenticated(self):
@@ -83,8 +86,10 @@ class PeerTable:
         return peer, gave_up
 
     def touch(self, peer, now):
-        peer.last_seen = now
-        self._by_name.move_to_end(peer.name)
+        """Mark ``peer`` seen at ``now`` (to the second: a relayed stream touches it once)."""
+        if now - peer.last_seen >= TOUCH_GRAIN:
+            peer.last_seen = now
+            self._by_name.move_to_end(peer.name)
 
     def remove(self, name):
         peer = self._by_name.pop(name, None)

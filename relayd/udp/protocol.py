@@ -1,19 +1,22 @@
 """The rendezvous DatagramProtocol: seed-001 JSON packets and STUN on one port.
 
 Every datagram is size-checked and rate-limited per source IP, then goes to
-the STUN codec (magic cookie) or the JSON handlers.  Replies to a source
-that holds no name are never larger than the datagram it sent (no
-amplification); payloads are never logged.
+the STUN codec (magic cookie) or the JSON handlers.  What an address that
+has not proved it receives there makes relayd send is paid from its byte
+budget (``budget``); a reply to such a source that holds no name is never
+larger than the datagram it sent.  Payloads are never logged.
 """
 import base64
-import json
 import socket
 from collections import Counter
 
+from twisted.internet.error import InvalidAddressError, MessageLengthError
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from relayd.udp import packets, proof, stun
+from relayd.udp.budget import (FANOUT_RESERVE, RELAY_SLACK, RESERVE, ProvenAddresses,
+                               SourceBudgets)
 from relayd.udp.packets import PacketError, encode, field
 from relayd.udp.peers import NameTaken, PeerTable, TableFull
 from relayd.udp.ratelimit import TokenBuckets
@@ -33,6 +36,8 @@ class RendezvousProtocol(DatagramProtocol):
         self.challenger = challenger or proof.Challenger()
         self.counts = Counter()
         self.max_datagram = settings.max_datagram     # fixed: the socket reads this much
+        self.proven = ProvenAddresses(settings.stale_after, settings.max_sources)
+        self.budgets = SourceBudgets(cap=self.max_datagram * 2, max_keys=settings.max_sources)
         self.configure(settings)
 
     def configure(self, settings):
@@ -42,16 +47,15 @@ class RendezvousProtocol(DatagramProtocol):
         self.table.stale_after = settings.stale_after
         self.datagrams = TokenBuckets(settings.rate, settings.burst, settings.max_sources)
         self.claims = TokenBuckets(settings.claim_rate, settings.claim_burst, settings.max_sources)
+        self.proven.ttl = settings.stale_after
+        self.proven.max_addresses = settings.max_sources
+        self.budgets.set_max_keys(settings.max_sources)
 
     def startProtocol(self):
+        self._write = self.transport.write
         sock = getattr(self.transport, "socket", None)
         if sock is None:          # a fake transport in tests
-            self._write = self.transport.write
             return
-        # Every address we send to came from this socket's own recvfrom, so
-        # the address checks of transport.write (a third of a relayed
-        # datagram's cost) are skipped; socket errors are counted in _send.
-        self._write = sock.sendto
         # Absorb bursts; the kernel caps these at net.core.rmem_max/wmem_max.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.settings.socket_buffer)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.settings.socket_buffer)
@@ -70,11 +74,23 @@ class RendezvousProtocol(DatagramProtocol):
         if not self.datagrams.allow(address[0], now):
             self._drop("rate_limited")
             return
-        if stun.looks_like_stun(data):
-            self._stun(data, address)
-            return
+        proven = self.proven.touch(address, now)
         try:
+            relay = packets.relay_fields(data)
+            if relay is not None:       # the hot path: neither earns nor spends budget
+                self._forward(address, now, len(data), *relay)
+                return
+            if not proven:
+                self.budgets.deposit(address, now, len(data))
+            if stun.looks_like_stun(data):
+                self._stun(data, address)
+                return
+            if stun.looks_like_classic(data):
+                self._classic_stun(data, address)
+                return
             packet = packets.decode(data)
+            if "cookie" in packet and self.challenger.check_cookie(address, now, packet["cookie"]):
+                self._prove(address, now)
             handler = self._handlers.get(packet["type"])
             if handler is None:
                 raise PacketError("unknown_type")
@@ -96,13 +112,21 @@ class RendezvousProtocol(DatagramProtocol):
         if reply is None:
             self._drop("stun_not_request")
             return
-        self.counts["stun_" + ("error" if reply[0] & 0x01 else "success")] += 1
-        self._send(reply, address)
+        self.counts["stun_" + ("error" if stun.message_class(reply) == stun.ERROR else "success")] += 1
+        self._out(reply, address, address)
+
+    def _classic_stun(self, data, address):
+        reply = stun.classic_response(data, packets.plain_host(address[0]), address[1])
+        if reply is None:
+            self._drop("stun_classic_unanswered")
+            return
+        self.counts["stun_success"] += 1
+        self._out(reply, address, address)
 
     # --- handlers ------------------------------------------------------------
 
     def _register(self, packet, address, now, size):
-        name = field(packet, "name", limit=NAME_LIMIT)
+        name = packets.name_field(packet, "name", limit=NAME_LIMIT)
         key_text = field(packet, "key", required=False, limit=64)
         key = self._decode_key(key_text)
         proven = None
@@ -112,22 +136,25 @@ class RendezvousProtocol(DatagramProtocol):
                 self._error("auth_failed", address, size)
                 return
             proven = key
+            self._prove(address, now)     # the challenge went to this address
         peer = self._claim(name, address, now, size, proven, key is not None)
         if peer is None:
             return
-        extra = {"authenticated": peer.authenticated} if key is not None else {}
+        extra = self._cookie(packet, address, now)
+        if key is not None:
+            extra["authenticated"] = peer.authenticated
         if key is not None and proven is None:
             extra["challenge"] = self.challenger.challenge(address, name, now)
         self.counts["registered"] += 1
         self.log.debug("udp peer {name} registered from {address}",
                        name=name, address=packets.format_address(address))
-        self._send_packet(packets.register_ack(address, now, name, **extra), address)
+        self._out(encode(packets.register_ack(address, now, name, **extra)), address, address)
         names = self._names()
-        self._send_packet(packets.peer_list(names), address)
-        self._announce(packets.peer_joined(name, names), exclude=address)
+        self._peer_list(peer, names, now)
+        self._announce(packets.peer_joined(name, names), exclude=address, cause=address)
 
     def _keepalive(self, packet, address, now, size):
-        name = field(packet, "name", required=False, limit=NAME_LIMIT)
+        name = packets.name_field(packet, "name", required=False, limit=NAME_LIMIT)
         if name is None:
             return                     # the seed ignores a keepalive without a name
         peer = self.table.at(address)
@@ -136,32 +163,56 @@ class RendezvousProtocol(DatagramProtocol):
             if peer is None:
                 return
         self.table.touch(peer, now)
-        self._send_packet(packets.keepalive_ack(name, now), address)
+        self._out(encode(packets.keepalive_ack(name, now, **self._cookie(packet, address, now))),
+                  address, address, reserve=RESERVE)
+        self._more_names(peer, now)
 
     def _ping(self, packet, address, now, size):
         peer = self.table.at(address)
         if peer is not None:
             self.table.touch(peer, now)
-        self._reply(encode(packets.pong(address, now)), address, size)
+        self._reply(encode(packets.pong(address, now, **self._cookie(packet, address, now))),
+                    address, size)
+        if peer is not None:
+            self._more_names(peer, now)
 
     def _relay(self, packet, address, now, size):
-        sender = self._sender(address, size)
-        if sender is None:
+        """The full parse's way to ``_forward`` (the fast path declined this packet)."""
+        if self._sender(address, size) is None:
             return
         target_name = field(packet, "target", limit=NAME_LIMIT)
         if "payload" not in packet:
             raise PacketError("bad_request", "payload is missing")
-        self.table.touch(sender, now)
-        target = self.table.get(target_name)
+        self._forward(address, now, size, target_name, packets.payload_json(packet["payload"]))
+
+    def _forward(self, address, now, size, target_name, payload):
+        """Wrap ``payload`` (JSON bytes, as received) in a relayed_packet for ``target_name``.
+
+        An unproven sender pays what the relayed_packet is longer than its
+        request beyond RELAY_SLACK.
+        """
+        table = self.table
+        sender = table.at(address)
+        if sender is None:
+            self._error("not_registered", address, size)
+            return
+        table.touch(sender, now)
+        target = table.get(target_name)
         if target is None:
             self._error("unknown_target", address, size, target=target_name)
             return
-        out = packets.relayed(sender.name, json.dumps(packet["payload"]).encode("utf-8"))
+        out = packets.relayed(sender.name, payload)
         if len(out) > self.max_datagram:
             self._error("too_large", address, size, limit=self.max_datagram)
             return
-        self.counts["relayed"] += 1
-        self.counts["relayed_bytes"] += len(out)
+        extra = len(out) - size - RELAY_SLACK
+        if extra > 0 and address not in self.proven and not self.budgets.charge(
+                {address: 0}, now, extra):
+            self._drop("budget")
+            return
+        counts = self.counts
+        counts["relayed"] += 1
+        counts["relayed_bytes"] += len(out)
         self._send(out, target.address)
 
     def _connect(self, packet, address, now, size):
@@ -182,8 +233,8 @@ class RendezvousProtocol(DatagramProtocol):
                                          target.authenticated)
         to_target = packets.connect_peer(sender.name, sender.address, self._key_text(sender),
                                          sender.authenticated)
-        self._send_packet(to_sender, sender.address)
-        self._send_packet(to_target, target.address)
+        self._out(encode(to_sender), sender.address, address)
+        self._out(encode(to_target), target.address, address)
 
     _handlers = {"register": _register, "keepalive": _keepalive, "ping": _ping,
                  "relay": _relay, "connect": _connect}
@@ -222,8 +273,44 @@ class RendezvousProtocol(DatagramProtocol):
             self._error("server_full", address, size)
             return None
         if gave_up is not None:
-            self._announce(packets.peer_left(gave_up, self._names()))
+            self._announce(packets.peer_left(gave_up, self._names()), cause=address)
         return peer
+
+    def _cookie(self, packet, address, now):
+        """``{"cookie": ...}`` for a reply when ``packet`` asks for one (carries an invalid one)."""
+        if "cookie" in packet and not self.challenger.check_cookie(address, now, packet["cookie"]):
+            return {"cookie": self.challenger.cookie(address, now)}
+        return {}
+
+    def _prove(self, address, now):
+        """``address`` echoed a cookie or signed a challenge: no budget, and the rest of its list."""
+        self.proven.add(address, now)
+        self.budgets.forget(address)
+        peer = self.table.at(address)
+        if peer is not None:
+            self._more_names(peer, now)
+
+    def _peer_list(self, peer, names, now):
+        """``names`` to ``peer`` in a peer_list; an unproven one gets what its budget pays now.
+
+        The rest is kept on the peer and follows as it keeps talking
+        (``_more_names``); a cut list says how many are to come in ``more``.
+        """
+        data, rest = encode(packets.peer_list(names)), []
+        if peer.address not in self.proven:
+            room = self.budgets.balance(peer.address, now)
+            while len(data) > room and names:
+                names, rest = names[:-1], names[-1:] + rest
+                data = encode(packets.peer_list(names, more=len(rest)))
+        peer.pending_names = rest or None
+        if names or not rest:
+            self._out(data, peer.address, peer.address)
+        else:
+            self._drop("budget")
+
+    def _more_names(self, peer, now):
+        if peer.pending_names:
+            self._peer_list(peer, peer.pending_names, now)
 
     def _names(self):
         """Names for ``peers`` lists: the most recent ``peer_list_max``, in half a datagram.
@@ -246,15 +333,19 @@ class RendezvousProtocol(DatagramProtocol):
             self._error("not_registered", address, size)
         return peer
 
-    def _announce(self, packet, exclude=None):
-        """Send ``packet`` to every peer (but ``exclude``) while the table is small."""
+    def _announce(self, packet, exclude=None, cause=None):
+        """Send ``packet`` to every peer (but ``exclude``) while the table is small.
+
+        ``cause``, the address whose request this answers, pays for the
+        whole fan-out while it is unproven.
+        """
         if len(self.table) > self.settings.announce_limit:
             self.counts["announcements_suppressed"] += 1
             return
         data = encode(packet)
         for peer in self.table:
             if peer.address != exclude:
-                self._send(data, peer.address)
+                self._out(data, peer.address, cause, cause_reserve=FANOUT_RESERVE)
 
     def _error(self, code, address, size, **extra):
         self.counts["error_" + code] += 1
@@ -262,22 +353,32 @@ class RendezvousProtocol(DatagramProtocol):
                     address, size)
 
     def _reply(self, data, address, size):
-        """Send to ``address`` unless it holds no name and ``data`` outweighs its request."""
-        if len(data) > size and self.table.at(address) is None:
+        """Send to ``address`` unless it is unproven, holds no name and ``data`` outweighs its request."""
+        if len(data) > size and address not in self.proven and self.table.at(address) is None:
             self._drop("amplification")
             return
-        self._send(data, address)
+        self._out(data, address, address)
 
-    def _send_packet(self, packet, address):
-        self._send(encode(packet), address)
-
-    def _send(self, data, address):
+    def _out(self, data, address, cause=None, reserve=0, cause_reserve=0):
+        """Send ``data`` to ``address`` once the budgets of the unproven among it and
+        ``cause`` pay, keeping ``reserve`` and ``cause_reserve`` bytes."""
         if len(data) > self.max_datagram:      # never more than the clients accept
             self._drop("too_large_out")
             return
+        payers = {}
+        if cause is not None and cause not in self.proven:
+            payers[cause] = cause_reserve
+        if address not in self.proven:
+            payers[address] = max(reserve, payers.get(address, 0))
+        if payers and not self.budgets.charge(payers, self.clock.seconds(), len(data)):
+            self._drop("budget")
+            return
+        self._send(data, address)
+
+    def _send(self, data, address):
         try:
             self._write(data, address)
-        except OSError:
+        except (OSError, InvalidAddressError, MessageLengthError):
             self._drop("send_failed")
             return
         self.counts["sent"] += 1
@@ -290,9 +391,11 @@ class RendezvousProtocol(DatagramProtocol):
     def tick(self):
         """Every ``keepalive`` seconds: drop stale peers, keep the others' NAT bindings open."""
         now = self.clock.seconds()
+        self.proven.sweep(now)
         for peer in self.table.sweep(now):
             self.counts["stale"] += 1
             self.log.debug("udp peer {name} went stale", name=peer.name)
             self._announce(packets.peer_left(peer.name, self._names()))
         for peer in self.table:
-            self._send_packet(packets.server_keepalive(peer.name, now), peer.address)
+            self._out(encode(packets.server_keepalive(peer.name, now)), peer.address,
+                      reserve=RESERVE)

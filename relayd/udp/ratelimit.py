@@ -18,8 +18,8 @@ class TokenBuckets:
     def __len__(self):
         return len(self._buckets)
 
-    def allow(self, key, now, cost=1.0):
-        """Take ``cost`` tokens from ``key``'s bucket; False when it has too few."""
+    def _bucket(self, key, now):
+        """``key``'s bucket, refilled up to ``burst`` (a fuller one is left as it is)."""
         bucket = self._buckets.get(key)
         if bucket is None:
             if len(self._buckets) >= self.max_keys:
@@ -27,8 +27,15 @@ class TokenBuckets:
             bucket = self._buckets[key] = [self.burst, now]
         else:
             self._buckets.move_to_end(key)
-            bucket[0] = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+            tokens = bucket[0]
+            if tokens < self.burst:
+                bucket[0] = min(self.burst, tokens + (now - bucket[1]) * self.rate)
             bucket[1] = now
+        return bucket
+
+    def allow(self, key, now, cost=1.0):
+        """Take ``cost`` tokens from ``key``'s bucket; False when it has too few."""
+        bucket = self._bucket(key, now)
         if bucket[0] < cost:
             return False
         bucket[0] -= cost

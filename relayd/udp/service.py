@@ -5,6 +5,7 @@ from twisted.logger import Logger
 
 from relayd.udp import packets
 from relayd.udp.metrics import UDPCollector
+from relayd.udp.port import RendezvousServer
 from relayd.udp.protocol import RendezvousProtocol
 
 
@@ -18,9 +19,9 @@ class UDPService(MultiService):
         self.setName("udp")
         self.settings = settings
         self.protocol = RendezvousProtocol(settings, reactor)
-        internet.UDPServer(settings.listen, self.protocol, interface=settings.interface,
-                           maxPacketSize=settings.max_datagram + 1,
-                           reactor=reactor).setServiceParent(self)
+        RendezvousServer(settings.listen, self.protocol, interface=settings.interface,
+                         maxPacketSize=settings.max_datagram + 1,
+                         reactor=reactor).setServiceParent(self)
         timer = internet.TimerService(settings.keepalive, self._tick)
         timer.clock = reactor
         timer.setServiceParent(self)

@@ -4,6 +4,8 @@
 the top two bits of the first byte and the magic cookie.  ``parse`` checks
 the header, the attribute framing and FINGERPRINT; ``respond`` builds the
 reply a Binding server owes to a parsed message (or None to stay silent).
+``classic_response`` answers an RFC 3489 Binding request (no magic cookie)
+with a MAPPED-ADDRESS, never with more bytes than the request had.
 """
 import binascii
 import ipaddress
@@ -18,6 +20,7 @@ BINDING = 0x001
 REQUEST, INDICATION, SUCCESS, ERROR = 0b00, 0b01, 0b10, 0b11
 
 MAPPED_ADDRESS = 0x0001
+CHANGE_REQUEST = 0x0003
 USERNAME = 0x0006
 MESSAGE_INTEGRITY = 0x0008
 ERROR_CODE = 0x0009
@@ -64,6 +67,40 @@ def looks_like_stun(data):
             and data[4:8] == b"\x21\x12\xa4\x42")
 
 
+def looks_like_classic(data):
+    """True for an RFC 3489 Binding request: type 0x0001, no magic cookie, length matching."""
+    return (len(data) >= 20 and data[:2] == b"\x00\x01" and data[4:8] != b"\x21\x12\xa4\x42"
+            and struct.unpack_from("!H", data, 2)[0] == len(data) - 20 and len(data) % 4 == 0)
+
+
+def classic_response(data, host, port):
+    """The RFC 3489 Binding Response to ``data`` from ``host``:``port``, or None.
+
+    None when it would be longer than the request (no amplification), for
+    an IPv6 source (RFC 3489 knows IPv4 only), for a CHANGE-REQUEST asking
+    for another address or port (this server has one), or when the
+    attributes are malformed.  RESPONSE-ADDRESS is never honoured.
+    """
+    ip = ipaddress.ip_address(host)
+    if ip.version != 4:
+        return None
+    offset = 20
+    while offset < len(data):
+        if offset + 4 > len(data):
+            return None
+        attr_type, attr_len = struct.unpack_from("!HH", data, offset)
+        end = offset + 4 + attr_len
+        if end > len(data) or attr_len % 4:
+            return None
+        if attr_type == CHANGE_REQUEST and (attr_len != 4 or data[offset + 4:end] != bytes(4)):
+            return None
+        offset = end
+    mapped = struct.pack("!BBH", 0, 0x01, port) + ip.packed
+    reply = (struct.pack("!HH", 0x0101, 4 + len(mapped)) + data[4:20]
+             + struct.pack("!HH", MAPPED_ADDRESS, len(mapped)) + mapped)
+    return reply if len(reply) <= len(data) else None
+
+
 def _split_type(message_type):
     method = (message_type & 0x000F) | ((message_type & 0x00E0) >> 1) | ((message_type & 0x3E00) >> 2)
     cls = ((message_type & 0x0010) >> 4) | ((message_type & 0x0100) >> 7)
@@ -73,6 +110,11 @@ def _split_type(message_type):
 def _join_type(method, cls):
     return ((method & 0x000F) | ((method & 0x0070) << 1) | ((method & 0x0F80) << 2)
             | ((cls & 0b01) << 4) | ((cls & 0b10) << 7))
+
+
+def message_class(data):
+    """The class (REQUEST, INDICATION, SUCCESS or ERROR) of an encoded message."""
+    return _split_type(struct.unpack_from("!H", data)[0])[1]
 
 
 def _pad(n):

@@ -1,0 +1,43 @@
+"""relayd.jsonfast: what the standard module gives for valid JSON, ValueError for the rest."""
+import json
+
+from twisted.trial import unittest
+
+from relayd import jsonfast
+
+SAMPLES = [
+    {"type": "message", "from": "alice", "to": "#room", "body": "h\u00e9llo \U0001F600 \u2028",
+     "ts": 1734200000.123, "n": 12345678901234567890123, "ok": True, "none": None,
+     "list": [1, 2.5, -0.0, "x", {"nested": []}]},
+    [], "", 0, -1.5e-300,
+]
+
+
+class LoadsTests(unittest.TestCase):
+    def test_same_objects_as_json_loads(self):
+        for sample in SAMPLES:
+            for text in (json.dumps(sample), json.dumps(sample, ensure_ascii=False),
+                         json.dumps(sample, indent=2)):
+                self.assertEqual(jsonfast.loads(text.encode("utf-8")), json.loads(text))
+                self.assertEqual(jsonfast.loads(text), json.loads(text))
+
+    def test_duplicate_keys_keep_the_last_as_json_loads_does(self):
+        self.assertEqual(jsonfast.loads(b'{"a": 1, "a": 2}'), {"a": 2})
+
+    def test_everything_not_strict_json_is_a_value_error(self):
+        for data in (b"{not json", b'{"a": 1', b"\xff\xfe", b"[NaN]", b"[Infinity]", b"[1e400]",
+                     b'["\\ud800"]', b"[" * 100000 + b"]" * 100000, b"", b"1 2"):
+            self.assertRaises(ValueError, jsonfast.loads, data)
+
+
+class DumpsTests(unittest.TestCase):
+    def test_compact_utf8_that_json_reads_back(self):
+        for sample in SAMPLES:
+            data = jsonfast.dumps_compact(sample)
+            self.assertIsInstance(data, bytes)
+            self.assertEqual(json.loads(data.decode("utf-8")), sample)
+        self.assertEqual(jsonfast.dumps_compact({"a": [1, "\u00e9"]}), '{"a":[1,"\u00e9"]}'.encode())
+
+    def test_what_utf8_cannot_carry_is_a_value_error(self):
+        self.assertRaises(ValueError, jsonfast.dumps_compact, {"a": "\ud800"})
+        self.assertRaises(ValueError, jsonfast.dumps_compact, {"a": object()})
