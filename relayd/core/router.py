@@ -2,10 +2,13 @@
 
 A message takes one path: ``submit`` (local client) or ``accept_remote``
 (federation) -> dedup -> journal -> once durable: history, local delivery,
-forwarders.  Sessions are adapters with ``peer_id``, ``address``,
-``deliver(line)`` (and optionally ``deliver_lines(lines)``, the same for
-several lines at once, and ``writable()``, false while the session's output
-is full) and ``close(code, message)``; the router never does I/O.
+forwarders.  Sessions provide ``ISession``; the router never does I/O.
+
+A directed message stays in its peer's mailbox until it is settled: a
+session that acks (``acknowledged``) settles it when the client acks it, any
+other once its bytes reached the kernel (``handed``).  Settling removes it
+and journals its receipt; whatever a session had not settled when it went
+away is sent again to the next session of that peer.
 """
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -35,7 +38,9 @@ class Router:
         self.sessions = {}             # peer id -> session
         self.members = {}              # room -> set of peer ids
         self._waiting = {}             # msg_id -> [Deferred] for retries of a pending message
-        self._held = {}                # session -> [lines] held until its journal batch is done
+        self._held = {}                # session -> ([lines], [directed entries]) until the batch is done
+        self._outstanding = {}         # session -> {msg_id: entry} written, not settled
+        self._behind = set()           # sessions whose stored mail is not all written yet
         self._unsettled = 0            # messages appended to the journal and not yet back
         self.received = 0
         self.delivered = 0
@@ -63,37 +68,73 @@ class Router:
         if old is not None and old is not session:
             self._leave_all(old)
             del self.sessions[session.peer_id]
+            self._forget(old)
             old.close("session_replaced", "another connection identified with this id")
         self.sessions[session.peer_id] = session
+        self._outstanding[session] = {}
         return self.mailboxes.peek(session.peer_id)
 
     def deliver_stored(self, session, stored):
-        """Send what ``attach`` returned, in order, with delivery receipts,
-        while ``session`` is writable; the rest stays stored, and messages
-        directed to the peer are stored behind it, until ``resume``."""
-        peer, writable = session.peer_id, getattr(session, "writable", None)
+        """Send what ``attach`` returned that ``session`` was not sent yet, in
+        order, while it is writable; the rest waits, and messages directed to
+        the peer queue behind it, until ``resume``."""
+        outstanding = self._outstanding.get(session)
+        if outstanding is None:
+            return
+        unsent = [item for item in stored if item[0]["msg_id"] not in outstanding]
         sent = 0
-        while sent < len(stored) and (writable is None or writable()):
-            chunk = stored[sent:sent + STORED_CHUNK]
-            _deliver(session, [line for _, line in chunk])
-            for entry, _ in chunk:
-                self.mailboxes.remove(peer, entry["msg_id"])
-                self._receipt(entry, peer)
+        while sent < len(unsent) and session.writable():
+            chunk = unsent[sent:sent + STORED_CHUNK]
+            entries = [entry for entry, _ in chunk]
+            for entry in entries:
+                outstanding[entry["msg_id"]] = entry
+            session.deliver_lines([line for _, line in chunk], entries)
             sent += len(chunk)
+        if sent < len(unsent):
+            self._behind.add(session)
+        else:
+            self._behind.discard(session)
         self.delivered += sent
 
     def resume(self, session):
         """``session`` is writable again: go on with its stored messages."""
-        peer = session.peer_id
-        if peer in self.mailboxes and self.sessions.get(peer) is session:
-            self.deliver_stored(session, self.mailboxes.peek(peer))
+        if session in self._behind:
+            self.deliver_stored(session, self.mailboxes.peek(session.peer_id))
+
+    def handed(self, session, entries):
+        """The bytes of these directed messages reached the kernel (for
+        sessions that cannot ack): settle them."""
+        outstanding = self._outstanding.get(session)
+        if outstanding:
+            for entry in entries:
+                if outstanding.pop(entry["msg_id"], None) is not None:
+                    self._settle(session.peer_id, entry)
+
+    def acknowledged(self, session, msg_ids):
+        """The client of ``session`` acked these ids: settle those it was sent."""
+        outstanding = self._outstanding.get(session)
+        if outstanding:
+            for msg_id in msg_ids:
+                entry = outstanding.pop(msg_id, None)
+                if entry is not None:
+                    self._settle(session.peer_id, entry)
+
+    def _settle(self, peer, entry):
+        self.mailboxes.remove(peer, entry["msg_id"])
+        self._receipt(entry, peer)
 
     def detach(self, session):
-        """Forget ``session`` if (and only if) it still owns its id."""
+        """Forget ``session`` if (and only if) it still owns its id; what it
+        was sent and did not settle stays stored for the next session."""
         self._held.pop(session, None)
         if self.sessions.get(session.peer_id) is session:
             self._leave_all(session)
             del self.sessions[session.peer_id]
+            self._forget(session)
+
+    def _forget(self, session):
+        self._outstanding.pop(session, None)
+        self._behind.discard(session)
 
     def join(self, session, room):
         self.members.setdefault(room, set()).add(session.peer_id)
@@ -204,22 +245,23 @@ class Router:
         """
         if self._held and self._unsettled <= getattr(self.journal, "pending", 0):
             held, self._held = self._held, {}
-            for session, lines in held.items():
-                _deliver(session, lines)
+            for session, (lines, entries) in held.items():
+                session.deliver_lines(lines, entries)
 
     def release(self, session):
         """Write what is held for ``session`` now: call before writing anything
         else to it, so that its stream keeps the order things happened in."""
-        lines = self._held.pop(session, None)
-        if lines:
-            _deliver(session, lines)
+        held = self._held.pop(session, None)
+        if held is not None:
+            session.deliver_lines(*held)
 
-    def _hold(self, session, line):
-        lines = self._held.get(session)
-        if lines is None:
-            self._held[session] = [line]
-        else:
-            lines.append(line)
+    def _hold(self, session, line, entry=None):
+        held = self._held.get(session)
+        if held is None:
+            held = self._held[session] = ([], [])
+        held[0].append(line)
+        if entry is not None:
+            held[1].append(entry)
 
     def _failed(self, failure, entry):
         self._unsettled -= 1
@@ -251,13 +293,16 @@ class Router:
                     count += 1
         else:
             session = self.sessions.get(to)
-            if session is None or (to in self.mailboxes and to != sender):
-                # offline, or what was stored for it is still going out: keep the order
-                self.mailboxes.put(to, entry, line)
+            if session is not None and to == sender:
+                return
+            # stored until settled; written now unless offline, or what was
+            # stored for it is still going out (then it keeps its place)
+            self.mailboxes.put(to, entry, line)
+            if session is None or session in self._behind:
                 self.stored += 1
-            elif to != sender:
-                hold(session, line)
-                self._receipt(entry, to)
+            else:
+                self._outstanding[session][entry["msg_id"]] = entry
+                hold(session, line, entry)
                 count = 1
         self.delivered += count
 
@@ -324,12 +369,3 @@ class Router:
                 "dedup_hits": self.dedup.hits, "dedup_window": len(self.dedup),
                 "mailbox_messages": self.mailboxes.total(), "mailbox_peers": len(self.mailboxes),
                 "mailbox_dropped": self.mailboxes.dropped, "owned_ids": len(self.ownership)}
-
-
-def _deliver(session, lines):
-    many = getattr(session, "deliver_lines", None)
-    if many is not None:
-        many(lines)
-    else:
-        for line in lines:
-            session.deliver(line)
