@@ -4,9 +4,9 @@ The first bytes decide the dialect: ``{`` starts the JSON-lines protocol,
 anything else is a seed-000 client whose first chunk is its peer id.  The
 protocol frames, parses, validates and rate-limits; the router does the rest.
 
-Output: the socket transport is told to pause us as soon as it holds any
-byte (``bufferSize = 0``), so its ``resumeProducing`` means "everything
-written reached the kernel".  That is when the directed messages of clients
+Output: after every write the socket transport is marked as having paused
+its producer (us, or TLS's wrapper around us), so it resumes us once it has
+handed everything to the kernel.  That is when the directed messages of clients
 that cannot ack are settled; bytes written meanwhile wait in our own queue
 and go out, up to ``WRITE_CHUNK`` at a time, at each drain.  A queue over
 ``[tcp] output_buffer`` pauses reading from the connections that send (the
@@ -87,7 +87,7 @@ class RelayProtocol(Protocol):
         self.line_started = None    # when the line being received began
         self.stalled_since = None   # when the transport last took bytes it has not drained
         self._paused = False        # the transport holds bytes the kernel has not taken
-        self._drains = False        # the transport says when it drained
+        self._socket = None         # the socket transport, when it says it drained
         self._queue = deque()       # (bytes, receipts) waiting for the transport to drain
         self._queued = 0
         self._in_transport = []     # directed entries whose bytes the transport holds
@@ -105,9 +105,8 @@ class RelayProtocol(Protocol):
         self.connected_at = self.last_activity = self.service.clock.seconds()
         self.transport.registerProducer(self, True)
         socket = _socket_side(self.transport)
-        if hasattr(socket, "bufferSize"):
-            socket.bufferSize = 0       # pause us at every write: resume means drained
-            self._drains = True
+        if hasattr(socket, "producerPaused") and getattr(socket, "producer", None) is not None:
+            self._socket = socket       # it says when it drained
         refusal = self.service.admit(self)
         if refusal is not None:
             code, text, extra = refusal
@@ -189,8 +188,13 @@ class RelayProtocol(Protocol):
 
     def _hand(self, data, receipts):
         self.transport.write(data)
-        if self._drains:
-            self.pauseProducing()       # (TLS may write to the socket a moment later)
+        socket = self._socket
+        if socket is not None:
+            # Resumed once everything written is in the kernel (under TLS
+            # the bytes may reach the socket transport a moment later).
+            if not socket.producerPaused:
+                socket.producerPaused = True
+                socket.producer.pauseProducing()
             self._in_transport.extend(receipts)
         elif receipts:
             self.service.router.handed(self, receipts)
