@@ -22,11 +22,13 @@ def tls_wanted(daemon, description):
                for name in tls.listeners)
 
 
-def stream_service(daemon, description, factory, tls=None):
+def stream_service(daemon, description, factory, tls=None, backlog=None):
     """A service listening on ``description`` (an endpoint string).
 
     ``tls`` forces TLS on (True) or off (False); by default it follows
     ``[tls] listeners``.  TLS uses ``daemon.tls`` (``relayd.tls.ServerTLS``).
+    ``backlog`` is the listen backlog of a TCP or TLS endpoint that does not
+    give its own ``backlog=``.
     """
     if tls is None:
         tls = tls_wanted(daemon, description)
@@ -35,7 +37,18 @@ def stream_service(daemon, description, factory, tls=None):
             raise ValueError(f"listener {description} wants TLS but [tls] is not configured")
         factory = TLSMemoryBIOFactory(daemon.tls, False, factory)
         daemon.tls.listeners.append(description)
+    if backlog is not None:
+        description = with_backlog(description, backlog)
     return strports.service(description, factory, reactor=daemon.reactor)
+
+
+def with_backlog(description, backlog):
+    """``description`` with ``backlog=`` added, unless it is not a TCP or TLS
+    endpoint or already gives one."""
+    kind = description.partition(":")[0]
+    if kind not in ("tcp", "tcp6", "ssl") or "backlog=" in description:
+        return description
+    return f"{description}:backlog={backlog}"
 
 
 def tcp_address(description):

@@ -185,7 +185,7 @@ class HeldWithTheRealJournalTests(unittest.TestCase):
             def __init__(self, peer_id):
                 self.peer_id, self.address, self.writes = peer_id, ("127.0.0.1", 1), []
 
-            def deliver_lines(self, lines):
+            def deliver_lines(self, lines, receipts=()):
                 self.writes.append(list(lines))
 
         clock = Clock()

@@ -5,7 +5,7 @@ from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from relayd.listeners import stream_service, tls_wanted
+from relayd.listeners import stream_service
 from relayd.tcp.protocol import LEGACY, RelayProtocol
 
 # A closed connection whose peer has not read its last bytes after this many
@@ -49,8 +49,8 @@ class TcpRelayService(MultiService):
         self.listen = settings.listen           # not reloadable: the port stays bound
         self.configure(settings)
         self.factory = RelayFactory(self)
-        stream_service(daemon, with_backlog(settings.listen, settings.backlog), self.factory,
-                       tls=tls_wanted(daemon, settings.listen)).setServiceParent(self)
+        stream_service(daemon, settings.listen, self.factory,
+                       backlog=settings.backlog).setServiceParent(self)
         self._sweeper = LoopingCall(self.sweep)
         self._sweeper.clock = daemon.reactor
         guard.on_ban.append(self.drop_ip)
@@ -184,10 +184,3 @@ class TcpRelayService(MultiService):
                 "rate_limited": self.guard.rate_limited, "bans": len(self.guard.bans()),
                 **self.router.stats()}
 
-
-def with_backlog(listen, backlog):
-    """``listen`` with ``backlog=`` added, unless it gives one (TCP and TLS endpoints)."""
-    kind = listen.partition(":")[0]
-    if kind not in ("tcp", "tcp6", "ssl") or "backlog=" in listen:
-        return listen
-    return f"{listen}:backlog={backlog}"
