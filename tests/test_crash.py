@@ -2,11 +2,11 @@
 
 Recipients online (JSON lines with acks, and a seed-000 client that cannot
 ack) and offline; every message a sender got an ack for must reach its
-recipient, across at least five kills (see tests/crashload.py).
+recipient, across at least five kills (see bench/crashload.py).
 """
 from twisted.trial import unittest
 
-from tests.crashload import CrashLoad
+from bench.crashload import CrashLoad
 from tests.daemon import Relayd, free_port
 
 CONFIG = """
