@@ -14,8 +14,6 @@ from relayd.core.router import Router
 class MemoryJournal:
     """Records appended lines; ``hold = True`` keeps Deferreds pending until ``release()``."""
 
-    pending = 0
-
     def __init__(self):
         self.lines = []
         self.hold = False

@@ -68,19 +68,24 @@ class RoutingTests(unittest.TestCase):
         failures = []
         self.router.submit(self.alice, "bob", "hi", nonce="n1").addErrback(failures.append)
         self.assertEqual(len(failures), 1)
-        self.assertEqual(self.bob.lines, [])
+        self.assertNotIn("bob", self.router.mailboxes, "not kept for a later session")
         self.router.journal.fail = False
         results = []
         self.router.submit(self.alice, "bob", "hi", nonce="n1").addCallback(results.append)
         self.assertFalse(results[0][1], "a retry after a failure is stored, not a duplicate")
-        self.assertEqual(bodies(self.bob), ["hi"])
+        self.assertEqual(bodies(self.bob), ["hi", "hi"], "sent before it was durable, then again")
+        self.assertEqual(len({json.loads(line)["msg_id"] for line in self.bob.lines}), 1,
+                         "a repeat the recipient drops by msg_id")
 
-    def test_delivery_waits_for_the_journal(self):
+    def test_copies_wait_for_a_flush_or_the_journal(self):
         self.router.journal.hold = True
         self.router.submit(self.alice, "*", "x")
         self.assertEqual(self.bob.lines, [])
+        self.router.flush()
+        self.assertEqual(bodies(self.bob), ["x"], "out before it is durable")
+        self.router.submit(self.alice, "*", "y")
         self.router.journal.release()
-        self.assertEqual(bodies(self.bob), ["x"])
+        self.assertEqual(bodies(self.bob), ["x", "y"], "out once durable at the latest")
 
 
 class StoreAndForwardTests(unittest.TestCase):

@@ -411,7 +411,8 @@ class ConnectionLimitTests(unittest.TestCase):
         for body in ("held", "after the kick"):
             alice.request(type="send", to="*", body=body)
         journal.commit()
-        self.assertEqual([f.get("body", f.get("error")) for f in bob.frames()], ["held", "kicked"])
+        self.assertEqual([f.get("body", f.get("error")) for f in bob.frames()],
+                         ["held", "after the kick", "kicked"])
 
     def test_answers_to_a_reader_queue_behind_its_messages(self):
         service = make_service("output_buffer = 2000\n")

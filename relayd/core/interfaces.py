@@ -32,7 +32,5 @@ class ISession(Interface):
 class IJournal(Interface):
     """Where accepted messages and receipts become durable."""
 
-    pending = Attribute("lines appended and not yet handed to the file thread")
-
     def append(line):
         """Journal one JSON object (bytes, no newline); Deferred[None] once durable."""

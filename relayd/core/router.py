@@ -1,8 +1,8 @@
 """The router: sessions, rooms, dedup, fan-out and store-and-forward.
 
 A message takes one path: ``submit`` (local client) or ``accept_remote``
-(federation) -> dedup -> journal -> once durable: history, local delivery,
-forwarders.  Sessions provide ``ISession``; the router never does I/O.
+(federation) -> dedup -> journal append and local delivery -> once durable:
+history, forwarders, the sender's ack.  Sessions provide ``ISession``; the router never does I/O.
 
 A directed message stays in its peer's mailbox until it is settled: a
 session that acks (``acknowledged``) settles it when the client acks it, any
@@ -38,10 +38,9 @@ class Router:
         self.sessions = {}             # peer id -> session
         self.members = {}              # room -> set of peer ids
         self._waiting = {}             # msg_id -> [Deferred] for retries of a pending message
-        self._held = {}                # session -> ([lines], [directed entries]) until the batch is done
+        self._held = {}                # session -> ([lines], [directed entries]) until flush()
         self._outstanding = {}         # session -> {msg_id: entry} written, not settled
         self._behind = set()           # sessions whose stored mail is not all written yet
-        self._unsettled = 0            # messages appended to the journal and not yet back
         self.received = 0
         self.delivered = 0
         self._last_timestamp = 0.0
@@ -199,28 +198,31 @@ class Router:
         return d
 
     def _admit(self, entry, source, first_result, later_result, line=None):
-        """Journal a new entry (``line`` is its ``journal_line`` if known); the
-        returned Deferred fires with ``first_result`` once it is durable and
-        delivered, and retries that arrive meanwhile get ``later_result``
-        after it, in order."""
+        """Journal a new entry (``line`` is its ``journal_line`` if known) and
+        route it now: its copies for connected recipients are held until
+        ``flush`` (the protocol that read it calls it once its input is
+        handled; at the latest when the entry is durable), so they may go
+        out before it is durable (recipients drop repeats by msg_id, should
+        a failed write make the sender send it again).  The returned
+        Deferred fires with ``first_result`` once it is durable, and
+        retries that arrive meanwhile get ``later_result`` after it, in
+        order."""
         msg_id = entry["msg_id"]
         self.dedup.add(msg_id)
         first = defer.Deferred()
         self._waiting[msg_id] = [first]
         if line is None:
             line = message.journal_line(entry)
-        self._unsettled += 1
         d = self.journal.append(line)
+        self._route(entry, message.delivery_line(line))
         d.addCallbacks(self._durable, self._failed,
                        callbackArgs=(entry, line, source, self.clock.seconds(), first_result, later_result),
                        errbackArgs=(entry,))
         return first
 
     def _durable(self, _, entry, line, source, started, first_result, later_result):
-        self._unsettled -= 1
         self.received += 1
         self.history.add(entry)
-        self._route(entry, message.delivery_line(line))
         for forwarder in self.forwarders:
             forwarder.forward(entry, line, source)
         self.latency.observe(self.clock.seconds() - started)
@@ -228,22 +230,12 @@ class Router:
         waiters[0].callback(first_result)
         for d in waiters[1:]:
             d.callback(later_result)
-        self._release_if_batch_done()
+        self.flush()
 
-    def _release_if_batch_done(self):
-        """Write the held lines once no more messages of this journal batch
-        are about to come back.
-
-        The journal calls back a batch's lines one after another in one go;
-        holding each session's copies until the last of them turns one
-        ``write`` per copy into one per session and batch.  Every line
-        appended before the batch went out is back or in this batch, and the
-        journal's ``pending`` counts only lines appended since, so
-        ``_unsettled - pending`` never exceeds what is left of this batch:
-        the lines are written at its end at the latest, and at once when the
-        journal answers each line by itself.
-        """
-        if self._held and self._unsettled <= getattr(self.journal, "pending", 0):
+    def flush(self):
+        """Write every held copy: one write per session for all the messages
+        routed since the last flush."""
+        if self._held:
             held, self._held = self._held, {}
             for session, (lines, entries) in held.items():
                 session.deliver_lines(lines, entries)
@@ -264,15 +256,16 @@ class Router:
             held[1].append(entry)
 
     def _failed(self, failure, entry):
-        self._unsettled -= 1
-        self._release_if_batch_done()
         msg_id = entry["msg_id"]
         self.dedup.discard(msg_id)
+        if "room" not in entry and entry["to"] != message.BROADCAST:
+            self.mailboxes.remove(entry["to"], msg_id)
         self.journal_failures += 1
         self.log.error("journal write failed for a message from {sender}: {error}",
                        sender=entry["from"], error=failure.getErrorMessage())
         for d in self._waiting.pop(msg_id, ()):
             d.errback(failure)
+        self.flush()
 
     def _route(self, entry, line):
         sender = entry["from"]

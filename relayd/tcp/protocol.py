@@ -214,10 +214,10 @@ class RelayProtocol(Protocol):
             self._out(data)
 
     def close(self, code, text, flush=True, **extra):
-        """Send an error after what the router holds for us and what is
-        queued (``flush``; else the queue is dropped), then nothing more,
-        and disconnect (once).  Whatever directed messages were not settled
-        stay stored for the peer's next session."""
+        """Send an error after what is queued (``flush``; else the queue is
+        dropped), then nothing more, and disconnect (once).  Whatever
+        directed messages were not settled stay stored for the peer's next
+        session."""
         if self._closing:
             return
         if flush:
@@ -287,8 +287,10 @@ class RelayProtocol(Protocol):
         handle = self._json_line if self.dialect == JSON else self._legacy_frame
         for frame in frames:
             if self._closing:
-                return
+                break
             handle(frame)
+        # What these lines sent goes out now, before it is durable.
+        self.service.router.flush()
 
     # --- seed-000 dialect ----------------------------------------------------------
 
