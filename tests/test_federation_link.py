@@ -122,8 +122,7 @@ class Relay:
                        FederationMetrics(CollectorRegistry()),
                        SimpleNamespace(**dict(SETTINGS, **settings)))
         self.hub.identity = Identity(self.id, key)
-        self.router.forwarders.append(self.hub)
-        self.router.receipt_hooks.append(self.hub.delivered)
+        self.router.subscribe(self.hub)
         self.hub.sequence_leftovers()
 
     def restart(self):

@@ -3,8 +3,10 @@ import json
 
 from twisted.internet.task import Clock
 from twisted.trial import unittest
+from zope.interface import implementer
 
 from relayd.core import message
+from relayd.core.interfaces import IDurableEventSubscriber
 from relayd.core.router import STORED_CHUNK
 from tests.fakes import FakeSession, make_router
 
@@ -197,6 +199,42 @@ class SettlementTests(unittest.TestCase):
         self.router.attach(FakeSession("bob", port=2))
         self.router.handed(old, [entry])
         self.assertEqual(self.router.mailboxes.count("bob"), 1)
+
+
+@implementer(IDurableEventSubscriber)
+class Recorder:
+    def __init__(self):
+        self.events, self.deliveries = [], []
+
+    def durable(self, event):
+        self.events.append(event)
+
+    def delivered(self, entry, peer, timestamp):
+        self.deliveries.append((entry["msg_id"], peer))
+
+
+class SubscriberTests(unittest.TestCase):
+    def test_subscribers_get_durable_events_and_deliveries(self):
+        router = make_router()
+        recorder = Recorder()
+        router.subscribe(recorder)
+        alice, bob = FakeSession("alice"), FakeSession("bob", router=router)
+        router.attach(alice)
+        router.attach(bob)
+        router.journal.hold = True
+        router.submit(alice, "bob", "hi")
+        entry = dict(router.mailboxes.peek("bob")[0][0], seen_by=["relay0", "relay9"],
+                     msg_id="a" * 64, to="carol")
+        link = object()
+        router.accept_remote(entry, link)
+        self.assertEqual(recorder.events, [], "nothing before it is durable")
+        router.journal.release()
+        self.assertEqual([(e.entry["body"], e.origin, e.source) for e in recorder.events],
+                         [("hi", "relay1", None), ("hi", "relay0", link)])
+        self.assertEqual(recorder.deliveries, [(recorder.events[0].entry["msg_id"], "bob")])
+
+    def test_a_subscriber_must_provide_the_interface(self):
+        self.assertRaises(TypeError, make_router().subscribe, object())
 
 
 class SessionTests(unittest.TestCase):

@@ -9,7 +9,10 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial import unittest
 
+from zope.interface import implementer
+
 from relayd import config
+from relayd.core.interfaces import IDurableEventSubscriber
 from relayd.tcp.protocol import auth_payload
 from relayd.tcp.service import CLOSE_GRACE, TcpRelayService
 from tests.fakes import make_guard, make_router
@@ -406,11 +409,19 @@ class ConnectionLimitTests(unittest.TestCase):
         service = make_service()
         service.router.journal = journal = BatchJournal()
         alice, bob = hello(service, "alice"), hello(service, "bob", port=2)
-        kick = SimpleNamespace(forward=lambda entry, line, source: service.router.kick("bob"))
-        service.router.forwarders.append(kick)
-        for body in ("held", "after the kick"):
-            alice.request(type="send", to="*", body=body)
-        journal.commit()
+
+
+        @implementer(IDurableEventSubscriber)
+        class Kick:
+            def durable(self, event):
+                service.router.kick("bob")
+
+            def delivered(self, entry, peer, timestamp):
+                pass
+        service.router.subscribe(Kick())
+        for body in ("held", "after the kick"):        # held until durable
+            service.router.submit(alice.protocol, "*", body)
+        journal.commit()                                # bob is kicked at the first
         self.assertEqual([f.get("body", f.get("error")) for f in bob.frames()],
                          ["held", "after the kick", "kicked"])
 

@@ -1,5 +1,24 @@
 """The contracts between the router and its collaborators."""
+from dataclasses import dataclass
+
 from zope.interface import Attribute, Interface
+
+
+@dataclass(frozen=True)
+class DurableEvent:
+    """A message that is now in the journal.
+
+    ``entry`` is the seed-format message (``msg_id`` and ``seen_by``
+    included), ``line`` its journal line, ``origin`` the relay that first
+    accepted it (``seen_by[0]``) and ``source`` what handed it to this relay:
+    None for a local client, else the object given to ``accept_remote``
+    (a federation link, a bridge).
+    """
+
+    entry: dict
+    line: bytes
+    origin: str
+    source: object = None
 
 
 class ISession(Interface):
@@ -34,3 +53,15 @@ class IJournal(Interface):
 
     def append(line):
         """Journal one JSON object (bytes, no newline); Deferred[None] once durable."""
+
+
+class IDurableEventSubscriber(Interface):
+    """Federation, bridges: told what became durable and what was delivered
+    (``Router.subscribe``), instead of reaching into the router's state."""
+
+    def durable(event):
+        """``event`` (a ``DurableEvent``) is in the journal; its local
+        recipients have it or will get it."""
+
+    def delivered(entry, peer, timestamp):
+        """The directed message ``entry`` was settled by ``peer`` here."""

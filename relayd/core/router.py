@@ -2,7 +2,7 @@
 
 A message takes one path: ``submit`` (local client) or ``accept_remote``
 (federation) -> dedup -> journal append and local delivery -> once durable:
-history, forwarders, the sender's ack.  Sessions provide ``ISession``; the router never does I/O.
+history, subscribers (``subscribe``), the sender's ack.  Sessions provide ``ISession``; the router never does I/O.
 
 A directed message stays in its peer's mailbox until it is settled: a
 session that acks (``acknowledged``) settles it when the client acks it, any
@@ -15,6 +15,7 @@ from twisted.logger import Logger
 
 from relayd.core import message
 from relayd.core.history import conversation
+from relayd.core.interfaces import DurableEvent, IDurableEventSubscriber
 from relayd.core.metrics import LatencyHistogram, RouterCollector
 
 STORED_CHUNK = 64       # stored messages written at once while a session is writable
@@ -33,8 +34,7 @@ class Router:
         self.ownership = ownership
         self.retention = retention
         self.journal = None            # set by the daemon: append(line) -> Deferred
-        self.forwarders = []           # forward(entry, line, source) after a message is durable
-        self.receipt_hooks = []        # hook(entry, peer, timestamp) when a directed message is delivered
+        self.subscribers = []          # IDurableEventSubscriber, in subscription order
         self.sessions = {}             # peer id -> session
         self.members = {}              # room -> set of peer ids
         self._waiting = {}             # msg_id -> [Deferred] for retries of a pending message
@@ -181,8 +181,18 @@ class Router:
         self._last_timestamp = now
         return now
 
+    def subscribe(self, subscriber):
+        """Tell ``subscriber`` (an ``IDurableEventSubscriber``) of every
+        message once durable and every directed message once delivered."""
+        if not IDurableEventSubscriber.providedBy(subscriber):
+            raise TypeError(f"{subscriber!r} does not provide IDurableEventSubscriber")
+        self.subscribers.append(subscriber)
+
     def accept_remote(self, entry, source):
-        """Accept an entry relayed by a peer relay; fires True if it was new."""
+        """Accept an entry relayed by a peer relay or a bridge (``source``,
+        passed on in its ``DurableEvent``): deduplicated, journaled and
+        delivered as a local one; fires True if it was new, False if held
+        already, or fails if the journal failed."""
         msg_id = entry["msg_id"]
         if self.dedup.check(msg_id):
             return defer.succeed(False)
@@ -223,8 +233,10 @@ class Router:
     def _durable(self, _, entry, line, source, started, first_result, later_result):
         self.received += 1
         self.history.add(entry)
-        for forwarder in self.forwarders:
-            forwarder.forward(entry, line, source)
+        if self.subscribers:
+            event = DurableEvent(entry, line, entry["seen_by"][0], source)
+            for subscriber in self.subscribers:
+                subscriber.durable(event)
         self.latency.observe(self.clock.seconds() - started)
         waiters = self._waiting.pop(entry["msg_id"])
         waiters[0].callback(first_result)
@@ -303,8 +315,8 @@ class Router:
         now = self.clock.seconds()
         d = self.journal.append(message.receipt_line(entry["msg_id"], peer, now))
         d.addErrback(lambda f: self.log.failure("could not journal a delivery receipt", f))
-        for hook in self.receipt_hooks:
-            hook(entry, peer, now)
+        for subscriber in self.subscribers:
+            subscriber.delivered(entry, peer, now)
 
     # --- journal replay (the journal's consumer) -----------------------------
 

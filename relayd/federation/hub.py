@@ -12,6 +12,9 @@ import json
 from collections import OrderedDict, deque
 
 from twisted.logger import Logger
+from zope.interface import implementer
+
+from relayd.core.interfaces import IDurableEventSubscriber
 
 from relayd.federation import index as fed_index
 from relayd.federation.catchup import CatchUpServer
@@ -24,6 +27,7 @@ CHECKPOINT_EVERY = 1000       # items between two cursor checkpoints in the jour
 EARLY_RECEIPTS = 10000
 
 
+@implementer(IDurableEventSubscriber)
 class Hub:
     log = Logger()
 
@@ -124,10 +128,11 @@ class Hub:
             self.peer_stats(name).sent[kind] += 1
             self.metrics.items_out.labels(name, kind).inc()
 
-    # --- the router's hooks ---------------------------------------------------------
+    # --- IDurableEventSubscriber: the router's events ------------------------------
 
-    def forward(self, entry, line, source):
+    def durable(self, event):
         """A message is durable here: give it a seq, record it, flood it."""
+        entry, line, source = event.entry, event.line, event.source
         msg_id = entry["msg_id"]
         key = self._pending.pop(msg_id, None)
         if key is None:
