@@ -118,6 +118,14 @@ class Router:
                 if entry is not None:
                     self._settle(session.peer_id, entry)
 
+    def delivered_elsewhere(self, peer, msg_id):
+        """Another relay delivered ``msg_id`` to ``peer``: stop keeping it here."""
+        self.mailboxes.remove(peer, msg_id)
+
+    def holds(self, msg_id):
+        """True if ``msg_id`` is in the dedup window (accepted, or being journaled)."""
+        return msg_id in self.dedup
+
     def _settle(self, peer, entry):
         self.mailboxes.remove(peer, entry["msg_id"])
         self._receipt(entry, peer)

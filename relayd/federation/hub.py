@@ -145,7 +145,7 @@ class Hub:
         if early is not None:
             # the receipt came first: take the message back out of the mailbox, and
             # journal the receipt again after it so that a replay does the same
-            self.router.mailboxes.remove(early["to"], msg_id)
+            self.router.delivered_elsewhere(early["to"], msg_id)
             self._record(json.dumps(early).encode())
         if len(entry["seen_by"]) >= self.settings.max_hops:
             self.hop_limited += 1
@@ -276,8 +276,8 @@ class Hub:
             raise BadItem("a receipt needs msg_id, to and timestamp")
         if self._held(link, origin, seq, "receipts"):
             return
-        self.router.mailboxes.remove(peer, msg_id)
-        if msg_id not in self.router.dedup or msg_id in self._pending:
+        self.router.delivered_elsewhere(peer, msg_id)
+        if not self.router.holds(msg_id) or msg_id in self._pending:
             self._early[msg_id] = fed_index.receipt_record(msg_id, peer, timestamp, origin, seq)
             if len(self._early) > EARLY_RECEIPTS:
                 self._early.popitem(last=False)
