@@ -93,6 +93,8 @@ class RelayProtocol(Protocol):
         self._in_transport = []     # directed entries whose bytes the transport holds
         self._congested = False
         self._closing = False
+        self.throttled = False      # not read (flow control) until unthrottle()
+        self._unhandled = []        # frames read and not handled while throttled
 
     # --- connection lifecycle -------------------------------------------------
 
@@ -284,13 +286,33 @@ class RelayProtocol(Protocol):
             self.line_started = self.last_activity if self._splitter.pending else None
         elif self.line_started is None and self._splitter.pending:
             self.line_started = self.service.clock.seconds()
+        if self._unhandled:
+            self._unhandled.extend(frames)
+        else:
+            self._handle(frames)
+
+    def _handle(self, frames):
+        """Handle ``frames`` in order; those after a message sent while
+        readers are congested wait for ``unthrottle``."""
         handle = self._json_line if self.dialect == JSON else self._legacy_frame
-        for frame in frames:
+        for n, frame in enumerate(frames):
             if self._closing:
+                break
+            if self.throttled:
+                self._unhandled = frames[n:]
                 break
             handle(frame)
         # What these lines sent goes out now, before it is durable.
         self.service.router.flush()
+
+    def unthrottle(self):
+        """Readers caught up: handle what was read meanwhile, read again."""
+        self.throttled = False
+        frames, self._unhandled = self._unhandled, []
+        if frames and not self._closing:
+            self._handle(frames)
+        if not self.throttled:
+            self.transport.resumeProducing()
 
     # --- seed-000 dialect ----------------------------------------------------------
 

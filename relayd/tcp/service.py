@@ -143,12 +143,14 @@ class TcpRelayService(MultiService):
             throttled, self.throttled = self.throttled, set()
             for sender in throttled:
                 if sender.closed_at is None:
-                    sender.transport.resumeProducing()
+                    sender.unthrottle()
 
     def throttle(self, protocol):
-        """Stop reading from ``protocol`` (it sends while a reader is congested)."""
+        """Stop reading from ``protocol`` (it sends while a reader is
+        congested): what it sent after this message waits too."""
         if protocol not in self.throttled:
             self.throttled.add(protocol)
+            protocol.throttled = True
             protocol.transport.pauseProducing()
 
     def drop_ip(self, ip):
