@@ -1,8 +1,9 @@
 """The router: sessions, rooms, dedup, fan-out and store-and-forward.
 
 A message takes one path: ``submit`` (local client) or ``accept_remote``
-(federation) -> dedup -> journal append and local delivery -> once durable:
-history, subscribers (``subscribe``), the sender's ack.  Sessions provide ``ISession``; the router never does I/O.
+(federation, bridges) -> dedup -> journal append and local delivery -> once
+durable: history, subscribers (``subscribe``), the sender's ack.  Sessions
+provide ``ISession``; the router never does I/O.
 
 A directed message stays in its peer's mailbox until it is settled: a
 session that acks (``acknowledged``) settles it when the client acks it, any
@@ -58,7 +59,7 @@ class Router:
 
     def attach(self, session):
         """Make ``session`` the owner of its id; returns its stored messages
-        (still stored: ``deliver_stored`` sends and removes them).
+        (``deliver_stored`` sends them; they stay stored until settled).
 
         A previous session with the same id is closed first; its close no
         longer touches the registry (see ``detach``).
