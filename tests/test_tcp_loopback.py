@@ -157,3 +157,19 @@ class FlowControlTests(unittest.TestCase):
         self.assertEqual((tcp["connections"], tcp["congested"], tcp["throttled"]), (readers + 1, 0, 0))
         self.assertIsNone(self.daemon.registry.get_sample_value(
             "relayd_tcp_errors_total", {"code": "slow_consumer"}))
+
+
+class BacklogTests(unittest.TestCase):
+    def backlog(self, tcp="", listen="tcp:0:interface=127.0.0.1"):
+        data_dir = os.path.abspath(self.mktemp())
+        daemon = build(config.parse(f"[relay]\ndata_dir = {data_dir}\n[tcp]\nlisten = {listen}\n{tcp}"),
+                       reactor)
+        daemon.privilegedStartService()
+        daemon.startService()
+        self.addCleanup(daemon.stopService)
+        return daemon.getServiceNamed("tcp").services[0]._waitingForPort.result.backlog
+
+    def test_relayd_sets_the_listen_backlog(self):
+        self.assertEqual(self.backlog(), 1024)
+        self.assertEqual(self.backlog("backlog = 77\n"), 77)
+        self.assertEqual(self.backlog(listen="tcp:0:interface=127.0.0.1:backlog=33"), 33)
