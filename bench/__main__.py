@@ -15,6 +15,7 @@ BENCHMARKS = [
     "bench.idle_connections",
     "bench.journal_throughput",
     "bench.federation",
+    "bench.crash",
     "bench.udp_relay",
     "bench.libp2p_circuits",
     "bench.libp2p_hub",

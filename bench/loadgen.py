@@ -42,12 +42,14 @@ class Clients:
         self.epoll.register(self.sender_fd, select.EPOLLIN)
 
     def drain_sender(self):
-        """Read and drop what the server sends the sender (relayd's acks)."""
+        """Read what the server sends the sender (relayd's acks); how many lines."""
         try:
-            if not self.sender.recv(1 << 20):
-                raise ServerError(f"{self.server.name} closed the sender's connection")
+            data = self.sender.recv(1 << 20)
         except BlockingIOError:
-            pass
+            return 0
+        if not data:
+            raise ServerError(f"{self.server.name} closed the sender's connection")
+        return data.count(b"\n")
 
     def close(self):
         for sock in list(self.receivers.values()) + [getattr(self, "sender", None)]:
@@ -57,9 +59,11 @@ class Clients:
             self.epoll.close()
 
 
-def saturate(server, receivers, seconds, warmup=1.0, window=500, batch=50):
-    """Publish as fast as receivers take it, at most ``window`` messages ahead
-    of the average receiver, and measure over ``seconds`` after ``warmup``."""
+def saturate(server, receivers, seconds, warmup=1.0, window=10000, batch=50):
+    """Publish as fast as the server takes it, with at most ``window``
+    messages unacknowledged (a server without acks, such as MQTT QoS 0, is
+    fed as fast as its socket takes it), never paced by the receivers, and
+    measure over ``seconds`` after ``warmup``."""
     clients = Clients(server, receivers)
     try:
         return _saturate(server, clients, receivers, seconds, warmup, window, batch)
@@ -73,14 +77,15 @@ def _saturate(server, clients, receivers, seconds, warmup, window, batch):
     buf = bytearray(1 << 20)
     lines = server.COUNTS_LINES
     unit = 1 if lines else server.frame_size(BODY_LEN)
-    units = sent = 0
+    units = sent = acked = 0
+    acks = server.ACKS
     out = b""
     meter = CpuMeter(server.pid)
     begin = time.monotonic()
     measure_at, end_at = begin + warmup, begin + warmup + seconds
     mark = None
     while True:
-        ahead = sent - units // unit // receivers
+        ahead = sent - acked if acks else 0
         if not out and ahead < window:
             k = min(batch, window - ahead)
             out = b"".join([frame(body(n)) for n in range(sent, sent + k)])
@@ -92,7 +97,7 @@ def _saturate(server, clients, receivers, seconds, warmup, window, batch):
                 pass
         for fd, _ in poll(0.001 if out or ahead >= window else 0):
             if fd == sender_fd:
-                clients.drain_sender()
+                acked += clients.drain_sender()
                 continue
             n = socks[fd].recv_into(buf)
             if not n:
@@ -114,15 +119,21 @@ def _saturate(server, clients, receivers, seconds, warmup, window, batch):
         "server_cpu_us_per_msg": cpu["server_cpu_pct"] * wall * 1e4 / max(1, messages),
         "delivered_per_server_cpu_s": delivered * 100 / max(1e-9, cpu["server_cpu_pct"] * wall),
         **_memory(server.pid),
-        "lost": _settle(clients, server, sent * receivers, units, unit, buf),
+        "lost": _settle(clients, server, sent * receivers, units, unit, buf, out),
     }
 
 
-def _settle(clients, server, expected, units, unit, buf, timeout=5.0):
-    """Wait for the copies still in flight; returns how many never came."""
+def _settle(clients, server, expected, units, unit, buf, out=b"", timeout=5.0):
+    """Send what is left of ``out``, wait for the copies still in flight;
+    returns how many never came."""
     deadline = time.monotonic() + timeout
     lines = server.COUNTS_LINES
     while units // unit < expected and time.monotonic() < deadline:
+        if out:
+            try:
+                out = out[clients.sender.send(out):]
+            except BlockingIOError:
+                pass
         for fd, _ in clients.epoll.poll(0.05):
             if fd == clients.sender_fd:
                 clients.drain_sender()

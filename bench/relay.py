@@ -32,6 +32,7 @@ fsync = batch
 class Relayd(Server):
     name = "relayd"
     COUNTS_LINES = True
+    ACKS = True
 
     def command(self):
         config = self.write_config("relay.ini", CONFIG.format(

@@ -39,6 +39,7 @@ class Server:
 
     name = "server"
     COUNTS_LINES = True
+    ACKS = False            # the sender gets one line per message it published
 
     def __init__(self):
         self.workdir = tempfile.mkdtemp(prefix=f"bench-{self.name}-")

@@ -57,11 +57,13 @@ class CountingTLSFactory(TLSMemoryBIOFactory):
         self.section = section
 
 
-def stream_service(daemon, description, factory, tls=None):
+def stream_service(daemon, description, factory, tls=None, backlog=None):
     """A service listening on ``description`` (an endpoint string).
 
     ``tls`` forces TLS on (True) or off (False); by default it follows
     ``[tls] listeners``.  TLS uses ``daemon.tls`` (``relayd.tls.ServerTLS``).
+    ``backlog`` is the listen backlog of a TCP or TLS endpoint that does not
+    give its own ``backlog=``.
     """
     section = tls_section(daemon, description)
     if tls is None:
@@ -71,6 +73,8 @@ def stream_service(daemon, description, factory, tls=None):
             raise ValueError(f"listener {description} wants TLS but [tls] is not configured")
         factory = CountingTLSFactory(daemon.tls, factory, section or description)
         daemon.tls.listeners.append(description)
+    if backlog is not None:
+        description = with_backlog(description, backlog)
     return strports.service(description, factory, reactor=daemon.reactor)
 
 
@@ -100,6 +104,15 @@ def listen_failure(settings, error):
     reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
     host = error.interface or "*"
     return f"{where}: cannot listen on {host}:{error.port}: {reason}"
+
+
+def with_backlog(description, backlog):
+    """``description`` with ``backlog=`` added, unless it is not a TCP or TLS
+    endpoint or already gives one."""
+    kind = description.partition(":")[0]
+    if kind not in ("tcp", "tcp6", "ssl") or "backlog=" in description:
+        return description
+    return f"{description}:backlog={backlog}"
 
 
 def tcp_address(description):

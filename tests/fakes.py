@@ -1,10 +1,12 @@
 """Test doubles shared by the core and TCP tests."""
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from zope.interface import implementer
 
 from relayd.core.abuse import AbuseGuard
 from relayd.core.dedup import DedupWindow
 from relayd.core.history import History
+from relayd.core.interfaces import ISession
 from relayd.core.mailbox import Mailboxes
 from relayd.core.router import Router
 
@@ -49,11 +51,16 @@ class MemoryOwnership:
         return len(self.owners)
 
 
+@implementer(ISession)
 class FakeSession:
-    """A router session that records what it is sent."""
+    """A router session that records what it is sent; directed messages
+    are settled as written unless ``acks`` (then ``router.acknowledged``)."""
 
-    def __init__(self, peer_id, ip="127.0.0.1", port=40000):
+    acks = False
+
+    def __init__(self, peer_id, ip="127.0.0.1", port=40000, router=None):
         self.peer_id = peer_id
+        self.router = router    # settles what is written (else nothing is settled)
         self.address = (ip, port)
         self.dialect = "json"
         self.authenticated = False
@@ -62,8 +69,13 @@ class FakeSession:
         self.lines = []
         self.closed = None
 
-    def deliver(self, line):
-        self.lines.append(line)
+    def writable(self):
+        return True
+
+    def deliver_lines(self, lines, receipts=()):
+        self.lines.extend(lines)
+        if receipts and not self.acks and self.router is not None:
+            self.router.handed(self, receipts)
 
     def close(self, code, text, **extra):
         self.closed = code

@@ -106,6 +106,9 @@ class SessionTests(SynchronousTestCase):
         self.endpoint.flush()
         self.assertEqual(len(bob.received), 1)
         self.assertEqual(bob.duplicates, 1)
+        self.assertEqual(self.relay.acked, [msg["msg_id"]] * 2, "a repeat is acked too")
+        hellos = [r for r in self.relay.requests if r["type"] == "hello"]
+        self.assertTrue(all(h["acks"] for h in hellos))
 
     def test_recent_ids_are_bounded(self):
         ids = RecentIds(2)

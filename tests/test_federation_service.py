@@ -87,7 +87,7 @@ class ServiceTests(unittest.TestCase):
         self.assertEqual(len(self.daemon.reactor.tcpServers), 1)
         with open(os.path.join(self.data_dir, "identity.pub")) as f:
             self.assertEqual(f.read().strip(), self.daemon.identity.public_b64)
-        self.assertIn(self.service.hub, self.daemon.router.forwarders)
+        self.assertIn(self.service.hub, self.daemon.router.subscribers)
 
     def test_reload_adds_and_removes_peers(self):
         self.daemon.reload(ini(self.data_dir, "relay3"))

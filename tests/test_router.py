@@ -3,8 +3,10 @@ import json
 
 from twisted.internet.task import Clock
 from twisted.trial import unittest
+from zope.interface import implementer
 
 from relayd.core import message
+from relayd.core.interfaces import IDurableEventSubscriber
 from relayd.core.router import STORED_CHUNK
 from tests.fakes import FakeSession, make_router
 
@@ -68,19 +70,24 @@ class RoutingTests(unittest.TestCase):
         failures = []
         self.router.submit(self.alice, "bob", "hi", nonce="n1").addErrback(failures.append)
         self.assertEqual(len(failures), 1)
-        self.assertEqual(self.bob.lines, [])
+        self.assertNotIn("bob", self.router.mailboxes, "not kept for a later session")
         self.router.journal.fail = False
         results = []
         self.router.submit(self.alice, "bob", "hi", nonce="n1").addCallback(results.append)
         self.assertFalse(results[0][1], "a retry after a failure is stored, not a duplicate")
-        self.assertEqual(bodies(self.bob), ["hi"])
+        self.assertEqual(bodies(self.bob), ["hi", "hi"], "sent before it was durable, then again")
+        self.assertEqual(len({json.loads(line)["msg_id"] for line in self.bob.lines}), 1,
+                         "a repeat the recipient drops by msg_id")
 
-    def test_delivery_waits_for_the_journal(self):
+    def test_copies_wait_for_a_flush_or_the_journal(self):
         self.router.journal.hold = True
         self.router.submit(self.alice, "*", "x")
         self.assertEqual(self.bob.lines, [])
+        self.router.flush()
+        self.assertEqual(bodies(self.bob), ["x"], "out before it is durable")
+        self.router.submit(self.alice, "*", "y")
         self.router.journal.release()
-        self.assertEqual(bodies(self.bob), ["x"])
+        self.assertEqual(bodies(self.bob), ["x", "y"], "out once durable at the latest")
 
 
 class StoreAndForwardTests(unittest.TestCase):
@@ -94,7 +101,7 @@ class StoreAndForwardTests(unittest.TestCase):
     def test_offline_peer_gets_messages_in_order(self):
         for text in ("one", "two", "three"):
             self.router.submit(self.alice, "dave", text)
-        dave = FakeSession("dave")
+        dave = FakeSession("dave", router=self.router)
         stored = self.router.attach(dave)
         self.assertEqual(len(stored), 3)
         self.router.deliver_stored(dave, stored)
@@ -108,7 +115,7 @@ class StoreAndForwardTests(unittest.TestCase):
         router.attach(self.alice)
         for n in range(70):
             router.submit(self.alice, "dave", str(n))
-        dave = FakeSession("dave")
+        dave = FakeSession("dave", router=router)
         dave.writable = lambda: not dave.lines      # full after the first write
         router.deliver_stored(dave, router.attach(dave))
         self.assertEqual(bodies(dave), [str(n) for n in range(STORED_CHUNK)])
@@ -134,6 +141,100 @@ class StoreAndForwardTests(unittest.TestCase):
         self.router.submit(self.alice, "dave", "old")
         self.clock.advance(101)
         self.assertEqual(self.router.attach(FakeSession("dave")), [])
+
+
+class SettlementTests(unittest.TestCase):
+    """A directed message leaves the mailbox only once settled."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.router = make_router(self.clock)
+        self.alice = FakeSession("alice")
+        self.router.attach(self.alice)
+
+    def receipts(self):
+        return [json.loads(l)["receipt"] for l in self.router.journal.lines if b'"receipt"' in l]
+
+    def test_an_acking_session_settles_on_ack_only(self):
+        bob = FakeSession("bob")
+        bob.acks = True
+        self.router.attach(bob)
+        ids = []
+        for text in ("one", "two"):
+            self.router.submit(self.alice, "bob", text).addCallback(lambda r: ids.append(r[0]))
+        self.assertEqual(bodies(bob), ["one", "two"])
+        self.assertEqual((self.router.mailboxes.count("bob"), self.receipts()), (2, []))
+        self.router.acknowledged(bob, [ids[0], "f" * 64])
+        self.assertEqual(self.receipts(), [ids[0]])
+        self.router.acknowledged(bob, [ids[0]])
+        self.assertEqual(self.receipts(), [ids[0]], "an ack counts once")
+        self.router.detach(bob)                 # gone before acking "two"
+        again = FakeSession("bob")
+        again.acks = True
+        stored = self.router.attach(again)
+        self.router.deliver_stored(again, stored)
+        self.assertEqual(bodies(again), ["two"])
+        self.router.acknowledged(again, [ids[1]])
+        self.assertNotIn("bob", self.router.mailboxes)
+
+    def test_a_session_that_cannot_ack_settles_when_handed(self):
+        bob = FakeSession("bob")                 # no router: never handed to the kernel
+        self.router.attach(bob)
+        self.router.submit(self.alice, "bob", "in flight")
+        self.assertEqual(bodies(bob), ["in flight"])
+        self.assertEqual(self.receipts(), [])
+        self.router.detach(bob)                  # an abrupt disconnect
+        again = FakeSession("bob", router=self.router)
+        self.router.deliver_stored(again, self.router.attach(again))
+        self.assertEqual(bodies(again), ["in flight"])
+        self.assertEqual(len(self.receipts()), 1)
+        self.assertNotIn("bob", self.router.mailboxes)
+
+    def test_a_replaced_session_does_not_settle(self):
+        old = FakeSession("bob")
+        self.router.attach(old)
+        self.router.submit(self.alice, "bob", "x")
+        entry = self.router.mailboxes.peek("bob")[0][0]
+        self.router.attach(FakeSession("bob", port=2))
+        self.router.handed(old, [entry])
+        self.assertEqual(self.router.mailboxes.count("bob"), 1)
+
+
+@implementer(IDurableEventSubscriber)
+class Recorder:
+    def __init__(self):
+        self.events, self.deliveries = [], []
+
+    def durable(self, event):
+        self.events.append(event)
+
+    def delivered(self, entry, peer, timestamp):
+        self.deliveries.append((entry["msg_id"], peer))
+
+
+class SubscriberTests(unittest.TestCase):
+    def test_subscribers_get_durable_events_and_deliveries(self):
+        router = make_router()
+        recorder = Recorder()
+        router.subscribe(recorder)
+        alice, bob = FakeSession("alice"), FakeSession("bob", router=router)
+        router.attach(alice)
+        router.attach(bob)
+        router.journal.hold = True
+        router.submit(alice, "bob", "hi")
+        entry = dict(router.mailboxes.peek("bob")[0][0], seen_by=["relay0", "relay9"],
+                     msg_id="a" * 64, to="carol")
+        link = object()
+        router.accept_remote(entry, link)
+        self.assertEqual(recorder.events, [], "nothing before it is durable")
+        router.journal.release()
+        self.assertEqual([(e.entry["body"], e.origin, e.source) for e in recorder.events],
+                         [("hi", "relay1", None), ("hi", "relay0", link)])
+        self.assertEqual(recorder.deliveries, [(recorder.events[0].entry["msg_id"], "bob")])
+
+    def test_a_subscriber_must_provide_the_interface(self):
+        self.assertRaises(TypeError, make_router().subscribe, object())
 
 
 class SessionTests(unittest.TestCase):
@@ -174,7 +275,7 @@ class ReplayTests(unittest.TestCase):
         first.attach(alice)
         first.submit(alice, "dave", "stored", nonce="n1")
         first.submit(alice, "erin", "delivered later")
-        erin = FakeSession("erin")
+        erin = FakeSession("erin", router=first)
         first.deliver_stored(erin, first.attach(erin))
         second = self.replayed(first.journal.lines, clock)
         self.assertEqual([e["body"] for e, _ in second.attach(FakeSession("dave"))], ["stored"])

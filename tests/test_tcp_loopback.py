@@ -126,3 +126,50 @@ class StoredMailTests(unittest.TestCase):
         yield bob.lost
         self.assertLess(reactor.seconds() - started, CLOSE_GRACE, "closed once drained")
         self.assertEqual(bob.frames[-1]["error"], "slow_consumer")
+
+
+class FlowControlTests(unittest.TestCase):
+    """A pipelining sender slows down to its readers' pace; nobody is dropped."""
+    timeout = 120
+
+    def setUp(self):
+        self.daemon, self.port = start_daemon(
+            self, tcp="output_buffer = 64KiB\n", extra="[ratelimit]\nmessages = 100000\n")
+
+    connect = LoopbackTests.connect
+
+    @defer.inlineCallbacks
+    def test_ten_thousand_in_flight_to_ten_readers(self):
+        count, readers = 10000, 10
+        clients = []
+        for i in range(readers):
+            client = yield self.connect(f"r{i}")
+            clients.append(client)
+        alice = yield self.connect("alice")
+        alice.transport.write(b"".join(
+            json.dumps({"type": "send", "to": "*", "body": "%05d" % i}).encode() + b"\n"
+            for i in range(count)))
+        yield alice.wait(1 + count)
+        for client in clients:
+            frames = yield client.wait(1 + count)
+            self.assertEqual([f["body"] for f in frames[1:]], ["%05d" % i for i in range(count)])
+        tcp = self.daemon.stats()["tcp"]
+        self.assertEqual((tcp["connections"], tcp["congested"], tcp["throttled"]), (readers + 1, 0, 0))
+        self.assertIsNone(self.daemon.registry.get_sample_value(
+            "relayd_tcp_errors_total", {"code": "slow_consumer"}))
+
+
+class BacklogTests(unittest.TestCase):
+    def backlog(self, tcp="", listen="tcp:0:interface=127.0.0.1"):
+        data_dir = os.path.abspath(self.mktemp())
+        daemon = build(config.parse(f"[relay]\ndata_dir = {data_dir}\n[tcp]\nlisten = {listen}\n{tcp}"),
+                       reactor)
+        daemon.privilegedStartService()
+        daemon.startService()
+        self.addCleanup(daemon.stopService)
+        return daemon.getServiceNamed("tcp").services[0]._waitingForPort.result.backlog
+
+    def test_relayd_sets_the_listen_backlog(self):
+        self.assertEqual(self.backlog(), 1024)
+        self.assertEqual(self.backlog("backlog = 77\n"), 77)
+        self.assertEqual(self.backlog(listen="tcp:0:interface=127.0.0.1:backlog=33"), 33)

@@ -9,7 +9,10 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial import unittest
 
+from zope.interface import implementer
+
 from relayd import config
+from relayd.core.interfaces import IDurableEventSubscriber
 from relayd.tcp.protocol import auth_payload
 from relayd.tcp.service import CLOSE_GRACE, TcpRelayService
 from tests.fakes import make_guard, make_router
@@ -322,34 +325,84 @@ class ConnectionLimitTests(unittest.TestCase):
         self.assertTrue(chatty.closed)
         self.assertFalse(legacy.closed, "seed clients cannot ping; TCP keepalive covers them")
 
-    def test_slow_reader_is_dropped_not_buffered(self):
-        service = make_service("output_buffer = 2000\n")
+    def test_a_full_reader_throttles_senders_and_is_dropped_only_when_stalled(self):
+        reactor = MemoryReactorClock()
+        service = make_service("output_buffer = 2000\nstall_timeout = 20\n", reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
         alice, bob = hello(service, "alice"), hello(service, "bob", port=2)
-        bob.protocol.pauseProducing()
-        for i in range(5):
-            alice.request(type="send", to="bob", body="x" * 100)
-        self.assertFalse(bob.closed)
-        for i in range(5):
+        carol = hello(service, "carol", port=3)
+        bob.protocol.pauseProducing()           # bob's transport holds bytes
+        for i in range(10):
             alice.request(type="send", to="bob", body="x" * 300)
+        self.assertFalse(bob.closed, "a full reader is not dropped")
+        self.assertEqual(service.congested, {bob.protocol})
+        self.assertEqual(alice.transport.producerState, "paused", "the sender is not read")
+        self.assertEqual(carol.transport.producerState, "producing", "who does not send is read")
+        alice.frames()
+        alice.send(b"".join(json.dumps({"type": "send", "to": "bob", "body": str(i)}).encode()
+                            + b"\n" for i in range(3)))        # already read when paused
+        self.assertEqual(len(alice.frames()), 0, "not handled while the readers are full")
+        reactor.advance(15)
+        bob.protocol.resumeProducing()          # progress: the queue goes out, then the 3
+        self.assertEqual([f["body"] for f in bob.frames() if f.get("type") == "message"][-4:],
+                         ["x" * 300, "0", "1", "2"])
+        self.assertEqual([f["type"] for f in alice.frames()], ["ack"] * 7,
+                         "the 4 sends after the congestion and the 3, handled once bob caught up")
+        self.assertEqual((service.congested, alice.transport.producerState), (set(), "producing"))
+        bob.protocol.pauseProducing()
+        reactor.advance(15)
+        self.assertFalse(bob.closed, "15 s without progress is within stall_timeout")
+        reactor.advance(10)
         self.assertTrue(bob.closed)
         self.assertIn(b"slow_consumer", bob.transport.value())
         self.assertFalse(alice.closed)
 
     def test_a_closed_connection_that_does_not_drain_is_cut(self):
         reactor = MemoryReactorClock()
-        service = make_service("output_buffer = 2000\n", reactor)
+        service = make_service("stall_timeout = 5\n", reactor)
         service.startService()
         self.addCleanup(service.stopService)
         alice, bob = hello(service, "alice"), hello(service, "bob", port=2)
         bob.protocol.pauseProducing()
-        for i in range(10):
-            alice.request(type="send", to="bob", body="x" * 300)
+        alice.request(type="send", to="bob", body="x" * 300)
+        reactor.advance(6)
         self.assertTrue(bob.closed)
         reactor.advance(CLOSE_GRACE - 1)
         self.assertFalse(bob.transport.disconnected, "a closed connection may still drain")
         reactor.advance(5)
         self.assertTrue(bob.transport.disconnected, "aborted")
         self.assertFalse(alice.transport.disconnecting)
+
+    def test_a_queue_past_its_hard_limit_is_dropped_at_once(self):
+        service = make_service("output_buffer = 2000\n")
+        bob = hello(service, "bob")
+        bob.protocol.pauseProducing()
+        for i in range(1000):                   # asks, and does not read the answers
+            bob.request(type="peers")
+        self.assertTrue(bob.closed)
+        self.assertTrue(bob.transport.value().endswith(
+            b'"error": "slow_consumer", "message": '
+            b'"your connection could not keep up; messages were dropped"}\n'))
+
+    def test_a_line_trickled_byte_by_byte_is_cut_at_the_line_timeout(self):
+        reactor = MemoryReactorClock()
+        service = make_service("line_timeout = 30\nidle_timeout = 300\n", reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        slow = hello(service, "slow")
+        busy = hello(service, "busy", port=2)
+        for byte in b'{"type": "ping", "pad": "' + b"x" * 40:
+            slow.send(bytes([byte]))
+            busy.send(b'{"type": "pi')
+            busy.send(b'ng"}\n{"type"')        # lines complete, a new one starts
+            busy.send(b': "ping"}\n')
+            reactor.advance(2)
+            if slow.closed:
+                break
+        self.assertTrue(slow.closed)
+        self.assertEqual(slow.frames()[-1]["error"], "line_timeout")
+        self.assertFalse(busy.closed)
 
     def test_the_closing_error_is_the_last_frame(self):
         service = make_service()
@@ -363,21 +416,76 @@ class ConnectionLimitTests(unittest.TestCase):
         service = make_service()
         service.router.journal = journal = BatchJournal()
         alice, bob = hello(service, "alice"), hello(service, "bob", port=2)
-        kick = SimpleNamespace(forward=lambda entry, line, source: service.router.kick("bob"))
-        service.router.forwarders.append(kick)
-        for body in ("held", "after the kick"):
-            alice.request(type="send", to="*", body=body)
-        journal.commit()
-        self.assertEqual([f.get("body", f.get("error")) for f in bob.frames()], ["held", "kicked"])
 
-    def test_answers_to_a_slow_reader_count_too(self):
+
+        @implementer(IDurableEventSubscriber)
+        class Kick:
+            def durable(self, event):
+                service.router.kick("bob")
+
+            def delivered(self, entry, peer, timestamp):
+                pass
+        service.router.subscribe(Kick())
+        for body in ("held", "after the kick"):        # held until durable
+            service.router.submit(alice.protocol, "*", body)
+        journal.commit()                                # bob is kicked at the first
+        self.assertEqual([f.get("body", f.get("error")) for f in bob.frames()],
+                         ["held", "after the kick", "kicked"])
+
+    def test_answers_to_a_reader_queue_behind_its_messages(self):
         service = make_service("output_buffer = 2000\n")
         bob = hello(service, "bob")
         bob.protocol.pauseProducing()
         for i in range(200):
-            bob.request(type="peers")
-        self.assertTrue(bob.closed)
-        output = bob.transport.value()
-        self.assertTrue(output.endswith(b'"error": "slow_consumer", "message": '
-                                        b'"your connection could not keep up; messages were dropped"}\n'))
-        self.assertLess(len(output), 2000 + 200)
+            bob.request(type="peers", req=i)
+        self.assertFalse(bob.closed)
+        self.assertEqual(bob.transport.value(), b"")
+        self.assertEqual(service.congested, {bob.protocol})
+        while bob.protocol._queue:
+            bob.protocol.resumeProducing()
+        self.assertEqual([f["req"] for f in bob.frames()], list(range(200)))
+        self.assertEqual(service.congested, set())
+
+
+class AckTests(unittest.TestCase):
+    def test_acked_messages_leave_the_mailbox_and_unacked_come_back(self):
+        service = make_service()
+        alice = hello(service, "alice")
+        bob = Client(service, port=2)
+        bob.request(type="hello", id="bob", acks=True)
+        self.assertTrue(bob.frames()[0]["acks"])
+        for text in ("one", "two"):
+            alice.request(type="send", to="bob", body=text)
+        ids = [f["msg_id"] for f in bob.frames()]
+        bob.request(type="ack", ids=ids[:1])
+        self.assertEqual(bob.frames(), [], "an ack gets no answer")
+        bob.protocol.connectionLost(None)
+        again = Client(service, port=3)
+        again.request(type="hello", id="bob", acks=True)
+        frames = again.frames()
+        self.assertEqual(frames[0]["pending"], 1)
+        self.assertEqual([f["body"] for f in frames[1:]], ["two"])
+        again.request(type="ack", ids=ids[1:])
+        self.assertNotIn("bob", service.router.mailboxes)
+        receipts = [json.loads(l)["receipt"] for l in service.router.journal.lines if b'"receipt"' in l]
+        self.assertEqual(receipts, ids)
+
+    def test_malformed_acks(self):
+        service = make_service()
+        bob = Client(service)
+        bob.request(type="hello", id="bob", acks="yes")
+        self.assertEqual(bob.frames()[0]["field"], "acks")
+        bob.request(type="hello", id="bob", acks=True)
+        bob.frames()
+        bob.request(type="ack", ids="abc")
+        self.assertEqual(bob.frames()[0]["field"], "ids")
+
+    def test_without_acks_a_message_is_settled_only_once_written_out(self):
+        service = make_service()
+        alice, bob = hello(service, "alice"), hello(service, "bob", port=2)
+        bob.protocol.pauseProducing()           # its transport has not drained
+        alice.request(type="send", to="bob", body="in flight")
+        self.assertEqual(service.router.mailboxes.count("bob"), 1)
+        bob.protocol.resumeProducing()
+        self.assertEqual(bob.frames()[0]["body"], "in flight")
+        self.assertNotIn("bob", service.router.mailboxes)

@@ -240,6 +240,28 @@ class LoopbackTLSTests(unittest.TestCase):
             answer = b""
         self.assertNotIn(b"welcome", answer, "plain text is not accepted")
 
+    def test_stored_mail_goes_out_and_is_settled_over_tls(self):
+        self.start("[ratelimit]\nmessages = 100000\n")
+        alice = self.connect()
+        self.hello(alice)
+        count = 300                     # several chunks of stored mail
+        alice.sendall(b"".join(json.dumps({"type": "send", "to": "zed", "body": "%03d" % i + "x" * 1000}
+                                          ).encode() + b"\n" for i in range(count)))
+        acks = alice.makefile("rb")
+        for _ in range(count):
+            self.assertEqual(json.loads(acks.readline())["type"], "ack")
+        zed = self.connect()
+        lines = zed.makefile("rb")
+        zed.sendall(b'{"type": "hello", "id": "zed"}\n')
+        self.assertEqual(json.loads(lines.readline())["pending"], count)
+        bodies = [json.loads(lines.readline())["body"][:3] for _ in range(count)]
+        self.assertEqual(bodies, ["%03d" % i for i in range(count)])
+        zed.sendall(b'{"type": "ping"}\n')
+        self.assertEqual(json.loads(lines.readline())["type"], "pong")
+        zed.close()
+        again = self.connect()
+        self.assertEqual(self.hello(again, "zed")["pending"], 0, "all settled once handed over")
+
     def test_monitoring_over_https(self):
         self.start("listeners = tcp http\n[http]\nlisten = tcp:{http}:interface=127.0.0.1\n")
         context = ssl.create_default_context(cafile=self.files["ca.pem"])

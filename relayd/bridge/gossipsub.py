@@ -18,26 +18,33 @@ with ``federated`` off and each publishes what entered at it.
 import hashlib
 
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from relayd.core import message
+from relayd.core.interfaces import IDurableEventSubscriber
 from relayd.libp2p.peerid import PeerId
 
 VIA = "gossipsub"
 MAX_BODY = 60 * 1024    # a bridged line still fits [tcp] max_line's default 64 KiB
 
 
+@implementer(IDurableEventSubscriber)
 class GossipRoomBridge:
+    """Admits bridged entries through ``router.accept_remote`` (as the
+    relay's own: no source) and hears durable room messages as the router's
+    subscriber."""
+
     log = Logger(namespace="relayd.bridge")
 
-    def __init__(self, adapter, rooms, relay_id, clock, federated=True):
-        self.adapter = adapter
+    def __init__(self, router, rooms, relay_id, clock, federated=True):
+        self.router = router
         self.rooms = set(rooms)
         self.relay_id = relay_id
         self.clock = clock
         self.federated = federated
         self.gossip = None
         self.counts = {"in": 0, "out": 0, "refused": 0}
-        adapter.subscribe(self)
+        router.subscribe(self)
 
     def attach(self, gossip_router):
         self.gossip = gossip_router
@@ -63,18 +70,22 @@ class GossipRoomBridge:
                                   self.relay_id, room=topic, nonce=nonce)
         entry["via"] = VIA
         self.counts["in"] += 1
-        d = self.adapter.inject(entry)
+        d = self.router.accept_remote(entry, None)
         d.addErrback(lambda f: self.log.failure("a bridged message could not be admitted", f))
 
     # --- room -> GossipSub ------------------------------------------------------------
-    def forward(self, entry, line, source):
+    def durable(self, event):
+        entry = event.entry
         room = entry.get("room")
         if room not in self.rooms or entry.get("via") == VIA or self.gossip is None:
             return
-        if source is not None and not self.federated:
+        if event.source is not None and not self.federated:
             return
         self.gossip.publish(room, f"{entry['from']}: {entry['body']}".encode("utf-8"))
         self.counts["out"] += 1
+
+    def delivered(self, entry, peer, timestamp):
+        """Directed deliveries do not concern a room bridge."""
 
     def stats(self):
         return dict(self.counts, rooms=sorted(self.rooms))

@@ -74,14 +74,20 @@ class RelayClientProtocol(LineOnlyReceiver):
     ``on_error(ServerError)`` gets errors that answer no request (for
     example ``session_replaced``, ``idle_timeout``); ``on_lost(reason)`` is
     called once when the connection ends.
+
+    With ``acks`` the hello asks the relay to keep each message stored
+    until acked, and every message is acked (by its msg_id, one ``ack``
+    line per chunk read) once ``on_message`` has returned.
     """
 
     delimiter = b"\n"
     MAX_LENGTH = MAX_INCOMING_LINE
     log = Logger()
 
-    def __init__(self, on_message=None, on_error=None, on_lost=None):
+    def __init__(self, on_message=None, on_error=None, on_lost=None, acks=False):
         self.on_message = on_message
+        self.acks = acks
+        self._to_ack = []
         self.on_error = on_error
         self.on_lost = on_lost
         self.welcome = None
@@ -128,6 +134,8 @@ class RelayClientProtocol(LineOnlyReceiver):
 
     async def _identify(self, peer_id, signer, relay_id):
         hello = {"type": "hello", "id": peer_id}
+        if self.acks:
+            hello["acks"] = True
         if signer is not None:
             hello["key"] = signer.public_b64
         response = await self.request(hello)
@@ -157,6 +165,12 @@ class RelayClientProtocol(LineOnlyReceiver):
 
     # -- incoming -------------------------------------------------------
 
+    def dataReceived(self, data):
+        super().dataReceived(data)
+        if self._to_ack and self.is_open:
+            ids, self._to_ack = self._to_ack, []
+            self.sendLine(encode({"type": "ack", "ids": ids}))
+
     def lineReceived(self, line):
         try:
             obj = json.loads(line)
@@ -177,6 +191,9 @@ class RelayClientProtocol(LineOnlyReceiver):
         elif obj.get("type") == "message":
             if self.on_message is not None:
                 self.on_message(obj)
+            msg_id = obj.get("msg_id")
+            if self.acks and isinstance(msg_id, str):
+                self._to_ack.append(msg_id)
         elif obj.get("status") == "error":
             self.last_error = ServerError(obj)
             if self.on_error is not None:

@@ -10,7 +10,9 @@ be lost or repeated:
   the outbox is sent again in order, so the relay (which dedups by nonce)
   stores each message once whatever happened to the acks;
 * a bounded set of the msg_ids already handed to ``on_message``, so a
-  redelivery (a relay replaying its journal after a crash) is dropped;
+  redelivery (a message sent again after a reconnect because its ack was
+  lost, or a relay replaying its journal after a crash) is dropped; every
+  message, repeats included, is acked to the relay once handled;
 * the rooms joined, joined again after a reconnect.
 
 It does not use ``ClientService``: that state machine raises
@@ -252,7 +254,7 @@ class Session:
     # -- connecting -----------------------------------------------------
 
     def _new_protocol(self):
-        proto = RelayClientProtocol(on_message=self._message)
+        proto = RelayClientProtocol(on_message=self._message, acks=True)
         proto.on_error = lambda error: self._error(proto, error)
         proto.on_lost = lambda reason: self._lost(proto, reason)
         return proto

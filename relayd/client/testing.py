@@ -3,7 +3,8 @@
 ``FakeRelay`` is a protocol factory speaking the JSON-lines protocol of
 docs/PROTOCOL.md section 1 closely enough for client tests: hello with or
 without a key (challenge, Ed25519 check), send with nonce dedup, delivery to
-a peer / a room / everyone, join, leave, peers, rooms, history, ping.  Tests
+a peer / a room / everyone, join, leave, peers, rooms, history, ping, ack
+(the ids acked are kept in ``acked``).  Tests
 steer it with a few attributes (``refuse``, ``full``, ``swallow_acks``,
 ``send_errors``, ``silent``, ``name_in_challenge``) and read what it saw (``requests``, ``stored``).
 ``MemoryEndpoint`` connects clients to it in memory (iosim).
@@ -28,6 +29,7 @@ from relayd.identity import verify
 class FakeRelay(Factory):
     def __init__(self, relay_id="relay1", clock=None):
         self.relay_id = relay_id
+        self.acked = []
         self.clock = clock
         self.connections = set()    # every open connection
         self.sessions = {}          # peer id -> protocol
@@ -95,6 +97,9 @@ class FakeRelayProtocol(LineOnlyReceiver):
         if kind not in ("hello", "auth") and self.peer_id is None:
             return self.error(request, "not_identified")
         getattr(self, "do_" + kind, self.do_unknown)(request)
+
+    def do_ack(self, request):
+        self.relay.acked.extend(request["ids"])
 
     def do_unknown(self, request):
         self.error(request, "unknown_type")

@@ -1,17 +1,22 @@
 """The router: sessions, rooms, dedup, fan-out and store-and-forward.
 
 A message takes one path: ``submit`` (local client) or ``accept_remote``
-(federation) -> dedup -> journal -> once durable: history, local delivery,
-forwarders.  Sessions are adapters with ``peer_id``, ``address``,
-``deliver(line)`` (and optionally ``deliver_lines(lines)``, the same for
-several lines at once, and ``writable()``, false while the session's output
-is full) and ``close(code, message)``; the router never does I/O.
+(federation, bridges) -> dedup -> journal append and local delivery -> once
+durable: history, subscribers (``subscribe``), the sender's ack.  Sessions
+provide ``ISession``; the router never does I/O.
+
+A directed message stays in its peer's mailbox until it is settled: a
+session that acks (``acknowledged``) settles it when the client acks it, any
+other once its bytes reached the kernel (``handed``).  Settling removes it
+and journals its receipt; whatever a session had not settled when it went
+away is sent again to the next session of that peer.
 """
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from relayd.core import message
 from relayd.core.history import conversation
+from relayd.core.interfaces import DurableEvent, IDurableEventSubscriber
 from relayd.core.metrics import LatencyHistogram, RouterCollector
 
 STORED_CHUNK = 64       # stored messages written at once while a session is writable
@@ -30,13 +35,13 @@ class Router:
         self.ownership = ownership
         self.retention = retention
         self.journal = None            # set by the daemon: append(line) -> Deferred
-        self.forwarders = []           # forward(entry, line, source) after a message is durable
-        self.receipt_hooks = []        # hook(entry, peer, timestamp) when a directed message is delivered
+        self.subscribers = []          # IDurableEventSubscriber, in subscription order
         self.sessions = {}             # peer id -> session
         self.members = {}              # room -> set of peer ids
         self._waiting = {}             # msg_id -> [Deferred] for retries of a pending message
-        self._held = {}                # session -> [lines] held until its journal batch is done
-        self._unsettled = 0            # messages appended to the journal and not yet back
+        self._held = {}                # session -> ([lines], [directed entries]) until flush()
+        self._outstanding = {}         # session -> {msg_id: entry} written, not settled
+        self._behind = set()           # sessions whose stored mail is not all written yet
         self.received = 0
         self.delivered = 0
         self._last_timestamp = 0.0
@@ -54,7 +59,7 @@ class Router:
 
     def attach(self, session):
         """Make ``session`` the owner of its id; returns its stored messages
-        (still stored: ``deliver_stored`` sends and removes them).
+        (``deliver_stored`` sends them; they stay stored until settled).
 
         A previous session with the same id is closed first; its close no
         longer touches the registry (see ``detach``).
@@ -63,37 +68,81 @@ class Router:
         if old is not None and old is not session:
             self._leave_all(old)
             del self.sessions[session.peer_id]
+            self._forget(old)
             old.close("session_replaced", "another connection identified with this id")
         self.sessions[session.peer_id] = session
+        self._outstanding[session] = {}
         return self.mailboxes.peek(session.peer_id)
 
     def deliver_stored(self, session, stored):
-        """Send what ``attach`` returned, in order, with delivery receipts,
-        while ``session`` is writable; the rest stays stored, and messages
-        directed to the peer are stored behind it, until ``resume``."""
-        peer, writable = session.peer_id, getattr(session, "writable", None)
+        """Send what ``attach`` returned that ``session`` was not sent yet, in
+        order, while it is writable; the rest waits, and messages directed to
+        the peer queue behind it, until ``resume``."""
+        outstanding = self._outstanding.get(session)
+        if outstanding is None:
+            return
+        unsent = [item for item in stored if item[0]["msg_id"] not in outstanding]
         sent = 0
-        while sent < len(stored) and (writable is None or writable()):
-            chunk = stored[sent:sent + STORED_CHUNK]
-            _deliver(session, [line for _, line in chunk])
-            for entry, _ in chunk:
-                self.mailboxes.remove(peer, entry["msg_id"])
-                self._receipt(entry, peer)
+        while sent < len(unsent) and session.writable():
+            chunk = unsent[sent:sent + STORED_CHUNK]
+            entries = [entry for entry, _ in chunk]
+            for entry in entries:
+                outstanding[entry["msg_id"]] = entry
+            session.deliver_lines([line for _, line in chunk], entries)
             sent += len(chunk)
+        if sent < len(unsent):
+            self._behind.add(session)
+        else:
+            self._behind.discard(session)
         self.delivered += sent
 
     def resume(self, session):
         """``session`` is writable again: go on with its stored messages."""
-        peer = session.peer_id
-        if peer in self.mailboxes and self.sessions.get(peer) is session:
-            self.deliver_stored(session, self.mailboxes.peek(peer))
+        if session in self._behind:
+            self.deliver_stored(session, self.mailboxes.peek(session.peer_id))
+
+    def handed(self, session, entries):
+        """The bytes of these directed messages reached the kernel (for
+        sessions that cannot ack): settle them."""
+        outstanding = self._outstanding.get(session)
+        if outstanding:
+            for entry in entries:
+                if outstanding.pop(entry["msg_id"], None) is not None:
+                    self._settle(session.peer_id, entry)
+
+    def acknowledged(self, session, msg_ids):
+        """The client of ``session`` acked these ids: settle those it was sent."""
+        outstanding = self._outstanding.get(session)
+        if outstanding:
+            for msg_id in msg_ids:
+                entry = outstanding.pop(msg_id, None)
+                if entry is not None:
+                    self._settle(session.peer_id, entry)
+
+    def delivered_elsewhere(self, peer, msg_id):
+        """Another relay delivered ``msg_id`` to ``peer``: stop keeping it here."""
+        self.mailboxes.remove(peer, msg_id)
+
+    def holds(self, msg_id):
+        """True if ``msg_id`` is in the dedup window (accepted, or being journaled)."""
+        return msg_id in self.dedup
+
+    def _settle(self, peer, entry):
+        self.mailboxes.remove(peer, entry["msg_id"])
+        self._receipt(entry, peer)
 
     def detach(self, session):
-        """Forget ``session`` if (and only if) it still owns its id."""
+        """Forget ``session`` if (and only if) it still owns its id; what it
+        was sent and did not settle stays stored for the next session."""
         self._held.pop(session, None)
         if self.sessions.get(session.peer_id) is session:
             self._leave_all(session)
             del self.sessions[session.peer_id]
+            self._forget(session)
+
+    def _forget(self, session):
+        self._outstanding.pop(session, None)
+        self._behind.discard(session)
 
     def join(self, session, room):
         self.members.setdefault(room, set()).add(session.peer_id)
@@ -141,8 +190,18 @@ class Router:
         self._last_timestamp = now
         return now
 
+    def subscribe(self, subscriber):
+        """Tell ``subscriber`` (an ``IDurableEventSubscriber``) of every
+        message once durable and every directed message once delivered."""
+        if not IDurableEventSubscriber.providedBy(subscriber):
+            raise TypeError(f"{subscriber!r} does not provide IDurableEventSubscriber")
+        self.subscribers.append(subscriber)
+
     def accept_remote(self, entry, source):
-        """Accept an entry relayed by a peer relay; fires True if it was new."""
+        """Accept an entry relayed by a peer relay or a bridge (``source``,
+        passed on in its ``DurableEvent``): deduplicated, journaled and
+        delivered as a local one; fires True if it was new, False if held
+        already, or fails if the journal failed."""
         msg_id = entry["msg_id"]
         if self.dedup.check(msg_id):
             return defer.succeed(False)
@@ -158,79 +217,76 @@ class Router:
         return d
 
     def _admit(self, entry, source, first_result, later_result, line=None):
-        """Journal a new entry (``line`` is its ``journal_line`` if known); the
-        returned Deferred fires with ``first_result`` once it is durable and
-        delivered, and retries that arrive meanwhile get ``later_result``
-        after it, in order."""
+        """Journal a new entry (``line`` is its ``journal_line`` if known) and
+        route it now: its copies for connected recipients are held until
+        ``flush`` (the protocol that read it calls it once its input is
+        handled; at the latest when the entry is durable), so they may go
+        out before it is durable (recipients drop repeats by msg_id, should
+        a failed write make the sender send it again).  The returned
+        Deferred fires with ``first_result`` once it is durable, and
+        retries that arrive meanwhile get ``later_result`` after it, in
+        order."""
         msg_id = entry["msg_id"]
         self.dedup.add(msg_id)
         first = defer.Deferred()
         self._waiting[msg_id] = [first]
         if line is None:
             line = message.journal_line(entry)
-        self._unsettled += 1
         d = self.journal.append(line)
+        self._route(entry, message.delivery_line(line))
         d.addCallbacks(self._durable, self._failed,
                        callbackArgs=(entry, line, source, self.clock.seconds(), first_result, later_result),
                        errbackArgs=(entry,))
         return first
 
     def _durable(self, _, entry, line, source, started, first_result, later_result):
-        self._unsettled -= 1
         self.received += 1
         self.history.add(entry)
-        self._route(entry, message.delivery_line(line))
-        for forwarder in self.forwarders:
-            forwarder.forward(entry, line, source)
+        if self.subscribers:
+            event = DurableEvent(entry, line, entry["seen_by"][0], source)
+            for subscriber in self.subscribers:
+                subscriber.durable(event)
         self.latency.observe(self.clock.seconds() - started)
         waiters = self._waiting.pop(entry["msg_id"])
         waiters[0].callback(first_result)
         for d in waiters[1:]:
             d.callback(later_result)
-        self._release_if_batch_done()
+        self.flush()
 
-    def _release_if_batch_done(self):
-        """Write the held lines once no more messages of this journal batch
-        are about to come back.
-
-        The journal calls back a batch's lines one after another in one go;
-        holding each session's copies until the last of them turns one
-        ``write`` per copy into one per session and batch.  Every line
-        appended before the batch went out is back or in this batch, and the
-        journal's ``pending`` counts only lines appended since, so
-        ``_unsettled - pending`` never exceeds what is left of this batch:
-        the lines are written at its end at the latest, and at once when the
-        journal answers each line by itself.
-        """
-        if self._held and self._unsettled <= getattr(self.journal, "pending", 0):
+    def flush(self):
+        """Write every held copy: one write per session for all the messages
+        routed since the last flush."""
+        if self._held:
             held, self._held = self._held, {}
-            for session, lines in held.items():
-                _deliver(session, lines)
+            for session, (lines, entries) in held.items():
+                session.deliver_lines(lines, entries)
 
     def release(self, session):
         """Write what is held for ``session`` now: call before writing anything
         else to it, so that its stream keeps the order things happened in."""
-        lines = self._held.pop(session, None)
-        if lines:
-            _deliver(session, lines)
+        held = self._held.pop(session, None)
+        if held is not None:
+            session.deliver_lines(*held)
 
-    def _hold(self, session, line):
-        lines = self._held.get(session)
-        if lines is None:
-            self._held[session] = [line]
-        else:
-            lines.append(line)
+    def _hold(self, session, line, entry=None):
+        held = self._held.get(session)
+        if held is None:
+            held = self._held[session] = ([], [])
+        held[0].append(line)
+        if entry is not None:
+            held[1].append(entry)
 
     def _failed(self, failure, entry):
-        self._unsettled -= 1
-        self._release_if_batch_done()
         msg_id = entry["msg_id"]
         self.dedup.discard(msg_id)
+        if "room" not in entry and entry["to"] != message.BROADCAST:
+            self.mailboxes.remove(entry["to"], msg_id)
         self.journal_failures += 1
         self.log.error("journal write failed for a message from {sender}: {error}",
                        sender=entry["from"], error=failure.getErrorMessage())
         for d in self._waiting.pop(msg_id, ()):
             d.errback(failure)
+        self.flush()
 
     def _route(self, entry, line):
         sender = entry["from"]
@@ -251,13 +307,16 @@ class Router:
                     count += 1
         else:
             session = self.sessions.get(to)
-            if session is None or (to in self.mailboxes and to != sender):
-                # offline, or what was stored for it is still going out: keep the order
-                self.mailboxes.put(to, entry, line)
+            if session is not None and to == sender:
+                return
+            # stored until settled; written now unless offline, or what was
+            # stored for it is still going out (then it keeps its place)
+            self.mailboxes.put(to, entry, line)
+            if session is None or session in self._behind:
                 self.stored += 1
-            elif to != sender:
-                hold(session, line)
-                self._receipt(entry, to)
+            else:
+                self._outstanding[session][entry["msg_id"]] = entry
+                hold(session, line, entry)
                 count = 1
         self.delivered += count
 
@@ -265,8 +324,8 @@ class Router:
         now = self.clock.seconds()
         d = self.journal.append(message.receipt_line(entry["msg_id"], peer, now))
         d.addErrback(lambda f: self.log.failure("could not journal a delivery receipt", f))
-        for hook in self.receipt_hooks:
-            hook(entry, peer, now)
+        for subscriber in self.subscribers:
+            subscriber.delivered(entry, peer, now)
 
     # --- journal replay (the journal's consumer) -----------------------------
 
@@ -324,12 +383,3 @@ class Router:
                 "dedup_hits": self.dedup.hits, "dedup_window": len(self.dedup),
                 "mailbox_messages": self.mailboxes.total(), "mailbox_peers": len(self.mailboxes),
                 "mailbox_dropped": self.mailboxes.dropped, "owned_ids": len(self.ownership)}
-
-
-def _deliver(session, lines):
-    many = getattr(session, "deliver_lines", None)
-    if many is not None:
-        many(lines)
-    else:
-        for line in lines:
-            session.deliver(line)

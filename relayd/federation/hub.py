@@ -12,6 +12,9 @@ import json
 from collections import OrderedDict, deque
 
 from twisted.logger import Logger
+from zope.interface import implementer
+
+from relayd.core.interfaces import IDurableEventSubscriber
 
 from relayd.federation import index as fed_index
 from relayd.federation.catchup import CatchUpServer
@@ -24,6 +27,7 @@ CHECKPOINT_EVERY = 1000       # items between two cursor checkpoints in the jour
 EARLY_RECEIPTS = 10000
 
 
+@implementer(IDurableEventSubscriber)
 class Hub:
     log = Logger()
 
@@ -125,10 +129,11 @@ class Hub:
             self.peer_stats(name).sent[kind] += 1
             self.metrics.items_out.labels(name, kind).inc()
 
-    # --- the router's hooks ---------------------------------------------------------
+    # --- IDurableEventSubscriber: the router's events ------------------------------
 
-    def forward(self, entry, line, source):
+    def durable(self, event):
         """A message is durable here: give it a seq, record it, flood it."""
+        entry, line, source = event.entry, event.line, event.source
         msg_id = entry["msg_id"]
         key = self._pending.pop(msg_id, None)
         if key is None:
@@ -141,7 +146,7 @@ class Hub:
         if early is not None:
             # the receipt came first: take the message back out of the mailbox, and
             # journal the receipt again after it so that a replay does the same
-            self.router.mailboxes.remove(early["to"], msg_id)
+            self.router.delivered_elsewhere(early["to"], msg_id)
             self._record(json.dumps(early).encode())
         if len(entry["seen_by"]) >= self.settings.max_hops:
             self.hop_limited += 1
@@ -274,8 +279,8 @@ class Hub:
             raise BadItem("a receipt needs msg_id, to and timestamp")
         if self._held(link, origin, seq, "receipts"):
             return
-        self.router.mailboxes.remove(peer, msg_id)
-        if msg_id not in self.router.dedup or msg_id in self._pending:
+        self.router.delivered_elsewhere(peer, msg_id)
+        if not self.router.holds(msg_id) or msg_id in self._pending:
             self._early[msg_id] = fed_index.receipt_record(msg_id, peer, timestamp, origin, seq)
             if len(self._early) > EARLY_RECEIPTS:
                 self._early.popitem(last=False)

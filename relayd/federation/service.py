@@ -144,8 +144,7 @@ def build_federation(daemon):
     journal.consumer = JournalTee(router, index)
     hub = Hub(s.relay.id, router, journal, index, daemon.reactor, daemon.file_pool,
               FederationMetrics(daemon.registry), s.federation)
-    router.forwarders.append(hub)
-    router.receipt_hooks.append(hub.delivered)
+    router.subscribe(hub)
     service = FederationService(daemon, hub)
     daemon.on_reload(service.reload)
     service.setServiceParent(daemon)

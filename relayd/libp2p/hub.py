@@ -3,7 +3,6 @@ DHT server) and ``[gossipsub]`` (with its bridge to relayd rooms)."""
 from twisted.logger import Logger
 
 from relayd.bridge.gossipsub import GossipRoomBridge
-from relayd.bridge.router_adapter import RouterAdapter
 from relayd.config import ConfigError
 from relayd.core.message import valid_room
 from relayd.libp2p.gossipsub.service import GossipSubService
@@ -36,7 +35,7 @@ def build_hub(daemon, libp2p):
                 raise ConfigError(f"{settings.source}: [gossipsub] bridge: {room!r}: {reason}")
         bridge = None
         if g.bridge:
-            bridge = GossipRoomBridge(RouterAdapter(daemon.router), g.bridge, settings.relay.id,
+            bridge = GossipRoomBridge(daemon.router, g.bridge, settings.relay.id,
                                       daemon.reactor, g.bridge_federated)
         GossipSubService(daemon, libp2p, book, g, daemon.reactor, bridge).setServiceParent(daemon)
 

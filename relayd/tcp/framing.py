@@ -39,6 +39,11 @@ class LineSplitter:
                 raise FrameTooLong()
         return lines
 
+    @property
+    def pending(self):
+        """True while part of a line is buffered."""
+        return bool(self._buffer)
+
     def _check(self, partial):
         if len(partial) >= self.max_line:
             raise FrameTooLong()
@@ -50,6 +55,11 @@ class LegacySplitter:
     def __init__(self, max_line):
         self.max_line = max_line
         self._buffer = b""
+
+    @property
+    def pending(self):
+        """True while part of a frame is buffered."""
+        return bool(self._buffer.strip(WHITESPACE))
 
     def feed(self, data):
         """Complete frames in ``data`` as ``(target, obj, error)`` tuples.

@@ -3,18 +3,30 @@
 The first bytes decide the dialect: ``{`` starts the JSON-lines protocol,
 anything else is a seed-000 client whose first chunk is its peer id.  The
 protocol frames, parses, validates and rate-limits; the router does the rest.
+
+Output: after every write the socket transport is marked as having paused
+its producer (us, or TLS's wrapper around us), so it resumes us once it has
+handed everything to the kernel.  That is when the directed messages of clients
+that cannot ack are settled; bytes written meanwhile wait in our own queue
+and go out, up to ``WRITE_CHUNK`` at a time, at each drain.  A queue over
+``[tcp] output_buffer`` pauses reading from the connections that send (the
+TCP service's flow control); a connection whose transport has not drained
+for ``[tcp] stall_timeout`` is dropped as ``slow_consumer``.
 """
 import base64
 import json
 import os
+from collections import deque
 from json.encoder import encode_basestring_ascii
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from relayd.core import message
+from relayd.core.interfaces import ISession
 from relayd.identity import verify
 from relayd.tcp import errors
 from relayd.tcp.framing import FrameTooLong, LegacySplitter, LineSplitter
@@ -22,6 +34,8 @@ from relayd.tcp.framing import FrameTooLong, LegacySplitter, LineSplitter
 JSON = "json"
 LEGACY = "legacy"
 MAX_LISTED = 1000
+WRITE_CHUNK = 65536         # bytes of the queue handed to the transport at one drain
+HARD_LIMIT = 32             # a queue over this many output_buffers is dropped at once
 
 
 def auth_payload(relay_id, peer_id, challenge):
@@ -46,7 +60,14 @@ _ACK_HEAD = b'{"status": "ok", "type": "ack", "msg_id": "'
 _ACK_DUPLICATE = (b'", "duplicate": false', b'", "duplicate": true')     # by bool
 
 
-@implementer(IPushProducer)
+def _socket_side(transport):
+    """The transport that writes to the socket (under TLS, the one below it)."""
+    if isinstance(transport, TLSMemoryBIOProtocol):
+        return transport.transport
+    return transport
+
+
+@implementer(IPushProducer, ISession)
 class RelayProtocol(Protocol):
     log = Logger()
     rooms = frozenset()     # until the first join (the router then sets a set): idle sessions stay small
@@ -62,9 +83,18 @@ class RelayProtocol(Protocol):
         self.last_activity = 0.0
         self._splitter = None
         self._challenge = None
-        self._paused = False
-        self._backlog = 0
+        self.acks = False           # the client acks messages (hello "acks": true)
+        self.line_started = None    # when the line being received began
+        self.stalled_since = None   # when the transport last took bytes it has not drained
+        self._paused = False        # the transport holds bytes the kernel has not taken
+        self._socket = None         # the socket transport, when it says it drained
+        self._queue = deque()       # (bytes, receipts) waiting for the transport to drain
+        self._queued = 0
+        self._in_transport = []     # directed entries whose bytes the transport holds
+        self._congested = False
         self._closing = False
+        self.throttled = False      # not read (flow control) until unthrottle()
+        self._unhandled = []        # frames read and not handled while throttled
 
     # --- connection lifecycle -------------------------------------------------
 
@@ -76,6 +106,9 @@ class RelayProtocol(Protocol):
         self.address = client if client == address else address
         self.connected_at = self.last_activity = self.service.clock.seconds()
         self.transport.registerProducer(self, True)
+        socket = _socket_side(self.transport)
+        if hasattr(socket, "producerPaused") and getattr(socket, "producer", None) is not None:
+            self._socket = socket       # it says when it drained
         refusal = self.service.admit(self)
         if refusal is not None:
             code, text, extra = refusal
@@ -91,16 +124,27 @@ class RelayProtocol(Protocol):
         if self.peer_id is not None:
             self.service.router.detach(self)
 
-    # IPushProducer: the transport pauses us when its buffer is full (again
-    # at every write while it stays full) and resumes us once it has drained.
+    # IPushProducer: the socket transport pauses us at every write and
+    # resumes us once it has handed everything to the kernel.
     def pauseProducing(self):
-        self._paused = True
+        if not self._paused:
+            self._paused = True
+            self.stalled_since = self.service.clock.seconds()
 
     def resumeProducing(self):
         self._paused = False
-        self._backlog = 0
-        if self.peer_id is not None:
-            self.service.router.resume(self)
+        self.stalled_since = None
+        router = self.service.router
+        if self._in_transport:
+            handed, self._in_transport = self._in_transport, []
+            router.handed(self, handed)
+        while self._queue and not self._paused and not self._closing:
+            self._hand_chunk()
+        if self._congested and self._queued <= self.service.output_buffer // 2:
+            self._congested = False
+            self.service.congestion(self, False)
+        if self.peer_id is not None and not self._closing and not self._queue:
+            router.resume(self)
 
     def stopProducing(self):
         pass
@@ -108,62 +152,97 @@ class RelayProtocol(Protocol):
     # --- session interface used by the router ---------------------------------
 
     def writable(self):
-        return not (self._paused or self._closing)
+        return not (self._paused or self._queue or self._closing)
 
-    def deliver(self, line):
-        self.deliver_lines((line,))
-
-    def deliver_lines(self, lines):
-        """Write ``lines`` (in one write), unless we are closing or the
-        output buffer overflows."""
+    def deliver_lines(self, lines, receipts=()):
+        """Write ``lines`` after what is queued; ``receipts`` (directed
+        entries among them) are settled once their bytes reach the kernel,
+        unless the client acks."""
         if self._closing:
             return
-        if self._paused:
-            for n, line in enumerate(lines):
-                if self._overflows(len(line)):
-                    if n:
-                        self._send_bytes(b"".join(lines[:n]))
-                    self._too_slow()
-                    return
-        self._send_bytes(lines[0] if len(lines) == 1 else b"".join(lines))
+        self._out(lines[0] if len(lines) == 1 else b"".join(lines),
+                  () if self.acks or not receipts else receipts)
+
+    def _out(self, data, receipts=()):
+        if self._paused or self._queue:
+            self._queue.append((data, receipts))
+            self._queued += len(data)
+            limit = self.service.output_buffer
+            if self._queued > limit and not self._congested:
+                self._congested = True
+                self.service.congestion(self, True)
+            if self._queued > limit * HARD_LIMIT:
+                self._too_slow()
+            return
+        self._hand(data, receipts)
+
+    def _hand_chunk(self):
+        """Give the transport the oldest queued bytes, up to ``WRITE_CHUNK``."""
+        parts, receipts, size = [], [], 0
+        queue = self._queue
+        while queue and size < WRITE_CHUNK:
+            data, entries = queue.popleft()
+            parts.append(data)
+            receipts.extend(entries)
+            size += len(data)
+        self._queued -= size
+        self._hand(b"".join(parts), receipts)
+
+    def _hand(self, data, receipts):
+        self._send_bytes(data)
+        socket = self._socket
+        if socket is not None:
+            # Resumed once everything written is in the kernel (under TLS
+            # the bytes may reach the socket transport a moment later).
+            if not socket.producerPaused:
+                socket.producerPaused = True
+                socket.producer.pauseProducing()
+            self._in_transport.extend(receipts)
+        elif receipts:
+            self.service.router.handed(self, receipts)
 
     def _send_bytes(self, data):
         """Write ``data``, counted in ``relayd_tcp_sent_bytes_total``."""
         self.service.bytes_sent += len(data)
         self.transport.write(data)
 
-    def _overflows(self, size):
-        """Count ``size`` bytes queued while the transport is paused; True
-        once they pass ``output_buffer``."""
-        self._backlog += size
-        return self._backlog > self.service.output_buffer
+    def stalled(self):
+        """The transport has not drained for ``stall_timeout``."""
+        self._too_slow()
 
     def _too_slow(self):
-        self.close("slow_consumer", "your connection could not keep up; messages were dropped")
+        self.close("slow_consumer", "your connection could not keep up; messages were dropped",
+                   flush=False)
 
     def _write(self, data):
-        """Write ``data`` after the messages the router still holds for us;
-        answers count against ``output_buffer`` as the messages do."""
+        """Write ``data`` after the messages the router still holds for us."""
         self.service.router.release(self)
-        if self._closing:
-            return
-        if self._paused and self._overflows(len(data)):
-            self._too_slow()
-            return
-        self._send_bytes(data)
+        if not self._closing:
+            self._out(data)
 
-    def close(self, code, text, **extra):
-        """Send an error after what the router holds for us, then nothing
-        more, and disconnect (once)."""
+    def close(self, code, text, flush=True, **extra):
+        """Send an error after what is queued (``flush``; else the queue is
+        dropped), then nothing more, and disconnect (once).  Whatever
+        directed messages were not settled stay stored for the peer's next
+        session."""
         if self._closing:
             return
-        self.service.router.release(self)
-        if self._closing:           # what was held overflowed the output buffer
-            return
+        if flush:
+            self.service.router.release(self)
+            if self._closing:           # what was held overflowed the queue
+                return
         self._closing = True
         self.closed_at = self.service.clock.seconds()
         self.service.m_errors.labels(code).inc()
-        self._send_bytes(errors.frame(code, text, **extra))
+        tail = errors.frame(code, text, **extra)
+        if flush and self._queue:
+            tail = b"".join(data for data, _ in self._queue) + tail
+        self._queue.clear()
+        self._queued = 0
+        if self._congested:
+            self._congested = False
+            self.service.congestion(self, False)
+        self._send_bytes(tail)
         # A paused producer would keep the transport open once drained.
         self.transport.unregisterProducer()
         self.transport.loseConnection()
@@ -189,7 +268,6 @@ class RelayProtocol(Protocol):
         self.service.bytes_received += len(data)
         if self._closing:
             return
-        self.last_activity = self.service.clock.seconds()
         if self._splitter is None:
             stripped = data.lstrip()
             if not stripped:
@@ -207,11 +285,40 @@ class RelayProtocol(Protocol):
         except FrameTooLong:
             self.close("line_too_long", "a line is longer than the limit", limit=self.service.max_line)
             return
+        # Only complete lines count as activity; the line clock runs from
+        # the start of the line still incomplete.
+        if frames:
+            self.last_activity = self.service.clock.seconds()
+            self.line_started = self.last_activity if self._splitter.pending else None
+        elif self.line_started is None and self._splitter.pending:
+            self.line_started = self.service.clock.seconds()
+        if self._unhandled:
+            self._unhandled.extend(frames)
+        else:
+            self._handle(frames)
+
+    def _handle(self, frames):
+        """Handle ``frames`` in order; those after a message sent while
+        readers are congested wait for ``unthrottle``."""
         handle = self._json_line if self.dialect == JSON else self._legacy_frame
-        for frame in frames:
+        for n, frame in enumerate(frames):
             if self._closing:
-                return
+                break
+            if self.throttled:
+                self._unhandled = frames[n:]
+                break
             handle(frame)
+        # What these lines sent goes out now, before it is durable.
+        self.service.router.flush()
+
+    def unthrottle(self):
+        """Readers caught up: handle what was read meanwhile, read again."""
+        self.throttled = False
+        frames, self._unhandled = self._unhandled, []
+        if frames and not self._closing:
+            self._handle(frames)
+        if not self.throttled:
+            self.transport.resumeProducing()
 
     # --- seed-000 dialect ----------------------------------------------------------
 
@@ -311,6 +418,11 @@ class RelayProtocol(Protocol):
         if reason is not None:
             self.error("bad_id", reason, req=req)
             return
+        acks = request.get("acks", False)
+        if not isinstance(acks, bool):
+            self.error("bad_request", "acks must be true or false", field="acks", req=req)
+            return
+        self.acks = acks
         key = request.get("key")
         if key is None:
             if self.service.require_auth:
@@ -372,8 +484,11 @@ class RelayProtocol(Protocol):
                       peer_id=peer_id, ip=self.address[0],
                       auth="key proven" if self.authenticated else "no key")
         if self.dialect == JSON:
-            self.send({"status": "ok", "type": "welcome", "id": peer_id, "relay": router.relay_id,
-                       "authenticated": self.authenticated, "pending": len(stored)}, req)
+            welcome = {"status": "ok", "type": "welcome", "id": peer_id, "relay": router.relay_id,
+                       "authenticated": self.authenticated, "pending": len(stored)}
+            if self.acks:
+                welcome["acks"] = True
+            self.send(welcome, req)
         router.deliver_stored(self, stored)
 
     def _send_request(self, request, req):
@@ -410,6 +525,8 @@ class RelayProtocol(Protocol):
             self.error("rate_limited", "too many messages; slow down", req=req,
                        retry_after=round(wait, 3))
             return
+        if self.service.congested:
+            self.service.throttle(self)
         d = self.service.router.submit(self, to, body, room=room, nonce=nonce)
         if legacy:
             d.addCallbacks(self._legacy_ack, self._not_stored)
@@ -434,6 +551,15 @@ class RelayProtocol(Protocol):
 
     def _not_stored(self, failure, req=None):
         self.error("journal_unavailable", "the message could not be stored; retry later", req=req)
+
+    def _ack_request(self, request, req):
+        """``{"type": "ack", "ids": [msg_id, ...]}``: messages the client
+        has; no answer unless it is malformed."""
+        ids = request.get("ids")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            self.error("bad_request", "ids must be a list of message ids", field="ids", req=req)
+            return
+        self.service.router.acknowledged(self, ids)
 
     def _join(self, request, req):
         room = request.get("room")
@@ -485,5 +611,5 @@ class RelayProtocol(Protocol):
     _handlers = {
         "hello": _hello, "auth": _auth, "send": _send_request, "join": _join,
         "leave": _leave, "peers": _peers, "rooms": _rooms, "ping": _ping,
-        "history": _history,
+        "history": _history, "ack": _ack_request,
     }

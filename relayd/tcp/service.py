@@ -26,8 +26,12 @@ class TcpRelayService(MultiService):
     """Accepts clients on ``[tcp] listen`` and hands their messages to the router.
 
     Connection caps (total, per IP) and bans are checked as a connection
-    opens; one sweep every few seconds closes idle and never-identified
-    connections, so idle connections cost no timers.
+    opens; one sweep every few seconds closes idle, stalled and
+    never-identified connections, so idle connections cost no timers.
+
+    Flow control: while any connection's output queue is over
+    ``output_buffer`` (``congested``), every connection that sends a message
+    stops being read (``throttled``) until no queue is over half of it.
     """
 
     log = Logger()
@@ -39,6 +43,8 @@ class TcpRelayService(MultiService):
         self.router = router
         self.guard = guard
         self.connections = set()
+        self.congested = set()         # connections whose output queue is over output_buffer
+        self.throttled = set()         # connections not read until the congestion clears
         self.per_ip = {}
         self.requests = {}          # extra request type -> handler(protocol, request, req)
         self.send_checks = []       # check(sender, to, body) -> None or (code, text)
@@ -47,7 +53,8 @@ class TcpRelayService(MultiService):
         self.listen = settings.listen           # not reloadable: the port stays bound
         self.configure(settings)
         self.factory = RelayFactory(self)
-        stream_service(daemon, settings.listen, self.factory).setServiceParent(self)
+        stream_service(daemon, settings.listen, self.factory,
+                       backlog=settings.backlog).setServiceParent(self)
         self._sweeper = LoopingCall(self.sweep)
         self._sweeper.clock = daemon.reactor
         guard.on_ban.append(self.drop_ip)
@@ -72,12 +79,15 @@ class TcpRelayService(MultiService):
         self.idle_timeout = settings.idle_timeout
         self.handshake_timeout = settings.handshake_timeout
         self.output_buffer = settings.output_buffer
+        self.stall_timeout = settings.stall_timeout
+        self.line_timeout = settings.line_timeout
         self.history_limit = settings.history_limit
         self.require_auth = settings.require_auth
 
     def startService(self):
         super().startService()
-        interval = max(0.5, min(self.idle_timeout, self.handshake_timeout) / 4)
+        interval = max(0.5, min(self.idle_timeout, self.handshake_timeout, self.stall_timeout,
+                                 self.line_timeout) / 4)
         self._sweeper.start(interval, now=False)
         self.log.info("message relay listening on {listen}", listen=self.listen)
 
@@ -112,6 +122,9 @@ class TcpRelayService(MultiService):
         return (code, text, extra)
 
     def release(self, protocol):
+        self.throttled.discard(protocol)
+        if protocol in self.congested:
+            self.congestion(protocol, False)
         if protocol in self.connections:
             self.connections.discard(protocol)
             ip = protocol.address[0]
@@ -121,19 +134,48 @@ class TcpRelayService(MultiService):
             else:
                 del self.per_ip[ip]
 
+    # --- flow control ----------------------------------------------------------
+
+    def congestion(self, protocol, congested):
+        """``protocol``'s output queue went over ``output_buffer`` (or back
+        under half of it); once no queue is over, read every sender again."""
+        if congested:
+            self.congested.add(protocol)
+            return
+        self.congested.discard(protocol)
+        if not self.congested and self.throttled:
+            throttled, self.throttled = self.throttled, set()
+            for sender in throttled:
+                if sender.closed_at is None:
+                    sender.unthrottle()
+
+    def throttle(self, protocol):
+        """Stop reading from ``protocol`` (it sends while a reader is
+        congested): what it sent after this message waits too."""
+        if protocol not in self.throttled:
+            self.throttled.add(protocol)
+            protocol.throttled = True
+            protocol.transport.pauseProducing()
+
     def drop_ip(self, ip):
         for protocol in [p for p in self.connections if p.address[0] == ip]:
             left = self.guard.banned(ip) or 0
             protocol.close("banned", "this address is temporarily banned", retry_after=round(left, 1))
 
     def sweep(self):
-        """Close connections idle for too long or that never identified, and
-        cut closed ones that did not drain within ``CLOSE_GRACE``."""
+        """Close connections idle for too long, stalled, sending a line for
+        too long or that never identified, and cut closed ones that did not
+        drain within ``CLOSE_GRACE``."""
         now = self.clock.seconds()
         for protocol in list(self.connections):
             if protocol.closed_at is not None:
                 if now - protocol.closed_at > CLOSE_GRACE:
                     protocol.transport.abortConnection()
+            elif protocol.stalled_since is not None and now - protocol.stalled_since > self.stall_timeout:
+                protocol.stalled()
+            elif protocol.line_started is not None and now - protocol.line_started > self.line_timeout:
+                protocol.close("line_timeout", "a line was not completed within the line timeout",
+                               limit=self.line_timeout)
             elif protocol.peer_id is None:
                 if now - protocol.connected_at > self.handshake_timeout:
                     protocol.close("idle_timeout", "no hello within the handshake timeout")
@@ -144,5 +186,7 @@ class TcpRelayService(MultiService):
     def stats(self):
         return {"listen": self.listen, "connections": len(self.connections),
                 "addresses": len(self.per_ip), "refused": self.refused,
+                "congested": len(self.congested), "throttled": len(self.throttled),
                 "rate_limited": self.guard.rate_limited, "bans": len(self.guard.bans()),
                 **self.router.stats()}
+

@@ -1,0 +1,67 @@
+"""The contracts between the router and its collaborators."""
+from dataclasses import dataclass
+
+from zope.interface import Attribute, Interface
+
+
+@dataclass(frozen=True)
+class DurableEvent:
+    """A message that is now in the journal.
+
+    ``entry`` is the seed-format message (``msg_id`` and ``seen_by``
+    included), ``line`` its journal line, ``origin`` the relay that first
+    accepted it (``seen_by[0]``) and ``source`` what handed it to this relay:
+    None for a local client, else the object given to ``accept_remote``
+    (a federation link, a bridge).
+    """
+
+    entry: dict
+    line: bytes
+    origin: str
+    source: object = None
+
+
+class ISession(Interface):
+    """One identified client connection, as the router sees it.
+
+    The router never does I/O: it hands lines to a session, and the session
+    tells it when directed messages left for good (``Router.handed`` once
+    their bytes reached the kernel, or ``Router.acknowledged`` when the
+    client acked them).
+    """
+
+    peer_id = Attribute("the id the client identified with")
+    address = Attribute("(host, port) of the client")
+    dialect = Attribute("'json' or 'legacy'")
+    authenticated = Attribute("True when the id was proved with a key")
+    rooms = Attribute("the rooms joined (the router keeps it)")
+    connected_at = Attribute("when the connection opened (clock seconds)")
+
+    def writable():
+        """False while the session's output is waiting for the network."""
+
+    def deliver_lines(lines, receipts):
+        """Write ``lines`` in order; ``receipts`` are the directed entries
+        among them, settled later through ``handed`` or ``acknowledged``."""
+
+    def close(code, text):
+        """Send the error ``code`` after everything written, and disconnect."""
+
+
+class IJournal(Interface):
+    """Where accepted messages and receipts become durable."""
+
+    def append(line):
+        """Journal one JSON object (bytes, no newline); Deferred[None] once durable."""
+
+
+class IDurableEventSubscriber(Interface):
+    """Federation, bridges: told what became durable and what was delivered
+    (``Router.subscribe``), instead of reaching into the router's state."""
+
+    def durable(event):
+        """``event`` (a ``DurableEvent``) is in the journal; its local
+        recipients have it or will get it."""
+
+    def delivered(entry, peer, timestamp):
+        """The directed message ``entry`` was settled by ``peer`` here."""
