@@ -45,6 +45,9 @@ listen = tcp:{http}:interface=127.0.0.1
 listen = {udp}
 [libp2p]
 listen = tcp:{libp2p}:interface=127.0.0.1
+[kad]
+[gossipsub]
+bridge = libp2p-chat
 [federation]
 listen = tcp:{federation}:interface=127.0.0.1
 [peer:relay2]
@@ -81,6 +84,7 @@ def queried_metrics(expression):
 
 
 class LiveMetricsTests(SynchronousTestCase):
+    maxDiff = None
     timeout = 120
 
     def setUp(self):
