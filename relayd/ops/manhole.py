@@ -165,7 +165,7 @@ class ConsoleSession(manhole_ssh.TerminalSession):
 
     @staticmethod
     def _finish(proto, text, ok):
-        data = text.encode("utf-8")
+        data = text.encode("utf-8", "backslashreplace")
         if ok:
             proto.outReceived(data)
             proto.processEnded(Failure(error.ProcessDone(0)))
