@@ -236,6 +236,9 @@ SCHEMA = {
         "authorized_keys": F(existing_file, required=True),
         "host_key": F(optional(path), ""),
         "passwords": F(optional(existing_file), ""),
+        "login_timeout": F(duration, "30s"),
+        "max_connections": F(integer(1), "16"),
+        "max_connections_per_ip": F(integer(1), "4"),
     },
     "http": {
         "listen": F(server_endpoint, "tcp:9001:interface=127.0.0.1"),
