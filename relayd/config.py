@@ -179,6 +179,7 @@ SCHEMA = {
     "relay": {
         "id": F(name, "relay1"),
         "data_dir": F(path, "var"),
+        "fd_reserve": F(integer(16), "64"),
     },
     "tcp": {
         "listen": F(server_endpoint, "tcp:55665:interface=127.0.0.1"),

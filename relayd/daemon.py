@@ -12,7 +12,7 @@ from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.logger import Logger
 
-from relayd import config
+from relayd import config, reloading
 from relayd.core.abuse import AbuseGuard
 from relayd.core.dedup import DedupWindow
 from relayd.core.history import History
@@ -24,7 +24,9 @@ from relayd.filepool import FilePool
 from relayd.identity import IdentityService
 from relayd.journal.service import Journal
 from relayd.libp2p.service import Libp2pService
-from relayd.ops import build_ops
+from relayd.fdbudget import FdBudget
+from relayd.listeners import rebind
+from relayd.ops import build_ops, ops_service
 from relayd.tcp.service import TcpRelayService
 from relayd.tls import ServerTLS
 from relayd.udp.service import UDPService
@@ -55,6 +57,9 @@ class Daemon(MultiService):
         self.identity_service = IdentityService(settings.relay.id, settings.relay.data_dir)
         self.file_pool = FilePool(reactor)
         self.tls = None  # relayd.tls.ServerTLS when [tls] is enabled
+        self.listeners = {}  # section -> relayd.listeners.Listener (filled by stream_service)
+        self.fd_budget = FdBudget(settings.relay.fd_reserve, reactor, self.registry)
+        self.fd_budget.setName("fd_budget")
         self._reload_hooks = []
 
     @property
@@ -89,7 +94,8 @@ class Daemon(MultiService):
         self._reload_hooks.append(hook)
 
     def reload(self):
-        """Re-read the config file; returns a one-line summary for people."""
+        """Re-read the config file and apply what a running daemon can (see
+        ``relayd.reloading``); returns a summary for people, one line per change."""
         if self.config_path is None:
             return "no config file to reload"
         try:
@@ -97,14 +103,56 @@ class Daemon(MultiService):
         except config.ConfigError as e:
             self.log.error("reload refused: {error}", error=str(e))
             return f"reload refused: {e}"
+        changes = reloading.plan(self.settings, settings)
         self.settings = settings
-        for hook in self._reload_hooks:
+        lines, failed = [], 0
+        # in STARTABLE's order: [tls] before the listeners that use it
+        problems = {name: self._start(name) for name in reloading.STARTABLE
+                    if name in changes.start}
+        for hook in list(self._reload_hooks):
             try:
                 hook(settings)
             except Exception:
                 self.log.failure("reload hook {hook!r} failed", hook=hook)
-        self.log.info("configuration reloaded from {path}", path=self.config_path)
-        return f"reloaded {self.config_path}"
+        moves = dict(changes.moves)
+        for section in reloading.tls_changes(self):
+            moves.setdefault(section, self.listeners[section].description)
+        for section, description in sorted(moves.items()):
+            lines.append(rebind(self, section, description))
+            failed += "cannot listen" in lines[-1]
+        for name, problem in problems.items():
+            lines.append(f"[{name}]: started" if problem is None else f"[{name}]: {problem}")
+            failed += problem is not None
+        lines += [f"{label}: applied" for label in changes.applied]
+        lines += [f"{label}: needs a restart" for label in changes.restart]
+        for line in lines:
+            (self.log.warn if "needs a restart" in line or "cannot" in line
+             else self.log.info)("reload: {line}", line=line)
+        if changes.restart or failed:
+            self.log.warn("configuration from {path} applied in part: {count} settings need a "
+                          "restart, {failed} failed", path=self.config_path,
+                          count=len(changes.restart), failed=failed)
+            head = (f"reload of {self.config_path}: {len(changes.restart)} need a restart, "
+                    f"{failed} failed")
+        else:
+            self.log.info("configuration reloaded from {path}", path=self.config_path)
+            head = f"reloaded {self.config_path}" + ("" if lines else ": no changes")
+        return "\n".join([head] + lines)
+
+    def _start(self, name):
+        """Start a section added by a reload; None, or why it could not start."""
+        try:
+            if name == "tls":
+                self.tls = ServerTLS(self.settings.tls, self.reactor, self.file_pool)
+                self.on_reload(self.tls.apply_settings)
+                self.tls.privilegedStartService()       # the certificate, before any rebind
+                self.tls.setServiceParent(self)
+            else:
+                ops_service(self, name).setServiceParent(self)
+        except Exception as e:
+            self.log.failure("reload: could not start [{name}]", name=name)
+            return f"cannot start ({e})"
+        return None
 
     def uptime(self):
         return 0.0 if self.started_at is None else self.reactor.seconds() - self.started_at
@@ -154,6 +202,7 @@ def build(settings, reactor, config_path=None):
     daemon = Daemon(settings, reactor, config_path)
     daemon.identity_service.setServiceParent(daemon)
     daemon.file_pool.setServiceParent(daemon)
+    daemon.fd_budget.setServiceParent(daemon)
     if settings.enabled("tls"):
         daemon.tls = ServerTLS(settings.tls, reactor, daemon.file_pool)
         daemon.on_reload(daemon.tls.apply_settings)

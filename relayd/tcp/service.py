@@ -40,7 +40,7 @@ class TcpRelayService(MultiService):
         self.connections = set()
         self.per_ip = {}
         self.refused = 0
-        self.listen = settings.listen           # not reloadable: the port stays bound
+        self.listen = settings.listen           # a reload moves it (listeners.rebind)
         self.configure(settings)
         self.factory = RelayFactory(self)
         stream_service(daemon, settings.listen, self.factory).setServiceParent(self)
