@@ -25,7 +25,7 @@ from relayd.identity import IdentityService
 from relayd.journal.service import Journal
 from relayd.libp2p.service import Libp2pService
 from relayd.fdbudget import FdBudget
-from relayd.listeners import rebind
+from relayd.listeners import rebind, retls
 from relayd.ops import build_ops, ops_service
 from relayd.tcp.service import TcpRelayService
 from relayd.tls import ServerTLS
@@ -59,7 +59,6 @@ class Daemon(MultiService):
         self.tls = None  # relayd.tls.ServerTLS when [tls] is enabled
         self.listeners = {}  # section -> relayd.listeners.Listener (filled by stream_service)
         self.fd_budget = FdBudget(settings.relay.fd_reserve, reactor, self.registry)
-        self.fd_budget.setName("fd_budget")
         self._reload_hooks = []
 
     @property
@@ -114,12 +113,12 @@ class Daemon(MultiService):
                 hook(settings)
             except Exception:
                 self.log.failure("reload hook {hook!r} failed", hook=hook)
-        moves = dict(changes.moves)
-        for section in reloading.tls_changes(self):
-            moves.setdefault(section, self.listeners[section].description)
-        for section, description in sorted(moves.items()):
+        for section, description in sorted(changes.moves.items()):
             lines.append(rebind(self, section, description))
             failed += "cannot listen" in lines[-1]
+        lines += [retls(self, section) for section in reloading.tls_changes(self)]
+        if problems.get("tls", True) is None:
+            self.tls.setServiceParent(self)         # once its listeners use it
         for name, problem in problems.items():
             lines.append(f"[{name}]: started" if problem is None else f"[{name}]: {problem}")
             failed += problem is not None
@@ -141,15 +140,19 @@ class Daemon(MultiService):
 
     def _start(self, name):
         """Start a section added by a reload; None, or why it could not start."""
+        service = None
         try:
             if name == "tls":
-                self.tls = ServerTLS(self.settings.tls, self.reactor, self.file_pool)
-                self.on_reload(self.tls.apply_settings)
-                self.tls.privilegedStartService()       # the certificate, before any rebind
-                self.tls.setServiceParent(self)
+                tls = ServerTLS(self.settings.tls, self.reactor, self.file_pool)
+                tls.privilegedStartService()        # the certificate, before any listener
+                self.tls = tls
+                self.on_reload(tls.apply_settings)
             else:
-                ops_service(self, name).setServiceParent(self)
+                service = ops_service(self, name)
+                service.setServiceParent(self)
         except Exception as e:
+            if service is not None and service.parent is not None:
+                service.disownServiceParent()
             self.log.failure("reload: could not start [{name}]", name=name)
             return f"cannot start ({e})"
         return None
@@ -162,6 +165,7 @@ class Daemon(MultiService):
         out = {"relay": self.settings.relay.id, "uptime": round(self.uptime(), 3)}
         if self.identity is not None:
             out["fingerprint"] = self.identity.fingerprint
+        out["fd_budget"] = self.fd_budget.stats()
         for svc in self:
             if svc.name and hasattr(svc, "stats"):
                 out[svc.name] = svc.stats()

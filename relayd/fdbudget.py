@@ -14,9 +14,7 @@ import resource
 
 from prometheus_client import Counter, Gauge
 from twisted.application.service import Service
-from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from relayd.logbudget import LogBudget
 
@@ -94,41 +92,3 @@ class FdBudget(Service):
     def stats(self):
         return {"total": self.total, "limit": self.limit, "share": self.share(),
                 "open": dict(self.open)}
-
-
-@implementer(IProtocolFactory)
-class BudgetedFactory:
-    """A listener's factory that asks the budget before each connection and
-    gives the descriptor back when the connection is lost."""
-
-    def __init__(self, factory, budget, listener):
-        self.factory = factory
-        self.budget = budget
-        self.listener = listener
-        budget.register(listener)
-
-    def logPrefix(self):
-        inner = getattr(self.factory, "logPrefix", None)
-        return inner() if inner is not None else self.factory.__class__.__name__
-
-    def doStart(self):
-        self.factory.doStart()
-
-    def doStop(self):
-        self.factory.doStop()
-
-    def buildProtocol(self, addr):
-        if not self.budget.admit(self.listener):
-            return None
-        proto = self.factory.buildProtocol(addr)
-        if proto is None:
-            self.budget.release(self.listener)
-            return None
-        lost = proto.connectionLost
-        budget, listener = self.budget, self.listener
-
-        def connectionLost(reason):
-            budget.release(listener)
-            return lost(reason)
-        proto.connectionLost = connectionLost
-        return proto

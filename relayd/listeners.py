@@ -15,18 +15,64 @@ import re
 from dataclasses import dataclass
 
 from twisted.application import strports
+from twisted.internet.interfaces import IProtocolFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
 
-from relayd.fdbudget import BudgetedFactory
+
+@implementer(IProtocolFactory)
+class ListenerFactory:
+    """What a listening port builds from: the service's factory, behind TLS
+    when ``tls`` is set (a reload can switch it), and within the daemon's fd
+    budget (the descriptor is given back when the connection is lost)."""
+
+    def __init__(self, factory, budget, section):
+        self.factory = factory
+        self.budget = budget
+        self.section = section
+        self.tls = None                 # a TLSMemoryBIOFactory around ``factory``, or None
+        if budget is not None:
+            budget.register(section)
+
+    def logPrefix(self):
+        inner = getattr(self.factory, "logPrefix", None)
+        return inner() if inner is not None else self.factory.__class__.__name__
+
+    def doStart(self):
+        self.factory.doStart()
+
+    def doStop(self):
+        self.factory.doStop()
+
+    def buildProtocol(self, addr):
+        budget = self.budget
+        if budget is not None and not budget.admit(self.section):
+            return None
+        proto = (self.tls or self.factory).buildProtocol(addr)
+        if budget is None:
+            return proto
+        if proto is None:
+            budget.release(self.section)
+            return None
+        lost, section = proto.connectionLost, self.section
+
+        def connectionLost(reason):
+            budget.release(section)
+            return lost(reason)
+        proto.connectionLost = connectionLost
+        return proto
 
 
 @dataclass
 class Listener:
-    """A section's listening service and the factory it serves."""
+    """A section's listening service and what it serves."""
     description: str
-    factory: object             # the service's own factory, before TLS and the budget
+    factory: ListenerFactory
     service: object
-    tls: bool
+
+    @property
+    def tls(self):
+        return self.factory.tls is not None
 
 
 def tls_wanted(daemon, description):
@@ -52,39 +98,49 @@ def stream_service(daemon, description, factory, tls=None):
     ``tls`` forces TLS on (True) or off (False); by default it follows
     ``[tls] listeners``.  TLS uses ``daemon.tls`` (``relayd.tls.ServerTLS``).
     """
-    if tls is None:
-        tls = tls_wanted(daemon, description)
-    served = factory
-    if tls:
-        if daemon.tls is None:
-            raise ValueError(f"listener {description} wants TLS but [tls] is not configured")
-        served = TLSMemoryBIOFactory(daemon.tls, False, served)
-        daemon.tls.listeners.append(description)
     section = section_of(daemon, description)
-    budget = getattr(daemon, "fd_budget", None)
-    if budget is not None:
-        served = BudgetedFactory(served, budget, section)
+    served = ListenerFactory(factory, getattr(daemon, "fd_budget", None), section)
+    set_tls(daemon, served, description, tls_wanted(daemon, description) if tls is None else tls)
     service = strports.service(description, served, reactor=daemon.reactor)
     registry = getattr(daemon, "listeners", None)
     if registry is not None:
-        registry[section] = Listener(description, factory, service, bool(tls))
+        registry[section] = Listener(description, served, service)
     return service
 
 
+def set_tls(daemon, served, description, tls):
+    """Serve new connections of a listener with or without TLS."""
+    if tls and daemon.tls is None:
+        raise ValueError(f"listener {description} wants TLS but [tls] is not configured")
+    if tls and served.tls is None:
+        served.tls = TLSMemoryBIOFactory(daemon.tls, False, served.factory)
+        daemon.tls.listeners.append(description)
+    elif not tls and served.tls is not None:
+        served.tls = None
+        if daemon.tls is not None and description in daemon.tls.listeners:
+            daemon.tls.listeners.remove(description)
+
+
+def retls(daemon, section):
+    """Follow a changed ``[tls] listeners`` for new connections; a summary line."""
+    listener = daemon.listeners[section]
+    set_tls(daemon, listener.factory, listener.description,
+            tls_wanted(daemon, listener.description))
+    return f"[{section}] TLS: {'on' if listener.tls else 'off'} for new connections"
+
+
 def rebind(daemon, section, description):
-    """Move ``section``'s listener to ``description`` (and TLS to what ``[tls]`` now
-    says): the new port is bound first, then the old one closed; connections
-    already made stay.  Returns a line for the reload summary."""
+    """Move ``section``'s listener to ``description``: the new address is bound
+    first, then the old one closed; connections already made stay.  Returns a
+    line for the reload summary."""
     old = daemon.listeners[section]
-    if daemon.tls is not None and old.description in daemon.tls.listeners:
-        daemon.tls.listeners.remove(old.description)
+    set_tls(daemon, old.factory, old.description, False)
     try:
-        new = stream_service(daemon, description, old.factory)
+        new = stream_service(daemon, description, old.factory.factory)
         new.privilegedStartService()
     except Exception as e:
         daemon.listeners[section] = old
-        if old.tls and daemon.tls is not None:
-            daemon.tls.listeners.append(old.description)
+        set_tls(daemon, old.factory, old.description, tls_wanted(daemon, description))
         return f"[{section}] listen: cannot listen on {description} ({e}); still on {old.description}"
     parent = old.service.parent
     old.service.disownServiceParent()
