@@ -12,7 +12,7 @@ from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.logger import Logger
 
-from relayd import config, reloading
+from relayd import config, privileges, reloading
 from relayd.core.abuse import AbuseGuard
 from relayd.core.dedup import DedupWindow
 from relayd.core.history import History
@@ -57,6 +57,7 @@ class Daemon(MultiService):
         self.identity_service = IdentityService(settings.relay.id, settings.relay.data_dir)
         self.file_pool = FilePool(reactor)
         self.tls = None  # relayd.tls.ServerTLS when [tls] is enabled
+        self.run_as = None  # (uid, gid) twistd --uid/--gid switches to after the privileged start
         self.listeners = {}  # section -> relayd.listeners.Listener (filled by stream_service)
         self.fd_budget = FdBudget(settings.relay.fd_reserve, reactor, self.registry)
         self._reload_hooks = []
@@ -65,7 +66,17 @@ class Daemon(MultiService):
     def identity(self):
         return self.identity_service.identity
 
+    def privilegedStartService(self):
+        super().privilegedStartService()
+        if self.run_as is not None and os.geteuid() == 0:
+            privileges.hand_over(self.settings, *self.run_as)
+
     def startService(self):
+        try:
+            privileges.check_writable(self.settings)
+        except privileges.CannotRun as e:
+            self.log.critical("relayd cannot run: {why}", why=str(e))
+            raise SystemExit(f"relayd cannot run: {e}") from None
         self.started_at = self.reactor.seconds()
         super().startService()
         if self.config_path is not None:

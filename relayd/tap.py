@@ -6,7 +6,7 @@ twistd exits non-zero before anything listens); ``makeService`` only wires.
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
-from relayd import config
+from relayd import config, privileges
 
 
 class Options(usage.Options):
@@ -33,4 +33,6 @@ def makeService(options, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
     from relayd.daemon import build
-    return build(options["settings"], reactor, config_path=options["config"])
+    daemon = build(options["settings"], reactor, config_path=options["config"])
+    daemon.run_as = privileges.target(getattr(options, "parent", None))
+    return daemon
