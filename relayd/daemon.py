@@ -72,11 +72,12 @@ class Daemon(MultiService):
             privileges.hand_over(self.settings, *self.run_as)
 
     def startService(self):
-        try:
-            privileges.check_writable(self.settings)
-        except privileges.CannotRun as e:
-            self.log.critical("relayd cannot run: {why}", why=str(e))
-            raise SystemExit(f"relayd cannot run: {e}") from None
+        if self.run_as is not None:         # twistd --uid: we now run as that user
+            try:
+                privileges.check_writable(self.settings)
+            except privileges.CannotRun as e:
+                self.log.critical("relayd cannot run: {why}", why=str(e))
+                raise SystemExit(f"relayd cannot run: {e}") from None
         self.started_at = self.reactor.seconds()
         super().startService()
         if self.config_path is not None:

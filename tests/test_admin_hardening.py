@@ -11,7 +11,7 @@ import bcrypt
 from twisted.internet import threads
 from twisted.trial import unittest
 
-from tests.test_ops_support import NO_SSH, OpsRelay, metric_value, password_ssh
+from tests.test_ops_support import NO_SSH, OpsRelay, admin_ssh, metric_value, password_ssh
 from tests.test_tcp_loopback import start_daemon
 
 # ssh-audit's recommendations (its "hardened OpenSSH" policy): anything else offered fails.
@@ -165,6 +165,8 @@ class AuditLogTests(unittest.TestCase):
         self.assertEqual(ops.admin("stats()")[0], 0)
         self.assertEqual(ops.admin("stats()", key=ops.wrong_key)[0], 255)
         password_ssh(ops.ports["admin"], ops.known, "mallory", "guess", "stats()")
+        admin_ssh(ops.ports["admin"], ops.key, ops.known, None, tty=True,
+                  stdin=b"x = 6 * 7\rbans()\r\x04")
 
         def fingerprint(path):       # as OpenSSH shows it
             done = subprocess.run(["ssh-keygen", "-l", "-f", path + ".pub"], check=True,
@@ -182,5 +184,7 @@ class AuditLogTests(unittest.TestCase):
         self.assertIn("[relayd.ops.admin#warn] admin login failed: mallory from 127.0.0.1 "
                       "with password", log)
         self.assertIn("admin command by admin: stats()", log)
+        self.assertIn("admin command by admin: x = 6 * 7", log)
+        self.assertIn("admin command by admin: bans()", log)
         self.assertNotIn("Got remote error", log)
         self.assertNotIn("#error]", log)

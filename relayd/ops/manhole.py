@@ -203,7 +203,7 @@ class LoggedManhole(manhole.ColoredManhole):
     def lineReceived(self, line):
         if line.strip():
             self.log.info("admin command by {user}: {command}", user=shown(self.user, 64),
-                          command=shown(line))
+                          command=shown(line.decode("utf-8", "replace")))
         super().lineReceived(line)
 
 
