@@ -8,8 +8,13 @@ import subprocess
 import time
 
 import bcrypt
+from twisted.conch.ssh.common import NS
+from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import threads
+from twisted.logger import LogLevel, capturedLogs
 from twisted.trial import unittest
+
+from relayd.ops.sshserver import AdminUserAuth
 
 from tests.test_ops_support import NO_SSH, OpsRelay, admin_ssh, metric_value, password_ssh
 from tests.test_tcp_loopback import start_daemon
@@ -188,3 +193,11 @@ class AuditLogTests(unittest.TestCase):
         self.assertIn("admin command by admin: bans()", log)
         self.assertNotIn("Got remote error", log)
         self.assertNotIn("#error]", log)
+
+
+class UnreadableKeyTests(unittest.TestCase):
+    def test_a_garbage_key_blob_is_refused_without_an_error_line(self):
+        with capturedLogs() as events:
+            d = AdminUserAuth().auth_publickey(b"\x00" + NS(b"ssh-ed25519") + NS(b"\x00garbage"))
+        self.failureResultOf(d, UnauthorizedLogin)
+        self.assertEqual([e for e in events if e["log_level"] >= LogLevel.warn], [])

@@ -17,7 +17,8 @@ from twisted.conch.error import IgnoreAuthentication
 from twisted.conch.manhole_ssh import ConchFactory
 from twisted.conch.ssh import keys, transport, userauth
 from twisted.conch.ssh.common import getNS
-from twisted.internet import protocol
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
 from relayd.logbudget import LogBudget
@@ -60,6 +61,14 @@ class AdminUserAuth(userauth.SSHUserAuthServer):
         d.addCallbacks(self._logged_in, self._refused, callbackArgs=(user, detail),
                        errbackArgs=(user, kind, detail))
         return d
+
+    def auth_publickey(self, packet):
+        """Refuse a key blob that does not parse without Conch's error-level log line."""
+        try:
+            keys.Key.fromString(getNS(packet[1:], 2)[1])
+        except Exception:
+            return defer.fail(UnauthorizedLogin("unreadable public key"))
+        return super().auth_publickey(packet)
 
     def _source(self):
         return getattr(self.transport, "source_ip", "?")
