@@ -1,7 +1,7 @@
 """Listening services from endpoint strings.
 
 Every stream listener of the daemon is built here, so that a port that
-cannot be bound stops the daemon with a clear message (``strports.service``
+cannot be bound stops the daemon with a clear message (``ListeningService``
 raises synchronously in privilegedStartService), and so that the ``[tls]``
 section can put TLS in front of any listener: a listener whose endpoint
 string is the ``listen`` key of a section named in ``[tls] listeners`` is
@@ -14,7 +14,8 @@ section so that a reload can move it (``rebind``).
 import re
 from dataclasses import dataclass
 
-from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet import endpoints
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
@@ -63,6 +64,20 @@ class ListenerFactory:
         return proto
 
 
+class ListeningService(StreamServerEndpointService):
+    """``strports.service``'s service, listening only once: a parent that is
+    already running calls privilegedStartService again when the service is
+    added, and a reload binds the new address before adding it."""
+
+    def __init__(self, reactor, description, factory):
+        super().__init__(endpoints.serverFromString(reactor, description), factory)
+        self._raiseSynchronously = True     # a port that cannot be bound raises at once
+
+    def privilegedStartService(self):
+        if self._waitingForPort is None:
+            super().privilegedStartService()
+
+
 @dataclass
 class Listener:
     """A section's listening service and what it serves."""
@@ -101,7 +116,7 @@ def stream_service(daemon, description, factory, tls=None):
     section = section_of(daemon, description)
     served = ListenerFactory(factory, getattr(daemon, "fd_budget", None), section)
     set_tls(daemon, served, description, tls_wanted(daemon, description) if tls is None else tls)
-    service = strports.service(description, served, reactor=daemon.reactor)
+    service = ListeningService(daemon.reactor, description, served)
     registry = getattr(daemon, "listeners", None)
     if registry is not None:
         registry[section] = Listener(description, served, service)

@@ -7,6 +7,7 @@ import socket
 import ssl
 import time
 
+from twisted.internet import reactor
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial import unittest
 
@@ -38,13 +39,13 @@ def hello(sock, peer_id="alice"):
 class ReloadSummaryTests(unittest.TestCase):
     """The text reload() returns (the admin console shows it), in process."""
 
-    def daemon(self, text):
+    def daemon(self, text, reactor=None):
         self.path = os.path.abspath(self.mktemp())
         self.data_dir = os.path.abspath(self.mktemp())
         self.write(text)
         options = tap.Options()
         options.parseOptions(["--config", self.path])
-        return tap.makeService(options, MemoryReactorClock())
+        return tap.makeService(options, reactor or MemoryReactorClock())
 
     def write(self, text):
         with open(self.path, "w") as f:
@@ -67,6 +68,27 @@ class ReloadSummaryTests(unittest.TestCase):
         summary = daemon.reload()
         self.assertIn("[udp]: needs a restart", summary.splitlines())
         self.assertNotIn("reloaded", summary)
+
+    def test_http_and_federation_listeners_move_too(self):
+        old, new = [free_port() for _ in range(2)], [free_port() for _ in range(2)]
+        daemon = self.daemon(f"[tcp]\nlisten = tcp:0\n[http]\nlisten = tcp:{old[0]}\n"
+                             f"[federation]\nlisten = tcp:{old[1]}\n", reactor)
+        daemon.privilegedStartService()
+        daemon.startService()
+        self.addCleanup(daemon.stopService)
+        self.write(f"[tcp]\nlisten = tcp:0\n[http]\nlisten = tcp:{new[0]}\n"
+                   f"[federation]\nlisten = tcp:{new[1]}\n")
+        summary = daemon.reload().splitlines()
+        self.assertEqual(summary[0], f"reloaded {self.path}")
+        self.assertIn(f"[http] listen: now tcp:{new[0]} (without TLS)", summary)
+        self.assertIn(f"[federation] listen: now tcp:{new[1]} (without TLS)", summary)
+        self.assertEqual({section: listener.description
+                          for section, listener in daemon.listeners.items()},
+                         {"tcp": "tcp:0", "http": f"tcp:{new[0]}",
+                          "federation": f"tcp:{new[1]}"})
+        listening = [daemon.listeners[s].service._waitingForPort.result.getHost().port
+                     for s in ("http", "federation")]
+        self.assertEqual(listening, new)
 
     def test_only_applied_changes_say_reloaded(self):
         daemon = self.daemon("[tcp]\nlisten = tcp:0\n")
@@ -116,6 +138,7 @@ class ReloadDaemonTests(unittest.TestCase):
         self.assertEqual(hello(fresh, "bob")["type"], "welcome")
         kept.sendall(b'{"type": "ping"}\n')       # a connection made before stays
         self.assertEqual(json.loads(kept.makefile("rb").readline())["type"], "pong")
+        self.assertNotIn("Address already in use", self.relay.log())   # bound once
 
     def test_a_listener_that_cannot_move_stays_and_says_so(self):
         old, busy = free_port(), free_port()
