@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 from twisted.internet import endpoints
 from twisted.internet.testing import MemoryReactorClock
 
+from relayd import names
 from relayd.libp2p.multiaddr import multiaddr_list
 
 
@@ -30,6 +31,14 @@ def _fail(why):
 def string(text):
     if not text:
         _fail("must not be empty")
+    return text
+
+
+def name(text):
+    """A relay name: the rule of ``relayd.names`` (printable, NFC, bounded)."""
+    reason = names.problem(text, "a relay name")
+    if reason is not None:
+        _fail(reason)
     return text
 
 
@@ -184,8 +193,9 @@ F = Field
 # section name (or "prefix:*" for named sections) -> key -> Field
 SCHEMA = {
     "relay": {
-        "id": F(string, "relay1"),
+        "id": F(name, "relay1"),
         "data_dir": F(path, "var"),
+        "fd_reserve": F(integer(16), "64"),
     },
     "tcp": {
         "listen": F(server_endpoint, "tcp:55665:interface=127.0.0.1"),
@@ -251,6 +261,9 @@ SCHEMA = {
         "authorized_keys": F(existing_file, required=True),
         "host_key": F(optional(path), ""),
         "passwords": F(optional(existing_file), ""),
+        "login_timeout": F(duration, "30s"),
+        "max_connections": F(integer(1), "16"),
+        "max_connections_per_ip": F(integer(1), "4"),
     },
     "http": {
         "listen": F(server_endpoint, "tcp:9001:interface=127.0.0.1"),
@@ -428,6 +441,8 @@ def parse(text, source="<string>"):
             schema = SCHEMA.get(prefix + ":*")
             if schema is None or not name:
                 raise ConfigError(f"{source}: [{section}]: unknown section")
+            if not names.valid(name):
+                raise ConfigError(f"{source}: [{section}]: {names.problem(name, 'a relay name')}")
             named.setdefault(prefix, {})[name] = _convert_section(
                 source, section, schema, parser[section])
             continue

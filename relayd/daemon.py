@@ -13,23 +13,24 @@ from twisted.application.service import MultiService
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
-from relayd import config
+from relayd import config, privileges, reloading
 from relayd.core.abuse import AbuseGuard
 from relayd.core.dedup import DedupWindow
 from relayd.core.history import History
 from relayd.core.mailbox import Mailboxes
 from relayd.core.ownership import FILE_NAME as OWNERSHIP_FILE, DamagedTable, Ownership
 from relayd.core.router import Router
+from relayd.fdbudget import FdBudget
 from relayd.federation.service import build_federation
 from relayd.filepool import FilePool
 from relayd.identity import IdentityService
 from relayd.journal.lock import JournalLocked
 from relayd.journal.service import Journal
 from relayd.keydir.service import build_keydir
-from relayd.listeners import listen_failure
 from relayd.libp2p.hub import build_hub
 from relayd.libp2p.service import Libp2pService
-from relayd.ops import build_ops
+from relayd.listeners import listen_failure, rebind, retls
+from relayd.ops import build_ops, ops_service
 from relayd.tcp.service import TcpRelayService
 from relayd.tls import ServerTLS, TLSConfigError
 from relayd.udp.service import UDPService
@@ -71,6 +72,9 @@ class Daemon(MultiService):
         self.identity_service = IdentityService(settings.relay.id, settings.relay.data_dir)
         self.file_pool = FilePool(reactor)
         self.tls = None  # relayd.tls.ServerTLS when [tls] is enabled
+        self.run_as = None  # (uid, gid) twistd --uid/--gid switches to after the privileged start
+        self.listeners = {}  # section -> relayd.listeners.Listener (filled by stream_service)
+        self.fd_budget = FdBudget(settings.relay.fd_reserve, reactor, self.registry)
         self._reload_hooks = []
 
     @property
@@ -82,12 +86,20 @@ class Daemon(MultiService):
         the operator must fix ends the process with one line naming it."""
         try:
             super().privilegedStartService()
+            if self.run_as is not None and os.geteuid() == 0:
+                privileges.hand_over(self.settings, *self.run_as)
         except CannotListenError as e:
             raise StartFailed(listen_failure(self.settings, e)) from None
         except START_PROBLEMS as e:
             raise StartFailed(str(e)) from None
 
     def startService(self):
+        if self.run_as is not None:         # twistd --uid: we now run as that user
+            try:
+                privileges.check_writable(self.settings)
+            except privileges.CannotRun as e:
+                self.log.critical("relayd cannot run: {why}", why=str(e))
+                raise SystemExit(f"relayd cannot run: {e}") from None
         self.started_at = self.reactor.seconds()
         super().startService()
         if self.config_path is not None:
@@ -115,7 +127,8 @@ class Daemon(MultiService):
         self._reload_hooks.append(hook)
 
     def reload(self):
-        """Re-read the config file; returns a one-line summary for people."""
+        """Re-read the config file and apply what a running daemon can (see
+        ``relayd.reloading``); returns a summary for people, one line per change."""
         if self.config_path is None:
             return "no config file to reload"
         try:
@@ -123,14 +136,60 @@ class Daemon(MultiService):
         except config.ConfigError as e:
             self.log.error("reload refused: {error}", error=str(e))
             return f"reload refused: {e}"
+        changes = reloading.plan(self.settings, settings)
         self.settings = settings
-        for hook in self._reload_hooks:
+        lines, failed = [], 0
+        # in STARTABLE's order: [tls] before the listeners that use it
+        problems = {name: self._start(name) for name in reloading.STARTABLE
+                    if name in changes.start}
+        for hook in list(self._reload_hooks):
             try:
                 hook(settings)
             except Exception:
                 self.log.failure("reload hook {hook!r} failed", hook=hook)
-        self.log.info("configuration reloaded from {path}", path=self.config_path)
-        return f"reloaded {self.config_path}"
+        for section, description in sorted(changes.moves.items()):
+            lines.append(rebind(self, section, description))
+            failed += "cannot listen" in lines[-1]
+        lines += [retls(self, section) for section in reloading.tls_changes(self)]
+        if problems.get("tls", True) is None:
+            self.tls.setServiceParent(self)         # once its listeners use it
+        for name, problem in problems.items():
+            lines.append(f"[{name}]: started" if problem is None else f"[{name}]: {problem}")
+            failed += problem is not None
+        lines += [f"{label}: applied" for label in changes.applied]
+        lines += [f"{label}: needs a restart" for label in changes.restart]
+        for line in lines:
+            (self.log.warn if "needs a restart" in line or "cannot" in line
+             else self.log.info)("reload: {line}", line=line)
+        if changes.restart or failed:
+            self.log.warn("configuration from {path} applied in part: {count} settings need a "
+                          "restart, {failed} failed", path=self.config_path,
+                          count=len(changes.restart), failed=failed)
+            head = (f"reload of {self.config_path}: {len(changes.restart)} need a restart, "
+                    f"{failed} failed")
+        else:
+            self.log.info("configuration reloaded from {path}", path=self.config_path)
+            head = f"reloaded {self.config_path}" + ("" if lines else ": no changes")
+        return "\n".join([head] + lines)
+
+    def _start(self, name):
+        """Start a section added by a reload; None, or why it could not start."""
+        service = None
+        try:
+            if name == "tls":
+                tls = ServerTLS(self.settings.tls, self.reactor, self.file_pool)
+                tls.privilegedStartService()        # the certificate, before any listener
+                self.tls = tls
+                self.on_reload(tls.apply_settings)
+            else:
+                service = ops_service(self, name)
+                service.setServiceParent(self)
+        except Exception as e:
+            if service is not None and service.parent is not None:
+                service.disownServiceParent()
+            self.log.failure("reload: could not start [{name}]", name=name)
+            return f"cannot start ({e})"
+        return None
 
     def uptime(self):
         return 0.0 if self.started_at is None else self.reactor.seconds() - self.started_at
@@ -140,6 +199,7 @@ class Daemon(MultiService):
         out = {"relay": self.settings.relay.id, "uptime": round(self.uptime(), 3)}
         if self.identity is not None:
             out["fingerprint"] = self.identity.fingerprint
+        out["fd_budget"] = self.fd_budget.stats()
         for svc in self:
             if svc.name and hasattr(svc, "stats"):
                 out[svc.name] = svc.stats()
@@ -180,6 +240,7 @@ def build(settings, reactor, config_path=None):
     daemon = Daemon(settings, reactor, config_path)
     daemon.identity_service.setServiceParent(daemon)
     daemon.file_pool.setServiceParent(daemon)
+    daemon.fd_budget.setServiceParent(daemon)
     if settings.enabled("tls"):
         daemon.tls = ServerTLS(settings.tls, reactor, daemon.file_pool)
         daemon.on_reload(daemon.tls.apply_settings)

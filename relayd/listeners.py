@@ -1,30 +1,97 @@
 """Listening services from endpoint strings.
 
 Every stream listener of the daemon is built here, so that a port that
-cannot be bound stops the daemon with a clear message (``strports.service``
+cannot be bound stops the daemon with a clear message (``ListeningService``
 raises synchronously in privilegedStartService), and so that the ``[tls]``
 section can put TLS in front of any listener: a listener whose endpoint
 string is the ``listen`` key of a section named in ``[tls] listeners`` is
 served over TLS with the daemon's reloadable certificates.
+
+Every listener also takes its connections from the daemon's file-descriptor
+budget (``relayd.fdbudget``), and is recorded in ``daemon.listeners`` by
+section so that a reload can move it (``rebind``).
 """
 import re
+from dataclasses import dataclass
 
 from OpenSSL import SSL
-from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet import endpoints
+from twisted.internet.interfaces import IProtocolFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from zope.interface import implementer
 
 from relayd.config import SCHEMA
 
 
-def tls_section(daemon, description):
-    """The section named in ``[tls] listeners`` that listens on ``description``, or None."""
-    tls = daemon.settings.get("tls")
-    if tls is None:
-        return None
-    for name in tls.listeners:
-        if getattr(daemon.settings.get(name), "listen", None) == description:
-            return name
-    return None
+@implementer(IProtocolFactory)
+class ListenerFactory:
+    """What a listening port builds from: the service's factory, behind TLS
+    when ``tls`` is set (a reload can switch it), and within the daemon's fd
+    budget (the descriptor is given back when the connection is lost)."""
+
+    def __init__(self, factory, budget, section):
+        self.factory = factory
+        self.budget = budget
+        self.section = section
+        self.tls = None                 # a TLSMemoryBIOFactory around ``factory``, or None
+        if budget is not None:
+            budget.register(section)
+
+    def logPrefix(self):
+        inner = getattr(self.factory, "logPrefix", None)
+        return inner() if inner is not None else self.factory.__class__.__name__
+
+    def doStart(self):
+        self.factory.doStart()
+
+    def doStop(self):
+        self.factory.doStop()
+
+    def buildProtocol(self, addr):
+        budget = self.budget
+        if budget is not None and not budget.admit(self.section):
+            return None
+        proto = (self.tls or self.factory).buildProtocol(addr)
+        if budget is None:
+            return proto
+        if proto is None:
+            budget.release(self.section)
+            return None
+        lost, section = proto.connectionLost, self.section
+
+        def connectionLost(reason):
+            budget.release(section)
+            return lost(reason)
+        proto.connectionLost = connectionLost
+        return proto
+
+
+class ListeningService(StreamServerEndpointService):
+    """``strports.service``'s service, listening only once: a parent that is
+    already running calls privilegedStartService again when the service is
+    added, and a reload binds the new address before adding it."""
+
+    def __init__(self, reactor, description, factory):
+        super().__init__(endpoints.serverFromString(reactor, description), factory)
+        self._raiseSynchronously = True     # a port that cannot be bound raises at once
+
+    def privilegedStartService(self):
+        if self._waitingForPort is None:
+            super().privilegedStartService()
+
+
+@dataclass
+class Listener:
+    """A section's listening service and what it serves."""
+    description: str
+    factory: ListenerFactory
+    service: object
+    backlog: int = None
+
+    @property
+    def tls(self):
+        return self.factory.tls is not None
 
 
 class _HandshakeCounting(TLSMemoryBIOProtocol):
@@ -57,6 +124,30 @@ class CountingTLSFactory(TLSMemoryBIOFactory):
         self.section = section
 
 
+def tls_section(daemon, description):
+    """The section named in ``[tls] listeners`` that listens on ``description``, or None."""
+    tls = daemon.settings.get("tls")
+    if tls is None:
+        return None
+    for name in tls.listeners:
+        if getattr(daemon.settings.get(name), "listen", None) == description:
+            return name
+    return None
+
+
+def tls_wanted(daemon, description):
+    """True when ``[tls] listeners`` names a section listening on ``description``."""
+    return tls_section(daemon, description) is not None
+
+
+def section_of(daemon, description):
+    """The name of the section whose ``listen`` is ``description`` (else the string)."""
+    for name in ("tcp", "http", "admin", "federation", "libp2p"):
+        if getattr(daemon.settings.get(name), "listen", None) == description:
+            return name
+    return description
+
+
 def stream_service(daemon, description, factory, tls=None, backlog=None):
     """A service listening on ``description`` (an endpoint string).
 
@@ -65,17 +156,56 @@ def stream_service(daemon, description, factory, tls=None, backlog=None):
     ``backlog`` is the listen backlog of a TCP or TLS endpoint that does not
     give its own ``backlog=``.
     """
-    section = tls_section(daemon, description)
-    if tls is None:
-        tls = section is not None
-    if tls:
-        if daemon.tls is None:
-            raise ValueError(f"listener {description} wants TLS but [tls] is not configured")
-        factory = CountingTLSFactory(daemon.tls, factory, section or description)
+    section = section_of(daemon, description)
+    served = ListenerFactory(factory, getattr(daemon, "fd_budget", None), section)
+    set_tls(daemon, served, description, tls_wanted(daemon, description) if tls is None else tls)
+    bound = description if backlog is None else with_backlog(description, backlog)
+    service = ListeningService(daemon.reactor, bound, served)
+    registry = getattr(daemon, "listeners", None)
+    if registry is not None:
+        registry[section] = Listener(description, served, service, backlog)
+    return service
+
+
+def set_tls(daemon, served, description, tls):
+    """Serve new connections of a listener with or without TLS."""
+    if tls and daemon.tls is None:
+        raise ValueError(f"listener {description} wants TLS but [tls] is not configured")
+    if tls and served.tls is None:
+        served.tls = CountingTLSFactory(daemon.tls, served.factory, served.section)
         daemon.tls.listeners.append(description)
-    if backlog is not None:
-        description = with_backlog(description, backlog)
-    return strports.service(description, factory, reactor=daemon.reactor)
+    elif not tls and served.tls is not None:
+        served.tls = None
+        if daemon.tls is not None and description in daemon.tls.listeners:
+            daemon.tls.listeners.remove(description)
+def retls(daemon, section):
+    """Follow a changed ``[tls] listeners`` for new connections; a summary line."""
+    listener = daemon.listeners[section]
+    set_tls(daemon, listener.factory, listener.description,
+            tls_wanted(daemon, listener.description))
+    return f"[{section}] TLS: {'on' if listener.tls else 'off'} for new connections"
+
+
+def rebind(daemon, section, description):
+    """Move ``section``'s listener to ``description``: the new address is bound
+    first, then the old one closed; connections already made stay.  Returns a
+    line for the reload summary."""
+    old = daemon.listeners[section]
+    set_tls(daemon, old.factory, old.description, False)
+    try:
+        new = stream_service(daemon, description, old.factory.factory, backlog=old.backlog)
+        new.privilegedStartService()
+    except Exception as e:
+        daemon.listeners[section] = old
+        set_tls(daemon, old.factory, old.description, tls_wanted(daemon, description))
+        return f"[{section}] listen: cannot listen on {description} ({e}); still on {old.description}"
+    parent = old.service.parent
+    old.service.disownServiceParent()
+    new.setServiceParent(parent)
+    if hasattr(parent, "listen"):       # the address a service shows in its stats
+        parent.listen = description
+    tls = "with TLS" if daemon.listeners[section].tls else "without TLS"
+    return f"[{section}] listen: now {description} ({tls})"
 
 
 def _endpoint_port(value):

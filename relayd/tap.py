@@ -11,7 +11,7 @@ import os
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
-from relayd import config
+from relayd import config, privileges
 
 DEFAULT_PIDFILE = "twistd.pid"      # twistd's own default, in the working directory
 
@@ -51,4 +51,6 @@ def makeService(options, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
     from relayd.daemon import build
-    return build(options["settings"], reactor, config_path=options["config"])
+    daemon = build(options["settings"], reactor, config_path=options["config"])
+    daemon.run_as = privileges.target(getattr(options, "parent", None))
+    return daemon

@@ -67,6 +67,7 @@ class Material:
         except TypeError as e:      # pyOpenSSL's refusal of a key type (e.g. X25519)
             raise TLSConfigError(f"[tls] key: cannot sign for TLS ({e})") from None
         leaf = chain[0]
+        self.require_client_cert = require_client_cert
         self.source = (cert_pem, key_pem, client_ca_pem)
         self.subject = leaf.subject.rfc4514_string()
         self.not_after = leaf.not_valid_after_utc
@@ -151,12 +152,15 @@ class ServerTLS(MultiService):
         return d
 
     def _install(self, source):
-        if self.material is not None and source == self.material.source:
+        if self.material is not None and source == self.material.source \
+                and self.material.require_client_cert == self.settings.require_client_cert:
             return "TLS certificate unchanged"
         self.material = self._build(source)
         self.reloads += 1
-        self.log.info("TLS certificate reloaded: {subject} ({fingerprint})",
-                      subject=self.material.subject, fingerprint=self.material.fingerprint)
+        self.log.info("TLS certificate reloaded: {subject} ({fingerprint}), client certificates "
+                      "{client_certs}", subject=self.material.subject,
+                      fingerprint=self.material.fingerprint,
+                      client_certs=self.material.client_certs)
         return f"TLS certificate reloaded: {self.material.subject}"
 
     def _refused(self, failure):

@@ -152,17 +152,18 @@ class LoadsTests(unittest.TestCase):
         samples = [b'{"a": 1}', b'{"a": "\xc3\xa9"}', b'{"a": "\xed\xa0\x80"}', b'{\x00"',
                    b'{"a": "\xff"}', b'{"a": ', b'{}', b'{"a": 1} x', b' {"a": 1}', b'\xef\xbb\xbf{"a": 1}',
                    '{"a": 1}'.encode("utf-16-le"), '{"a": 1}'.encode("utf-16"), b'{', b'[1]', b'{"a": NaN}']
+        def refuse(constant):       # relayd refuses NaN and Infinity (relayd.finitejson)
+            raise ValueError(constant)
+
         for line in samples:
             try:
-                expected = ("ok", json.loads(line))
+                expected = ("ok", json.loads(line, parse_constant=refuse))
             except Exception as e:
                 expected = ("error", type(e))
             try:
                 got = ("ok", _loads(line))
             except Exception as e:
                 got = ("error", type(e))
-            if expected[0] == "ok" and expected[1] != expected[1]:
-                continue
             self.assertEqual(got, expected, line)
 
 

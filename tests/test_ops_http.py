@@ -3,6 +3,7 @@ periodic stats log, without sockets."""
 import json
 
 from prometheus_client import CollectorRegistry, Counter
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
@@ -116,7 +117,7 @@ class ServiceTests(unittest.TestCase):
         service.startService()
         self.addCleanup(service.stopService)
         self.assertEqual(service.root.token, "from-a-file")
-        self.assertEqual([type(s).__name__ for s in service], ["StreamServerEndpointService"])
+        self.assertEqual([isinstance(s, StreamServerEndpointService) for s in service], [True])
         text = get(service.root, "/metrics", b"Bearer from-a-file")[1].decode()
         self.assertEqual(metric_value(text, "relayd_uptime_seconds"), 7.0)
         self.assertIsNotNone(metric_value(text, "process_cpu_seconds_total"))

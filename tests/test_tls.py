@@ -183,8 +183,8 @@ class MaterialTests(unittest.TestCase):
         daemon.tls = ServerTLS(settings.tls, daemon.reactor, InlinePool())
         wrapped = stream_service(daemon, settings.tcp.listen, object())
         plain = stream_service(daemon, "tcp:9999:interface=127.0.0.1", object())
-        self.assertIsInstance(wrapped.factory, TLSMemoryBIOFactory)
-        self.assertNotIsInstance(plain.factory, TLSMemoryBIOFactory)
+        self.assertIsInstance(wrapped.factory.tls, TLSMemoryBIOFactory)
+        self.assertIsNone(plain.factory.tls)
         self.assertEqual(daemon.tls.listeners, [settings.tcp.listen])
         daemon.tls = None
         self.assertRaises(ValueError, stream_service, daemon, "tcp:1", object(), tls=True)

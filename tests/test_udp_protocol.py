@@ -182,7 +182,7 @@ class WeaknessTests(Harness):
         # JSON can escape what UTF-8 cannot encode (nor the log, nor the proof's HMAC).
         self.send({"type": "register", "name": "B\udc80b", "pad": "x" * 80}, BOB)
         self.assertEqual(self.take(BOB), [{"type": "error", "code": "bad_request",
-                                           "detail": "name is not valid Unicode"}])
+                                           "detail": "name has a control, format, surrogate or separator character"}])
         self.assertEqual(len(self.proto.table), 0)
         self.register("B\u00f6b", BOB)
         self.assertEqual(self.take(BOB)[0]["peer_name"], "B\u00f6b")

@@ -8,8 +8,10 @@ taken before ``msg_id`` is added.  With a client nonce the hashed object is
 import hashlib
 import json
 
+from relayd import names
+
 BROADCAST = "*"
-MAX_ID = 128
+MAX_ID = names.MAX_NAME
 MAX_NONCE = 128
 
 _text = json.encoder.encode_basestring_ascii      # a str as json.dumps writes it
@@ -83,13 +85,12 @@ def is_message(record):
 
 
 def valid_peer_id(value):
-    """None when ``value`` may be a peer id, else the reason."""
-    if not isinstance(value, str) or not value:
-        return "an id must be a non-empty string"
-    if len(value) > MAX_ID:
-        return f"an id is at most {MAX_ID} characters"
-    if "||" in value or any(ord(c) < 32 or ord(c) == 127 for c in value):
-        return "an id must not contain control characters or '||'"
+    """None when ``value`` may be a peer id, else the reason (the rule: ``relayd.names``)."""
+    reason = names.problem(value, "an id", MAX_ID)
+    if reason is not None:
+        return reason
+    if "||" in value:
+        return "an id must not contain '||'"
     if value == BROADCAST or value.startswith("#"):
         return "an id must not be '*' or start with '#'"
     return None
@@ -97,10 +98,13 @@ def valid_peer_id(value):
 
 def valid_room(value):
     """None when ``value`` may be a room name (without '#'), else the reason."""
-    if not isinstance(value, str) or not value:
-        return "a room must be a non-empty string"
-    if len(value) > MAX_ID:
-        return f"a room name is at most {MAX_ID} characters"
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        return "a room name must not contain control characters"
-    return None
+    return names.problem(value, "a room name", MAX_ID)
+
+
+def valid_target(value):
+    """None when ``value`` may be an entry's ``to``: '*', '#room' or a peer id."""
+    if value == BROADCAST:
+        return None
+    if isinstance(value, str) and value.startswith("#"):
+        return valid_room(value[1:])
+    return valid_peer_id(value)

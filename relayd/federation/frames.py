@@ -2,12 +2,31 @@
 import json
 import math
 
+from relayd import names
+from relayd.core import message
+
 HEX = frozenset("0123456789abcdef")
 MAX_SEEN_BY = 255             # as max_hops
+MAX_SYNC_ORIGINS = 4096       # origins one sync may list
+MAX_SYNC_ABOVE = 65536        # seqs above a cursor's low one sync may list
+MAX_SEQ = 2 ** 63 - 1         # seqs are journal counters: anything larger is not one
 
 
 class BadItem(ValueError):
     """A frame from a peer does not hold a valid item."""
+
+    code = "bad_item"
+
+
+class BadFrame(BadItem):
+    """A frame from a peer that is not an item is malformed (a sync with bad cursors)."""
+
+    code = "bad_frame"
+
+
+def is_seq(value, low=1):
+    """A whole JSON number from ``low`` to MAX_SEQ (not a float, bool or huge int)."""
+    return type(value) is int and low <= value <= MAX_SEQ
 
 
 def is_time(value):
@@ -22,24 +41,50 @@ def check_entry(entry):
     msg_id = entry.get("msg_id")
     if not isinstance(msg_id, str) or len(msg_id) != 64 or not HEX.issuperset(msg_id):
         raise BadItem("msg_id must be 64 hex digits")
-    for key in ("from", "to", "body"):
-        if not isinstance(entry.get(key), str):
-            raise BadItem(f"{key} must be a string")
+    if not isinstance(entry.get("body"), str):
+        raise BadItem("body must be a string")
+    reason = message.valid_peer_id(entry.get("from")) or message.valid_target(entry.get("to"))
+    if reason is not None:
+        raise BadItem(f"from/to: {reason}")
     seen_by = entry.get("seen_by")
     if not isinstance(seen_by, list) or not 0 < len(seen_by) <= MAX_SEEN_BY \
-            or not all(isinstance(r, str) for r in seen_by):
+            or not all(names.valid(r) for r in seen_by):
         raise BadItem(f"seen_by must list 1 to {MAX_SEEN_BY} relay ids")
     if not is_time(entry.get("timestamp", 0)):
         raise BadItem("timestamp must be a finite number")
-    if "room" in entry and not isinstance(entry["room"], str):
-        raise BadItem("room must be a string")
+    if "room" in entry and message.valid_room(entry["room"]) is not None:
+        raise BadItem(f"room: {message.valid_room(entry['room'])}")
 
 
 def item_key(frame):
     origin, seq = frame.get("origin"), frame.get("seq")
-    if not isinstance(origin, str) or not origin or type(seq) is not int or seq < 1:
+    if not names.valid(origin) or not is_seq(seq):
         raise BadItem("origin must be a relay id and seq a positive whole number")
     return origin, seq
+
+
+def check_receipt(frame):
+    """Raise BadItem unless a receipt frame's msg_id, to and timestamp are usable."""
+    if not isinstance(frame.get("msg_id"), str) or message.valid_peer_id(frame.get("to")) \
+            or not is_time(frame.get("timestamp")):
+        raise BadItem("a receipt needs msg_id, to (a peer id) and timestamp")
+
+
+def check_sync(frame):
+    """Raise BadFrame unless ``have`` is ``{origin: [low, [seqs above low]]}`` with
+    relay ids and whole seqs a journal can hold (not ``1e400``, NaN or ``"5"``)."""
+    have = frame.get("have")
+    if not isinstance(have, dict) or len(have) > MAX_SYNC_ORIGINS:
+        raise BadFrame(f"sync needs have: {{origin: [low, [seqs above]]}}, "
+                       f"at most {MAX_SYNC_ORIGINS} origins")
+    for origin, cursor in have.items():
+        if not names.valid(origin):
+            raise BadFrame("sync: an origin is not a relay id")
+        if not (isinstance(cursor, list) and len(cursor) == 2 and is_seq(cursor[0], 0)
+                and isinstance(cursor[1], list) and len(cursor[1]) <= MAX_SYNC_ABOVE
+                and all(is_seq(s) for s in cursor[1])):
+            raise BadFrame(f"sync: the cursor for origin {names.shown(origin, 64)} must be "
+                           f"[low, [seqs above]] with whole numbers from 0 to {MAX_SEQ}")
 
 
 def msg_frame(origin, seq, line):

@@ -12,6 +12,7 @@ import binascii
 import os
 
 from relayd.identity import verify
+from relayd.names import shown
 
 PROTOCOL = "relayd-federation/1"
 
@@ -44,7 +45,7 @@ class Handshake:
         Returns (Peer, auth frame to send).
         """
         if frame.get("proto") != PROTOCOL:
-            raise HandshakeError(f"unsupported protocol {frame.get('proto')!r}")
+            raise HandshakeError(f"unsupported protocol '{shown(frame.get('proto'), 64)}'")
         relay_id, key, nonce = frame.get("relay"), frame.get("key"), frame.get("nonce")
         if not all(isinstance(v, str) and v for v in (relay_id, key, nonce)) or len(nonce) > 128:
             raise HandshakeError("hello needs relay, key and nonce strings")
@@ -52,7 +53,7 @@ class Handshake:
             raise HandshakeError("the other side has this relay's own id")
         peer = find_peer(relay_id)
         if peer is None:
-            raise HandshakeError(f"relay {relay_id!r} is not a configured peer")
+            raise HandshakeError(f"relay '{shown(relay_id, 64)}' is not a configured peer")
         try:
             raw = base64.b64decode(key, validate=True)
         except (binascii.Error, ValueError):

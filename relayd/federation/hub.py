@@ -16,10 +16,13 @@ from zope.interface import implementer
 
 from relayd.core.interfaces import IDurableEventSubscriber
 
+from relayd.logbudget import LogBudget
+from relayd.names import shown
+
 from relayd.federation import index as fed_index
 from relayd.federation.catchup import CatchUpServer
-from relayd.federation.frames import (BadItem, check_entry, is_time, item_key, msg_frame,
-                                      receipt_frame)
+from relayd.federation.frames import (BadItem, check_entry, check_receipt, check_sync,
+                                      item_key, msg_frame, receipt_frame)
 from relayd.federation.metrics import PeerStats, peer_rows
 
 RECENT_ITEMS = 10000
@@ -53,6 +56,10 @@ class Hub:
         self._retrying = set()         # links that will be asked to resend after a journal failure
         self.catchup = CatchUpServer(self)
         self.handlers = {}             # extra frame type -> handler(link, frame)
+        self.bad_frame_log = LogBudget(clock, self.log, "error or malformed federation frames",
+                                       counted_in="relayd_federation_bad_frames")
+        self.refusal_log = LogBudget(clock, self.log, "refused federation handshakes",
+                                     counted_in="relayd_federation_handshake_failures")
 
     def find_peer(self, name):
         return self.peers.get(name)
@@ -192,23 +199,28 @@ class Hub:
             elif kind == "receipt":
                 self._receive_receipt(link, frame)
             elif kind == "sync":
+                check_sync(frame)
                 self.catchup.request(link, frame)
             elif kind == "synced":
                 self._synced(link, frame)
             elif kind == "ping":
                 link.send({"type": "pong"})
             elif kind == "error":
-                self.log.warn("federation: {peer} reports {error}: {text}", peer=link.name,
-                              error=frame.get("error"), text=frame.get("message"))
+                if self.bad_frame_log.allow(link.name):
+                    self.log.warn("federation: {peer} reports {error}: {text}", peer=link.name,
+                                  error=shown(frame.get("error"), 64),
+                                  text=shown(frame.get("message")))
             elif kind in self.handlers:
                 self.handlers[kind](link, frame)
             elif kind != "pong":
                 link.send({"type": "error", "error": "unknown_type",
-                           "message": f"unknown frame type {kind!r}"})
+                           "message": f"unknown frame type {shown(kind, 64)!r}"})
         except BadItem as e:
-            self.log.warn("federation: bad {kind} frame from {peer}: {why}",
-                          kind=kind, peer=link.name, why=str(e))
-            link.send({"type": "error", "error": "bad_item", "message": str(e)})
+            self.metrics.bad_frames.labels(link.name).inc()
+            if self.bad_frame_log.allow(link.name):
+                self.log.warn("federation: bad {kind} frame from {peer}: {why}",
+                              kind=shown(kind, 64), peer=link.name, why=str(e))
+            link.send({"type": "error", "error": e.code, "message": str(e)})
 
     def _synced(self, link, frame):
         """Ask for the next round, unless this one changed nothing in what we
@@ -274,9 +286,8 @@ class Hub:
 
     def _receive_receipt(self, link, frame):
         origin, seq = item_key(frame)
+        check_receipt(frame)
         msg_id, peer, timestamp = frame.get("msg_id"), frame.get("to"), frame.get("timestamp")
-        if not isinstance(msg_id, str) or not isinstance(peer, str) or not is_time(timestamp):
-            raise BadItem("a receipt needs msg_id, to and timestamp")
         if self._held(link, origin, seq, "receipts"):
             return
         self.router.delivered_elsewhere(peer, msg_id)

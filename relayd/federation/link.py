@@ -89,8 +89,10 @@ class Link(LineReceiver):
             self._handshake(frame)
         except HandshakeError as e:
             self.hub.metrics.refused.inc()
-            self.log.warn("federation: refused a link from {address} ({expected}): {why}",
-                          address=self.address(), expected=self.expected or "inbound", why=str(e))
+            if self.hub.refusal_log.allow(getattr(self.transport.getPeer(), "host", "?")):
+                self.log.warn("federation: refused a link from {address} ({expected}): {why}",
+                              address=self.address(), expected=self.expected or "inbound",
+                              why=str(e))
             self.fail("auth_failed", str(e))
 
     def _handshake(self, frame):

@@ -37,10 +37,13 @@ class FederationMetrics:
                                "Links refused during the handshake", **kw)
         self.hop_limited = Counter("relayd_federation_hop_limited_total",
                                    "Messages not forwarded because of the hop limit", **kw)
+        self.bad_frames = Counter("relayd_federation_bad_frames",
+                                  "Malformed frames from a peer, answered with an error", ["peer"], **kw)
 
     def forget(self, peer):
         """Drop the series of a peer that is no longer configured."""
-        for metric in (self.links, self.dedup, self.caught_up, self.lag, self.connects):
+        for metric in (self.links, self.dedup, self.caught_up, self.lag, self.connects,
+                       self.bad_frames):
             metric.remove(peer)
         for metric in (self.items_in, self.items_out):
             for kind in ("messages", "receipts"):

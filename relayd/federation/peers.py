@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from twisted.internet import endpoints
 from twisted.logger import Logger
 
+from relayd import names
+
 log = Logger()
 
 _FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}\Z")
@@ -133,8 +135,9 @@ def parse_relays_json(text, source, own_id):
         if not isinstance(item, dict):
             raise PeerError(f"{where}: must be an object")
         relay_id, ip, port = item.get("id"), item.get("ip"), item.get("port")
-        if not isinstance(relay_id, str) or not relay_id:
-            raise PeerError(f"{where}: \"id\" must be a non-empty string")
+        reason = names.problem(relay_id, '"id"')
+        if reason is not None:
+            raise PeerError(f"{where}: {reason}")
         if relay_id == own_id:
             continue
         where = f"{source}: relay {relay_id!r}"

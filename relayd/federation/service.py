@@ -100,8 +100,6 @@ class FederationService(MultiService):
         except peer_list.PeerError as e:
             self.log.error("federation: reload refused, peers unchanged: {error}", error=str(e))
             return
-        if settings.federation.listen != self.hub.settings.listen:
-            self.log.warn("federation: a new [federation] listen takes effect at the next restart")
         old, self.settings = self.hub.peers, settings
         self.hub.peers, self.hub.settings = new, settings.federation
         for name in sorted(set(old) - set(new)):

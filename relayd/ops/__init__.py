@@ -2,15 +2,21 @@
 and the Tor onion service, each switched on by its ini section."""
 
 
+def ops_service(daemon, name):
+    """The service of the ``[admin]``, ``[http]`` or ``[tor]`` section (not yet attached)."""
+    settings = daemon.settings
+    if name == "admin":
+        from relayd.ops.manhole import ManholeService
+        return ManholeService(daemon, settings.admin)
+    if name == "http":
+        from relayd.ops.http import MonitorService
+        return MonitorService(daemon, settings.http)
+    from relayd.tor import OnionService
+    return OnionService(daemon, settings)
+
+
 def build_ops(daemon):
     """Add the ``[admin]``, ``[http]`` and ``[tor]`` services the settings enable."""
-    settings = daemon.settings
-    if settings.enabled("admin"):
-        from relayd.ops.manhole import ManholeService
-        ManholeService(daemon, settings.admin).setServiceParent(daemon)
-    if settings.enabled("http"):
-        from relayd.ops.http import MonitorService
-        MonitorService(daemon, settings.http).setServiceParent(daemon)
-    if settings.enabled("tor"):
-        from relayd.tor import OnionService
-        OnionService(daemon, settings).setServiceParent(daemon)
+    for name in ("admin", "http", "tor"):
+        if daemon.settings.enabled(name):
+            ops_service(daemon, name).setServiceParent(daemon)

@@ -11,6 +11,8 @@ import ipaddress
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from relayd.names import shown
+
 
 class Text(str):
     """A string that the Python prompt prints without quotes."""
@@ -20,13 +22,14 @@ class Text(str):
 
 
 def _cell(value):
+    """One table cell; text from clients and peers is escaped (``names.shown``)."""
     if isinstance(value, float):
         return f"{value:.1f}"
     if isinstance(value, (list, tuple, set)):
-        return ",".join(str(v) for v in value) or "-"
+        return ",".join(shown(v) for v in value) or "-"
     if value is None:
         return "-"
-    return str(value)
+    return shown(value)
 
 
 def table(rows, empty="(none)"):
@@ -121,15 +124,15 @@ class AdminCommands:
         rooms = self._attribute("router", "tcp").rooms()
         if not rooms:
             return Text("no rooms")
-        return Text("\n".join(f"{room} ({len(members)}): {', '.join(map(str, members))}"
+        return Text("\n".join(f"{shown(room)} ({len(members)}): {', '.join(map(shown, members))}"
                               for room, members in sorted(rooms.items())))
 
     def kick(self, peer_id):
         """Disconnect the client with this id."""
         if self._attribute("router", "tcp").kick(peer_id):
-            self.log.info("admin kicked client {peer_id}", peer_id=peer_id)
-            return Text(f"kicked {peer_id}")
-        return Text(f"no client {peer_id} connected")
+            self.log.info("admin kicked client {peer_id}", peer_id=shown(peer_id))
+            return Text(f"kicked {shown(peer_id)}")
+        return Text(f"no client {shown(peer_id)} connected")
 
     def ban(self, ip, minutes=10):
         """Refuse an IP address for some minutes (default 10)."""

@@ -9,6 +9,7 @@ metrics).  With ``token``/``token_file`` set, every request needs
 """
 import hmac
 import json
+import re
 
 from prometheus_client import (CONTENT_TYPE_LATEST, Gauge, PlatformCollector,
                                ProcessCollector, disable_created_metrics, generate_latest)
@@ -97,11 +98,35 @@ class Root(resource.Resource):
         return generate_latest(self.daemon.registry)
 
 
+class _MethodRefused(resource.Resource):
+    """405 for methods other than GET and HEAD; 400 for a method that is not
+    an HTTP token (a malformed request line): no traceback, no log line."""
+
+    isLeaf = True
+
+    def render(self, request):
+        if TOKEN.fullmatch(request.method):
+            request.setHeader(b"allow", b"GET, HEAD")
+            return _json(request, 405, {"error": "only GET and HEAD are served here"})
+        return _json(request, 400, {"error": "malformed request method"})
+
+
+TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}")     # RFC 9110 token, bounded
+
+
 class QuietSite(server.Site):
-    """A Site without a per-request access log (scrapes would flood it)."""
+    """A Site without a per-request access log (scrapes would flood it) that
+    serves GET and HEAD only, answering any other method before dispatch."""
 
     def log(self, request):
         pass
+
+    def getResourceFor(self, request):
+        if request.method not in (b"GET", b"HEAD"):
+            request.site = self
+            request.sitepath = request.prepath[:]
+            return _MethodRefused()
+        return super().getResourceFor(request)
 
 
 class MonitorService(MultiService):

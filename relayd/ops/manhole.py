@@ -35,7 +35,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from relayd.listeners import stream_service
+from relayd.names import shown
 from relayd.ops.commands import AdminCommands
+from relayd.ops.sshserver import AdminSSHFactory
 
 HOST_KEY_FILE = "ssh_host_ed25519_key"
 
@@ -156,16 +158,19 @@ class ConsoleSession(manhole_ssh.TerminalSession):
     reactor = None
     namespaceFactory = None
 
+    user = "?"
+
     def execCommand(self, proto, cmd):
         source = cmd.decode("utf-8", "replace")
-        self.log.info("admin command {command!r}", command=source)
+        self.log.info("admin command by {user}: {command}", user=shown(self.user, 64),
+                      command=shown(source))
         # Reply to the exec request before output and exit status follow.
         d = task.deferLater(self.reactor, 0, evaluate, self.namespaceFactory(), source)
         d.addCallback(lambda outcome: self._finish(proto, *outcome))
 
     @staticmethod
     def _finish(proto, text, ok):
-        data = text.encode("utf-8")
+        data = text.encode("utf-8", "backslashreplace")
         if ok:
             proto.outReceived(data)
             proto.processEnded(Failure(error.ProcessDone(0)))
@@ -186,6 +191,22 @@ class ConsoleSession(manhole_ssh.TerminalSession):
         """End of the client's input: nothing to do."""
 
 
+class LoggedManhole(manhole.ColoredManhole):
+    """The interactive console, logging each line it runs with the user's name."""
+
+    log = Logger()
+
+    def __init__(self, namespace, user):
+        super().__init__(namespace)
+        self.user = user
+
+    def lineReceived(self, line):
+        if line.strip():
+            self.log.info("admin command by {user}: {command}", user=shown(self.user, 64),
+                          command=shown(line.decode("utf-8", "replace")))
+        super().lineReceived(line)
+
+
 class ConsoleRealm(manhole_ssh.TerminalRealm):
     """Sessions whose console namespace is made fresh by ``namespace_factory``."""
 
@@ -195,14 +216,15 @@ class ConsoleRealm(manhole_ssh.TerminalRealm):
         super().__init__()
         self.namespace_factory = namespace_factory
         self.reactor = reactor
-        self.chainedProtocolFactory = lambda: insults.ServerProtocol(
-            manhole.ColoredManhole, namespace_factory())
 
     def _getAvatar(self, avatarId):
         user = super()._getAvatar(avatarId)
         session = user.original.getComponent(iconch.ISession)
         session.reactor = self.reactor
         session.namespaceFactory = self.namespace_factory
+        session.user = avatarId.decode("utf-8", "replace")
+        session.chainedProtocolFactory = lambda: insults.ServerProtocol(
+            LoggedManhole, self.namespace_factory(), session.user)
         return user
 
 
@@ -222,10 +244,8 @@ class ManholeService(MultiService):
             checkers.append(BcryptPasswords(settings.passwords, daemon.reactor))
         commands = AdminCommands(daemon)
         realm = ConsoleRealm(commands.namespace, daemon.reactor)
-        self.factory = manhole_ssh.ConchFactory(portal.Portal(realm, checkers))
-        # Per-instance dicts: ConchFactory's class-level ones are shared.
-        self.factory.publicKeys = {}
-        self.factory.privateKeys = {}
+        self.factory = AdminSSHFactory(portal.Portal(realm, checkers), settings, daemon.reactor,
+                                       daemon.registry)
         self.host_key_path = settings.host_key or os.path.join(
             daemon.settings.relay.data_dir, HOST_KEY_FILE)
         stream_service(daemon, settings.listen, self.factory).setServiceParent(self)
@@ -256,6 +276,7 @@ class ManholeService(MultiService):
         if admin is None:
             return
         self.settings = admin
+        self.factory.configure(admin)
         d = self.daemon.file_pool.run(read_authorized_keys, admin.authorized_keys)
         d.addCallback(self._set_keys)
         d.addErrback(lambda f: self.log.error("admin keys not reloaded: {why}",

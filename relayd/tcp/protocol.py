@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
+from relayd import finitejson
 from relayd.core import message
 from relayd.core.interfaces import ISession
 from relayd.identity import verify
@@ -51,11 +52,10 @@ def _loads(line):
     """``json.loads(line)``, without guessing the encoding of a line that
     starts ``{`` then a non-zero byte: ``json.loads`` would take it as UTF-8."""
     if line[:1] == b"{" and line[1:2] != b"\x00":
-        return _decode(line.decode("utf-8", "surrogatepass"))
-    return json.loads(line)
+        return finitejson.decode(line.decode("utf-8", "surrogatepass"))
+    return finitejson.decode(line.decode(json.detect_encoding(line), "surrogatepass"))
 
 
-_decode = json.JSONDecoder().decode
 _ACK_HEAD = b'{"status": "ok", "type": "ack", "msg_id": "'
 _ACK_DUPLICATE = (b'", "duplicate": false', b'", "duplicate": true')     # by bool
 

@@ -50,7 +50,7 @@ class TcpRelayService(MultiService):
         self.send_checks = []       # check(sender, to, body) -> None or (code, text)
         self.refused = 0
         self.bytes_received = self.bytes_sent = 0
-        self.listen = settings.listen           # not reloadable: the port stays bound
+        self.listen = settings.listen           # a reload moves it (listeners.rebind)
         self.configure(settings)
         self.factory = RelayFactory(self)
         stream_service(daemon, settings.listen, self.factory,

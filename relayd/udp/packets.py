@@ -13,6 +13,8 @@ import msgspec
 
 from relayd.core.message import valid_peer_id
 
+from relayd import finitejson, names
+
 
 class PacketError(ValueError):
     """A datagram that is not a usable rendezvous packet."""
@@ -33,7 +35,7 @@ def decode(data):
     except UnicodeDecodeError:
         raise PacketError("bad_utf8") from None
     try:
-        packet = json.loads(text)
+        packet = finitejson.loads(text)
     except (ValueError, RecursionError):      # RecursionError: nested too deep
         raise PacketError("bad_json") from None
     if not isinstance(packet, dict) or not isinstance(packet.get("type"), str):
@@ -83,17 +85,14 @@ def payload_json(payload):
 
 
 def field(packet, key, required=True, limit=256):
-    """``packet[key]`` checked to be a string of 1 to ``limit`` chars (valid Unicode)."""
+    """``packet[key]``: a string of 1 to ``limit`` characters following the
+    name rule of ``relayd.names`` (every name and key a client sends)."""
     value = packet.get(key)
     if value is None and not required:
         return None
-    if not isinstance(value, str) or not 0 < len(value) <= limit:
-        raise PacketError("bad_request", f"{key} must be a string of 1 to {limit} characters")
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:          # a lone surrogate, from a JSON escape
-            raise PacketError("bad_request", f"{key} is not valid Unicode") from None
+    reason = names.problem(value, key, limit)
+    if reason is not None:
+        raise PacketError("bad_request", reason)
     return value
 
 
