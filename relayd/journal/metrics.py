@@ -28,7 +28,27 @@ class JournalMetrics:
                                     "Failed batch writes or fsyncs (their appends failed)")
         self.fsyncs = counter("relayd_journal_fsyncs", "fsync calls on journal segments")
         self.torn_lines = counter("relayd_journal_torn_lines",
-                                  "Torn or corrupt lines skipped by the start-up replay")
+                                  "Torn or corrupt lines (bad checksum, duplicate seq...) skipped by the start-up replay")
+        self.missing_records = counter(
+            "relayd_journal_missing_records",
+            "Sequence numbers missing from the journal, found by a start-up replay")
+        self.missing_segments = counter(
+            "relayd_journal_missing_segments",
+            "Segment files missing between those found by a start-up replay")
+        self.legacy_records = counter(
+            "relayd_journal_legacy_records",
+            "Records of the format before checksums read by a start-up replay")
+        self.checkpoints = counter("relayd_journal_checkpoints", "Checkpoints written")
+        self.checkpoint_errors = counter("relayd_journal_checkpoint_errors",
+                                         "Checkpoints that could not be written")
+        self.checkpoint_damaged = counter(
+            "relayd_journal_checkpoint_damaged",
+            "Damaged checkpoints found at start (the whole journal was replayed)")
+        self.checkpoint_bytes = Gauge("relayd_journal_checkpoint_bytes",
+                                      "Size of the last checkpoint written", registry=registry)
+        self.checkpoint_seconds = Histogram(
+            "relayd_journal_checkpoint_seconds", "Time to encode and write a checkpoint",
+            buckets=_LATENCY_BUCKETS + (10.0, 30.0), registry=registry)
         self.prunes = counter("relayd_journal_prunes", "Prune runs")
         self.pruned_segments = counter("relayd_journal_pruned_segments", "Segments deleted by pruning")
         self.pruned_bytes = counter("relayd_journal_pruned_bytes", "Bytes deleted by pruning")
@@ -38,3 +58,10 @@ class JournalMetrics:
               lambda: journal.segment_count)
         gauge("relayd_journal_segment_bytes", "Total size of the journal's segments",
               lambda: journal.segment_bytes)
+
+    def replayed(self, report):
+        """Count what a start-up replay found."""
+        self.torn_lines.inc(len(report.skipped))
+        self.missing_records.inc(report.missing_records)
+        self.missing_segments.inc(len(report.missing_segments))
+        self.legacy_records.inc(report.legacy)

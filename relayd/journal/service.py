@@ -13,10 +13,10 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from relayd.filepool import FilePool
-from relayd.journal import lock, segments
+from relayd.journal import checkpoint, lock, segments
 from relayd.journal.commit import GroupCommit
 from relayd.journal.metrics import JournalMetrics
-from relayd.journal.replay import replay
+from relayd.journal.replay import Start, replay
 from relayd.journal.writer import SegmentWriter
 
 POLICIES = ("always", "batch", "never")
@@ -33,6 +33,14 @@ class Journal(Service):
     returns a Deferred that fires once the line is durable under the fsync
     policy: ``always`` (written and fsynced), ``batch`` (written to the OS;
     fsynced every ``fsync_interval`` seconds and at shutdown) or ``never``.
+
+    State that replay rebuilds is registered with ``add_state(name,
+    snapshot, load)``: every ``checkpoint_interval`` seconds (or after
+    ``checkpoint_bytes`` written) and at shutdown, the snapshots are saved
+    with the journal position they cover (``checkpoint``), and a start loads
+    them and replays only the records after that position.  Without a
+    usable checkpoint (none, damaged, or lacking a registered part) the
+    whole journal is replayed.
     """
 
     log = Logger()
@@ -40,7 +48,8 @@ class Journal(Service):
 
     def __init__(self, directory, file_pool, clock, consumer, *, fsync="batch",
                  fsync_interval=1.0, batch_interval=0.0, segment_size=64 * 2 ** 20,
-                 retention=7 * 86400, max_size=2 ** 30, prune_interval=600.0, registry=None):
+                 retention=7 * 86400, max_size=2 ** 30, prune_interval=600.0,
+                 checkpoint_interval=60.0, checkpoint_bytes=16 * 2 ** 20, registry=None):
         if fsync not in POLICIES:
             raise ValueError(f"fsync must be one of {', '.join(POLICIES)}, not {fsync!r}")
         self.directory = directory
@@ -52,7 +61,14 @@ class Journal(Service):
         self.retention = retention
         self.max_size = max_size
         self.prune_interval = prune_interval
+        self.checkpoint_interval = checkpoint_interval
+        self.checkpoint_bytes = checkpoint_bytes
         self.report = None
+        self._states = {}             # name -> (snapshot, load)
+        self._checkpointing = False
+        self._checkpointed = None     # the position the last checkpoint covers
+        self._since_checkpoint = 0    # bytes written since then
+        self._position = None         # (segment, offset, seq) after the last record known durable
         self._lock = None
         self.records_written = 0
         self.bytes_written = 0
@@ -75,6 +91,8 @@ class Journal(Service):
         self._fsync_loop.clock = clock
         self._prune_loop = LoopingCall(self._prune_tick)
         self._prune_loop.clock = clock
+        self._checkpoint_loop = LoopingCall(self.checkpoint)
+        self._checkpoint_loop.clock = clock
         self.metrics = JournalMetrics(registry, self)
 
     # --- life cycle ---------------------------------------------------------------
@@ -94,13 +112,16 @@ class Journal(Service):
             self._fsync_loop.start(self.fsync_interval, now=False)
         if self.prune_interval > 0:
             self._prune_loop.start(self.prune_interval, now=True)
+        if self.checkpoint_interval > 0 and self._states:
+            self._checkpoint_loop.start(self.checkpoint_interval, now=False)
 
     def stopService(self):
         """Write what is pending, fsync and close; queued on the pool at once."""
         super().stopService()
-        for loop in (self._fsync_loop, self._prune_loop):
+        for loop in (self._fsync_loop, self._prune_loop, self._checkpoint_loop):
             if loop.running:
                 loop.stop()
+        self.checkpoint()
         self._commit.close()
         d = self.file_pool.run(self._writer.close, True)
         d.addCallbacks(self._closed, self._close_failed)
@@ -113,14 +134,54 @@ class Journal(Service):
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         self._lock = lock.acquire(self.directory)
         found = segments.scan(self.directory)
-        report = self.report = replay(self.directory, found, self.consumer.restore)
-        self._writer.load(found)
+        start, summary = self._load_checkpoint()
+        report = self.report = replay(self.directory, found, self.consumer.restore, start)
+        report.checkpoint = summary
+        self._writer.load(found, report.last_seq)
+        if start is not None:
+            self._position = self._checkpointed = (start.segment, start.offset, start.seq)
+        if found and (start is None or report.last_seq > start.seq):
+            self._position = (found[-1].name, found[-1].size, report.last_seq)
         self.segment_count, self.segment_bytes = self._writer.summary()
-        self.metrics.torn_lines.inc(len(report.skipped))
-        self.log.info("journal: replayed {records} records from {segments} segments "
-                      "({skipped} lines skipped)", records=report.records,
-                      segments=report.segments, skipped=len(report.skipped))
+        self.metrics.replayed(report)
+        self.log.info("journal: replayed {records} records from {segments} segments{after} "
+                      "({skipped} lines skipped, {missing} records and {missing_segments} "
+                      "segments missing)", records=report.records, segments=report.segments,
+                      after=f" after {summary}" if summary else "",
+                      skipped=len(report.skipped), missing=report.missing_records,
+                      missing_segments=len(report.missing_segments))
         self.consumer.restore_done(report)
+
+    def _load_checkpoint(self):
+        """Load the registered states from the checkpoint: ``(Start, summary)``,
+        or ``(None, None)`` to replay everything."""
+        if not self._states:
+            return None, None
+        checkpoint.remove_temporary(self.directory)
+        try:
+            saved = checkpoint.read(self.directory)
+        except checkpoint.Damaged as e:
+            self.metrics.checkpoint_damaged.inc()
+            self.log.error("journal: the checkpoint is damaged ({reason}); replaying the "
+                           "whole journal", reason=str(e))
+            return None, None
+        if saved is None:
+            return None, None
+        start, parts = saved
+        lacking = sorted(set(self._states) - set(parts))
+        if lacking:
+            self.log.warn("journal: the checkpoint has no {parts}; replaying the whole journal",
+                          parts=", ".join(lacking))
+            return None, None
+        for name, (_, load) in self._states.items():
+            try:
+                load(parts[name])
+            except Exception as e:
+                raise SystemExit(
+                    f"journal: the checkpoint {os.path.join(self.directory, checkpoint.FILE_NAME)}"
+                    f" passed its checksum but its {name} could not be loaded ({e!r}); move it "
+                    f"away to replay the whole journal") from None
+        return start, f"the checkpoint at record {start.seq} ({start.segment} byte {start.offset})"
 
     def _closed(self, _):
         self.last_fsync = self.clock.seconds()
@@ -137,6 +198,49 @@ class Journal(Service):
             os.close(self._lock)
             self._lock = None
 
+    # --- checkpoints --------------------------------------------------------------
+
+    def add_state(self, name, snapshot, load):
+        """Checkpoint ``snapshot()`` (JSON-able, taken on the reactor thread,
+        encoded on the file thread: it must not share mutable parts with the
+        live state) as ``name``; at start ``load(data)`` restores it."""
+        self._states[name] = (snapshot, load)
+
+    def checkpoint(self):
+        """Save the registered states now, unless nothing was written since
+        the last checkpoint or one is being written; Deferred (or None)."""
+        position = self._position
+        if not self._states or self._checkpointing or position is None \
+                or position == self._checkpointed:
+            return None
+        start = Start(*position)
+        parts = {name: snapshot() for name, (snapshot, _) in self._states.items()}
+        self._checkpointing = True
+        self._since_checkpoint = 0
+        began = self.clock.seconds()
+        d = self.file_pool.run(checkpoint.write, self.directory, start, parts)
+        d.addCallbacks(self._checkpoint_written, self._checkpoint_failed,
+                       callbackArgs=(position, began))
+        return d
+
+    def _checkpoint_due(self):
+        self._checkpointing = False
+        if self.running:
+            self.checkpoint()
+
+    def _checkpoint_written(self, size, position, began):
+        self._checkpointing = False
+        self._checkpointed = position
+        self.metrics.checkpoints.inc()
+        self.metrics.checkpoint_bytes.set(size)
+        self.metrics.checkpoint_seconds.observe(self.clock.seconds() - began)
+
+    def _checkpoint_failed(self, failure):
+        self._checkpointing = False
+        self.metrics.checkpoint_errors.inc()
+        self.log.error("journal: writing a checkpoint failed: {error}",
+                       error=failure.getErrorMessage())
+
     # --- appends ------------------------------------------------------------------
 
     def append(self, line):
@@ -147,16 +251,22 @@ class Journal(Service):
     def pending(self):
         return self._commit.pending
 
-    def _submit(self, data, count):
+    def _submit(self, lines):
         start = self.clock.seconds()
-        d = self.file_pool.run(self._writer.write, data, start, self.fsync == "always")
+        d = self.file_pool.run(self._writer.write, lines, start, self.fsync == "always")
         d.addCallbacks(self._written, self._write_failed,
-                       callbackArgs=(count, len(data), start), errbackArgs=(count,))
+                       callbackArgs=(len(lines), start), errbackArgs=(len(lines),))
         return d
 
-    def _written(self, summary, count, size, start):
+    def _written(self, summary, count, start):
         now = self.clock.seconds()
-        self.segment_count, self.segment_bytes = summary
+        self.segment_count, self.segment_bytes, size, self._position = summary
+        self._since_checkpoint += size
+        if self._since_checkpoint >= self.checkpoint_bytes > 0 and not self._checkpointing:
+            # after this batch's appends have been called back, so that the
+            # snapshots hold what the position covers
+            self._checkpointing = True
+            self.clock.callLater(0, self._checkpoint_due)
         self.records_written += count
         self.bytes_written += size
         if self.last_error is not None:
@@ -250,6 +360,9 @@ class Journal(Service):
             "lag_seconds": round(self._commit.lag(now), 6),
             "last_fsync_age": None if self.last_fsync is None else round(now - self.last_fsync, 3),
             "torn_lines_at_start": 0 if self.report is None else len(self.report.skipped),
+            "missing_records_at_start": 0 if self.report is None else self.report.missing_records,
+            "missing_segments_at_start": [] if self.report is None else self.report.missing_segments,
+            "checkpoint": None if self._checkpointed is None else self._checkpointed[2],
             "last_error": self.last_error,
         }
 
