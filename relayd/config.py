@@ -205,6 +205,8 @@ SCHEMA = {
         "max_size": F(size, "1GiB"),
         "segment_size": F(size, "64MiB"),
         "prune_interval": F(duration, "10m"),
+        "checkpoint_interval": F(duration, "1m"),
+        "checkpoint_bytes": F(size, "16MiB"),
     },
     "udp": {
         "listen": F(port_number, "8000"),

@@ -49,6 +49,10 @@ class FileJournal:
         os.makedirs(directory, exist_ok=True)
         self.path = os.path.join(directory, "relay_log.00000001.jsonl")
         self.fail = False
+        self.states = {}
+
+    def add_state(self, name, snapshot, load):
+        self.states[name] = (snapshot, load)
 
     def append(self, line):
         if self.fail:

@@ -47,6 +47,19 @@ class DedupWindow:
     def discard(self, msg_id):
         self._ids.pop(msg_id, None)
 
+    def snapshot(self, exclude=()):
+        """``[[msg_id, time added], ...]`` oldest first, without the ids in
+        ``exclude`` (messages not yet durable), for a checkpoint."""
+        if exclude:
+            return [[m, t] for m, t in self._ids.items() if m not in exclude]
+        return [[m, t] for m, t in self._ids.items()]
+
+    def load_snapshot(self, data):
+        """Replace the window with a ``snapshot()``."""
+        self._ids = OrderedDict((m, t) for m, t in data)
+        while len(self._ids) > self.max_entries:
+            self._ids.popitem(last=False)
+
     def _expire(self, now):
         ids = self._ids
         horizon = now - self.window

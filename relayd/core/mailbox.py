@@ -54,6 +54,17 @@ class Mailboxes:
         if not box:
             del self._boxes[peer]
 
+    def snapshot(self):
+        """``{peer: [entry, ...]}`` oldest first, for a checkpoint."""
+        return {peer: [entry for entry, _ in box.values()] for peer, box in self._boxes.items()}
+
+    def load_snapshot(self, data, line_of):
+        """Replace every mailbox with a ``snapshot()``; ``line_of(entry)`` is
+        the line stored beside each entry."""
+        self._boxes = {}
+        for peer, entries in data.items():
+            self._boxes[peer] = OrderedDict((e["msg_id"], (e, line_of(e))) for e in entries)
+
     def total(self):
         return sum(len(b) for b in self._boxes.values())
 

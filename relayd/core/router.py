@@ -132,6 +132,11 @@ class Router:
         self.accepted["client"] += 1
         return self._admit(entry, None, (msg_id, False), (msg_id, True), line)
 
+    def unsettled(self):
+        """The ids of messages admitted but not yet durable (a checkpoint
+        leaves them out of the dedup window)."""
+        return self._waiting.keys()
+
     def _timestamp(self):
         """The clock, made strictly increasing so that two identical messages
         without a nonce never share a timestamp (and so an id)."""

@@ -111,6 +111,34 @@ class Index:
         return {origin: [c.low, sorted(c.above)[:MAX_ABOVE_SENT]]
                 for origin, c in self.cursors.items()}
 
+    # --- checkpoints ----------------------------------------------------------------
+
+    def snapshot(self, exclude=()):
+        """The cursors, the own counter and the unsequenced items, for a
+        checkpoint; ``exclude`` holds ``(origin, seq)`` not yet durable."""
+        cursors = {}
+        for origin, c in self.cursors.items():
+            cursors[origin] = [c.low, sorted(c.above)]
+        for origin, seq in exclude:
+            cursor = cursors.get(origin)
+            if cursor is None:
+                continue
+            copy = Cursor()
+            copy.low, copy.above = cursor[0], set(cursor[1])
+            copy.discard(seq)
+            cursors[origin] = [copy.low, sorted(copy.above)]
+        return {"cursors": cursors, "next": self._next,
+                "unsequenced": [[list(key), record] for key, record in self.unsequenced.items()]}
+
+    def load_snapshot(self, data):
+        """Replace the index with a ``snapshot()``."""
+        self.cursors = {}
+        for origin, (low, above) in data["cursors"].items():
+            cursor = self.cursors[origin] = Cursor()
+            cursor.low, cursor.above = low, set(above)
+        self._next = data["next"]
+        self.unsequenced = {tuple(key): record for key, record in data["unsequenced"]}
+
     # --- journal replay -----------------------------------------------------------
 
     def restore(self, record):
