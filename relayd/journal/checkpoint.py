@@ -15,6 +15,8 @@ import json
 import os
 import zlib
 
+import orjson
+
 from relayd.journal.replay import Start
 
 FILE_NAME = "checkpoint.json"
@@ -28,7 +30,10 @@ class Damaged(Exception):
 def write(directory, start, parts):
     """Save ``parts`` (``{name: JSON-able snapshot}``) as covering the journal up
     to ``start`` (a ``replay.Start``); returns the file's size."""
-    body = json.dumps(parts, separators=(",", ":")).encode()
+    try:
+        body = orjson.dumps(parts)
+    except TypeError:           # a lone surrogate in a string: orjson refuses, json escapes it
+        body = json.dumps(parts, separators=(",", ":")).encode()
     header = json.dumps({"version": VERSION, "segment": start.segment, "offset": start.offset,
                          "seq": start.seq, "length": len(body),
                          "crc32": zlib.crc32(body)}).encode()
@@ -81,9 +86,12 @@ def read(directory):
     if zlib.crc32(body) != crc:
         raise Damaged("checksum mismatch")
     try:
-        parts = json.loads(body)
-    except (ValueError, RecursionError):
-        raise Damaged("bad body") from None
+        parts = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        try:
+            parts = json.loads(body)
+        except (ValueError, RecursionError):
+            raise Damaged("bad body") from None
     if not isinstance(parts, dict):
         raise Damaged("bad body")
     return start, parts

@@ -9,6 +9,8 @@ format before sequence numbers (a *legacy* record: JSON alone, no check).
 import json
 import zlib
 
+import orjson
+
 
 def frame(seq, body):
     """The journal line (with its newline) of JSON ``body`` as record ``seq``."""
@@ -57,6 +59,18 @@ def decode(body):
     """``(record, None)`` for a JSON object, else ``(None, reason)``."""
     if not body.strip():
         return None, "empty line"
+    try:
+        record = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        # orjson refuses what json.dumps may write (a lone surrogate escape):
+        # the standard library decides, and names the problem.
+        return _decode_slowly(body)
+    if not isinstance(record, dict):
+        return None, "not a JSON object"
+    return record, None
+
+
+def _decode_slowly(body):
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
