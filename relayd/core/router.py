@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from relayd.core import message
 from relayd.core.history import conversation
 from relayd.core.metrics import LatencyHistogram, RouterCollector
+from relayd.ops.ratelog import LogLimiter, repeats
 
 STORED_CHUNK = 64       # stored messages written at once while a session is writable
 
@@ -40,6 +41,7 @@ class Router:
         self.received = 0
         self.delivered = 0
         self._last_timestamp = 0.0
+        self._log_limiter = LogLimiter(clock)     # a full disk fails every message alike
         self._metrics(registry)
 
     def _metrics(self, registry):
@@ -232,8 +234,11 @@ class Router:
         msg_id = entry["msg_id"]
         self.dedup.discard(msg_id)
         self.journal_failures += 1
-        self.log.error("journal write failed for a message from {sender}: {error}",
-                       sender=entry["from"], error=failure.getErrorMessage())
+        error = failure.getErrorMessage()
+        log_it, left_out = self._log_limiter.admit(("message", error))
+        if log_it:
+            self.log.error("journal write failed for a message from {sender}: {error}{repeats}",
+                           sender=entry["from"], error=error, repeats=repeats(left_out))
         for d in self._waiting.pop(msg_id, ()):
             d.errback(failure)
 
@@ -269,9 +274,19 @@ class Router:
     def _receipt(self, entry, peer):
         now = self.clock.seconds()
         d = self.journal.append(message.receipt_line(entry["msg_id"], peer, now))
-        d.addErrback(lambda f: self.log.failure("could not journal a delivery receipt", f))
+        d.addErrback(self._receipt_failed)
         for hook in self.receipt_hooks:
             hook(entry, peer, now)
+
+    def _receipt_failed(self, failure):
+        if not failure.check(OSError):
+            self.log.failure("could not journal a delivery receipt", failure)
+            return
+        error = failure.getErrorMessage()
+        log_it, left_out = self._log_limiter.admit(("receipt", error))
+        if log_it:
+            self.log.error("could not journal a delivery receipt: {error}{repeats}",
+                           error=error, repeats=repeats(left_out))
 
     # --- journal replay (the journal's consumer) -----------------------------
 
