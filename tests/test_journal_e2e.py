@@ -1,0 +1,128 @@
+"""The journal under a real twistd: checkpointed restarts, crashes and damaged files."""
+import os
+import signal
+import urllib.request
+
+from twisted.trial import unittest
+
+from relayd.journal import checkpoint, segments
+from tests.daemon import Relayd, free_port
+from tests.seedclient import LineClient
+
+CONFIG = """
+[relay]
+id = relay1
+data_dir = {data_dir}
+[tcp]
+listen = tcp:{tcp}:interface=127.0.0.1
+[http]
+listen = tcp:{http}:interface=127.0.0.1
+[ratelimit]
+messages = 100000
+per_seconds = 1
+"""
+
+
+class JournalDaemonTests(unittest.TestCase):
+    timeout = 120
+
+    def setUp(self):
+        self.relay = Relayd(self, CONFIG, tcp=free_port(), http=free_port())
+        self.journal = os.path.join(self.relay.data_dir, "journal")
+
+    def start(self):
+        return self.relay.start(wait_tcp=[self.relay.ports["tcp"]])
+
+    def send(self, bodies, to="bob"):
+        alice = LineClient(self.relay.ports["tcp"], "alice")
+        for body in bodies:
+            alice.request(type="send", to=to, body=body, nonce=body)
+        acks = [alice.read() for _ in bodies]
+        alice.close()
+        self.assertEqual({a["type"] for a in acks}, {"ack"})
+
+    def received(self, count):
+        bob = LineClient(self.relay.ports["tcp"], "bob")
+        self.addCleanup(bob.close)
+        bob.sock.settimeout(5)
+        got = []
+        try:
+            while len(got) < count + 1:
+                frame = bob.read()
+                if frame.get("type") == "message":
+                    got.append(frame["body"])
+        except OSError:         # nothing more within the timeout
+            pass
+        return got
+
+    def metric(self, name):
+        url = f"http://127.0.0.1:{self.relay.ports['http']}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            for line in answer.read().decode().splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+        return None
+
+    def test_stored_mail_survives_a_checkpointed_restart_and_a_crash(self):
+        self.start()
+        self.send([f"a{n}" for n in range(20)])
+        self.assertEqual(self.relay.stop(signal.SIGTERM), 0)
+        self.assertTrue(os.path.exists(os.path.join(self.journal, checkpoint.FILE_NAME)))
+        self.start()
+        self.assertIn("after the checkpoint at record", self.relay.log())
+        self.send([f"b{n}" for n in range(10)])
+        self.relay.kill()
+        self.start()
+        self.assertIn("replayed 10 records from 2 segments after the checkpoint", self.relay.log())
+        self.assertEqual(self.received(30), [f"a{n}" for n in range(20)] + [f"b{n}" for n in range(10)])
+
+    def test_a_flipped_bit_is_reported_and_never_delivered(self):
+        self.start()
+        self.send(["hello", "world", "again"])
+        self.relay.stop(signal.SIGTERM)
+        # Damage the checkpoint (so the whole journal is replayed) and one body,
+        # and leave a torn line at the end as a crash mid-write would.
+        [segment] = segments.scan(self.journal)
+        path = os.path.join(self.journal, segment.name)
+        with open(path, "rb") as f:
+            data = bytearray(f.read())
+        data[data.index(b'"world"') + 1] ^= 0x20            # "world" -> "World": still valid JSON
+        with open(path, "wb") as f:
+            f.write(bytes(data) + b'9 0badc0de {"from": "alice", "to": "b')
+        flip(os.path.join(self.journal, checkpoint.FILE_NAME), -10)
+        self.start()
+        log = self.relay.log()
+        self.assertIn("the checkpoint is damaged (checksum mismatch)", log)
+        self.assertIn(f"skipped {segment.name} line 2: checksum mismatch", log)
+        self.assertIn(f"skipped {segment.name} line 4: torn line", log)
+        self.assertEqual(self.received(2), ["hello", "again"])
+        self.assertEqual(self.metric("relayd_journal_torn_lines_total"), 2)
+        self.assertEqual(self.metric("relayd_journal_missing_records_total"), 1)
+        self.assertEqual(self.metric("relayd_journal_checkpoint_damaged_total"), 1)
+
+    def test_a_deleted_segment_is_named_at_start(self):
+        self.start()
+        self.send(["one"])
+        self.relay.kill()
+        self.start()
+        self.send(["two"])
+        self.relay.kill()
+        self.start()
+        self.send(["three"])
+        self.relay.stop(signal.SIGTERM)
+        names = [s.name for s in segments.scan(self.journal)]
+        self.assertEqual(len(names), 3)
+        os.unlink(os.path.join(self.journal, names[1]))
+        os.unlink(os.path.join(self.journal, checkpoint.FILE_NAME))
+        self.start()
+        self.assertIn(f"segment {names[1]} is missing", self.relay.log())
+        self.assertEqual(self.metric("relayd_journal_missing_segments_total"), 1)
+        self.assertEqual(self.received(2), ["one", "three"])
+
+
+def flip(path, at):
+    with open(path, "r+b") as f:
+        data = bytearray(f.read())
+        data[at] ^= 0x01
+        f.seek(0)
+        f.write(data)
