@@ -35,7 +35,7 @@ from relayd.federation.metrics import FederationMetrics
 from relayd.federation.peers import Peer, fingerprint
 from relayd.identity import Identity
 from relayd.journal.replay import replay
-from relayd.journal.segments import scan
+from relayd.journal.segments import scan, segment_name
 
 SETTINGS = dict(max_hops=16, max_line=1 << 20, handshake_timeout=10.0, keepalive=15.0,
                 dead_after=45.0, sync_batch=1000, repair_interval=60.0)
@@ -578,6 +578,58 @@ class CollectTests(unittest.TestCase):
         self.assertTrue(more)
         items, more = catchup.collect(self.journal(30, gone=range(1, 31)), {}, 10)
         self.assertEqual((items, more), ([], False))
+
+
+class SummaryTests(unittest.TestCase):
+    """A round reads the segments that hold what the peer lacks, not the whole journal."""
+
+    def segment(self, directory, index, seqs):
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, segment_name(index)), "ab") as f:
+            for seq in seqs:
+                msg_id = f"{seq:064x}"
+                f.write(message.journal_line({
+                    "msg_id": msg_id, "from": "alice", "to": "*", "body": f"m{seq}",
+                    "seen_by": ["relay1"], "timestamp": 1.0}) + b"\n")
+                f.write(companion_line("relay1", seq, msg_id) + b"\n")
+
+    def test_only_segments_with_lacked_items_are_read(self):
+        directory = self.mktemp()
+        for index in range(1, 6):
+            self.segment(directory, index, range(index * 100 - 99, index * 100 + 1))
+        opened = []
+        real_open = open
+
+        def spy(path, mode="r", *args, **kwargs):
+            opened.append(os.path.basename(path))
+            return real_open(path, mode, *args, **kwargs)
+        summaries = catchup.Summaries()
+        catchup.collect(directory, {}, 10, summaries=summaries)        # reads every segment once
+        catchup.open = spy              # shadows the builtin in that module only
+        self.addCleanup(delattr, catchup, "open")
+        items, more = catchup.collect(directory, {"relay1": (450, frozenset())}, 10,
+                                      summaries=summaries)
+        self.assertEqual([seq for _, seq, _, _ in items], list(range(451, 461)))
+        self.assertEqual(set(opened), {segment_name(4), segment_name(5)})
+        # A segment being written is read on from where the last round stopped.
+        self.segment(directory, 5, [501, 502])
+        opened.clear()
+        items, more = catchup.collect(directory, {"relay1": (500, frozenset())}, 10,
+                                      summaries=summaries)
+        self.assertEqual([seq for _, seq, _, _ in items], [501, 502])
+        self.assertFalse(more)
+        self.assertEqual(set(opened), {segment_name(4), segment_name(5)})
+
+    def test_a_message_far_from_its_seq_record_is_still_found(self):
+        directory = self.mktemp()
+        self.segment(directory, 1, [1])
+        self.segment(directory, 2, [2])
+        self.segment(directory, 3, [3])
+        with open(os.path.join(directory, segment_name(3)), "ab") as f:
+            f.write(companion_line("relay1", 4, f"{1:064x}") + b"\n")   # an old message, new seq
+        items, _ = catchup.collect(directory, {"relay1": (3, frozenset())}, 10,
+                                   summaries=catchup.Summaries())
+        self.assertEqual([(seq, record["body"]) for _, seq, _, record in items], [(4, "m1")])
 
 
 class RepairTests(ThreeRelays):
