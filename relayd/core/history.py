@@ -31,8 +31,9 @@ class History:
         log.append(entry)
 
     def snapshot(self):
-        """``[[key, [entry, ...]], ...]``, for a checkpoint."""
-        return [[list(key), list(log)] for key, log in self._logs.items()]
+        """``[(key, [entry, ...]), ...]``, for a checkpoint (entries are never
+        changed once added, so only the logs are copied)."""
+        return [(key, list(log)) for key, log in self._logs.items()]
 
     def load_snapshot(self, data):
         """Replace every conversation with a ``snapshot()``."""

@@ -55,8 +55,11 @@ class Mailboxes:
             del self._boxes[peer]
 
     def snapshot(self):
-        """``{peer: [entry, ...]}`` oldest first, for a checkpoint."""
-        return {peer: [entry for entry, _ in box.values()] for peer, box in self._boxes.items()}
+        """For a checkpoint: a function (to call on another thread) returning
+        ``{peer: [entry, ...]}`` oldest first.  Entries are never changed once
+        stored, so only the boxes are copied here."""
+        boxes = [(peer, list(box.values())) for peer, box in self._boxes.items()]
+        return lambda: {peer: [entry for entry, _ in stored] for peer, stored in boxes}
 
     def load_snapshot(self, data, line_of):
         """Replace every mailbox with a ``snapshot()``; ``line_of(entry)`` is

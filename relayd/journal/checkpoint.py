@@ -6,10 +6,13 @@ A checkpoint file holds one header line and one body line::
     {"<part>": <that part's snapshot>, ...}
 
 ``length`` and ``crc32`` (zlib) cover the body's bytes.  ``write`` runs on
-the file thread: it encodes, writes a temporary file, fsyncs it and renames
-it over the previous checkpoint (then fsyncs the directory), so a crash
-leaves either the old checkpoint or the new one.  ``read`` raises
-``Damaged`` for anything that fails those checks.
+the file thread: it finishes each part (a part given as a function is
+called there), encodes it in pieces of ``CHUNK`` items (one encoder call
+holds the GIL, and so the reactor thread, for the whole of its input),
+writes a temporary file, fsyncs it and renames it over the previous
+checkpoint (then fsyncs the directory), so a crash leaves either the old
+checkpoint or the new one.  ``read`` raises ``Damaged`` for anything that
+fails those checks.
 """
 import json
 import os
@@ -21,6 +24,69 @@ from relayd.journal.replay import Start
 
 FILE_NAME = "checkpoint.json"
 VERSION = 1
+CHUNK = 5000          # list items or dict entries encoded in one call
+
+
+def _dumps(value):
+    try:
+        return orjson.dumps(value)
+    except TypeError:           # a lone surrogate in a string: orjson refuses, json escapes it
+        return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _size(value, limit=CHUNK):
+    """The scalars and containers in ``value``, counted until past ``limit``:
+    a cheap measure of the time its encoding takes."""
+    if isinstance(value, dict):
+        value = value.values()
+    elif not isinstance(value, (list, tuple)):
+        return 1
+    count = 1
+    for item in value:
+        count += _size(item, limit - count) if isinstance(item, (list, tuple, dict)) else 1
+        if count > limit:
+            break
+    return count
+
+
+def encode(value, out):
+    """Append the JSON of ``value`` to the list ``out`` in pieces of about
+    ``CHUNK`` scalars each (bigger lists and dicts are split, recursively;
+    ``CHUNK = 5000`` keeps each encoder call to a few milliseconds)."""
+    if not isinstance(value, (list, tuple, dict)) or _size(value) <= CHUNK:
+        out.append(_dumps(value))
+        return
+    is_dict = isinstance(value, dict)
+    items = list(value.items()) if is_dict else value
+    out.append(b"{" if is_dict else b"[")
+    batch, weight, first = [], 0, True
+
+    def flush():
+        nonlocal batch, weight, first
+        if batch:
+            out.append((b"" if first else b",")
+                       + _dumps(dict(batch) if is_dict else batch)[1:-1])
+            batch, weight, first = [], 0, False
+
+    for item in items:
+        inner = item[1] if is_dict else item
+        size = _size(inner) if isinstance(inner, (list, tuple, dict)) else 1
+        if size > CHUNK:
+            flush()
+            if is_dict:
+                out.append((b"" if first else b",") + _dumps(str(item[0])) + b":")
+                encode(item[1], out)
+            else:
+                out.append(b"" if first else b",")
+                encode(item, out)
+            first = False
+            continue
+        if weight + size > CHUNK:
+            flush()
+        batch.append(item)
+        weight += size
+    flush()
+    out.append(b"}" if is_dict else b"]")
 
 
 class Damaged(Exception):
@@ -28,12 +94,12 @@ class Damaged(Exception):
 
 
 def write(directory, start, parts):
-    """Save ``parts`` (``{name: JSON-able snapshot}``) as covering the journal up
-    to ``start`` (a ``replay.Start``); returns the file's size."""
-    try:
-        body = orjson.dumps(parts)
-    except TypeError:           # a lone surrogate in a string: orjson refuses, json escapes it
-        body = json.dumps(parts, separators=(",", ":")).encode()
+    """Save ``parts`` (``{name: JSON-able snapshot, or a function returning
+    one}``) as covering the journal up to ``start`` (a ``replay.Start``);
+    returns the file's size."""
+    pieces = []
+    encode({name: part() if callable(part) else part for name, part in parts.items()}, pieces)
+    body = b"".join(pieces)
     header = json.dumps({"version": VERSION, "segment": start.segment, "offset": start.offset,
                          "seq": start.seq, "length": len(body),
                          "crc32": zlib.crc32(body)}).encode()

@@ -47,8 +47,12 @@ class JournalMetrics:
         self.checkpoint_bytes = Gauge("relayd_journal_checkpoint_bytes",
                                       "Size of the last checkpoint written", registry=registry)
         self.checkpoint_seconds = Histogram(
-            "relayd_journal_checkpoint_seconds", "Time to encode and write a checkpoint",
+            "relayd_journal_checkpoint_seconds", "Time to snapshot, encode and write a checkpoint",
             buckets=_LATENCY_BUCKETS + (10.0, 30.0), registry=registry)
+        self.snapshot_seconds = Histogram(
+            "relayd_journal_checkpoint_snapshot_seconds",
+            "Time the reactor thread spends copying the state for a checkpoint",
+            buckets=_LATENCY_BUCKETS, registry=registry)
         self.prunes = counter("relayd_journal_prunes", "Prune runs")
         self.pruned_segments = counter("relayd_journal_pruned_segments", "Segments deleted by pruning")
         self.pruned_bytes = counter("relayd_journal_pruned_bytes", "Bytes deleted by pruning")

@@ -6,6 +6,7 @@ single thread keeps them in order, except the periodic fsync of the
 ``batch`` policy, which has a thread of its own.
 """
 import os
+import time
 
 from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
@@ -201,9 +202,12 @@ class Journal(Service):
     # --- checkpoints --------------------------------------------------------------
 
     def add_state(self, name, snapshot, load):
-        """Checkpoint ``snapshot()`` (JSON-able, taken on the reactor thread,
-        encoded on the file thread: it must not share mutable parts with the
-        live state) as ``name``; at start ``load(data)`` restores it."""
+        """Checkpoint ``snapshot()`` as ``name``; at start ``load(data)`` restores it.
+
+        ``snapshot`` runs on the reactor thread and should only copy (C-level
+        copies of lists and dicts); it returns JSON-able data, or a function
+        returning it that the file thread calls.  Either must not share
+        anything the reactor changes later."""
         self._states[name] = (snapshot, load)
 
     def checkpoint(self):
@@ -214,10 +218,12 @@ class Journal(Service):
                 or position == self._checkpointed:
             return None
         start = Start(*position)
+        began = self.clock.seconds()
+        copying = time.perf_counter()
         parts = {name: snapshot() for name, (snapshot, _) in self._states.items()}
+        self.metrics.snapshot_seconds.observe(time.perf_counter() - copying)
         self._checkpointing = True
         self._since_checkpoint = 0
-        began = self.clock.seconds()
         d = self.file_pool.run(checkpoint.write, self.directory, start, parts)
         d.addCallbacks(self._checkpoint_written, self._checkpoint_failed,
                        callbackArgs=(position, began))
