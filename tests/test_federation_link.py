@@ -737,3 +737,45 @@ class PinnedCertificateTests(unittest.TestCase):
         link, sent = self.connect(None)
         self.assertEqual(link.state, "closed")
         self.assertIn(b"presented none", sent)
+
+
+class LostItemTests(ThreeRelays):
+    def test_a_hole_no_peer_fills_is_recorded_once_and_not_asked_for_again(self):
+        pump = self.relay_broadcasts(3)
+        b = self.r[1]
+        b.index.discard("relay1", 2)
+        a = self.r[0]                     # item 2 is gone there too (past retention)
+        with open(a.journal.path, "rb") as f:
+            lines = f.readlines()
+        msg_id = next(json.loads(line)["ref"] for line in lines if b'"seq": 2,' in line)
+        with open(a.journal.path, "wb") as f:
+            f.writelines(line for line in lines if msg_id.encode() not in line)
+        a.hub.recent.clear()
+        asked = []
+        real = b.hub.ask_sync
+        b.hub.ask_sync = lambda link, have=None: (asked.append(link), real(link, have))
+        with capturedLogs() as events:
+            for _ in range(1 + fed_index.GIVE_UP_ROUNDS):
+                b.hub.repair()
+                flush(pump)
+        lost = [e for e in events if "recorded as lost" in e["log_format"]]
+        self.assertEqual(len(lost), 1)
+        self.assertEqual((lost[0]["first"], lost[0]["last"]), (2, 2))
+        self.assertEqual(b.index.wants()["relay1"], [3, []])
+        asked.clear()
+        b.hub.repair()
+        b.hub.repair()
+        self.assertEqual(asked, [], "a lost item is not asked for again")
+        b.restart()
+        self.assertEqual(b.index.wants()["relay1"], [3, []], "the loss is journaled")
+
+    def test_a_hole_is_not_given_up_while_a_peer_is_down(self):
+        b = self.r[1]
+        b.index.add("relay1", 1)
+        b.index.add("relay1", 3)
+        for _ in range(2 * fed_index.GIVE_UP_ROUNDS):
+            self.assertEqual(b.index.lasting({("relay1", 1)}, everyone_asked=False), [])
+        self.assertEqual(b.index.wants()["relay1"], [1, [3]])
+        for _ in range(fed_index.GIVE_UP_ROUNDS - 1):
+            self.assertEqual(b.index.lasting({("relay1", 1)}, everyone_asked=True), [])
+        self.assertEqual(b.index.lasting({("relay1", 1)}, everyone_asked=True), [("relay1", 2, 2)])

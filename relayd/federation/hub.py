@@ -286,6 +286,13 @@ class Hub:
         lost in a dropped link, refused by a full disk, or stopped by max_hops)."""
         holes = {(origin, c.low) for origin, c in self.index.cursors.items() if c.above}
         lasting, self._holes = holes & self._holes, holes
+        everyone = all(self.links.get(name) for name in self.peers)
+        for origin, first, last in self.index.lasting(lasting, everyone):
+            self._record(fed_index.lost_line(origin, first, last))
+            self.log.warn("federation: items {first}..{last} of {origin} are held by no peer "
+                          "after {rounds} repair rounds; recorded as lost, not asked for again",
+                          origin=origin, first=first, last=last, rounds=fed_index.GIVE_UP_ROUNDS)
+            lasting.discard((origin, first - 1))
         if lasting:
             for links in self.links.values():
                 self.ask_sync(links[0])
