@@ -9,7 +9,7 @@ from relayd.core.dedup import DedupWindow
 from relayd.core.history import History
 from relayd.core.mailbox import Mailboxes
 from relayd.federation.index import Index
-from relayd.journal import checkpoint
+from relayd.journal import checkpoint, record, segments
 from relayd.journal.replay import Start
 from tests.test_journal import JournalTestMixin, ManualPool, line
 
@@ -230,3 +230,68 @@ class ComponentSnapshotTests(unittest.TestCase):
         copy.load_snapshot(self.round_trip(index.snapshot(exclude=[("other", 2)])))
         self.assertEqual([copy.has("other", s) for s in (1, 2, 3, 5)], [True, False, True, True])
         self.assertEqual(copy.next_own(), 2)
+
+
+class CheckpointPositionTests(JournalTestMixin, unittest.TestCase):
+    """Where a checkpoint ends, and what a replay from there reports."""
+
+    def setUp(self):
+        self.directory = self.mktemp()
+        os.makedirs(self.directory)
+
+    def write_segment(self, index, seqs):
+        name = segments.segment_name(index)
+        with open(os.path.join(self.directory, name), "wb") as f:
+            for seq in seqs:
+                f.write(record.frame(seq, line(seq)))
+        return name
+
+    def start_after(self, segment, offset, seq):
+        checkpoint.write(self.directory, Start(segment, offset, seq), {"counted": []})
+        journal = self.make(start=False)
+        state = []
+        journal.add_state("counted", lambda: state, state.extend)
+        journal.privilegedStartService()
+        journal.startService()
+        return journal
+
+    def test_a_pruned_checkpoint_segment_is_not_reported_missing(self):
+        first = self.write_segment(1, [1, 2])
+        os.unlink(os.path.join(self.directory, first))
+        self.write_segment(2, [3, 4])
+        journal = self.start_after(first, 100, 2)
+        self.assertEqual([r["n"] for r in self.consumer.records], [3, 4])
+        self.assertEqual((journal.report.missing_segments, journal.report.gaps), ([], []))
+
+    def test_records_lost_after_the_checkpoint_show_as_a_gap(self):
+        first = self.write_segment(1, [1, 2, 3])
+        size = len(record.frame(1, line(1)) + record.frame(2, line(2)))
+        with open(os.path.join(self.directory, first), "r+b") as f:
+            f.truncate(size + 5)                   # record 3 torn off
+        self.write_segment(3, [6])
+        journal = self.start_after(first, size, 2)
+        report = journal.report
+        self.assertEqual(report.missing_segments, ["relay_log.00000002.jsonl"])
+        self.assertEqual([g[:2] for g in report.gaps], [(3, 5)])
+        self.assertEqual(report.skipped[0][2], "torn line: no newline at end of segment")
+        self.assertEqual([r["n"] for r in self.consumer.records], [6])
+
+    def test_a_legacy_journal_is_covered_by_the_first_checkpoint(self):
+        with open(os.path.join(self.directory, "relay_log.jsonl"), "wb") as f:
+            f.write(line(1) + b"\n" + line(2) + b"\n")
+        journal = self.make(start=False)
+        state = []
+        journal.add_state("counted", lambda: list(state), lambda data: state.extend(data))
+        journal.consumer.restore = lambda record: state.append(record["n"])
+        journal.privilegedStartService()
+        journal.startService()
+        self.assertEqual(journal.report.legacy, 2)
+        self.successResultOf(journal.stopService())
+        journal = self.make(start=False)
+        state.clear()
+        journal.add_state("counted", lambda: list(state), lambda data: state.extend(data))
+        journal.consumer.restore = lambda record: state.append(record["n"])
+        journal.privilegedStartService()
+        self.assertEqual(state, [1, 2])
+        self.assertEqual((journal.report.records, journal.report.missing_segments), (0, []))
+        journal.startService()

@@ -127,11 +127,13 @@ def replay(directory, found, restore, start=None):
 
 
 def _missing_segments(report, found, start_index):
-    """Segment indices absent between the first (or the checkpoint's) and the last."""
+    """Segment indices absent between the first (or the checkpoint's) and the
+    last.  The checkpoint's own segment may be gone (pruned after a long idle
+    time): what it held after the checkpoint shows as a gap in the seqs."""
     indices = [s.index for s in found if s.index > 0]
     if not indices:
         return
-    low = indices[0] if start_index is None else min(start_index, indices[0])
+    low = indices[0] if start_index is None else max(1, start_index + 1)
     present = set(indices)
     for index in range(low, indices[-1]):
         if index not in present:
