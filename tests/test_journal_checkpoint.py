@@ -9,9 +9,10 @@ from relayd.core.dedup import DedupWindow
 from relayd.core.history import History
 from relayd.core.mailbox import Mailboxes
 from relayd.federation.index import Index
-from relayd.journal import checkpoint, record, segments
+from relayd.journal import checkpoint, record
 from relayd.journal.replay import Start
 from tests.test_journal import JournalTestMixin, ManualPool, line
+from tests.test_journal_replay import SegmentFiles, framed
 
 
 class Counted:
@@ -129,7 +130,8 @@ class CheckpointTests(JournalTestMixin, unittest.TestCase):
             f.write(b'{"version": 1, "seg')
         journal = self.restart(journal)
         self.assertEqual(self.state.seen, [1])
-        self.assertFalse(os.path.exists(os.path.join(self.directory, checkpoint.FILE_NAME + ".tmp")))
+        temporary = os.path.join(self.directory, checkpoint.FILE_NAME + ".tmp")
+        self.assertFalse(os.path.exists(temporary))
 
     def test_a_failed_checkpoint_write_is_counted_and_the_old_one_kept(self):
         journal = self.start(checkpoint_interval=10)
@@ -232,19 +234,11 @@ class ComponentSnapshotTests(unittest.TestCase):
         self.assertEqual(copy.next_own(), 2)
 
 
-class CheckpointPositionTests(JournalTestMixin, unittest.TestCase):
+class CheckpointPositionTests(SegmentFiles, unittest.TestCase):
     """Where a checkpoint ends, and what a replay from there reports."""
 
-    def setUp(self):
-        self.directory = self.mktemp()
-        os.makedirs(self.directory)
-
-    def write_segment(self, index, seqs):
-        name = segments.segment_name(index)
-        with open(os.path.join(self.directory, name), "wb") as f:
-            for seq in seqs:
-                f.write(record.frame(seq, line(seq)))
-        return name
+    def write_records(self, index, seqs):
+        return self.write_segment(index, b"".join(framed(seq, seq) for seq in seqs))
 
     def start_after(self, segment, offset, seq):
         checkpoint.write(self.directory, Start(segment, offset, seq), {"counted": []})
@@ -256,25 +250,25 @@ class CheckpointPositionTests(JournalTestMixin, unittest.TestCase):
         return journal
 
     def test_a_pruned_checkpoint_segment_is_not_reported_missing(self):
-        first = self.write_segment(1, [1, 2])
+        first = self.write_records(1, [1, 2])
         os.unlink(os.path.join(self.directory, first))
-        self.write_segment(2, [3, 4])
+        self.write_records(2, [3, 4])
         journal = self.start_after(first, 100, 2)
-        self.assertEqual([r["n"] for r in self.consumer.records], [3, 4])
+        self.assertEqual(self.replayed(), [3, 4])
         self.assertEqual((journal.report.missing_segments, journal.report.gaps), ([], []))
 
     def test_records_lost_after_the_checkpoint_show_as_a_gap(self):
-        first = self.write_segment(1, [1, 2, 3])
+        first = self.write_records(1, [1, 2, 3])
         size = len(record.frame(1, line(1)) + record.frame(2, line(2)))
         with open(os.path.join(self.directory, first), "r+b") as f:
             f.truncate(size + 5)                   # record 3 torn off
-        self.write_segment(3, [6])
+        self.write_records(3, [6])
         journal = self.start_after(first, size, 2)
         report = journal.report
         self.assertEqual(report.missing_segments, ["relay_log.00000002.jsonl"])
         self.assertEqual([g[:2] for g in report.gaps], [(3, 5)])
         self.assertEqual(report.skipped[0][2], "torn line: no newline at end of segment")
-        self.assertEqual([r["n"] for r in self.consumer.records], [6])
+        self.assertEqual(self.replayed(), [6])
 
     def test_a_legacy_journal_is_covered_by_the_first_checkpoint(self):
         with open(os.path.join(self.directory, "relay_log.jsonl"), "wb") as f:

@@ -74,7 +74,8 @@ class JournalDaemonTests(unittest.TestCase):
         self.relay.kill()
         self.start()
         self.assertIn("replayed 10 records from 2 segments after the checkpoint", self.relay.log())
-        self.assertEqual(self.received(30), [f"a{n}" for n in range(20)] + [f"b{n}" for n in range(10)])
+        self.assertEqual(self.received(30),
+                         [f"a{n}" for n in range(20)] + [f"b{n}" for n in range(10)])
 
     def test_a_flipped_bit_is_reported_and_never_delivered(self):
         self.start()

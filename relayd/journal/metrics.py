@@ -27,8 +27,9 @@ class JournalMetrics:
         self.write_errors = counter("relayd_journal_write_errors",
                                     "Failed batch writes or fsyncs (their appends failed)")
         self.fsyncs = counter("relayd_journal_fsyncs", "fsync calls on journal segments")
-        self.torn_lines = counter("relayd_journal_torn_lines",
-                                  "Torn or corrupt lines (bad checksum, duplicate seq...) skipped by the start-up replay")
+        self.torn_lines = counter(
+            "relayd_journal_torn_lines",
+            "Torn or corrupt records (bad checksum, duplicate seq...) skipped by the start-up replay")
         self.missing_records = counter(
             "relayd_journal_missing_records",
             "Sequence numbers missing from the journal, found by a start-up replay")

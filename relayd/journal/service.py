@@ -17,7 +17,7 @@ from relayd.filepool import FilePool
 from relayd.journal import checkpoint, lock, segments
 from relayd.journal.commit import GroupCommit
 from relayd.journal.metrics import JournalMetrics
-from relayd.journal.replay import Start, replay
+from relayd.journal.replay import ReplayReport, Start, replay
 from relayd.journal.writer import SegmentWriter
 
 POLICIES = ("always", "batch", "never")
@@ -356,6 +356,7 @@ class Journal(Service):
 
     def stats(self):
         now = self.clock.seconds()
+        report = self.report or ReplayReport()
         return {
             "fsync": self.fsync,
             "segments": self.segment_count,
@@ -365,9 +366,9 @@ class Journal(Service):
             "pending": self.pending,
             "lag_seconds": round(self._commit.lag(now), 6),
             "last_fsync_age": None if self.last_fsync is None else round(now - self.last_fsync, 3),
-            "torn_lines_at_start": 0 if self.report is None else len(self.report.skipped),
-            "missing_records_at_start": 0 if self.report is None else self.report.missing_records,
-            "missing_segments_at_start": [] if self.report is None else self.report.missing_segments,
+            "torn_lines_at_start": len(report.skipped),
+            "missing_records_at_start": report.missing_records,
+            "missing_segments_at_start": report.missing_segments,
             "checkpoint": None if self._checkpointed is None else self._checkpointed[2],
             "last_error": self.last_error,
         }
