@@ -127,3 +127,19 @@ def flip(path, at):
         data[at] ^= 0x01
         f.seek(0)
         f.write(data)
+
+
+class StartOrderTests(unittest.TestCase):
+    def test_ports_listen_before_the_journal_is_replayed(self):
+        """A connection made during the replay waits in the backlog; it is not refused."""
+        from twisted.internet.testing import MemoryReactorClock
+
+        from relayd import config
+        from relayd.daemon import build
+        data_dir = os.path.abspath(self.mktemp())
+        daemon = build(config.parse(f"[relay]\ndata_dir = {data_dir}\n"
+                                    f"[tcp]\nlisten = tcp:5555:interface=127.0.0.1\n"),
+                       MemoryReactorClock())
+        daemon.privilegedStartService()
+        self.assertEqual(daemon.reactor.tcpServers[0][0], 5555)
+        self.assertIsNone(daemon.journal.report, "the replay comes in startService")

@@ -121,7 +121,8 @@ class ReplayTests(SegmentFiles, unittest.TestCase):
                 self.report = report
         journal = self.make(start=False)
         journal.consumer = picky = Picky()
-        journal.privilegedStartService()
+        journal.startService()
+        self.addCleanup(self.stop, journal)
         self.assertEqual([r["n"] for r in picky.records], [1, 3])
         self.assertEqual(picky.report.skipped[0][1:], (2, "rejected by the consumer: KeyError"))
         self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)

@@ -98,11 +98,11 @@ class Journal(Service):
 
     # --- life cycle ---------------------------------------------------------------
 
-    def privilegedStartService(self):
-        super().privilegedStartService()
-        self._replay()
-
     def startService(self):
+        """Replay, then take appends.  The replay runs here, not in
+        privilegedStartService, so that the daemon's ports already listen
+        while it runs: connections made meanwhile wait in the kernel's
+        backlog and are served once it is done, instead of being refused."""
         if self.report is None:
             self._replay()
         super().startService()
