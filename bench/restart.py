@@ -12,7 +12,8 @@ checkpoint_bytes) and times three things from the process start to the
 first answered ``hello`` on the TCP port: the restart after a graceful
 stop, the restart after the "crash", and (``--cold``) the first start,
 which replays the whole journal because there is no checkpoint yet.  It
-also prints how long the port refused connections during each start.
+also prints how long the port refused connections during each start (it
+listens before the replay begins).
 """
 import argparse
 import os
