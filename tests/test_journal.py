@@ -342,9 +342,10 @@ class LifecycleTests(JournalTestMixin, unittest.TestCase):
     def test_one_daemon_per_journal_directory(self):
         first = self.make()
         second = Journal(self.directory, InlinePool(), Clock(), Consumer())
-        error = self.assertRaises(JournalLocked, second.startService)
+        error = self.assertRaises(JournalLocked, second.privilegedStartService)
         self.assertIn("in use by another relayd", str(error))
         self.successResultOf(first.stopService())
+        second.privilegedStartService()
         second.startService()
         self.successResultOf(second.stopService())
 

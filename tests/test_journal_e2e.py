@@ -120,6 +120,17 @@ class JournalDaemonTests(unittest.TestCase):
         self.assertEqual(self.metric("relayd_journal_missing_segments_total"), 1)
         self.assertEqual(self.received(2), ["one", "three"])
 
+    def test_a_second_daemon_on_the_same_journal_stops_at_once(self):
+        self.start()
+        second = Relayd(self, CONFIG, workdir=self.relay.workdir + "-second",
+                        tcp=free_port(), http=free_port())
+        second.data_dir = self.relay.data_dir
+        with open(second.config, "w") as f:
+            f.write(CONFIG.format(data_dir=self.relay.data_dir, **second.ports))
+        code, output = second.run_to_exit(timeout=60)
+        self.assertNotEqual(code, 0)
+        self.assertIn("is in use by another relayd", output)
+
 
 def flip(path, at):
     with open(path, "r+b") as f:
@@ -142,4 +153,5 @@ class StartOrderTests(unittest.TestCase):
                        MemoryReactorClock())
         daemon.privilegedStartService()
         self.assertEqual(daemon.reactor.tcpServers[0][0], 5555)
+        self.addCleanup(daemon.journal._unlock)
         self.assertIsNone(daemon.journal.report, "the replay comes in startService")

@@ -70,6 +70,7 @@ class Journal(Service):
         self._checkpointed = None     # the position the last checkpoint covers
         self._since_checkpoint = 0    # bytes written since then
         self._position = None         # (segment, offset, seq) after the last record known durable
+        self._start = (None, None)    # (where the replay starts, its summary), from the checkpoint
         self._lock = None
         self.records_written = 0
         self.bytes_written = 0
@@ -98,11 +99,19 @@ class Journal(Service):
 
     # --- life cycle ---------------------------------------------------------------
 
+    def privilegedStartService(self):
+        """Lock the directory and load the checkpoint: what can stop the
+        daemon stops it here, before anything listens."""
+        super().privilegedStartService()
+        self._prepare()
+
     def startService(self):
-        """Replay, then take appends.  The replay runs here, not in
+        """Replay, then take appends.  The replay runs here, after
         privilegedStartService, so that the daemon's ports already listen
         while it runs: connections made meanwhile wait in the kernel's
         backlog and are served once it is done, instead of being refused."""
+        if self._lock is None:
+            self._prepare()
         if self.report is None:
             self._replay()
         super().startService()
@@ -131,11 +140,14 @@ class Journal(Service):
             d.addCallback(lambda _: self._sync_pool.stopService())
         return d
 
-    def _replay(self):
+    def _prepare(self):
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         self._lock = lock.acquire(self.directory)
+        self._start = self._load_checkpoint()
+
+    def _replay(self):
         found = segments.scan(self.directory)
-        start, summary = self._load_checkpoint()
+        start, summary = self._start
         report = self.report = replay(self.directory, found, self.consumer.restore, start)
         report.checkpoint = summary
         self._writer.load(found, report.last_seq)
