@@ -66,11 +66,13 @@ class Start:
 
 class _Sequence:
     """Follows sequence numbers: holes below the next expected seq are kept
-    (oldest first) until a late record fills them or the replay ends."""
+    (oldest first) until a late record fills them or the replay ends.
+    ``framed`` turns true at the first checksummed record."""
 
     def __init__(self, after):
         self.next = None if after is None else after + 1
         self.holes = []          # [first, last, segment, line]
+        self.framed = False
 
     def see(self, seq, segment, line):
         """None for a record to apply, "reordered" for one that fills a hole
@@ -105,7 +107,6 @@ def replay(directory, found, restore, start=None):
     """
     report = ReplayReport()
     sequence = _Sequence(None if start is None else start.seq)
-    state = {"framed": False}
     if start is not None:
         report.last_seq = start.seq
         start_index = segments.segment_index(start.segment)
@@ -116,7 +117,7 @@ def replay(directory, found, restore, start=None):
     for segment in found:
         report.segments += 1
         offset = start.offset if start is not None and segment.name == start.segment else 0
-        _replay_segment(directory, segment.name, offset, restore, report, sequence, state)
+        _replay_segment(directory, segment.name, offset, restore, report, sequence)
     for first, last, segment, line in sequence.holes:
         report.gaps.append((first, last, segment, line))
         if len(report.gaps) <= LOGGED_SKIPS:
@@ -143,7 +144,7 @@ def _missing_segments(report, found, start_index):
                 log.error("journal: segment {segment} is missing", segment=name)
 
 
-def _replay_segment(directory, name, offset, restore, report, sequence, state):
+def _replay_segment(directory, name, offset, restore, report, sequence):
     number = 0
     try:
         with open(os.path.join(directory, name), "rb") as f:
@@ -158,7 +159,7 @@ def _replay_segment(directory, name, offset, restore, report, sequence, state):
                 if line is None:
                     _skip(report, name, number, "line too long")
                 else:
-                    _replay_line(report, name, number, line, restore, sequence, state)
+                    _replay_line(report, name, number, line, restore, sequence)
     except OSError as e:
         _skip(report, name, number + 1, f"unreadable: {e.strerror}")
 
@@ -178,17 +179,17 @@ def _lines(f):
         yield None
 
 
-def _replay_line(report, segment, number, line, restore, sequence, state):
+def _replay_line(report, segment, number, line, restore, sequence):
     report.bytes += len(line)
     seq, record, reason = framing.parse(line)
     if record is not None:
         if seq is None:
-            if state["framed"]:
+            if sequence.framed:
                 record, reason = None, "unchecked record after checksummed ones"
             else:
                 report.legacy += 1
         else:
-            state["framed"] = True
+            sequence.framed = True
             order = sequence.see(seq, segment, number)
             if order == "reordered":
                 report.reordered += 1
