@@ -122,6 +122,19 @@ class CheckpointTests(JournalTestMixin, unittest.TestCase):
         self.assertEqual(self.state.seen, [1])
         self.assertEqual(journal.report.records, 1)
 
+    def test_a_checkpoint_that_cannot_be_loaded_means_a_full_replay_from_scratch(self):
+        journal = self.start()
+        self.write(journal, [1, 2])
+        self.successResultOf(journal.stopService())
+        start, _ = checkpoint.read(self.directory)
+        checkpoint.write(self.directory, start, {"counted": 5})    # checksum fine, content not
+        journal = self.start()
+        self.assertEqual(self.state.seen, [1, 2], "no half-loaded state left behind")
+        self.assertEqual(journal.report.records, 2)
+        self.assertEqual(len(self.flushLoggedErrors(TypeError)), 1)
+        self.assertEqual(
+            self.registry.get_sample_value("relayd_journal_checkpoint_damaged_total"), 1)
+
     def test_a_torn_temporary_file_is_ignored_and_removed(self):
         journal = self.start()
         self.write(journal, [1])

@@ -70,7 +70,6 @@ class Journal(Service):
         self._checkpointed = None     # the position the last checkpoint covers
         self._since_checkpoint = 0    # bytes written since then
         self._position = None         # (segment, offset, seq) after the last record known durable
-        self._start = (None, None)    # (where the replay starts, its summary), from the checkpoint
         self._lock = None
         self.records_written = 0
         self.bytes_written = 0
@@ -100,18 +99,18 @@ class Journal(Service):
     # --- life cycle ---------------------------------------------------------------
 
     def privilegedStartService(self):
-        """Lock the directory and load the checkpoint: what can stop the
-        daemon stops it here, before anything listens."""
+        """Lock the directory: a journal in use stops the daemon here, before
+        anything listens (an exception in startService would not stop twistd)."""
         super().privilegedStartService()
-        self._prepare()
+        self._lock_directory()
 
     def startService(self):
-        """Replay, then take appends.  The replay runs here, after
-        privilegedStartService, so that the daemon's ports already listen
-        while it runs: connections made meanwhile wait in the kernel's
-        backlog and are served once it is done, instead of being refused."""
+        """Load the checkpoint and replay, then take appends.  This runs after
+        privilegedStartService, so the daemon's ports already listen:
+        connections made meanwhile wait in the kernel's backlog and are
+        served once the replay is done, instead of being refused."""
         if self._lock is None:
-            self._prepare()
+            self._lock_directory()
         if self.report is None:
             self._replay()
         super().startService()
@@ -140,14 +139,13 @@ class Journal(Service):
             d.addCallback(lambda _: self._sync_pool.stopService())
         return d
 
-    def _prepare(self):
+    def _lock_directory(self):
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         self._lock = lock.acquire(self.directory)
-        self._start = self._load_checkpoint()
 
     def _replay(self):
         found = segments.scan(self.directory)
-        start, summary = self._start
+        start, summary = self._load_checkpoint()
         report = self.report = replay(self.directory, found, self.consumer.restore, start)
         report.checkpoint = summary
         self._writer.load(found, report.last_seq)
@@ -186,14 +184,17 @@ class Journal(Service):
             self.log.warn("journal: the checkpoint has no {parts}; replaying the whole journal",
                           parts=", ".join(lacking))
             return None, None
+        blank = {name: _resolve(snapshot()) for name, (snapshot, _) in self._states.items()}
         for name, (_, load) in self._states.items():
             try:
                 load(parts[name])
-            except Exception as e:
-                raise SystemExit(
-                    f"journal: the checkpoint {os.path.join(self.directory, checkpoint.FILE_NAME)}"
-                    f" passed its checksum but its {name} could not be loaded ({e!r}); move it "
-                    f"away to replay the whole journal") from None
+            except Exception:
+                self.metrics.checkpoint_damaged.inc()
+                self.log.failure("journal: the checkpoint's {part} could not be loaded; "
+                                 "replaying the whole journal", part=name)
+                for other, (_, reset) in self._states.items():
+                    reset(blank[other])
+                return None, None
         return start, f"the checkpoint at record {start.seq} ({start.segment} byte {start.offset})"
 
     def _closed(self, _):
@@ -395,3 +396,8 @@ class Journal(Service):
         if self._sync_since is not None and now - self._sync_since > LAG_LIMIT:
             return f"journal fsync has been running for {now - self._sync_since:.1f}s"
         return None
+
+
+def _resolve(snapshot):
+    """A snapshot given as a function (to finish on the file thread) called now."""
+    return snapshot() if callable(snapshot) else snapshot
