@@ -7,13 +7,13 @@ pool and the journal outlive the listeners on shutdown.
 import os
 import signal
 
+import orjson
 from prometheus_client import CollectorRegistry
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.logger import Logger
 
 from relayd import config
-from relayd.core import message
 from relayd.core.abuse import AbuseGuard
 from relayd.core.dedup import DedupWindow
 from relayd.core.history import History
@@ -158,12 +158,15 @@ def checkpoint_core(journal, router):
     journal.add_state("dedup", lambda: dedup.snapshot(exclude=router.unsettled()),
                       dedup.load_snapshot)
     journal.add_state("mailboxes", mailboxes.snapshot,
-                      lambda data: mailboxes.load_snapshot(data, _stored_line))
+                      lambda data: mailboxes.load_snapshot(data, _stored_entry))
     journal.add_state("history", history.snapshot, history.load_snapshot)
 
 
-def _stored_line(entry):
-    return message.delivery_line(message.journal_line(entry))
+def _stored_entry(line):
+    """The entry of a stored ``message.delivery_line``, read back from a checkpoint."""
+    entry = orjson.loads(line)
+    del entry["type"]
+    return entry
 
 
 def build(settings, reactor, config_path=None):

@@ -223,10 +223,12 @@ class ComponentSnapshotTests(unittest.TestCase):
         from twisted.internet.task import Clock
         boxes = Mailboxes(Clock(), 10, 3600)
         for n in range(3):
-            boxes.put("bob", {"msg_id": f"m{n}", "timestamp": 0.0}, b"line")
+            boxes.put("bob", {"msg_id": f"m{n}", "timestamp": 0.0}, b"line %d" % n)
         copy = Mailboxes(Clock(), 10, 3600)
-        copy.load_snapshot(self.round_trip(boxes.snapshot()), lambda e: e["msg_id"].encode())
-        self.assertEqual([line for _, line in copy.peek("bob")], [b"m0", b"m1", b"m2"])
+        copy.load_snapshot(self.round_trip(boxes.snapshot()),
+                           lambda line: {"msg_id": line.decode(), "timestamp": 0.0})
+        self.assertEqual([(e["msg_id"], line) for e, line in copy.peek("bob")],
+                         [("line 0", b"line 0"), ("line 1", b"line 1"), ("line 2", b"line 2")])
 
     def test_history(self):
         history = History(2)

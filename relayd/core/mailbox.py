@@ -56,17 +56,23 @@ class Mailboxes:
 
     def snapshot(self):
         """For a checkpoint: a function (to call on another thread) returning
-        ``{peer: [entry, ...]}`` oldest first.  Entries are never changed once
-        stored, so only the boxes are copied here."""
+        ``{peer: [line, ...]}`` oldest first, each stored line as text (ASCII
+        JSON).  Nothing stored is changed later, so only the boxes are copied
+        here."""
         boxes = [(peer, list(box.values())) for peer, box in self._boxes.items()]
-        return lambda: {peer: [entry for entry, _ in stored] for peer, stored in boxes}
+        return lambda: {peer: [line.decode() for _, line in stored] for peer, stored in boxes}
 
-    def load_snapshot(self, data, line_of):
-        """Replace every mailbox with a ``snapshot()``; ``line_of(entry)`` is
-        the line stored beside each entry."""
-        self._boxes = {}
-        for peer, entries in data.items():
-            self._boxes[peer] = OrderedDict((e["msg_id"], (e, line_of(e))) for e in entries)
+    def load_snapshot(self, data, entry_of):
+        """Replace every mailbox with a ``snapshot()``; ``entry_of(line)`` is
+        the entry stored beside each line."""
+        boxes = {}
+        for peer, lines in data.items():
+            box = boxes[peer] = OrderedDict()
+            for text in lines:
+                line = text.encode()
+                entry = entry_of(line)
+                box[entry["msg_id"]] = (entry, line)
+        self._boxes = boxes
 
     def total(self):
         return sum(len(b) for b in self._boxes.values())
