@@ -2,6 +2,8 @@
 from prometheus_client import Counter, Gauge
 from twisted.logger import Logger
 
+from relayd.ops.ratelog import LogLimiter
+
 DENIALS_LOGGED_PER_MINUTE = 20      # per source IP; the rest are only counted
 
 
@@ -17,7 +19,7 @@ class RelayEvents:
 
     def __init__(self, registry, clock):
         self.clock = clock
-        self._denial_windows = {}       # ip -> [window start, denials logged in it]
+        self._denials = LogLimiter(clock, per_window=DENIALS_LOGGED_PER_MINUTE)
         self.relayed_bytes = 0
         self.totals = {"reservations_accepted": 0, "reservations_renewed": 0,
                        "circuits_opened": 0, "circuits_closed": 0, "denied": 0}
@@ -60,19 +62,12 @@ class RelayEvents:
                           to=f" to {target}" if target else "", target=target, libp2p_event="denied")
 
     def _may_log_denial(self, ip):
-        now = self.clock.seconds()
-        window = self._denial_windows.get(ip)
-        if window is None or now - window[0] >= 60:
-            if len(self._denial_windows) >= 10000:
-                self._denial_windows = {k: w for k, w in self._denial_windows.items()
-                                        if now - w[0] < 60}
-            window = self._denial_windows[ip] = [now, 0]
-        window[1] += 1
-        if window[1] == DENIALS_LOGGED_PER_MINUTE + 1:
+        log_it, _ = self._denials.admit(ip)
+        if not log_it and self._denials.pending(ip) == 1:
             self.log.warn("libp2p: more than {limit} denials this minute for {ip}; further ones "
                           "are only counted (relayd_libp2p_denials)",
                           limit=DENIALS_LOGGED_PER_MINUTE, ip=ip)
-        return window[1] <= DENIALS_LOGGED_PER_MINUTE
+        return log_it
 
     def circuit_opened(self, circuit):
         self.totals["circuits_opened"] += 1
