@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import CollectorRegistry
 from twisted.internet import defer
 from twisted.internet.task import Clock
-from twisted.logger import capturedLogs, formatEvent
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.test import iosim
 from twisted.trial import unittest
 
@@ -442,6 +442,18 @@ class ForwardingTests(ThreeRelays):
         flush(pump)
         self.assertEqual(len(self.r[1].message_ids()), 1)
         self.assertEqual(self.r[1].index.wants()["relay1"], [1, []])
+
+    def test_a_full_disk_is_logged_once_not_per_item(self):
+        client, server, pump = join(self.r[0], self.r[1])
+        self.r[1].journal.fail = True
+        alice = self.r[0].client("alice")
+        with capturedLogs() as events:
+            for i in range(50):
+                self.r[0].send(alice, "*", f"m{i}")
+            pump.flush()
+        errors = [e for e in events if e["log_level"] >= LogLevel.error]
+        self.assertLessEqual(len(errors), 2, [formatEvent(e) for e in errors])
+        self.assertFalse([e for e in events if e["log_level"] == LogLevel.critical])
 
 
 class CatchUpTests(ThreeRelays):

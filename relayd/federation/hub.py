@@ -18,6 +18,7 @@ from relayd.federation.catchup import CatchUpServer
 from relayd.federation.frames import (BadItem, check_entry, is_time, item_key, msg_frame,
                                       receipt_frame)
 from relayd.federation.metrics import PeerStats, peer_rows
+from relayd.ops.ratelog import LogLimiter, repeats
 
 RECENT_ITEMS = 10000
 CHECKPOINT_EVERY = 1000       # items between two cursor checkpoints in the journal
@@ -48,6 +49,7 @@ class Hub:
         self._holes = set()            # (origin, low) with items above low, at the last repair()
         self._retrying = set()         # links that will be asked to resend after a journal failure
         self.catchup = CatchUpServer(self)
+        self._log_limiter = LogLimiter(clock)   # a full disk fails every record alike
 
     def find_peer(self, name):
         return self.peers.get(name)
@@ -174,7 +176,17 @@ class Hub:
 
     def _record(self, line):
         d = self.journal.append(line)
-        d.addErrback(lambda f: self.log.failure("federation: could not journal a record", f))
+        d.addErrback(self._record_failed)
+
+    def _record_failed(self, failure):
+        if not failure.check(OSError):
+            self.log.failure("federation: could not journal a record", failure)
+            return
+        error = failure.getErrorMessage()
+        log_it, left_out = self._log_limiter.admit(error)
+        if log_it:
+            self.log.error("federation: could not journal a record: {error}{repeats}",
+                           error=error, repeats=repeats(left_out))
 
     # --- frames from links -----------------------------------------------------------
 
@@ -253,8 +265,11 @@ class Hub:
         """The journal failed: forget the item and ask the peer again a little later."""
         self._pending.pop(msg_id, None)
         self.index.discard(origin, seq)
-        self.log.error("federation: could not accept {origin}/{seq}: {error}",
-                       origin=origin, seq=seq, error=failure.getErrorMessage())
+        error = failure.getErrorMessage()
+        log_it, left_out = self._log_limiter.admit(("accept", error))
+        if log_it:
+            self.log.error("federation: could not accept {origin}/{seq}: {error}{repeats}",
+                           origin=origin, seq=seq, error=error, repeats=repeats(left_out))
         if link not in self._retrying:
             self._retrying.add(link)
             self.clock.callLater(self.settings.keepalive, self._retry, link)
