@@ -1,6 +1,8 @@
 """The journal under a real twistd: checkpointed restarts, crashes and damaged files."""
 import os
 import signal
+import threading
+import time
 import urllib.request
 
 from twisted.trial import unittest
@@ -155,3 +157,67 @@ class StartOrderTests(unittest.TestCase):
         self.assertEqual(daemon.reactor.tcpServers[0][0], 5555)
         self.addCleanup(daemon.journal._unlock)
         self.assertIsNone(daemon.journal.report, "the replay comes in startService")
+
+
+CHECKPOINTING = CONFIG + """
+[journal]
+checkpoint_bytes = 16KiB
+checkpoint_interval = 50ms
+"""
+
+
+class CheckpointCrashTests(unittest.TestCase):
+    """kill -9 while checkpoints are written all the time loses no acked message."""
+    timeout = 180
+
+    def test_kill_9_during_checkpoints_loses_no_acked_message(self):
+        relay = Relayd(self, CHECKPOINTING, tcp=free_port(), http=free_port())
+        port = relay.ports["tcp"]
+        acked = {}
+        total, kills = 300, 3
+        for kill in range(kills):
+            relay.start(wait_tcp=[port])
+            started = threading.Event()
+            thread = threading.Thread(target=send_until_killed,
+                                      args=(port, kill, total, acked, started))
+            thread.start()
+            started.wait(10)
+            time.sleep(0.002 * kill)
+            relay.kill()
+            thread.join(20)
+        relay.start(wait_tcp=[port])
+        self.assertIn("after the checkpoint at record", relay.log())
+        # Re-send what was not acknowledged, with the same nonces.
+        alice = LineClient(port, "alice")
+        self.addCleanup(alice.close)
+        for kill in range(kills):
+            for i in range(total):
+                nonce = f"k{kill}n{i}"
+                if nonce not in acked:
+                    alice.request(type="send", to="bob", body=nonce, nonce=nonce)
+                    acked[nonce] = alice.read()["msg_id"]
+        bob = LineClient(port, "bob")
+        self.addCleanup(bob.close)
+        self.assertEqual(bob.welcome["pending"], kills * total)
+        received = [bob.read() for _ in range(kills * total)]
+        self.assertEqual(sorted(m["msg_id"] for m in received), sorted(acked.values()))
+        self.assertEqual(relay.stop(), 0)
+
+
+def send_until_killed(port, kill, total, acked, started):
+    """Pipeline ``total`` messages to bob; record every ack until the relay dies;
+    ``started`` is set once a third are acked."""
+    client = LineClient(port, "alice")
+    try:
+        for i in range(total):
+            client.request(type="send", to="bob", body=f"k{kill}n{i}", nonce=f"k{kill}n{i}")
+        for i in range(total):
+            ack = client.read()
+            acked[ack["nonce"]] = ack["msg_id"]
+            if i == total // 3:
+                started.set()
+    except (EOFError, OSError, ValueError):
+        pass
+    finally:
+        started.set()
+        client.close()
