@@ -25,10 +25,12 @@ from relayd.core.dedup import DedupWindow
 from relayd.core.history import History
 from relayd.core.mailbox import Mailboxes
 from relayd.core.router import Router
+from relayd.federation.frames import BadItem
 from relayd.federation.hub import Hub
 from relayd.federation.index import Index, JournalTee, companion_line
 from relayd.federation import catchup
 from relayd.federation import index as fed_index
+from relayd.federation import handshake
 from relayd.federation.handshake import transcript
 from relayd.federation.link import Link
 from relayd.federation.metrics import FederationMetrics
@@ -171,6 +173,42 @@ class HandshakeTests(unittest.TestCase):
         self.assertTrue(client.ready.called)
         row = self.a.hub.peer_rows()[0]
         self.assertEqual((row["peer"], row["state"], row["connects"]), ("relay2", "up", 1))
+
+    def test_seq_ranges_only_when_both_sides_list_them(self):
+        client, server, _ = join(self.a, self.b)
+        self.assertEqual((client.ranges, server.ranges), (True, True))
+
+        class OldLink(Link):
+            """A relay of the version before features: its hello lists none."""
+
+            def send(self, frame):
+                frame.pop("features", None)
+                super().send(frame)
+        c = Relay(self, "relay3", self.clock)
+        self.a.trust(c)
+        c.trust(self.a)
+        c.index.add("relay9", 5)
+        client, server, pump = iosim.connectedServerAndClient(
+            lambda: Link(self.a.hub), lambda: OldLink(c.hub, expected="relay1"), greet=False)
+        sent = []
+        real_send = server.send
+        server.send = lambda frame: (sent.append(frame), real_send(frame))
+        pump.flush()
+        self.assertEqual((client.state, server.state), ("up", "up"))
+        self.assertFalse(server.ranges, "relay1 heard no features from relay3")
+        self.a.index.add("relay9", 7)
+        self.a.hub.ask_sync(server)
+        self.assertEqual(sent[-1]["have"]["relay9"], [0, [7]], "the old form, to an old relay")
+
+    def test_have_parses_both_forms(self):
+        wants = catchup.parse_have({"r1": [3, [5, 9]], "r2": [0, [4], [[6, 8], [10, 10]]]})
+        self.assertEqual([s for s in range(1, 12) if catchup.lacks(wants, "r1", s)],
+                         [4, 6, 7, 8, 10, 11])
+        self.assertEqual([s for s in range(1, 12) if catchup.lacks(wants, "r2", s)],
+                         [1, 2, 3, 5, 9, 11])
+        self.assertTrue(catchup.lacks(wants, "r3", 1))
+        for bad in ({"r1": 5}, {"r1": [1]}, {"r1": [0, [], [[5, 2]]]}, {"r1": [0, ["x"]]}, []):
+            self.assertRaises(BadItem, catchup.parse_have, bad)
 
     def test_wrong_key_is_refused(self):
         self.a.trust(self.b)
@@ -496,9 +534,9 @@ class CatchUpTests(ThreeRelays):
         flush(pump)
         self.assertEqual(bob.bodies(), [f"m{i}" for i in range(7)])
 
-    def test_a_hole_no_peer_can_fill_does_not_loop_the_catch_up(self):
-        # relay1 holds relay9's items 2..12 but never had 1 (pruned before it came):
-        # beyond the seqs a sync lists, relay2 would be sent the same items forever
+    def hole_below_many_items(self):
+        """relay1 holds relay9's items 2..12 but never had 1 (pruned before it
+        came), and a sync lists at most 3 seqs (or ranges) above a hole."""
         self.patch(fed_index, "MAX_ABOVE_SENT", 3)
         for relay in self.r:
             relay.hub.settings.sync_batch = 2
@@ -511,8 +549,21 @@ class CatchUpTests(ThreeRelays):
         self.r[0].restart()
         _, _, pump = join(self.r[0], self.r[1])
         flush(pump)
+        return pump
+
+    def test_a_hole_no_peer_can_fill_does_not_loop_the_catch_up(self):
+        # without ranges, beyond the seqs a sync lists relay2 would be sent the
+        # same items forever: it stops asking once a round changes nothing
+        self.patch(handshake, "FEATURES", ())
+        pump = self.hole_below_many_items()
         self.assertFalse(pump.pump())                   # quiet, not asking again and again
         self.assertEqual(self.r[1].index.cursors["relay9"].above, set(range(2, 7)))
+
+    def test_with_ranges_everything_above_a_hole_is_caught_up(self):
+        pump = self.hole_below_many_items()
+        self.assertFalse(pump.pump())
+        self.assertEqual(self.r[1].index.cursors["relay9"].above, set(range(2, 13)))
+        self.assertEqual(self.r[1].index.wants(True)["relay9"], [0, [], [[2, 12]]])
 
     def test_receipts_are_caught_up_too(self):
         alice = self.r[0].client("alice")
@@ -571,7 +622,7 @@ class CollectTests(unittest.TestCase):
             offer(picked, key, value)
             held.append(len(picked.items))
         self.patch(catchup.Smallest, "offer", spy)
-        items, more = catchup.collect(self.journal(500), {"relay1": (100, frozenset([102]))}, 10)
+        items, more = catchup.collect(self.journal(500), {"relay1": catchup.Held(100, [(102, 102)])}, 10)
         self.assertEqual([seq for _, seq, _, _ in items], [101] + list(range(103, 112)))
         self.assertEqual({kind for _, _, kind, _ in items}, {"m"})
         self.assertEqual(items[0][3]["body"], "m101")
@@ -580,7 +631,7 @@ class CollectTests(unittest.TestCase):
         self.assertLessEqual(max(held), 20)
 
     def test_the_last_batch_says_no_more(self):
-        items, more = catchup.collect(self.journal(30), {"relay1": (25, frozenset())}, 10)
+        items, more = catchup.collect(self.journal(30), {"relay1": catchup.Held(25)}, 10)
         self.assertEqual([seq for _, seq, _, _ in items], [26, 27, 28, 29, 30])
         self.assertFalse(more)
 
@@ -619,14 +670,14 @@ class SummaryTests(unittest.TestCase):
         catchup.collect(directory, {}, 10, summaries=summaries)        # reads every segment once
         catchup.open = spy              # shadows the builtin in that module only
         self.addCleanup(delattr, catchup, "open")
-        items, more = catchup.collect(directory, {"relay1": (450, frozenset())}, 10,
+        items, more = catchup.collect(directory, {"relay1": catchup.Held(450)}, 10,
                                       summaries=summaries)
         self.assertEqual([seq for _, seq, _, _ in items], list(range(451, 461)))
         self.assertEqual(set(opened), {segment_name(4), segment_name(5)})
         # A segment being written is read on from where the last round stopped.
         self.segment(directory, 5, [501, 502])
         opened.clear()
-        items, more = catchup.collect(directory, {"relay1": (500, frozenset())}, 10,
+        items, more = catchup.collect(directory, {"relay1": catchup.Held(500)}, 10,
                                       summaries=summaries)
         self.assertEqual([seq for _, seq, _, _ in items], [501, 502])
         self.assertFalse(more)
@@ -639,7 +690,7 @@ class SummaryTests(unittest.TestCase):
         self.segment(directory, 3, [3])
         with open(os.path.join(directory, segment_name(3)), "ab") as f:
             f.write(companion_line("relay1", 4, f"{1:064x}") + b"\n")   # an old message, new seq
-        items, _ = catchup.collect(directory, {"relay1": (3, frozenset())}, 10,
+        items, _ = catchup.collect(directory, {"relay1": catchup.Held(3)}, 10,
                                    summaries=catchup.Summaries())
         self.assertEqual([(seq, record["body"]) for _, seq, _, record in items], [(4, "m1")])
 

@@ -13,6 +13,7 @@ not found there, in every segment).  Items come back sorted by origin and
 seq, at most ``limit`` of them, with a flag saying whether more are left.
 """
 import os
+from bisect import bisect_right
 
 from twisted.logger import Logger
 
@@ -22,9 +23,56 @@ from relayd.journal import segments
 from relayd.journal.replay import check
 
 
+class Held:
+    """What a peer holds of one origin: every seq up to ``low``, and the
+    ``[first, last]`` ranges above it (any order, may overlap)."""
+
+    __slots__ = ("low", "starts", "ends")
+
+    def __init__(self, low, ranges=()):
+        self.low, self.starts, self.ends = low, [], []
+        for first, last in sorted(r for r in ranges if r[1] > low):
+            first = max(first, low + 1)
+            if self.ends and first <= self.ends[-1] + 1:
+                self.ends[-1] = max(self.ends[-1], last)
+            else:
+                self.starts.append(first)
+                self.ends.append(last)
+
+    def covers(self, first, last):
+        """True when every seq from ``first`` to ``last`` is held."""
+        if last <= self.low:
+            return True
+        first = max(first, self.low + 1)
+        i = bisect_right(self.starts, first) - 1
+        return i >= 0 and last <= self.ends[i]
+
+    def top(self):
+        return self.ends[-1] if self.ends else self.low
+
+
 def lacks(wants, origin, seq):
-    low, above = wants.get(origin, (0, ()))
-    return seq > low and seq not in above
+    held = wants.get(origin)
+    return held is None or not held.covers(seq, seq)
+
+
+def parse_have(have):
+    """``{origin: Held}`` of a ``sync`` frame's ``have``; raises BadItem."""
+    if not isinstance(have, dict):
+        raise BadItem("sync needs have: {origin: [low, [seqs above]]}")
+    wants = {}
+    for origin, cursor in have.items():
+        try:
+            low, above, *extra = cursor
+            ranges = [(int(s), int(s)) for s in above]
+            for first, last in (extra[0] if extra else ()):
+                if int(first) > int(last):
+                    raise ValueError
+                ranges.append((int(first), int(last)))
+            wants[origin] = Held(int(low), ranges)
+        except (TypeError, ValueError):
+            raise BadItem(f"bad cursor for origin {origin!r}") from None
+    return wants
 
 
 FED_MARK = b'"fed": '
@@ -107,11 +155,8 @@ class Summaries:
 
 
 def _may_lack(wants, origin, low, high):
-    held, above = wants.get(origin, (0, ()))
-    if high <= held:
-        return False
-    start = max(low, held + 1)
-    return high - start + 1 > len(above) or any(s not in above for s in range(start, high + 1))
+    held = wants.get(origin)
+    return held is None or not held.covers(low, high)
 
 
 def _fed_records(directory, names):
@@ -168,7 +213,7 @@ class Smallest:
 def collect(directory, wants, limit, recent=(), summaries=None):
     """``(items, more)``: items are ``(origin, seq, kind, record)``, kind "m" or "r".
 
-    ``wants`` maps origin -> (low, set of seqs above low) held by the peer;
+    ``wants`` maps origin -> ``Held`` (what the peer holds of it);
     ``recent`` holds items not yet on disk, in the same shape; ``summaries``
     (a ``Summaries`` kept between calls) spares reading segments that hold
     nothing the peer lacks.  Memory stays within a few times ``limit``
@@ -245,18 +290,9 @@ class CatchUpServer:
 
     def request(self, link, frame):
         """Handle a ``sync`` frame; raises BadItem when it is malformed."""
-        have = frame.get("have")
-        if not isinstance(have, dict):
-            raise BadItem("sync needs have: {origin: [low, [seqs above]]}")
-        wants = {}
-        for origin, cursor in have.items():
-            try:
-                low, above = cursor
-                wants[origin] = (int(low), frozenset(int(s) for s in above))
-            except (TypeError, ValueError):
-                raise BadItem(f"bad cursor for origin {origin!r}") from None
+        wants = parse_have(frame.get("have"))
         own = wants.get(self.hub.relay_id)
-        top = max(own[1], default=own[0]) if own is not None else 0
+        top = own.top() if own is not None else 0
         if self.hub.index.seen_own(top):
             self.log.warn("federation: {peer} holds items of ours up to seq {seq}, beyond our "
                           "journal (was it lost?); new items continue after it",

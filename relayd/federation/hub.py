@@ -80,7 +80,7 @@ class Hub:
             self.ask_sync(link)
 
     def ask_sync(self, link, have=None):
-        link.sync_have = self.index.wants() if have is None else have
+        link.sync_have = self.index.wants(link.ranges) if have is None else have
         link.send({"type": "sync", "have": link.sync_have})
 
     def link_down(self, link, why):
@@ -219,7 +219,7 @@ class Hub:
         would ask with: the answer would be the same (a hole no peer can fill,
         with more seqs held above it than a sync lists), again and again."""
         if frame.get("more"):
-            have = self.index.wants()
+            have = self.index.wants(link.ranges)
             if have != link.sync_have:
                 self.ask_sync(link, have)
 

@@ -74,6 +74,17 @@ class Cursor:
         return max(self.above, default=self.low)
 
 
+def seq_ranges(seqs):
+    """``[[first, last], ...]`` of the runs of consecutive numbers in ``seqs``."""
+    out = []
+    for seq in sorted(seqs):
+        if out and seq == out[-1][1] + 1:
+            out[-1][1] = seq
+        else:
+            out.append([seq, seq])
+    return out
+
+
 def companion_line(origin, seq, msg_id):
     return json.dumps({"fed": origin, "seq": seq, "ref": msg_id}).encode()
 
@@ -148,8 +159,13 @@ class Index:
             lost.append((origin, low + 1, last))
         return lost
 
-    def wants(self):
-        """What this relay holds, for a ``sync`` frame: ``{origin: [low, [above...]]}``."""
+    def wants(self, ranges=False):
+        """What this relay holds, for a ``sync`` frame: ``{origin: [low, [above...]]}``,
+        or with ``ranges`` ``{origin: [low, [], [[first, last], ...]]}`` (up to
+        ``MAX_ABOVE_SENT`` ranges, however many seqs they hold)."""
+        if ranges:
+            return {origin: [c.low, [], seq_ranges(c.above)[:MAX_ABOVE_SENT]]
+                    for origin, c in self.cursors.items()}
         return {origin: [c.low, sorted(c.above)[:MAX_ABOVE_SENT]]
                 for origin, c in self.cursors.items()}
 
