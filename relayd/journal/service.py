@@ -1,4 +1,5 @@
-"""The journal service: replay at start-up, group-committed appends, pruning.
+"""The journal service: checkpoint and replay at start-up, group-committed
+appends, periodic checkpoints, pruning.
 
 The reactor thread only buffers lines and keeps counters; every file
 operation after the start-up replay runs on the daemon's file pool, whose
