@@ -9,7 +9,7 @@ from relayd.core.dedup import DedupWindow
 from relayd.core.history import History
 from relayd.core.mailbox import Mailboxes
 from relayd.federation.index import Index
-from relayd.journal import checkpoint, record
+from relayd.journal import checkpoint, record, segments
 from relayd.journal.replay import Start
 from tests.test_journal import JournalTestMixin, ManualPool, line
 from tests.test_journal_replay import SegmentFiles, framed
@@ -271,6 +271,17 @@ class CheckpointPositionTests(SegmentFiles, unittest.TestCase):
         journal = self.start_after(first, 100, 2)
         self.assertEqual(self.replayed(), [3, 4])
         self.assertEqual((journal.report.missing_segments, journal.report.gaps), ([], []))
+
+    def test_new_segments_follow_a_checkpoint_whose_segments_are_all_gone(self):
+        journal = self.start_after(segments.segment_name(5), 100, 7)
+        journal.append(line(8))
+        self.clock.advance(0)
+        self.successResultOf(journal.stopService())
+        self.assertEqual([s.name for s in segments.scan(self.directory)],
+                         [segments.segment_name(6)])
+        self.consumer.records.clear()
+        self.start_after(segments.segment_name(5), 100, 7)
+        self.assertEqual(self.replayed(), [8], "not skipped as older than the checkpoint")
 
     def test_records_lost_after_the_checkpoint_show_as_a_gap(self):
         first = self.write_records(1, [1, 2, 3])

@@ -149,7 +149,8 @@ class Journal(Service):
         start, summary = self._load_checkpoint()
         report = self.report = replay(self.directory, found, self.consumer.restore, start)
         report.checkpoint = summary
-        self._writer.load(found, report.last_seq)
+        self._writer.load(found, report.last_seq,
+                          0 if start is None else segments.segment_index(start.segment))
         if start is not None:
             self._position = self._checkpointed = (start.segment, start.offset, start.seq)
         if found and (start is None or report.last_seq > start.seq):

@@ -45,14 +45,16 @@ class SegmentWriter:
         self._write = os.write
         self._fsync = getattr(os, "fdatasync", os.fsync)
 
-    def load(self, found, last_seq=0):
+    def load(self, found, last_seq=0, last_index=0):
         """Adopt the segments found at start-up (the last record's seq
-        ``last_seq``); new writes go to a new segment."""
+        ``last_seq``); new writes go to a new segment, numbered after them and
+        after ``last_index`` (the checkpoint's, which may be gone)."""
         self.next_seq = last_seq + 1
+        self.next_index = last_index + 1
         self.table = {s.name: [s.size, s.mtime] for s in found}
         self.total = sum(s.size for s in found)
         if found:
-            self.next_index = max(s.index for s in found) + 1
+            self.next_index = max(self.next_index, max(s.index for s in found) + 1)
 
     def summary(self):
         return len(self.table), self.total
