@@ -67,7 +67,8 @@ class Journal(Service):
         self.checkpoint_bytes = checkpoint_bytes
         self.report = None
         self._states = {}             # name -> (snapshot, load)
-        self._checkpointing = False
+        self._checkpointing = False   # a checkpoint is being written
+        self._due = None              # the call that takes one after enough bytes
         self._checkpointed = None     # the position the last checkpoint covers
         self._since_checkpoint = 0    # bytes written since then
         self._position = None         # (segment, offset, seq) after the last record known durable
@@ -131,6 +132,9 @@ class Journal(Service):
         for loop in (self._fsync_loop, self._prune_loop, self._checkpoint_loop):
             if loop.running:
                 loop.stop()
+        if self._due is not None:
+            self._due.cancel()
+            self._due = None
         self.checkpoint()
         self._commit.close()
         d = self.file_pool.run(self._writer.close, True)
@@ -245,9 +249,8 @@ class Journal(Service):
         return d
 
     def _checkpoint_due(self):
-        self._checkpointing = False
-        if self.running:
-            self.checkpoint()
+        self._due = None
+        self.checkpoint()
 
     def _checkpoint_written(self, size, position, began):
         self._checkpointing = False
@@ -283,11 +286,10 @@ class Journal(Service):
         now = self.clock.seconds()
         self.segment_count, self.segment_bytes, size, self._position = summary
         self._since_checkpoint += size
-        if self._since_checkpoint >= self.checkpoint_bytes > 0 and not self._checkpointing:
+        if self._since_checkpoint >= self.checkpoint_bytes > 0 and self._due is None:
             # after this batch's appends have been called back, so that the
             # snapshots hold what the position covers
-            self._checkpointing = True
-            self.clock.callLater(0, self._checkpoint_due)
+            self._due = self.clock.callLater(0, self._checkpoint_due)
         self.records_written += count
         self.bytes_written += size
         if self.last_error is not None:
