@@ -423,6 +423,8 @@ class WriteErrorTests(JournalTestMixin, unittest.TestCase):
         self.clock.advance(0)
         self.successResultOf(ok)
         self.assertEqual(read_lines(self.directory), [line(2)])
+        self.assertEqual(segment_files(self.directory), [segments.segment_name(1)],
+                         "a failed creation does not use up a segment number")
 
     def test_fsync_failure_is_reported(self):
         journal = self.make(fsync="batch", fsync_interval=1.0)

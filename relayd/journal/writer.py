@@ -165,12 +165,13 @@ class SegmentWriter:
     def _open_next(self, now):
         while True:
             name = segments.segment_name(self.next_index)
-            self.next_index += 1
             try:
                 self.fd = self._open(os.path.join(self.directory, name), _FLAGS, 0o600)
             except FileExistsError:
+                self.next_index += 1
                 continue
-            break
+            break          # any other error leaves the number for the next try
+        self.next_index += 1
         self.active = name
         self.table[name] = [0, now]
         self.unsynced = False
