@@ -142,6 +142,16 @@ class GroupCommitTests(JournalTestMixin, unittest.TestCase):
         self.assertEqual(read_lines(self.directory), [line(n) for n in range(5)])
         self.assertEqual(journal.pending, 0)
 
+    def test_each_append_fires_with_its_sequence_number(self):
+        journal = self.make()
+        seqs = []
+        for n in range(3):
+            journal.append(line(n)).addCallback(seqs.append)
+        self.clock.advance(0)
+        journal.append(line(3)).addCallback(seqs.append)
+        self.clock.advance(0)
+        self.assertEqual(seqs, [1, 2, 3, 4])
+
     def test_a_line_that_is_not_bytes_fails_alone(self):
         journal = self.make()
         ok = [journal.append(line(1)), journal.append(line(2))]

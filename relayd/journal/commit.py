@@ -13,12 +13,14 @@ class JournalClosed(Exception):
 
 
 class GroupCommit:
-    """Buffers lines and hands them in order to ``submit(lines) -> Deferred``.
+    """Buffers lines and hands them in order to ``submit(lines) -> Deferred``
+    (firing with the first line's sequence number, or None).
 
     A batch goes out on the next reactor turn (or ``delay`` seconds after
     its first line), and never while the previous one is still being
     written.  Each line's Deferred fires with None, or fails with the
-    batch's failure.
+    batch's failure.  With a sequence number from ``submit``, each line's
+    Deferred fires with its own (the first plus its place in the batch).
     """
 
     def __init__(self, clock, submit, delay=0.0):
@@ -91,9 +93,12 @@ class GroupCommit:
         if isinstance(result, Failure):
             for d in waiters:
                 d.errback(result)
-        else:
+        elif result is None:
             for d in waiters:
                 d.callback(None)
+        else:
+            for seq, d in enumerate(waiters, result):
+                d.callback(seq)
         if self._lines and self._call is None and not self.closed:
             self._schedule()
 

@@ -268,7 +268,8 @@ class Journal(Service):
     # --- appends ------------------------------------------------------------------
 
     def append(self, line):
-        """Journal one JSON object (UTF-8 bytes, no newline); Deferred[None] once durable."""
+        """Journal one JSON object (UTF-8 bytes, no newline); a Deferred that
+        fires with the record's sequence number once it is durable."""
         return self._commit.append(line)
 
     @property
@@ -306,6 +307,7 @@ class Journal(Service):
             m.fsyncs.inc()
         else:
             self._dirty = True
+        return self._position[2] - count + 1      # the batch's first seq, for its appends
 
     def _write_failed(self, failure, count):
         error = failure.getErrorMessage()
