@@ -21,11 +21,9 @@ def frame(seq, body):
 def frame_batch(first, bodies):
     """``frame`` for consecutive records from seq ``first``, as one bytes."""
     crc32 = zlib.crc32
-    out = []
-    for seq, body in enumerate(bodies, first):
-        digits = b"%d" % seq
-        out.append(b"%s %08x %s\n" % (digits, crc32(body, crc32(digits)), body))
-    return b"".join(out)
+    numbers = [b"%d" % seq for seq in range(first, first + len(bodies))]
+    return b"".join([b"%s %08x %s\n" % (digits, crc32(body, crc32(digits)), body)
+                     for digits, body in zip(numbers, bodies)])
 
 
 def parse(line):
