@@ -14,6 +14,7 @@ BENCHMARKS = [
     "bench.tcp_latency",
     "bench.idle_connections",
     "bench.journal_throughput",
+    "bench.restart",
     "bench.federation",
     "bench.crash",
     "bench.udp_relay",

@@ -12,7 +12,8 @@ from types import SimpleNamespace
 from typing import Any, Callable, Optional
 
 from twisted.internet import endpoints
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.interfaces import IStreamClientEndpointStringParserWithReactor
+from twisted.plugin import getPlugins
 
 from relayd import names
 from relayd.libp2p.multiaddr import multiaddr_list
@@ -114,25 +115,38 @@ def choice(*options):
     return convert
 
 
-def _endpoint(parse, kind):
-    """A converter checking an endpoint string with ``parse``.
+def _check_server(text):
+    """Parse a server endpoint string as ``serverFromString`` does, building
+    no endpoint (a plugin's, such as txtorcon's ``onion:``, would start Tor)."""
+    endpoints._parseServer(text, None)
 
-    Parsing happens against a memory reactor so that nothing listens or
-    connects (an ``onion:`` string would otherwise dial Tor at parse time).
-    """
+
+def _check_client(text):
+    """Parse a client endpoint string as ``clientFromString`` does, building no endpoint."""
+    args, kwargs = endpoints._parse(text)
+    name = args.pop(0).upper()
+    if name in endpoints._clientParsers:
+        endpoints._clientParsers[name](*args, **kwargs)
+    else:
+        endpoints._matchPluginToPrefix(
+            getPlugins(IStreamClientEndpointStringParserWithReactor), name)
+
+
+def _endpoint(check, kind):
+    """A converter checking an endpoint string with ``check``."""
     def convert(text):
         if not text:
             _fail("must not be empty")
         try:
-            parse(MemoryReactorClock(), text)
+            check(text)
         except Exception as e:
             _fail(f"{text!r} is not a valid {kind} endpoint string: {e}")
         return text
     return convert
 
 
-server_endpoint = _endpoint(endpoints.serverFromString, "server")
-client_endpoint = _endpoint(endpoints.clientFromString, "client")
+server_endpoint = _endpoint(_check_server, "server")
+client_endpoint = _endpoint(_check_client, "client")
 
 
 def path(text):
@@ -239,6 +253,8 @@ SCHEMA = {
         "max_size": F(size, "1GiB"),
         "segment_size": F(size, "64MiB"),
         "prune_interval": F(duration, "10m"),
+        "checkpoint_interval": F(duration, "1m"),
+        "checkpoint_bytes": F(size, "16MiB"),
     },
     "udp": {
         "listen": F(port_number, "8000"),
@@ -457,8 +473,26 @@ def parse(text, source="<string>"):
     return Settings(sections, named, source)
 
 
+def validate(settings):
+    """Rules across sections, checked before anything is built; raises
+    ConfigError naming ``[section] key``."""
+    if settings.enabled("tor"):
+        from relayd.tor import onion_target
+        try:
+            onion_target(settings)
+        except ValueError as e:
+            raise ConfigError(f"{settings.source}: {e}") from None
+    if settings.enabled("tls"):
+        for name in settings.tls.listeners:
+            listen = SCHEMA.get(name, {}).get("listen")
+            if listen is None or listen.convert is not server_endpoint:
+                raise ConfigError(f"{settings.source}: [tls] listeners: {name!r} is not a "
+                                  f"section with a stream listener")
+    return settings
+
+
 def load(filename):
-    """Read and parse an ini file, raising ConfigError."""
+    """Read, parse and validate an ini file, raising ConfigError."""
     try:
         with open(filename, encoding="utf-8") as f:
             text = f.read()
@@ -466,4 +500,4 @@ def load(filename):
         raise ConfigError(f"cannot read config file {filename}: {e.strerror}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"config file {filename} is not UTF-8: {e}") from None
-    return parse(text, source=filename)
+    return validate(parse(text, source=filename))

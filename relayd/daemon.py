@@ -7,6 +7,7 @@ pool and the journal outlive the listeners on shutdown.
 import os
 import signal
 
+import orjson
 from prometheus_client import CollectorRegistry
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
@@ -222,8 +223,10 @@ def build_core(daemon):
         os.path.join(s.relay.data_dir, "journal"), daemon.file_pool, reactor, router,
         fsync=j.fsync, fsync_interval=j.fsync_interval, batch_interval=j.batch_interval,
         segment_size=j.segment_size, retention=j.retention, max_size=j.max_size,
-        prune_interval=j.prune_interval, registry=daemon.registry)
+        prune_interval=j.prune_interval, checkpoint_interval=j.checkpoint_interval,
+        checkpoint_bytes=j.checkpoint_bytes, registry=daemon.registry)
     journal.setServiceParent(daemon)
+    checkpoint_core(journal, router)
     router.journal = journal
     # Mail for peers that never come back is dropped past its ttl, not kept until a restart.
     expiry = TimerService(min(max(s.mailbox.ttl, 60.0), MAILBOX_EXPIRY), router.mailboxes.expire)
@@ -233,6 +236,23 @@ def build_core(daemon):
     guard = AbuseGuard(reactor, r.messages, r.per_seconds, r.ban_after, r.ban_window, r.ban_duration)
     daemon.on_reload(guard.reload)
     daemon.router, daemon.journal, daemon.guard = router, journal, guard
+
+
+def checkpoint_core(journal, router):
+    """Register the state the router's replay rebuilds with the journal's checkpoints."""
+    dedup, mailboxes, history = router.dedup, router.mailboxes, router.history
+    journal.add_state("dedup", lambda: dedup.snapshot(exclude=router.unsettled()),
+                      dedup.load_snapshot)
+    journal.add_state("mailboxes", mailboxes.snapshot,
+                      lambda data: mailboxes.load_snapshot(data, _stored_entry))
+    journal.add_state("history", history.snapshot, history.load_snapshot)
+
+
+def _stored_entry(line):
+    """The entry of a stored ``message.delivery_line``, read back from a checkpoint."""
+    entry = orjson.loads(line)
+    del entry["type"]
+    return entry
 
 
 def build(settings, reactor, config_path=None):

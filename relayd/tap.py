@@ -8,7 +8,6 @@ own configs can run side by side from one directory.
 """
 import os
 
-from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
 from relayd import config, privileges
@@ -24,14 +23,12 @@ class Options(usage.Options):
     ]
 
     def postOptions(self):
-        """Load the ini file and wire a trial daemon on a memory reactor, so
-        that every problem, including one only the wiring finds (a section
-        that needs another), is reported before anything listens."""
-        from relayd.daemon import build
+        """Load and validate the ini file (``config.load``: every key, and the
+        rules across sections), so that every problem is reported before
+        anything listens."""
         try:
             self["settings"] = config.load(self["config"])
-            build(self["settings"], MemoryReactorClock())
-        except (config.ConfigError, ValueError) as e:
+        except config.ConfigError as e:
             raise usage.UsageError(str(e)) from None
         self._pidfile_in_data_dir()
 

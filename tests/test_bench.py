@@ -78,3 +78,18 @@ class BenchmarkTests(unittest.TestCase):
     def test_idle_connections_reports_bytes_per_connection(self):
         found = run_bench("bench.idle_connections", "--connections", "50")
         self.assertBothSystems(found, "bytes_per_connection")
+
+
+class RestartBenchTests(unittest.TestCase):
+    def test_restart_prints_each_step(self):
+        done = subprocess.run([sys.executable, "-m", "bench.restart", "--size", "2MiB",
+                               "--tail", "256KiB", "--cold"], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, timeout=120)
+        output = done.stdout.decode("utf-8", "replace")
+        self.assertEqual(done.returncode, 0, output)
+        found = [parse(line) for line in output.splitlines() if line.strip()]
+        steps = [fields["step"] for _, fields in found]
+        self.assertEqual(steps, ["build", "first_start_full_replay", "after_sigterm",
+                                 "after_crash"])
+        for _, fields in found[1:]:
+            self.assertGreater(float(fields["serving_s"]), 0)

@@ -1,4 +1,7 @@
 """The ini loader: typed values, defaults, and errors that name [section] key."""
+import os
+import subprocess
+import sys
 
 from twisted.trial import unittest
 
@@ -104,3 +107,53 @@ class OptionsTests(unittest.TestCase):
         options = Options()
         options.parseOptions(["--config", path])
         self.assertEqual(options["settings"].relay.id, "relay7")
+
+
+class ValidateTests(unittest.TestCase):
+    """Rules across sections, checked by ``config.validate`` without building anything."""
+
+    def load(self, text):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        return config.load(path)
+
+    def assertRefused(self, text, *fragments):
+        with self.assertRaises(config.ConfigError) as cm:
+            self.load(text)
+        for fragment in fragments:
+            self.assertIn(fragment, str(cm.exception))
+
+    def test_tor_target_needs_a_tcp_listener(self):
+        self.assertRefused("[tor]\ncontrol_port = tcp:127.0.0.1:9051\n",
+                           "[tor] target", "[tcp] is not enabled")
+        self.assertRefused("[tcp]\nlisten = tcp:0:interface=127.0.0.1\n"
+                           "[tor]\ncontrol_port = tcp:127.0.0.1:9051\n", "[tor] target", "port 0")
+        self.assertEqual(self.load("[tcp]\n[tor]\ncontrol_port = tcp:127.0.0.1:9051\n")
+                         .tor.control_port, "tcp:127.0.0.1:9051")
+
+    def test_tls_listeners_name_stream_listeners(self):
+        pem = self.mktemp()        # [tls] cert and key only need to exist for this check
+        with open(pem, "w") as f:
+            f.write("x")
+        self.assertRefused(f"[tls]\ncert = {pem}\nkey = {pem}\nlisteners = tcp udp\n",
+                           "[tls] listeners", "'udp'")
+        self.assertRefused(f"[tls]\ncert = {pem}\nkey = {pem}\nlisteners = nonsense\n",
+                           "[tls] listeners", "'nonsense'")
+
+    def test_a_reload_applies_the_same_rules(self):
+        from relayd.daemon import Daemon
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[tor]\ncontrol_port = tcp:127.0.0.1:9051\n")
+        daemon = Daemon(config.parse(""), None, config_path=path)
+        self.assertIn("[tor] target", daemon.reload())
+
+    def test_checking_the_config_imports_no_test_double(self):
+        """twistd validates before the reactor runs, with no memory reactor."""
+        code = ("import sys; from relayd import tap; o = tap.Options(); "
+                "o.parseOptions(['--config', sys.argv[1]]); "
+                "print('twisted.internet.testing' in sys.modules)")
+        done = subprocess.run([sys.executable, "-c", code, os.path.join(REPO, "etc", "relay.ini")],
+                              capture_output=True, text=True, cwd=REPO, check=True)
+        self.assertEqual(done.stdout.strip(), "False")

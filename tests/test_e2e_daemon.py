@@ -8,6 +8,9 @@ import time
 
 from twisted.trial import unittest
 
+from relayd.journal import segments
+from relayd.journal.replay import check
+
 from tests.daemon import REPO, TWISTD, Relayd, free_port, wait_for_port
 from tests.seedclient import LineClient, SeedClient
 
@@ -26,13 +29,12 @@ per_seconds = 1
 def journal_records(data_dir):
     folder = os.path.join(data_dir, "journal")
     records = []
-    for name in sorted(os.listdir(folder)):
-        with open(os.path.join(folder, name), "rb") as f:
+    for segment in segments.scan(folder):
+        with open(os.path.join(folder, segment.name), "rb") as f:
             for line in f:
-                try:
-                    records.append(json.loads(line))
-                except ValueError:
-                    pass
+                record, _ = check(line)
+                if record is not None:
+                    records.append(record)
     return records
 
 

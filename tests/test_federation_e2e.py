@@ -18,6 +18,8 @@ from twisted.trial import unittest
 
 from relayd import tls_ca
 from relayd.identity import Identity, load_or_create
+from relayd.journal import segments
+from relayd.journal.replay import check
 from tests.daemon import Relayd, free_port, wait_for_port
 
 INI = """
@@ -168,13 +170,12 @@ class Federation:
     def records(self, i):
         """Relay ``i``'s journal records (written to the OS before each ack)."""
         directory = os.path.join(self.relays[i].data_dir, "journal")
-        for name in sorted(os.listdir(directory)):
-            with open(os.path.join(directory, name), "rb") as f:
+        for segment in segments.scan(directory):
+            with open(os.path.join(directory, segment.name), "rb") as f:
                 for line in f:
-                    try:
-                        yield json.loads(line)
-                    except ValueError:
-                        continue
+                    record, _ = check(line)
+                    if record is not None:
+                        yield record
 
     def message_ids(self, i):
         return {r["msg_id"] for r in self.records(i) if "from" in r and "msg_id" in r}

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import CollectorRegistry
 from twisted.internet import defer
 from twisted.internet.task import Clock
-from twisted.logger import capturedLogs, formatEvent
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.test import iosim
 from twisted.trial import unittest
 
@@ -25,17 +25,19 @@ from relayd.core.dedup import DedupWindow
 from relayd.core.history import History
 from relayd.core.mailbox import Mailboxes
 from relayd.core.router import Router
+from relayd.federation.frames import BadItem
 from relayd.federation.hub import Hub
 from relayd.federation.index import Index, JournalTee, companion_line
 from relayd.federation import catchup
 from relayd.federation import index as fed_index
+from relayd.federation import handshake
 from relayd.federation.handshake import transcript
 from relayd.federation.link import Link
 from relayd.federation.metrics import FederationMetrics
 from relayd.federation.peers import Peer, fingerprint
 from relayd.identity import Identity
 from relayd.journal.replay import replay
-from relayd.journal.segments import scan
+from relayd.journal.segments import scan, segment_name
 
 SETTINGS = dict(max_hops=16, max_line=1 << 20, handshake_timeout=10.0, keepalive=15.0,
                 dead_after=45.0, sync_batch=1000, repair_interval=60.0)
@@ -49,6 +51,10 @@ class FileJournal:
         os.makedirs(directory, exist_ok=True)
         self.path = os.path.join(directory, "relay_log.00000001.jsonl")
         self.fail = False
+        self.states = {}
+
+    def add_state(self, name, snapshot, load):
+        self.states[name] = (snapshot, load)
 
     def append(self, line):
         if self.fail:
@@ -174,6 +180,42 @@ class HandshakeTests(unittest.TestCase):
         self.assertTrue(client.ready.called)
         row = self.a.hub.peer_rows()[0]
         self.assertEqual((row["peer"], row["state"], row["connects"]), ("relay2", "up", 1))
+
+    def test_seq_ranges_only_when_both_sides_list_them(self):
+        client, server, _ = join(self.a, self.b)
+        self.assertEqual((client.ranges, server.ranges), (True, True))
+
+        class OldLink(Link):
+            """A relay of the version before features: its hello lists none."""
+
+            def send(self, frame):
+                frame.pop("features", None)
+                super().send(frame)
+        c = Relay(self, "relay3", self.clock)
+        self.a.trust(c)
+        c.trust(self.a)
+        c.index.add("relay9", 5)
+        client, server, pump = iosim.connectedServerAndClient(
+            lambda: Link(self.a.hub), lambda: OldLink(c.hub, expected="relay1"), greet=False)
+        sent = []
+        real_send = server.send
+        server.send = lambda frame: (sent.append(frame), real_send(frame))
+        pump.flush()
+        self.assertEqual((client.state, server.state), ("up", "up"))
+        self.assertFalse(server.ranges, "relay1 heard no features from relay3")
+        self.a.index.add("relay9", 7)
+        self.a.hub.ask_sync(server)
+        self.assertEqual(sent[-1]["have"]["relay9"], [0, [7]], "the old form, to an old relay")
+
+    def test_have_parses_both_forms(self):
+        wants = catchup.parse_have({"r1": [3, [5, 9]], "r2": [0, [4], [[6, 8], [10, 10]]]})
+        self.assertEqual([s for s in range(1, 12) if catchup.lacks(wants, "r1", s)],
+                         [4, 6, 7, 8, 10, 11])
+        self.assertEqual([s for s in range(1, 12) if catchup.lacks(wants, "r2", s)],
+                         [1, 2, 3, 5, 9, 11])
+        self.assertTrue(catchup.lacks(wants, "r3", 1))
+        for bad in ({"r1": 5}, {"r1": [1]}, {"r1": [0, [], [[5, 2]]]}, {"r1": [0, ["x"]]}, []):
+            self.assertRaises(BadItem, catchup.parse_have, bad)
 
     def test_wrong_key_is_refused(self):
         self.a.trust(self.b)
@@ -446,6 +488,18 @@ class ForwardingTests(ThreeRelays):
         self.assertEqual(len(self.r[1].message_ids()), 1)
         self.assertEqual(self.r[1].index.wants()["relay1"], [1, []])
 
+    def test_a_full_disk_is_logged_once_not_per_item(self):
+        client, server, pump = join(self.r[0], self.r[1])
+        self.r[1].journal.fail = True
+        alice = self.r[0].client("alice")
+        with capturedLogs() as events:
+            for i in range(50):
+                self.r[0].send(alice, "*", f"m{i}")
+            pump.flush()
+        errors = [e for e in events if e["log_level"] >= LogLevel.error]
+        self.assertLessEqual(len(errors), 2, [formatEvent(e) for e in errors])
+        self.assertFalse([e for e in events if e["log_level"] == LogLevel.critical])
+
 
 class CatchUpTests(ThreeRelays):
     def test_messages_sent_while_a_link_was_down_arrive_after(self):
@@ -487,9 +541,9 @@ class CatchUpTests(ThreeRelays):
         flush(pump)
         self.assertEqual(bob.bodies(), [f"m{i}" for i in range(7)])
 
-    def test_a_hole_no_peer_can_fill_does_not_loop_the_catch_up(self):
-        # relay1 holds relay9's items 2..12 but never had 1 (pruned before it came):
-        # beyond the seqs a sync lists, relay2 would be sent the same items forever
+    def hole_below_many_items(self):
+        """relay1 holds relay9's items 2..12 but never had 1 (pruned before it
+        came), and a sync lists at most 3 seqs (or ranges) above a hole."""
         self.patch(fed_index, "MAX_ABOVE_SENT", 3)
         for relay in self.r:
             relay.hub.settings.sync_batch = 2
@@ -502,8 +556,21 @@ class CatchUpTests(ThreeRelays):
         self.r[0].restart()
         _, _, pump = join(self.r[0], self.r[1])
         flush(pump)
+        return pump
+
+    def test_a_hole_no_peer_can_fill_does_not_loop_the_catch_up(self):
+        # without ranges, beyond the seqs a sync lists relay2 would be sent the
+        # same items forever: it stops asking once a round changes nothing
+        self.patch(handshake, "FEATURES", ())
+        pump = self.hole_below_many_items()
         self.assertFalse(pump.pump())                   # quiet, not asking again and again
         self.assertEqual(self.r[1].index.cursors["relay9"].above, set(range(2, 7)))
+
+    def test_with_ranges_everything_above_a_hole_is_caught_up(self):
+        pump = self.hole_below_many_items()
+        self.assertFalse(pump.pump())
+        self.assertEqual(self.r[1].index.cursors["relay9"].above, set(range(2, 13)))
+        self.assertEqual(self.r[1].index.wants(True)["relay9"], [0, [], [[2, 12]]])
 
     def test_receipts_are_caught_up_too(self):
         alice = self.r[0].client("alice")
@@ -562,7 +629,7 @@ class CollectTests(unittest.TestCase):
             offer(picked, key, value)
             held.append(len(picked.items))
         self.patch(catchup.Smallest, "offer", spy)
-        items, more = catchup.collect(self.journal(500), {"relay1": (100, frozenset([102]))}, 10)
+        items, more = catchup.collect(self.journal(500), {"relay1": catchup.Held(100, [(102, 102)])}, 10)
         self.assertEqual([seq for _, seq, _, _ in items], [101] + list(range(103, 112)))
         self.assertEqual({kind for _, _, kind, _ in items}, {"m"})
         self.assertEqual(items[0][3]["body"], "m101")
@@ -571,7 +638,7 @@ class CollectTests(unittest.TestCase):
         self.assertLessEqual(max(held), 20)
 
     def test_the_last_batch_says_no_more(self):
-        items, more = catchup.collect(self.journal(30), {"relay1": (25, frozenset())}, 10)
+        items, more = catchup.collect(self.journal(30), {"relay1": catchup.Held(25)}, 10)
         self.assertEqual([seq for _, seq, _, _ in items], [26, 27, 28, 29, 30])
         self.assertFalse(more)
 
@@ -581,6 +648,58 @@ class CollectTests(unittest.TestCase):
         self.assertTrue(more)
         items, more = catchup.collect(self.journal(30, gone=range(1, 31)), {}, 10)
         self.assertEqual((items, more), ([], False))
+
+
+class SummaryTests(unittest.TestCase):
+    """A round reads the segments that hold what the peer lacks, not the whole journal."""
+
+    def segment(self, directory, index, seqs):
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, segment_name(index)), "ab") as f:
+            for seq in seqs:
+                msg_id = f"{seq:064x}"
+                f.write(message.journal_line({
+                    "msg_id": msg_id, "from": "alice", "to": "*", "body": f"m{seq}",
+                    "seen_by": ["relay1"], "timestamp": 1.0}) + b"\n")
+                f.write(companion_line("relay1", seq, msg_id) + b"\n")
+
+    def test_only_segments_with_lacked_items_are_read(self):
+        directory = self.mktemp()
+        for index in range(1, 6):
+            self.segment(directory, index, range(index * 100 - 99, index * 100 + 1))
+        opened = []
+        real_open = open
+
+        def spy(path, mode="r", *args, **kwargs):
+            opened.append(os.path.basename(path))
+            return real_open(path, mode, *args, **kwargs)
+        summaries = catchup.Summaries()
+        catchup.collect(directory, {}, 10, summaries=summaries)        # reads every segment once
+        catchup.open = spy              # shadows the builtin in that module only
+        self.addCleanup(delattr, catchup, "open")
+        items, more = catchup.collect(directory, {"relay1": catchup.Held(450)}, 10,
+                                      summaries=summaries)
+        self.assertEqual([seq for _, seq, _, _ in items], list(range(451, 461)))
+        self.assertEqual(set(opened), {segment_name(4), segment_name(5)})
+        # A segment being written is read on from where the last round stopped.
+        self.segment(directory, 5, [501, 502])
+        opened.clear()
+        items, more = catchup.collect(directory, {"relay1": catchup.Held(500)}, 10,
+                                      summaries=summaries)
+        self.assertEqual([seq for _, seq, _, _ in items], [501, 502])
+        self.assertFalse(more)
+        self.assertEqual(set(opened), {segment_name(4), segment_name(5)})
+
+    def test_a_message_far_from_its_seq_record_is_still_found(self):
+        directory = self.mktemp()
+        self.segment(directory, 1, [1])
+        self.segment(directory, 2, [2])
+        self.segment(directory, 3, [3])
+        with open(os.path.join(directory, segment_name(3)), "ab") as f:
+            f.write(companion_line("relay1", 4, f"{1:064x}") + b"\n")   # an old message, new seq
+        items, _ = catchup.collect(directory, {"relay1": catchup.Held(3)}, 10,
+                                   summaries=catchup.Summaries())
+        self.assertEqual([(seq, record["body"]) for _, seq, _, record in items], [(4, "m1")])
 
 
 class RepairTests(ThreeRelays):
@@ -688,3 +807,45 @@ class PinnedCertificateTests(unittest.TestCase):
         link, sent = self.connect(None)
         self.assertEqual(link.state, "closed")
         self.assertIn(b"presented none", sent)
+
+
+class LostItemTests(ThreeRelays):
+    def test_a_hole_no_peer_fills_is_recorded_once_and_not_asked_for_again(self):
+        pump = self.relay_broadcasts(3)
+        b = self.r[1]
+        b.index.discard("relay1", 2)
+        a = self.r[0]                     # item 2 is gone there too (past retention)
+        with open(a.journal.path, "rb") as f:
+            lines = f.readlines()
+        msg_id = next(json.loads(line)["ref"] for line in lines if b'"seq": 2,' in line)
+        with open(a.journal.path, "wb") as f:
+            f.writelines(line for line in lines if msg_id.encode() not in line)
+        a.hub.recent.clear()
+        asked = []
+        real = b.hub.ask_sync
+        b.hub.ask_sync = lambda link, have=None: (asked.append(link), real(link, have))
+        with capturedLogs() as events:
+            for _ in range(1 + fed_index.GIVE_UP_ROUNDS):
+                b.hub.repair()
+                flush(pump)
+        lost = [e for e in events if "recorded as lost" in e["log_format"]]
+        self.assertEqual(len(lost), 1)
+        self.assertEqual((lost[0]["first"], lost[0]["last"]), (2, 2))
+        self.assertEqual(b.index.wants()["relay1"], [3, []])
+        asked.clear()
+        b.hub.repair()
+        b.hub.repair()
+        self.assertEqual(asked, [], "a lost item is not asked for again")
+        b.restart()
+        self.assertEqual(b.index.wants()["relay1"], [3, []], "the loss is journaled")
+
+    def test_a_hole_is_not_given_up_while_a_peer_is_down(self):
+        b = self.r[1]
+        b.index.add("relay1", 1)
+        b.index.add("relay1", 3)
+        for _ in range(2 * fed_index.GIVE_UP_ROUNDS):
+            self.assertEqual(b.index.lasting({("relay1", 1)}, everyone_asked=False), [])
+        self.assertEqual(b.index.wants()["relay1"], [1, [3]])
+        for _ in range(fed_index.GIVE_UP_ROUNDS - 1):
+            self.assertEqual(b.index.lasting({("relay1", 1)}, everyone_asked=True), [])
+        self.assertEqual(b.index.lasting({("relay1", 1)}, everyone_asked=True), [("relay1", 2, 2)])

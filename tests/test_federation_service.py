@@ -54,6 +54,8 @@ class FakeDaemon:
 class FakeLink:
     """An up link as the hub sees it; fail() closes it at once."""
 
+    ranges = False
+
     def __init__(self, hub, peer):
         self.hub, self.peer, self.name, self.sent = hub, peer, peer.name, []
 

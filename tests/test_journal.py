@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial import unittest
 
-from relayd.journal import segments
+from relayd.journal import record, segments
 from relayd.journal.commit import JournalClosed
 from relayd.journal.lock import JournalLocked
 from relayd.journal.replay import replay
@@ -72,10 +72,20 @@ def segment_files(directory):
 
 
 def read_lines(directory):
-    out = []
+    """The JSON of every record in ``directory``, oldest first; each framed
+    line's checksum and sequence number (1, 2, 3...) are checked."""
+    out, last = [], None
     for name in segment_files(directory):
         with open(os.path.join(directory, name), "rb") as f:
-            out.extend(f.read().splitlines())
+            for raw in f:
+                seq, _, reason = record.parse(raw)
+                if seq is None:
+                    out.append(raw.rstrip(b"\n"))
+                    continue
+                assert reason is None, (raw, reason)
+                assert last is None or seq == last + 1, (raw, last)
+                last = seq
+                out.append(raw.rstrip(b"\n").split(b" ", 2)[2])
     return out
 
 
@@ -131,6 +141,16 @@ class GroupCommitTests(JournalTestMixin, unittest.TestCase):
         self.assertEqual(acked, [0, 1, 2, 3, 4])
         self.assertEqual(read_lines(self.directory), [line(n) for n in range(5)])
         self.assertEqual(journal.pending, 0)
+
+    def test_each_append_fires_with_its_sequence_number(self):
+        journal = self.make()
+        seqs = []
+        for n in range(3):
+            journal.append(line(n)).addCallback(seqs.append)
+        self.clock.advance(0)
+        journal.append(line(3)).addCallback(seqs.append)
+        self.clock.advance(0)
+        self.assertEqual(seqs, [1, 2, 3, 4])
 
     def test_a_line_that_is_not_bytes_fails_alone(self):
         journal = self.make()
@@ -199,7 +219,8 @@ class GroupCommitTests(JournalTestMixin, unittest.TestCase):
         self.clock.advance(0)
         value = self.registry.get_sample_value
         self.assertEqual(value("relayd_journal_records_total"), 3)
-        self.assertEqual(value("relayd_journal_bytes_total"), sum(len(line(n)) + 1 for n in range(3)))
+        self.assertEqual(value("relayd_journal_bytes_total"),
+                         sum(len(record.frame(n + 1, line(n))) for n in range(3)))
         self.assertEqual(value("relayd_journal_write_seconds_count"), 1)
         self.assertEqual(value("relayd_journal_segments"), 1)
         self.assertEqual(value("relayd_journal_segment_bytes"), value("relayd_journal_bytes_total"))
@@ -335,6 +356,7 @@ class LifecycleTests(JournalTestMixin, unittest.TestCase):
         self.assertIn("in use by another relayd", str(error))
         self.successResultOf(first.stopService())
         second.privilegedStartService()
+        second.startService()
         self.successResultOf(second.stopService())
 
     def test_name(self):
@@ -376,7 +398,7 @@ class WriteErrorTests(JournalTestMixin, unittest.TestCase):
         self.assertIsNone(journal.health())
         self.assertEqual(read_lines(self.directory), [line(3)])
 
-    def test_partial_write_is_cut_off_and_the_segment_abandoned(self):
+    def test_partial_write_is_cut_off_and_the_segment_goes_on(self):
         journal = self.make()
         journal.append(line(1))
         self.clock.advance(0)
@@ -393,7 +415,7 @@ class WriteErrorTests(JournalTestMixin, unittest.TestCase):
         journal._writer._write = real
         journal.append(line(3))
         self.clock.advance(0)
-        self.assertEqual(len(segment_files(self.directory)), 2, "a new segment after the failure")
+        self.assertEqual(len(segment_files(self.directory)), 1, "no new segment for a failed batch")
         self.assertEqual(read_lines(self.directory), [line(1), line(3)])
 
     def test_unwritable_directory_fails_and_recovers(self):
@@ -411,6 +433,8 @@ class WriteErrorTests(JournalTestMixin, unittest.TestCase):
         self.clock.advance(0)
         self.successResultOf(ok)
         self.assertEqual(read_lines(self.directory), [line(2)])
+        self.assertEqual(segment_files(self.directory), [segments.segment_name(1)],
+                         "a failed creation does not use up a segment number")
 
     def test_fsync_failure_is_reported(self):
         journal = self.make(fsync="batch", fsync_interval=1.0)

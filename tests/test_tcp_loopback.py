@@ -9,6 +9,8 @@ from twisted.trial import unittest
 
 from relayd import config
 from relayd.daemon import build
+from relayd.journal import segments
+from relayd.journal.replay import check
 from relayd.tcp.service import CLOSE_GRACE
 
 
@@ -80,9 +82,11 @@ class LoopbackTests(unittest.TestCase):
         self.assertEqual(acks[1]["msg_id"], frames[1]["msg_id"])
         self.assertEqual(self.daemon.stats()["tcp"]["messages_in"], 1)
         journal_dir = os.path.join(self.daemon.settings.relay.data_dir, "journal")
-        lines = [json.loads(line) for name in sorted(os.listdir(journal_dir))
-                 for line in open(os.path.join(journal_dir, name), "rb")]
-        self.assertIn(frames[1]["msg_id"], [r.get("msg_id") for r in lines])
+        records = []
+        for segment in segments.scan(journal_dir):
+            with open(os.path.join(journal_dir, segment.name), "rb") as f:
+                records.extend(check(line)[0] for line in f)
+        self.assertIn(frames[1]["msg_id"], [r.get("msg_id") for r in records])
 
 
 class StoredMailTests(unittest.TestCase):

@@ -30,6 +30,16 @@ class History:
             log = self._logs[key] = deque(maxlen=self.per_conversation)
         log.append(entry)
 
+    def snapshot(self):
+        """``[(key, [entry, ...]), ...]``, for a checkpoint (entries are never
+        changed once added, so only the logs are copied)."""
+        return [(key, list(log)) for key, log in self._logs.items()]
+
+    def load_snapshot(self, data):
+        """Replace every conversation with a ``snapshot()``."""
+        self._logs = {tuple(key): deque(entries, maxlen=self.per_conversation)
+                      for key, entries in data}
+
     def recent(self, key, limit, horizon):
         log = self._logs.get(key, ())
         entries = [e for e in log if e.get("timestamp", 0) >= horizon]

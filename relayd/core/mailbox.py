@@ -54,6 +54,26 @@ class Mailboxes:
         if not box:
             del self._boxes[peer]
 
+    def snapshot(self):
+        """For a checkpoint: a function (to call on another thread) returning
+        ``{peer: [line, ...]}`` oldest first, each stored line as text (ASCII
+        JSON).  Nothing stored is changed later, so only the boxes are copied
+        here."""
+        boxes = [(peer, list(box.values())) for peer, box in self._boxes.items()]
+        return lambda: {peer: [line.decode() for _, line in stored] for peer, stored in boxes}
+
+    def load_snapshot(self, data, entry_of):
+        """Replace every mailbox with a ``snapshot()``; ``entry_of(line)`` is
+        the entry stored beside each line."""
+        boxes = {}
+        for peer, lines in data.items():
+            box = boxes[peer] = OrderedDict()
+            for text in lines:
+                line = text.encode()
+                entry = entry_of(line)
+                box[entry["msg_id"]] = (entry, line)
+        self._boxes = boxes
+
     def total(self):
         return sum(len(b) for b in self._boxes.values())
 

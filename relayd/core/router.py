@@ -18,6 +18,7 @@ from relayd.core import message
 from relayd.core.history import conversation
 from relayd.core.interfaces import DurableEvent, IDurableEventSubscriber
 from relayd.core.metrics import LatencyHistogram, RouterCollector
+from relayd.ops.ratelog import LogLimiter, repeats
 
 STORED_CHUNK = 64       # stored messages written at once while a session is writable
 
@@ -45,6 +46,7 @@ class Router:
         self.received = 0
         self.delivered = 0
         self._last_timestamp = 0.0
+        self._log_limiter = LogLimiter(clock)     # a full disk fails every message alike
         self._metrics(registry)
 
     def _metrics(self, registry):
@@ -181,6 +183,11 @@ class Router:
         self.accepted["client"] += 1
         return self._admit(entry, None, (msg_id, False), (msg_id, True), line)
 
+    def unsettled(self):
+        """The ids of messages admitted but not yet durable (a checkpoint
+        leaves them out of the dedup window)."""
+        return self._waiting.keys()
+
     def _timestamp(self):
         """The clock, made strictly increasing so that two identical messages
         without a nonce never share a timestamp (and so an id)."""
@@ -282,8 +289,11 @@ class Router:
         if "room" not in entry and entry["to"] != message.BROADCAST:
             self.mailboxes.remove(entry["to"], msg_id)
         self.journal_failures += 1
-        self.log.error("journal write failed for a message from {sender}: {error}",
-                       sender=entry["from"], error=failure.getErrorMessage())
+        error = failure.getErrorMessage()
+        log_it, left_out = self._log_limiter.admit(("message", error))
+        if log_it:
+            self.log.error("journal write failed for a message from {sender}: {error}{repeats}",
+                           sender=entry["from"], error=error, repeats=repeats(left_out))
         for d in self._waiting.pop(msg_id, ()):
             d.errback(failure)
         self.flush()
@@ -323,9 +333,19 @@ class Router:
     def _receipt(self, entry, peer):
         now = self.clock.seconds()
         d = self.journal.append(message.receipt_line(entry["msg_id"], peer, now))
-        d.addErrback(lambda f: self.log.failure("could not journal a delivery receipt", f))
+        d.addErrback(self._receipt_failed)
         for subscriber in self.subscribers:
             subscriber.delivered(entry, peer, now)
+
+    def _receipt_failed(self, failure):
+        if not failure.check(OSError):
+            self.log.failure("could not journal a delivery receipt", failure)
+            return
+        error = failure.getErrorMessage()
+        log_it, left_out = self._log_limiter.admit(("receipt", error))
+        if log_it:
+            self.log.error("could not journal a delivery receipt: {error}{repeats}",
+                           error=error, repeats=repeats(left_out))
 
     # --- journal replay (the journal's consumer) -----------------------------
 

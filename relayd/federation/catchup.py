@@ -1,13 +1,19 @@
 """Catch-up: the items a peer lacks, read from the journal on the file pool.
 
-Two passes over the segments: the first picks the ``limit`` oldest
-``(origin, seq)`` records the peer lacks (receipts are complete there;
-messages are named by ``ref``), holding at most ``2 * limit`` at a time,
-the second picks up those messages' records.  Items come back sorted by
-origin and seq, at most ``limit`` of them, with a flag saying whether more
-are left.
+``Summaries`` keeps, per segment, the range of seqs of each origin it holds
+(read once for a closed segment, and from where it stopped for the one
+being written), so that a round reads only the segments that hold
+something the peer lacks: its cost follows what is missing, not the size
+of the journal.  Two passes over those segments: the first picks the
+``limit`` oldest ``(origin, seq)`` records the peer lacks (receipts are
+complete there; messages are named by ``ref``), holding at most
+``2 * limit`` at a time, the second picks up those messages' records
+(searched in the same segments and the one before each, then, for any
+not found there, in every segment).  Items come back sorted by origin and
+seq, at most ``limit`` of them, with a flag saying whether more are left.
 """
 import os
+from bisect import bisect_right
 
 from twisted.logger import Logger
 
@@ -17,37 +23,153 @@ from relayd.journal import segments
 from relayd.journal.replay import check
 
 
+class Held:
+    """What a peer holds of one origin: every seq up to ``low``, and the
+    ``[first, last]`` ranges above it (any order, may overlap)."""
+
+    __slots__ = ("low", "starts", "ends")
+
+    def __init__(self, low, ranges=()):
+        self.low, self.starts, self.ends = low, [], []
+        for first, last in sorted(r for r in ranges if r[1] > low):
+            first = max(first, low + 1)
+            if self.ends and first <= self.ends[-1] + 1:
+                self.ends[-1] = max(self.ends[-1], last)
+            else:
+                self.starts.append(first)
+                self.ends.append(last)
+
+    def covers(self, first, last):
+        """True when every seq from ``first`` to ``last`` is held."""
+        if last <= self.low:
+            return True
+        first = max(first, self.low + 1)
+        i = bisect_right(self.starts, first) - 1
+        return i >= 0 and last <= self.ends[i]
+
+    def top(self):
+        return self.ends[-1] if self.ends else self.low
+
+
 def lacks(wants, origin, seq):
-    low, above = wants.get(origin, (0, ()))
-    return seq > low and seq not in above
+    held = wants.get(origin)
+    return held is None or not held.covers(seq, seq)
+
+
+def parse_have(have):
+    """``{origin: Held}`` of a ``sync`` frame's ``have``; raises BadItem."""
+    if not isinstance(have, dict):
+        raise BadItem("sync needs have: {origin: [low, [seqs above]]}")
+    wants = {}
+    for origin, cursor in have.items():
+        try:
+            low, above, *extra = cursor
+            ranges = [(int(s), int(s)) for s in above]
+            for first, last in (extra[0] if extra else ()):
+                if int(first) > int(last):
+                    raise ValueError
+                ranges.append((int(first), int(last)))
+            wants[origin] = Held(int(low), ranges)
+        except (TypeError, ValueError):
+            raise BadItem(f"bad cursor for origin {origin!r}") from None
+    return wants
 
 
 FED_MARK = b'"fed": '
 ID_MARK = b'"msg_id": "'
 
 
-def _lines(directory):
-    for segment in segments.scan(directory):
+def _lines(directory, names):
+    for name in names:
         try:
-            f = open(os.path.join(directory, segment.name), "rb")
+            f = open(os.path.join(directory, name), "rb")
         except FileNotFoundError:      # pruned meanwhile
             continue
         with f:
             yield from f
 
 
-def _fed_records(directory):
+def _fed_key(line):
+    """``(origin, seq, record)`` of a journal line with an ``(origin, seq)``, else None."""
+    if FED_MARK not in line:
+        return None
+    record, _ = check(line)
+    if record is None:
+        return None
+    origin, seq = record.get("fed"), record.get("seq")
+    if not isinstance(origin, str) or not isinstance(seq, int):
+        return None
+    return origin, seq, record
+
+
+class Summaries:
+    """Per segment: ``{origin: [lowest seq, highest seq]}`` of the items it
+    holds.  Used on the file thread only."""
+
+    def __init__(self):
+        self._segments = {}            # name -> [bytes read, {origin: [low, high]}]
+
+    def update(self, directory):
+        """Read what was appended since the last call; the segment names, oldest first."""
+        found = segments.scan(directory)
+        names = [s.name for s in found]
+        for name in set(self._segments) - set(names):
+            del self._segments[name]
+        for segment in found:
+            entry = self._segments.setdefault(segment.name, [0, {}])
+            if segment.size > entry[0]:
+                entry[0] = self._read(os.path.join(directory, segment.name), entry[0], entry[1])
+        return names
+
+    @staticmethod
+    def _read(path, offset, ranges):
+        """Add the items of whole lines from ``offset``; the offset after the last one."""
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:
+            return offset
+        with f:
+            f.seek(offset)
+            for line in f:
+                if not line.endswith(b"\n"):
+                    break                   # being written: read it next time
+                offset += len(line)
+                key = _fed_key(line)
+                if key is None:
+                    continue
+                origin, seq, _ = key
+                span = ranges.get(origin)
+                if span is None:
+                    ranges[origin] = [seq, seq]
+                elif seq < span[0]:
+                    span[0] = seq
+                elif seq > span[1]:
+                    span[1] = seq
+        return offset
+
+    def lacked(self, names, wants):
+        """The names of the segments that may hold an item the peer lacks."""
+        return [name for name in names
+                if any(_may_lack(wants, origin, low, high)
+                       for origin, (low, high) in self._segments[name][1].items())]
+
+
+def _may_lack(wants, origin, low, high):
+    held = wants.get(origin)
+    return held is None or not held.covers(low, high)
+
+
+def _fed_records(directory, names):
     """The records with an ``(origin, seq)``; other lines are not parsed."""
-    for line in _lines(directory):
-        if FED_MARK in line:
-            record, _ = check(line)
-            if record is not None:
-                yield record
+    for line in _lines(directory, names):
+        key = _fed_key(line)
+        if key is not None:
+            yield key
 
 
-def _messages(directory, ids):
+def _messages(directory, names, ids):
     """The message records whose msg_id is in ``ids`` (found without parsing others)."""
-    for line in _lines(directory):
+    for line in _lines(directory, names):
         at = line.rfind(ID_MARK)
         if at >= 0 and line[at + len(ID_MARK):at + len(ID_MARK) + 64].decode("latin-1") in ids:
             record, _ = check(line)
@@ -88,22 +210,35 @@ class Smallest:
         return self.items, self.more
 
 
-def collect(directory, wants, limit, recent=()):
+def collect(directory, wants, limit, recent=(), summaries=None):
     """``(items, more)``: items are ``(origin, seq, kind, record)``, kind "m" or "r".
 
-    ``wants`` maps origin -> (low, set of seqs above low) held by the peer;
-    ``recent`` holds items not yet on disk, in the same shape.  Memory stays
-    within a few times ``limit`` items, whatever the journal holds.
+    ``wants`` maps origin -> ``Held`` (what the peer holds of it);
+    ``recent`` holds items not yet on disk, in the same shape; ``summaries``
+    (a ``Summaries`` kept between calls) spares reading segments that hold
+    nothing the peer lacks.  Memory stays within a few times ``limit``
+    items, whatever the journal holds.
     """
+    if summaries is None:
+        summaries = Summaries()
+    names = summaries.update(directory)
+    lacked = summaries.lacked(names, wants)
     gone = set()
     while True:
-        items, more, missing = _pick(directory, wants, limit, recent, gone)
+        items, more, missing = _pick(directory, names, lacked, wants, limit, recent, gone)
         if items or not more:
             return items, more
         gone |= missing         # messages pruned under their seq record: look past them
 
 
-def _pick(directory, wants, limit, recent, gone):
+def _neighbours(names, lacked):
+    """``lacked`` and the segment before each, in journal order."""
+    wanted = set(lacked)
+    return [name for i, name in enumerate(names)
+            if name in wanted or (i + 1 < len(names) and names[i + 1] in wanted)]
+
+
+def _pick(directory, names, lacked, wants, limit, recent, gone):
     """One try of ``collect``: (items, more, keys whose message is found nowhere)."""
     picked = Smallest(limit)
 
@@ -111,10 +246,7 @@ def _pick(directory, wants, limit, recent, gone):
         if lacks(wants, origin, seq) and (origin, seq) not in gone:
             picked.offer((origin, seq), item)
 
-    for record in _fed_records(directory):
-        origin, seq = record.get("fed"), record.get("seq")
-        if not isinstance(origin, str) or not isinstance(seq, int):
-            continue
+    for origin, seq, record in _fed_records(directory, lacked):
         if "receipt" in record:
             offer(origin, seq, ("r", record))
         elif isinstance(record.get("ref"), str):
@@ -126,8 +258,11 @@ def _pick(directory, wants, limit, recent, gone):
     for key, (kind, value) in chosen.items():
         if kind == "ref":
             refs.setdefault(value, []).append(key)
-    if refs:
-        for record in _messages(directory, refs):
+    near = _neighbours(names, lacked)
+    for where in (near, [name for name in names if name not in near]):
+        if not refs:
+            break
+        for record in _messages(directory, where, refs):
             for key in refs.pop(record["msg_id"], ()):
                 chosen[key] = ("m", record)
     missing = {key for keys in refs.values() for key in keys}
@@ -151,21 +286,13 @@ class CatchUpServer:
     def __init__(self, hub):
         self.hub = hub
         self._serving = {}             # link -> None while a read runs, or the request to serve next
+        self._summaries = Summaries()  # touched on the file thread only
 
     def request(self, link, frame):
         """Handle a ``sync`` frame; raises BadItem when it is malformed."""
-        have = frame.get("have")
-        if not isinstance(have, dict):
-            raise BadItem("sync needs have: {origin: [low, [seqs above]]}")
-        wants = {}
-        for origin, cursor in have.items():
-            try:
-                low, above = cursor
-                wants[origin] = (int(low), frozenset(int(s) for s in above))
-            except (TypeError, ValueError):
-                raise BadItem(f"bad cursor for origin {origin!r}") from None
+        wants = parse_have(frame.get("have"))
         own = wants.get(self.hub.relay_id)
-        top = max(own[1], default=own[0]) if own is not None else 0
+        top = own.top() if own is not None else 0
         if self.hub.index.seen_own(top):
             self.log.warn("federation: {peer} holds items of ours up to seq {seq}, beyond our "
                           "journal (was it lost?); new items continue after it",
@@ -182,7 +309,7 @@ class CatchUpServer:
         self._serving[link] = None
         hub = self.hub
         d = hub.file_pool.run(collect, hub.journal.directory, wants, hub.settings.sync_batch,
-                              list(hub.recent))
+                              list(hub.recent), self._summaries)
         d.addCallbacks(self._send, self._failed, callbackArgs=(link,), errbackArgs=(link,))
 
     def _send(self, result, link):

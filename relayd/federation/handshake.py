@@ -15,6 +15,9 @@ from relayd.identity import verify
 from relayd.names import shown
 
 PROTOCOL = "relayd-federation/1"
+# Optional extensions, listed in ``hello``; one is used on a link only when
+# both sides list it (a relay that lists none speaks the protocol as it was).
+FEATURES = ("have-ranges",)
 
 
 class HandshakeError(Exception):
@@ -34,10 +37,11 @@ class Handshake:
         self.peer_id = None
         self.peer_key = None
         self.peer_nonce = None
+        self.peer_features = frozenset()
 
     def hello(self):
         return {"type": "hello", "proto": PROTOCOL, "relay": self.identity.relay_id,
-                "key": self.identity.public_b64, "nonce": self.nonce}
+                "key": self.identity.public_b64, "nonce": self.nonce, "features": list(FEATURES)}
 
     def receive_hello(self, frame, find_peer):
         """Check the other side's hello; ``find_peer(relay_id)`` -> Peer or None.
@@ -61,6 +65,9 @@ class Handshake:
         if not peer.accepts(raw):
             raise HandshakeError(f"relay {relay_id!r} presented a key that is not the configured one")
         self.peer_id, self.peer_key, self.peer_nonce = relay_id, raw, nonce
+        features = frame.get("features")
+        if isinstance(features, list):
+            self.peer_features = frozenset(f for f in features[:32] if f in FEATURES)
         signature = self.identity.sign(transcript(self.identity.relay_id, relay_id,
                                                   self.nonce, nonce))
         return peer, {"type": "auth", "sig": base64.b64encode(signature).decode("ascii")}

@@ -24,6 +24,7 @@ from relayd.federation.catchup import CatchUpServer
 from relayd.federation.frames import (BadItem, check_entry, check_receipt, check_sync,
                                       item_key, msg_frame, receipt_frame)
 from relayd.federation.metrics import PeerStats, peer_rows
+from relayd.ops.ratelog import LogLimiter, repeats
 
 RECENT_ITEMS = 10000
 CHECKPOINT_EVERY = 1000       # items between two cursor checkpoints in the journal
@@ -60,6 +61,7 @@ class Hub:
                                        counted_in="relayd_federation_bad_frames")
         self.refusal_log = LogBudget(clock, self.log, "refused federation handshakes",
                                      counted_in="relayd_federation_handshake_failures")
+        self._log_limiter = LogLimiter(clock)   # a full disk fails every record alike
 
     def find_peer(self, name):
         return self.peers.get(name)
@@ -90,7 +92,7 @@ class Hub:
             self.ask_sync(link)
 
     def ask_sync(self, link, have=None):
-        link.sync_have = self.index.wants() if have is None else have
+        link.sync_have = self.index.wants(link.ranges) if have is None else have
         link.send({"type": "sync", "have": link.sync_have})
 
     def link_down(self, link, why):
@@ -187,7 +189,17 @@ class Hub:
 
     def _record(self, line):
         d = self.journal.append(line)
-        d.addErrback(lambda f: self.log.failure("federation: could not journal a record", f))
+        d.addErrback(self._record_failed)
+
+    def _record_failed(self, failure):
+        if not failure.check(OSError):
+            self.log.failure("federation: could not journal a record", failure)
+            return
+        error = failure.getErrorMessage()
+        log_it, left_out = self._log_limiter.admit(error)
+        if log_it:
+            self.log.error("federation: could not journal a record: {error}{repeats}",
+                           error=error, repeats=repeats(left_out))
 
     # --- frames from links -----------------------------------------------------------
 
@@ -227,7 +239,7 @@ class Hub:
         would ask with: the answer would be the same (a hole no peer can fill,
         with more seqs held above it than a sync lists), again and again."""
         if frame.get("more"):
-            have = self.index.wants()
+            have = self.index.wants(link.ranges)
             if have != link.sync_have:
                 self.ask_sync(link, have)
 
@@ -273,8 +285,11 @@ class Hub:
         """The journal failed: forget the item and ask the peer again a little later."""
         self._pending.pop(msg_id, None)
         self.index.discard(origin, seq)
-        self.log.error("federation: could not accept {origin}/{seq}: {error}",
-                       origin=origin, seq=seq, error=failure.getErrorMessage())
+        error = failure.getErrorMessage()
+        log_it, left_out = self._log_limiter.admit(("accept", error))
+        if log_it:
+            self.log.error("federation: could not accept {origin}/{seq}: {error}{repeats}",
+                           origin=origin, seq=seq, error=error, repeats=repeats(left_out))
         if link not in self._retrying:
             self._retrying.add(link)
             self.clock.callLater(self.settings.keepalive, self._retry, link)
@@ -305,6 +320,13 @@ class Hub:
         lost in a dropped link, refused by a full disk, or stopped by max_hops)."""
         holes = {(origin, c.low) for origin, c in self.index.cursors.items() if c.above}
         lasting, self._holes = holes & self._holes, holes
+        everyone = all(self.links.get(name) for name in self.peers)
+        for origin, first, last in self.index.lasting(lasting, everyone):
+            self._record(fed_index.lost_line(origin, first, last))
+            self.log.warn("federation: items {first}..{last} of {origin} are held by no peer "
+                          "after {rounds} repair rounds; recorded as lost, not asked for again",
+                          origin=origin, first=first, last=last, rounds=fed_index.GIVE_UP_ROUNDS)
+            lasting.discard((origin, first - 1))
         if lasting:
             for links in self.links.values():
                 self.ask_sync(links[0])

@@ -13,12 +13,19 @@ seq up to it is held) and the few seqs held above it; that pair is the
 cursor a relay sends when a link comes up.  ``{"fed_cursors": {origin:
 low}}`` checkpoints, journaled now and then, keep the watermarks when old
 segments are pruned.
+
+A hole that no peer fills (the items are past retention everywhere, or were
+refused as bad) is given up once it has outlived ``GIVE_UP_ROUNDS`` repair
+rounds while every peer was up: ``{"fed_lost": origin, "first": a, "last":
+b}`` is journaled, the seqs count as held, and they are not asked for
+again, after a restart either.
 """
 import json
 
 from relayd.core import message
 
 MAX_ABOVE_SENT = 1000
+GIVE_UP_ROUNDS = 3
 
 
 class Cursor:
@@ -35,6 +42,9 @@ class Cursor:
         if seq <= self.low:
             return
         self.above.add(seq)
+        self._merge()
+
+    def _merge(self):
         while self.low + 1 in self.above:
             self.low += 1
             self.above.discard(self.low)
@@ -44,7 +54,15 @@ class Cursor:
         if low > self.low:
             self.low = low
             self.above = {s for s in self.above if s > low}
-            self.add(low)
+            self._merge()
+
+    def fill(self, first, last):
+        """Count ``first..last`` as held."""
+        if first <= self.low + 1:
+            self.raise_low(last)
+        else:
+            for seq in range(first, last + 1):
+                self.add(seq)
 
     def discard(self, seq):
         if seq <= self.low:         # reopen a hole below the watermark
@@ -56,6 +74,17 @@ class Cursor:
         return max(self.above, default=self.low)
 
 
+def seq_ranges(seqs):
+    """``[[first, last], ...]`` of the runs of consecutive numbers in ``seqs``."""
+    out = []
+    for seq in sorted(seqs):
+        if out and seq == out[-1][1] + 1:
+            out[-1][1] = seq
+        else:
+            out.append([seq, seq])
+    return out
+
+
 def companion_line(origin, seq, msg_id):
     return json.dumps({"fed": origin, "seq": seq, "ref": msg_id}).encode()
 
@@ -64,6 +93,11 @@ def checkpoint_line(cursors):
     """A journal record of every origin's watermark: after the segments that
     backed them are pruned, a replay still starts from these cursors."""
     return json.dumps({"fed_cursors": {o: c.low for o, c in cursors.items()}}).encode()
+
+
+def lost_line(origin, first, last):
+    """A journal record of seqs given up: no peer holds them."""
+    return json.dumps({"fed_lost": origin, "first": first, "last": last}).encode()
 
 
 def receipt_record(msg_id, peer, timestamp, origin, seq):
@@ -78,6 +112,7 @@ class Index:
         self.cursors = {}
         self.unsequenced = {}           # own items found in the journal without a seq
         self._next = 1
+        self._rounds = {}               # (origin, low) of a lasting hole -> repair rounds survived
 
     def has(self, origin, seq):
         cursor = self.cursors.get(origin)
@@ -106,14 +141,70 @@ class Index:
             return True
         return False
 
-    def wants(self):
-        """What this relay holds, for a ``sync`` frame: ``{origin: [low, [above...]]}``."""
+    def lasting(self, holes, everyone_asked):
+        """Count one more repair round for each of ``holes`` (``(origin, low)``
+        that outlived the last round), if ``everyone_asked`` (every peer was up
+        to be asked); returns ``[(origin, first, last)]`` given up now: those
+        seqs count as held from now on."""
+        self._rounds = {key: self._rounds.get(key, 0) + (1 if everyone_asked else 0)
+                        for key in holes}
+        lost = []
+        for (origin, low), rounds in list(self._rounds.items()):
+            cursor = self.cursors.get(origin)
+            if rounds < GIVE_UP_ROUNDS or cursor is None or cursor.low != low or not cursor.above:
+                continue
+            last = min(cursor.above) - 1
+            cursor.fill(low + 1, last)
+            del self._rounds[(origin, low)]
+            lost.append((origin, low + 1, last))
+        return lost
+
+    def wants(self, ranges=False):
+        """What this relay holds, for a ``sync`` frame: ``{origin: [low, [above...]]}``,
+        or with ``ranges`` ``{origin: [low, [], [[first, last], ...]]}`` (up to
+        ``MAX_ABOVE_SENT`` ranges, however many seqs they hold)."""
+        if ranges:
+            return {origin: [c.low, [], seq_ranges(c.above)[:MAX_ABOVE_SENT]]
+                    for origin, c in self.cursors.items()}
         return {origin: [c.low, sorted(c.above)[:MAX_ABOVE_SENT]]
                 for origin, c in self.cursors.items()}
+
+    # --- checkpoints ----------------------------------------------------------------
+
+    def snapshot(self, exclude=()):
+        """The cursors, the own counter and the unsequenced items, for a
+        checkpoint; ``exclude`` holds ``(origin, seq)`` not yet durable."""
+        cursors = {}
+        for origin, c in self.cursors.items():
+            cursors[origin] = [c.low, sorted(c.above)]
+        for origin, seq in exclude:
+            cursor = cursors.get(origin)
+            if cursor is None:
+                continue
+            copy = Cursor()
+            copy.low, copy.above = cursor[0], set(cursor[1])
+            copy.discard(seq)
+            cursors[origin] = [copy.low, sorted(copy.above)]
+        return {"cursors": cursors, "next": self._next,
+                "unsequenced": [[list(key), record] for key, record in self.unsequenced.items()]}
+
+    def load_snapshot(self, data):
+        """Replace the index with a ``snapshot()``."""
+        self.cursors = {}
+        for origin, (low, above) in data["cursors"].items():
+            cursor = self.cursors[origin] = Cursor()
+            cursor.low, cursor.above = low, set(above)
+        self._next = data["next"]
+        self.unsequenced = {tuple(key): record for key, record in data["unsequenced"]}
 
     # --- journal replay -----------------------------------------------------------
 
     def restore(self, record):
+        lost = record.get("fed_lost")
+        if isinstance(lost, str) and isinstance(record.get("first"), int) \
+                and isinstance(record.get("last"), int):
+            self.cursors.setdefault(lost, Cursor()).fill(record["first"], record["last"])
+            return
         checkpoint = record.get("fed_cursors")
         if isinstance(checkpoint, dict):
             for origin, low in checkpoint.items():

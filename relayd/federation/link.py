@@ -51,6 +51,11 @@ class Link(LineReceiver):
         self._timer = None
 
     @property
+    def ranges(self):
+        """True when both sides speak ``have`` with seq ranges (PROTOCOL.md)."""
+        return self.handshake is not None and "have-ranges" in self.handshake.peer_features
+
+    @property
     def name(self):
         return self.peer.name if self.peer is not None else self.expected or "?"
 

@@ -1,7 +1,7 @@
 """Group commit on the reactor thread.
 
 ``append`` only adds the line to a list; one write job per batch carries
-``b"\\n".join`` of the lines to the file thread.  While a batch is being
+the list to the file thread, which frames and writes it.  While a batch is being
 written the next one gathers, so batches grow with the load.
 """
 from twisted.internet.defer import Deferred, succeed
@@ -13,12 +13,14 @@ class JournalClosed(Exception):
 
 
 class GroupCommit:
-    """Buffers lines and hands them in order to ``submit(data, count) -> Deferred``.
+    """Buffers lines and hands them in order to ``submit(lines) -> Deferred``
+    (firing with the first line's sequence number, or None).
 
     A batch goes out on the next reactor turn (or ``delay`` seconds after
     its first line), and never while the previous one is still being
     written.  Each line's Deferred fires with None, or fails with the
-    batch's failure.
+    batch's failure.  With a sequence number from ``submit``, each line's
+    Deferred fires with its own (the first plus its place in the batch).
     """
 
     def __init__(self, clock, submit, delay=0.0):
@@ -66,17 +68,16 @@ class GroupCommit:
             return succeed(None)
         lines, waiters, since = self._lines, self._waiters, self._since
         self._lines, self._waiters, self._since = [], [], None
-        lines.append(b"")
-        try:
-            data = b"\n".join(lines)
-        except TypeError:
-            data, waiters = _refuse_non_bytes(lines, waiters)
-            if not waiters:
-                return succeed(None)
+        for line in lines:
+            if not isinstance(line, bytes):
+                lines, waiters = _refuse_non_bytes(lines, waiters)
+                if not waiters:
+                    return succeed(None)
+                break
         if not self._busy:
             self._busy_since = since
         self._busy += len(waiters)
-        d = self._submit(data, len(waiters))
+        d = self._submit(lines)
         d.addBoth(self._done, waiters)
         return d
 
@@ -92,9 +93,12 @@ class GroupCommit:
         if isinstance(result, Failure):
             for d in waiters:
                 d.errback(result)
-        else:
+        elif result is None:
             for d in waiters:
                 d.callback(None)
+        else:
+            for seq, d in enumerate(waiters, result):
+                d.callback(seq)
         if self._lines and self._call is None and not self.closed:
             self._schedule()
 
@@ -107,7 +111,7 @@ class GroupCommit:
 
 
 def _refuse_non_bytes(lines, waiters):
-    """Fail the appends whose line is not bytes; ``(data, waiters)`` of the rest."""
+    """Fail the appends whose line is not bytes; ``(lines, waiters)`` of the rest."""
     good, kept = [], []
     for line, d in zip(lines, waiters):
         if isinstance(line, bytes):
@@ -115,5 +119,4 @@ def _refuse_non_bytes(lines, waiters):
             kept.append(d)
         else:
             d.errback(TypeError(f"a journal line must be bytes, not {type(line).__name__}"))
-    good.append(b"")
-    return b"\n".join(good), kept
+    return good, kept

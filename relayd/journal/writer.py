@@ -8,19 +8,24 @@ holding up writes.  Methods return small summaries for the reactor side.
 """
 import os
 
-from relayd.journal import retention, segments
+from relayd.journal import record, retention, segments
 
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
 class SegmentWriter:
-    """Appends batches to the active segment and rolls it past ``segment_size``.
+    """Frames and appends batches to the active segment, rolls it past ``segment_size``.
+
+    Each record gets the next sequence number (``next_seq``) as it is
+    framed.
 
     ``durable`` (fsync policy other than ``never``) keeps a rolled segment
     open until ``take_unsynced`` hands it out for its fsync, and fsyncs the
     directory when a segment is created.  After a
     failed write the segment is abandoned, so that a partly written batch is
-    never followed by good lines in the same file.
+    never followed by good lines in the same file: the batch is cut off
+    and the segment goes on (a new segment only if the cut fails), so a
+    full disk does not leave a file per failed batch.
     """
 
     def __init__(self, directory, segment_size, durable):
@@ -34,23 +39,31 @@ class SegmentWriter:
         self.fd = None
         self.unsynced = False
         self.retired = []        # rolled segments awaiting their fsync
+        self.next_seq = 1
         # Seams for tests.
         self._open = os.open
         self._write = os.write
         self._fsync = getattr(os, "fdatasync", os.fsync)
 
-    def load(self, found):
-        """Adopt the segments found at start-up; new writes go to a new one."""
+    def load(self, found, last_seq=0, last_index=0):
+        """Adopt the segments found at start-up (the last record's seq
+        ``last_seq``); new writes go to a new segment, numbered after them and
+        after ``last_index`` (the checkpoint's, which may be gone)."""
+        self.next_seq = last_seq + 1
+        self.next_index = last_index + 1
         self.table = {s.name: [s.size, s.mtime] for s in found}
         self.total = sum(s.size for s in found)
         if found:
-            self.next_index = max(s.index for s in found) + 1
+            self.next_index = max(self.next_index, max(s.index for s in found) + 1)
 
     def summary(self):
         return len(self.table), self.total
 
-    def write(self, data, now, sync):
-        """Write one batch (and fsync it if ``sync``); returns ``summary()``."""
+    def write(self, lines, now, sync):
+        """Write one batch of JSON ``lines`` (and fsync it if ``sync``);
+        returns ``(segments, total bytes, bytes written, position)`` where
+        ``position`` is ``(segment, offset, seq)`` just after the batch."""
+        data = record.frame_batch(self.next_seq, lines)
         if self.fd is None:
             self._open_next(now)
         entry = self.table[self.active]
@@ -62,15 +75,17 @@ class SegmentWriter:
             if sync:
                 self._fsync(self.fd)
         except OSError:
-            self._abandon(entry[0])
+            self._cut(entry[0])
             raise
         self.unsynced = not sync
         entry[0] += len(data)
         entry[1] = now
         self.total += len(data)
+        self.next_seq += len(lines)
+        position = (self.active, entry[0], self.next_seq - 1)
         if entry[0] >= self.segment_size:
             self._retire()
-        return self.summary()
+        return len(self.table), self.total, len(data), position
 
     def _retire(self):
         """Stop writing the active segment; under a durable policy its fsync
@@ -150,12 +165,13 @@ class SegmentWriter:
     def _open_next(self, now):
         while True:
             name = segments.segment_name(self.next_index)
-            self.next_index += 1
             try:
                 self.fd = self._open(os.path.join(self.directory, name), _FLAGS, 0o600)
             except FileExistsError:
+                self.next_index += 1
                 continue
-            break
+            break          # any other error leaves the number for the next try
+        self.next_index += 1
         self.active = name
         self.table[name] = [0, now]
         self.unsynced = False
@@ -169,13 +185,16 @@ class SegmentWriter:
         finally:
             os.close(fd)
 
-    def _abandon(self, good_size):
-        """Cut a failed batch off the segment if possible and stop using it."""
-        fd, self.fd, name, self.active = self.fd, None, self.active, None
+    def _cut(self, good_size):
+        """Cut a failed batch off the segment and go on with it; stop using
+        the segment only if the cut fails."""
         try:
-            os.ftruncate(fd, good_size)
+            os.ftruncate(self.fd, good_size)
+            os.lseek(self.fd, good_size, os.SEEK_SET)
+            return
         except OSError:
             pass
+        fd, self.fd, name, self.active = self.fd, None, self.active, None
         try:
             size = os.fstat(fd).st_size
         except OSError:

@@ -108,7 +108,7 @@ class RelayEvents:
                           "for {ip}; further ones are only counted (relayd_libp2p_denials, "
                           "relayd_libp2p_connections_aborted)",
                           limit=DENIALS_LOGGED_PER_MINUTE, ip=ip)
-        return window[1] <= DENIALS_LOGGED_PER_MINUTE
+        return log_it
 
     def circuit_opened(self, circuit):
         self.totals["circuits_opened"] += 1
