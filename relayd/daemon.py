@@ -7,14 +7,13 @@ pool and the journal outlive the listeners on shutdown.
 import os
 import signal
 
-import orjson
 from prometheus_client import CollectorRegistry
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
-from relayd import config, privileges, reloading
+from relayd import config, jsonfast, privileges, reloading
 from relayd.core.abuse import AbuseGuard
 from relayd.core.dedup import DedupWindow
 from relayd.core.history import History
@@ -250,7 +249,7 @@ def checkpoint_core(journal, router):
 
 def _stored_entry(line):
     """The entry of a stored ``message.delivery_line``, read back from a checkpoint."""
-    entry = orjson.loads(line)
+    entry = jsonfast.loads(line)
     del entry["type"]
     return entry
 

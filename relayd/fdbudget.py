@@ -16,7 +16,7 @@ from prometheus_client import Counter, Gauge
 from twisted.application.service import Service
 from twisted.logger import Logger
 
-from relayd.logbudget import LogBudget
+from relayd.ops.ratelog import LogBudget
 
 
 class FdBudget(Service):

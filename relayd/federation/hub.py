@@ -15,16 +15,13 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from relayd.core.interfaces import IDurableEventSubscriber
-
-from relayd.logbudget import LogBudget
-from relayd.names import shown
-
 from relayd.federation import index as fed_index
 from relayd.federation.catchup import CatchUpServer
 from relayd.federation.frames import (BadItem, check_entry, check_receipt, check_sync,
                                       item_key, msg_frame, receipt_frame)
 from relayd.federation.metrics import PeerStats, peer_rows
-from relayd.ops.ratelog import LogLimiter, repeats
+from relayd.names import shown
+from relayd.ops.ratelog import LogBudget, LogLimiter, repeats
 
 RECENT_ITEMS = 10000
 CHECKPOINT_EVERY = 1000       # items between two cursor checkpoints in the journal

@@ -18,7 +18,7 @@ import json
 import os
 import zlib
 
-import orjson
+from relayd import jsonfast
 
 from relayd.journal.replay import Start
 
@@ -29,8 +29,8 @@ CHUNK = 5000          # list items or dict entries encoded in one call
 
 def _dumps(value):
     try:
-        return orjson.dumps(value)
-    except TypeError:           # a lone surrogate in a string: orjson refuses, json escapes it
+        return jsonfast.dumps_compact(value)
+    except ValueError:          # a lone surrogate in a string: msgspec refuses, json escapes it
         return json.dumps(value, separators=(",", ":")).encode()
 
 
@@ -152,8 +152,8 @@ def read(directory):
     if zlib.crc32(body) != crc:
         raise Damaged("checksum mismatch")
     try:
-        parts = orjson.loads(body)
-    except orjson.JSONDecodeError:
+        parts = jsonfast.loads(body)
+    except ValueError:
         try:
             parts = json.loads(body)
         except (ValueError, RecursionError):

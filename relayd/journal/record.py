@@ -9,7 +9,8 @@ format before sequence numbers (a *legacy* record: JSON alone, no check).
 import json
 import zlib
 
-import orjson
+from relayd import jsonfast
+
 
 
 def frame(seq, body):
@@ -58,9 +59,9 @@ def decode(body):
     if not body.strip():
         return None, "empty line"
     try:
-        record = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        # orjson refuses what json.dumps may write (a lone surrogate escape):
+        record = jsonfast.loads(body)
+    except ValueError:
+        # msgspec refuses what json.dumps may write (a lone surrogate escape):
         # the standard library decides, and names the problem.
         return _decode_slowly(body)
     if not isinstance(record, dict):

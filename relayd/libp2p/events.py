@@ -2,6 +2,8 @@
 from prometheus_client import Counter, Gauge
 from twisted.logger import Logger
 
+from relayd.ops.ratelog import LogBudget
+
 DENIALS_LOGGED_PER_MINUTE = 20      # denials and aborted connections per source IP ...
 LOGGED_PER_MINUTE = 200             # ... and from all sources; the rest are only counted
 
@@ -19,8 +21,10 @@ class RelayEvents:
 
     def __init__(self, registry, clock):
         self.clock = clock
-        self._denial_windows = {}       # ip -> [window start, denials logged in it]
-        self._all_window = [None, 0]    # the same over every source
+        counted_in = "relayd_libp2p_denials, relayd_libp2p_connections_aborted"
+        what = "libp2p denials and aborted connections"
+        self._all_log = LogBudget(clock, self.log, what, LOGGED_PER_MINUTE, counted_in)
+        self._ip_log = LogBudget(clock, self.log, what, DENIALS_LOGGED_PER_MINUTE, counted_in)
         self.relayed_bytes = 0
         self.totals = {"reservations_accepted": 0, "reservations_renewed": 0,
                        "circuits_opened": 0, "circuits_closed": 0, "denied": 0}
@@ -85,30 +89,9 @@ class RelayEvents:
                           kind=kind, reason=reason, libp2p_event="aborted")
 
     def _may_log(self, ip):
-        now = self.clock.seconds()
-        overall = self._all_window
-        if overall[0] is None or now - overall[0] >= 60:
-            overall[:] = [now, 0]
-        overall[1] += 1
-        if overall[1] == LOGGED_PER_MINUTE + 1:
-            self.log.warn("libp2p: more than {limit} denials and aborted connections this minute; "
-                          "further ones are only counted (relayd_libp2p_denials, "
-                          "relayd_libp2p_connections_aborted)", limit=LOGGED_PER_MINUTE)
-        if overall[1] > LOGGED_PER_MINUTE:
-            return False
-        window = self._denial_windows.get(ip)
-        if window is None or now - window[0] >= 60:
-            if len(self._denial_windows) >= 10000:
-                self._denial_windows = {k: w for k, w in self._denial_windows.items()
-                                        if now - w[0] < 60}
-            window = self._denial_windows[ip] = [now, 0]
-        window[1] += 1
-        if window[1] == DENIALS_LOGGED_PER_MINUTE + 1:
-            self.log.warn("libp2p: more than {limit} denials and aborted connections this minute "
-                          "for {ip}; further ones are only counted (relayd_libp2p_denials, "
-                          "relayd_libp2p_connections_aborted)",
-                          limit=DENIALS_LOGGED_PER_MINUTE, ip=ip)
-        return log_it
+        """At most LOGGED_PER_MINUTE denials and aborts logged a minute in all,
+        DENIALS_LOGGED_PER_MINUTE of them per source IP; all are counted."""
+        return self._all_log.allow("all sources") and self._ip_log.allow(ip)
 
     def circuit_opened(self, circuit):
         self.totals["circuits_opened"] += 1

@@ -47,3 +47,25 @@ class LogLimiter:
 def repeats(left_out):
     """The suffix for a log line: `` (and N more like it not logged)`` or ""."""
     return f" (and {left_out} more like it not logged)" if left_out else ""
+
+
+class LogBudget:
+    """At most ``per_minute`` log lines a minute per key (a source address, a
+    peer) for events untrusted traffic can trigger: ``allow(key)`` says
+    whether to log this one.  The first refusal in a minute logs one line
+    saying that further ones are only counted (``counted_in``)."""
+
+    def __init__(self, clock, log, what, per_minute=20, counted_in="the metrics"):
+        self.log = log
+        self.what = what
+        self.per_minute = per_minute
+        self.counted_in = counted_in
+        self._limiter = LogLimiter(clock, per_window=per_minute)
+
+    def allow(self, key):
+        log_it, _ = self._limiter.admit(key)
+        if not log_it and self._limiter.pending(key) == 1:
+            self.log.warn("more than {limit} {what} this minute from {source}; further ones "
+                          "are only counted ({counted_in})", limit=self.per_minute,
+                          what=self.what, source=key, counted_in=self.counted_in)
+        return log_it

@@ -21,7 +21,7 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
-from relayd.logbudget import LogBudget
+from relayd.ops.ratelog import LogBudget
 from relayd.names import shown
 
 KEX = [b"mlkem768x25519-sha256", b"curve25519-sha256", b"curve25519-sha256@libssh.org"]
