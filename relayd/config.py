@@ -488,6 +488,10 @@ def validate(settings):
             if listen is None or listen.convert is not server_endpoint:
                 raise ConfigError(f"{settings.source}: [tls] listeners: {name!r} is not a "
                                   f"section with a stream listener")
+    if settings.enabled("libp2p") and settings.libp2p.wss_listen is not None \
+            and not settings.enabled("tls"):
+        raise ConfigError(f"{settings.source}: [libp2p] wss_listen needs the [tls] section "
+                          f"(its certificate)")
     return settings
 
 

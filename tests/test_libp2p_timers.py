@@ -260,5 +260,5 @@ class DenialLogTests(unittest.TestCase):
         denials = [e for e in logged if e.get("libp2p_event") == "denied"]
         warnings = [e for e in logged if "only counted" in e["log_format"]]
         self.assertEqual(len(denials), 20 + 1 + 1)
-        self.assertEqual([w["ip"] for w in warnings], ["10.0.0.9"])
+        self.assertEqual([w["source"] for w in warnings], ["10.0.0.9"])
         self.assertEqual(events.totals["denied"], 27)

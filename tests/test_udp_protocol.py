@@ -192,7 +192,9 @@ class WeaknessTests(Harness):
         for name in ("a||b", "bell\x07", "*", "#room"):
             self.send({"type": "register", "name": name, "pad": "x" * 100}, BOB)
             [error] = self.take(BOB)
-            self.assertEqual((error["code"], error["detail"][:5]), ("bad_request", "name:"))
+            self.assertEqual(error["code"], "bad_request")
+            # relayd.names refuses the control character, valid_peer_id the rest
+            self.assertRegex(error["detail"], r"^name(: | has a control)")
             self.send({"type": "keepalive", "name": name, "pad": "x" * 100}, BOB)
             self.assertEqual(self.take(BOB)[0]["code"], "bad_request")
         self.assertEqual(len(self.proto.table), 0)

@@ -71,8 +71,9 @@ def check_receipt(frame):
 
 
 def check_sync(frame):
-    """Raise BadFrame unless ``have`` is ``{origin: [low, [seqs above low]]}`` with
-    relay ids and whole seqs a journal can hold (not ``1e400``, NaN or ``"5"``)."""
+    """Raise BadFrame unless ``have`` is ``{origin: [low, [seqs above low]]}``
+    (with the ``have-ranges`` feature, a third element ``[[first, last], ...]``)
+    with relay ids and whole seqs a journal can hold (not ``1e400``, NaN or ``"5"``)."""
     have = frame.get("have")
     if not isinstance(have, dict) or len(have) > MAX_SYNC_ORIGINS:
         raise BadFrame(f"sync needs have: {{origin: [low, [seqs above]]}}, "
@@ -80,11 +81,19 @@ def check_sync(frame):
     for origin, cursor in have.items():
         if not names.valid(origin):
             raise BadFrame("sync: an origin is not a relay id")
-        if not (isinstance(cursor, list) and len(cursor) == 2 and is_seq(cursor[0], 0)
+        if not (isinstance(cursor, list) and len(cursor) in (2, 3) and is_seq(cursor[0], 0)
                 and isinstance(cursor[1], list) and len(cursor[1]) <= MAX_SYNC_ABOVE
-                and all(is_seq(s) for s in cursor[1])):
+                and all(is_seq(s) for s in cursor[1])
+                and (len(cursor) == 2 or _seq_ranges(cursor[2]))):
             raise BadFrame(f"sync: the cursor for origin {names.shown(origin, 64)} must be "
-                           f"[low, [seqs above]] with whole numbers from 0 to {MAX_SEQ}")
+                           f"[low, [seqs above], [[first, last], ...]] (ranges optional) "
+                           f"with whole numbers from 0 to {MAX_SEQ}")
+
+
+def _seq_ranges(ranges):
+    return (isinstance(ranges, list) and len(ranges) <= MAX_SYNC_ABOVE
+            and all(isinstance(r, list) and len(r) == 2 and is_seq(r[0]) and is_seq(r[1])
+                    and r[0] <= r[1] for r in ranges))
 
 
 def msg_frame(origin, seq, line):

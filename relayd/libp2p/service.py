@@ -135,9 +135,6 @@ class Libp2pService(MultiService):
     def __init__(self, daemon, settings, reactor):
         super().__init__()
         self.setName("libp2p")
-        for key, _, tls in LISTENERS:
-            if tls and getattr(settings, key) is not None and daemon.tls is None:
-                raise ValueError(f"[libp2p] {key} needs the [tls] section (its certificate)")
         self.daemon = daemon
         self.settings = settings
         self.reactor = reactor
