@@ -26,6 +26,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from relayd.core import message
+from relayd.jsonfast import loads as _fast
 from relayd.core.interfaces import ISession
 from relayd.identity import verify
 from relayd.tcp import errors
@@ -48,9 +49,16 @@ def encode(obj):
 
 
 def _loads(line):
-    """``json.loads(line)``, without guessing the encoding of a line that
-    starts ``{`` then a non-zero byte: ``json.loads`` would take it as UTF-8."""
+    """``json.loads(line)``, by msgspec where it accepts the line (it then
+    gives the same value).  What it refuses (bad JSON, NaN, numbers out of
+    float range, lone surrogates, UTF-8 encoded surrogates, a BOM, deep
+    nesting) takes the standard parse, which answers as it always did."""
+    try:
+        return _fast(line)
+    except ValueError:
+        pass
     if line[:1] == b"{" and line[1:2] != b"\x00":
+        # the encoding is not guessed: a line that starts ``{`` is UTF-8
         return _decode(line.decode("utf-8", "surrogatepass"))
     return json.loads(line)
 
