@@ -21,7 +21,7 @@ def main(argv=None):
         lambda server: loadgen.paced(server, args.receivers, args.rate, args.seconds, args.warmup),
         receivers=args.receivers, rate=int(args.rate))
     if "relayd" in results:
-        systems.check("tcp_latency", "relayd_p50_ms", results["relayd"]["p50_ms"], 0.5,
+        systems.check("tcp_latency", "relayd_p50_ms", results["relayd"]["p50_ms"], 0.3,
                       higher_is_better=False, receivers=args.receivers)
     systems.compare("tcp_latency", results, "p99_ms", 1.0, higher_is_better=False,
                     receivers=args.receivers)

@@ -302,20 +302,22 @@ class Router:
         sender = entry["from"]
         to = entry["to"]
         room = entry.get("room")
-        count = 0
-        hold = self._hold
-        if room is not None:
-            sessions = self.sessions
-            for peer in self.members.get(room, ()):
+        if room is not None or to == message.BROADCAST:
+            # _hold for every reader, inlined: this loop runs once per copy
+            held, sessions = self._held, self.sessions
+            readers = (((peer, sessions[peer]) for peer in self.members.get(room, ()))
+                       if room is not None else sessions.items())
+            count = 0
+            for peer, session in readers:
                 if peer != sender:
-                    hold(sessions[peer], line)
-                    count += 1
-        elif to == message.BROADCAST:
-            for peer, session in self.sessions.items():
-                if peer != sender:
-                    hold(session, line)
+                    lines = held.get(session)
+                    if lines is None:
+                        held[session] = ([line], [])
+                    else:
+                        lines[0].append(line)
                     count += 1
         else:
+            count = 0
             session = self.sessions.get(to)
             if session is not None and to == sender:
                 return
@@ -326,7 +328,7 @@ class Router:
                 self.stored += 1
             else:
                 self._outstanding[session][entry["msg_id"]] = entry
-                hold(session, line, entry)
+                self._hold(session, line, entry)
                 count = 1
         self.delivered += count
 

@@ -28,6 +28,7 @@ from zope.interface import implementer
 from relayd import finitejson
 from relayd.core import message
 from relayd.core.interfaces import ISession
+from relayd.jsonfast import loads as _fast
 from relayd.identity import verify
 from relayd.tcp import errors
 from relayd.tcp.framing import FrameTooLong, LegacySplitter, LineSplitter
@@ -49,9 +50,16 @@ def encode(obj):
 
 
 def _loads(line):
-    """``json.loads(line)``, without guessing the encoding of a line that
-    starts ``{`` then a non-zero byte: ``json.loads`` would take it as UTF-8."""
+    """``json.loads(line)``, by msgspec where it accepts the line (it then
+    gives the same value).  What it refuses (bad JSON, NaN, numbers out of
+    float range, lone surrogates, UTF-8 encoded surrogates, a BOM, deep
+    nesting) takes the standard parse, which answers as it always did."""
+    try:
+        return _fast(line)
+    except ValueError:
+        pass
     if line[:1] == b"{" and line[1:2] != b"\x00":
+        # the encoding is not guessed: a line that starts ``{`` is UTF-8
         return finitejson.decode(line.decode("utf-8", "surrogatepass"))
     return finitejson.decode(line.decode(json.detect_encoding(line), "surrogatepass"))
 
