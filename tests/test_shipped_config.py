@@ -3,6 +3,7 @@ starts a relay that the README's quick tour (relay-chat and the seed-000
 client), its relay-chat key lines and OPERATIONS.md's monitoring commands,
 run verbatim, find working."""
 import json
+import re
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -48,4 +49,43 @@ class ShippedConfigTests(SynchronousTestCase):
         self.assertEqual(json.loads(output)["relay"], "relay1")
         code, output = sandbox.run(metrics)
         self.assertIn("relayd_messages_received_total", output)
+        self.assertEqual(sandbox.stop(relay), 0, sandbox.output(relay))
+
+    def test_the_readmes_relay_chat_p2p_lines(self):
+        """The README's ``relay-chat p2p`` lines against the shipped config,
+        with ``$R`` the relay's address from its log and ``12D3KooW...`` the
+        id of the peer the first line made."""
+        [lines] = shell_blocks("README.md", "libp2p hub: DHT bootstrap and GossipSub rooms")
+
+        def line(fragment):
+            [text] = [text for text in lines if fragment in text]
+            return text
+        sandbox = DocSandbox(self)
+        relay = sandbox.start(START)
+        log = sandbox.wait_output(relay, "SIGTERM stops")
+        relay_addr = re.search(r"listening on (/ip4/127.0.0.1/tcp/4001/p2p/\S+)", log).group(1)
+        sandbox.env["R"] = relay_addr
+        code, peer = sandbox.run(line("p2p genkey"))
+        self.assertEqual(code, 0, peer)
+        peer = peer.strip()
+        listener = sandbox.start(line("p2p listen --key"))
+        sandbox.wait_output(listener, "advertised /private-chat/1.0.0")
+        for fragment, expected in (("p2p dht", peer), ("p2p find", "/ip4/127.0.0.1/tcp/"),
+                                   ("p2p send", ""), ("p2p con", f"connected to {peer} directly"),
+                                   ("p2p ping", f"pong from {relay_addr.split('/')[-1]}")):
+            code, output = sandbox.run(line(fragment).replace("12D3KooW...", peer))
+            self.assertEqual(code, 0, output)
+            self.assertIn(expected, output)
+        sandbox.wait_output(listener, ": hello")
+        relayed = sandbox.start(line("p2p listen --relay"))
+        sandbox.wait_output(relayed, f"reachable through the relay at {relay_addr}/p2p-circuit/p2p/")
+        announced = sandbox.start(line("p2p listen --mdns"))
+        shown = sandbox.wait_output(announced, "announced on mDNS")
+        code, output = sandbox.run(line("p2p mdns "))
+        self.assertEqual(code, 0, output)
+        self.assertIn(re.search(r"listening on \S+/p2p/(\S+)", shown).group(1), output)
+        carol = sandbox.start(".venv/bin/relay-chat --id carol listen --join libp2p-chat")
+        sandbox.wait_output(carol, "connected as carol")
+        sandbox.start(line("p2p room"), input=b"hi from the README\n")
+        sandbox.wait_output(carol, ": hi from the README")
         self.assertEqual(sandbox.stop(relay), 0, sandbox.output(relay))
