@@ -4,6 +4,7 @@ client), its relay-chat key lines and OPERATIONS.md's monitoring commands,
 run verbatim, find working."""
 import json
 import re
+import subprocess
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -79,6 +80,9 @@ class ShippedConfigTests(SynchronousTestCase):
         sandbox.wait_output(listener, ": hello")
         relayed = sandbox.start(line("p2p listen --relay"))
         sandbox.wait_output(relayed, f"reachable through the relay at {relay_addr}/p2p-circuit/p2p/")
+        for route in (["link", "set", "lo", "multicast", "on"],     # as a LAN interface has
+                      ["route", "add", "224.0.0.0/4", "dev", "lo"]):
+            subprocess.run(["ip", "-n", sandbox.ns, *route], check=True)
         announced = sandbox.start(line("p2p listen --mdns"))
         shown = sandbox.wait_output(announced, "announced on mDNS")
         code, output = sandbox.run(line("p2p mdns "))
