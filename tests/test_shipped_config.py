@@ -1,7 +1,7 @@
 """The shipped etc/relay.ini (as committed, never the reader's edited copy)
 starts a relay that the README's quick tour (relay-chat and the seed-000
-client), its relay-chat key lines and OPERATIONS.md's monitoring commands,
-run verbatim, find working."""
+client), its relay-chat key lines, relay-chat p2p lines and UDP peer chat,
+and OPERATIONS.md's monitoring commands, run verbatim, find working."""
 import json
 import re
 import subprocess
@@ -92,4 +92,22 @@ class ShippedConfigTests(SynchronousTestCase):
         sandbox.wait_output(carol, "connected as carol")
         sandbox.start(line("p2p room"), input=b"hi from the README\n")
         sandbox.wait_output(carol, ": hi from the README")
+        self.assertEqual(sandbox.stop(relay), 0, sandbox.output(relay))
+
+    def test_the_readmes_udp_peer_chat(self):
+        """The README's ``relay-chat peer`` lines against the shipped config:
+        keys made, both sides up, a line typed by Bob reaches Alice."""
+        [lines] = shell_blocks("README.md", "UDP rendezvous and peer chat")
+        [alice_key, alice_peer, bob_key, bob_peer] = lines
+        sandbox = DocSandbox(self)
+        relay = sandbox.start(START)
+        sandbox.wait_output(relay, "SIGTERM stops")
+        for line in (alice_key, bob_key):
+            code, output = sandbox.run(line)
+            self.assertEqual(code, 0, output)
+        alice = sandbox.start(alice_peer, input=b"")
+        sandbox.wait_output(alice, "*** registered as alice (key proven)")
+        bob = sandbox.start(bob_peer, input=b"hi!\n")
+        sandbox.wait_output(bob, "*** path: direct")
+        sandbox.wait_output(alice, "bob: hi!")
         self.assertEqual(sandbox.stop(relay), 0, sandbox.output(relay))
