@@ -107,7 +107,9 @@ class ShippedConfigTests(SynchronousTestCase):
             self.assertEqual(code, 0, output)
         alice = sandbox.start(alice_peer, input=b"")
         sandbox.wait_output(alice, "*** registered as alice (key proven)")
-        bob = sandbox.start(bob_peer, input=b"hi!\n")
+        bob = sandbox.start(bob_peer, input=b"")
         sandbox.wait_output(bob, "*** path: direct")
+        bob.stdin.write(b"hi!\n")                  # typed once the path is up
+        bob.stdin.flush()
         sandbox.wait_output(alice, "bob: hi!")
         self.assertEqual(sandbox.stop(relay), 0, sandbox.output(relay))
