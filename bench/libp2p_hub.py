@@ -20,22 +20,14 @@ import os
 import subprocess
 import sys
 
-from bench.libp2p_circuits import NODE, SCRIPT, JsRelay, Libp2pRelayd
+from bench.libp2p_circuits import LIBP2P, NODE, SCRIPT, JsRelay, Libp2pRelayd
 from bench.relay import REPO
 from bench.report import emit, machine
 from bench.server import ServerError
 
 TOPIC = "bench"
 D, D_HI = 64, 1024
-CONFIG = """\
-[relay]
-id = bench
-data_dir = {data_dir}
-
-[libp2p]
-listen = tcp:{port}:interface={host}
-max_connections = 100000
-max_connections_per_ip = 100000
+CONFIG = LIBP2P + """\
 
 [kad]
 request_rate = 1000000

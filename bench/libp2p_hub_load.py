@@ -26,6 +26,7 @@ from relayd.libp2p.host import Host
 from relayd.libp2p.kad import messages as km
 from relayd.libp2p.kad.server import PROTOCOL_ID as KAD, rendezvous_key
 from relayd.libp2p.peerid import KeyPair
+from relayd.libp2p.readers import PrefixedMessages
 from relayd.libp2p.yamux import StreamHandler
 
 from bench.procstat import cpu_seconds, own_cpu_seconds, rss_kib
@@ -39,21 +40,16 @@ def new_host(reactor):
     return Host(reactor, KeyPair(Ed25519PrivateKey.generate()))
 
 
-class Counter(StreamHandler):
+class Counter(PrefixedMessages):
     """The hub's stream to a subscriber: counts the messages in its RPCs."""
+
+    limit = 1 << 24
 
     def __init__(self, subscriber):
         self.subscriber = subscriber
-        self.buf = b""
 
-    def data_received(self, data):
-        self.buf += data
-        while True:
-            got = varint.split_prefixed(self.buf, 1 << 24)
-            if got is None:
-                return
-            rpc, self.buf = got
-            self.subscriber.got(len(protobuf.decode(rpc).get(2, ())))
+    def message_received(self, rpc):
+        self.subscriber.got(len(protobuf.decode(rpc).get(2, ())))
 
 
 class Sender(StreamHandler):
@@ -127,22 +123,18 @@ def gossip(reactor, args):
             "rss_before_kib": rss_before, "rss_subscribed_kib": rss_subscribed}
 
 
-class KadServerStub(StreamHandler):
+class KadServerStub(PrefixedMessages):
     """Answers the hub's kad requests (e.g. js's PING of a new contact) with an
     empty reply of the same type, so that the hub takes us for a DHT server."""
 
-    def __init__(self, connection):
-        self.buf = b""
+    limit = 1 << 16
 
-    def data_received(self, data):
-        self.buf += data
-        while True:
-            got = varint.split_prefixed(self.buf, 1 << 16)
-            if got is None:
-                return
-            request, self.buf = got
-            msg = km.decode(request)
-            self.stream.write(varint.prefixed(km.encode(km.KadMessage(msg.type, msg.key))))
+    def __init__(self, connection):
+        pass
+
+    def message_received(self, request):
+        msg = km.decode(request)
+        self.stream.write(varint.prefixed(km.encode(km.KadMessage(msg.type, msg.key))))
 
 
 class KadPipe(StreamHandler):

@@ -1,14 +1,14 @@
 """Run the real daemon (``twistd -n relayd``) as a subprocess for end-to-end tests.
 
-    relay = Relayd(self, '''
-        [relay]
-        data_dir = {data_dir}
-        [tcp]
-        listen = tcp:{tcp}:interface=127.0.0.1
-    ''', tcp=free_port())
+    relay = Relayd(self, relay_ini('''
+        [ratelimit]
+        messages = 1000
+    '''), tcp=free_port())
     relay.start(wait_tcp=[relay.ports["tcp"]])
 
 Placeholders: ``{data_dir}`` and ``{workdir}`` plus every keyword given.
+``relay_ini`` writes the head most tests share: ``[relay] data_dir`` and a
+``[tcp]`` listener on loopback.
 The process is stopped (SIGTERM, then SIGKILL) in the test's cleanup, and its
 log is printed when a test fails to start it.
 """
@@ -98,6 +98,17 @@ def wait_for_port(port, timeout=20.0, host="127.0.0.1", process=None):
         except OSError:
             time.sleep(0.05)
     return False
+
+
+def relay_ini(sections="", tcp=True, **relay):
+    """Config text for :class:`Relayd`: ``[relay]`` with ``data_dir =
+    {data_dir}`` and the keys given, a ``[tcp]`` listener on the loopback port
+    ``{tcp}`` (unless ``tcp`` is false), then ``sections`` (INI text)."""
+    head = "[relay]\ndata_dir = {data_dir}\n" + "".join(f"{key} = {value}\n"
+                                                      for key, value in relay.items())
+    if tcp:
+        head += "[tcp]\nlisten = tcp:{tcp}:interface=127.0.0.1\n"
+    return head + textwrap.dedent(sections).lstrip("\n")
 
 
 class Relayd:

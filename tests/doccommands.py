@@ -151,13 +151,18 @@ class DocSandbox:
             code = process.wait()
         return code, output.decode("utf-8", "replace")
 
-    def start(self, line):
+    def start(self, line, input=None):
         """Start ``line`` (one simple command) as a reader would in a terminal
-        of its own; its output goes to a file, read with ``output(process)``."""
+        of its own, typing ``input`` (bytes; stdin stays open); its output goes
+        to a file, read with ``output(process)``."""
         log = open(os.path.join(self.dir, f".out{len(self.processes)}"), "w+")
         # exec: the command is the process a signal reaches, as in a terminal.
         process = subprocess.Popen(self.argv("exec " + line), cwd=self.dir, env=self.env,
+                                   stdin=subprocess.PIPE if input is not None else None,
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        if input is not None:
+            process.stdin.write(input)
+            process.stdin.flush()
         process.log = log
         self.processes.append(process)
         return process
@@ -187,6 +192,8 @@ class DocSandbox:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
         process.log.close()
+        if process.stdin is not None:
+            process.stdin.close()
         return process.returncode
 
     def stop_all(self):

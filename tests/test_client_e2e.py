@@ -90,6 +90,15 @@ class RelayChatE2E(SynchronousTestCase):
                           ("alice", "#general", "hi room")])
         self.assertEqual([m["msg_id"] for m in got], acks)
 
+    def test_sigterm_closes_the_connection_without_reconnecting(self):
+        self.daemon()
+        bob = self.start_chat("--id", "bob", "listen")
+        self.wait_line(bob.stderr, "connected as bob")
+        bob.send_signal(signal.SIGTERM)
+        out, err = bob.communicate(timeout=WAIT)
+        self.assertNotIn("connection lost", err)
+        self.assertNotIn("reconnecting", err)
+
     def test_a_seed_000_client_and_relay_chat_talk(self):
         self.daemon()
         bob = self.start_chat("--id", "bob", "listen", "--count", "1", "--timeout", str(WAIT))

@@ -7,19 +7,15 @@ recipient, across at least five kills (see bench/crashload.py).
 from twisted.trial import unittest
 
 from bench.crashload import CrashLoad
-from tests.daemon import Relayd, free_port
+from tests.daemon import Relayd, free_port, relay_ini
 
-CONFIG = """
-    [relay]
-    data_dir = {data_dir}
-    [tcp]
-    listen = tcp:{tcp}:interface=127.0.0.1
+CONFIG = relay_ini("""
     [ratelimit]
     messages = 1000000
     per_seconds = 1
     [mailbox]
     max_per_peer = 1000000
-"""
+""")
 KILLS = 5
 
 

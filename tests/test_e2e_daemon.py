@@ -11,19 +11,14 @@ from twisted.trial import unittest
 from relayd.journal import segments
 from relayd.journal.replay import check
 
-from tests.daemon import REPO, TWISTD, Relayd, free_port, wait_for_port
+from tests.daemon import REPO, TWISTD, Relayd, free_port, relay_ini, wait_for_port
 from tests.seedclient import LineClient, SeedClient
 
-BASIC = """
-[relay]
-id = relay1
-data_dir = {data_dir}
-[tcp]
-listen = tcp:{tcp}:interface=127.0.0.1
+BASIC = relay_ini("""
 [ratelimit]
 messages = 100000
 per_seconds = 1
-"""
+""", id="relay1")
 
 
 def journal_records(data_dir):

@@ -14,16 +14,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from relayd.client import keys
 from relayd.e2ee import seal
 from relayd.tcp.protocol import auth_payload
-from tests.daemon import REPO, Relayd, free_port
+from tests.daemon import REPO, Relayd, free_port, relay_ini
 from tests import test_client_e2e
 from tests.test_federation_e2e import Federation
 
-INI = """
-[relay]
-id = relayT
-data_dir = {data_dir}
-[tcp]
-listen = tcp:{tcp}:interface=127.0.0.1
+INI = relay_ini("""
 [ratelimit]
 messages = 1000
 per_seconds = 1
@@ -31,7 +26,7 @@ per_seconds = 1
 require_encryption = yes
 [http]
 listen = tcp:{http}:interface=127.0.0.1
-"""
+""", id="relayT")
 
 
 def everything_written(*directories):

@@ -67,6 +67,14 @@ class Net:
             added.append(kp.peer_id)
         return added
 
+    def join(self, count):
+        """The router joins "t" with ``count`` peers in it and runs a heartbeat
+        (its mesh forms); returns the peers."""
+        self.router.subscribe("t")
+        peers = self.add_peers(count)
+        self.router.heartbeat()
+        return peers
+
     def message(self, peer, data, topic="t", seqno=1):
         msg = gm.sign(self.keys[peer], topic, data, seqno.to_bytes(8, "big"))
         return gm.decode_message(msg.encode())          # as it arrives off the wire
@@ -78,9 +86,7 @@ class Net:
 class MeshTests(unittest.TestCase):
     def test_heartbeat_grafts_d_peers_and_prunes_down_to_d(self):
         net = Net()
-        net.router.subscribe("t")
-        peers = net.add_peers(15)
-        net.router.heartbeat()
+        peers = net.join(15)
         mesh = net.router.mesh["t"]
         self.assertEqual(len(mesh), 6)
         self.assertEqual({p for p in peers if net.links[p].grafts() == ["t"]}, mesh)
@@ -103,9 +109,7 @@ class MeshTests(unittest.TestCase):
 
     def test_mesh_below_d_lo_is_refilled_and_leaving_peers_are_forgotten(self):
         net = Net()
-        net.router.subscribe("t")
-        peers = net.add_peers(8)
-        net.router.heartbeat()
+        peers = net.join(8)
         mesh = net.router.mesh["t"]
         for p in list(mesh)[:3]:
             net.router.remove(p)                           # their connections closed
@@ -137,9 +141,7 @@ class MeshTests(unittest.TestCase):
 class MessageTests(unittest.TestCase):
     def setUp(self):
         self.net = Net()
-        self.net.router.subscribe("t")
-        self.peers = self.net.add_peers(4)
-        self.net.router.heartbeat()
+        self.peers = self.net.join(4)
         for link in self.net.links.values():
             link.take()
 
@@ -211,9 +213,7 @@ class MessageTests(unittest.TestCase):
 class GossipTests(unittest.TestCase):
     def test_ihave_iwant_and_the_cache_windows(self):
         net = Net(D=2, D_lo=1, D_hi=3, D_lazy=6)
-        net.router.subscribe("t")
-        peers = net.add_peers(5)
-        net.router.heartbeat()
+        peers = net.join(5)
         mesh = net.router.mesh["t"]
         outside = [p for p in peers if p not in mesh]
         author = next(iter(mesh))

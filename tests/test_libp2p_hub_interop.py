@@ -94,11 +94,13 @@ class ShippedConfigTests(HubTestCase):
             ini = f.read()
         for old, new in (("data_dir = var", "data_dir = {data_dir}"), ("tcp:55665:", "tcp:{tcp}:"),
                          ("tcp:9001:", "tcp:{http}:"), ("tcp:4001:", "tcp:{p2p}:"),
+                         ("tcp:4002:", "tcp:{ws}:"), ("quic_listen = 127.0.0.1:4001",
+                                                      "quic_listen = 127.0.0.1:{quic}"),
                          ("listen = 8000", "listen = {udp}")):
             self.assertIn(old, ini)
             ini = ini.replace(old, new)
-        ports = dict(tcp=free_port(), http=free_port(), p2p=free_port(),
-                     udp=free_port(socket.SOCK_DGRAM))
+        ports = dict(tcp=free_port(), http=free_port(), p2p=free_port(), ws=free_port(),
+                     quic=free_port(socket.SOCK_DGRAM), udp=free_port(socket.SOCK_DGRAM))
         relay = Relayd(self, ini, **ports)
         relay.start(wait_tcp=[ports["p2p"], ports["tcp"]])
         peer_id = relay.log().split("(peer id ")[1].split(")")[0]

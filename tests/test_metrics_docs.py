@@ -17,7 +17,7 @@ from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.daemon import REPO, Relayd, free_port
+from tests.daemon import REPO, Relayd, free_port, relay_ini
 from tests.doccommands import shell_blocks
 from tests.test_client_cli import make_certificates
 from tests.test_ops_support import http_get, metric_value
@@ -30,11 +30,7 @@ NO_PROMTOOL = None if PROMTOOL else "needs promtool (Debian package prometheus)"
 SCRAPE_SERIES = {"up"}
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
-EVERYTHING = """
-[relay]
-data_dir = {data_dir}
-[tcp]
-listen = tcp:{tcp}:interface=127.0.0.1
+EVERYTHING = relay_ini("""
 [tls]
 cert = {cert}
 key = {key}
@@ -55,7 +51,7 @@ endpoint = tcp:127.0.0.1:{peer}
 key = {peer_key}
 [tor]
 control_port = tcp:127.0.0.1:{control}
-"""
+""")
 
 
 def documented_metrics():

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer
 
 from relayd.cli import ssh_command
-from tests.daemon import Relayd, free_port
+from tests.daemon import Relayd, free_port, relay_ini
 
 NO_SSH = None if shutil.which("ssh") else "needs the OpenSSH client (Debian openssh-client)"
 
@@ -101,12 +101,7 @@ def metric_value(text, name, **labels):
     return None
 
 
-OPS_INI = """
-[relay]
-id = ops1
-data_dir = {data_dir}
-[tcp]
-listen = tcp:{tcp}:interface=127.0.0.1
+OPS_INI = relay_ini("""
 [admin]
 listen = tcp:{admin}:interface=127.0.0.1
 authorized_keys = {workdir}/admin_keys
@@ -114,7 +109,7 @@ authorized_keys = {workdir}/admin_keys
 [http]
 listen = tcp:{http}:interface=127.0.0.1
 stats_interval = 1
-"""
+""", id="ops1")
 
 
 class OpsRelay:

@@ -5,21 +5,17 @@ import subprocess
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.daemon import REPO, Relayd, free_port
+from tests.daemon import REPO, Relayd, free_port, relay_ini
 from tests.test_client_e2e import COMMAND, ENV
 
-INI = """
-[relay]
-data_dir = {data_dir}
-[tcp]
-listen = tcp:{tcp}:interface=127.0.0.1
+INI = relay_ini("""
 [ratelimit]
 messages = 10
 per_seconds = 10
 ban_after = 5
 ban_window = 60
 ban_duration = 10m
-"""
+""")
 
 
 class ObedientLoopTests(SynchronousTestCase):

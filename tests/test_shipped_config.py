@@ -1,7 +1,10 @@
 """The shipped etc/relay.ini (as committed, never the reader's edited copy)
-starts a relay that the README's quick tour and OPERATIONS.md's monitoring
-commands, run verbatim, find working."""
+starts a relay that the README's quick tour (relay-chat and the seed-000
+client), its relay-chat key lines, relay-chat p2p lines and UDP peer chat,
+and OPERATIONS.md's monitoring commands, run verbatim, find working."""
 import json
+import re
+import subprocess
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -12,7 +15,10 @@ START = ".venv/bin/twistd -n relayd --config etc/relay.ini"     # what `make run
 
 class ShippedConfigTests(SynchronousTestCase):
     def test_shipped_config_starts_and_serves_the_documented_commands(self):
-        [[listen, send], *_] = shell_blocks("README.md", "Quick tour")
+        [[listen, send], seed_client] = shell_blocks("README.md", "Quick tour")
+        [chat] = shell_blocks("README.md", "relay-chat")
+        peers = next(line for line in chat if line.startswith("relay-chat peers "))
+        genkey, signed_send, publish = (line for line in chat if "~/.relay-alice.pem" in line)
         [[health, stats, metrics]] = shell_blocks("docs/OPERATIONS.md",
                                                   "Monitoring over HTTP (`[http]`)")
         sandbox = DocSandbox(self)
@@ -23,6 +29,19 @@ class ShippedConfigTests(SynchronousTestCase):
         code, output = sandbox.run(send)
         self.assertEqual(code, 0, output)
         sandbox.wait_output(bob, "alice -> bob: hi")
+        code, output = sandbox.run("\n".join(seed_client))
+        self.assertEqual((code, json.loads(output)["status"]), (0, "ok"), output)
+        sandbox.wait_output(bob, "carol -> bob: hello from the seed client")
+        code, output = sandbox.run(peers)
+        self.assertEqual(code, 0, output)
+        self.assertIn("bob", output.split())
+        for line in (genkey, signed_send):
+            code, output = sandbox.run(line)
+            self.assertEqual(code, 0, output)
+        sandbox.wait_output(bob, "alice -> bob: it is really me")
+        code, output = sandbox.run(publish)
+        self.assertEqual(code, 0, output)
+        self.assertIn("one-time prekeys on the relay: ", output)
         code, output = sandbox.run(health)
         self.assertEqual((code, json.loads(output)["status"]), (0, "ok"), output)
         self.assertLessEqual({"http", "journal", "libp2p", "tcp", "udp"},
@@ -31,4 +50,66 @@ class ShippedConfigTests(SynchronousTestCase):
         self.assertEqual(json.loads(output)["relay"], "relay1")
         code, output = sandbox.run(metrics)
         self.assertIn("relayd_messages_received_total", output)
+        self.assertEqual(sandbox.stop(relay), 0, sandbox.output(relay))
+
+    def test_the_readmes_relay_chat_p2p_lines(self):
+        """The README's ``relay-chat p2p`` lines against the shipped config,
+        with ``$R`` the relay's address from its log and ``12D3KooW...`` the
+        id of the peer the first line made."""
+        [lines] = shell_blocks("README.md", "libp2p hub: DHT bootstrap and GossipSub rooms")
+
+        def line(fragment):
+            [text] = [text for text in lines if fragment in text]
+            return text
+        sandbox = DocSandbox(self)
+        relay = sandbox.start(START)
+        log = sandbox.wait_output(relay, "SIGTERM stops")
+        relay_addr = re.search(r"listening on (/ip4/127.0.0.1/tcp/4001/p2p/\S+)", log).group(1)
+        sandbox.env["R"] = relay_addr
+        code, peer = sandbox.run(line("p2p genkey"))
+        self.assertEqual(code, 0, peer)
+        peer = peer.strip()
+        listener = sandbox.start(line("p2p listen --key"))
+        sandbox.wait_output(listener, "advertised /private-chat/1.0.0")
+        for fragment, expected in (("p2p dht", peer), ("p2p find", "/ip4/127.0.0.1/tcp/"),
+                                   ("p2p send", ""), ("p2p con", f"connected to {peer} directly"),
+                                   ("p2p ping", f"pong from {relay_addr.split('/')[-1]}")):
+            code, output = sandbox.run(line(fragment).replace("12D3KooW...", peer))
+            self.assertEqual(code, 0, output)
+            self.assertIn(expected, output)
+        sandbox.wait_output(listener, ": hello")
+        relayed = sandbox.start(line("p2p listen --relay"))
+        sandbox.wait_output(relayed, f"reachable through the relay at {relay_addr}/p2p-circuit/p2p/")
+        for route in (["link", "set", "lo", "multicast", "on"],     # as a LAN interface has
+                      ["route", "add", "224.0.0.0/4", "dev", "lo"]):
+            subprocess.run(["ip", "-n", sandbox.ns, *route], check=True)
+        announced = sandbox.start(line("p2p listen --mdns"))
+        shown = sandbox.wait_output(announced, "announced on mDNS")
+        code, output = sandbox.run(line("p2p mdns "))
+        self.assertEqual(code, 0, output)
+        self.assertIn(re.search(r"listening on \S+/p2p/(\S+)", shown).group(1), output)
+        carol = sandbox.start(".venv/bin/relay-chat --id carol listen --join libp2p-chat")
+        sandbox.wait_output(carol, "connected as carol")
+        sandbox.start(line("p2p room"), input=b"hi from the README\n")
+        sandbox.wait_output(carol, ": hi from the README")
+        self.assertEqual(sandbox.stop(relay), 0, sandbox.output(relay))
+
+    def test_the_readmes_udp_peer_chat(self):
+        """The README's ``relay-chat peer`` lines against the shipped config:
+        keys made, both sides up, a line typed by Bob reaches Alice."""
+        [lines] = shell_blocks("README.md", "UDP rendezvous and peer chat")
+        [alice_key, alice_peer, bob_key, bob_peer] = lines
+        sandbox = DocSandbox(self)
+        relay = sandbox.start(START)
+        sandbox.wait_output(relay, "SIGTERM stops")
+        for line in (alice_key, bob_key):
+            code, output = sandbox.run(line)
+            self.assertEqual(code, 0, output)
+        alice = sandbox.start(alice_peer, input=b"")
+        sandbox.wait_output(alice, "*** registered as alice (key proven)")
+        bob = sandbox.start(bob_peer, input=b"")
+        sandbox.wait_output(bob, "*** path: direct")
+        bob.stdin.write(b"hi!\n")                  # typed once the path is up
+        bob.stdin.flush()
+        sandbox.wait_output(alice, "bob: hi!")
         self.assertEqual(sandbox.stop(relay), 0, sandbox.output(relay))

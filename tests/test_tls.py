@@ -25,7 +25,7 @@ from twisted.trial import unittest
 from relayd import config, tls_ca
 from relayd.listeners import stream_service
 from relayd.tls import Material, ServerTLS, TLSConfigError
-from tests.daemon import REPO, Relayd, free_port
+from tests.daemon import REPO, Relayd, free_port, relay_ini
 from tests.test_ops_support import InlinePool, http_json
 
 
@@ -190,15 +190,11 @@ class MaterialTests(unittest.TestCase):
         self.assertRaises(ValueError, stream_service, daemon, "tcp:1", object(), tls=True)
 
 
-INI = """
-[relay]
-data_dir = {data_dir}
-[tcp]
-listen = tcp:{tcp}:interface=127.0.0.1
+INI = relay_ini("""
 [tls]
 cert = {workdir}/pki/relay1.pem
 key = {workdir}/pki/relay1.key
-"""
+""")
 
 
 class LoopbackTLSTests(unittest.TestCase):

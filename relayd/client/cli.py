@@ -148,6 +148,8 @@ def open_session(reactor, args, on_message=None, on_status=None):
     if layer is not None:
         layer.session = session
     session.start()
+    # SIGTERM or Ctrl-C: close the connection, rather than have it lost (and "reconnecting").
+    reactor.addSystemEventTrigger("before", "shutdown", session.stop)
     return session
 
 

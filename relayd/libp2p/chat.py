@@ -5,6 +5,7 @@ import json
 
 from twisted.internet import defer
 
+from relayd.libp2p.readers import WholeStream
 from relayd.libp2p.yamux import StreamHandler
 
 PROTOCOL_ID = "/private-chat/1.0.0"
@@ -23,23 +24,18 @@ def decode(data):
     return text
 
 
-class ChatReceiver(StreamHandler):
+class ChatReceiver(WholeStream):
     """Reads one message until the sender closes; ``on_message(peer, text)``."""
+
+    limit = MAX_MESSAGE
 
     def __init__(self, connection, on_message):
         self.peer = connection.remote_peer
         self.on_message = on_message
-        self.buf = b""
 
-    def data_received(self, data):
-        self.buf += data
-        if len(self.buf) > MAX_MESSAGE:
-            self.stream.reset()
-
-    def read_closed(self):
-        self.stream.close()
+    def whole_received(self, data):
         try:
-            text = decode(self.buf)
+            text = decode(data)
         except ValueError:
             return
         self.on_message(self.peer, text)

@@ -44,7 +44,9 @@ class MdnsPeer(DatagramProtocol):
     def startProtocol(self):
         self.transport.setTTL(255)
         self.transport.setLoopbackMode(True)
-        self.transport.joinGroup(GROUP)
+        self.transport.joinGroup(GROUP).addErrback(
+            lambda failure: self.log.warn("mDNS: cannot join {group}: {error}", group=GROUP,
+                                          error=failure.value))
         self.query()
 
     def query(self):

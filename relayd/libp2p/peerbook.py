@@ -7,27 +7,21 @@ routing table, GossipSub) listen here instead of each asking again.
 from twisted.logger import Logger
 
 from relayd.libp2p import identify, varint
-from relayd.libp2p.yamux import StreamHandler
+from relayd.libp2p.readers import WholeStream
 
 MAX_IDENTIFY = 64 * 1024
 
 
-class IdentifyRequest(StreamHandler):
+class IdentifyRequest(WholeStream):
     """Reads the peer's Identify message(s) until it half-closes."""
+
+    limit = MAX_IDENTIFY
 
     def __init__(self, done):
         self.done = done
-        self.buf = b""
 
-    def data_received(self, data):
-        self.buf += data
-        if len(self.buf) > MAX_IDENTIFY:
-            self.stream.reset()
-
-    def read_closed(self):
-        self.stream.close()
+    def whole_received(self, buf):
         info = None
-        buf = self.buf
         try:
             while buf:
                 got = varint.split_prefixed(buf, MAX_IDENTIFY)

@@ -2,6 +2,7 @@
 a stream it opened and reads the other's on the stream it accepted."""
 from relayd.libp2p import varint
 from relayd.libp2p.gossipsub import messages as gm
+from relayd.libp2p.readers import PrefixedMessages
 from relayd.libp2p.yamux import StreamHandler
 
 PROTOCOLS = ("/meshsub/1.1.0", "/meshsub/1.0.0")
@@ -20,37 +21,26 @@ class StreamLink:
         return self.stream.queued
 
 
-class Inbound(StreamHandler):
+class Inbound(PrefixedMessages):
     """The peer's stream to us: RPCs in."""
 
     def __init__(self, pubsub, connection):
         self.pubsub = pubsub
         self.connection = connection
-        self.buf = b""
+
+    @property
+    def limit(self):
+        return self.pubsub.router.params.max_message_size + 4096
 
     def stream_opened(self, stream):
         self.stream = stream
         self.pubsub.open_outbound(self.connection)
 
-    def data_received(self, data):
-        self.buf += data
-        peer = self.connection.remote_peer
-        router = self.pubsub.router
-        while True:
-            try:
-                got = varint.split_prefixed(self.buf, router.params.max_message_size + 4096)
-                if got is None:
-                    return
-                rpc, self.buf = got
-                decoded = gm.decode(rpc)
-            except ValueError:
-                router.malformed(peer)
-                self.stream.reset()
-                return
-            router.handle_rpc(peer, decoded)
+    def message_received(self, rpc):
+        self.pubsub.router.handle_rpc(self.connection.remote_peer, gm.decode(rpc))
 
-    def read_closed(self):
-        self.stream.close()
+    def malformed(self):
+        self.pubsub.router.malformed(self.connection.remote_peer)
 
 
 class Outbound(StreamHandler):

@@ -5,9 +5,8 @@ from twisted.logger import Logger
 
 from relayd.libp2p import varint
 from relayd.libp2p.kad import messages as km
-from relayd.libp2p.kad.records import Invalid
 from relayd.libp2p.peerid import PeerId
-from relayd.libp2p.yamux import StreamHandler
+from relayd.libp2p.readers import PrefixedMessages
 
 PROTOCOL_ID = "/ipfs/kad/1.0.0"
 MAX_MESSAGE = 64 * 1024
@@ -20,36 +19,26 @@ def rendezvous_key(text):
     return b"\x12\x20" + hashlib.sha256(text.encode()).digest()
 
 
-class KadStream(StreamHandler):
+class KadStream(PrefixedMessages):
     """One inbound kad stream: each length-prefixed request gets its reply."""
+
+    limit = MAX_MESSAGE
 
     def __init__(self, dht, connection):
         self.dht = dht
         self.connection = connection
-        self.buf = b""
 
-    def data_received(self, data):
-        self.buf += data
-        while True:
-            try:
-                got = varint.split_prefixed(self.buf, MAX_MESSAGE)
-                if got is None:
-                    return
-                request, self.buf = got
-                if not self.dht.allow(self.connection.ip):
-                    self.dht.rate_limited += 1
-                    self.stream.reset()
-                    return
-                reply = self.dht.handle(self.connection.remote_peer, km.decode(request))
-            except (ValueError, Invalid):
-                self.dht.malformed += 1
-                self.stream.reset()
-                return
-            if reply is not None:
-                self.stream.write(varint.prefixed(reply))
+    def message_received(self, request):
+        if not self.dht.allow(self.connection.ip):
+            self.dht.rate_limited += 1
+            self.stream.reset()
+            return
+        reply = self.dht.handle(self.connection.remote_peer, km.decode(request))
+        if reply is not None:
+            self.stream.write(varint.prefixed(reply))
 
-    def read_closed(self):
-        self.stream.close()
+    def malformed(self):
+        self.dht.malformed += 1
 
 
 class Dht:
