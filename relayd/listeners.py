@@ -209,9 +209,12 @@ def rebind(daemon, section, description):
 
 
 def _endpoint_port(value):
-    """The port of an endpoint string (or a bare port number), else None."""
+    """The port of an endpoint string, a ``(host, port)`` pair or a bare port
+    number, else None."""
     if isinstance(value, int):
         return value
+    if isinstance(value, tuple):
+        return value[1]
     for part in re.split(r"(?<!\\):", str(value))[1:]:
         number = part[5:] if part.startswith("port=") else part
         if number.isdigit():
@@ -225,7 +228,7 @@ def listen_failure(settings, error):
     for name in SCHEMA:
         section = settings.get(name)
         for key, value in sorted(vars(section).items()) if section is not None else ():
-            if key.startswith("listen") and _endpoint_port(value) == error.port:
+            if "listen" in key.split("_") and _endpoint_port(value) == error.port:
                 where = f"[{name}] {key} = {value}"
                 break
         else:

@@ -109,6 +109,13 @@ class DaemonTests(unittest.TestCase):
         ini = BASIC + "[udp]\nlisten = {held}\ninterface = 127.0.0.1\n"
         self.assertPortInUse(ini, socket.SOCK_DGRAM, "[udp] listen = {held}", tcp=free_port())
 
+    def test_websocket_port_in_use_names_its_key(self):
+        ini = BASIC + ("[libp2p]\nlisten = tcp:{libp2p}:interface=127.0.0.1\n"
+                       "ws_listen = tcp:{held}:interface=127.0.0.1\n")
+        self.assertPortInUse(ini, socket.SOCK_STREAM,
+                             "[libp2p] ws_listen = tcp:{held}:interface=127.0.0.1",
+                             tcp=free_port(), libp2p=free_port())
+
     def test_a_second_daemon_on_the_same_data_directory_says_so_in_one_line(self):
         first = self.start()
         second = Relayd(self, BASIC.replace("{data_dir}", first.data_dir), tcp=free_port())

@@ -15,7 +15,7 @@ from relayd.client import keys
 from relayd.e2ee import seal
 from relayd.tcp.protocol import auth_payload
 from tests.daemon import REPO, Relayd, free_port, relay_ini
-from tests import test_client_e2e
+from tests import test_client_e2e, test_e2e_daemon
 from tests.test_federation_e2e import Federation
 
 INI = relay_ini("""
@@ -41,18 +41,8 @@ def everything_written(*directories):
 
 
 def journal_bodies(data_dir):
-    bodies = []
-    directory = os.path.join(data_dir, "journal")
-    for name in sorted(os.listdir(directory)):
-        with open(os.path.join(directory, name), "rb") as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if "body" in record:
-                    bodies.append(record["body"])
-    return bodies
+    """The bodies of the messages in the relay's journal (checked records)."""
+    return [r["body"] for r in test_e2e_daemon.journal_records(data_dir) if "body" in r]
 
 
 class ProvedClient:

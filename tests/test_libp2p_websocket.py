@@ -180,6 +180,3 @@ class SecureWebSocketTests(unittest.TestCase):
         self.assertEqual([multiaddr.to_string(x) for x in addrs],
                          [f"/dns4/relay.example.org/tcp/443/tls/ws/p2p/{relay.peer_id}"])
 
-    def test_tls_ws_without_tls_section_is_a_config_error(self):
-        e = self.assertRaises(ValueError, start, self, "wss_listen = tcp:0\n")
-        self.assertIn("[libp2p] wss_listen", str(e))

@@ -51,6 +51,9 @@ endpoint = tcp:127.0.0.1:{peer}
 key = {peer_key}
 [tor]
 control_port = tcp:127.0.0.1:{control}
+[admin]
+listen = tcp:{admin}:interface=127.0.0.1
+authorized_keys = {admin_keys}
 """)
 
 
@@ -90,9 +93,12 @@ class LiveMetricsTests(SynchronousTestCase):
         with open(cert, "rb") as f:
             self.not_after = x509.load_pem_x509_certificate(f.read()).not_valid_after_utc
         ports = {name: free_port() for name in
-                 ("tcp", "http", "libp2p", "federation", "peer", "control")}
+                 ("tcp", "http", "libp2p", "federation", "peer", "control", "admin")}
         ports["udp"] = free_port(socket.SOCK_DGRAM)
+        admin_keys = os.path.join(workdir, "admin_keys")
+        open(admin_keys, "w").close()
         self.relay = Relayd(self, EVERYTHING, workdir=workdir, cert=cert, key=key,
+                            admin_keys=admin_keys,
                             peer_key=base64.b64encode(b"\x01" * 32).decode(), **ports)
         self.relay.start(wait_tcp=[ports["tcp"], ports["http"]])
         self.ports = ports
