@@ -50,14 +50,19 @@ def encode(obj):
 
 
 def _loads(line):
-    """``json.loads(line)``, by msgspec where it accepts the line (it then
+    """``standard_loads(line)``, by msgspec where it accepts the line (it then
     gives the same value).  What it refuses (bad JSON, NaN, numbers out of
     float range, lone surrogates, UTF-8 encoded surrogates, a BOM, deep
     nesting) takes the standard parse, which answers as it always did."""
     try:
         return _fast(line)
     except ValueError:
-        pass
+        return standard_loads(line)
+
+
+def standard_loads(line):
+    """``json.loads(line)`` with finite numbers only (``relayd.finitejson``),
+    without guessing the encoding of a line that starts ``{``."""
     if line[:1] == b"{" and line[1:2] != b"\x00":
         # the encoding is not guessed: a line that starts ``{`` is UTF-8
         return finitejson.decode(line.decode("utf-8", "surrogatepass"))
