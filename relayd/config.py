@@ -244,6 +244,8 @@ SCHEMA = {
     "mailbox": {
         "max_per_peer": F(integer(1), "10000"),
         "ttl": F(duration, "7d"),
+        "max_rooms_per_peer": F(integer(1), "64"),
+        "max_members_per_room": F(integer(1), "1000"),
     },
     "journal": {
         "fsync": F(choice("always", "batch", "never"), "batch"),

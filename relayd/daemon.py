@@ -19,6 +19,7 @@ from relayd.core.abuse import AbuseGuard
 from relayd.core.dedup import DedupWindow
 from relayd.core.history import History
 from relayd.core.mailbox import Mailboxes
+from relayd.core.membership import Memberships
 from relayd.core.ownership import FILE_NAME as OWNERSHIP_FILE, DamagedTable, Ownership
 from relayd.core.router import Router
 from relayd.fdbudget import FdBudget
@@ -226,7 +227,8 @@ def build_core(daemon):
         DedupWindow(reactor, s.dedup.window, s.dedup.max_entries),
         Mailboxes(reactor, s.mailbox.max_per_peer, s.mailbox.ttl),
         History(s.tcp.history_limit if s.enabled("tcp") else 500),
-        ownership, retention=s.journal.retention, registry=daemon.registry)
+        ownership, retention=s.journal.retention, registry=daemon.registry,
+        memberships=Memberships(s.mailbox.max_rooms_per_peer, s.mailbox.max_members_per_room))
     j = s.journal
     journal = Journal(
         os.path.join(s.relay.data_dir, "journal"), daemon.file_pool, reactor, router,
@@ -255,6 +257,8 @@ def checkpoint_core(journal, router):
     journal.add_state("mailboxes", mailboxes.snapshot,
                       lambda data: mailboxes.load_snapshot(data, _stored_entry))
     journal.add_state("history", history.snapshot, history.load_snapshot)
+    memberships = router.memberships
+    journal.add_state("rooms", memberships.snapshot, memberships.load_snapshot)
 
 
 def _stored_entry(line):

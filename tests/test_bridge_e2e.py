@@ -64,6 +64,8 @@ class BridgeTests(unittest.TestCase):
         alice, carol = fed.client(0, "alice"), fed.client(1, "carol")
         for member in (alice, carol):
             member.send_frame({"type": "join", "room": ROOM})
+        # erin stays a member of the room after relay-chat exits
+        self.relay_chat(fed, 0, "--id", "erin", "listen", "--join", ROOM, "--timeout", "0.5")
         js = subprocess.Popen([NODE, SCRIPT, "bridge", addr, ROOM, "hello from libp2p", "2"],
                               cwd=INTEROP, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.addCleanup(lambda: js.poll() is None and js.kill())
@@ -103,3 +105,11 @@ class BridgeTests(unittest.TestCase):
         with urllib.request.urlopen(url, timeout=10) as response:
             bridge = json.loads(response.read())["gossipsub"]["bridge"]
         self.assertEqual((bridge["in"], bridge["out"]), (1, 2))
+
+        # the offline member gets all three from its mailbox, in order
+        stored = [json.loads(line) for line in self.relay_chat(
+            fed, 0, "--id", "erin", "listen", "--json", "--count", "3", "--timeout", "30"
+        ).splitlines()]
+        self.assertEqual([(m["from"], m["body"]) for m in stored], [
+            (js_peer, "hello from libp2p"), ("bob", "hello from relay-chat"),
+            ("carol", "hello from the other relay")])

@@ -162,6 +162,49 @@ class RelayChatE2E(SynchronousTestCase):
         self.assertEqual([json.loads(line)["body"] for line in out.splitlines()],
                          ["survives a crash"])
 
+    def raw_room_send(self, body):
+        """Send ``body`` to #general as a raw JSON-lines client named alice."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=WAIT) as raw:
+            reader = raw.makefile("rb")
+            raw.sendall(b'{"type": "hello", "id": "alice"}\n')
+            self.assertEqual(json.loads(reader.readline())["type"], "welcome")
+            raw.sendall(json.dumps({"type": "send", "room": "general", "body": body}).encode()
+                        + b"\n")
+            ack = json.loads(reader.readline())
+            self.assertEqual(ack["type"], "ack", ack)
+            return ack["msg_id"]
+
+    def test_an_offline_room_member_gets_the_room_later_once_across_restarts(self):
+        relay = self.daemon()
+        code, out, err = self.run_chat("--id", "bob", "listen", "--join", "general",
+                                       "--timeout", "1")
+        self.assertEqual(code, 0, err)
+        sent = [self.raw_room_send("while bob was away")]
+        relay.kill()                                  # a crash: rebuilt from the journal
+        relay.start(wait_tcp=[self.port])
+        code, out, err = self.run_chat("--id", "alice", "send", "--room", "general",
+                                       "after the crash")
+        self.assertEqual(code, 0, err)
+        sent.append(out.strip())
+        relay.stop()                                  # a graceful stop: from the checkpoint
+        relay.start(wait_tcp=[self.port])
+        code, out, err = self.run_chat("--id", "bob", "listen", "--json", "--count", "2",
+                                       "--timeout", str(WAIT))
+        self.assertEqual(code, 0, err)
+        self.assertIn("2 stored message(s) follow", err)
+        got = [json.loads(line) for line in out.splitlines()]
+        self.assertEqual([(m["from"], m["room"], m["body"], m["msg_id"]) for m in got],
+                         [("alice", "general", "while bob was away", sent[0]),
+                          ("alice", "general", "after the crash", sent[1])])
+        code, out, err = self.run_chat("--id", "bob", "listen", "--timeout", "1")
+        self.assertEqual((code, out), (0, ""), "delivered once")
+        self.assertNotIn("stored message", err)
+        code, out, err = self.run_chat("--id", "bob", "leave", "general")
+        self.assertEqual(code, 0, err)
+        self.raw_room_send("after bob left")
+        code, out, err = self.run_chat("--id", "bob", "listen", "--timeout", "1")
+        self.assertEqual((code, out), (0, ""), "nothing kept after leave")
+
     def test_tls_with_a_private_ca(self):
         workdir = os.path.abspath(self.mktemp())
         os.makedirs(workdir)

@@ -151,6 +151,18 @@ class SessionTests(SynchronousTestCase):
         self.endpoint.flush()
         self.assertEqual([m["to"] for m in alice.received], ["#general"])
 
+    def test_a_persistent_join_is_asked_again_as_persistent(self):
+        alice = self.session("alice")
+        self.successResultOf_later(alice.join("general", persist=True))
+        self.successResultOf_later(alice.join("lobby"))
+        self.endpoint.drop()
+        self.reconnect()
+        self.endpoint.flush()
+        joins = [(r["room"], r.get("persist", False)) for r in self.relay.sent("join")]
+        self.assertEqual(joins, [("general", True), ("lobby", False)] * 2)
+        self.successResultOf_later(alice.leave("general"))
+        self.assertEqual(alice.rooms, {"lobby": False})
+
     def successResultOf_later(self, d):
         self.endpoint.flush()
         return self.successResultOf(d)

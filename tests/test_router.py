@@ -7,6 +7,7 @@ from zope.interface import implementer
 
 from relayd.core import message
 from relayd.core.interfaces import IDurableEventSubscriber
+from relayd.core.membership import MembershipFull
 from relayd.core.router import STORED_CHUNK
 from tests.fakes import FakeSession, make_router
 
@@ -199,6 +200,131 @@ class SettlementTests(unittest.TestCase):
         self.router.attach(FakeSession("bob", port=2))
         self.router.handed(old, [entry])
         self.assertEqual(self.router.mailboxes.count("bob"), 1)
+
+
+class PersistentRoomTests(unittest.TestCase):
+    """A persistent member's room messages wait in its mailbox while it is away."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.router = make_router(self.clock, mailbox_max=3)
+        self.alice = FakeSession("alice")
+        self.router.attach(self.alice)
+        self.router.join(self.alice, "general")
+
+    def away(self, peer, persist=True):
+        session = FakeSession(peer)
+        self.router.attach(session)
+        self.router.join(session, "general", persist)
+        self.router.detach(session)
+
+    def back(self, peer, acks=False):
+        session = FakeSession(peer, router=self.router)
+        session.acks = acks
+        self.router.deliver_stored(session, self.router.attach(session))
+        return session
+
+    def test_an_offline_member_gets_room_messages_in_order_once(self):
+        self.away("bob")
+        self.away("carol", persist=False)
+        for text in ("one", "two"):
+            self.router.submit(self.alice, "#general", text, room="general")
+        self.assertEqual(self.router.mailboxes.count("carol"), 0, "a plain join ends with the session")
+        bob = self.back("bob")
+        self.assertEqual(bodies(bob), ["one", "two"])
+        self.assertEqual({json.loads(line)["room"] for line in bob.lines}, {"general"})
+        self.assertNotIn("bob", self.router.mailboxes, "settled once written")
+        self.assertEqual(self.router.members["general"], {"alice", "bob"}, "back in the room")
+        self.router.submit(self.alice, "#general", "live", room="general")
+        self.assertEqual(bodies(bob), ["one", "two", "live"])
+        self.assertNotIn("bob", self.router.mailboxes, "a live copy is not stored")
+
+    def test_stored_until_acked(self):
+        self.away("bob")
+        ids = []
+        self.router.submit(self.alice, "#general", "hi", room="general").addCallback(
+            lambda r: ids.append(r[0]))
+        bob = self.back("bob", acks=True)
+        self.router.detach(bob)
+        bob = self.back("bob", acks=True)
+        self.assertEqual(bodies(bob), ["hi"])
+        self.router.acknowledged(bob, ids)
+        self.assertNotIn("bob", self.router.mailboxes)
+
+    def test_leave_ends_it(self):
+        self.away("bob")
+        bob = self.back("bob")
+        self.router.leave(bob, "general")
+        self.router.detach(bob)
+        self.router.submit(self.alice, "#general", "after", room="general")
+        self.assertNotIn("bob", self.router.mailboxes)
+        self.assertEqual(self.back("bob").rooms, set())
+
+    def test_the_sender_is_not_stored_for(self):
+        self.router.join(self.alice, "general", persist=True)
+        self.router.detach(self.alice)
+        self.router.accept_remote(message.new_entry("alice", "#general", "echo", 1000.0, "relay2",
+                                                    room="general"), None)
+        self.assertNotIn("alice", self.router.mailboxes)
+        dave = FakeSession("dave")
+        self.router.attach(dave)
+        self.router.submit(dave, "#general", "x", room="general")
+        self.assertEqual(self.router.mailboxes.count("alice"), 1)
+
+    def test_federated_and_bridged_messages_are_stored_too(self):
+        self.away("bob")
+        entry = message.new_entry("QmPeer", "#general", "from gossipsub", 1000.0, "relay1",
+                                  room="general")
+        self.router.accept_remote(entry, "gossipsub")
+        self.assertEqual(bodies(self.back("bob")), ["from gossipsub"])
+
+    def test_per_peer_cap_applies(self):
+        self.away("bob")
+        for n in range(5):
+            self.router.submit(self.alice, "#general", str(n), room="general")
+        self.assertEqual(bodies(self.back("bob")), ["2", "3", "4"])
+
+    def test_bounds(self):
+        router = make_router(self.clock)
+        router.memberships.max_rooms_per_peer = 1
+        router.memberships.max_members_per_room = 1
+        bob, carol = FakeSession("bob"), FakeSession("carol")
+        router.attach(bob)
+        router.attach(carol)
+        router.join(bob, "a", persist=True)
+        with self.assertRaises(MembershipFull) as caught:
+            router.join(bob, "b", persist=True)
+        self.assertEqual(caught.exception.code, "too_many_rooms")
+        with self.assertRaises(MembershipFull) as caught:
+            router.join(carol, "a", persist=True)
+        self.assertEqual(caught.exception.code, "room_full")
+        self.assertEqual(router.join(carol, "a"), ["bob", "carol"], "a plain join still works")
+
+    def test_a_failed_write_stores_nothing(self):
+        self.away("bob")
+        self.router.journal.fail = True
+        self.failureResultOf(self.router.submit(self.alice, "#general", "lost", room="general"))
+        self.assertNotIn("bob", self.router.mailboxes)
+
+    def test_replay_rebuilds_membership_and_stored_room_messages(self):
+        self.away("bob")
+        self.away("carol")
+        self.router.submit(self.alice, "#general", "one", room="general")
+        carol = self.back("carol")
+        self.router.submit(self.alice, "#general", "two", room="general")
+        self.router.leave(carol, "general")
+        second = ReplayTests().replayed(self.router.journal.lines, self.clock)
+        self.assertEqual(second.memberships.snapshot(), {"bob": ["general"]})
+        self.assertEqual([e["body"] for e, _ in second.attach(FakeSession("bob"))], ["one", "two"])
+        self.assertEqual(second.attach(FakeSession("carol")), [])
+        self.assertEqual(second.members, {"general": {"bob"}})
+
+    def test_checkpoint_round_trip(self):
+        self.away("bob")
+        router = make_router(self.clock)
+        router.memberships.load_snapshot(self.router.memberships.snapshot())
+        self.assertEqual(router.memberships.members("general"), {"bob"})
 
 
 @implementer(IDurableEventSubscriber)

@@ -19,6 +19,8 @@ class ShippedConfigTests(SynchronousTestCase):
         [chat] = shell_blocks("README.md", "relay-chat")
         peers = next(line for line in chat if line.startswith("relay-chat peers "))
         genkey, signed_send, publish = (line for line in chat if "~/.relay-alice.pem" in line)
+        join, leave = (next(line for line in chat if line.startswith(start)) for start in (
+            "relay-chat --id bob listen --join general", "relay-chat --id bob leave general"))
         [[health, stats, metrics]] = shell_blocks("docs/OPERATIONS.md",
                                                   "Monitoring over HTTP (`[http]`)")
         sandbox = DocSandbox(self)
@@ -50,7 +52,22 @@ class ShippedConfigTests(SynchronousTestCase):
         self.assertEqual(json.loads(output)["relay"], "relay1")
         code, output = sandbox.run(metrics)
         self.assertIn("relayd_messages_received_total", output)
+        self.room_kept_while_away(sandbox, join, leave)
         self.assertEqual(sandbox.stop(relay), 0, sandbox.output(relay))
+
+    def room_kept_while_away(self, sandbox, join, leave):
+        """bob's ``listen --join general`` line keeps him in the room while
+        he is away, until the ``leave`` line."""
+        bob = sandbox.start(join)
+        sandbox.wait_output(bob, "connected as bob")
+        sandbox.stop(bob)
+        code, output = sandbox.run('relay-chat --id dave send --room general "while away"')
+        self.assertEqual(code, 0, output)
+        bob = sandbox.start(join)
+        sandbox.wait_output(bob, "dave -> #general: while away")
+        sandbox.stop(bob)
+        code, output = sandbox.run(leave)
+        self.assertEqual(code, 0, output)
 
     def test_the_readmes_relay_chat_p2p_lines(self):
         """The README's ``relay-chat p2p`` lines against the shipped config,

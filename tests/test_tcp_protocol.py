@@ -105,6 +105,32 @@ class JsonDialectTests(unittest.TestCase):
         bob.request(type="ping")
         self.assertEqual(bob.frames()[0]["type"], "pong")
 
+    def test_a_persistent_join_keeps_room_messages_for_later(self):
+        alice, bob = hello(self.service, "alice"), hello(self.service, "bob", port=2)
+        bob.request(type="join", room="general", persist=True, req=1)
+        self.assertEqual(bob.frames(), [{"status": "ok", "type": "joined", "room": "general",
+                                         "members": ["bob"], "persist": True, "req": 1}])
+        bob.protocol.connectionLost(None)
+        alice.request(type="send", room="general", body="kept")
+        [ack] = alice.frames()
+        bob = Client(self.service, port=3)
+        bob.request(type="hello", id="bob")
+        welcome, msg = bob.frames()
+        self.assertEqual((welcome["pending"], msg["room"], msg["body"], msg["msg_id"]),
+                         (1, "general", "kept", ack["msg_id"]))
+        bob.request(type="rooms")
+        self.assertEqual(bob.frames()[0]["rooms"], {"general": 1}, "back in the room")
+
+    def test_persistent_join_errors(self):
+        self.service.router.memberships.max_rooms_per_peer = 1
+        bob = hello(self.service, "bob")
+        bob.request(type="join", room="a", persist="yes")
+        bob.request(type="join", room="a", persist=True)
+        bob.request(type="join", room="b", persist=True)
+        bob.request(type="join", room="b")
+        self.assertEqual([f.get("error", f.get("type")) for f in bob.frames()],
+                         ["bad_request", "joined", "too_many_rooms", "joined"])
+
     def test_errors_keep_the_connection(self):
         client = Client(self.service)
         client.send(b"{not json\n")

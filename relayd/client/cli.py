@@ -282,11 +282,17 @@ async def cmd_listen(reactor, args):
     e2ee.publish(session)
     end_on_refusal(session, done, args, warn)
     for room in args.join:
-        await answer(reactor, args, session, session.join(room_name(room)))
+        await answer(reactor, args, session, session.join(room_name(room), persist=True))
     code = await done
     if code == TIMEOUT:
         warn(f"{received} of {args.count} message(s) within {args.timeout:g}s")
     await finish(session, code)
+
+
+async def cmd_leave(reactor, args):
+    session = await connect(reactor, args)
+    await answer(reactor, args, session, session.leave(room_name(args.room)))
+    await finish(session)
 
 
 async def cmd_peers(reactor, args):
@@ -415,7 +421,12 @@ def build_parser():
     p.add_argument("--count", type=int, metavar="N",
                    help="exit 0 after N messages (4 if --timeout passes first)")
     p.add_argument("--join", action="append", default=[], metavar="ROOM",
-                   help="join ROOM first (repeatable)")
+                   help="join ROOM first and stay a member while offline, its messages "
+                        "kept for you, until `leave ROOM` (repeatable)")
+
+    p = _command(sub, "leave", cmd_leave, "stop being a member of a room joined with "
+                 "listen --join or /join")
+    p.add_argument("room", metavar="ROOM", help="the room (#name or name)")
 
     _command(sub, "peers", cmd_peers, "list connected peers", json_help="print a JSON list")
     _command(sub, "rooms", cmd_rooms, "list rooms and their member counts",

@@ -26,7 +26,8 @@ commands:
   /to NAME [text]       talk to peer NAME (* for everyone) from now on; send text if given
   /room ROOM [text]     talk to room ROOM from now on (without joining it)
   /peer NAME            talk to NAME end to end over UDP (direct or via the relay)
-  /join ROOM            join ROOM and talk to it
+  /join ROOM            join ROOM and talk to it; you stay a member (its messages
+                        kept for you while offline) until /leave
   /leave [ROOM]         leave ROOM (default: the current room)
   /peers                who is connected
   /rooms                rooms and their member counts
@@ -142,7 +143,7 @@ class Console(LineReceiver):
             return self.status("usage: /join ROOM")
         room = room_name(rest.split()[0])
         self.target = ("room", room)
-        self._ask(self.session.join(room), lambda r: self.status(
+        self._ask(self.session.join(room, persist=True), lambda r: self.status(
             f"joined #{clean(room)}; members: {', '.join(map(clean, r.get('members', [])))}"))
 
     def cmd_leave(self, rest):

@@ -13,7 +13,8 @@ be lost or repeated:
   redelivery (a message sent again after a reconnect because its ack was
   lost, or a relay replaying its journal after a crash) is dropped; every
   message, repeats included, is acked to the relay once handled;
-* the rooms joined, joined again after a reconnect.
+* the rooms joined, joined again after a reconnect (a persistent join keeps
+  the id a member while offline, its room messages stored, until ``leave``).
 
 It does not use ``ClientService``: that state machine raises
 ``NoTransition`` when a connection drops while ``prepareConnection`` (here
@@ -126,7 +127,7 @@ class Session:
         self.protocol = None            # the identified connection, if any
         self.welcome = None
         self.fatal = None
-        self.rooms = set()
+        self.rooms = {}         # room -> persist, joined again after a reconnect
         self.connections = 0            # successful identifications so far
         self.duplicates = 0             # redelivered messages dropped
         self._running = False
@@ -240,15 +241,18 @@ class Session:
             except ConnectionClosed:
                 continue
 
-    def join(self, room):
-        """Join ``room`` (again after every reconnect); a Deferred of the answer."""
+    def join(self, room, persist=False):
+        """Join ``room`` (again after every reconnect); with ``persist`` the
+        id stays a member while offline until it leaves.  A Deferred of
+        the answer."""
         def joined(response):
-            self.rooms.add(room)
+            self.rooms[room] = persist
             return response
-        return self.request({"type": "join", "room": room}).addCallback(joined)
+        return self.request(_join_request(room, persist)).addCallback(joined)
 
     def leave(self, room):
-        self.rooms.discard(room)
+        """Leave ``room``, a persistent membership too."""
+        self.rooms.pop(room, None)
         return self.request({"type": "leave", "room": room})
 
     # -- connecting -----------------------------------------------------
@@ -292,8 +296,8 @@ class Session:
                      + (f"; {pending} stored message(s) follow" if pending else ""))
         if self.keepalive:
             self._pinger.start(self.keepalive, now=False)
-        for room in sorted(self.rooms):
-            proto.request({"type": "join", "room": room}).addErrback(
+        for room, persist in sorted(self.rooms.items()):
+            proto.request(_join_request(room, persist)).addErrback(
                 self._rejoin_failed, room)
         self._flush()
         waiters, self._waiters = self._waiters, []
@@ -440,6 +444,13 @@ class Session:
     def _status(self, text):
         if self.on_status is not None:
             self.on_status(text)
+
+
+def _join_request(room, persist):
+    request = {"type": "join", "room": room}
+    if persist:
+        request["persist"] = True
+    return request
 
 
 def _describe(failure):

@@ -10,12 +10,21 @@ session that acks (``acknowledged``) settles it when the client acks it, any
 other once its bytes reached the kernel (``handed``).  Settling removes it
 and journals its receipt; whatever a session had not settled when it went
 away is sent again to the next session of that peer.
+
+A room message reaches the members connected at the time; for each
+persistent member (``join(..., persist=True)``, see ``membership``) that is
+offline, or still reading its stored mail, it is stored in that member's
+mailbox like a directed message, and a ``held`` journal record after the
+message names those members so that a replay stores it for them again.
 """
+import json
+
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from relayd.core import message
 from relayd.core.history import conversation
+from relayd.core.membership import Memberships, is_member_record, member_record
 from relayd.core.interfaces import DurableEvent, IDurableEventSubscriber
 from relayd.core.metrics import LatencyHistogram, RouterCollector
 from relayd.ops.ratelog import LogLimiter, repeats
@@ -27,7 +36,7 @@ class Router:
     log = Logger()
 
     def __init__(self, relay_id, clock, dedup, mailboxes, history, ownership,
-                 retention, registry=None):
+                 retention, registry=None, memberships=None):
         self.relay_id = relay_id
         self.clock = clock
         self.dedup = dedup
@@ -39,6 +48,8 @@ class Router:
         self.subscribers = []          # IDurableEventSubscriber, in subscription order
         self.sessions = {}             # peer id -> session
         self.members = {}              # room -> set of peer ids
+        self.memberships = memberships if memberships is not None else Memberships(64, 1000)
+        self._replayed_room = None     # during replay: the last room message read
         self._waiting = {}             # msg_id -> [Deferred] for retries of a pending message
         self._held = {}                # session -> ([lines], [directed entries]) until flush()
         self._outstanding = {}         # session -> {msg_id: entry} written, not settled
@@ -74,6 +85,8 @@ class Router:
             old.close("session_replaced", "another connection identified with this id")
         self.sessions[session.peer_id] = session
         self._outstanding[session] = {}
+        for room in self.memberships.rooms_of(session.peer_id):
+            self.join(session, room)
         return self.mailboxes.peek(session.peer_id)
 
     def deliver_stored(self, session, stored):
@@ -146,7 +159,12 @@ class Router:
         self._outstanding.pop(session, None)
         self._behind.discard(session)
 
-    def join(self, session, room):
+    def join(self, session, room, persist=False):
+        """Add ``session`` to ``room``; with ``persist`` its id stays a member
+        while offline, until it leaves (raises ``MembershipFull`` past a
+        bound).  Returns the connected members."""
+        if persist and self.memberships.add(session.peer_id, room):
+            self._journal_member(session.peer_id, room, True)
         self.members.setdefault(room, set()).add(session.peer_id)
         if session.rooms:
             session.rooms.add(room)
@@ -155,6 +173,16 @@ class Router:
         return sorted(self.members[room])
 
     def leave(self, session, room):
+        """Take ``session`` out of ``room``, and its id for good if it stayed."""
+        if self.memberships.discard(session.peer_id, room):
+            self._journal_member(session.peer_id, room, False)
+        self._drop(session, room)
+
+    def _journal_member(self, peer, room, joined):
+        d = self.journal.append(member_record(peer, room, joined, self.clock.seconds()))
+        d.addErrback(self._record_failed, "a room membership")
+
+    def _drop(self, session, room):
         if session.rooms:
             session.rooms.discard(room)
         members = self.members.get(room)
@@ -165,7 +193,7 @@ class Router:
 
     def _leave_all(self, session):
         for room in list(session.rooms):
-            self.leave(session, room)
+            self._drop(session, room)
 
     # --- messages ----------------------------------------------------------
 
@@ -286,7 +314,11 @@ class Router:
     def _failed(self, failure, entry):
         msg_id = entry["msg_id"]
         self.dedup.discard(msg_id)
-        if "room" not in entry and entry["to"] != message.BROADCAST:
+        room = entry.get("room")
+        if room is not None:
+            for peer in self.memberships.members(room):
+                self.mailboxes.remove(peer, msg_id)
+        elif entry["to"] != message.BROADCAST:
             self.mailboxes.remove(entry["to"], msg_id)
         self.journal_failures += 1
         error = failure.getErrorMessage()
@@ -303,13 +335,14 @@ class Router:
         to = entry["to"]
         room = entry.get("room")
         if room is not None or to == message.BROADCAST:
+            stored = self._store_for_members(entry, line, room) if room is not None else ()
             # _hold for every reader, inlined: this loop runs once per copy
             held, sessions = self._held, self.sessions
             readers = (((peer, sessions[peer]) for peer in self.members.get(room, ()))
                        if room is not None else sessions.items())
             count = 0
             for peer, session in readers:
-                if peer != sender:
+                if peer != sender and peer not in stored:
                     lines = held.get(session)
                     if lines is None:
                         held[session] = ([line], [])
@@ -332,22 +365,41 @@ class Router:
                 count = 1
         self.delivered += count
 
+    def _store_for_members(self, entry, line, room):
+        """Store a room message for its persistent members that are offline
+        or still reading stored mail (they get it from there, in order);
+        returns their ids."""
+        members = self.memberships.members(room)
+        if not members:
+            return ()
+        sender, sessions, behind = entry["from"], self.sessions, self._behind
+        stored = set()
+        for peer in members:
+            if peer != sender and (peer not in sessions or sessions[peer] in behind):
+                self.mailboxes.put(peer, entry, line)
+                stored.add(peer)
+        if stored:
+            self.stored += len(stored)
+            record = json.dumps({"held": entry["msg_id"], "for": sorted(stored)}).encode()
+            self.journal.append(record).addErrback(self._record_failed, "a stored room message")
+        return stored
+
     def _receipt(self, entry, peer):
         now = self.clock.seconds()
         d = self.journal.append(message.receipt_line(entry["msg_id"], peer, now))
-        d.addErrback(self._receipt_failed)
+        d.addErrback(self._record_failed, "a delivery receipt")
         for subscriber in self.subscribers:
             subscriber.delivered(entry, peer, now)
 
-    def _receipt_failed(self, failure):
+    def _record_failed(self, failure, what):
         if not failure.check(OSError):
-            self.log.failure("could not journal a delivery receipt", failure)
+            self.log.failure("could not journal {what}", failure, what=what)
             return
         error = failure.getErrorMessage()
-        log_it, left_out = self._log_limiter.admit(("receipt", error))
+        log_it, left_out = self._log_limiter.admit((what, error))
         if log_it:
-            self.log.error("could not journal a delivery receipt: {error}{repeats}",
-                           error=error, repeats=repeats(left_out))
+            self.log.error("could not journal {what}: {error}{repeats}",
+                           what=what, error=error, repeats=repeats(left_out))
 
     # --- journal replay (the journal's consumer) -----------------------------
 
@@ -356,12 +408,23 @@ class Router:
             self.dedup.add(record["msg_id"], record.get("timestamp"))
             self.history.add(record)
             to = record["to"]
-            if "room" not in record and to != message.BROADCAST:
+            if "room" in record:
+                self._replayed_room = record
+            elif to != message.BROADCAST:
                 self.mailboxes.put(to, record, message.delivery_line(message.journal_line(record)))
         elif "receipt" in record:
             self.mailboxes.remove(record.get("to"), record["receipt"])
+        elif "held" in record:
+            entry = self._replayed_room
+            if entry is not None and entry["msg_id"] == record["held"]:
+                line = message.delivery_line(message.journal_line(entry))
+                for peer in record.get("for", ()):
+                    self.mailboxes.put(peer, entry, line)
+        elif is_member_record(record):
+            self.memberships.restore(record)
 
     def restore_done(self, report):
+        self._replayed_room = None
         self.mailboxes.expire()
         self.log.info("journal replayed: {records} records, {skipped} skipped, "
                       "{stored} messages waiting for {peers} offline peers",

@@ -28,6 +28,7 @@ from zope.interface import implementer
 from relayd import finitejson
 from relayd.core import message
 from relayd.core.interfaces import ISession
+from relayd.core.membership import MembershipFull
 from relayd.jsonfast import loads as _fast
 from relayd.identity import verify
 from relayd.tcp import errors
@@ -580,8 +581,19 @@ class RelayProtocol(Protocol):
         if reason is not None:
             self.error("bad_request", reason, field="room", req=req)
             return
-        members = self.service.router.join(self, room)
-        self.send({"status": "ok", "type": "joined", "room": room, "members": members[:MAX_LISTED]}, req)
+        persist = request.get("persist", False)
+        if not isinstance(persist, bool):
+            self.error("bad_request", "persist must be true or false", field="persist", req=req)
+            return
+        try:
+            members = self.service.router.join(self, room, persist)
+        except MembershipFull as e:
+            self.error(e.code, str(e), req=req)
+            return
+        joined = {"status": "ok", "type": "joined", "room": room, "members": members[:MAX_LISTED]}
+        if persist:
+            joined["persist"] = True
+        self.send(joined, req)
 
     def _leave(self, request, req):
         room = request.get("room")
