@@ -9,7 +9,7 @@ from twisted.trial import unittest
 from prometheus_client import CollectorRegistry
 
 from relayd.fdbudget import FdBudget
-from tests.daemon import Relayd, free_port
+from tests.daemon import Relayd, free_port, relay_ini
 from tests.test_ops_support import http_json, http_get, metric_value
 
 LIMIT = 256         # the open-file limit the daemon runs with
@@ -41,17 +41,13 @@ class FloodTests(unittest.TestCase):
 
     def test_a_flooded_listener_leaves_health_and_the_console_reachable(self):
         ports = {"tcp": free_port(), "http": free_port(), "admin": free_port()}
-        relay = LimitedRelayd(self, """
-            [relay]
-            data_dir = {data_dir}
-            [tcp]
-            listen = tcp:{tcp}:interface=127.0.0.1
+        relay = LimitedRelayd(self, relay_ini("""
             [http]
             listen = tcp:{http}:interface=127.0.0.1
             [admin]
             listen = tcp:{admin}:interface=127.0.0.1
             authorized_keys = {workdir}/keys
-        """, **ports)
+        """), **ports)
         open(relay.workdir + "/keys", "w").close()
         relay.start(wait_tcp=list(ports.values()))
         flood = []

@@ -8,21 +8,16 @@ import urllib.request
 from twisted.trial import unittest
 
 from relayd.journal import checkpoint, segments
-from tests.daemon import Relayd, free_port
+from tests.daemon import Relayd, free_port, relay_ini
 from tests.seedclient import LineClient
 
-CONFIG = """
-[relay]
-id = relay1
-data_dir = {data_dir}
-[tcp]
-listen = tcp:{tcp}:interface=127.0.0.1
+CONFIG = relay_ini("""
 [http]
 listen = tcp:{http}:interface=127.0.0.1
 [ratelimit]
 messages = 100000
 per_seconds = 1
-"""
+""", id="relay1")
 
 
 class JournalDaemonTests(unittest.TestCase):

@@ -10,7 +10,7 @@ import tempfile
 
 from twisted.trial import unittest
 
-from tests.daemon import Relayd, free_port
+from tests.daemon import Relayd, free_port, relay_ini
 from tests.test_ops_support import http_json
 
 try:
@@ -20,14 +20,10 @@ except KeyError:
 SKIP = ("needs root to switch users" if os.geteuid() != 0
         else "needs the user nobody" if NOBODY is None else None)
 
-INI = """
-[relay]
-data_dir = {data_dir}
-[tcp]
-listen = tcp:{tcp}:interface=127.0.0.1
+INI = relay_ini("""
 [http]
 listen = tcp:{http}:interface=127.0.0.1
-"""
+""")
 
 
 class DroppingRelayd(Relayd):
