@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from OpenSSL import SSL
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import endpoints
-from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.interfaces import ILoggingContext, IProtocolFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from relayd.config import SCHEMA
 
 
-@implementer(IProtocolFactory)
+@implementer(IProtocolFactory, ILoggingContext)
 class ListenerFactory:
     """What a listening port builds from: the service's factory, behind TLS
     when ``tls`` is set (a reload can switch it), and within the daemon's fd

@@ -391,6 +391,8 @@ class QuicEndpoint(DatagramProtocol):
     """The UDP socket: routes datagrams to connections by connection id and
     accepts new ones within the factory's connection caps."""
 
+    noisy = False
+
     on_listening = staticmethod(lambda: None)
 
     def __init__(self, factory, clock):

@@ -22,6 +22,8 @@ AUTONAT = (autonat.V1, autonat.V2_REQUEST)
 class Libp2pFactory(Factory):
     """Builds relay-side connections and keeps the live ones."""
 
+    noisy = False
+
     protocol = Libp2pConnection
     early_muxers = (yamux.PROTOCOL_ID,)     # saves js/go dialers a multistream round trip
 

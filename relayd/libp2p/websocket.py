@@ -113,6 +113,8 @@ class ServerFactory(WebSocketServerFactory):
     """Accepts WebSocket connections for ``libp2p`` (the TCP factory), which
     builds the inner connection (and applies its connection caps)."""
 
+    noisy = False
+
     protocol = ServerCarrier
 
     def __init__(self, libp2p, suffix):

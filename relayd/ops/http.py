@@ -118,6 +118,8 @@ class QuietSite(server.Site):
     """A Site without a per-request access log (scrapes would flood it) that
     serves GET and HEAD only, answering any other method before dispatch."""
 
+    noisy = False
+
     def log(self, request):
         pass
 

@@ -135,6 +135,8 @@ class AdminTransport(transport.SSHServerTransport):
 class AdminSSHFactory(ConchFactory):
     """Builds AdminTransports within the connection caps."""
 
+    noisy = False
+
     protocol = AdminTransport
 
     def __init__(self, portal, settings, clock, registry):

@@ -15,6 +15,8 @@ CLOSE_GRACE = 30.0
 
 
 class RelayFactory(Factory):
+    noisy = False
+
     def __init__(self, service):
         self.service = service
 

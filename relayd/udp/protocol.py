@@ -27,6 +27,8 @@ NAME_LIMIT = 64
 class RendezvousProtocol(DatagramProtocol):
     """``settings`` is the ``[udp]`` section; ``clock`` gives ``seconds()``."""
 
+    noisy = False
+
     log = Logger()
 
     def __init__(self, settings, clock, challenger=None):
