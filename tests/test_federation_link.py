@@ -129,6 +129,7 @@ class Relay:
                        SimpleNamespace(**dict(SETTINGS, **settings)))
         self.hub.identity = Identity(self.id, key)
         self.router.subscribe(self.hub)
+        self.router.sequencer = self.hub
         self.hub.sequence_leftovers()
 
     def restart(self):
@@ -588,9 +589,11 @@ class CatchUpTests(ThreeRelays):
     def test_own_messages_without_seq_are_sequenced_at_start(self):
         alice = self.r[0].client("alice")
         self.r[0].send(alice, "*", "old")
-        lines = [line for line in open(self.r[0].journal.path, "rb") if b'"fed"' not in line]
-        with open(self.r[0].journal.path, "wb") as f:
-            f.writelines(lines)          # as a journal from before federation
+        with open(self.r[0].journal.path, "rb") as f:
+            records = [json.loads(line) for line in f]
+        with open(self.r[0].journal.path, "wb") as f:      # as a journal from before federation
+            f.writelines(message.journal_line(message.entry_of(r)) + b"\n"
+                         for r in records if "fed" not in r or "from" in r)
         self.r[0].restart()
         self.assertEqual(self.r[0].index.cursors["relay1"].low, 1)
         bob = self.r[1].client("bob")
@@ -817,7 +820,7 @@ class LostItemTests(ThreeRelays):
         a = self.r[0]                     # item 2 is gone there too (past retention)
         with open(a.journal.path, "rb") as f:
             lines = f.readlines()
-        msg_id = next(json.loads(line)["ref"] for line in lines if b'"seq": 2,' in line)
+        msg_id = next(r["msg_id"] for r in map(json.loads, lines) if r.get("seq") == 2)
         with open(a.journal.path, "wb") as f:
             f.writelines(line for line in lines if msg_id.encode() not in line)
         a.hub.recent.clear()
@@ -849,3 +852,89 @@ class LostItemTests(ThreeRelays):
         for _ in range(fed_index.GIVE_UP_ROUNDS - 1):
             self.assertEqual(b.index.lasting({("relay1", 1)}, everyone_asked=True), [])
         self.assertEqual(b.index.lasting({("relay1", 1)}, everyone_asked=True), [("relay1", 2, 2)])
+
+
+def kinds(records):
+    """What each journal record is, in order."""
+    return [("message" if "from" in r else "companion" if "ref" in r else
+             "receipt" if "receipt" in r else "other", r.get("fed"), r.get("seq"))
+            for r in records]
+
+
+def previous_format(journal):
+    """Rewrite ``journal`` as the version before one record per item wrote
+    it: a companion record after each message, and an own receipt as the
+    router's plain record followed by the federation's copy."""
+    lines = []
+    for r in journal.records():
+        if "from" in r and "fed" in r:
+            lines.append(message.journal_line(message.entry_of(r)))
+            lines.append(companion_line(r["fed"], r["seq"], r["msg_id"]))
+        elif "receipt" in r and r.get("fed") == journal.relay_id:
+            lines.append(message.receipt_line(r["receipt"], r["to"], r["timestamp"]))
+            lines.append(json.dumps(r).encode())
+        else:
+            lines.append(json.dumps(r).encode())
+    with open(journal.path, "wb") as f:
+        f.writelines(line + b"\n" for line in lines)
+
+
+class OneRecordPerItemTests(ThreeRelays):
+    def deliver(self):
+        _, _, pump = join(self.r[0], self.r[1])
+        alice, bob = self.r[0].client("alice"), self.r[1].client("bob")
+        self.r[0].send(alice, "bob", "hi")
+        flush(pump)
+        self.assertEqual(bob.bodies(), ["hi"])
+        return pump
+
+    def test_a_delivered_federated_message_is_one_record_per_item(self):
+        # the previous version wrote 3 records at the sender (message, companion,
+        # receipt copy) and 4 at the recipient's relay (message, companion,
+        # receipt, receipt copy); now each item is one record carrying its seq
+        self.deliver()
+        expected = [("message", "relay1", 1), ("receipt", "relay2", 1)]
+        self.assertEqual(kinds(self.r[0].journal.records()), expected)
+        self.assertEqual(kinds(self.r[1].journal.records()), expected)
+        line = open(self.r[1].journal.path, "rb").readline()
+        self.assertTrue(line.rstrip().endswith(b', "fed": "relay1", "seq": 1}'))
+
+    def test_clients_and_peers_get_the_message_without_its_seq(self):
+        pump = self.deliver()
+        alice = self.r[0].client("alice")
+        self.r[0].send(alice, "dave", "stored")
+        flush(pump)
+        self.r[1].restart()                # dave's message comes from the replay
+        dave = self.r[1].client("dave")
+        self.assertEqual(dave.bodies(), ["stored"])
+        self.assertEqual([sorted(m) for m in dave.lines],
+                         [["body", "from", "msg_id", "seen_by", "timestamp", "to", "type"]])
+        _, _, pump = join(self.r[1], self.r[2])
+        flush(pump)
+        with open(self.r[2].journal.path, "rb") as f:
+            lines = [line for line in f if b'"from"' in line]
+        self.assertEqual([line.count(b'"fed"') for line in lines], [1, 1])
+        self.assertEqual([json.loads(line)["seen_by"] for line in lines],
+                         [["relay1", "relay2", "relay3"]] * 2)
+
+    def test_a_journal_of_the_previous_format_replays_and_catches_up(self):
+        self.deliver()
+        cursors = [r.index.wants() for r in self.r[:2]]
+        for relay in self.r[:2]:
+            relay.journal.relay_id = relay.id
+            previous_format(relay.journal)
+            relay.restart()
+        self.assertEqual(kinds(self.r[1].journal.records()),
+                         [("message", None, None), ("companion", "relay1", 1),
+                          ("receipt", None, None), ("receipt", "relay2", 1)])
+        self.assertEqual([r.index.wants() for r in self.r[:2]], cursors)
+        self.assertEqual([r.index.unsequenced for r in self.r[:2]], [{}, {}])
+        self.assertEqual(self.r[1].router.mailboxes.count("bob"), 0)
+        self.r[0].client("bob")            # the receipt replayed: nothing is sent again
+        # a new relay catches up from the old records, and new ones follow in the new form
+        _, _, pump = join(self.r[1], self.r[2])
+        flush(pump)
+        self.assertEqual(kinds(self.r[2].journal.records()),
+                         [("message", "relay1", 1), ("receipt", "relay2", 1)])
+        self.assertEqual(self.r[2].router.mailboxes.count("bob"), 0)
+        self.assertEqual(self.r[2].index.wants(), cursors[1])

@@ -335,8 +335,8 @@ class Recorder:
     def durable(self, event):
         self.events.append(event)
 
-    def delivered(self, entry, peer, timestamp):
-        self.deliveries.append((entry["msg_id"], peer))
+    def delivered(self, entry, peer, timestamp, seq):
+        self.deliveries.append((entry["msg_id"], peer, seq))
 
 
 class SubscriberTests(unittest.TestCase):
@@ -357,7 +357,7 @@ class SubscriberTests(unittest.TestCase):
         router.journal.release()
         self.assertEqual([(e.entry["body"], e.origin, e.source) for e in recorder.events],
                          [("hi", "relay1", None), ("hi", "relay0", link)])
-        self.assertEqual(recorder.deliveries, [(recorder.events[0].entry["msg_id"], "bob")])
+        self.assertEqual(recorder.deliveries, [(recorder.events[0].entry["msg_id"], "bob", None)])
 
     def test_a_subscriber_must_provide_the_interface(self):
         self.assertRaises(TypeError, make_router().subscribe, object())

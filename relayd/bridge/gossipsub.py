@@ -84,7 +84,7 @@ class GossipRoomBridge:
         self.gossip.publish(room, f"{entry['from']}: {entry['body']}".encode("utf-8"))
         self.counts["out"] += 1
 
-    def delivered(self, entry, peer, timestamp):
+    def delivered(self, entry, peer, timestamp, seq):
         """Directed deliveries do not concern a room bridge."""
 
     def stats(self):

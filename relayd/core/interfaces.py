@@ -9,16 +9,19 @@ class DurableEvent:
     """A message that is now in the journal.
 
     ``entry`` is the seed-format message (``msg_id`` and ``seen_by``
-    included), ``line`` its journal line, ``origin`` the relay that first
-    accepted it (``seen_by[0]``) and ``source`` what handed it to this relay:
-    None for a local client, else the object given to ``accept_remote``
-    (a federation link, a bridge).
+    included), ``line`` its seed-format line, ``origin`` the relay that
+    first accepted it (``seen_by[0]``, or the origin its ``ISequencer``
+    gave) and ``seq`` its sequence number there (None without a sequencer;
+    the journal record carries both), and ``source`` what handed it to
+    this relay: None for a local client, else the object given to
+    ``accept_remote`` (a federation link, a bridge).
     """
 
     entry: dict
     line: bytes
     origin: str
     source: object = None
+    seq: int = None
 
 
 class ISession(Interface):
@@ -63,5 +66,20 @@ class IDurableEventSubscriber(Interface):
         """``event`` (a ``DurableEvent``) is in the journal; its local
         recipients have it or will get it."""
 
-    def delivered(entry, peer, timestamp):
-        """The directed message ``entry`` was settled by ``peer`` here."""
+    def delivered(entry, peer, timestamp, seq):
+        """The directed message ``entry`` was settled by ``peer`` here; the
+        receipt's record carries ``seq`` (this relay's, or None)."""
+
+
+class ISequencer(Interface):
+    """Federation: names each item the router journals with ``(origin, seq)``,
+    which goes in the item's own journal record (``Router.sequencer``)."""
+
+    def message_key(entry):
+        """``(origin, seq)`` of a message about to be journaled."""
+
+    def receipt_key():
+        """``(origin, seq)`` of a delivery receipt about to be journaled."""
+
+    def refused(entry):
+        """The journal refused ``entry``: forget its key."""

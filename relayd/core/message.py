@@ -75,9 +75,33 @@ def delivery_line(journal_bytes):
     return b'{"type": "message", ' + journal_bytes[1:] + b"\n"
 
 
-def receipt_line(msg_id, peer, timestamp):
-    """A journal record saying a stored message reached its peer."""
-    return json.dumps({"receipt": msg_id, "to": peer, "timestamp": timestamp}).encode()
+def receipt_record(msg_id, peer, timestamp, key=None):
+    """A journal record saying a stored message reached its peer; ``key``, the
+    receipt's federation ``(origin, seq)``, goes in the same record."""
+    record = {"receipt": msg_id, "to": peer, "timestamp": timestamp}
+    if key is not None:
+        record["fed"], record["seq"] = key
+    return record
+
+
+def receipt_line(msg_id, peer, timestamp, key=None):
+    return json.dumps(receipt_record(msg_id, peer, timestamp, key)).encode()
+
+
+FED_KEYS = ("fed", "seq")
+
+
+def sequenced_line(journal_bytes, key):
+    """A message's journal line carrying its federation ``(origin, seq)``."""
+    origin, seq = key
+    return b"%s, \"fed\": %s, \"seq\": %d}" % (journal_bytes[:-1], json.dumps(origin).encode(), seq)
+
+
+def entry_of(record):
+    """The message entry of a journal record, without its federation ``(origin, seq)``."""
+    if "fed" not in record:
+        return record
+    return {k: v for k, v in record.items() if k not in FED_KEYS}
 
 
 def is_message(record):

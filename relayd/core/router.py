@@ -46,6 +46,7 @@ class Router:
         self.retention = retention
         self.journal = None            # set by the daemon: append(line) -> Deferred
         self.subscribers = []          # IDurableEventSubscriber, in subscription order
+        self.sequencer = None          # ISequencer (federation): (origin, seq) in each record
         self.sessions = {}             # peer id -> session
         self.members = {}              # room -> set of peer ids
         self.memberships = memberships if memberships is not None else Memberships(64, 1000)
@@ -267,18 +268,21 @@ class Router:
         self._waiting[msg_id] = [first]
         if line is None:
             line = message.journal_line(entry)
-        d = self.journal.append(line)
+        key = None if self.sequencer is None else self.sequencer.message_key(entry)
+        d = self.journal.append(line if key is None else message.sequenced_line(line, key))
         self._route(entry, message.delivery_line(line))
         d.addCallbacks(self._durable, self._failed,
-                       callbackArgs=(entry, line, source, self.clock.seconds(), first_result, later_result),
+                       callbackArgs=(entry, line, source, key, self.clock.seconds(),
+                                     first_result, later_result),
                        errbackArgs=(entry,))
         return first
 
-    def _durable(self, _, entry, line, source, started, first_result, later_result):
+    def _durable(self, _, entry, line, source, key, started, first_result, later_result):
         self.received += 1
         self.history.add(entry)
         if self.subscribers:
-            event = DurableEvent(entry, line, entry["seen_by"][0], source)
+            origin, seq = (entry["seen_by"][0], None) if key is None else key
+            event = DurableEvent(entry, line, origin, source, seq)
             for subscriber in self.subscribers:
                 subscriber.durable(event)
         self.latency.observe(self.clock.seconds() - started)
@@ -314,6 +318,8 @@ class Router:
     def _failed(self, failure, entry):
         msg_id = entry["msg_id"]
         self.dedup.discard(msg_id)
+        if self.sequencer is not None:
+            self.sequencer.refused(entry)
         room = entry.get("room")
         if room is not None:
             for peer in self.memberships.members(room):
@@ -386,10 +392,11 @@ class Router:
 
     def _receipt(self, entry, peer):
         now = self.clock.seconds()
-        d = self.journal.append(message.receipt_line(entry["msg_id"], peer, now))
+        key = None if self.sequencer is None else self.sequencer.receipt_key()
+        d = self.journal.append(message.receipt_line(entry["msg_id"], peer, now, key))
         d.addErrback(self._record_failed, "a delivery receipt")
         for subscriber in self.subscribers:
-            subscriber.delivered(entry, peer, now)
+            subscriber.delivered(entry, peer, now, None if key is None else key[1])
 
     def _record_failed(self, failure, what):
         if not failure.check(OSError):
@@ -405,6 +412,7 @@ class Router:
 
     def restore(self, record):
         if message.is_message(record):
+            record = message.entry_of(record)
             self.dedup.add(record["msg_id"], record.get("timestamp"))
             self.history.add(record)
             to = record["to"]

@@ -5,9 +5,10 @@
 being written), so that a round reads only the segments that hold
 something the peer lacks: its cost follows what is missing, not the size
 of the journal.  Two passes over those segments: the first picks the
-``limit`` oldest ``(origin, seq)`` records the peer lacks (receipts are
-complete there; messages are named by ``ref``), holding at most
-``2 * limit`` at a time, the second picks up those messages' records
+``limit`` oldest ``(origin, seq)`` records the peer lacks (receipts and
+messages are complete there; a journal of the previous format names a
+message by the ``ref`` of a companion record), holding at most
+``2 * limit`` at a time, the second picks up the messages named by ``ref``
 (searched in the same segments and the one before each, then, for any
 not found there, in every segment).  Items come back sorted by origin and
 seq, at most ``limit`` of them, with a flag saying whether more are left.
@@ -174,7 +175,7 @@ def _messages(directory, names, ids):
         if at >= 0 and line[at + len(ID_MARK):at + len(ID_MARK) + 64].decode("latin-1") in ids:
             record, _ = check(line)
             if record is not None and "from" in record:
-                yield record
+                yield message.entry_of(record)
 
 
 class Smallest:
@@ -251,6 +252,8 @@ def _pick(directory, names, lacked, wants, limit, recent, gone):
             offer(origin, seq, ("r", record))
         elif isinstance(record.get("ref"), str):
             offer(origin, seq, ("ref", record["ref"]))
+        elif message.is_message(record):
+            offer(origin, seq, ("m", message.entry_of(record)))
     for origin, seq, kind, record in recent:
         offer(origin, seq, (kind, record))
     chosen, more = picked.result()

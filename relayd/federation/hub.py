@@ -14,7 +14,8 @@ from collections import OrderedDict, deque
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from relayd.core.interfaces import IDurableEventSubscriber
+from relayd.core import message
+from relayd.core.interfaces import IDurableEventSubscriber, ISequencer
 from relayd.federation import index as fed_index
 from relayd.federation.catchup import CatchUpServer
 from relayd.federation.frames import (BadItem, check_entry, check_receipt, check_sync,
@@ -28,7 +29,7 @@ CHECKPOINT_EVERY = 1000       # items between two cursor checkpoints in the jour
 EARLY_RECEIPTS = 10000
 
 
-@implementer(IDurableEventSubscriber)
+@implementer(IDurableEventSubscriber, ISequencer)
 class Hub:
     log = Logger()
 
@@ -46,7 +47,7 @@ class Hub:
         self.links = {}                # name -> [Link] that are up, oldest first
         self._stats = {}               # name -> PeerStats
         self.recent = deque(maxlen=RECENT_ITEMS)   # items not necessarily on disk yet
-        self._pending = {}             # msg_id -> (origin, seq) while the router journals it
+        self._pending = {}             # msg_id -> (origin, seq) until the router journaled it
         self._early = OrderedDict()    # msg_id -> receipt record, for receipts that beat their message
         self.hop_limited = 0
         self._since_checkpoint = 0
@@ -135,17 +136,31 @@ class Hub:
             self.peer_stats(name).sent[kind] += 1
             self.metrics.items_out.labels(name, kind).inc()
 
+    # --- ISequencer: the (origin, seq) in the router's records ----------------------
+
+    def message_key(self, entry):
+        """A peer's item keeps the key it came with; any other gets our next seq."""
+        key = self._pending.get(entry["msg_id"])
+        if key is None:
+            key = self._pending[entry["msg_id"]] = (self.relay_id, self.index.next_own())
+        return key
+
+    def receipt_key(self):
+        return self.relay_id, self.index.next_own()
+
+    def refused(self, entry):
+        """An own seq given to a refused message stays unused: peers record it
+        lost after ``GIVE_UP_ROUNDS`` (a peer's is asked for again by ``_refused``)."""
+        self._pending.pop(entry["msg_id"], None)
+
     # --- IDurableEventSubscriber: the router's events ------------------------------
 
     def durable(self, event):
-        """A message is durable here: give it a seq, record it, flood it."""
+        """A message and its seq are durable here: flood it."""
         entry, line, source = event.entry, event.line, event.source
         msg_id = entry["msg_id"]
-        key = self._pending.pop(msg_id, None)
-        if key is None:
-            key = (self.relay_id, self.index.next_own())
-        origin, seq = key
-        self._record(fed_index.companion_line(origin, seq, msg_id))
+        self._pending.pop(msg_id, None)
+        origin, seq = event.origin, event.seq
         self._count_item()
         self.recent.append((origin, seq, "m", entry))
         early = self._early.pop(msg_id, None)
@@ -161,14 +176,15 @@ class Hub:
         skip = (source.peer.name,) if source is not None else ()
         self._send(msg_frame(origin, seq, line), "messages", skip, entry["seen_by"])
 
-    def delivered(self, entry, peer, timestamp):
-        """A directed message reached its peer here: flood a receipt."""
-        seq = self.index.next_own()
-        self._receipt(entry["msg_id"], peer, timestamp, self.relay_id, seq, None)
+    def delivered(self, entry, peer, timestamp, seq):
+        """A directed message reached its peer here (the router journaled the
+        receipt with ``seq``): flood the receipt."""
+        self._receipt(entry["msg_id"], peer, timestamp, self.relay_id, seq, None, journaled=True)
 
-    def _receipt(self, msg_id, peer, timestamp, origin, seq, source):
-        record = fed_index.receipt_record(msg_id, peer, timestamp, origin, seq)
-        self._record(json.dumps(record).encode())
+    def _receipt(self, msg_id, peer, timestamp, origin, seq, source, journaled=False):
+        record = message.receipt_record(msg_id, peer, timestamp, (origin, seq))
+        if not journaled:
+            self._record(json.dumps(record).encode())
         self._count_item()
         self.recent.append((origin, seq, "r", record))
         skip = (source.peer.name,) if source is not None else ()
@@ -304,7 +320,7 @@ class Hub:
             return
         self.router.delivered_elsewhere(peer, msg_id)
         if not self.router.holds(msg_id) or msg_id in self._pending:
-            self._early[msg_id] = fed_index.receipt_record(msg_id, peer, timestamp, origin, seq)
+            self._early[msg_id] = message.receipt_record(msg_id, peer, timestamp, (origin, seq))
             if len(self._early) > EARLY_RECEIPTS:
                 self._early.popitem(last=False)
         self._receipt(msg_id, peer, timestamp, origin, seq, link)
@@ -339,8 +355,8 @@ class Hub:
                 self._record(fed_index.companion_line(self.relay_id, seq, record["msg_id"]))
                 self.recent.append((self.relay_id, seq, "m", record))
             else:
-                receipt = fed_index.receipt_record(record["receipt"], record.get("to"),
-                                                   record.get("timestamp", 0), self.relay_id, seq)
+                receipt = message.receipt_record(record["receipt"], record.get("to"),
+                                                 record.get("timestamp", 0), (self.relay_id, seq))
                 self._record(json.dumps(receipt).encode())
                 self.recent.append((self.relay_id, seq, "r", receipt))
         return len(leftovers)

@@ -2,11 +2,16 @@
 
 Every federated item (a message or a delivery receipt) gets a sequence
 number from the relay where it originated, and every relay journals a
-small record binding the item to ``(origin, seq)``:
+item's record with its ``(origin, seq)``:
 
-* ``{"fed": origin, "seq": n, "ref": msg_id}`` after a message record;
+* the message record itself ends with ``"fed": origin, "seq": n``;
 * ``{"receipt": msg_id, "to": peer, "timestamp": t, "fed": origin, "seq": n}``
   for a receipt (the router's replay also applies it to the mailboxes).
+
+A journal written before that holds a companion record ``{"fed": origin,
+"seq": n, "ref": msg_id}`` after each message instead; it is still read
+(and still written when a message held already arrives under another seq,
+or an unsequenced one found at start gets its seq).
 
 For each origin the index keeps the contiguous watermark ``low`` (every
 seq up to it is held) and the few seqs held above it; that pair is the
@@ -98,10 +103,6 @@ def checkpoint_line(cursors):
 def lost_line(origin, first, last):
     """A journal record of seqs given up: no peer holds them."""
     return json.dumps({"fed_lost": origin, "first": first, "last": last}).encode()
-
-
-def receipt_record(msg_id, peer, timestamp, origin, seq):
-    return {"receipt": msg_id, "to": peer, "timestamp": timestamp, "fed": origin, "seq": seq}
 
 
 class Index:
@@ -219,8 +220,8 @@ class Index:
             if "receipt" in record:
                 if origin == self.relay_id:
                     self.unsequenced.pop(("r", record["receipt"], record.get("to")), None)
-            elif origin == self.relay_id:
-                self.unsequenced.pop(("m", record.get("ref")), None)
+            elif origin == self.relay_id and "ref" in record:
+                self.unsequenced.pop(("m", record["ref"]), None)
         elif message.is_message(record):
             seen_by = record.get("seen_by")
             if isinstance(seen_by, list) and seen_by and seen_by[0] == self.relay_id:

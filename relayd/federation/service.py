@@ -143,6 +143,7 @@ def build_federation(daemon):
     hub = Hub(s.relay.id, router, journal, index, daemon.reactor, daemon.file_pool,
               FederationMetrics(daemon.registry), s.federation)
     router.subscribe(hub)
+    router.sequencer = hub
     # items whose journal record is still being written are left out of a checkpoint
     journal.add_state("federation", lambda: index.snapshot(exclude=hub._pending.values()),
                       index.load_snapshot)
