@@ -20,7 +20,6 @@ class RelayEvents:
     log = Logger(namespace="relayd.libp2p")
 
     def __init__(self, registry, clock):
-        self.clock = clock
         counted_in = "relayd_libp2p_denials, relayd_libp2p_connections_aborted"
         what = "libp2p denials and aborted connections"
         self._all_log = LogBudget(clock, self.log, what, LOGGED_PER_MINUTE, counted_in)
