@@ -30,6 +30,16 @@ class LoadsTests(unittest.TestCase):
             self.assertRaises(ValueError, jsonfast.loads, data)
 
 
+class LoadsOwnTests(unittest.TestCase):
+    def test_what_json_dumps_wrote_reads_back_lone_surrogates_too(self):
+        for value in ({"body": "\ud800x", "n": 1}, ["\udc00"], {"a": [1.5, None, True]}):
+            self.assertEqual(jsonfast.loads_own(json.dumps(value).encode()), value)
+
+    def test_malformed_is_still_a_value_error(self):
+        for data in (b"{", b"[1,]", b"\xff", b"[" * 100000 + b"]" * 100000):
+            self.assertRaises(ValueError, jsonfast.loads_own, data)
+
+
 class DumpsTests(unittest.TestCase):
     def test_compact_utf8_that_json_reads_back(self):
         for sample in SAMPLES:

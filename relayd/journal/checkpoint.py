@@ -152,12 +152,9 @@ def read(directory):
     if zlib.crc32(body) != crc:
         raise Damaged("checksum mismatch")
     try:
-        parts = jsonfast.loads(body)
+        parts = jsonfast.loads_own(body)
     except ValueError:
-        try:
-            parts = json.loads(body)
-        except (ValueError, RecursionError):
-            raise Damaged("bad body") from None
+        raise Damaged("bad body") from None
     if not isinstance(parts, dict):
         raise Damaged("bad body")
     return start, parts
