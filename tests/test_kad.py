@@ -15,9 +15,11 @@ from relayd.libp2p.kad.providers import ProviderStore
 from relayd.libp2p.kad.records import Invalid, RecordStore
 from relayd.libp2p.kad.routing import RoutingTable, kad_id
 from relayd.libp2p.kad.server import rendezvous_key
+from relayd.libp2p.kad.service import KadState
 from relayd.libp2p.peerid import KeyPair, PeerId
 
 from tests.test_libp2p_relay import dial, wait_until
+from tests.test_ownership import HeldPool
 
 
 def new_peer_id():
@@ -247,6 +249,53 @@ class DhtServerTests(unittest.TestCase):
         with self.assertRaises(config.ConfigError) as caught:
             daemon_module.build(settings, reactor)
         self.assertIn("[kad] needs a [libp2p] section", str(caught.exception))
+
+
+# kad_state.json as relayd wrote it before the state became a TableFile
+# (providers: key, peer id, expiry, addresses; records: key, value, rank, received).
+TODAYS_STATE = (
+    '{"providers": [["EiDKoID0WV5KGaDJfdcuT9/036kFmV24NEuCGD4WOGiHeQ==", '
+    '"ACQIARIgiojj3XQJ8ZX9UtstPLpdcspnCb8dlBIb83SIAbQPb1w=", 1800003600.0, '
+    '["/ip4/127.0.0.1/tcp/5000"]]], "records": [["L3BrLwAkCAESIIqI4910CfGV/VLbLTy6XXLKZwm/HZQSG/'
+    'N0iAG0D29c", "CAESIIqI4910CfGV/VLbLTy6XXLKZwm/HZQSG/N0iAG0D29c", 0, 1800000000.0]]}')
+STATE_PEER = "12D3KooWK99VoVxNE7XzyBwXEzW7xhK7Gpv85r9F3V3fyKSUKPH5"
+
+
+class KadStateTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1_800_000_100)
+        self.path = self.mktemp()
+        self.pool = HeldPool()
+
+    def state(self):
+        state = KadState(self.path, self.pool, ProviderStore(self.clock, 3600),
+                         RecordStore(self.clock, 3600))
+        state.load()
+        return state
+
+    def test_a_file_in_todays_format_loads_and_is_written_back_the_same(self):
+        with open(self.path, "w") as f:
+            f.write(TODAYS_STATE)
+        state = self.state()
+        peer = PeerId.from_string(STATE_PEER)
+        key = rendezvous_key("/private-chat/1.0.0")
+        self.assertEqual(state.providers.get(key), [(peer, ["/ip4/127.0.0.1/tcp/5000"])])
+        self.assertEqual(state.records.get(b"/pk/" + peer.bytes)[0][:4], b"\x08\x01\x12\x20")
+        written = state.save()
+        self.assertNoResult(written)                     # fires once the file pool wrote it
+        self.pool.step()
+        self.successResultOf(written)
+        with open(self.path) as f:
+            self.assertEqual(json.loads(f.read()), json.loads(TODAYS_STATE))
+
+    def test_a_damaged_file_is_set_aside(self):
+        with open(self.path, "w") as f:
+            f.write('{"providers": [')
+        state = self.state()
+        self.assertEqual((len(state.providers), len(state.records.records)), (0, 0))
+        with open(self.path + ".damaged") as f:
+            self.assertEqual(f.read(), '{"providers": [')
 
 
 class MessageCodecTests(unittest.TestCase):

@@ -22,7 +22,7 @@ class HeldPool:
 
     def step(self):
         f, args, d = self.jobs.pop(0)
-        d.callback(f(*args))
+        defer.maybeDeferred(f, *args).chainDeferred(d)
 
 
 class OwnershipTests(unittest.TestCase):
@@ -55,6 +55,30 @@ class OwnershipTests(unittest.TestCase):
         self.pool.step()
         self.assertEqual(self.pool.jobs, [])
         self.assertEqual(len(self.reloaded()), 5)
+
+    def test_save_fires_once_a_write_holding_its_change_ended(self):
+        first = self.table.save()
+        self.table.claim("alice", KEY_A)                 # during the first write
+        second = self.table.save()
+        self.assertNoResult(first)
+        self.pool.step()
+        self.successResultOf(first)
+        self.assertNoResult(second)                      # alice is in the next write
+        self.assertIsNone(self.reloaded().owner("alice"))
+        self.pool.step()
+        self.successResultOf(second)
+        self.assertEqual(self.reloaded().owner("alice"), KEY_A)
+
+    def test_a_failed_write_is_logged_and_the_next_change_writes_again(self):
+        os.makedirs(self.path)                           # the rename cannot replace a directory
+        written = self.table.save()
+        self.pool.step()
+        self.assertIsNone(self.successResultOf(written))
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        os.rmdir(self.path)
+        self.table.claim("alice", KEY_A)
+        self.pool.step()
+        self.assertEqual(self.reloaded().owner("alice"), KEY_A)
 
     def test_a_damaged_table_stops_the_start_and_is_left_alone(self):
         for damage in ("{not json", '{"alice": "not base64!"}', '["alice"]'):

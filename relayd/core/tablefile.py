@@ -1,4 +1,5 @@
-"""A JSON table kept in the data directory (key ownership, prekeys).
+"""A JSON table kept in the data directory (key ownership, prekeys, the
+DHT's records).
 
 Read once when the daemon starts, before anything listens; rewritten
 atomically on the file pool whenever it changes, one write at a time: a
@@ -7,6 +8,7 @@ go into the next one, and the table is encoded on the file thread from a
 copy (``snapshot``), never on the reactor.
 """
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from relayd.filepool import write_atomically
@@ -24,7 +26,7 @@ class TableFile(Service):
         self.file_pool = file_pool
         self.loaded = False
         self._saving = False       # a write is on the file pool
-        self._changed = False      # changes since that write's copy of the table
+        self._next = []            # Deferreds of saves asked for during that write
 
     def privilegedStartService(self):
         self.load()
@@ -36,18 +38,29 @@ class TableFile(Service):
         super().startService()
 
     def save(self):
+        """Write the table; the Deferred fires (with None) once a write
+        holding every change made before this call has ended.  A failed
+        write is logged, not raised: the next change writes it all again."""
+        d = Deferred()
         if self._saving:
-            self._changed = True
-            return
-        self._saving, self._changed = True, False
+            self._next.append(d)
+        else:
+            self._start([d])
+        return d
+
+    def _start(self, waiting):
+        self._saving = True
         d = self.file_pool.run(self._write, self.snapshot())
         d.addErrback(lambda f: self.log.failure("could not save {path}", f, path=self.path))
-        d.addCallback(self._saved)
+        d.addCallback(self._saved, waiting)
 
     def _write(self, snapshot):
         write_atomically(self.path, self.encode(snapshot))
 
-    def _saved(self, _):
+    def _saved(self, _, waiting):
         self._saving = False
-        if self._changed:
-            self.save()
+        if self._next:
+            following, self._next = self._next, []
+            self._start(following)
+        for d in waiting:
+            d.callback(None)

@@ -1,8 +1,9 @@
 """``[kad]``: the Kademlia DHT server on the ``[libp2p]`` listener.
 
 Provider records and stored values are kept across a restart in
-``<data_dir>/kad_state.json``: read once at start-up, written on the file
-pool when they changed (every ``save_interval`` and at stop).  relayd
+``<data_dir>/kad_state.json`` (a ``core.tablefile``): read once at
+start-up, written on the file pool when they changed (every
+``save_interval`` and at stop).  relayd
 provides the ``rendezvous`` keys itself and stores its seed-002 relay
 advertisements under ``/descord/relay/advertisements`` and ``/descord/relays``.
 """
@@ -12,9 +13,10 @@ import os
 from prometheus_client import Gauge
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
+from twisted.internet.defer import succeed
 from twisted.logger import Logger
 
-from relayd.filepool import write_atomically
+from relayd.core.tablefile import TableFile
 from relayd.libp2p.hub_metrics import KadCollector
 from relayd.libp2p.kad import server
 from relayd.libp2p.kad.providers import ProviderStore
@@ -26,52 +28,22 @@ STATE_FILE = "kad_state.json"
 DESCORD_KEYS = (b"/descord/relay/advertisements", b"/descord/relays")
 
 
-def _save(path, snapshot):
-    """Encode and write the state; on the file thread."""
-    write_atomically(path, json.dumps(snapshot).encode())
+class KadState(TableFile):
+    """``kad_state.json``: ``{"providers": [...], "records": [...]}``, the
+    stores' own snapshots."""
 
-
-class KadService(MultiService):
     log = Logger(namespace="relayd.kad")
 
-    def __init__(self, daemon, libp2p, book, settings, reactor):
-        super().__init__()
-        self.setName("kad")
-        self.daemon = daemon
-        self.libp2p = libp2p
-        self.settings = settings
-        self.reactor = reactor
-        self.path = os.path.join(daemon.settings.relay.data_dir, STATE_FILE)
-        self.dht = None
-        self._saving = self._loaded = False
-        self.providers = ProviderStore(reactor, settings.provider_ttl, settings.max_providers_per_key,
-                                       settings.max_keys_per_provider, settings.max_provider_keys)
-        self.records = RecordStore(reactor, settings.record_ttl, settings.max_record_size,
-                                   settings.max_records)
-        self.book = book                # identify answers of connected peers
-        libp2p.add_protocol(settings.protocol, lambda conn: server.KadStream(self.dht, conn))
-        for interval, work in ((settings.save_interval, self.save),
-                               (settings.advertise_interval, self.advertise)):
-            timer = TimerService(interval, work)
-            timer.clock = reactor
-            timer.setServiceParent(self)
-        for name, doc, read in (
-                ("relayd_kad_routing_table_peers", "Peers in the DHT routing table",
-                 lambda: len(self.dht.table) if self.dht else 0),
-                ("relayd_kad_provider_records", "Provider records held", lambda: len(self.providers)),
-                ("relayd_kad_value_records", "Value records held", lambda: len(self.records.records))):
-            Gauge(name, doc, registry=daemon.registry).set_function(read)
-        daemon.registry.register(KadCollector(self))
-
-    def privilegedStartService(self):
-        self.load()
-        super().privilegedStartService()
+    def __init__(self, path, file_pool, providers, records):
+        super().__init__(path, file_pool)
+        self.providers = providers
+        self.records = records
 
     def load(self):
         """Read the saved providers and records (start-up only); a damaged
         file is logged and set aside, since the records come back as peers
         re-announce them."""
-        self._loaded = True
+        self.loaded = True
         try:
             with open(self.path, "rb") as f:
                 state = json.loads(f.read())
@@ -87,9 +59,48 @@ class KadService(MultiService):
         self.log.info("kad: {providers} provider records and {records} values restored",
                       providers=len(self.providers), records=len(self.records.records))
 
+    def snapshot(self):
+        return {"providers": self.providers.snapshot(), "records": self.records.snapshot()}
+
+    @staticmethod
+    def encode(snapshot):
+        return json.dumps(snapshot).encode()
+
+
+class KadService(MultiService):
+    log = Logger(namespace="relayd.kad")
+
+    def __init__(self, daemon, libp2p, book, settings, reactor):
+        super().__init__()
+        self.setName("kad")
+        self.daemon = daemon
+        self.libp2p = libp2p
+        self.settings = settings
+        self.reactor = reactor
+        self.dht = None
+        self.providers = ProviderStore(reactor, settings.provider_ttl, settings.max_providers_per_key,
+                                       settings.max_keys_per_provider, settings.max_provider_keys)
+        self.records = RecordStore(reactor, settings.record_ttl, settings.max_record_size,
+                                   settings.max_records)
+        self.state = KadState(os.path.join(daemon.settings.relay.data_dir, STATE_FILE),
+                              daemon.file_pool, self.providers, self.records)
+        self.state.setServiceParent(self)
+        self.book = book                # identify answers of connected peers
+        libp2p.add_protocol(settings.protocol, lambda conn: server.KadStream(self.dht, conn))
+        for interval, work in ((settings.save_interval, self.save),
+                               (settings.advertise_interval, self.advertise)):
+            timer = TimerService(interval, work)
+            timer.clock = reactor
+            timer.setServiceParent(self)
+        for name, doc, read in (
+                ("relayd_kad_routing_table_peers", "Peers in the DHT routing table",
+                 lambda: len(self.dht.table) if self.dht else 0),
+                ("relayd_kad_provider_records", "Provider records held", lambda: len(self.providers)),
+                ("relayd_kad_value_records", "Value records held", lambda: len(self.records.records))):
+            Gauge(name, doc, registry=daemon.registry).set_function(read)
+        daemon.registry.register(KadCollector(self))
+
     def startService(self):
-        if not self._loaded:
-            self.load()
         keypair = self.libp2p.keypair
         table = RoutingTable(keypair.peer_id, self.reactor, self.settings.k)
         self.dht = server.Dht(keypair.peer_id, table, self.providers, self.records, self.book,
@@ -126,22 +137,15 @@ class KadService(MultiService):
             self.records.put(key, json.dumps(value).encode(), None)
 
     def save(self):
-        """Write providers and records if they changed (one write at a time)."""
+        """Write providers and records if they changed; fires when written."""
         if self.dht is not None:
             self.dht.limiter.prune()
-        if self.dht is None or not self.dht.changed or self._saving:
-            return None
+        if self.dht is None or not self.dht.changed:
+            return succeed(None)
         self.providers.expire()
         self.records.expire()
-        self.dht.changed, self._saving = False, True
-        snapshot = {"providers": self.providers.snapshot(), "records": self.records.snapshot()}
-        d = self.daemon.file_pool.run(_save, self.path, snapshot)
-        d.addErrback(lambda f: self.log.failure("could not save {path}", f, path=self.path))
-
-        def saved(_):
-            self._saving = False
-        d.addBoth(saved)
-        return d
+        self.dht.changed = False
+        return self.state.save()
 
     def stats(self):
         out = {"providers": len(self.providers), "records": len(self.records.records),
