@@ -25,7 +25,7 @@ from relayd.core.dedup import DedupWindow
 from relayd.core.history import History
 from relayd.core.mailbox import Mailboxes
 from relayd.core.router import Router
-from relayd.federation.frames import BadItem
+from relayd.federation.frames import BadFrame, BadItem
 from relayd.federation.hub import Hub
 from relayd.federation.index import Index, JournalTee, companion_line
 from relayd.federation import catchup
@@ -841,6 +841,95 @@ class LostItemTests(ThreeRelays):
         self.assertEqual(asked, [], "a lost item is not asked for again")
         b.restart()
         self.assertEqual(b.index.wants()["relay1"], [3, []], "the loss is journaled")
+
+    def origin_refuses_seq_2(self):
+        """relay1 - relay2; relay1's journal refuses its second message (seq 2)."""
+        a, b = self.r[0], self.r[1]
+        _, self.b_link, pump = join(a, b)
+        alice = a.client("alice")
+        a.send(alice, "*", "m1")
+        append = a.journal.append
+        a.journal.append = lambda line: (setattr(a.journal, "append", append),
+                                         defer.fail(OSError(5, "Input/output error")))[1]
+        refused = a.send(alice, "*", "refused")     # one write fails
+        a.send(alice, "*", "m3")
+        flush(pump)
+        self.failureResultOf(refused, OSError)
+        self.assertEqual(b.index.wants()["relay1"], [1, [3]])
+        return a, b, pump
+
+    def test_a_seq_its_origin_never_journaled_is_recorded_lost_at_the_first_ask(self):
+        a, b, pump = self.origin_refuses_seq_2()
+        asked = []
+        real = b.hub.ask_sync
+        b.hub.ask_sync = lambda link, have=None: (asked.append(link), real(link, have))
+        with capturedLogs() as events:
+            self.assertFalse(b.hub.repair())        # the hole is noted
+            flush(pump)
+            self.assertTrue(b.hub.repair())         # it lasted: relay1 is asked, says "never"
+            flush(pump)
+        self.assertEqual(len(asked), 1)
+        self.assertEqual(b.index.wants()["relay1"], [3, []])
+        lost = [e for e in events if "will never exist" in e["log_format"]]
+        self.assertEqual([(e["peer"], e["ranges"]) for e in lost], [("relay1", "2")])
+        self.assertEqual([r for r in b.journal.records() if "fed_lost" in r],
+                         [{"fed_lost": "relay1", "first": 2, "last": 2}])
+        asked.clear()
+        for _ in range(1 + fed_index.GIVE_UP_ROUNDS):
+            self.assertFalse(b.hub.repair())
+            flush(pump)
+        self.assertEqual(asked, [], "a lost item is not asked for again")
+        self.assertEqual(len([r for r in b.journal.records() if "fed_lost" in r]), 1)
+        b.restart()
+        self.assertEqual(b.index.wants()["relay1"], [3, []], "the loss is journaled")
+
+    def test_the_origin_keeps_its_refused_seqs_across_a_restart(self):
+        a, b, pump = self.origin_refuses_seq_2()
+        self.b_link.transport.loseConnection()
+        pump.flush()
+        a.restart()
+        self.assertEqual(a.index.wants()["relay1"], [3, []])     # no hole in its own items
+        self.assertEqual(a.index.lost_own, [[2, 2]])
+        a.hub.checkpoint()
+        checkpoint = a.index.snapshot()
+        a.index.load_snapshot(json.loads(json.dumps(checkpoint)))
+        self.assertEqual(a.index.lost_own, [[2, 2]])
+        _, _, pump = join(a, b)
+        flush(pump)
+        self.assertEqual(b.index.wants()["relay1"], [3, []])      # told at the link's first sync
+        a.send(a.client("alice"), "*", "m4")
+        flush(pump)
+        self.assertEqual([(r["body"], r["seq"]) for r in b.journal.records() if "body" in r],
+                         [("m1", 1), ("m3", 3), ("m4", 4)])     # seq 2 is not handed out again
+        self.assertEqual(b.index.wants()["relay1"], [4, []])
+
+    def test_a_peer_answers_lost_only_for_its_own_seqs_and_only_what_the_asker_lacks(self):
+        a, b, pump = self.origin_refuses_seq_2()
+        link = b.hub.links["relay1"][0]
+        b.hub.ask_sync(link, {"relay1": [2, []]})   # holds 2 (as if lost): nothing to say
+        frames = []
+        real = b.hub._synced
+        b.hub._synced = lambda link, frame: (frames.append(frame), real(link, frame))
+        flush(pump)
+        self.assertNotIn("lost", frames[-1])
+        b.hub.ask_sync(link)
+        flush(pump)
+        self.assertEqual(frames[-1]["lost"], [[2, 2]])
+        self.assertEqual(b.index.wants()["relay1"], [3, []])
+        c = self.r[2]                 # relay3 asks relay2, which is not relay1's origin: only
+        _, _, pump = join(b, c)       # the origin's word counts; relay3 gives up after rounds
+        flush(pump)
+        self.assertEqual(c.index.wants()["relay1"], [1, [3]])
+
+    def test_a_malformed_lost_list_is_a_bad_frame(self):
+        a, b, pump = self.origin_refuses_seq_2()
+        link = b.hub.links["relay1"][0]
+        for lost in ([[3, 2]], [["2", 2]], [[0, 2]], "2", [[1, 2, 3]], [[2, 2]] * 1001):
+            with self.assertRaises(BadFrame):
+                b.hub._lost(link, lost)
+        self.assertEqual(b.index.wants()["relay1"], [1, [3]])
+        b.hub._lost(link, [[2, 9]])                  # only the hole is filled, not seqs to come
+        self.assertEqual(b.index.wants()["relay1"], [3, []])
 
     def test_a_hole_is_not_given_up_while_a_peer_is_down(self):
         b = self.r[1]

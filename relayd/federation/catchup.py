@@ -313,9 +313,9 @@ class CatchUpServer:
         hub = self.hub
         d = hub.file_pool.run(collect, hub.journal.directory, wants, hub.settings.sync_batch,
                               list(hub.recent), self._summaries)
-        d.addCallbacks(self._send, self._failed, callbackArgs=(link,), errbackArgs=(link,))
+        d.addCallbacks(self._send, self._failed, callbackArgs=(link, wants), errbackArgs=(link,))
 
-    def _send(self, result, link):
+    def _send(self, result, link, wants):
         again = self._serving.pop(link, None)
         if link.state != "up":
             return
@@ -332,7 +332,11 @@ class CatchUpServer:
             self.hub.metrics.caught_up.labels(name).inc(len(items))
             self.log.info("federation: sent {count} missed items to {peer}",
                           count=len(items), peer=name)
-        link.send({"type": "synced", "sent": len(items), "more": more})
+        synced = {"type": "synced", "sent": len(items), "more": more}
+        lost = self.hub.index.lost_for(wants.get(self.hub.relay_id))
+        if lost:
+            synced["lost"] = lost       # our seqs the peer lacks that will never exist
+        link.send(synced)
         if again is not None:
             self._start(link, again)
 

@@ -18,8 +18,8 @@ from relayd.core import message
 from relayd.core.interfaces import IDurableEventSubscriber, ISequencer
 from relayd.federation import index as fed_index
 from relayd.federation.catchup import CatchUpServer
-from relayd.federation.frames import (BadItem, check_entry, check_receipt, check_sync,
-                                      item_key, msg_frame, receipt_frame)
+from relayd.federation.frames import (BadFrame, BadItem, check_entry, check_receipt,
+                                      check_sync, item_key, msg_frame, receipt_frame)
 from relayd.federation.metrics import PeerStats, peer_rows
 from relayd.names import shown
 from relayd.ops.ratelog import LogBudget, LogLimiter, repeats
@@ -149,9 +149,13 @@ class Hub:
         return self.relay_id, self.index.next_own()
 
     def refused(self, entry):
-        """An own seq given to a refused message stays unused: peers record it
-        lost after ``GIVE_UP_ROUNDS`` (a peer's is asked for again by ``_refused``)."""
-        self._pending.pop(entry["msg_id"], None)
+        """An own seq given to a refused message will never exist: journal it
+        as lost, and tell peers that ask for it (a peer's item is asked for
+        again by ``_refused``)."""
+        key = self._pending.pop(entry["msg_id"], None)
+        if key is not None and key[0] == self.relay_id:
+            self.index.never(key[1], key[1])
+            self._record(fed_index.lost_line(self.relay_id, key[1], key[1]))
 
     # --- IDurableEventSubscriber: the router's events ------------------------------
 
@@ -251,10 +255,34 @@ class Hub:
         """Ask for the next round, unless this one changed nothing in what we
         would ask with: the answer would be the same (a hole no peer can fill,
         with more seqs held above it than a sync lists), again and again."""
+        lost = frame.get("lost")
+        if lost is not None:
+            self._lost(link, lost)
         if frame.get("more"):
             have = self.index.wants(link.ranges)
             if have != link.sync_have:
                 self.ask_sync(link, have)
+
+    def _lost(self, link, lost):
+        """The peer says its own seqs in ``lost`` (``[[first, last], ...]``)
+        will never exist: record the ones we lack once, and stop asking."""
+        if not isinstance(lost, list) or len(lost) > fed_index.MAX_LOST_KEPT:
+            raise BadFrame(f"synced lost must be a list of at most {fed_index.MAX_LOST_KEPT} runs")
+        previous = 0
+        for run in lost:
+            if not (isinstance(run, list) and len(run) == 2
+                    and all(type(n) is int for n in run) and previous < run[0] <= run[1]):
+                raise BadFrame("synced lost runs are [first, last], increasing, from seq 1")
+            previous = run[1]
+        origin = link.name
+        filled = self.index.fill_lost(origin, lost)
+        for first, last in filled:
+            self._record(fed_index.lost_line(origin, first, last))
+        if filled:
+            shown_runs = ", ".join(f"{a}" if a == b else f"{a}..{b}" for a, b in filled[:10])
+            self.log.warn("federation: {peer} says its items {ranges} will never exist (its "
+                          "journal refused them); recorded as lost, not asked for again",
+                          peer=origin, ranges=shown_runs + (" ..." if len(filled) > 10 else ""))
 
     def _held(self, link, origin, seq, kind):
         stats = self.peer_stats(link.name)

@@ -19,11 +19,16 @@ cursor a relay sends when a link comes up.  ``{"fed_cursors": {origin:
 low}}`` checkpoints, journaled now and then, keep the watermarks when old
 segments are pruned.
 
-A hole that no peer fills (the items are past retention everywhere, or were
-refused as bad) is given up once it has outlived ``GIVE_UP_ROUNDS`` repair
-rounds while every peer was up: ``{"fed_lost": origin, "first": a, "last":
-b}`` is journaled, the seqs count as held, and they are not asked for
-again, after a restart either.
+A seq whose item the origin's own journal refused will never exist: the
+origin journals ``{"fed_lost": origin, "first": a, "last": b}`` for it,
+never hands it out again, and says so to a peer that asks for it (the
+``lost`` of its ``synced`` answer); the peer journals the same record once
+and counts the seqs as held.  A hole that no peer fills otherwise (the
+items are past retention everywhere, or were refused as bad, or the origin
+is not linked or runs an older version) is given up once it has outlived
+``GIVE_UP_ROUNDS`` repair rounds while every peer was up: the same record
+is journaled, the seqs count as held, and they are not asked for again,
+after a restart either.
 """
 import json
 
@@ -31,6 +36,7 @@ from relayd.core import message
 
 MAX_ABOVE_SENT = 1000
 GIVE_UP_ROUNDS = 3
+MAX_LOST_KEPT = 1000          # runs of own lost seqs remembered to tell peers (the oldest go)
 
 
 class Cursor:
@@ -78,6 +84,15 @@ class Cursor:
     def high(self):
         return max(self.above, default=self.low)
 
+    def gaps(self):
+        """``[(first, last)]`` of the seqs lacked below the highest one held."""
+        out, prev = [], self.low
+        for seq in sorted(self.above):
+            if seq > prev + 1:
+                out.append((prev + 1, seq - 1))
+            prev = seq
+        return out
+
 
 def seq_ranges(seqs):
     """``[[first, last], ...]`` of the runs of consecutive numbers in ``seqs``."""
@@ -114,6 +129,7 @@ class Index:
         self.unsequenced = {}           # own items found in the journal without a seq
         self._next = 1
         self._rounds = {}               # (origin, low) of a lasting hole -> repair rounds survived
+        self.lost_own = []              # [first, last] runs of own seqs that will never exist
 
     def has(self, origin, seq):
         cursor = self.cursors.get(origin)
@@ -141,6 +157,48 @@ class Index:
             self._next = seq + 1
             return True
         return False
+
+    def never(self, first, last):
+        """Own seqs ``first..last`` will never exist (the journal refused
+        their item): not handed out again, and told to peers that ask."""
+        self.seen_own(last)
+        runs = self.lost_own
+        if runs and first <= runs[-1][1] + 1:       # not after the last run: merge (rare)
+            merged = []
+            for run in sorted(runs + [[first, last]]):
+                if merged and run[0] <= merged[-1][1] + 1:
+                    merged[-1][1] = max(merged[-1][1], run[1])
+                else:
+                    merged.append(run)
+            runs[:] = merged
+        else:
+            runs.append([first, last])
+        del runs[:-MAX_LOST_KEPT]
+
+    def lost_for(self, held):
+        """The runs of ``lost_own`` a peer holding ``held`` (a ``catchup.Held``
+        of our origin, or None) lacks some of."""
+        return [list(run) for run in self.lost_own if held is None or not held.covers(*run)]
+
+    def fill_lost(self, origin, runs):
+        """``origin`` says its seqs in ``runs`` (sorted, disjoint) will never
+        exist: count the ones in a hole as held; returns ``[(first, last)]``
+        filled.  Seqs above the highest held are not a hole yet and stay lacked."""
+        cursor = self.cursors.get(origin)
+        if cursor is None:
+            return []
+        filled = []
+        gaps, i = cursor.gaps(), 0
+        for first, last in runs:
+            while i < len(gaps) and gaps[i][1] < first:
+                i += 1
+            j = i
+            while j < len(gaps) and gaps[j][0] <= last:
+                filled.append((max(first, gaps[j][0]), min(last, gaps[j][1])))
+                j += 1
+        for first, last in filled:
+            cursor.fill(first, last)
+        return filled
 
     def lasting(self, holes, everyone_asked):
         """Count one more repair round for each of ``holes`` (``(origin, low)``
@@ -186,7 +244,7 @@ class Index:
             copy.low, copy.above = cursor[0], set(cursor[1])
             copy.discard(seq)
             cursors[origin] = [copy.low, sorted(copy.above)]
-        return {"cursors": cursors, "next": self._next,
+        return {"cursors": cursors, "next": self._next, "lost_own": [list(run) for run in self.lost_own],
                 "unsequenced": [[list(key), record] for key, record in self.unsequenced.items()]}
 
     def load_snapshot(self, data):
@@ -196,6 +254,7 @@ class Index:
             cursor = self.cursors[origin] = Cursor()
             cursor.low, cursor.above = low, set(above)
         self._next = data["next"]
+        self.lost_own = data.get("lost_own", [])       # absent from older checkpoints
         self.unsequenced = {tuple(key): record for key, record in data["unsequenced"]}
 
     # --- journal replay -----------------------------------------------------------
@@ -205,6 +264,8 @@ class Index:
         if isinstance(lost, str) and isinstance(record.get("first"), int) \
                 and isinstance(record.get("last"), int):
             self.cursors.setdefault(lost, Cursor()).fill(record["first"], record["last"])
+            if lost == self.relay_id:
+                self.never(record["first"], record["last"])
             return
         checkpoint = record.get("fed_cursors")
         if isinstance(checkpoint, dict):
