@@ -17,7 +17,7 @@ import ssl
 from aioquic.buffer import Buffer
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection, QuicConnectionState
+from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicPacketType, encode_quic_retry, pull_quic_header
 from aioquic.quic.retry import QuicRetryTokenHandler
 from cryptography import x509
@@ -38,6 +38,7 @@ LOW_WATER = 256 * 1024
 MAX_HELD = 8 * 1024 * 1024      # bytes received on a paused stream before it is reset
 SMALLEST_INITIAL = 1200         # a client's Initial datagram is at least this big (RFC 9000)
 NO_ERROR, PROTOCOL_ERROR = 0, 1
+AIOQUIC_CHECKED = "1.7.2"       # the version _Libp2pQuicConnection's internals were read in
 
 
 # --- the libp2p certificate ------------------------------------------------------------
@@ -104,7 +105,12 @@ class _Libp2pQuicConnection(QuicConnection):
     """aioquic's connection, asking the client for its certificate (libp2p needs
     mutual authentication; aioquic has the switch but no setting for it), and
     granting no more credit on a stream whose reader is paused (aioquic grows
-    every window as data arrives, whether or not it is consumed)."""
+    every window as data arrives, whether or not it is consumed).
+
+    The only place relayd reaches into aioquic's internals: it has no public
+    API for any of the four uses below.  Checked against aioquic
+    ``AIOQUIC_CHECKED``; tests/test_libp2p_quic.py's ``AioquicInternalsTests``
+    fails naming the one that moved when another version changes them."""
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -117,6 +123,15 @@ class _Libp2pQuicConnection(QuicConnection):
     def _write_stream_limits(self, builder, space, stream):
         if stream.stream_id not in self.held_back:
             super()._write_stream_limits(builder, space, stream)
+
+    def peer_certificate(self):
+        """The peer's ``x509.Certificate`` once the handshake completed, or None."""
+        return self.tls._peer_certificate
+
+    def queued(self, stream_id):
+        """Bytes written on ``stream_id`` and not yet acknowledged."""
+        stream = self._streams.get(stream_id)
+        return 0 if stream is None else len(stream.sender._buffer)
 
 
 # --- streams and connections -------------------------------------------------------------
@@ -148,8 +163,7 @@ class QuicStream:
             self.producer.pause()
 
     def queued(self):
-        stream = self.connection.quic._streams.get(self.id)
-        return 0 if stream is None else len(stream.sender._buffer)     # not yet acknowledged
+        return self.connection.quic.queued(self.id)
 
     def drained(self):
         if self.producer_paused and self.queued() < LOW_WATER:
@@ -308,7 +322,7 @@ class QuicLibp2pConnection:
         elif isinstance(event, events.StreamDataReceived) and self.ready:
             stream = self.session.streams.get(event.stream_id)
             if stream is None:
-                if event.stream_id % 4 != (1 if self.quic._is_client else 0):
+                if event.stream_id % 4 != (1 if self.quic.configuration.is_client else 0):
                     return                  # a stream of ours that ended already
                 stream = self._stream(event.stream_id)
                 stream.attach(InboundNegotiation(self))
@@ -326,7 +340,7 @@ class QuicLibp2pConnection:
 
     def handshake_done(self):
         try:
-            self.remote_peer = peer_of(self.quic.tls._peer_certificate)
+            self.remote_peer = peer_of(self.quic.peer_certificate())
         except (ValueError, AttributeError) as e:
             return self.abort(f"TLS: {e}", "tls")
         self.ready = True
@@ -454,7 +468,7 @@ class QuicEndpoint(DatagramProtocol):
         return conn
 
     def _handshake_timeout(self, conn):
-        if not conn.ready and conn.quic._state != QuicConnectionState.TERMINATED:
+        if not conn.ready and not conn.ended:
             conn.abort("handshake timeout", "handshake-timeout")
 
     def forget(self, conn):
