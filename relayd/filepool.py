@@ -34,11 +34,31 @@ class FilePool(Service):
         return deferToThreadPool(self.reactor, self.pool, f, *args, **kwargs)
 
 
-def write_atomically(path, data):
-    """Replace ``path`` with ``data`` (bytes), synced, in one rename; on the file thread."""
+def write_atomically(path, data, mode=0o666, sync_directory=False):
+    """Replace ``path`` with ``data`` (bytes), synced, in one rename: a crash
+    leaves the old file or the new one.  A new file gets ``mode`` (less the
+    umask); with ``sync_directory`` the rename itself is synced too.  A
+    failed write leaves no temporary file.  On the file thread (or before
+    the reactor runs)."""
     tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError:
+        os.unlink(tmp)
+        raise
     os.replace(tmp, path)
+    if sync_directory:
+        fsync_directory(os.path.dirname(path) or ".")
+
+
+def fsync_directory(directory):
+    """Make the names created or renamed in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -9,6 +9,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from twisted.application.service import Service
 from twisted.logger import Logger
 
+from relayd.filepool import write_atomically
+
 KEY_FILE = "identity.key"
 
 
@@ -55,13 +57,7 @@ def load_or_create(path):
                                 serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomically(path, pem, 0o600)
         return key, True
     key = serialization.load_pem_private_key(data, password=None)
     if not isinstance(key, Ed25519PrivateKey):

@@ -18,6 +18,7 @@ import time
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from relayd.e2ee import wire
+from relayd.filepool import write_atomically
 
 SEEN_LIMIT = 20000              # message ids remembered against replays
 SPK_ROTATE = 7 * 86400.0        # a signed prekey is replaced after a week
@@ -72,13 +73,7 @@ class Store:
     def _write(self):
         data = json.dumps({"version": 1, "spks": self.spks, "opks": self.opks, "pins": self.pins,
                            "seen": self.seen, "rooms": self.rooms}, indent=1).encode()
-        tmp = self.path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_atomically(self.path, data, 0o600)
 
     def _merge(self, disk):
         ours = {s["private"] for s in self.spks}

@@ -11,6 +11,7 @@ import os
 import sys
 
 from relayd import config
+from relayd.filepool import write_atomically
 from relayd.identity import KEY_FILE, Identity, load_or_create
 
 PUBLIC_FILE = "identity.pub"
@@ -19,9 +20,7 @@ PUBLIC_FILE = "identity.pub"
 def write_public(data_dir, identity):
     """Write ``<data_dir>/identity.pub`` (base64 public key); returns its path."""
     public = os.path.join(data_dir, PUBLIC_FILE)
-    with open(public + ".tmp", "w", encoding="ascii") as f:
-        f.write(identity.public_b64 + "\n")
-    os.replace(public + ".tmp", public)
+    write_atomically(public, (identity.public_b64 + "\n").encode("ascii"))
     return public
 
 

@@ -19,6 +19,7 @@ import os
 import zlib
 
 from relayd import jsonfast
+from relayd.filepool import write_atomically
 
 from relayd.journal.replay import Start
 
@@ -103,27 +104,8 @@ def write(directory, start, parts):
     header = json.dumps({"version": VERSION, "segment": start.segment, "offset": start.offset,
                          "seq": start.seq, "length": len(body),
                          "crc32": zlib.crc32(body)}).encode()
-    path = os.path.join(directory, FILE_NAME)
-    temporary = path + ".tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0),
-                 0o600)
-    try:
-        data = memoryview(header + b"\n" + body + b"\n")
-        done = 0
-        while done < len(data):
-            done += os.write(fd, data[done:])
-        os.fsync(fd)
-    except OSError:
-        os.close(fd)
-        _remove(temporary)
-        raise
-    os.close(fd)
-    os.replace(temporary, path)
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    data = header + b"\n" + body + b"\n"
+    write_atomically(os.path.join(directory, FILE_NAME), data, 0o600, sync_directory=True)
     return len(data)
 
 

@@ -8,6 +8,7 @@ holding up writes.  Methods return small summaries for the reactor side.
 """
 import os
 
+from relayd.filepool import fsync_directory
 from relayd.journal import record, retention, segments
 
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
@@ -176,14 +177,7 @@ class SegmentWriter:
         self.table[name] = [0, now]
         self.unsynced = False
         if self.durable:
-            self._fsync_directory()
-
-    def _fsync_directory(self):
-        fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            fsync_directory(self.directory)
 
     def _cut(self, good_size):
         """Cut a failed batch off the segment and go on with it; stop using

@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from relayd.filepool import write_atomically
 from relayd.listeners import stream_service
 from relayd.names import shown
 from relayd.ops.commands import AdminCommands
@@ -52,10 +53,7 @@ def load_or_create_host_key(path):
             serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
             serialization.NoEncryption())
         os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
-        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-        os.replace(path + ".tmp", path)
+        write_atomically(path, pem, 0o600)
     key = keys.Key.fromFile(path)
     if not os.path.exists(path + ".pub"):
         with open(path + ".pub", "wb") as f:
