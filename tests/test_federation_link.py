@@ -38,6 +38,7 @@ from relayd.federation.peers import Peer, fingerprint
 from relayd.identity import Identity
 from relayd.journal.replay import replay
 from relayd.journal.segments import scan, segment_name
+from tests.fakes import FakeSession
 
 SETTINGS = dict(max_hops=16, max_line=1 << 20, handshake_timeout=10.0, keepalive=15.0,
                 dead_after=45.0, sync_batch=1000, repair_interval=60.0)
@@ -74,29 +75,14 @@ class InlinePool:
         return defer.maybeDeferred(f, *args)
 
 
-class Session:
-    """A client whose bytes reach it at once: what it is sent is settled."""
+class Session(FakeSession):
+    """A client whose bytes reach it at once (what it is sent is settled), as JSON."""
 
     def __init__(self, peer_id, router=None):
-        self.peer_id = peer_id
-        self.router = router
-        self.address = ("127.0.0.1", 1)
-        self.dialect = "json"
-        self.authenticated = False
-        self.rooms = set()
-        self.connected_at = 0.0
-        self.lines = []
-
-    def writable(self):
-        return True
+        super().__init__(peer_id, port=1, router=router)
 
     def deliver_lines(self, lines, receipts=()):
-        self.lines.extend(json.loads(line) for line in lines)
-        if receipts and self.router is not None:
-            self.router.handed(self, receipts)
-
-    def close(self, code, text):
-        pass
+        super().deliver_lines([json.loads(line) for line in lines], receipts)
 
     def bodies(self):
         return [m["body"] for m in self.lines]

@@ -70,6 +70,15 @@ def wait_until(check, timeout=5.0):
     return loop.start(0.01)
 
 
+@defer.inlineCallbacks
+def ask_identify(connection):
+    """The identify answer (a dict) the other end of a libp2p ``connection`` gives."""
+    pipe = Pipe()
+    connection.open_protocol(identify.PROTOCOL_ID, pipe)
+    yield wait_until(lambda: pipe.fin)
+    return identify.decode(varint.split_prefixed(bytes(pipe.received), 8192)[0])
+
+
 class ReserveAndConnectTests(unittest.TestCase):
     timeout = 30
 
@@ -132,11 +141,7 @@ class ReserveAndConnectTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_identify_and_ping(self):
         a = yield dial(self, self.relay)
-        pipe = Pipe()
-        a.connection.open_protocol(identify.PROTOCOL_ID, pipe)
-        yield wait_until(lambda: pipe.fin)
-        message, rest = varint.split_prefixed(bytes(pipe.received), 8192)
-        info = identify.decode(message)
+        info = yield ask_identify(a.connection)
         self.assertEqual(info["public_key"], self.relay.keypair.public_key)
         self.assertIn(m.HOP_PROTOCOL_ID, info["protocols"])
         self.assertNotIn(m.STOP_PROTOCOL_ID, info["protocols"])
@@ -149,13 +154,6 @@ class ReserveAndConnectTests(unittest.TestCase):
         yield pinger.opened
         pinger.stream.write(b"p" * 32 + b"q" * 32)
         self.assertEqual((yield pinger.wait_for(64)), b"p" * 32 + b"q" * 32)
-
-    @defer.inlineCallbacks
-    def identify(self, peer):
-        pipe = Pipe()
-        peer.connection.open_protocol(identify.PROTOCOL_ID, pipe)
-        yield wait_until(lambda: pipe.fin)
-        return identify.decode(varint.split_prefixed(bytes(pipe.received), 8192)[0])
 
     def peer_record(self, info):
         """``(seq, addrs)`` of the signed peer record in an identify answer."""
@@ -177,11 +175,11 @@ class ReserveAndConnectTests(unittest.TestCase):
                 super().__init__()
                 pushes.append(self)
         a.handlers[identify.PUSH_PROTOCOL_ID] = Sink
-        info = yield self.identify(a)
+        info = yield ask_identify(a.connection)
         seq, addrs = self.peer_record(info)
         self.assertEqual([addr + f"/p2p/{self.relay.peer_id}" for addr in addrs],
                          self.relay.listen_addrs)
-        self.assertEqual(self.peer_record((yield self.identify(a)))[0], seq)   # same addrs, same seq
+        self.assertEqual(self.peer_record((yield ask_identify(a.connection)))[0], seq)   # same addrs, same seq
 
         self.relay.reconfigure(relay_settings("announce = /dns4/relay.example/tcp/4001\n").libp2p)
         yield wait_until(lambda: pushes and pushes[0].fin)

@@ -9,12 +9,12 @@ from twisted.logger import capturedLogs
 from twisted.trial import unittest
 
 from relayd import config, tls_ca
-from relayd.libp2p import identify, messages as m, multiaddr, protobuf, varint, websocket
+from relayd.libp2p import messages as m, multiaddr, protobuf, websocket
 from relayd.libp2p.peer import Peer, Pipe
 from relayd.libp2p.peerid import KeyPair
 from relayd.libp2p.service import Libp2pService
 from relayd.tls import ServerTLS
-from tests.test_libp2p_relay import dial, fake_daemon, wait_until
+from tests.test_libp2p_relay import ask_identify, dial, fake_daemon, wait_until
 from tests.test_ops_support import InlinePool
 
 
@@ -104,10 +104,7 @@ class WebSocketTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_identify_over_ws_lists_every_listener(self):
         a = yield dial_ws(self, self.ws_addr)
-        pipe = Pipe()
-        a.connection.open_protocol(identify.PROTOCOL_ID, pipe)
-        yield wait_until(lambda: pipe.fin)
-        info = identify.decode(varint.split_prefixed(bytes(pipe.received), 8192)[0])
+        info = yield ask_identify(a.connection)
         self.assertEqual(info["listen_addrs"], [self.tcp_addr, self.ws_addr])
         local = a.connection.transport.getHost()
         self.assertEqual(info["observed_addr"], f"/ip4/127.0.0.1/tcp/{local.port}/ws")

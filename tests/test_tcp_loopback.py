@@ -89,15 +89,19 @@ class LoopbackTests(unittest.TestCase):
         self.assertIn(frames[1]["msg_id"], [r.get("msg_id") for r in records])
 
 
-class StoredMailTests(unittest.TestCase):
-    """More stored mail than ``output_buffer`` reaches a peer that reads it."""
-    timeout = 60
+class SmallBuffers(unittest.TestCase):
+    """A daemon with a 64 KiB output buffer and a rate limit load does not reach."""
 
     def setUp(self):
         self.daemon, self.port = start_daemon(
             self, tcp="output_buffer = 64KiB\n", extra="[ratelimit]\nmessages = 100000\n")
 
     connect = LoopbackTests.connect
+
+
+class StoredMailTests(SmallBuffers):
+    """More stored mail than ``output_buffer`` reaches a peer that reads it."""
+    timeout = 60
 
     @defer.inlineCallbacks
     def test_all_stored_mail_is_delivered_in_order(self):
@@ -132,15 +136,9 @@ class StoredMailTests(unittest.TestCase):
         self.assertEqual(bob.frames[-1]["error"], "slow_consumer")
 
 
-class FlowControlTests(unittest.TestCase):
+class FlowControlTests(SmallBuffers):
     """A pipelining sender slows down to its readers' pace; nobody is dropped."""
     timeout = 120
-
-    def setUp(self):
-        self.daemon, self.port = start_daemon(
-            self, tcp="output_buffer = 64KiB\n", extra="[ratelimit]\nmessages = 100000\n")
-
-    connect = LoopbackTests.connect
 
     @defer.inlineCallbacks
     def test_ten_thousand_in_flight_to_ten_readers(self):

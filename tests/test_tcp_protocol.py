@@ -290,6 +290,22 @@ class LegacyDialectTests(unittest.TestCase):
         self.assertEqual([m["body"] for m in carol.frames()], ["a", "b", "c"])
         self.assertEqual(len(alice.frames()), 3)
 
+    def test_targets_a_room_a_peer_or_everyone_and_refuses_bad_ones(self):
+        bob = hello(self.service, "bob", port=2)
+        bob.request(type="join", room="general")
+        bob.frames()
+        alice = Client(self.service)
+        alice.send(b"alice")
+        alice.send(b'#general||{"text": "room"}\nbob||{"text": "direct"}\n||{"text": "all"}\n')
+        self.assertEqual([(m["to"], m.get("room"), m["body"]) for m in bob.frames()],
+                         [("#general", "general", "room"), ("bob", None, "direct"),
+                          ("*", None, "all")])
+        self.assertEqual([f["status"] for f in alice.frames()], ["ok"] * 3)
+        alice.send('#bad\u202eroom||{"text": "x"}\nbad\u202epeer||{"text": "x"}\n'.encode())
+        self.assertEqual([(f["error"], f.get("field")) for f in alice.frames()],
+                         [("bad_request", "target")] * 2)
+        self.assertEqual(bob.frames(), [])
+
     def test_relay_lines_refused(self):
         alice = Client(self.service)
         alice.send(b"alice")

@@ -377,23 +377,15 @@ class RelayProtocol(Protocol):
         if not isinstance(body, str):
             self.error("bad_request", "text must be a string", field="text")
             return
-        room = None
         if target in ("", message.BROADCAST):
-            to = message.BROADCAST
-        elif target.startswith("#"):
-            room = target[1:]
-            reason = message.valid_room(room)
-            if reason is not None:
-                self.error("bad_request", reason, field="target")
-                return
-            to = target
-        else:
-            reason = message.valid_peer_id(target)
-            if reason is not None:
-                self.error("bad_request", reason, field="target")
-                return
-            to = target
-        self._submit(to, body, room, None, None, legacy=True)
+            self._submit(message.BROADCAST, body, None, None, None, legacy=True)
+            return
+        room = target[1:] if target.startswith("#") else None
+        reason = message.valid_peer_id(target) if room is None else message.valid_room(room)
+        if reason is not None:
+            self.error("bad_request", reason, field="target")
+            return
+        self._submit(target, body, room, None, None, legacy=True)
 
     # --- JSON-lines dialect ----------------------------------------------------------
 
