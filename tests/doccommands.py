@@ -7,11 +7,14 @@
 
 A sandbox is a fresh directory holding the repository's committed files
 (``git archive HEAD``: never the reader's edited ``etc/relay.ini``) with
-``.venv`` linked to the running virtualenv, so a command such as
-``.venv/bin/twistd -n relayd --config etc/relay.ini`` runs as written.  Every
-command runs inside a network namespace of its own (loopback only), so the
-fixed ports the documents use cannot collide with other tests or with a
-relay the reader runs, and with the sandbox as its home directory.
+``.venv`` made of links to the running virtualenv and a fresh ``make venv``
+stamp, so a command such as ``.venv/bin/twistd -n relayd --config
+etc/relay.ini``, or ``make run``, runs as written (the virtualenv is not
+built again).  The virtualenv's ``bin`` is on the PATH, as after the README's
+``. .venv/bin/activate``.  Every command runs inside a network namespace of
+its own (loopback only), so the fixed ports the documents use cannot collide
+with other tests or with a relay the reader runs, and with the sandbox as
+its home directory.
 """
 import os
 import pty
@@ -95,7 +98,12 @@ class DocSandbox:
         self.dir = os.path.abspath(testcase.mktemp())
         os.makedirs(self.dir)
         committed_tree(self.dir)
-        os.symlink(sys.prefix, os.path.join(self.dir, ".venv"))
+        venv = os.path.join(self.dir, ".venv")
+        os.makedirs(venv)
+        for name in os.listdir(sys.prefix):
+            if name != ".installed":
+                os.symlink(os.path.join(sys.prefix, name), os.path.join(venv, name))
+        open(os.path.join(venv, ".installed"), "w").close()      # newer than setup.cfg here
         self.ns = f"relaydoc{os.getpid()}x{id(self) % 100000}"
         subprocess.run(["ip", "netns", "add", self.ns], check=True, capture_output=True)
         testcase.addCleanup(subprocess.run, ["ip", "netns", "del", self.ns], capture_output=True)

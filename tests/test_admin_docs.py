@@ -7,7 +7,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.doccommands import DocSandbox, shell_blocks
 from tests.test_ops_support import NO_SSH
-from tests.test_shipped_config import START
+from tests.test_shipped_config import START, ctrl_c
 
 
 def enable_admin(path):
@@ -48,4 +48,4 @@ class AdminConsoleDocTests(SynchronousTestCase):
         self.assertIn("203.0.113.9", output)
         _, output = sandbox.run_on_a_terminal(login, b"bans()\r\x04")
         self.assertIn("203.0.113.9  ", output)
-        self.assertEqual(sandbox.stop(relay), 0)
+        ctrl_c(self, sandbox, relay)
