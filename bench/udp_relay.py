@@ -6,10 +6,13 @@ raised); the load generator speaks the seed-001 packets.  coturn
 through a ``turnutils_peer`` echo, and its relayed datagrams are counted
 both ways (client -> peer and the echo back).
 
-The offered-rate table (issue 15) paces 10 seed sender/receiver pairs with
-200-byte ``relay`` packets at each ``--offered`` rate, and coturn's uclient
-clients (200-byte ChannelData, echoed) at the same total rate, and compares
-relayed datagrams per second of server CPU.
+The offered-rate table (issue 15) paces 10 sender/receiver pairs at each
+``--offered`` rate through relayd (200-byte seed ``relay`` packets) and
+then, with the same pacer, pairs, rates and datagram size, through coturn
+(each sender a TURN allocation with a channel bound to its receiver,
+200-byte ChannelData in, the data out of the allocation): one datagram in
+and one out per relayed datagram on both.  It compares relayed datagrams
+per second of server CPU (every thread of the process) and the loss of each.
 
     python -m bench.udp_relay [--seconds 5] [--peers 20000] [--rate 10000]
                               [--offered 10000,20000,30000] [--only offered]
@@ -21,6 +24,7 @@ import re
 import select
 import shutil
 import socket
+import struct
 import subprocess
 import tempfile
 import time
@@ -268,17 +272,12 @@ def pair_frames(pairs, tag):
                         "payload": "0000000000" + PAIR_PAYLOAD}).encode() for i in range(pairs)]
 
 
-def offered(server, pid, rate, seconds, pairs=PAIRS):
-    """``pairs`` senders paced to ``rate`` datagrams/s in all; CPU and loss of the relay."""
-    senders, receivers = [], []
-    for i in range(pairs):
-        rx, tx = udp_socket(), udp_socket()
-        register(rx, server, f"rx{rate}-{i}")
-        register(tx, server, f"tx{rate}-{i}")
-        rx.setblocking(False)
-        senders.append(tx)
-        receivers.append(rx)
-    frames = pair_frames(pairs, rate)
+def pace(pid, senders, frames, destination, receivers, rate, seconds, only=b""):
+    """Send ``frames[i]`` from ``senders[i]`` round robin, paced to ``rate``
+    datagrams/s in all, for ``seconds``; count what ``receivers`` get
+    (datagrams starting with ``only``) until all arrived or 1 s more passed.
+    CPU of the relay process ``pid`` (every thread) over the same span."""
+    pairs = len(senders)
     sent = received = 0
     tick = 0.001
     meter = CpuMeter(pid)
@@ -289,21 +288,35 @@ def offered(server, pid, rate, seconds, pairs=PAIRS):
             break
         due = int((now - start) * rate) + 1
         while sent < due:
-            senders[sent % pairs].sendto(frames[sent % pairs], server)
+            senders[sent % pairs].sendto(frames[sent % pairs], destination)
             sent += 1
         for rx in select.select(receivers, [], [], tick)[0]:
-            received += drain(rx, RELAYED)
+            received += drain(rx, only)
     settle = time.monotonic() + 1.0
     while time.monotonic() < settle and received < sent:
         for rx in select.select(receivers, [], [], 0.05)[0]:
-            received += drain(rx, RELAYED)
-    _, cpu = meter.read()
+            received += drain(rx, only)
+    wall, cpu = meter.read()
     for sock in senders + receivers:
         sock.close()
-    relayed_per_s = received / seconds
     return {"offered": rate, "sent": sent, "received": received, "lost": sent - received,
-            "server_cpu_pct": cpu["server_cpu_pct"],
-            "per_cpu_second": per_cpu_second(relayed_per_s, cpu["server_cpu_pct"])}
+            "server_cpu_pct": cpu["server_cpu_pct"], "wall_s": wall,
+            "per_cpu_second": received / (cpu["server_cpu_pct"] / 100 * wall)
+            if cpu["server_cpu_pct"] > 0 else float("nan")}
+
+
+def offered(server, pid, rate, seconds, pairs=PAIRS):
+    """``pairs`` seed senders, each relaying to its own registered receiver through relayd."""
+    senders, receivers = [], []
+    for i in range(pairs):
+        rx, tx = udp_socket(), udp_socket()
+        register(rx, server, f"rx{rate}-{i}")
+        register(tx, server, f"tx{rate}-{i}")
+        rx.setblocking(False)
+        senders.append(tx)
+        receivers.append(rx)
+    return pace(pid, senders, pair_frames(pairs, rate), server, receivers, rate, seconds,
+                only=RELAYED)
 
 
 def measure_offered_relayd(args):
@@ -345,34 +358,72 @@ def uclient(port, peer_port, clients, messages, interval_ms, length):
     return sent, received, elapsed, done.stdout
 
 
+ALLOCATE, CHANNEL_BIND = 0x003, 0x009                      # TURN methods (RFC 8656)
+CHANNEL_NUMBER, XOR_PEER_ADDRESS, REQUESTED_TRANSPORT = 0x000C, 0x0012, 0x0019
+CHANNEL = 0x4000
+
+
+def turn_request(sock, server, method, attributes):
+    """One TURN request from ``sock``; its success response (RuntimeError otherwise)."""
+    txid = os.urandom(12)
+    sock.settimeout(5)
+    sock.sendto(stun.encode(method, stun.REQUEST, txid, attributes(txid)), server)
+    deadline = time.monotonic() + 5
+    while True:
+        message = stun.parse(sock.recvfrom(2048)[0])
+        if message.transaction_id == txid:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no answer to TURN method {method:#x}")
+    if message.cls != stun.SUCCESS:
+        raise RuntimeError(f"TURN method {method:#x} refused: {message.get(stun.ERROR_CODE)!r}")
+    return message
+
+
+def turn_channel(sock, server, peer):
+    """Allocate a relay on coturn for ``sock`` and bind CHANNEL to ``peer``."""
+    turn_request(sock, server, ALLOCATE, lambda txid: [(REQUESTED_TRANSPORT, b"\x11\0\0\0")])
+    turn_request(sock, server, CHANNEL_BIND, lambda txid: [
+        (CHANNEL_NUMBER, struct.pack("!HH", CHANNEL, 0)),
+        (XOR_PEER_ADDRESS, stun.xor_address(*peer, txid))])
+
+
+def channel_frame(length=200):
+    """A ChannelData datagram of ``length`` bytes (the size of relayd's relay packets)."""
+    return struct.pack("!HH", CHANNEL, length - 4) + b"0" * (length - 4)
+
+
+def offered_coturn(server, pid, rate, seconds, pairs=PAIRS):
+    """As ``offered`` for coturn: each sender's ChannelData goes out of its
+    allocation to its own plain receiver socket, one datagram in and one out
+    per relayed datagram, as through relayd."""
+    senders, receivers = [], []
+    for _ in range(pairs):
+        rx, tx = udp_socket(), udp_socket()
+        turn_channel(tx, server, rx.getsockname())
+        rx.setblocking(False)
+        senders.append(tx)
+        receivers.append(rx)
+    frames = [channel_frame(len(frame)) for frame in pair_frames(pairs, rate)]
+    return pace(pid, senders, frames, server, receivers, rate, seconds)
+
+
 def measure_offered_coturn(args):
-    """coturn at the same total relayed rate: clients x (1000 / 5 ms) each way, echoed."""
-    if any(shutil.which(t) is None for t in ("turnserver", "turnutils_uclient", "turnutils_peer")):
+    """coturn beside relayd: the same pacer, pairs, rates and datagram size."""
+    if shutil.which("turnserver") is None:
         emit("udp_relay", system="coturn", test="offered", skipped="coturn_not_installed")
         return {}
     rows = {}
     workdir = tempfile.mkdtemp(prefix="bench-coturn-")
-    server, peer, port, peer_port = start_coturn(workdir)
+    server, peer, port, _ = start_coturn(workdir)
     try:
-        if not stun_answers((HOST, port)):
+        address = (HOST, port)
+        if not stun_answers(address):
             emit("udp_relay", system="coturn", test="offered", skipped="no_stun_answer")
             return {}
-        interval = 5              # ms between one client's messages (150 clients collide)
+        offered_coturn(address, server.pid, 2000, 1.0)             # warm-up
         for rate in args.offered:
-            clients = max(1, round(rate / 2 / (1000 / interval)))   # echoed: two relays each
-            messages = int(args.seconds * 1000 / interval)
-            meter = CpuMeter(server.pid)
-            sent, received, elapsed, output = uclient(port, peer_port, clients, messages,
-                                                      interval, 200)
-            _, cpu = meter.read()
-            if sent is None:
-                print(output[-2000:])
-                emit("udp_relay", system="coturn", test="offered", offered=rate, skipped="no_totals")
-                continue
-            relayed_per_s = (sent + received) / elapsed
-            rows[rate] = {"offered": rate, "clients": clients, "sent": sent, "echoed": received,
-                          "relayed_per_s": relayed_per_s, "server_cpu_pct": cpu["server_cpu_pct"],
-                          "per_cpu_second": per_cpu_second(relayed_per_s, cpu["server_cpu_pct"])}
+            rows[rate] = offered_coturn(address, server.pid, rate, args.seconds)
             emit("udp_relay", system="coturn", test="offered", **rows[rate])
     finally:
         for process in (peer, server):
@@ -389,7 +440,7 @@ def offered_table(args):
         if rate in ours and rate in theirs:
             r = ratio(ours[rate]["per_cpu_second"], theirs[rate]["per_cpu_second"])
             emit("udp_relay", check="offered_vs_coturn_per_cpu_second", offered=rate, ratio=r,
-                 lost=ours[rate]["lost"], target=OFFERED_TARGET,
+                 lost=ours[rate]["lost"], coturn_lost=theirs[rate]["lost"], target=OFFERED_TARGET,
                  result=verdict(r >= OFFERED_TARGET and ours[rate]["lost"] == 0))
 
 

@@ -7,6 +7,11 @@ no UTF-8 encoder could write back), nesting too deep.  ``dumps_compact``
 writes UTF-8 bytes with ``,``/``:`` separators and non-ASCII characters
 unescaped; NaN and infinities become ``null``.
 
+``loads_own`` and ``dumps_own`` are their lenient twins for JSON that
+``json.dumps`` may have written (the journal, checkpoints, federation
+frames): a string holding a lone surrogate, which the TCP parse accepts
+as a ``\\ud800`` escape, goes through the standard module both ways.
+
 Not for message ids: PROTOCOL.md defines those over ``json.dumps(entry,
 sort_keys=True)`` with the default separators and ASCII escaping, which
 neither function reproduces.
@@ -27,14 +32,15 @@ def loads(data):
 
 
 def loads_own(data):
-    """``loads`` for JSON relayd wrote itself with ``json.dumps`` (journal,
-    checkpoints): what msgspec refuses of it, a lone surrogate escape in a
-    stored body, is read by the standard module."""
+    """``loads``, and for what msgspec refuses the standard module's parse
+    of the UTF-8 text (a lone surrogate escape reads as in ``json.loads``).
+    ValueError (UnicodeDecodeError for bytes that are not UTF-8) otherwise."""
     try:
         return _decode(data)
     except (msgspec.DecodeError, RecursionError):
         try:
-            return json.loads(data)
+            return json.loads(data.decode("utf-8") if isinstance(data, (bytes, bytearray))
+                              else data)
         except RecursionError:
             raise ValueError("JSON nested too deep") from None
 
@@ -44,3 +50,12 @@ def dumps_compact(obj):
         return _encode(obj)
     except (msgspec.EncodeError, UnicodeEncodeError, TypeError) as e:
         raise ValueError(str(e)) from None
+
+
+def dumps_own(obj):
+    """``dumps_compact``; what msgspec refuses (a lone surrogate in a string)
+    the standard module writes, compact and ASCII-escaped."""
+    try:
+        return _encode(obj)
+    except (msgspec.EncodeError, UnicodeEncodeError):
+        return json.dumps(obj, separators=(",", ":")).encode()

@@ -6,6 +6,7 @@ lines protocol.  Every test checks what a user would: every intended
 recipient got every message exactly once, and after faults the journals of
 all relays hold the same set of messages.
 """
+import hashlib
 import json
 import os
 import signal
@@ -260,6 +261,50 @@ class TopologyTests(unittest.TestCase):
         for i in range(5):
             fed.links_up(i, 4)
         self.exchange(fed, 5)
+
+
+BODIES = ["h\u00e9llo \u2603 \u65e5\u672c \U0001d11e", "lone \ud800 high", "\udfff",
+          "\U0001f600 and a reversed pair \udc00\ud800"]
+
+
+def protocol_id(message):
+    """PROTOCOL.md's message id of a delivered message: SHA-256 of json.dumps of
+    its fields as created (seen_by its origin only), sorted keys, ASCII escapes."""
+    hashed = {"body": message["body"], "from": message["from"],
+              "seen_by": message["seen_by"][:1], "timestamp": message["timestamp"],
+              "to": message["to"]}
+    return hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()
+
+
+class BodyTests(unittest.TestCase):
+    def test_non_ascii_and_lone_surrogate_bodies_cross_with_their_ids(self):
+        """Bodies the TCP parse accepts (non-ASCII text, lone surrogates sent
+        as ``\\ud800`` escapes) reach a client of the other relay intact,
+        live and by catch-up, with the id the sending relay acked."""
+        fed = Federation(self, 2, [(0, 1)])
+        fed.start()
+        fed.links_up(1, 1)
+        alice, bob = fed.client(0, "alice"), fed.client(1, "bob")
+        for body in BODIES:
+            alice.send("bob", body)
+            alice.send("*", body)
+        wait_all([alice, bob], lambda: len(alice.acks) == 8 and len(bob.messages) == 8)
+        fed.relays[1].stop()
+        for body in BODIES:
+            alice.send("bob", "later " + body)       # journaled on relay1, caught up by relay2
+        wait_all([alice], lambda: len(alice.acks) == 12)
+        fed.start(1)
+        bob = fed.client(1, "bob")
+        wait_all([bob], lambda: len(bob.messages) == 4)
+        acked = [a["msg_id"] for a in alice.acks]
+        delivered = fed.clients[1].messages + bob.messages
+        self.assertEqual(sorted(m["body"] for m in delivered),
+                         sorted(BODIES * 2 + ["later " + b for b in BODIES]))
+        self.assertEqual(sorted(m["msg_id"] for m in delivered), sorted(acked))
+        for m in delivered:
+            self.assertEqual(m["msg_id"], protocol_id(m))
+            self.assertEqual(m["seen_by"], ["relay1", "relay2"])
+        fed.converged(12)
 
 
 class FaultTests(unittest.TestCase):

@@ -36,7 +36,7 @@ class LoadsOwnTests(unittest.TestCase):
             self.assertEqual(jsonfast.loads_own(json.dumps(value).encode()), value)
 
     def test_malformed_is_still_a_value_error(self):
-        for data in (b"{", b"[1,]", b"\xff", b"[" * 100000 + b"]" * 100000):
+        for data in (b"{", b"[1,]", b"\xff", b"\"\xed\xa0\x80\"", b"[" * 100000 + b"]" * 100000):
             self.assertRaises(ValueError, jsonfast.loads_own, data)
 
 
@@ -51,3 +51,9 @@ class DumpsTests(unittest.TestCase):
     def test_what_utf8_cannot_carry_is_a_value_error(self):
         self.assertRaises(ValueError, jsonfast.dumps_compact, {"a": "\ud800"})
         self.assertRaises(ValueError, jsonfast.dumps_compact, {"a": object()})
+
+    def test_dumps_own_writes_lone_surrogates_as_escapes(self):
+        self.assertEqual(jsonfast.dumps_own({"a": [1, "\u00e9"]}), '{"a":[1,"\u00e9"]}'.encode())
+        value = {"body": "x\ud800\u00e9", "seq": 2}
+        self.assertEqual(jsonfast.dumps_own(value), b'{"body":"x\\ud800\\u00e9","seq":2}')
+        self.assertEqual(jsonfast.loads_own(jsonfast.dumps_own(value)), value)

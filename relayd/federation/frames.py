@@ -1,8 +1,8 @@
 """Item frames on a link: validation of what a peer sends, encoding of what we send."""
-import json
 import math
 
 from relayd import names
+from relayd.jsonfast import dumps_own
 from relayd.core import message
 
 HEX = frozenset("0123456789abcdef")
@@ -97,10 +97,10 @@ def _seq_ranges(ranges):
 
 
 def msg_frame(origin, seq, line):
-    head = json.dumps({"type": "msg", "origin": origin, "seq": seq})[:-1].encode()
-    return head + b', "entry": ' + line + b"}\n"
+    """The msg frame of the entry whose journal line (its JSON, as journaled) is ``line``."""
+    return dumps_own({"type": "msg", "origin": origin, "seq": seq})[:-1] + b',"entry":' + line + b"}\n"
 
 
 def receipt_frame(origin, seq, msg_id, peer, timestamp):
-    return json.dumps({"type": "receipt", "origin": origin, "seq": seq, "msg_id": msg_id,
-                       "to": peer, "timestamp": timestamp}).encode() + b"\n"
+    return dumps_own({"type": "receipt", "origin": origin, "seq": seq, "msg_id": msg_id,
+                      "to": peer, "timestamp": timestamp}) + b"\n"

@@ -20,19 +20,13 @@ import zlib
 
 from relayd import jsonfast
 from relayd.filepool import write_atomically
+from relayd.jsonfast import dumps_own as _dumps
 
 from relayd.journal.replay import Start
 
 FILE_NAME = "checkpoint.json"
 VERSION = 1
 CHUNK = 5000          # list items or dict entries encoded in one call
-
-
-def _dumps(value):
-    try:
-        return jsonfast.dumps_compact(value)
-    except ValueError:          # a lone surrogate in a string: msgspec refuses, json escapes it
-        return json.dumps(value, separators=(",", ":")).encode()
 
 
 def _size(value, limit=CHUNK):

@@ -6,11 +6,9 @@ segment of a journal), ``crc32`` eight lowercase hex digits of the CRC-32
 in either is caught.  A line that starts with ``{`` is a record of the
 format before sequence numbers (a *legacy* record: JSON alone, no check).
 """
-import json
 import zlib
 
 from relayd import jsonfast
-
 
 
 def frame(seq, body):
@@ -59,24 +57,10 @@ def decode(body):
     if not body.strip():
         return None, "empty line"
     try:
-        record = jsonfast.loads(body)
-    except ValueError:
-        # msgspec refuses what json.dumps may write (a lone surrogate escape):
-        # the standard library decides, and names the problem.
-        return _decode_slowly(body)
-    if not isinstance(record, dict):
-        return None, "not a JSON object"
-    return record, None
-
-
-def _decode_slowly(body):
-    try:
-        text = body.decode("utf-8")
+        record = jsonfast.loads_own(body)
     except UnicodeDecodeError:
         return None, "invalid UTF-8"
-    try:
-        record = json.loads(text)
-    except (ValueError, RecursionError):         # RecursionError: nested too deeply
+    except ValueError:
         return None, "invalid JSON"
     if not isinstance(record, dict):
         return None, "not a JSON object"

@@ -43,7 +43,7 @@ def decode(data):
     return packet
 
 
-class _RelayHead(msgspec.Struct):
+class _RelayHead(msgspec.Struct, gc=False):
     """What the relay path reads of a ``relay`` packet; ``payload`` stays raw JSON bytes."""
     type: str
     target: Any = None

@@ -18,7 +18,7 @@ from relayd.udp import packets, proof, stun
 from relayd.udp.budget import (FANOUT_RESERVE, RELAY_SLACK, RESERVE, ProvenAddresses,
                                SourceBudgets)
 from relayd.udp.packets import PacketError, encode, field
-from relayd.udp.peers import NameTaken, PeerTable, TableFull
+from relayd.udp.peers import TOUCH_GRAIN, NameTaken, PeerTable, TableFull
 from relayd.udp.ratelimit import TokenBuckets
 
 NAME_LIMIT = 64
@@ -36,11 +36,21 @@ class RendezvousProtocol(DatagramProtocol):
         self.clock = clock
         self.table = PeerTable(settings.max_peers, settings.stale_after)
         self.challenger = challenger or proof.Challenger()
-        self.counts = Counter()
+        self.tally = Counter()        # counters off the relay path, by name
+        # the relay path's counters, plain ints (``counts`` has them all)
+        self.received = self.sent = self.relayed = self.relayed_bytes = 0
         self.max_datagram = settings.max_datagram     # fixed: the socket reads this much
         self.proven = ProvenAddresses(settings.stale_after, settings.max_sources)
         self.budgets = SourceBudgets(cap=self.max_datagram * 2, max_keys=settings.max_sources)
         self.configure(settings)
+
+    @property
+    def counts(self):
+        """Every counter by name: a copy of ``tally`` with the relay path's."""
+        counts = self.tally.copy()
+        counts.update(received=self.received, sent=self.sent, relayed=self.relayed,
+                      relayed_bytes=self.relayed_bytes)
+        return counts
 
     def configure(self, settings):
         """Apply limits from ``settings`` (at start and on reload)."""
@@ -67,8 +77,7 @@ class RendezvousProtocol(DatagramProtocol):
     # --- input ---------------------------------------------------------------
 
     def datagramReceived(self, data, address):
-        counts = self.counts
-        counts["received"] += 1
+        self.received += 1
         now = self.clock.seconds()
         if len(data) > self.max_datagram:
             self._drop("too_large")
@@ -114,7 +123,7 @@ class RendezvousProtocol(DatagramProtocol):
         if reply is None:
             self._drop("stun_not_request")
             return
-        self.counts["stun_" + ("error" if stun.message_class(reply) == stun.ERROR else "success")] += 1
+        self.tally["stun_" + ("error" if stun.message_class(reply) == stun.ERROR else "success")] += 1
         self._out(reply, address, address)
 
     def _classic_stun(self, data, address):
@@ -122,7 +131,7 @@ class RendezvousProtocol(DatagramProtocol):
         if reply is None:
             self._drop("stun_classic_unanswered")
             return
-        self.counts["stun_success"] += 1
+        self.tally["stun_success"] += 1
         self._out(reply, address, address)
 
     # --- handlers ------------------------------------------------------------
@@ -147,7 +156,7 @@ class RendezvousProtocol(DatagramProtocol):
             extra["authenticated"] = peer.authenticated
         if key is not None and proven is None:
             extra["challenge"] = self.challenger.challenge(address, name, now)
-        self.counts["registered"] += 1
+        self.tally["registered"] += 1
         self.log.debug("udp peer {name} registered from {address}",
                        name=name, address=packets.format_address(address))
         self._out(encode(packets.register_ack(address, now, name, **extra)), address, address)
@@ -198,7 +207,8 @@ class RendezvousProtocol(DatagramProtocol):
         if sender is None:
             self._error("not_registered", address, size)
             return
-        table.touch(sender, now)
+        if now - sender.last_seen >= TOUCH_GRAIN:
+            table.touch(sender, now)
         target = table.get(target_name)
         if target is None:
             self._error("unknown_target", address, size, target=target_name)
@@ -212,9 +222,8 @@ class RendezvousProtocol(DatagramProtocol):
                 {address: 0}, now, extra):
             self._drop("budget")
             return
-        counts = self.counts
-        counts["relayed"] += 1
-        counts["relayed_bytes"] += len(out)
+        self.relayed += 1
+        self.relayed_bytes += len(out)
         self._send(out, target.address)
 
     def _connect(self, packet, address, now, size):
@@ -230,7 +239,7 @@ class RendezvousProtocol(DatagramProtocol):
         if not self.claims.allow(address[0], now):
             self._error("rate_limited", address, size)
             return
-        self.counts["connects"] += 1
+        self.tally["connects"] += 1
         to_sender = packets.connect_peer(target.name, target.address, self._key_text(target),
                                          target.authenticated)
         to_target = packets.connect_peer(sender.name, sender.address, self._key_text(sender),
@@ -342,7 +351,7 @@ class RendezvousProtocol(DatagramProtocol):
         whole fan-out while it is unproven.
         """
         if len(self.table) > self.settings.announce_limit:
-            self.counts["announcements_suppressed"] += 1
+            self.tally["announcements_suppressed"] += 1
             return
         data = encode(packet)
         for peer in self.table:
@@ -350,7 +359,7 @@ class RendezvousProtocol(DatagramProtocol):
                 self._out(data, peer.address, cause, cause_reserve=FANOUT_RESERVE)
 
     def _error(self, code, address, size, **extra):
-        self.counts["error_" + code] += 1
+        self.tally["error_" + code] += 1
         self._reply(encode(packets.error(code, **{k: v for k, v in extra.items() if v is not None})),
                     address, size)
 
@@ -383,10 +392,10 @@ class RendezvousProtocol(DatagramProtocol):
         except (OSError, InvalidAddressError, MessageLengthError):
             self._drop("send_failed")
             return
-        self.counts["sent"] += 1
+        self.sent += 1
 
     def _drop(self, reason):
-        self.counts["dropped_" + reason] += 1
+        self.tally["dropped_" + reason] += 1
 
     # --- timers --------------------------------------------------------------
 
@@ -395,7 +404,7 @@ class RendezvousProtocol(DatagramProtocol):
         now = self.clock.seconds()
         self.proven.sweep(now)
         for peer in self.table.sweep(now):
-            self.counts["stale"] += 1
+            self.tally["stale"] += 1
             self.log.debug("udp peer {name} went stale", name=peer.name)
             self._announce(packets.peer_left(peer.name, self._names()))
         for peer in self.table:
