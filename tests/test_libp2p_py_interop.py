@@ -1,0 +1,134 @@
+"""py-libp2p peers (tests/interop/peers.py, in their own venv) beside js-libp2p
+peers, using the real daemon (twistd subprocess) as their only bootstrap node
+and GossipSub hub: seed 003 (a /private-chat/1.0.0 provider found through
+relayd's DHT) and seed 004 (a GossipSub room, bridged to relay-chat)."""
+import json
+import subprocess
+
+from tests.daemon import free_port
+from tests.pylibp2p import ensure_pylibp2p, py, py_peer
+from tests.test_bridge_e2e import json_lines
+from tests.test_client_cli import command
+from tests.test_libp2p_hub_interop import KAD, HubTestCase
+from tests.test_libp2p_interop import INTEROP, NODE, SCRIPT, js
+
+ROOM = "libp2p-chat"
+
+
+def js_peer(*args):
+    return subprocess.Popen([NODE, SCRIPT, *map(str, args)], cwd=INTEROP, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+class PyHubTestCase(HubTestCase):
+    def setUp(self):
+        super().setUp()
+        ensure_pylibp2p()
+
+    def spawn(self, peer):
+        """A running peer and the JSON lines it prints."""
+        self.addCleanup(lambda: peer.poll() is None and peer.kill())
+        self.addCleanup(peer.stdout.close)
+        self.addCleanup(peer.stderr.close)
+        self.addCleanup(peer.stdin.close)
+        return json_lines(peer.stdout)
+
+    def result(self, peer, lines):
+        """The peer's last line, once it exited cleanly."""
+        got = next(lines, None)
+        status = peer.wait(60)
+        if status != 0 or got is None or "error" in got:
+            raise AssertionError(f"peer failed ({status}): {got}\n{peer.stderr.read().decode()[-3000:]}")
+        return got
+
+    def ready(self, peer, lines):
+        got = next(lines, None)
+        if got is None or "ready" not in got:
+            raise AssertionError(f"peer not ready: {got}\n{peer.stderr.read().decode()[-3000:]}")
+        return got
+
+
+class PyDhtTests(PyHubTestCase):
+    def test_py_provider_found_through_relayd_by_py_and_js_peers(self):
+        relay, addr, relay_id = self.start(KAD.format(protocol="/ipfs/kad/1.0.0"))
+        a = py_peer("provide", addr, 2)
+        lines = self.spawn(a)
+        ready = self.ready(a, lines)
+        self.assertTrue(ready["advertised"])
+        a_id = ready["ready"]
+
+        got_py = py("find", addr, a_id, "hello from py-libp2p")
+        got_js = js("find", addr, a_id, "hello from js-libp2p")
+        for got in (got_py, got_js):
+            providers = {p["id"]: p["addrs"] for p in got["providers"]}
+            # relayd handed out A's own loopback address, and B dialled it
+            self.assertTrue(any(a.startswith("/ip4/127.0.0.1/tcp/") for a in providers[a_id]))
+            self.assertNotIn(relay_id, providers)
+        chats = self.result(a, lines)["chats"]
+        self.assertEqual(sorted((c["from"], c["message"]) for c in chats), sorted([
+            (got_py["peer"], "hello from py-libp2p"), (got_js["peer"], "hello from js-libp2p")]))
+
+        stats = json.loads(self.http(relay, "stats"))["kad"]
+        self.assertGreaterEqual(stats["requests"]["add_provider"], 1)
+        self.assertGreaterEqual(stats["requests"]["get_providers"], 2)
+
+    def test_js_provider_found_through_relayd_by_a_py_peer(self):
+        relay, addr, relay_id = self.start(KAD.format(protocol="/ipfs/kad/1.0.0"))
+        a = js_peer("chat-peer", addr, 1)
+        lines = self.spawn(a)
+        a_id = self.ready(a, lines)["ready"]
+        got = py("find", addr, a_id, "hello js, from py-libp2p")
+        self.assertIn(a_id, [p["id"] for p in got["providers"]])
+        self.assertEqual(self.result(a, lines)["chats"],
+                         [{"from": got["peer"], "message": "hello js, from py-libp2p"}])
+
+
+class PyGossipTests(PyHubTestCase):
+    def test_py_and_js_peers_each_connected_only_to_relayd_get_every_message_once(self):
+        relay, addr, relay_id = self.start(f"[gossipsub]\ntopics = {ROOM}\n")
+        each = 3
+        peers = [py_peer("member", addr, ROOM, each, 2 * each),
+                 py_peer("member", addr, ROOM, each, 2 * each),
+                 js_peer("member", addr, ROOM, each, 2 * each)]
+        lines = [self.spawn(p) for p in peers]
+        ids = [self.ready(p, line)["ready"] for p, line in zip(peers, lines)]
+        for p in peers:
+            p.stdin.write(b"go\n")
+            p.stdin.flush()
+        results = [self.result(p, line) for p, line in zip(peers, lines)]
+
+        sent = {f"{me}: message {n}" for me in ids for n in range(each)}
+        for me, got in zip(ids[:2], results):   # py-libp2p's own publications, once each
+            self.assertEqual(got["own"], [f"{me}: message {n}" for n in range(each)])
+        for me, got in zip(ids, results):
+            texts = [m["text"] for m in got["heard"]]
+            self.assertEqual(sorted(texts), sorted(t for t in sent if not t.startswith(me)))
+            self.assertEqual(len(texts), len(set(texts)))        # once each
+            self.assertTrue(all(m["text"].startswith(m["from"] + ": ") for m in got["heard"]))
+        stats = json.loads(self.http(relay, "stats"))["gossipsub"]
+        self.assertEqual((stats["delivered"], stats["invalid"]), (3 * each, 0))
+
+
+class PyBridgeTests(PyHubTestCase):
+    def test_relay_chat_user_and_py_peer_share_the_bridged_room(self):
+        relay, addr, relay_id = self.start(
+            f"[tcp]\nlisten = tcp:{{tcp}}:interface=127.0.0.1\n[gossipsub]\nbridge = {ROOM}\n",
+            tcp=free_port())
+        chat = command() + ["--server", f"127.0.0.1:{relay.ports['tcp']}", "-q"]
+        relay_chat = lambda *args: subprocess.run(chat + list(args), check=True, timeout=60,
+                                                  stdout=subprocess.PIPE).stdout.decode()
+        relay_chat("--id", "bob", "listen", "--join", ROOM, "--timeout", "0.5")   # bob joins
+        peer = py_peer("member", addr, ROOM, 1, 1)
+        lines = self.spawn(peer)
+        py_id = self.ready(peer, lines)["ready"]
+        relay_chat("--id", "alice", "send", "--room", ROOM, "hello py-libp2p")
+        peer.stdin.write(b"go\n")
+        peer.stdin.flush()
+        # the py peer hears alice once, published by relayd in seed 004's format
+        self.assertEqual(self.result(peer, lines)["heard"],
+                         [{"from": relay_id, "text": "alice: hello py-libp2p"}])
+        # bob hears alice and the py peer, whose signed peer id is its sender
+        heard = [json.loads(line) for line in relay_chat(
+            "--id", "bob", "listen", "--json", "--count", "2", "--timeout", "30").splitlines()]
+        self.assertEqual([(m["from"], m["body"], m["room"]) for m in heard],
+                         [("alice", "hello py-libp2p", ROOM), (py_id, "message 0", ROOM)])
