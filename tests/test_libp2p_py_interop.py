@@ -51,7 +51,7 @@ class PyHubTestCase(HubTestCase):
 class PyDhtTests(PyHubTestCase):
     def test_py_provider_found_through_relayd_by_py_and_js_peers(self):
         relay, addr, relay_id = self.start(KAD.format(protocol="/ipfs/kad/1.0.0"))
-        a = py_peer("provide", addr, 2)
+        a = py_peer("--key", "secp256k1", "provide", addr, 2)
         lines = self.spawn(a)
         ready = self.ready(a, lines)
         self.assertTrue(ready["advertised"])
@@ -87,11 +87,16 @@ class PyGossipTests(PyHubTestCase):
     def test_py_and_js_peers_each_connected_only_to_relayd_get_every_message_once(self):
         relay, addr, relay_id = self.start(f"[gossipsub]\ntopics = {ROOM}\n")
         each = 3
+        # relayd checks each message's signature: Ed25519 and Secp256k1 keys
+        # from py-libp2p, Ed25519 from js-libp2p
         peers = [py_peer("member", addr, ROOM, each, 2 * each),
-                 py_peer("member", addr, ROOM, each, 2 * each),
+                 py_peer("--key", "secp256k1", "member", addr, ROOM, each, 2 * each),
                  js_peer("member", addr, ROOM, each, 2 * each)]
         lines = [self.spawn(p) for p in peers]
-        ids = [self.ready(p, line)["ready"] for p, line in zip(peers, lines)]
+        ready = [self.ready(p, line) for p, line in zip(peers, lines)]
+        ids = [r["ready"] for r in ready]
+        # py-libp2p offers /meshsub/2.0.0 down to 1.0.0; relayd's newest is 1.1.0
+        self.assertEqual([r["protocol"] for r in ready[:2]], ["/meshsub/1.1.0"] * 2)
         for p in peers:
             p.stdin.write(b"go\n")
             p.stdin.flush()
@@ -118,7 +123,7 @@ class PyBridgeTests(PyHubTestCase):
         relay_chat = lambda *args: subprocess.run(chat + list(args), check=True, timeout=60,
                                                   stdout=subprocess.PIPE).stdout.decode()
         relay_chat("--id", "bob", "listen", "--join", ROOM, "--timeout", "0.5")   # bob joins
-        peer = py_peer("member", addr, ROOM, 1, 1)
+        peer = py_peer("--key", "rsa", "member", addr, ROOM, 1, 1)   # an RSA identity
         lines = self.spawn(peer)
         py_id = self.ready(peer, lines)["ready"]
         relay_chat("--id", "alice", "send", "--room", ROOM, "hello py-libp2p")

@@ -3,6 +3,9 @@ hub in the interop tests (the Python counterpart of peers.mjs).  They run in
 their own venv (tests/pylibp2p.py builds it from py-requirements.txt), never
 in relayd's.  Each command prints JSON lines: its findings, or {"error"}.
 
+  python peers.py [--key ed25519|secp256k1|rsa] <command> ...
+      (the peer's identity key type, Ed25519 unless given; py-libp2p 0.8.1
+      cannot sign with its ECDSA keys, so they cannot be identities)
   python peers.py provide <relay-multiaddr> <expect>
       (seed 003: advertise /private-chat/1.0.0 through relayd's DHT, print
       {"ready"}, take <expect> chats, print them)
@@ -22,18 +25,33 @@ import multiaddr
 import trio
 
 from libp2p import new_host
-from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto import ed25519, rsa, secp256k1
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
-from libp2p.pubsub.gossipsub import GossipSub
+from libp2p.pubsub.gossipsub import (
+    PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, PROTOCOL_ID_V13, PROTOCOL_ID_V14,
+    PROTOCOL_ID_V20, GossipSub)
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
 
 CHAT = "/private-chat/1.0.0"     # seed 003: one JSON string and "\n" per stream
-MESHSUB = ["/meshsub/1.1.0", "/meshsub/1.0.0"]
+# every GossipSub version py-libp2p speaks, newest first: relayd answers
+# /meshsub/1.1.0 (or 1.0.0) in multistream-select
+MESHSUB = [PROTOCOL_ID_V20, PROTOCOL_ID_V14, PROTOCOL_ID_V13, PROTOCOL_ID_V12,
+           PROTOCOL_ID_V11, PROTOCOL_ID]
 LOOPBACK = multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")
+KEYS = {
+    "ed25519": ed25519.create_new_key_pair,
+    "secp256k1": secp256k1.create_new_key_pair,
+    "rsa": rsa.create_new_key_pair,
+}
+
+
+def new_peer(key_type):
+    """A host with a fresh identity key of that type, listening on loopback."""
+    return new_host(key_pair=KEYS[key_type](), listen_addrs=[LOOPBACK])
 
 
 def out(obj):
@@ -74,8 +92,8 @@ async def dht_peer(host, relay):
     return dht
 
 
-async def provide(relay, expect):
-    host = new_host(key_pair=create_new_key_pair(), listen_addrs=[LOOPBACK])
+async def provide(key_type, relay, expect):
+    host = new_peer(key_type)
     chats = []
 
     async def on_chat(stream):
@@ -99,8 +117,8 @@ async def provide(relay, expect):
             out({"peer": str(host.get_id()), "chats": chats})
 
 
-async def find(relay, provider, text):
-    host = new_host(key_pair=create_new_key_pair(), listen_addrs=[LOOPBACK])
+async def find(key_type, relay, provider, text):
+    host = new_peer(key_type)
     async with host.run(listen_addrs=[LOOPBACK]):
         dht = await dht_peer(host, relay)
         async with background_trio_service(dht):
@@ -117,8 +135,8 @@ async def find(relay, provider, text):
                                for p in found]})
 
 
-async def member(relay, topic, messages, expect):
-    host = new_host(key_pair=create_new_key_pair(), listen_addrs=[LOOPBACK])
+async def member(key_type, relay, topic, messages, expect):
+    host = new_peer(key_type)
     gossipsub = GossipSub(protocols=MESHSUB, degree=6, degree_low=4, degree_high=12,
                           heartbeat_initial_delay=0.1, heartbeat_interval=1)
     pubsub = Pubsub(host, gossipsub)
@@ -141,7 +159,7 @@ async def member(relay, topic, messages, expect):
             await until("relayd in the mesh",
                         lambda: relay_id in gossipsub.mesh.get(topic, ()))
             me = str(host.get_id())
-            out({"ready": me})
+            out({"ready": me, "protocol": str(gossipsub.peer_protocol.get(relay_id))})
             go = await trio.to_thread.run_sync(sys.stdin.readline)
             if go.strip() != "go":
                 raise RuntimeError(f"expected go on stdin, got {go!r}")
@@ -154,18 +172,22 @@ async def member(relay, topic, messages, expect):
 
 
 COMMANDS = {
-    "provide": lambda relay, expect="1": provide(relay, int(expect)),
-    "find": lambda relay, provider, text: find(relay, provider, text),
-    "member": lambda relay, topic, messages, expect: member(relay, topic, int(messages), int(expect)),
+    "provide": lambda key, relay, expect="1": provide(key, relay, int(expect)),
+    "find": find,
+    "member": lambda key, relay, topic, messages, expect: member(
+        key, relay, topic, int(messages), int(expect)),
 }
 
 
 def main(argv):
+    key_type = "ed25519"
+    if argv[:1] == ["--key"] and len(argv) > 1 and argv[1] in KEYS:
+        key_type, argv = argv[1], argv[2:]
     if not argv or argv[0] not in COMMANDS:
         sys.stderr.write(__doc__)
         return 2
     try:
-        trio.run(lambda: COMMANDS[argv[0]](*argv[1:]))
+        trio.run(lambda: COMMANDS[argv[0]](key_type, *argv[1:]))
     except BaseException as err:          # trio may raise an ExceptionGroup
         out({"error": f"{type(err).__name__}: {err}"})
         raise
