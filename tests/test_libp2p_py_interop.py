@@ -64,6 +64,10 @@ class PyDhtTests(PyHubTestCase):
             # relayd handed out A's own loopback address, and B dialled it
             self.assertTrue(any(a.startswith("/ip4/127.0.0.1/tcp/") for a in providers[a_id]))
             self.assertNotIn(relay_id, providers)
+        # relayd advertises itself as a relay, to py-libp2p's lookups too
+        self.assertEqual(got_py["relay_providers"], [relay_id])
+        self.assertEqual((got_py["descord_relays"]["peer_id"], got_py["descord_relays"]["mode"]),
+                         (relay_id, "relay"))
         chats = self.result(a, lines)["chats"]
         self.assertEqual(sorted((c["from"], c["message"]) for c in chats), sorted([
             (got_py["peer"], "hello from py-libp2p"), (got_js["peer"], "hello from js-libp2p")]))

@@ -10,7 +10,9 @@ in relayd's.  Each command prints JSON lines: its findings, or {"error"}.
       (seed 003: advertise /private-chat/1.0.0 through relayd's DHT, print
       {"ready"}, take <expect> chats, print them)
   python peers.py find <relay-multiaddr> <provider-peer-id> <text>
-      (seed 003: find that provider through relayd's DHT, dial it, send <text>)
+      (seed 003: find that provider through relayd's DHT, dial it, send <text>;
+      then look relays up as providers of /libp2p/relay and, as seed 002's
+      clients do, under /descord/relays)
   python peers.py member <relay-multiaddr> <topic> <messages> <expect>
       (seed 004: join the topic through relayd alone, print {"ready"} once
       relayd is in the mesh, wait for "go" on stdin, publish <messages>
@@ -34,6 +36,7 @@ from libp2p.pubsub.gossipsub import (
     PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, PROTOCOL_ID_V13, PROTOCOL_ID_V14,
     PROTOCOL_ID_V20, GossipSub)
 from libp2p.pubsub.pubsub import Pubsub
+from libp2p.records.validator import Validator
 from libp2p.tools.anyio_service import background_trio_service
 
 CHAT = "/private-chat/1.0.0"     # seed 003: one JSON string and "\n" per stream
@@ -117,10 +120,21 @@ async def provide(key_type, relay, expect):
             out({"peer": str(host.get_id()), "chats": chats})
 
 
+class AnyDescordAd(Validator):
+    """Seed 002's relay advertisements are plain JSON, with no signature to check."""
+
+    def validate(self, key, value):
+        json.loads(value)
+
+    def select(self, key, values):
+        return 0
+
+
 async def find(key_type, relay, provider, text):
     host = new_peer(key_type)
     async with host.run(listen_addrs=[LOOPBACK]):
         dht = await dht_peer(host, relay)
+        dht.register_validator("descord", AnyDescordAd())
         async with background_trio_service(dht):
             found = await dht.find_providers(rendezvous(CHAT))
             target = next((p for p in found if str(p.peer_id) == provider), None)
@@ -130,9 +144,13 @@ async def find(key_type, relay, provider, text):
             stream = await host.new_stream(ID.from_base58(provider), [CHAT])
             await stream.write((json.dumps(text) + "\n").encode())
             await stream.close()
+            relays = await dht.find_providers(rendezvous("/libp2p/relay"))
+            advert = await dht.get_value("/descord/relays")
             out({"peer": str(host.get_id()), "said": text,
                  "providers": [{"id": str(p.peer_id), "addrs": [str(a) for a in p.addrs]}
-                               for p in found]})
+                               for p in found],
+                 "relay_providers": [str(p.peer_id) for p in relays],
+                 "descord_relays": advert and json.loads(advert)})
 
 
 async def member(key_type, relay, topic, messages, expect):
