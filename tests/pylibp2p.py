@@ -6,14 +6,11 @@ tests/interop/py-requirements.txt).  The first test that needs it builds the
 venv from that lock (PyPI wheels only, so a bare Debian machine with Python
 3.11 needs nothing more), serialised between trial workers by a lock file.
 """
-import fcntl
-import json
 import os
 import subprocess
-import tempfile
 import venv
 
-from tests.test_libp2p_interop import INTEROP
+from tests.test_libp2p_interop import INTEROP, once, peer_result
 
 PYENV = os.path.join(INTEROP, "pyenv")
 PYTHON = os.path.join(PYENV, "bin", "python")
@@ -43,36 +40,21 @@ def build():
         done = subprocess.run(step, cwd=INTEROP, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, timeout=900)
         if done.returncode != 0:
-            raise AssertionError(f"building tests/interop/pyenv failed at {step[2:4]}:\n"
+            raise AssertionError(f"building tests/interop/pyenv failed at {' '.join(step[1:4])}:\n"
                                  + done.stdout.decode(errors="replace")[-5000:])
     with open(LOCK) as lock, open(STAMP, "w") as stamp:
         stamp.write(lock.read())
 
 
 def ensure_pylibp2p():
-    """Build tests/interop/pyenv once (with the venv module `make venv` uses)."""
-    if installed():
-        return
-    lock_path = os.path.join(tempfile.gettempdir(), "relayd-interop-pyenv-%d.lock" % os.getuid())
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not installed():
-            build()
+    """Build tests/interop/pyenv unless it is built from the lock as it is
+    (with the venv module that `make venv` uses too)."""
+    once("pyenv", installed, build)
 
 
-def py_peer(*args):
-    """Start one peers.py command; its stdin is a pipe (for "go")."""
-    return subprocess.Popen([PYTHON, SCRIPT, *map(str, args)], cwd=INTEROP, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+PEER = [PYTHON, SCRIPT]     # the command that starts a py peer (cwd INTEROP)
 
 
 def py(*args, timeout=120):
-    """Run one peers.py command to its end; returns its last JSON line."""
-    done = subprocess.run([PYTHON, SCRIPT, *map(str, args)], cwd=INTEROP, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=timeout)
-    lines = [line for line in done.stdout.decode().splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        raise AssertionError(f"peers.py {args[0]} failed ({done.returncode}):\n"
-                             f"{done.stdout.decode()}\n{done.stderr.decode()[-3000:]}")
-    return json.loads(lines[-1])
-
+    """Run one peers.py command; returns its JSON result line."""
+    return peer_result(PEER, *args, timeout=timeout)

@@ -6,18 +6,14 @@ import json
 import subprocess
 
 from tests.daemon import free_port
-from tests.pylibp2p import ensure_pylibp2p, py, py_peer
+from tests.pylibp2p import PEER, ensure_pylibp2p, py
 from tests.test_bridge_e2e import json_lines
 from tests.test_client_cli import command
 from tests.test_libp2p_hub_interop import KAD, HubTestCase
 from tests.test_libp2p_interop import INTEROP, NODE, SCRIPT, js
 
 ROOM = "libp2p-chat"
-
-
-def js_peer(*args):
-    return subprocess.Popen([NODE, SCRIPT, *map(str, args)], cwd=INTEROP, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+JS = [NODE, SCRIPT]          # the command that starts a js peer (cwd INTEROP)
 
 
 class PyHubTestCase(HubTestCase):
@@ -25,34 +21,43 @@ class PyHubTestCase(HubTestCase):
         super().setUp()
         ensure_pylibp2p()
 
-    def spawn(self, peer):
-        """A running peer and the JSON lines it prints."""
-        self.addCleanup(lambda: peer.poll() is None and peer.kill())
+    def spawn(self, command, *args):
+        """Start a peer (``command`` + ``args``, stdin a pipe for "go"); returns
+        it and the JSON lines it prints.  Its stderr goes to a file, which a
+        failure shows."""
+        err = open(self.mktemp(), "w+b")
+        peer = subprocess.Popen(command + list(map(str, args)), cwd=INTEROP, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=err)
+        peer.stderr = err
+        self.addCleanup(err.close)
         self.addCleanup(peer.stdout.close)
-        self.addCleanup(peer.stderr.close)
         self.addCleanup(peer.stdin.close)
-        return json_lines(peer.stdout)
+        self.addCleanup(lambda: peer.poll() is None and peer.kill())
+        return peer, json_lines(peer.stdout)
+
+    def stderr(self, peer):
+        peer.stderr.seek(0)
+        return peer.stderr.read().decode(errors="replace")[-3000:]
 
     def result(self, peer, lines):
         """The peer's last line, once it exited cleanly."""
         got = next(lines, None)
         status = peer.wait(60)
         if status != 0 or got is None or "error" in got:
-            raise AssertionError(f"peer failed ({status}): {got}\n{peer.stderr.read().decode()[-3000:]}")
+            raise AssertionError(f"peer failed ({status}): {got}\n{self.stderr(peer)}")
         return got
 
     def ready(self, peer, lines):
         got = next(lines, None)
         if got is None or "ready" not in got:
-            raise AssertionError(f"peer not ready: {got}\n{peer.stderr.read().decode()[-3000:]}")
+            raise AssertionError(f"peer not ready: {got}\n{self.stderr(peer)}")
         return got
 
 
 class PyDhtTests(PyHubTestCase):
     def test_py_provider_found_through_relayd_by_py_and_js_peers(self):
         relay, addr, relay_id = self.start(KAD.format(protocol="/ipfs/kad/1.0.0"))
-        a = py_peer("--key", "secp256k1", "provide", addr, 2)
-        lines = self.spawn(a)
+        a, lines = self.spawn(PEER, "--key", "secp256k1", "provide", addr, 2)
         ready = self.ready(a, lines)
         self.assertTrue(ready["advertised"])
         a_id = ready["ready"]
@@ -78,8 +83,7 @@ class PyDhtTests(PyHubTestCase):
 
     def test_js_provider_found_through_relayd_by_a_py_peer(self):
         relay, addr, relay_id = self.start(KAD.format(protocol="/ipfs/kad/1.0.0"))
-        a = js_peer("chat-peer", addr, 1)
-        lines = self.spawn(a)
+        a, lines = self.spawn(JS, "chat-peer", addr, 1)
         a_id = self.ready(a, lines)["ready"]
         got = py("find", addr, a_id, "hello js, from py-libp2p")
         self.assertIn(a_id, [p["id"] for p in got["providers"]])
@@ -93,10 +97,10 @@ class PyGossipTests(PyHubTestCase):
         each = 3
         # relayd checks each message's signature: Ed25519 and Secp256k1 keys
         # from py-libp2p, Ed25519 from js-libp2p
-        peers = [py_peer("member", addr, ROOM, each, 2 * each),
-                 py_peer("--key", "secp256k1", "member", addr, ROOM, each, 2 * each),
-                 js_peer("member", addr, ROOM, each, 2 * each)]
-        lines = [self.spawn(p) for p in peers]
+        peers, lines = zip(*[self.spawn(PEER, "member", addr, ROOM, each, 2 * each),
+                             self.spawn(PEER, "--key", "secp256k1", "member", addr, ROOM, each,
+                                        2 * each),
+                             self.spawn(JS, "member", addr, ROOM, each, 2 * each)])
         ready = [self.ready(p, line) for p, line in zip(peers, lines)]
         ids = [r["ready"] for r in ready]
         # py-libp2p offers /meshsub/2.0.0 down to 1.0.0; relayd's newest is 1.1.0
@@ -127,8 +131,7 @@ class PyBridgeTests(PyHubTestCase):
         relay_chat = lambda *args: subprocess.run(chat + list(args), check=True, timeout=60,
                                                   stdout=subprocess.PIPE).stdout.decode()
         relay_chat("--id", "bob", "listen", "--join", ROOM, "--timeout", "0.5")   # bob joins
-        peer = py_peer("--key", "rsa", "member", addr, ROOM, 1, 1)   # an RSA identity
-        lines = self.spawn(peer)
+        peer, lines = self.spawn(PEER, "--key", "rsa", "member", addr, ROOM, 1, 1)  # an RSA key
         py_id = self.ready(peer, lines)["ready"]
         relay_chat("--id", "alice", "send", "--room", ROOM, "hello py-libp2p")
         peer.stdin.write(b"go\n")
