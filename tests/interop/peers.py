@@ -86,7 +86,7 @@ async def joined(host, relay):
 
 
 async def dht_peer(host, relay):
-    """A DHT server whose routing table starts (and stays) with relayd."""
+    """A DHT server with relayd, the only peer it is told of, in its routing table."""
     relay_id = await joined(host, relay)
     dht = KadDHT(host, DHTMode.SERVER)
     with trio.fail_after(20):
