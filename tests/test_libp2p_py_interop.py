@@ -62,7 +62,8 @@ class PyDhtTests(PyHubTestCase):
         self.assertTrue(ready["advertised"])
         a_id = ready["ready"]
 
-        got_py = py("find", addr, a_id, "hello from py-libp2p")
+        # py B is a DHT client (as go-libp2p peers behind NAT are), js B a server
+        got_py = py("find", addr, a_id, "hello from py-libp2p", "client")
         got_js = js("find", addr, a_id, "hello from js-libp2p")
         for got in (got_py, got_js):
             providers = {p["id"]: p["addrs"] for p in got["providers"]}
@@ -80,6 +81,8 @@ class PyDhtTests(PyHubTestCase):
         stats = json.loads(self.http(relay, "stats"))["kad"]
         self.assertGreaterEqual(stats["requests"]["add_provider"], 1)
         self.assertGreaterEqual(stats["requests"]["get_providers"], 2)
+        # relayd's routing table holds the two DHT servers, A and js B, not the client
+        self.assertEqual(stats["routing_table"], 2)
 
     def test_js_provider_found_through_relayd_by_a_py_peer(self):
         relay, addr, relay_id = self.start(KAD.format(protocol="/ipfs/kad/1.0.0"))

@@ -9,8 +9,9 @@ in relayd's.  Each command prints JSON lines: its findings, or {"error"}.
   python peers.py provide <relay-multiaddr> <expect>
       (seed 003: advertise /private-chat/1.0.0 through relayd's DHT, print
       {"ready"}, take <expect> chats, print them)
-  python peers.py find <relay-multiaddr> <provider-peer-id> <text>
-      (seed 003: find that provider through relayd's DHT, dial it, send <text>;
+  python peers.py find <relay-multiaddr> <provider-peer-id> <text> [server|client]
+      (seed 003: find that provider through relayd's DHT, as a DHT server or
+      a client (which serves no DHT requests), dial it, send <text>;
       then look relays up as providers of /libp2p/relay and, as seed 002's
       clients do, under /descord/relays)
   python peers.py member <relay-multiaddr> <topic> <messages> <expect>
@@ -85,10 +86,13 @@ async def joined(host, relay):
     return info.peer_id
 
 
-async def dht_peer(host, relay):
-    """A DHT server with relayd, the only peer it is told of, in its routing table."""
+async def dht_peer(host, relay, mode=DHTMode.SERVER):
+    """A DHT node (a server unless told) with relayd, the only peer it is told
+    of, in its routing table.  The DHT comes first: py-libp2p sends no
+    identify push when a protocol handler is added, so a server that
+    connected before it served kad would not be one to relayd."""
+    dht = KadDHT(host, mode)
     relay_id = await joined(host, relay)
-    dht = KadDHT(host, DHTMode.SERVER)
     with trio.fail_after(20):
         while not await dht.add_peer(relay_id):    # once identify says it serves kad
             await trio.sleep(0.1)
@@ -130,10 +134,10 @@ class AnyDescordAd(Validator):
         return 0
 
 
-async def find(key_type, relay, provider, text):
+async def find(key_type, relay, provider, text, mode="server"):
     host = new_peer(key_type)
     async with host.run(listen_addrs=[LOOPBACK]):
-        dht = await dht_peer(host, relay)
+        dht = await dht_peer(host, relay, DHTMode(mode.upper()))
         dht.register_validator("descord", AnyDescordAd())
         async with background_trio_service(dht):
             found = await dht.find_providers(rendezvous(CHAT))
