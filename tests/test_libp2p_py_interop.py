@@ -131,8 +131,11 @@ class PyBridgeTests(PyHubTestCase):
             f"[tcp]\nlisten = tcp:{{tcp}}:interface=127.0.0.1\n[gossipsub]\nbridge = {ROOM}\n",
             tcp=free_port())
         chat = command() + ["--server", f"127.0.0.1:{relay.ports['tcp']}", "-q"]
-        relay_chat = lambda *args: subprocess.run(chat + list(args), check=True, timeout=60,
-                                                  stdout=subprocess.PIPE).stdout.decode()
+
+        def relay_chat(*args):
+            return subprocess.run(chat + list(args), check=True, timeout=60,
+                                  stdout=subprocess.PIPE).stdout.decode()
+
         relay_chat("--id", "bob", "listen", "--join", ROOM, "--timeout", "0.5")   # bob joins
         peer, lines = self.spawn(PEER, "--key", "rsa", "member", addr, ROOM, 1, 1)  # an RSA key
         py_id = self.ready(peer, lines)["ready"]
