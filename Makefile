@@ -29,4 +29,4 @@ bench: venv system-deps
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) _trial_temp* var
+	rm -rf $(VENV) _trial_temp* var tests/interop/pyenv

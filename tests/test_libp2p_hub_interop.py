@@ -25,9 +25,11 @@ class HubTestCase(unittest.TestCase):
     def setUp(self):
         ensure_packages()
 
-    def start(self, extra, workdir=None):
+    def start(self, extra, workdir=None, **ports):
+        """The daemon, its libp2p multiaddr and peer id; ``ports`` fill
+        placeholders that ``extra`` adds."""
         port = free_port()
-        relay = Relayd(self, INI + extra, workdir=workdir, p2p=port, http=free_port())
+        relay = Relayd(self, INI + extra, workdir=workdir, p2p=port, http=free_port(), **ports)
         relay.start(wait_tcp=[port])
         deadline = time.monotonic() + 20
         while "/p2p/" not in relay.log() and time.monotonic() < deadline:

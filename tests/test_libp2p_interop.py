@@ -48,26 +48,42 @@ def ensure_packages():
     npm = shutil.which("npm")
     if npm is None:
         raise unittest.SkipTest("npm is not installed: cannot fetch js-libp2p and Node 22")
-    lock_path = os.path.join(tempfile.gettempdir(), "relayd-interop-npm-%d.lock" % os.getuid())
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if installed():
-            return
+
+    def install():
         done = subprocess.run([npm, "install", "--no-save", "--no-audit", "--no-fund"], cwd=INTEROP,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=900)
-    if done.returncode != 0 or not installed():
-        raise AssertionError("npm install failed in tests/interop:\n" + done.stdout.decode(errors="replace"))
+        if done.returncode != 0 or not installed():
+            raise AssertionError("npm install failed in tests/interop:\n"
+                                 + done.stdout.decode(errors="replace"))
+
+    once("npm", installed, install)
+
+
+def once(name, done, do):
+    """Call ``do()`` unless ``done()``, serialised between trial workers (and
+    test runs) by the lock file ``name`` names."""
+    lock_path = os.path.join(tempfile.gettempdir(), "relayd-interop-%s-%d.lock" % (name, os.getuid()))
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done():
+            do()
+
+
+def peer_result(command, *args, timeout=120):
+    """Run one command of a peers script (``command`` starts it: the js or
+    the py one) to its end; returns its JSON result line."""
+    done = subprocess.run(command + list(map(str, args)), cwd=INTEROP, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=timeout)
+    lines = [line for line in done.stdout.decode().splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise AssertionError(f"{os.path.basename(command[-1])} {args[0]} failed ({done.returncode}):\n"
+                             f"{done.stdout.decode()}\n{done.stderr.decode()[-3000:]}")
+    return json.loads(lines[-1])
 
 
 def js(*args, timeout=120):
     """Run one peers.mjs command; returns its JSON result line."""
-    done = subprocess.run([NODE, SCRIPT, *map(str, args)], cwd=INTEROP, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, timeout=timeout)
-    lines = [line for line in done.stdout.decode().splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        raise AssertionError(f"peers.mjs {args[0]} failed ({done.returncode}):\n"
-                             f"{done.stdout.decode()}\n{done.stderr.decode()[-3000:]}")
-    return json.loads(lines[-1])
+    return peer_result([NODE, SCRIPT], *args, timeout=timeout)
 
 
 INI = relay_ini("""

@@ -28,6 +28,12 @@
 //   node peers.mjs say <multiaddr> <text>                 (one seed-003 chat message, circuits allowed)
 //   node peers.mjs bridge <relay-multiaddr> <topic> <text> <expect>
 //                                  (prints {"ready"} once in the mesh, says <text>, prints what it heard)
+//   node peers.mjs member <relay-multiaddr> <topic> <messages> <expect>
+//                                  (as bridge, but waits for "go" on stdin, then says
+//                                   "<peer-id>: message <n>" for n < <messages>)
+//   node peers.mjs find <relay-multiaddr> <provider-peer-id> <text>
+//                                  (seed 003: find that /private-chat/1.0.0 provider through
+//                                   relayd's DHT and say <text> to it)
 import { createLibp2p } from 'libp2p'
 import { tcp } from '@libp2p/tcp'
 import { webSockets } from '@libp2p/websockets'
@@ -43,6 +49,7 @@ import { autoNAT } from '@libp2p/autonat'
 import { multiaddr } from '@multiformats/multiaddr'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { createServer } from 'node:http'
+import { createInterface } from 'node:readline'
 import { readFile } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -250,21 +257,30 @@ async function providersOf (node, key, want) {
   return found
 }
 
+// Dial relayd, the only peer `node` is told about, and wait for it in the DHT's routing table
+async function joinDht (node, relay) {
+  await node.dial(multiaddr(relay))
+  await until('relayd in the routing table', () => node.services.dht.routingTable.size > 0)
+}
+
+// seed 003: find the /private-chat/1.0.0 provider `want` through the DHT and say `text` to it
+async function findAndSay (node, want, text) {
+  const found = await providersOf(node, await rendezvous(CHAT), want)
+  const provider = found.find((p) => p.id.equals(want))
+  if (provider == null) throw new Error(`no provider ${want} found`)
+  await chat(node, provider.multiaddrs.map((ma) => ma.encapsulate(`/p2p/${want}`)), text)
+  return found.map((p) => ({ id: p.id.toString(), addrs: p.multiaddrs.map((ma) => ma.toString()) }))
+}
+
 // seed 003: A advertises /private-chat/1.0.0 and B finds and dials it, both
 // knowing only relayd; B also finds relayd as a relay
 async function dht (relay, protocol) {
   const a = await peer(['/ip4/127.0.0.1/tcp/0'], dhtService(protocol))
   const b = await peer(['/ip4/127.0.0.1/tcp/0'], dhtService(protocol))
   const relayId = peerIdFromString(relay.split('/p2p/').pop())
-  for (const node of [a, b]) {
-    await node.dial(multiaddr(relay))
-    await until('relayd in the routing table', () => node.services.dht.routingTable.size > 0)
-  }
-  const key = await rendezvous(CHAT)
-  await a.contentRouting.provide(key)
-  const found = await providersOf(b, key, a.peerId)
-  const provider = found.find((p) => p.id.equals(a.peerId))
-  await chat(b, provider.multiaddrs.map((ma) => ma.encapsulate(`/p2p/${a.peerId}`)), 'found you through the DHT')
+  for (const node of [a, b]) await joinDht(node, relay)
+  await a.contentRouting.provide(await rendezvous(CHAT))
+  const providers = await findAndSay(b, a.peerId, 'found you through the DHT')
   await until('the chat message', () => a.chats.length > 0)
   const relays = await providersOf(b, await rendezvous('/libp2p/relay'), relayId)
   const ad = await b.services.dht.get(new TextEncoder().encode('/descord/relays'), { signal: AbortSignal.timeout(10000) })
@@ -275,12 +291,21 @@ async function dht (relay, protocol) {
   out({
     a: a.peerId.toString(),
     b: b.peerId.toString(),
-    providers: found.map((p) => ({ id: p.id.toString(), addrs: p.multiaddrs.map((ma) => ma.toString()) })),
+    providers,
     chats_received: a.chats,
     relay_providers: relays.map((p) => p.id.toString()),
     descord_relays: advert
   })
   await Promise.all([a.stop(), b.stop()])
+}
+
+// seed 003's B against another implementation's A: find `provider` through relayd and chat to it
+async function find (relay, provider, text) {
+  const node = await peer(['/ip4/127.0.0.1/tcp/0'], dhtService('/ipfs/kad/1.0.0'))
+  await joinDht(node, relay)
+  const providers = await findAndSay(node, peerIdFromString(provider), text)
+  out({ peer: node.peerId.toString(), said: text, providers })
+  await node.stop()
 }
 
 async function gossip (relay, count, topic, each, extra) {
@@ -317,10 +342,7 @@ async function ipnsName (relay) {
   const key = await generateKeyPair('Ed25519')
   const a = await peer(['/ip4/127.0.0.1/tcp/0'], dhtService('/ipfs/kad/1.0.0'))
   const b = await peer(['/ip4/127.0.0.1/tcp/0'], dhtService('/ipfs/kad/1.0.0'))
-  for (const node of [a, b]) {
-    await node.dial(multiaddr(relay))
-    await until('relayd in the routing table', () => node.services.dht.routingTable.size > 0)
-  }
+  for (const node of [a, b]) await joinDht(node, relay)
   const routingKey = multihashToIPNSRoutingKey(key.publicKey.toMultihash())
   const resolved = []
   for (const [seq, value] of [[1, '/ipfs/bafkqaaa'], [2, '/ipfs/bafkqabtimvwgy3yk']]) {
@@ -340,8 +362,7 @@ async function ipnsName (relay) {
 async function chatPeer (relay, expect) {
   const relayId = peerIdFromString(relay.split('/p2p/').pop())
   const node = await peer(['/ip4/127.0.0.1/tcp/0'], dhtService('/ipfs/kad/1.0.0'))
-  await node.dial(multiaddr(relay))
-  await until('relayd in the routing table', () => node.services.dht.routingTable.size > 0)
+  await joinDht(node, relay)
   const key = await rendezvous(CHAT)
   await node.contentRouting.provide(key)
   out({ ready: node.peerId.toString() })
@@ -369,7 +390,11 @@ async function say (target, text) {
   await node.stop()
 }
 
-async function bridge (relay, topic, text, expect) {
+// A GossipSub room member that knows only relayd: prints {"ready"} once relayd
+// is in its mesh, waits for "go" on stdin if asked, publishes `lines`, and
+// prints what the room delivered once `expect` messages came and no
+// duplicate or echo followed.
+async function roomMember (relay, topic, lines, expect, waitForGo) {
   const relayId = relay.split('/p2p/').pop()
   const node = await peer([], { pubsub: gossipsub({ heartbeatInterval: 200 }) })
   const heard = []
@@ -381,11 +406,22 @@ async function bridge (relay, topic, text, expect) {
   await until('relayd in the mesh', () =>
     node.services.pubsub.getMeshPeers(topic).some((p) => p.toString() === relayId))
   out({ ready: node.peerId.toString() })
-  await node.services.pubsub.publish(topic, new TextEncoder().encode(`${node.peerId}: ${text}`))
+  if (waitForGo) {
+    const go = await stdinLine()
+    if (go !== 'go') throw new Error(`expected go on stdin, got ${go}`)
+  }
+  for (const line of lines(node.peerId.toString())) {
+    await node.services.pubsub.publish(topic, new TextEncoder().encode(line))
+  }
   await until('the room messages', () => heard.length >= expect, 60000)
-  await new Promise((resolve) => setTimeout(resolve, 1000))   // time for an echo to show up
+  await new Promise((resolve) => setTimeout(resolve, 1500))   // time for a duplicate or an echo
   out({ peer: node.peerId.toString(), heard })
   await node.stop()
+}
+
+async function stdinLine () {
+  for await (const line of createInterface({ input: process.stdin })) return line
+  return null
 }
 
 async function limit (relay, bytes) {
@@ -669,7 +705,10 @@ const commands = {
   'chat-reserved': () => chatReserved(args[0], Number(args[1] ?? 1)),
   say: () => say(args[0], args[1]),
   'chat-peer': () => chatPeer(args[0], Number(args[1] ?? 1)),
-  bridge: () => bridge(args[0], args[1], args[2], Number(args[3] ?? 1)),
+  bridge: () => roomMember(args[0], args[1], (me) => [`${me}: ${args[2]}`], Number(args[3] ?? 1), false),
+  member: () => roomMember(args[0], args[1], (me) => Array.from({ length: Number(args[2]) }, (_, n) => `${me}: message ${n}`),
+    Number(args[3]), true),
+  find: () => find(args[0], args[1], args[2]),
   gossip: () => gossip(args[0], Number(args[1] ?? 3), args[2] ?? 'libp2p-chat', Number(args[3] ?? 3), Number(args[4] ?? 0)),
   'reserve-raw': () => reserveRaw(args[0], Number(args[1] ?? 1)),
   'relay-server': () => relayServer(Number(args[0] ?? 0), Number(args[1] ?? 0), Number(args[2] ?? 0)),
