@@ -12,9 +12,10 @@ and go out, up to ``WRITE_CHUNK`` at a time, at each drain.  The router's
 copies for a plain TCP connection whose transport is empty are sent at once
 (one ``send`` in the reactor turn that read the sender's line, not a turn
 later; TLS keeps the transport's path); what the kernel does not take goes
-to the transport as above.  A queue over ``[tcp] output_buffer`` pauses reading from the connections that send (the
-TCP service's flow control); a connection whose transport has not drained
-for ``[tcp] stall_timeout`` is dropped as ``slow_consumer``.
+to the transport as above.  A queue over ``[tcp] output_buffer`` pauses
+reading from the connections that send (the TCP service's flow control); a
+connection whose transport has not drained for ``[tcp] stall_timeout`` is
+dropped as ``slow_consumer``.
 """
 import base64
 import json
