@@ -97,6 +97,27 @@ class PipelineTests(unittest.TestCase):
         self.assertEqual((events[0].origin, events[0].seq), ("relay1", 1))
         self.assertNotIn(b"held_for", events[0].line)
 
+    def test_a_batch_is_one_call_back_and_one_flush(self):
+        delivery = RecordingDelivery()
+        p = pipeline(delivery)
+        p.journal.hold = True
+        acks = [p.submit("alice", "*", str(n)) for n in range(3)]
+        p.journal.release()
+        self.assertEqual([c[0] for c in delivery.calls], ["route"] * 3 + ["flush"])
+        self.assertEqual([self.successResultOf(d)[1] for d in acks], [False] * 3)
+        self.assertEqual(p.received, 3)
+
+    def test_a_journal_that_refuses_at_once_fails_the_message(self):
+        delivery = RecordingDelivery()
+        p = pipeline(delivery)
+
+        def refuse(line):
+            raise RuntimeError("stopped")
+        p.journal.add = refuse
+        self.failureResultOf(p.submit("alice", "bob", "late"), RuntimeError)
+        self.assertEqual([c[0] for c in delivery.calls], ["route", "refused", "flush"])
+        self.assertEqual(len(p.unsettled()), 0)
+
     def test_a_refused_message_is_unrouted_and_forgotten(self):
         delivery = RecordingDelivery()
         p = pipeline(delivery)

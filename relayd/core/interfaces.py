@@ -81,8 +81,17 @@ class IRecorder(Interface):
 class IJournal(Interface):
     """Where accepted messages and receipts become durable."""
 
+    listener = Attribute("called as listener(count, result) once per batch that held lines "
+                         "given to ``add``: how many, and None (or the batch's first seq), "
+                         "or the batch's Failure")
+
     def append(line):
         """Journal one JSON object (bytes, no newline); Deferred[None] once durable."""
+
+    def add(line):
+        """Journal one JSON object without a Deferred of its own: the
+        ``listener`` hears of it with its batch, in order (raises if the
+        journal refuses it at once, e.g. once stopped)."""
 
 
 class IDurableEventSubscriber(Interface):

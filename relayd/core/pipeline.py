@@ -6,10 +6,14 @@ A message enters by ``submit`` (a local client) or ``accept_remote``
 durable; recipients drop repeats by msg_id), then journaled as one record
 (with its ``(origin, seq)`` from the ``ISequencer`` and the persistent
 members it was stored for).  Once durable: history, the subscribers'
-``DurableEvent``, the sender's ack.  The pipeline knows no sessions.
+``DurableEvent``, the sender's ack.  The journal tells the pipeline once per
+batch (``journaled``), not once per message.  It knows no sessions.
 """
+from collections import deque
+
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from relayd.core import message
@@ -28,7 +32,8 @@ class Pipeline:
         self.clock = clock
         self.dedup = dedup
         self.history = history
-        self.journal = None            # IJournal, set by the daemon
+        self._journal = None           # IJournal, set by the daemon
+        self._journaling = deque()     # what _durable needs, per entry being journaled
         self.delivery = None           # IDelivery
         self.sequencer = None          # ISequencer (federation): (origin, seq) in each record
         self.subscribers = []          # IDurableEventSubscriber, in subscription order
@@ -39,6 +44,15 @@ class Pipeline:
         self.received = 0
         self.journal_failures = 0
         self.latency = LatencyHistogram()
+
+    @property
+    def journal(self):
+        return self._journal
+
+    @journal.setter
+    def journal(self, journal):
+        journal.listener = self.journaled
+        self._journal = journal
 
     def subscribe(self, subscriber):
         """Tell ``subscriber`` (an ``IDurableEventSubscriber``) of every
@@ -108,14 +122,30 @@ class Pipeline:
         key = None if self.sequencer is None else self.sequencer.message_key(entry)
         if key is not None:
             record = message.sequenced_line(record, key)
-        self.journal.append(record).addCallbacks(
-            self._durable, self._failed,
-            callbackArgs=(entry, line, source, key, self.clock.seconds(),
-                          first_result, later_result),
-            errbackArgs=(entry,))
+        self._journaling.append((entry, line, source, key, self.clock.seconds(),
+                                 first_result, later_result))
+        try:
+            self._journal.add(record)
+        except Exception:
+            self._journaling.pop()
+            self._failed(Failure(), entry)
+            self.delivery.flush()
         return first
 
-    def _durable(self, _, entry, line, source, key, started, first_result, later_result):
+    def journaled(self, count, result):
+        """The journal's listener: the next ``count`` entries are durable, or
+        ``result`` is the Failure that refused them."""
+        pending = self._journaling
+        if isinstance(result, Failure):
+            for _ in range(count):
+                self._failed(result, pending.popleft()[0])
+        else:
+            now = self.clock.seconds()
+            for _ in range(count):
+                self._durable(now, *pending.popleft())
+        self.delivery.flush()
+
+    def _durable(self, now, entry, line, source, key, started, first_result, later_result):
         self.received += 1
         self.history.add(entry)
         if self.subscribers:
@@ -123,12 +153,11 @@ class Pipeline:
             event = DurableEvent(entry, line, origin, source, seq)
             for subscriber in self.subscribers:
                 subscriber.durable(event)
-        self.latency.observe(self.clock.seconds() - started)
+        self.latency.observe(now - started)
         waiters = self._waiting.pop(entry["msg_id"])
         waiters[0].callback(first_result)
         for d in waiters[1:]:
             d.callback(later_result)
-        self.delivery.flush()
 
     def _failed(self, failure, entry):
         msg_id = entry["msg_id"]
@@ -144,7 +173,6 @@ class Pipeline:
                            sender=entry["from"], error=error, repeats=repeats(left_out))
         for d in self._waiting.pop(msg_id, ()):
             d.errback(failure)
-        self.delivery.flush()
 
     # --- IRecorder: the other records -------------------------------------------
 
