@@ -244,6 +244,15 @@ class Delivery:
             for session, (lines, entries) in held.items():
                 session.deliver_lines(lines, entries)
 
+    def hold(self, session, line):
+        """Write ``line`` (an ack, say) to ``session`` with the next flush,
+        after what is held for it already."""
+        held = self._held.get(session)
+        if held is None:
+            self._held[session] = ([line], [])
+        else:
+            held[0].append(line)
+
     def release(self, session):
         """Write what is held for ``session`` now: call before writing anything
         else to it, so that its stream keeps the order things happened in."""

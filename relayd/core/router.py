@@ -18,7 +18,7 @@ from relayd.core.metrics import RouterCollector
 from relayd.core.pipeline import Pipeline
 
 _DELIVERY = ("attach", "detach", "deliver_stored", "resume", "handed", "acknowledged",
-             "delivered_elsewhere", "join", "leave", "flush", "release",
+             "delivered_elsewhere", "join", "leave", "flush", "hold", "release",
              "clients", "kick", "rooms")
 _PIPELINE = ("accept_remote", "holds", "subscribe", "unsettled")
 

@@ -576,7 +576,8 @@ class RelayProtocol(Protocol):
             d.addCallbacks(self._ack, self._not_stored, callbackArgs=(nonce, req), errbackArgs=(req,))
 
     def _legacy_ack(self, result):
-        self._write(b'{"status": "ok", "msg_id": "' + result[0].encode() + b'"}\n')
+        if not self._closing:
+            self.service.router.hold(self, b'{"status": "ok", "msg_id": "' + result[0].encode() + b'"}\n')
 
     def _ack(self, result, nonce, req):
         """``send`` of ``{"status", "type", "msg_id", "duplicate"[, "nonce"][, "req"]}``,
@@ -589,7 +590,8 @@ class RelayProtocol(Protocol):
             ack += b', "nonce": ' + encode_basestring_ascii(nonce).encode()
         if req is not None:
             ack += b', "req": ' + json.dumps(req).encode()
-        self._write(ack + b"}\n")
+        # with the copies the router writes at the end of the journal batch
+        self.service.router.hold(self, ack + b"}\n")
 
     def _not_stored(self, failure, req=None):
         self.error("journal_unavailable", "the message could not be stored; retry later", req=req)
