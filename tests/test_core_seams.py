@@ -97,6 +97,18 @@ class PipelineTests(unittest.TestCase):
         self.assertEqual((events[0].origin, events[0].seq), ("relay1", 1))
         self.assertNotIn(b"held_for", events[0].line)
 
+    def test_done_is_called_instead_of_a_deferred(self):
+        p = pipeline(RecordingDelivery())
+        p.journal.hold = True
+        results = []
+        self.assertIsNone(p.submit("alice", "bob", "hi", nonce="n", done=results.append))
+        p.submit("alice", "bob", "hi", nonce="n", done=results.append)    # a retry meanwhile
+        p.journal.release()
+        self.assertEqual([duplicate for _, duplicate in results], [False, True])
+        p.journal.fail = True
+        p.submit("alice", "bob", "lost", done=results.append)
+        self.assertIsInstance(results[-1].value, OSError)
+
     def test_a_batch_is_one_call_back_and_one_flush(self):
         delivery = RecordingDelivery()
         p = pipeline(delivery)

@@ -37,7 +37,7 @@ class Pipeline:
         self.delivery = None           # IDelivery
         self.sequencer = None          # ISequencer (federation): (origin, seq) in each record
         self.subscribers = []          # IDurableEventSubscriber, in subscription order
-        self._waiting = {}             # msg_id -> [Deferred] for retries of a pending message
+        self._waiting = {}             # msg_id -> [done(result)] of a pending message and its retries
         self._last_timestamp = 0.0
         self._log_limiter = LogLimiter(clock)     # a full disk fails every message alike
         self.accepted = {"client": 0, "federation": 0}
@@ -72,22 +72,28 @@ class Pipeline:
 
     # --- admission --------------------------------------------------------------
 
-    def submit(self, sender, to, body, room=None, nonce=None):
+    def submit(self, sender, to, body, room=None, nonce=None, done=None):
         """Accept a message from the local client ``sender``: a Deferred
         firing ``(msg_id, duplicate)`` once it is durable (or was known
-        already), or failing if the journal failed."""
+        already), or failing if the journal failed.  With ``done``, no
+        Deferred: ``done`` is called with that result or the Failure."""
+        d = None
+        if done is None:
+            d = defer.Deferred()
+            done = d.callback           # a Failure given to callback takes the errback path
         entry, line = message.new_message(sender, to, body, self._timestamp(),
                                           self.relay_id, room=room, nonce=nonce)
         msg_id = entry["msg_id"]
         if self.dedup.check(msg_id):
             waiters = self._waiting.get(msg_id)
             if waiters is None:
-                return defer.succeed((msg_id, True))
-            d = defer.Deferred()
-            waiters.append(d)
-            return d
-        self.accepted["client"] += 1
-        return self._admit(entry, None, (msg_id, False), (msg_id, True), line)
+                done((msg_id, True))
+            else:
+                waiters.append(done)
+        else:
+            self.accepted["client"] += 1
+            self._admit(entry, None, done, (msg_id, False), (msg_id, True), line)
+        return d
 
     def accept_remote(self, entry, source):
         """Accept an entry relayed by a peer relay or a bridge (``source``,
@@ -96,7 +102,9 @@ class Pipeline:
         if self.dedup.check(entry["msg_id"]):
             return defer.succeed(False)
         self.accepted["federation"] += 1
-        return self._admit(entry, source, True, False)
+        d = defer.Deferred()
+        self._admit(entry, source, d.callback, True, False)
+        return d
 
     def _timestamp(self):
         """The clock, made strictly increasing so that two identical messages
@@ -107,14 +115,14 @@ class Pipeline:
         self._last_timestamp = now
         return now
 
-    def _admit(self, entry, source, first_result, later_result, line=None):
+    def _admit(self, entry, source, done, first_result, later_result, line=None):
         """Route and journal a new entry (``line``: its ``journal_line`` if
-        known).  The Deferred returned fires with ``first_result`` once it is
-        durable; retries that arrive meanwhile get ``later_result``, in order."""
+        known).  Once it is durable ``done`` gets ``first_result``, and
+        retries that arrived meanwhile ``later_result``, in order; if the
+        journal refused it, they get the Failure."""
         msg_id = entry["msg_id"]
         self.dedup.add(msg_id)
-        first = defer.Deferred()
-        self._waiting[msg_id] = [first]
+        self._waiting[msg_id] = [done]
         if line is None:
             line = message.journal_line(entry)
         held = self.delivery.route(entry, message.delivery_line(line))
@@ -130,7 +138,6 @@ class Pipeline:
             self._journaling.pop()
             self._failed(Failure(), entry)
             self.delivery.flush()
-        return first
 
     def journaled(self, count, result):
         """The journal's listener: the next ``count`` entries are durable, or
@@ -155,9 +162,9 @@ class Pipeline:
                 subscriber.durable(event)
         self.latency.observe(now - started)
         waiters = self._waiting.pop(entry["msg_id"])
-        waiters[0].callback(first_result)
-        for d in waiters[1:]:
-            d.callback(later_result)
+        waiters[0](first_result)
+        for done in waiters[1:]:
+            done(later_result)
 
     def _failed(self, failure, entry):
         msg_id = entry["msg_id"]
@@ -171,8 +178,8 @@ class Pipeline:
         if log_it:
             self.log.error("journal write failed for a message from {sender}: {error}{repeats}",
                            sender=entry["from"], error=error, repeats=repeats(left_out))
-        for d in self._waiting.pop(msg_id, ()):
-            d.errback(failure)
+        for done in self._waiting.pop(msg_id, ()):
+            done(failure)
 
     # --- IRecorder: the other records -------------------------------------------
 

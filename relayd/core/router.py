@@ -69,9 +69,9 @@ class Router:
     def sequencer(self, sequencer):
         self.pipeline.sequencer = sequencer
 
-    def submit(self, session, to, body, room=None, nonce=None):
+    def submit(self, session, to, body, room=None, nonce=None, done=None):
         """Accept a message from ``session``'s client (``Pipeline.submit``)."""
-        return self.pipeline.submit(session.peer_id, to, body, room, nonce)
+        return self.pipeline.submit(session.peer_id, to, body, room, nonce, done)
 
     # --- journal replay (the journal's consumer) -----------------------------
 

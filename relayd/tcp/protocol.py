@@ -27,6 +27,7 @@ from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
@@ -569,20 +570,20 @@ class RelayProtocol(Protocol):
             return
         if self.service.congested:
             self.service.throttle(self)
-        d = self.service.router.submit(self, to, body, room=room, nonce=nonce)
-        if legacy:
-            d.addCallbacks(self._legacy_ack, self._not_stored)
-        else:
-            d.addCallbacks(self._ack, self._not_stored, callbackArgs=(nonce, req), errbackArgs=(req,))
+        self.service.router.submit(self, to, body, room=room, nonce=nonce,
+                                   done=lambda result: self._ack(result, nonce, req, legacy))
 
-    def _legacy_ack(self, result):
-        if not self._closing:
-            self.service.router.hold(self, b'{"status": "ok", "msg_id": "' + result[0].encode() + b'"}\n')
-
-    def _ack(self, result, nonce, req):
+    def _ack(self, result, nonce, req, legacy=False):
         """``send`` of ``{"status", "type", "msg_id", "duplicate"[, "nonce"][, "req"]}``,
-        put together by hand: this is one of the hot path's three encodings."""
+        put together by hand: this is one of the hot path's three encodings
+        (or the seed's ack, or the error if the journal refused it)."""
+        if isinstance(result, Failure):
+            self.error("journal_unavailable", "the message could not be stored; retry later", req=req)
+            return
         if self._closing:
+            return
+        if legacy:
+            self.service.router.hold(self, b'{"status": "ok", "msg_id": "' + result[0].encode() + b'"}\n')
             return
         msg_id, duplicate = result
         ack = _ACK_HEAD + msg_id.encode() + _ACK_DUPLICATE[duplicate]
@@ -592,9 +593,6 @@ class RelayProtocol(Protocol):
             ack += b', "req": ' + json.dumps(req).encode()
         # with the copies the router writes at the end of the journal batch
         self.service.router.hold(self, ack + b"}\n")
-
-    def _not_stored(self, failure, req=None):
-        self.error("journal_unavailable", "the message could not be stored; retry later", req=req)
 
     def _ack_request(self, request, req):
         """``{"type": "ack", "ids": [msg_id, ...]}``: messages the client
