@@ -1,6 +1,7 @@
 """Test doubles shared by the core and TCP tests."""
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from relayd.core.abuse import AbuseGuard
@@ -12,29 +13,43 @@ from relayd.core.router import Router
 
 
 class MemoryJournal:
-    """Records appended lines; ``hold = True`` keeps Deferreds pending until ``release()``."""
+    """Records appended lines; ``hold = True`` keeps them pending until
+    ``release()``, which commits them as one batch."""
 
     def __init__(self):
         self.lines = []
         self.hold = False
         self.fail = False
-        self._pending = []
+        self.listener = None
+        self._pending = []          # Deferreds, and None for each line given to add()
 
     def append(self, line):
         self.lines.append(line)
         if self.fail:
             return defer.fail(OSError(28, "No space left on device"))
         d = defer.Deferred()
-        if self.hold:
-            self._pending.append(d)
-        else:
-            d.callback(None)
+        self._pending.append(d)
+        if not self.hold:
+            self.release()
         return d
+
+    def add(self, line):
+        self.lines.append(line)
+        if self.fail:
+            self.listener(1, Failure(OSError(28, "No space left on device")))
+            return
+        self._pending.append(None)
+        if not self.hold:
+            self.release()
 
     def release(self):
         pending, self._pending = self._pending, []
         for d in pending:
-            d.callback(None)
+            if d is not None:
+                d.callback(None)
+        added = pending.count(None)
+        if added:
+            self.listener(added, None)
 
 
 class MemoryOwnership:

@@ -53,6 +53,7 @@ class FileJournal:
         self.path = os.path.join(directory, "relay_log.00000001.jsonl")
         self.fail = False
         self.states = {}
+        self.listener = None
 
     def add_state(self, name, snapshot, load):
         self.states[name] = (snapshot, load)
@@ -63,6 +64,9 @@ class FileJournal:
         with open(self.path, "ab") as f:
             f.write(line + b"\n")
         return defer.succeed(None)
+
+    def add(self, line):
+        self.append(line).addBoth(lambda result: self.listener(1, result))
 
     def records(self):
         out = []

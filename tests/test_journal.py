@@ -152,6 +152,21 @@ class GroupCommitTests(JournalTestMixin, unittest.TestCase):
         self.clock.advance(0)
         self.assertEqual(seqs, [1, 2, 3, 4])
 
+    def test_added_lines_are_told_once_per_batch_in_order_with_appends(self):
+        journal = self.make()
+        heard, acked = [], []
+        journal.listener = lambda count, result: heard.append((count, result))
+        journal.add(line(0))
+        journal.append(line(1)).addCallback(acked.append)
+        journal.add(line(2))
+        self.assertEqual((heard, journal.pending), ([], 3))
+        self.clock.advance(0)
+        self.assertEqual((heard, acked), ([(2, 1)], [2]))
+        self.assertEqual(read_lines(self.directory), [line(n) for n in range(3)])
+        self.assertRaises(TypeError, journal.add, "not bytes")
+        journal.stopService()
+        self.assertRaises(JournalClosed, journal.add, line(3))
+
     def test_a_line_that_is_not_bytes_fails_alone(self):
         journal = self.make()
         ok = [journal.append(line(1)), journal.append(line(2))]
@@ -388,13 +403,19 @@ class WriteErrorTests(JournalTestMixin, unittest.TestCase):
                 self.assertEqual(self.failureResultOf(d, OSError).value.errno, errno.ENOSPC)
             self.assertIn("No space left", journal.health())
             self.assertEqual(self.registry.get_sample_value("relayd_journal_write_errors_total"), 2)
+            heard = []
+            journal.listener = lambda count, result: heard.append((count, result))
+            journal.add(line(3))
+            self.clock.advance(0)
+            [(count, failure)] = heard
+            self.assertEqual((count, failure.value.errno), (1, errno.ENOSPC))
             heal()
             ok = journal.append(line(3))
             self.clock.advance(0)
             self.successResultOf(ok)
         errors = [e for e in events if e["log_level"] == LogLevel.error]
         self.assertEqual(len(errors), 1, "a repeated error is logged once")
-        self.assertTrue(any(e.get("failed") == 2 for e in events), "recovery is logged")
+        self.assertTrue(any(e.get("failed") == 3 for e in events), "recovery is logged")
         self.assertIsNone(journal.health())
         self.assertEqual(read_lines(self.directory), [line(3)])
 

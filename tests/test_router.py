@@ -8,7 +8,7 @@ from zope.interface import implementer
 from relayd.core import message
 from relayd.core.interfaces import IDurableEventSubscriber
 from relayd.core.membership import MembershipFull
-from relayd.core.router import STORED_CHUNK
+from relayd.core.delivery import STORED_CHUNK
 from tests.fakes import FakeSession, make_router
 
 
@@ -319,6 +319,23 @@ class PersistentRoomTests(unittest.TestCase):
         self.assertEqual([e["body"] for e, _ in second.attach(FakeSession("bob"))], ["one", "two"])
         self.assertEqual(second.attach(FakeSession("carol")), [])
         self.assertEqual(second.members, {"general": {"bob"}})
+
+    def test_a_stored_room_message_is_one_journal_record(self):
+        self.away("bob")
+        lines = self.router.journal.lines
+        before = len(lines)
+        self.router.submit(self.alice, "#general", "one", room="general")
+        self.assertEqual(len(lines), before + 1)
+        record = json.loads(lines[-1])
+        self.assertEqual((record["body"], record["held_for"]), ("one", ["bob"]))
+        self.assertNotIn("held_for", json.loads(self.router.mailboxes.peek("bob")[0][1]),
+                         "the recipient's line is the message alone")
+
+    def test_an_older_journal_held_record_still_replays(self):
+        entry = message.new_entry("alice", "#general", "old", 1000.0, "relay1", room="general")
+        held = json.dumps({"held": entry["msg_id"], "for": ["bob"]}).encode()
+        second = ReplayTests().replayed([message.journal_line(entry), held], self.clock)
+        self.assertEqual([e for e, _ in second.attach(FakeSession("bob"))], [entry])
 
     def test_checkpoint_round_trip(self):
         self.away("bob")

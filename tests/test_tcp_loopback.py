@@ -1,9 +1,11 @@
 """The TCP relay service on a real loopback socket, in this process."""
 import json
 import os
+import socket
 
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.task import deferLater
 from twisted.protocols.basic import LineReceiver
 from twisted.trial import unittest
 
@@ -87,6 +89,57 @@ class LoopbackTests(unittest.TestCase):
             with open(os.path.join(journal_dir, segment.name), "rb") as f:
                 records.extend(check(line)[0] for line in f)
         self.assertIn(frames[1]["msg_id"], [r.get("msg_id") for r in records])
+
+
+class SameTurnTests(unittest.TestCase):
+    """A plain TCP reader gets its copy in the reactor turn that read the
+    sender's line, before the message is durable; order holds when the
+    kernel takes only part of a write."""
+    timeout = 30
+
+    def setUp(self):
+        self.daemon, self.port = start_daemon(self, extra="[ratelimit]\nmessages = 100000\n")
+
+    connect = LoopbackTests.connect
+
+    def raw_reader(self, peer_id):
+        """A blocking socket identified as ``peer_id`` (read by the test
+        itself, so nothing it gets waits for the reactor)."""
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        self.addCleanup(sock.close)
+        sock.sendall(json.dumps({"type": "hello", "id": peer_id}).encode() + b"\n")
+        return sock
+
+    @defer.inlineCallbacks
+    def test_a_copy_leaves_before_the_reactor_turns_again(self):
+        alice = yield self.connect("alice")
+        bob = self.raw_reader("bob")
+        router = self.daemon.router
+        while "bob" not in router.sessions:
+            yield deferLater(reactor, 0.01, lambda: None)
+        bob.recv(65536)                                  # the welcome
+        line = json.dumps({"type": "send", "to": "bob", "body": "now"}).encode() + b"\n"
+        router.sessions["alice"].dataReceived(line)      # as the reactor would, then no turn
+        got = json.loads(bob.recv(65536))
+        self.assertEqual((got["type"], got["body"]), ("message", "now"))
+        self.assertNotIn("bob", router.mailboxes, "settled: its bytes are in the kernel")
+        acks = yield alice.wait(2)
+        self.assertEqual(acks[1]["msg_id"], got["msg_id"])
+
+    @defer.inlineCallbacks
+    def test_order_holds_past_what_the_kernel_takes_at_once(self):
+        alice = yield self.connect("alice")
+        bob = yield self.connect("bob")
+        bob.MAX_LENGTH = 2 ** 20
+        bob.transport.pauseProducing()
+        count = 400
+        alice.transport.write(b"".join(
+            json.dumps({"type": "send", "to": "*", "body": "%04d" % i + "x" * 4000}).encode() + b"\n"
+            for i in range(count)))
+        yield alice.wait(1 + count)
+        bob.transport.resumeProducing()
+        frames = yield bob.wait(1 + count)
+        self.assertEqual([f["body"][:4] for f in frames[1:]], ["%04d" % i for i in range(count)])
 
 
 class SmallBuffers(unittest.TestCase):

@@ -51,11 +51,47 @@ class ISession(Interface):
         """Send the error ``code`` after everything written, and disconnect."""
 
 
+class IDelivery(Interface):
+    """What the pipeline asks of delivery (``relayd.core.delivery``)."""
+
+    def route(entry, line):
+        """Send ``entry`` (its delivery ``line``) to its online recipients
+        (held until ``flush``) and store it for the offline ones; returns
+        the ids of the persistent room members it was stored for (the
+        message's journal record names them)."""
+
+    def refused(entry):
+        """The journal refused ``entry``: unstore it."""
+
+    def flush():
+        """Write the copies held since the last flush."""
+
+
+class IRecorder(Interface):
+    """What delivery asks of the pipeline: records that are not messages."""
+
+    def receipt(entry, peer):
+        """Journal that ``peer`` settled the directed message ``entry``, and
+        tell the subscribers."""
+
+    def membership(peer, room, joined):
+        """Journal that ``peer`` joined (or left) ``room`` for good."""
+
+
 class IJournal(Interface):
     """Where accepted messages and receipts become durable."""
 
+    listener = Attribute("called as listener(count, result) once per batch that held lines "
+                         "given to ``add``: how many, and None (or the batch's first seq), "
+                         "or the batch's Failure")
+
     def append(line):
         """Journal one JSON object (bytes, no newline); Deferred[None] once durable."""
+
+    def add(line):
+        """Journal one JSON object without a Deferred of its own: the
+        ``listener`` hears of it with its batch, in order (raises if the
+        journal refuses it at once, e.g. once stopped)."""
 
 
 class IDurableEventSubscriber(Interface):

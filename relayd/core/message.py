@@ -88,7 +88,13 @@ def receipt_line(msg_id, peer, timestamp, key=None):
     return json.dumps(receipt_record(msg_id, peer, timestamp, key)).encode()
 
 
-FED_KEYS = ("fed", "seq")
+RECORD_KEYS = ("fed", "seq", "held_for")     # in a message's journal record, not its entry
+
+
+def held_line(journal_bytes, peers):
+    """A room message's journal line naming the persistent members it was
+    stored for (``held_for``), so that a replay stores it for them again."""
+    return b"%s, \"held_for\": %s}" % (journal_bytes[:-1], json.dumps(sorted(peers)).encode())
 
 
 def sequenced_line(journal_bytes, key):
@@ -98,10 +104,11 @@ def sequenced_line(journal_bytes, key):
 
 
 def entry_of(record):
-    """The message entry of a journal record, without its federation ``(origin, seq)``."""
-    if "fed" not in record:
+    """The message entry of a journal record, without its federation
+    ``(origin, seq)`` and ``held_for``."""
+    if "fed" not in record and "held_for" not in record:
         return record
-    return {k: v for k, v in record.items() if k not in FED_KEYS}
+    return {k: v for k, v in record.items() if k not in RECORD_KEYS}
 
 
 def is_message(record):

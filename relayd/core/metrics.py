@@ -35,21 +35,22 @@ class LatencyHistogram:
 
 
 class RouterCollector:
-    """Exposes a Router's counters and gauges."""
+    """Exposes the router's counters and gauges (its pipeline's and its delivery's)."""
 
-    def __init__(self, router):
-        self.router = router
+    def __init__(self, pipeline, delivery):
+        self.pipeline = pipeline
+        self.delivery = delivery
 
     def collect(self):
-        r = self.router
+        r, d = self.pipeline, self.delivery
         received = CounterMetricFamily("relayd_messages_received_total", "Messages accepted",
                                        labels=["source"])
         for source, count in r.accepted.items():
             received.add_metric([source], count)
         yield received
         for name, doc, value in (
-                ("relayd_messages_delivered_total", "Message copies written to clients", r.delivered),
-                ("relayd_messages_stored_total", "Messages kept for offline peers", r.stored),
+                ("relayd_messages_delivered_total", "Message copies written to clients", d.delivered),
+                ("relayd_messages_stored_total", "Messages kept for offline peers", d.stored),
                 ("relayd_dedup_hits_total", "Messages dropped as already seen", r.dedup.hits),
                 ("relayd_journal_failures_total", "Messages refused because the journal failed",
                  r.journal_failures)):
@@ -58,7 +59,7 @@ class RouterCollector:
             "relayd_message_commit_seconds", "From acceptance to durable and delivered",
             buckets=r.latency.cumulative(), sum_value=r.latency.sum)
         for name, doc, value in (
-                ("relayd_sessions", "Identified client sessions", len(r.sessions)),
-                ("relayd_rooms", "Rooms with members", len(r.members)),
-                ("relayd_mailbox_messages", "Messages waiting for offline peers", r.mailboxes.total())):
+                ("relayd_sessions", "Identified client sessions", len(d.sessions)),
+                ("relayd_rooms", "Rooms with members", len(d.members)),
+                ("relayd_mailbox_messages", "Messages waiting for offline peers", d.mailboxes.total())):
             yield GaugeMetricFamily(name, doc, value=value)

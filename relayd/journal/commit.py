@@ -2,7 +2,9 @@
 
 ``append`` only adds the line to a list; one write job per batch carries
 the list to the file thread, which frames and writes it.  While a batch is being
-written the next one gathers, so batches grow with the load.
+written the next one gathers, so batches grow with the load.  ``add`` is
+``append`` without a Deferred: the ``listener`` hears of those lines once
+per batch.
 """
 from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
@@ -21,6 +23,9 @@ class GroupCommit:
     written.  Each line's Deferred fires with None, or fails with the
     batch's failure.  With a sequence number from ``submit``, each line's
     Deferred fires with its own (the first plus its place in the batch).
+    Lines given to ``add`` have no Deferred: once their batch is handled,
+    ``listener(count, result)`` is called once with how many there were and
+    the batch's first sequence number (or None), or its Failure.
     """
 
     def __init__(self, clock, submit, delay=0.0):
@@ -34,6 +39,7 @@ class GroupCommit:
         self._busy_since = None
         self._call = None
         self.closed = False
+        self.listener = None
 
     @property
     def pending(self):
@@ -50,13 +56,25 @@ class GroupCommit:
         if self.closed:
             d.errback(JournalClosed("the journal is stopped"))
             return d
+        self._buffer(line, d)
+        return d
+
+    def add(self, line):
+        """Buffer ``line`` for the ``listener``; raises TypeError if it is
+        not bytes, JournalClosed once closed."""
+        if not isinstance(line, bytes):
+            raise TypeError(f"a journal line must be bytes, not {type(line).__name__}")
+        if self.closed:
+            raise JournalClosed("the journal is stopped")
+        self._buffer(line, None)
+
+    def _buffer(self, line, waiter):
         if not self._lines:
             self._since = self._clock.seconds()
             if self._call is None and not self._busy:
                 self._call = self._clock.callLater(self._delay, self.flush)
         self._lines.append(line)
-        self._waiters.append(d)
-        return d
+        self._waiters.append(waiter)
 
     def flush(self):
         """Submit the buffered lines now; a Deferred fires once they are handled."""
@@ -90,15 +108,21 @@ class GroupCommit:
         self._busy -= len(waiters)
         if not self._busy:
             self._busy_since = None
+        quiet = 0
         if isinstance(result, Failure):
             for d in waiters:
-                d.errback(result)
-        elif result is None:
-            for d in waiters:
-                d.callback(None)
+                if d is None:
+                    quiet += 1
+                else:
+                    d.errback(result)
         else:
-            for seq, d in enumerate(waiters, result):
-                d.callback(seq)
+            for seq, d in enumerate(waiters, result or 0):
+                if d is None:
+                    quiet += 1
+                else:
+                    d.callback(None if result is None else seq)
+        if quiet:
+            self.listener(quiet, result)
         if self._lines and self._call is None and not self.closed:
             self._schedule()
 

@@ -272,6 +272,18 @@ class Journal(Service):
         fires with the record's sequence number once it is durable."""
         return self._commit.append(line)
 
+    def add(self, line):
+        """Journal one JSON object; ``listener`` hears of it with its batch."""
+        self._commit.add(line)
+
+    @property
+    def listener(self):
+        return self._commit.listener
+
+    @listener.setter
+    def listener(self, listener):
+        self._commit.listener = listener
+
     @property
     def pending(self):
         return self._commit.pending

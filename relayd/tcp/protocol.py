@@ -8,10 +8,14 @@ Output: after every write the socket transport is marked as having paused
 its producer (us, or TLS's wrapper around us), so it resumes us once it has
 handed everything to the kernel.  That is when the directed messages of clients
 that cannot ack are settled; bytes written meanwhile wait in our own queue
-and go out, up to ``WRITE_CHUNK`` at a time, at each drain.  A queue over
-``[tcp] output_buffer`` pauses reading from the connections that send (the
-TCP service's flow control); a connection whose transport has not drained
-for ``[tcp] stall_timeout`` is dropped as ``slow_consumer``.
+and go out, up to ``WRITE_CHUNK`` at a time, at each drain.  The router's
+copies for a plain TCP connection whose transport is empty are sent at once
+(one ``send`` in the reactor turn that read the sender's line, not a turn
+later; TLS keeps the transport's path); what the kernel does not take goes
+to the transport as above.  A queue over ``[tcp] output_buffer`` pauses
+reading from the connections that send (the TCP service's flow control); a
+connection whose transport has not drained for ``[tcp] stall_timeout`` is
+dropped as ``slow_consumer``.
 """
 import base64
 import json
@@ -19,9 +23,11 @@ import os
 from collections import deque
 from json.encoder import encode_basestring_ascii
 
+from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
@@ -102,6 +108,7 @@ class RelayProtocol(Protocol):
         self.stalled_since = None   # when the transport last took bytes it has not drained
         self._paused = False        # the transport holds bytes the kernel has not taken
         self._socket = None         # the socket transport, when it says it drained
+        self._direct = None         # its socket, when plain TCP (copies are sent at once)
         self._queue = deque()       # (bytes, receipts) waiting for the transport to drain
         self._queued = 0
         self._in_transport = []     # directed entries whose bytes the transport holds
@@ -123,6 +130,8 @@ class RelayProtocol(Protocol):
         socket = _socket_side(self.transport)
         if hasattr(socket, "producerPaused") and getattr(socket, "producer", None) is not None:
             self._socket = socket       # it says when it drained
+            if socket is self.transport and isinstance(socket, tcp.Connection):
+                self._direct = socket.socket
         refusal = self.service.admit(self)
         if refusal is not None:
             code, text, extra = refusal
@@ -175,9 +184,9 @@ class RelayProtocol(Protocol):
         if self._closing:
             return
         self._out(lines[0] if len(lines) == 1 else b"".join(lines),
-                  () if self.acks or not receipts else receipts)
+                  () if self.acks or not receipts else receipts, now=True)
 
-    def _out(self, data, receipts=()):
+    def _out(self, data, receipts=(), now=False):
         if self._paused or self._queue:
             self._queue.append((data, receipts))
             self._queued += len(data)
@@ -188,7 +197,27 @@ class RelayProtocol(Protocol):
             if self._queued > limit * HARD_LIMIT:
                 self._too_slow()
             return
+        if now and self._direct is not None:
+            data = self._send_now(data, receipts)
+            if not data:
+                return
         self._hand(data, receipts)
+
+    def _send_now(self, data, receipts):
+        """Send ``data`` on the socket now; returns what the kernel did not
+        take.  Only called while the transport is empty (it resumed us, see
+        ``resumeProducing``), so the stream keeps its order; an error is left
+        for the transport to find."""
+        try:
+            sent = self._direct.send(data)
+        except OSError:
+            return data
+        self.service.bytes_sent += sent
+        if sent < len(data):
+            return data[sent:]
+        if receipts:
+            self.service.router.handed(self, receipts)
+        return b""
 
     def _hand_chunk(self):
         """Give the transport the oldest queued bytes, up to ``WRITE_CHUNK``."""
@@ -533,19 +562,20 @@ class RelayProtocol(Protocol):
             return
         if self.service.congested:
             self.service.throttle(self)
-        d = self.service.router.submit(self, to, body, room=room, nonce=nonce)
-        if legacy:
-            d.addCallbacks(self._legacy_ack, self._not_stored)
-        else:
-            d.addCallbacks(self._ack, self._not_stored, callbackArgs=(nonce, req), errbackArgs=(req,))
+        self.service.router.submit(self, to, body, room=room, nonce=nonce,
+                                   done=lambda result: self._ack(result, nonce, req, legacy))
 
-    def _legacy_ack(self, result):
-        self._write(b'{"status": "ok", "msg_id": "' + result[0].encode() + b'"}\n')
-
-    def _ack(self, result, nonce, req):
+    def _ack(self, result, nonce, req, legacy=False):
         """``send`` of ``{"status", "type", "msg_id", "duplicate"[, "nonce"][, "req"]}``,
-        put together by hand: this is one of the hot path's three encodings."""
+        put together by hand: this is one of the hot path's three encodings
+        (or the seed's ack, or the error if the journal refused it)."""
+        if isinstance(result, Failure):
+            self.error("journal_unavailable", "the message could not be stored; retry later", req=req)
+            return
         if self._closing:
+            return
+        if legacy:
+            self.service.router.hold(self, b'{"status": "ok", "msg_id": "' + result[0].encode() + b'"}\n')
             return
         msg_id, duplicate = result
         ack = _ACK_HEAD + msg_id.encode() + _ACK_DUPLICATE[duplicate]
@@ -553,10 +583,8 @@ class RelayProtocol(Protocol):
             ack += b', "nonce": ' + encode_basestring_ascii(nonce).encode()
         if req is not None:
             ack += b', "req": ' + json.dumps(req).encode()
-        self._write(ack + b"}\n")
-
-    def _not_stored(self, failure, req=None):
-        self.error("journal_unavailable", "the message could not be stored; retry later", req=req)
+        # with the copies the router writes at the end of the journal batch
+        self.service.router.hold(self, ack + b"}\n")
 
     def _ack_request(self, request, req):
         """``{"type": "ack", "ids": [msg_id, ...]}``: messages the client
