@@ -23,6 +23,7 @@ from relayd.core.membership import Memberships
 from relayd.core.ownership import FILE_NAME as OWNERSHIP_FILE, DamagedTable, Ownership
 from relayd.core.router import Router
 from relayd.fdbudget import FdBudget
+from relayd.cluster import build_cluster
 from relayd.federation.service import build_federation
 from relayd.filepool import FilePool
 from relayd.identity import IdentityService
@@ -294,6 +295,8 @@ def build(settings, reactor, config_path=None):
     build_hub(daemon, libp2p)
     if settings.enabled("federation"):
         build_federation(daemon)
+    if settings.enabled("cluster"):
+        build_cluster(daemon, tcp)
     if tcp is not None:
         build_keydir(daemon, tcp)
     build_ops(daemon)

@@ -24,6 +24,8 @@ jetstream {{
   max_memory_store: 64MB
   max_file_store: 1GB
 }}
+"""
+NATS_CLUSTER = """\
 cluster {{
   name: relayd
   listen: 127.0.0.1:{route}
@@ -54,10 +56,10 @@ class NatsCluster:
         path = os.path.join(self.workdir, "nats-%d.conf" % i)
         routes = ", ".join("nats-route://127.0.0.1:%d" % route
                            for j, route in enumerate(self.routes) if j != i)
+        text = NATS_CONFIG + (NATS_CLUSTER if len(self.ports) > 1 else "")
         with open(path, "w") as f:
-            f.write(NATS_CONFIG.format(name="n%d" % i, port=self.ports[i], route=self.routes[i],
-                                       store=os.path.join(self.workdir, "store-%d" % i),
-                                       routes=routes))
+            f.write(text.format(name="n%d" % i, port=self.ports[i], route=self.routes[i],
+                                store=os.path.join(self.workdir, "store-%d" % i), routes=routes))
         return path
 
     def start(self, i=None, timeout=20.0):

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from relayd.core import message
 from relayd.core.history import conversation
 from relayd.core.membership import Memberships, is_member_record, member_record
-from relayd.core.interfaces import DurableEvent, IDurableEventSubscriber
+from relayd.core.interfaces import DurableEvent, IDurableEventSubscriber, IPresenceObserver
 from relayd.core.metrics import LatencyHistogram, RouterCollector
 from relayd.ops.ratelog import LogLimiter, repeats
 
@@ -46,6 +46,7 @@ class Router:
         self.retention = retention
         self.journal = None            # set by the daemon: append(line) -> Deferred
         self.subscribers = []          # IDurableEventSubscriber, in subscription order
+        self.observers = []            # IPresenceObserver (cluster mode)
         self.sequencer = None          # ISequencer (federation): (origin, seq) in each record
         self.sessions = {}             # peer id -> session
         self.members = {}              # room -> set of peer ids
@@ -88,6 +89,8 @@ class Router:
         self._outstanding[session] = {}
         for room in self.memberships.rooms_of(session.peer_id):
             self.join(session, room)
+        for observer in self.observers:
+            observer.attached(session)
         return self.mailboxes.peek(session.peer_id)
 
     def deliver_stored(self, session, stored):
@@ -155,6 +158,8 @@ class Router:
             self._leave_all(session)
             del self.sessions[session.peer_id]
             self._forget(session)
+            for observer in self.observers:
+                observer.detached(session)
 
     def _forget(self, session):
         self._outstanding.pop(session, None)
@@ -166,7 +171,11 @@ class Router:
         bound).  Returns the connected members."""
         if persist and self.memberships.add(session.peer_id, room):
             self._journal_member(session.peer_id, room, True)
-        self.members.setdefault(room, set()).add(session.peer_id)
+        if room not in self.members:
+            self.members[room] = set()
+            for observer in self.observers:
+                observer.room_opened(room)
+        self.members[room].add(session.peer_id)
         if session.rooms:
             session.rooms.add(room)
         else:
@@ -191,6 +200,8 @@ class Router:
             members.discard(session.peer_id)
             if not members:
                 del self.members[room]
+                for observer in self.observers:
+                    observer.room_closed(room)
 
     def _leave_all(self, session):
         for room in list(session.rooms):
@@ -232,6 +243,14 @@ class Router:
         if not IDurableEventSubscriber.providedBy(subscriber):
             raise TypeError(f"{subscriber!r} does not provide IDurableEventSubscriber")
         self.subscribers.append(subscriber)
+
+    def observe(self, observer):
+        """Tell ``observer`` (an ``IPresenceObserver``) of each peer attached or
+        detached here and each room that gains its first or loses its last
+        connected member here."""
+        if not IPresenceObserver.providedBy(observer):
+            raise TypeError(f"{observer!r} does not provide IPresenceObserver")
+        self.observers.append(observer)
 
     def accept_remote(self, entry, source):
         """Accept an entry relayed by a peer relay or a bridge (``source``,
