@@ -15,6 +15,8 @@ from twisted.trial import unittest
 
 from tests.daemon import Relayd, free_port, relay_ini
 from tests.engine import NATS_SERVER, NatsCluster, engine_missing
+from tests.test_metrics_docs import documented_metrics, exposed_metrics
+from tests.test_ops_support import http_get
 
 READY_LINE = "accepting messages"
 
@@ -23,6 +25,8 @@ def cluster_ini(urls, node):
     return relay_ini(f"""
         [ratelimit]
         messages = 100000
+        [http]
+        listen = tcp:{{http}}:interface=127.0.0.1
         [cluster]
         engine = {", ".join(urls)}
         node = {node}
@@ -137,7 +141,8 @@ class ClusterTestMixin:
         self.addCleanup(self.engine.stop)
         self.relays = []
         for i in range(nodes):
-            relay = Relayd(self, cluster_ini(self.engine.urls, "n%d" % i), tcp=free_port())
+            relay = Relayd(self, cluster_ini(self.engine.urls, "n%d" % i), tcp=free_port(),
+                           http=free_port())
             relay.start(wait_tcp=[relay.ports["tcp"]])
             self.relays.append(relay)
         for relay in self.relays:
@@ -187,6 +192,33 @@ class ChatAcrossNodes(ClusterTestMixin, unittest.TestCase):
         back.listen()
         self.assertEqual(back.wait_for({"while you were away"}), set())
         self.assertNotIn("while you were away", bob.received.values())
+
+    def test_health_stats_and_metrics_show_the_cluster(self):
+        self.start_cluster(2)
+        http = [relay.ports["http"] for relay in self.relays]
+        time.sleep(1.5)                 # a heartbeat of each node (liveness 3 s)
+        status, body, _ = http_get(http[0], "/health")
+        self.assertEqual(status, 200, body)
+        status, body, _ = http_get(http[1], "/stats")
+        stats = json.loads(body)["cluster"]
+        self.assertEqual((stats["node"], stats["engine"], stats["members"]),
+                         ("n1", "connected", ["n0", "n1"]))
+        self.assertIn(stats["server"], self.engine.urls)
+        status, body, _ = http_get(http[0], "/metrics")
+        cluster = {name: kind for name, kind in exposed_metrics(body.decode()).items()
+                   if name.startswith("relayd_cluster_")}
+        self.assertEqual(cluster, {name: kind for name, kind in documented_metrics().items()
+                                   if name.startswith("relayd_cluster_")})
+        self.assertIn("relayd_cluster_engine_up 1.0", body.decode())
+        self.assertIn("relayd_cluster_nodes 2.0", body.decode())
+        for i in range(3):
+            self.engine.kill(i)
+        deadline = time.monotonic() + 20
+        while http_get(http[0], "/health")[0] == 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        status, body, _ = http_get(http[0], "/health")
+        self.assertEqual(status, 503)
+        self.assertIn(b"cluster engine", body)
 
     def test_no_engine_refuses_with_a_clear_error(self):
         a, b = self.start_cluster(2)
@@ -240,5 +272,8 @@ class Failover(ClusterTestMixin, unittest.TestCase):
         receiver = self.client([b, a], "receiver")
         receiver.listen()
         time.sleep(0.5)
-        acked = self.run_load(sender, receiver, self.COUNT // 3, lambda: self.engine.kill(0))
+        # kill the engine server the sender's node is linked to
+        used = self.relays[0].log().split("cluster engine connected: ")[1].split()[0]
+        acked = self.run_load(sender, receiver, self.COUNT // 3,
+                              lambda: self.engine.kill(self.engine.urls.index(used)))
         self.assertEqual(receiver.wait_for(acked), set())
