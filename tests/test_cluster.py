@@ -155,6 +155,12 @@ class NodeTests(unittest.TestCase):
         self.router.handed(bob, [{"msg_id": json.loads(bob.lines[0])["msg_id"]}])
         self.assertEqual(self.link.stream, {})
 
+    def test_a_message_to_oneself_is_not_kept_in_the_engine(self):
+        alice = FakeSession("alice")
+        self.router.attach(alice)
+        self.successResultOf(self.router.submit(alice, "alice", "note to self"))
+        self.assertEqual(self.link.stream, {})
+
     def test_mail_from_the_consumer_reaches_the_peer_and_is_deleted_when_settled(self):
         bob = FakeSession("bob")
         self.router.attach(bob)

@@ -198,8 +198,8 @@ class ClusterNode(service.Service):
     def _store(self, entry, line):
         msg_id, to, room = entry["msg_id"], entry["to"], entry.get("room")
         if room is None and to != message.BROADCAST:
-            if msg_id in self.seqs.get(to, ()):
-                return defer.succeed(None)      # it came from the engine
+            if msg_id in self.seqs.get(to, ()) or to == entry["from"]:
+                return defer.succeed(None)      # from the engine; or to oneself, never sent
             if not self.ready:
                 return self._refuse()
             d = self._holder(to)
