@@ -174,6 +174,20 @@ class NodeTests(unittest.TestCase):
         self.router.handed(bob, [entry])
         self.assertEqual(self.link.stream, {})
 
+    def test_mail_for_a_peer_that_moved_follows_it(self):
+        self.link.kv[self.node.nodes_kv]["c"] = b"{}"
+        self.link.kv[self.node.sessions_kv][t("bob")] = b"c"
+        entry, line = message.new_message("alice", "bob", "hi", 5.0, "relay")
+        seq, _ = self.successResultOf(self.link.store(self.mail + "a." + t("bob"), line,
+                                                      entry["msg_id"]))
+        self.link.consumer[1](seq, line)
+        self.assertEqual(list(self.link.stream.values()), [(self.mail + "c." + t("bob"), line)])
+        # offline: it stays where it is
+        del self.link.kv[self.node.sessions_kv][t("bob")]
+        [(seq, _)] = self.link.stream.items()
+        self.link.consumer[1](seq, line)
+        self.assertEqual(list(self.link.stream), [seq])
+
     def test_mail_waiting_in_the_engine_is_delivered_on_attach(self):
         entry, line = message.new_message("alice", "bob", "while away", 5.0, "relay")
         self.link.store(self.mail + "zz." + t("bob"), line, entry["msg_id"])

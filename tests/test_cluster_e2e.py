@@ -248,30 +248,28 @@ class Failover(ClusterTestMixin, unittest.TestCase):
             acked.append("m%d" % i)
         return acked
 
-    def test_kill_sender_node(self):
+    def pair(self):
+        """A sender on node 0 and a listening receiver on node 1, each
+        reconnecting to the other node when its own dies."""
         a, b = self.start_cluster(2)
         sender = self.client([a, b], "sender")
         receiver = self.client([b, a], "receiver")
         receiver.listen()
-        time.sleep(0.5)
+        time.sleep(0.5)                 # both nodes' heartbeats seen
+        return sender, receiver
+
+    def test_kill_sender_node(self):
+        sender, receiver = self.pair()
         acked = self.run_load(sender, receiver, self.COUNT // 3, self.relays[0].kill)
         self.assertEqual(receiver.wait_for(acked), set())
 
     def test_kill_receiver_node(self):
-        a, b = self.start_cluster(2)
-        sender = self.client([a, b], "sender")
-        receiver = self.client([b, a], "receiver")
-        receiver.listen()
-        time.sleep(0.5)
+        sender, receiver = self.pair()
         acked = self.run_load(sender, receiver, self.COUNT // 3, self.relays[1].kill)
         self.assertEqual(receiver.wait_for(acked), set())
 
     def test_kill_engine_node(self):
-        a, b = self.start_cluster(2)
-        sender = self.client([a, b], "sender")
-        receiver = self.client([b, a], "receiver")
-        receiver.listen()
-        time.sleep(0.5)
+        sender, receiver = self.pair()
         # kill the engine server the sender's node is linked to
         used = self.relays[0].log().split("cluster engine connected: ")[1].split()[0]
         acked = self.run_load(sender, receiver, self.COUNT // 3,

@@ -277,10 +277,25 @@ class ClusterNode(service.Service):
     # --- messages from the engine -------------------------------------------------
 
     def _mail(self, seq, data):
-        """The durable consumer: mail sent to this node for a peer held here."""
+        """The durable consumer: mail sent to this node for a peer held here.
+        If the peer has moved meanwhile, the mail follows it to its node; if
+        it is offline, the mail waits where it is for its next connection."""
         entry = message.entry_of(json.loads(data))
         if entry["to"] in self.local:
             self._accept(entry, seq)
+        elif self.ready:
+            d = self._holder(entry["to"])
+            d.addCallback(self._reroute, entry, seq, data)
+            d.addErrback(lambda f: self.log.warn("could not pass on mail for a peer that moved: "
+                                                 "{error}", error=f.getErrorMessage()[:200]))
+
+    def _reroute(self, node, entry, seq, data):
+        if node == "_":
+            return None
+        d = self.link.store("%s.mail.%s.%s" % (self.prefix, node, t(entry["to"])), data,
+                            "%s@%s" % (entry["msg_id"], node))
+        d.addCallback(lambda _: self.link.delete(self.stream, seq))
+        return d
 
     def _accept(self, entry, seq):
         peer = entry["to"]
