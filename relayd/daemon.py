@@ -83,6 +83,7 @@ class Daemon(MultiService):
         self.identity_service = IdentityService(settings.relay.id, settings.relay.data_dir)
         self.file_pool = FilePool(reactor)
         self.tls = None  # relayd.tls.ServerTLS when [tls] is enabled
+        self.cluster = None  # relayd.cluster.node.ClusterNode when [cluster] is enabled
         self.run_as = None  # (uid, gid) twistd --uid/--gid switches to after the privileged start
         self.listeners = {}  # section -> relayd.listeners.Listener (filled by stream_service)
         self.fd_budget = FdBudget(settings.relay.fd_reserve, reactor, self.registry)

@@ -246,6 +246,18 @@ class NodeTests(unittest.TestCase):
         self.assertIsNone(self.node.refusal("alice", "bob", "x"))
         self.successResultOf(self.router.submit(alice, "bob", "x"))
 
+    def test_a_peer_that_came_while_the_engine_was_away_is_registered_on_its_return(self):
+        entry, line = message.new_message("alice", "bob", "waiting", 5.0, "relay")
+        self.link.store(self.mail + "_." + t("bob"), line, entry["msg_id"])
+        self.link.set_state(DISCONNECTED)
+        bob = FakeSession("bob")
+        self.router.attach(bob)
+        self.assertNotIn(t("bob"), self.link.kv[self.node.sessions_kv])
+        self.link.set_state(CONNECTED)
+        self.assertEqual(self.link.kv[self.node.sessions_kv][t("bob")], b"a")
+        self.router.flush()
+        self.assertEqual(bodies(bob), ["waiting"])
+
     def test_heartbeat_lists_the_members(self):
         self.link.kv[self.node.nodes_kv]["b"] = b'{"sessions": 3, "at": 1}'
         self.clock.advance(Settings.liveness)

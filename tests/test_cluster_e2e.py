@@ -199,6 +199,9 @@ class ChatAcrossNodes(ClusterTestMixin, unittest.TestCase):
         time.sleep(1.5)                 # a heartbeat of each node (liveness 3 s)
         status, body, _ = http_get(http[0], "/health")
         self.assertEqual(status, 200, body)
+        health = json.loads(body)["cluster"]
+        self.assertEqual((health["node"], health["engine"], health["members"]),
+                         ("n0", "connected", ["n0", "n1"]))
         status, body, _ = http_get(http[1], "/stats")
         stats = json.loads(body)["cluster"]
         self.assertEqual((stats["node"], stats["engine"], stats["members"]),
@@ -218,7 +221,9 @@ class ChatAcrossNodes(ClusterTestMixin, unittest.TestCase):
             time.sleep(0.1)
         status, body, _ = http_get(http[0], "/health")
         self.assertEqual(status, 503)
-        self.assertIn(b"cluster engine", body)
+        body = json.loads(body)
+        self.assertIn("cluster engine", body["problems"]["cluster"])
+        self.assertNotEqual(body["cluster"]["engine"], "connected")
 
     def test_no_engine_refuses_with_a_clear_error(self):
         a, b = self.start_cluster(2)

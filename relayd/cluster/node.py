@@ -90,6 +90,7 @@ class ClusterNode(service.Service):
         self._set_up = False
         self.members = {}               # node id -> its heartbeat {"sessions": n, "since": t}
         self.local = {}                 # peer id -> session attached here
+        self._unregistered = set()      # sessions attached while the engine was away
         self.rooms = {}                 # room -> Deferred[subscription handle]
         self.seqs = {}                  # peer -> {msg_id: stream seq} of its mail in the engine
         self.metrics = ClusterMetrics(registry) if registry is not None else None
@@ -128,6 +129,12 @@ class ClusterNode(service.Service):
     def _set_ready(self, ready):
         if ready != self.ready:
             self.ready = ready
+            if ready:
+                # peers that came while the engine was away: register them now
+                waiting, self._unregistered = self._unregistered, set()
+                for session in waiting:
+                    if self.local.get(session.peer_id) is session:
+                        self._register(session)
             self.log.info("cluster node {node}: {state}", node=self.node,
                           state="accepting messages" if ready else "engine lost, refusing messages")
         if self.metrics is not None:
@@ -145,8 +152,6 @@ class ClusterNode(service.Service):
         yield link.subscribe(p + ".all", self._remote)
         for room in list(self.rooms):
             self.rooms[room] = link.subscribe(self._room_subject(room), self._remote)
-        for peer in list(self.local):
-            yield link.kv_put(self.sessions_kv, t(peer), self.node.encode())
 
     def _setup_done(self, _):
         self._set_up = True
@@ -325,10 +330,16 @@ class ClusterNode(service.Service):
     # --- presence (IPresenceObserver) --------------------------------------------
 
     def attached(self, session):
+        self.local[session.peer_id] = session
+        if self.ready:
+            self._register(session)
+        else:
+            self._unregistered.add(session)
+
+    def _register(self, session):
+        """Name this node as the holder of ``session``'s peer, then deliver its
+        engine mail."""
         peer = session.peer_id
-        self.local[peer] = session
-        if not self.ready:
-            return
         d = self.link.kv_put(self.sessions_kv, t(peer), self.node.encode())
         d.addCallback(lambda _: self.link.messages(
             self.stream, "%s.mail.*.%s" % (self.prefix, t(peer)), MAILBOX_FETCH))
@@ -364,6 +375,7 @@ class ClusterNode(service.Service):
 
     def detached(self, session):
         peer = session.peer_id
+        self._unregistered.discard(session)
         if self.local.get(peer) is session:
             del self.local[peer]
             self.seqs.pop(peer, None)
@@ -409,7 +421,11 @@ class ClusterNode(service.Service):
     def health(self):
         return None if self.ready else "cluster engine %s" % self.link.state
 
-    def stats(self):
+    def summary(self):
+        """For ``/health``: the engine link and the cluster's members."""
         return {"node": self.node, "engine": self.link.state, "server": self.link.server,
-                "ready": self.ready, "members": sorted(self.members),
-                "nodes": self.members, "sessions": len(self.local), "rooms": len(self.rooms)}
+                "ready": self.ready, "members": sorted(self.members)}
+
+    def stats(self):
+        return dict(self.summary(), nodes=self.members, sessions=len(self.local),
+                    rooms=len(self.rooms))
