@@ -242,41 +242,57 @@ class ChatAcrossNodes(ClusterTestMixin, unittest.TestCase):
 
 
 class Failover(ClusterTestMixin, unittest.TestCase):
-    COUNT = 150
-
-    def run_load(self, sender, receiver, kill_at, kill):
-        acked = []
-        for i in range(self.COUNT):
-            if i == kill_at:
-                kill()
-            sender.send(to=receiver.peer_id, body="m%d" % i)
-            acked.append("m%d" % i)
-        return acked
+    SENDERS = 3
+    EACH = 60
 
     def pair(self):
-        """A sender on node 0 and a listening receiver on node 1, each
+        """Senders on node 0 and a listening receiver on node 1, each
         reconnecting to the other node when its own dies."""
         a, b = self.start_cluster(2)
-        sender = self.client([a, b], "sender")
+        senders = [self.client([a, b], "sender%d" % i) for i in range(self.SENDERS)]
         receiver = self.client([b, a], "receiver")
         receiver.listen()
         time.sleep(0.5)                 # both nodes' heartbeats seen
-        return sender, receiver
+        return senders, receiver
+
+    def run_load(self, senders, receiver, kill):
+        """Every sender sends ``EACH`` messages (one unacked at a time, all
+        senders at once); ``kill`` runs once a third of them are acked.
+        Returns the bodies acked."""
+        acked, lock = [], threading.Lock()
+
+        def send_all(sender):
+            for i in range(self.EACH):
+                body = "%s-%d" % (sender.peer_id, i)
+                sender.send(to=receiver.peer_id, body=body)
+                with lock:
+                    acked.append(body)
+        threads = [threading.Thread(target=send_all, args=(s,), daemon=True) for s in senders]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 60
+        while len(acked) < len(senders) * self.EACH // 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        kill()
+        for thread in threads:
+            thread.join(120)
+        self.assertEqual(len(acked), len(senders) * self.EACH)
+        return acked
 
     def test_kill_sender_node(self):
-        sender, receiver = self.pair()
-        acked = self.run_load(sender, receiver, self.COUNT // 3, self.relays[0].kill)
+        senders, receiver = self.pair()
+        acked = self.run_load(senders, receiver, self.relays[0].kill)
         self.assertEqual(receiver.wait_for(acked), set())
 
     def test_kill_receiver_node(self):
-        sender, receiver = self.pair()
-        acked = self.run_load(sender, receiver, self.COUNT // 3, self.relays[1].kill)
+        senders, receiver = self.pair()
+        acked = self.run_load(senders, receiver, self.relays[1].kill)
         self.assertEqual(receiver.wait_for(acked), set())
 
     def test_kill_engine_node(self):
-        sender, receiver = self.pair()
-        # kill the engine server the sender's node is linked to
+        senders, receiver = self.pair()
+        # kill the engine server the senders' node is linked to
         used = self.relays[0].log().split("cluster engine connected: ")[1].split()[0]
-        acked = self.run_load(sender, receiver, self.COUNT // 3,
+        acked = self.run_load(senders, receiver,
                               lambda: self.engine.kill(self.engine.urls.index(used)))
         self.assertEqual(receiver.wait_for(acked), set())
