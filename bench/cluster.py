@@ -116,8 +116,10 @@ def engines(args):
     redis = RedisPair(workdir + "/redis").start()
 
     def report(result):
+        from bench.report import emit
         out["redis_replica_wait"] = result
-        print(json.dumps(out, indent=2))
+        for engine, figures in out.items():
+            emit("cluster_engine", engine=engine, **figures)
 
     def run(reactor):
         d = redis_run(redis.ports[0], args.count, args.window, args.seconds)

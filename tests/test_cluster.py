@@ -350,7 +350,9 @@ class LinkTests(unittest.TestCase):
         self.assertEqual((yield got), b"hello")
         # the server goes away and comes back: the link says so and reconnects
         self.engine.kill(0)
-        while self.link.state == CONNECTED:
+        for _ in range(200):            # at most 10 s
+            if self.link.state != CONNECTED:
+                break
             yield task.deferLater(self._reactor(), 0.05)
         self.engine.start(0)
         yield self.connected()

@@ -75,8 +75,9 @@ class EngineLink(service.Service):
             await self._nc.close()
 
     def _stop_loop(self, _):
+        # the connection is closed: nothing is left for the loop (a daemon
+        # thread) to do, so it is stopped without waiting for it
         self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5.0)          # the loop stops at once: its last callbacks ran
 
     def watch(self, callback):
         """Call ``callback(state)`` on the reactor at each change of state."""
