@@ -8,6 +8,7 @@ from twisted.trial import unittest
 from relayd import config
 from relayd.cluster.link import CONNECTED, CONNECTING, DISCONNECTED, EngineLink
 from relayd.cluster.node import REFUSAL, ClusterNode, t
+from relayd.cluster.ownership import SharedOwnership
 from relayd.core import message
 from tests.fakes import FakeSession, MemoryJournal, make_router
 
@@ -82,6 +83,12 @@ class FakeLink:
     def kv_get(self, bucket, key):
         return defer.succeed(self.kv[bucket].get(key))
 
+    def kv_create(self, bucket, key, value):
+        if key in self.kv[bucket]:
+            return defer.succeed(False)
+        self.kv[bucket][key] = value
+        return defer.succeed(True)
+
     def kv_delete(self, bucket, key):
         self.kv[bucket].pop(key, None)
         return defer.succeed(None)
@@ -100,14 +107,18 @@ class Settings:
     liveness = 10.0
 
 
-def make_node(link, node="a"):
+def make_node(link, node="a", owners=None):
     clock = task.Clock()
     clock.advance(1000)
     router = make_router(clock, "relay")
+    if owners:
+        router.ownership.owners.update(owners)
+    router.ownership = SharedOwnership(router.ownership)
     settings = Settings()
     settings.node = node
     local = MemoryJournal()
     cluster = ClusterNode(settings, "relay", router, link, local, clock)
+    cluster.share_ownership(router.ownership)
     router.journal = cluster
     cluster.startService()
     cluster._engine_state(CONNECTED)
@@ -274,6 +285,37 @@ class NodeTests(unittest.TestCase):
         self.router.attach(bob)
         self.router.detach(bob)
         self.assertNotIn(t("bob"), self.link.kv[self.node.sessions_kv])
+
+
+class OwnershipTests(unittest.TestCase):
+    KEY_A, KEY_B = b"a" * 32, b"b" * 32
+
+    def test_claims_are_shared_and_learned(self):
+        link = FakeLink()
+        node, router, _, _ = make_node(link, owners={"old": self.KEY_A})
+        owners = link.kv[node.owners_kv]
+        # a claim made before the cluster, and a new one, reach the engine
+        self.assertEqual(sorted(owners), sorted([t("old")]))
+        self.assertTrue(router.ownership.claim("alice", self.KEY_A))
+        self.assertEqual(sorted(owners), sorted([t("old"), t("alice")]))
+        # another node's claim, published while linked: owned here too
+        link.subscriptions["$KV.%s.>" % node.owners_kv](
+            SharedOwnership.record("bob", self.KEY_B))
+        self.assertEqual(router.ownership.owner("bob"), self.KEY_B)
+        self.assertFalse(router.ownership.claim("bob", self.KEY_A))
+        # a second node starting on the same engine learns both
+        other, other_router, _, _ = make_node(link, node="b")
+        self.assertEqual(other_router.ownership.owner("alice"), self.KEY_A)
+        self.assertEqual(other_router.ownership.owner("old"), self.KEY_A)
+
+    def test_claims_made_while_the_engine_is_away_are_shared_on_its_return(self):
+        link = FakeLink()
+        node, router, _, _ = make_node(link)
+        link.set_state(DISCONNECTED)
+        self.assertTrue(router.ownership.claim("alice", self.KEY_A))
+        self.assertEqual(link.kv[node.owners_kv], {})
+        link.set_state(CONNECTED)
+        self.assertEqual(list(link.kv[node.owners_kv]), [t("alice")])
 
 
 class ConfigTests(unittest.TestCase):

@@ -225,6 +225,40 @@ class ChatAcrossNodes(ClusterTestMixin, unittest.TestCase):
         self.assertIn("cluster engine", body["problems"]["cluster"])
         self.assertNotEqual(body["cluster"]["engine"], "connected")
 
+    def test_an_id_claimed_with_a_key_on_one_node_is_owned_on_the_others(self):
+        import base64
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+        from relayd.tcp.protocol import auth_payload
+        a, b = self.start_cluster(2)
+
+        def hello(port, key=None):
+            conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+            lines = conn.makefile("rb")
+            self.addCleanup(conn.close)
+            self.addCleanup(lines.close)
+            request = {"type": "hello", "id": "alice"}
+            if key is not None:
+                public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+                request["key"] = base64.b64encode(public).decode()
+            conn.sendall(json.dumps(request).encode() + b"\n")
+            reply = json.loads(lines.readline())
+            if reply.get("type") == "challenge":
+                signature = key.sign(auth_payload("clustered", "alice", reply["challenge"]))
+                conn.sendall(json.dumps({"type": "auth", "signature":
+                                         base64.b64encode(signature).decode()}).encode() + b"\n")
+                reply = json.loads(lines.readline())
+            return reply
+
+        owner = Ed25519PrivateKey.generate()
+        self.assertEqual(hello(a, owner)["type"], "welcome")
+        deadline = time.monotonic() + 10
+        while hello(b).get("error") != "id_owned" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertEqual(hello(b)["error"], "id_owned")
+        self.assertEqual(hello(b, Ed25519PrivateKey.generate())["error"], "id_owned")
+        self.assertEqual(hello(b, owner)["type"], "welcome")
+
     def test_no_engine_refuses_with_a_clear_error(self):
         a, b = self.start_cluster(2)
         alice = self.client([a], "alice")

@@ -271,6 +271,18 @@ class EngineLink(service.Service):
     async def _kv_put(self, bucket, key, value):
         return await self._kv[bucket].put(key, value)
 
+    def kv_create(self, bucket, key, value):
+        """Put ``key`` unless it exists; fires True if it was created."""
+        return self._run(self._kv_create, bucket, key, value)
+
+    async def _kv_create(self, bucket, key, value):
+        from nats.js.errors import KeyWrongLastSequenceError
+        try:
+            await self._kv[bucket].create(key, value)
+        except KeyWrongLastSequenceError:
+            return False
+        return True
+
     def kv_get(self, bucket, key):
         """The value, or None."""
         return self._run(self._kv_get, bucket, key)

@@ -10,6 +10,7 @@ In the engine, for the relay id ``R`` (``t(x)`` is a fixed-length hash of
   ``_``; ``relayd.t(R).log.room.t(room)`` and ``.log.all`` room and broadcast
   messages (kept ``[mailbox] ttl``, like the mail);
 - KV ``RELAYD_t(R)_SESSIONS``: ``t(peer)`` -> the node that holds it;
+- KV ``RELAYD_t(R)_OWNERS``: ``t(peer)`` -> its owning key (see ``ownership``);
 - KV ``RELAYD_t(R)_NODES`` (entries live ``[cluster] liveness``): the nodes
   alive, each refreshing its own entry; a session entry naming a node that is
   not alive counts as no entry, so a node's sessions are gone when it dies.
@@ -86,6 +87,9 @@ class ClusterNode(service.Service):
         self.stream = "RELAYD_" + t(relay_id)
         self.sessions_kv = self.stream + "_SESSIONS"
         self.nodes_kv = self.stream + "_NODES"
+        self.owners_kv = self.stream + "_OWNERS"
+        self.ownership = None           # SharedOwnership, when the node shares key claims
+        self._unshared = {}             # peer id -> key claimed here, not yet in the engine
         self.ready = False              # linked, and the engine's streams are set up
         self._set_up = False
         self.members = {}               # node id -> its heartbeat {"sessions": n, "since": t}
@@ -130,11 +134,14 @@ class ClusterNode(service.Service):
         if ready != self.ready:
             self.ready = ready
             if ready:
-                # peers that came while the engine was away: register them now
+                # peers and key claims that came while the engine was away
                 waiting, self._unregistered = self._unregistered, set()
                 for session in waiting:
                     if self.local.get(session.peer_id) is session:
                         self._register(session)
+                claims, self._unshared = self._unshared, {}
+                for peer_id, key in claims.items():
+                    self._share_claim(peer_id, key)
             self.log.info("cluster node {node}: {state}", node=self.node,
                           state="accepting messages" if ready else "engine lost, refusing messages")
         if self.metrics is not None:
@@ -147,6 +154,15 @@ class ClusterNode(service.Service):
                                  self.mailbox_ttl)
         yield link.ensure_kv(self.sessions_kv, s.replicas)
         yield link.ensure_kv(self.nodes_kv, s.replicas, ttl=s.liveness)
+        if self.ownership is not None:
+            yield link.ensure_kv(self.owners_kv, s.replicas)
+            yield link.subscribe("$KV.%s.>" % self.owners_kv, self.ownership.learn)
+            shared = yield link.kv_items(self.owners_kv)
+            for value in shared.values():
+                self.ownership.learn(value)
+            for peer_id, key in self.ownership.snapshot().items():
+                if t(peer_id) not in shared:
+                    self._unshared[peer_id] = key       # claimed here before
         yield link.consume(self.stream, "%s.mail.%s.>" % (p, self.node),
                            "node_" + self.node, self._mail)
         yield link.subscribe(p + ".all", self._remote)
@@ -164,6 +180,23 @@ class ClusterNode(service.Service):
                       error=failure.getErrorMessage()[:200])
         if self.running:
             self.clock.callLater(1.0, self._engine_state, self.link.state)
+
+    def share_ownership(self, ownership):
+        """Share the key claims of ``ownership`` (a ``SharedOwnership``) with
+        the other nodes."""
+        self.ownership = ownership
+        ownership.share = self._share_claim
+
+    def _share_claim(self, peer_id, public_key):
+        if not self.ready:
+            self._unshared[peer_id] = public_key        # shared when the engine is back
+            return
+        d = self.link.kv_create(self.owners_kv, t(peer_id),
+                                self.ownership.record(peer_id, public_key))
+        d.addCallback(lambda created: None if created else self.link.kv_get(
+            self.owners_kv, t(peer_id)).addCallback(self.ownership.learn))
+        d.addErrback(lambda f: self.log.warn("could not share a key claim: {error}",
+                                             error=f.getErrorMessage()[:200]))
 
     # --- liveness ---------------------------------------------------------------
 
