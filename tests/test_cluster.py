@@ -275,6 +275,18 @@ class NodeTests(unittest.TestCase):
         self.assertEqual(sorted(self.node.stats()["members"]), ["a", "b"])
         self.assertEqual(json.loads(self.link.kv[self.node.nodes_kv]["a"])["sessions"], 0)
 
+    def test_the_admin_console_lists_the_nodes(self):
+        from twisted.application.service import MultiService
+        from relayd.ops.commands import AdminCommands
+        self.link.kv[self.node.nodes_kv]["b"] = b'{"sessions": 3, "at": 1}'
+        self.router.attach(FakeSession("alice"))
+        self.clock.advance(Settings.liveness)
+        daemon = MultiService()
+        self.node.setServiceParent(daemon)
+        shown = str(AdminCommands(daemon).nodes())
+        self.assertEqual([line.split() for line in shown.splitlines()[-2:]],
+                         [["a", "1", "True"], ["b", "3", "False"]], shown)
+
     def test_detach_drops_only_its_own_session_entry(self):
         bob = FakeSession("bob")
         self.router.attach(bob)
