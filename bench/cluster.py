@@ -38,6 +38,14 @@ def percentile(samples, p):
     return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
 
 
+def bounded(count, deadline):
+    """``range(count)``, cut short at ``deadline`` (``time.monotonic()``)."""
+    for i in range(count):
+        if time.monotonic() > deadline:
+            return
+        yield i
+
+
 def summary(latencies, throughput_count, throughput_seconds):
     return {"p50_ms": round(percentile(latencies, 0.5) * 1000, 3),
             "p99_ms": round(percentile(latencies, 0.99) * 1000, 3),
@@ -52,9 +60,7 @@ async def nats_run(urls, count, window, seconds):
     await js.add_stream(name="SPIKE", subjects=["spike.>"], num_replicas=3)
     latencies = []
     deadline = time.monotonic() + seconds
-    for _ in range(count):
-        if time.monotonic() > deadline:
-            break
+    for _ in bounded(count, deadline):
         started = time.perf_counter()
         await js.publish("spike.one", PAYLOAD)
         latencies.append(time.perf_counter() - started)
@@ -80,9 +86,7 @@ def redis_run(port, count, window, seconds):
                 break
         latencies = []
         deadline = time.monotonic() + seconds
-        for _ in range(count):
-            if time.monotonic() > deadline:
-                break
+        for _ in bounded(count, deadline):
             started = time.perf_counter()
             yield conn.execute_command("XADD", "spike", "*", "m", PAYLOAD)
             replicas = yield conn.execute_command("WAIT", 1, 1000)
