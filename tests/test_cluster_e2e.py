@@ -174,7 +174,7 @@ class ChatAcrossNodes(ClusterTestMixin, unittest.TestCase):
             self.assertEqual(client.read()["type"], "joined")
         bob.listen()
         carol.listen()
-        time.sleep(0.5)                 # both nodes' heartbeats and room subscriptions
+        time.sleep(1.0)                 # both nodes' heartbeats and room subscriptions
         alice.send(to="bob", body="hello bob")
         alice.send(room="lobby", body="to the lobby")
         alice.listen()
