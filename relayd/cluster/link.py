@@ -2,10 +2,12 @@
 
 nats-py runs on asyncio; the daemon keeps its default reactor.  The link
 runs nats-py on an event loop of its own, in one thread: each operation is a
-coroutine sent there with ``asyncio.run_coroutine_threadsafe`` and a
-Deferred fired back on the reactor with ``callFromThread``, and every
-callback from the engine (a subscribed message, a state change) is handed to
-the reactor the same way.  Nothing here blocks the reactor thread.
+coroutine started there and a Deferred fired back on the reactor, and every
+callback from the engine (a subscribed message) is handed to the reactor.
+Both ways go through a queue (``_Handoff``) that wakes the other thread
+once for everything queued since its last wake-up, not once per item: under
+load a wake-up (a pipe write, and the GIL changing hands) costs more than
+the operation.  Nothing here blocks the reactor thread.
 
 Like ``ClientService``, the link keeps trying: the first connection is
 retried with ``backoffPolicy`` delays, and once connected nats-py reconnects
@@ -54,6 +56,8 @@ class EngineLink(service.Service):
     def startService(self):
         super().startService()
         self._loop = asyncio.new_event_loop()
+        self._to_loop = _Handoff(self._loop.call_soon_threadsafe)
+        self._to_reactor = _Handoff(self.reactor.callFromThread)
         self._thread = threading.Thread(target=self._loop.run_forever,
                                         name="relayd-cluster-engine", daemon=True)
         self._thread.start()
@@ -101,11 +105,11 @@ class EngineLink(service.Service):
 
         def to_reactor(state):
             async def callback(*_):
-                self.reactor.callFromThread(self._engine_state, state)
+                self._call(self._engine_state, state)
             return callback
 
         async def error(e):
-            self.reactor.callFromThread(self._engine_error, str(e))
+            self._call(self._engine_error, str(e))
 
         self._nc = await nats.connect(
             servers=self.urls, name=self.client_name, connect_timeout=self.timeout,
@@ -152,9 +156,17 @@ class EngineLink(service.Service):
     def _run(self, fn, *args):
         """Run the coroutine ``fn(*args)`` on the engine's loop: Deferred[result]."""
         d = defer.Deferred()
-        future = asyncio.run_coroutine_threadsafe(fn(*args), self._loop)
-        future.add_done_callback(lambda f: self.reactor.callFromThread(_fire, d, f))
+        self._to_loop.put(self._start, fn, args, d)
         return d
+
+    def _start(self, fn, args, d):
+        """On the loop: start ``fn(*args)``; its outcome fires ``d`` on the reactor."""
+        task = self._loop.create_task(fn(*args))
+        task.add_done_callback(lambda task: self._to_reactor.put(_fire, d, task))
+
+    def _call(self, callback, *args):
+        """From the loop: ``callback(*args)`` on the reactor."""
+        self._to_reactor.put(callback, *args)
 
     # --- operations: each returns a Deferred ----------------------------------
 
@@ -243,7 +255,7 @@ class EngineLink(service.Service):
 
     async def _subscribe(self, subject, callback):
         async def handle(msg):
-            self.reactor.callFromThread(callback, msg.data)
+            self._call(callback, msg.data)
         return await self._nc.subscribe(subject, cb=handle)
 
     def unsubscribe(self, handle):
@@ -260,7 +272,7 @@ class EngineLink(service.Service):
         from nats.js.api import DeliverPolicy
 
         async def deliver(msg):
-            self.reactor.callFromThread(callback, msg.metadata.sequence.stream, msg.data)
+            self._call(callback, msg.metadata.sequence.stream, msg.data)
             await msg.ack()
         return await self._js.subscribe(subject, durable=durable, stream=stream, cb=deliver,
                                         manual_ack=True, deliver_policy=DeliverPolicy.NEW)
@@ -319,6 +331,34 @@ class EngineLink(service.Service):
             except KeyNotFoundError:
                 continue
         return items
+
+
+class _Handoff:
+    """Calls queued by one thread for another: ``wake(run)`` (which makes the
+    other thread call ``run``) only when the queue was empty."""
+
+    log = Logger()
+
+    def __init__(self, wake):
+        self._wake = wake
+        self._lock = threading.Lock()
+        self._queue = []
+
+    def put(self, fn, *args):
+        with self._lock:
+            self._queue.append((fn, args))
+            first = len(self._queue) == 1
+        if first:
+            self._wake(self._run)
+
+    def _run(self):
+        with self._lock:
+            queue, self._queue = self._queue, []
+        for fn, args in queue:
+            try:
+                fn(*args)
+            except Exception:
+                self.log.failure("cluster engine: {fn} failed", fn=getattr(fn, "__name__", fn))
 
 
 def _fire(d, future):
