@@ -287,6 +287,14 @@ class NodeTests(unittest.TestCase):
         self.assertEqual([line.split() for line in shown.splitlines()[-2:]],
                          [["a", "1", "True"], ["b", "3", "False"]], shown)
 
+    def test_a_stopped_node_leaves_the_cluster(self):
+        self.clock.advance(Settings.liveness)
+        self.assertIn("a", self.link.kv[self.node.nodes_kv])
+        self.successResultOf(defer.maybeDeferred(self.node.stopService))
+        self.assertNotIn("a", self.link.kv[self.node.nodes_kv])
+        self.link.set_state(CONNECTED)          # a late state change does nothing
+        self.assertFalse(self.node.ready)
+
     def test_detach_drops_only_its_own_session_entry(self):
         bob = FakeSession("bob")
         self.router.attach(bob)

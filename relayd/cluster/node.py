@@ -92,11 +92,12 @@ class ClusterNode(service.Service):
         self._unshared = {}             # peer id -> key claimed here, not yet in the engine
         self.ready = False              # linked, and the engine's streams are set up
         self._set_up = False
-        self.members = {}               # node id -> its heartbeat {"sessions": n, "since": t}
+        self.members = {}               # node id -> its heartbeat {"sessions": n, "at": t}
         self.local = {}                 # peer id -> session attached here
         self._unregistered = set()      # sessions attached while the engine was away
         self.rooms = {}                 # room -> Deferred[subscription handle]
         self.seqs = {}                  # peer -> {msg_id: stream seq} of its mail in the engine
+        self._from_engine = None        # msg_id of the room/broadcast message being accepted
         self.metrics = ClusterMetrics(registry) if registry is not None else None
         self._heartbeat = task.LoopingCall(self.beat)
         self._heartbeat.clock = clock
@@ -113,12 +114,22 @@ class ClusterNode(service.Service):
             self._engine_state(CONNECTED)
 
     def stopService(self):
+        """Leave the cluster: this node's entry goes, so that the others take
+        its peers for offline at once (their mail waits in the engine)."""
         super().stopService()
         if self._heartbeat.running:
             self._heartbeat.stop()
-        self.ready = False
+        was_ready, self.ready = self.ready, False
+        if not was_ready:
+            return None
+        d = self.link.kv_delete(self.nodes_kv, self.node)
+        d.addErrback(lambda f: self.log.warn("could not leave the cluster cleanly: {error}",
+                                             error=f.getErrorMessage()[:200]))
+        return d
 
     def _engine_state(self, state):
+        if not self.running:
+            return
         if state != CONNECTED:
             self._set_ready(False)
         elif self._set_up:
@@ -256,8 +267,6 @@ class ClusterNode(service.Service):
         d = self.link.store(self.prefix + log, line, msg_id)
         d.addCallback(self._stored_shared, live, line, kind)
         return d
-
-    _from_engine = None                 # msg_id of the room/broadcast message being accepted
 
     def _refuse(self):
         if self.metrics is not None:
