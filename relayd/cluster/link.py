@@ -50,6 +50,7 @@ class EngineLink(service.Service):
         self._kv = {}
         self._attempt = 0
         self._retry = None
+        self._inflight = set()          # Deferreds of operations not finished yet
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -68,7 +69,11 @@ class EngineLink(service.Service):
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._set_state(STOPPED)
-        d = self._run(self._close)
+        # what the services stopped before this one still asked (a node
+        # leaving the cluster) ends first, or fails within the timeout
+        d = defer.DeferredList(list(self._inflight), consumeErrors=True)
+        d.addTimeout(self.timeout, self.reactor)
+        d.addBoth(lambda _: self._run(self._close))
         d.addErrback(lambda f: self.log.warn("cluster engine close: {error}",
                                              error=f.getErrorMessage()))
         d.addBoth(self._stop_loop)
@@ -156,8 +161,14 @@ class EngineLink(service.Service):
     def _run(self, fn, *args):
         """Run the coroutine ``fn(*args)`` on the engine's loop: Deferred[result]."""
         d = defer.Deferred()
+        self._inflight.add(d)
+        d.addBoth(self._settled, d)
         self._to_loop.put(self._start, fn, args, d)
         return d
+
+    def _settled(self, result, d):
+        self._inflight.discard(d)
+        return result
 
     def _start(self, fn, args, d):
         """On the loop: start ``fn(*args)``; its outcome fires ``d`` on the reactor."""
