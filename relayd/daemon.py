@@ -15,6 +15,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from relayd import config, jsonfast, privileges, reloading
+from relayd.cluster import build_cluster
 from relayd.core.abuse import AbuseGuard
 from relayd.core.dedup import DedupWindow
 from relayd.core.history import History
@@ -23,7 +24,6 @@ from relayd.core.membership import Memberships
 from relayd.core.ownership import FILE_NAME as OWNERSHIP_FILE, DamagedTable, Ownership
 from relayd.core.router import Router
 from relayd.fdbudget import FdBudget
-from relayd.cluster import build_cluster
 from relayd.federation.service import build_federation
 from relayd.filepool import FilePool
 from relayd.identity import IdentityService
