@@ -191,6 +191,27 @@ def protocol_id(text):
     return text
 
 
+_NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+
+def node_id(text):
+    """A cluster node id: it is part of NATS subjects and consumer names."""
+    if not _NODE_ID.fullmatch(text):
+        _fail(f"{text!r}: 1 to 32 of A-Z a-z 0-9 _ -")
+    return text
+
+
+def engine_urls(text):
+    """NATS server URLs, comma- or space-separated (nats:// or tls://host:port)."""
+    urls = word_list(text)
+    if not urls:
+        _fail("give at least one engine URL")
+    for url in urls:
+        if not re.fullmatch(r"(nats|tls)://[^\s/]+:\d{1,5}", url):
+            _fail(f"{url!r}: an engine URL is nats://HOST:PORT or tls://HOST:PORT")
+    return urls
+
+
 def port_number(text):
     return integer(0, 65535)(text)
 
@@ -310,6 +331,13 @@ SCHEMA = {
         "sync_batch": F(integer(1), "2000"),
         "repair_interval": F(duration, "60"),
         "tor_socks": F(optional(client_endpoint), ""),
+    },
+    "cluster": {
+        "engine": F(engine_urls, required=True),
+        "node": F(node_id, required=True),
+        "replicas": F(integer(1, 5), "3"),
+        "liveness": F(duration, "10"),
+        "timeout": F(duration, "5"),
     },
     "peer:*": {
         "endpoint": F(client_endpoint, required=True),
@@ -490,6 +518,11 @@ def validate(settings):
             if listen is None or listen.convert is not server_endpoint:
                 raise ConfigError(f"{settings.source}: [tls] listeners: {name!r} is not a "
                                   f"section with a stream listener")
+    if settings.enabled("cluster") and settings.enabled("federation"):
+        raise ConfigError(f"{settings.source}: [cluster] cannot be combined with [federation] "
+                          f"(a cluster does not federate yet; see docs/OPERATIONS.md §Cluster)")
+    if settings.enabled("cluster") and settings.cluster.liveness < 1.0:
+        raise ConfigError(f"{settings.source}: [cluster] liveness: at least 1 s")
     if settings.enabled("libp2p") and settings.libp2p.wss_listen is not None \
             and not settings.enabled("tls"):
         raise ConfigError(f"{settings.source}: [libp2p] wss_listen needs the [tls] section "

@@ -15,6 +15,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from relayd import config, jsonfast, privileges, reloading
+from relayd.cluster import build_cluster
 from relayd.core.abuse import AbuseGuard
 from relayd.core.dedup import DedupWindow
 from relayd.core.history import History
@@ -82,6 +83,7 @@ class Daemon(MultiService):
         self.identity_service = IdentityService(settings.relay.id, settings.relay.data_dir)
         self.file_pool = FilePool(reactor)
         self.tls = None  # relayd.tls.ServerTLS when [tls] is enabled
+        self.cluster = None  # relayd.cluster.node.ClusterNode when [cluster] is enabled
         self.run_as = None  # (uid, gid) twistd --uid/--gid switches to after the privileged start
         self.listeners = {}  # section -> relayd.listeners.Listener (filled by stream_service)
         self.fd_budget = FdBudget(settings.relay.fd_reserve, reactor, self.registry)
@@ -294,6 +296,8 @@ def build(settings, reactor, config_path=None):
     build_hub(daemon, libp2p)
     if settings.enabled("federation"):
         build_federation(daemon)
+    if settings.enabled("cluster"):
+        build_cluster(daemon, tcp)
     if tcp is not None:
         build_keydir(daemon, tcp)
     build_ops(daemon)

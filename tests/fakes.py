@@ -62,6 +62,9 @@ class MemoryOwnership:
     def claim(self, peer_id, key):
         return self.owners.setdefault(peer_id, key) == key
 
+    def snapshot(self):
+        return dict(self.owners)
+
     def __len__(self):
         return len(self.owners)
 

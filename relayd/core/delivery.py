@@ -22,7 +22,7 @@ them again.
 from zope.interface import implementer
 
 from relayd.core import message
-from relayd.core.interfaces import IDelivery
+from relayd.core.interfaces import IDelivery, IPresenceObserver
 from relayd.core.membership import is_member_record
 
 STORED_CHUNK = 64       # stored messages written at once while a session is writable
@@ -38,6 +38,7 @@ class Delivery:
         self.recorder = recorder       # IRecorder: receipts and memberships
         self.sessions = {}             # peer id -> session
         self.members = {}              # room -> set of peer ids
+        self.observers = []            # IPresenceObserver (cluster mode)
         self._held = {}                # session -> ([lines], [directed entries]) until flush()
         self._outstanding = {}         # session -> {msg_id: entry} written, not settled
         self._behind = set()           # sessions whose stored mail is not all written yet
@@ -64,6 +65,8 @@ class Delivery:
         self._outstanding[session] = {}
         for room in self.memberships.rooms_of(session.peer_id):
             self.join(session, room)
+        for observer in self.observers:
+            observer.attached(session)
         return self.mailboxes.peek(session.peer_id)
 
     def detach(self, session):
@@ -74,6 +77,16 @@ class Delivery:
             self._leave_all(session)
             del self.sessions[session.peer_id]
             self._forget(session)
+            for observer in self.observers:
+                observer.detached(session)
+
+    def observe(self, observer):
+        """Tell ``observer`` (an ``IPresenceObserver``) of each peer attached or
+        detached here and each room that gains its first or loses its last
+        connected member here."""
+        if not IPresenceObserver.providedBy(observer):
+            raise TypeError(f"{observer!r} does not provide IPresenceObserver")
+        self.observers.append(observer)
 
     def _forget(self, session):
         self._outstanding.pop(session, None)
@@ -85,7 +98,11 @@ class Delivery:
         bound).  Returns the connected members."""
         if persist and self.memberships.add(session.peer_id, room):
             self.recorder.membership(session.peer_id, room, True)
-        self.members.setdefault(room, set()).add(session.peer_id)
+        if room not in self.members:
+            self.members[room] = set()
+            for observer in self.observers:
+                observer.room_opened(room)
+        self.members[room].add(session.peer_id)
         if session.rooms:
             session.rooms.add(room)
         else:
@@ -106,6 +123,8 @@ class Delivery:
             members.discard(session.peer_id)
             if not members:
                 del self.members[room]
+                for observer in self.observers:
+                    observer.room_closed(room)
 
     def _leave_all(self, session):
         for room in list(session.rooms):

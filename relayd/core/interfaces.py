@@ -107,6 +107,23 @@ class IDurableEventSubscriber(Interface):
         receipt's record carries ``seq`` (this relay's, or None)."""
 
 
+class IPresenceObserver(Interface):
+    """Cluster mode: told which peers and rooms this relay holds
+    (``Router.observe``), instead of reaching into the router's state."""
+
+    def attached(session):
+        """``session`` now owns its peer id here."""
+
+    def detached(session):
+        """``session`` no longer owns its peer id here."""
+
+    def room_opened(room):
+        """``room`` has its first connected member here."""
+
+    def room_closed(room):
+        """``room`` has no connected member here any more."""
+
+
 class ISequencer(Interface):
     """Federation: names each item the router journals with ``(origin, seq)``,
     which goes in the item's own journal record (``Router.sequencer``)."""

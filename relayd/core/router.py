@@ -19,7 +19,7 @@ from relayd.core.pipeline import Pipeline
 
 _DELIVERY = ("attach", "detach", "deliver_stored", "resume", "handed", "acknowledged",
              "delivered_elsewhere", "join", "leave", "flush", "hold", "release",
-             "clients", "kick", "rooms")
+             "clients", "kick", "rooms", "observe")
 _PIPELINE = ("accept_remote", "holds", "subscribe", "unsettled")
 
 

@@ -69,7 +69,7 @@ class AdminCommands:
 
     log = Logger()
     COMMANDS = ("help", "stats", "clients", "rooms", "kick", "ban", "unban", "bans",
-                "peers", "udp_peers", "reservations", "circuits", "prune", "reload")
+                "peers", "nodes", "udp_peers", "reservations", "circuits", "prune", "reload")
 
     def __init__(self, daemon):
         self.daemon = daemon
@@ -167,6 +167,13 @@ class AdminCommands:
     def peers(self):
         """Federation links and their state."""
         return table(self._service("federation").peers(), "no federation peers")
+
+    def nodes(self):
+        """Cluster nodes alive, with their sessions ([cluster])."""
+        cluster = self._service("cluster")
+        return table([{"node": node, "sessions": info.get("sessions"), "here": node == cluster.node}
+                      for node, info in sorted(cluster.members.items())],
+                     "no cluster node seen yet (engine %s)" % cluster.link.state)
 
     def udp_peers(self):
         """Peers registered with the UDP rendezvous."""

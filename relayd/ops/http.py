@@ -85,10 +85,15 @@ class Root(resource.Resource):
     def render_health(self, request):
         problems = health(self.daemon)
         if problems:
-            return _json(request, 503, {"status": "unavailable", "problems": problems})
-        names = sorted(svc.name for svc in self.daemon if svc.name)
-        return _json(request, 200, {"status": "ok", "services": names,
-                                    "uptime": round(self.daemon.uptime(), 3)})
+            code, body = 503, {"status": "unavailable", "problems": problems}
+        else:
+            names = sorted(svc.name for svc in self.daemon if svc.name)
+            code, body = 200, {"status": "ok", "services": names,
+                               "uptime": round(self.daemon.uptime(), 3)}
+        cluster = getattr(self.daemon, "cluster", None)     # [cluster]: the engine link, members
+        if cluster is not None:
+            body["cluster"] = cluster.summary()
+        return _json(request, code, body)
 
     def render_stats(self, request):
         return _json(request, 200, self.daemon.stats())

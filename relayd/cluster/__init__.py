@@ -1,0 +1,24 @@
+"""Cluster mode (``[cluster]``): several relayd nodes serve one relay through
+an engine (NATS JetStream); see docs/OPERATIONS.md §Cluster."""
+
+
+def build_cluster(daemon, tcp):
+    """Wire the engine link and the node: the node becomes the router's journal
+    (the node's own journal behind it), shares key claims, and refuses sends
+    while unlinked."""
+    from relayd.cluster.link import EngineLink
+    from relayd.cluster.node import ClusterNode
+    from relayd.cluster.ownership import SharedOwnership
+    s = daemon.settings
+    link = EngineLink(daemon.reactor, s.cluster.engine,
+                      "relayd %s/%s" % (s.relay.id, s.cluster.node), timeout=s.cluster.timeout)
+    link.setServiceParent(daemon)
+    node = ClusterNode(s.cluster, s.relay.id, daemon.router, link, daemon.journal,
+                       daemon.reactor, daemon.registry, mailbox_ttl=s.mailbox.ttl)
+    daemon.router.journal = node
+    daemon.router.ownership = SharedOwnership(daemon.router.ownership)
+    node.share_ownership(daemon.router.ownership)
+    node.setServiceParent(daemon)
+    daemon.cluster = node
+    if tcp is not None:
+        tcp.send_checks.append(node.refusal)

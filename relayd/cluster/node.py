@@ -1,0 +1,490 @@
+"""One relayd node of a cluster: its router's journal, mailboxes and routing
+go through the engine (NATS JetStream), see docs/OPERATIONS.md §Cluster.
+
+In the engine, for the relay id ``R`` (``t(x)`` is a fixed-length hash of
+``x``, so that any peer id or room name makes a valid subject and key):
+
+- stream ``RELAYD_t(R)`` (replicated, ``[cluster] replicas``):
+  ``relayd.t(R).mail.<node>.t(peer)`` a directed message until its peer
+  settles it, when it is deleted; ``<node>`` is the node that held the peer when it was sent, or
+  ``_``; ``relayd.t(R).log.room.t(room)`` and ``.log.all`` room and broadcast
+  messages (kept ``[mailbox] ttl``, like the mail);
+- KV ``RELAYD_t(R)_SESSIONS``: ``t(peer)`` -> the node that holds it;
+- KV ``RELAYD_t(R)_OWNERS``: ``t(peer)`` -> its owning key (see ``ownership``);
+- KV ``RELAYD_t(R)_NODES`` (entries live ``[cluster] liveness``): the nodes
+  alive, each refreshing its own entry; a session entry naming a node that is
+  not alive counts as no entry, so a node's sessions are gone when it dies.
+
+The node is its router's journal (``append``, ``add``): a message is in the engine,
+held by a quorum, before the sender's ack; then a directed one goes on to the
+node holding its peer through that node's durable consumer, and room and
+broadcast messages to the nodes subscribed (core NATS, ``relayd.t(R).room.
+t(room)`` for the nodes holding members of the room, ``relayd.t(R).all``).
+The node's own data_dir journal still gets every record (history,
+memberships, dedup across a restart).
+"""
+import hashlib
+import json
+from collections import deque
+
+from prometheus_client import Counter, Gauge
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from relayd.cluster.link import CONNECTED
+from relayd.core import message
+from relayd.core.interfaces import IDurableEventSubscriber, IJournal, IPresenceObserver
+
+MAILBOX_FETCH = 10000           # stored messages read from the engine for one attaching peer
+REFUSAL = ("cluster_unavailable",
+           "this node lost the cluster engine and cannot store messages; retry, or connect "
+           "to another node")
+
+
+class EngineUnavailable(Exception):
+    """The node is not linked to the engine: nothing can be made durable."""
+
+
+def t(text):
+    """A subject- and key-safe name for ``text`` (any peer id, room or relay id)."""
+    return hashlib.blake2s(text.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+
+
+class ClusterMetrics:
+    def __init__(self, registry):
+        kw = {"registry": registry}
+        self.engine_up = Gauge("relayd_cluster_engine_up",
+                               "1 while this node is linked to the cluster engine", **kw)
+        self.nodes = Gauge("relayd_cluster_nodes", "Cluster nodes alive, this one included", **kw)
+        self.stored = Counter("relayd_cluster_engine_writes_total",
+                              "Messages written to the engine's stream (acked by its quorum)",
+                              ["kind"], **kw)
+        self.forwarded = Counter("relayd_cluster_messages_in_total",
+                                 "Messages received from other nodes through the engine",
+                                 ["kind"], **kw)
+        self.refused = Counter("relayd_cluster_refused_total",
+                               "Messages refused because the engine was unreachable", **kw)
+        self.deleted = Counter("relayd_cluster_mail_settled_total",
+                               "Stored messages deleted from the engine once settled", **kw)
+
+
+@implementer(IJournal, IDurableEventSubscriber, IPresenceObserver)
+class ClusterNode(service.Service):
+    name = "cluster"
+    log = Logger()
+
+    def __init__(self, settings, relay_id, router, link, journal, clock, registry=None,
+                 mailbox_ttl=7 * 86400.0):
+        self.settings = settings
+        self.node = settings.node
+        self.router = router
+        self.link = link
+        self.journal = journal          # the node's own journal (IJournal)
+        self.clock = clock
+        self.mailbox_ttl = mailbox_ttl
+        self.prefix = "relayd." + t(relay_id)
+        self.stream = "RELAYD_" + t(relay_id)
+        self.sessions_kv = self.stream + "_SESSIONS"
+        self.nodes_kv = self.stream + "_NODES"
+        self.owners_kv = self.stream + "_OWNERS"
+        self.ownership = None           # SharedOwnership, when the node shares key claims
+        self._unshared = {}             # peer id -> key claimed here, not yet in the engine
+        self.ready = False              # linked, and the engine's streams are set up
+        self._set_up = False
+        self.members = {}               # node id -> its heartbeat {"sessions": n, "at": t}
+        self.local = {}                 # peer id -> session attached here
+        self._unregistered = set()      # sessions attached while the engine was away
+        self.rooms = {}                 # room -> Deferred[subscription handle]
+        self.seqs = {}                  # peer -> {msg_id: stream seq} of its mail in the engine
+        self._from_engine = None        # msg_id of the room/broadcast message being accepted
+        self.listener = None            # IJournal: told of the lines given to ``add``
+        self._adding = deque()          # [result] of each line given to ``add``, in order
+        self.metrics = ClusterMetrics(registry) if registry is not None else None
+        self._heartbeat = task.LoopingCall(self.beat)
+        self._heartbeat.clock = clock
+        router.observe(self)
+        router.subscribe(self)
+        link.watch(self._engine_state)
+
+    # --- lifecycle ------------------------------------------------------------
+
+    def startService(self):
+        super().startService()
+        self._heartbeat.start(max(self.settings.liveness / 3.0, 0.1), now=False)
+        if self.link.state == CONNECTED:
+            self._engine_state(CONNECTED)
+
+    def stopService(self):
+        """Leave the cluster: this node's entry goes, so that the others take
+        its peers for offline at once (their mail waits in the engine)."""
+        super().stopService()
+        if self._heartbeat.running:
+            self._heartbeat.stop()
+        was_ready, self.ready = self.ready, False
+        if not was_ready:
+            return None
+        d = self.link.kv_delete(self.nodes_kv, self.node)
+        d.addErrback(lambda f: self.log.warn("could not leave the cluster cleanly: {error}",
+                                             error=f.getErrorMessage()[:200]))
+        return d
+
+    def _engine_state(self, state):
+        if not self.running:
+            return
+        if state != CONNECTED:
+            self._set_ready(False)
+        elif self._set_up:
+            for room, subscription in self.rooms.items():
+                if subscription is None:
+                    self.rooms[room] = self.link.subscribe(self._room_subject(room), self._remote)
+            self._set_ready(True)
+            self.beat()
+        else:
+            self._setup().addCallbacks(self._setup_done, self._setup_failed)
+
+    def _set_ready(self, ready):
+        if ready != self.ready:
+            self.ready = ready
+            if ready:
+                # peers and key claims that came while the engine was away
+                waiting, self._unregistered = self._unregistered, set()
+                for session in waiting:
+                    if self.local.get(session.peer_id) is session:
+                        self._register(session)
+                claims, self._unshared = self._unshared, {}
+                for peer_id, key in claims.items():
+                    self._share_claim(peer_id, key)
+            self.log.info("cluster node {node}: {state}", node=self.node,
+                          state="accepting messages" if ready else "engine lost, refusing messages")
+        if self.metrics is not None:
+            self.metrics.engine_up.set(1 if ready else 0)
+
+    @defer.inlineCallbacks
+    def _setup(self):
+        s, link, p = self.settings, self.link, self.prefix
+        yield link.ensure_stream(self.stream, [p + ".mail.>", p + ".log.>"], s.replicas,
+                                 self.mailbox_ttl)
+        yield link.ensure_kv(self.sessions_kv, s.replicas)
+        yield link.ensure_kv(self.nodes_kv, s.replicas, ttl=s.liveness)
+        if self.ownership is not None:
+            yield link.ensure_kv(self.owners_kv, s.replicas)
+            yield link.subscribe("$KV.%s.>" % self.owners_kv, self.ownership.learn)
+            shared = yield link.kv_items(self.owners_kv)
+            for value in shared.values():
+                self.ownership.learn(value)
+            for peer_id, key in self.ownership.snapshot().items():
+                if t(peer_id) not in shared:
+                    self._unshared[peer_id] = key       # claimed here before
+        yield link.consume(self.stream, "%s.mail.%s.>" % (p, self.node),
+                           "node_" + self.node, self._mail)
+        yield link.subscribe(p + ".all", self._remote)
+        for room in list(self.rooms):
+            self.rooms[room] = link.subscribe(self._room_subject(room), self._remote)
+
+    def _setup_done(self, _):
+        self._set_up = True
+        if self.link.state == CONNECTED:
+            self._set_ready(True)
+            self.beat()
+
+    def _setup_failed(self, failure):
+        self.log.warn("cluster engine set-up failed ({error}); retrying",
+                      error=failure.getErrorMessage()[:200])
+        if self.running:
+            self.clock.callLater(1.0, self._engine_state, self.link.state)
+
+    def share_ownership(self, ownership):
+        """Share the key claims of ``ownership`` (a ``SharedOwnership``) with
+        the other nodes."""
+        self.ownership = ownership
+        ownership.share = self._share_claim
+
+    def _share_claim(self, peer_id, public_key):
+        if not self.ready:
+            self._unshared[peer_id] = public_key        # shared when the engine is back
+            return
+        d = self.link.kv_create(self.owners_kv, t(peer_id),
+                                self.ownership.record(peer_id, public_key))
+        d.addCallback(lambda created: None if created else self.link.kv_get(
+            self.owners_kv, t(peer_id)).addCallback(self.ownership.learn))
+        d.addErrback(lambda f: self.log.warn("could not share a key claim: {error}",
+                                             error=f.getErrorMessage()[:200]))
+
+    # --- liveness ---------------------------------------------------------------
+
+    def beat(self):
+        """Refresh this node's entry and read which nodes are alive."""
+        if not self.ready:
+            return
+        info = json.dumps({"sessions": len(self.local), "at": self.clock.seconds()}).encode()
+        d = self.link.kv_put(self.nodes_kv, self.node, info)
+        d.addCallback(lambda _: self.link.kv_items(self.nodes_kv))
+        d.addCallbacks(self._members, self._beat_failed)
+
+    def _members(self, items):
+        self.members = {node: json.loads(value) for node, value in items.items()}
+        if self.metrics is not None:
+            self.metrics.nodes.set(len(self.members))
+
+    def _beat_failed(self, failure):
+        self.log.warn("cluster heartbeat failed: {error}", error=failure.getErrorMessage()[:200])
+
+    # --- the router's journal (IJournal) ----------------------------------------
+
+    def append(self, line):
+        """Journal ``line`` here and put what the cluster needs in the engine;
+        fires once both hold it."""
+        record = json.loads(line)
+        if message.is_message(record):
+            engine = self._store(message.entry_of(record), line)
+        elif "receipt" in record:
+            engine = self._settled(record["receipt"], record.get("to"))
+        else:
+            engine = defer.succeed(None)
+        d = defer.gatherResults([engine, self.journal.append(line)], consumeErrors=True)
+        d.addCallbacks(lambda _: None, lambda f: f.value.subFailure)
+        return d
+
+    def add(self, line):
+        """``append`` without a Deferred: the ``listener`` hears of each line
+        once it is in the engine and here, in the order given."""
+        slot = [None]
+        self._adding.append(slot)
+        self.append(line).addBoth(self._added, slot)
+
+    def _added(self, result, slot):
+        slot[0] = result if isinstance(result, Failure) else True
+        while self._adding and self._adding[0][0] is not None:
+            done = self._adding.popleft()[0]
+            self.listener(1, done if isinstance(done, Failure) else None)
+
+    def _store(self, entry, line):
+        msg_id, to, room = entry["msg_id"], entry["to"], entry.get("room")
+        if room is None and to != message.BROADCAST:
+            if msg_id in self.seqs.get(to, ()) or to == entry["from"]:
+                return defer.succeed(None)      # from the engine; or to oneself, never sent
+            if not self.ready:
+                return self._refuse()
+            d = self._holder(to)
+            d.addCallback(lambda node: self.link.store(
+                "%s.mail.%s.%s" % (self.prefix, node, t(to)), line, msg_id))
+            d.addCallback(self._stored_mail, to, msg_id)
+            return d
+        if self._from_engine == msg_id:
+            return defer.succeed(None)
+        if not self.ready:
+            return self._refuse()
+        if room is not None:
+            log, live, kind = ".log.room." + t(room), self._room_subject(room), "room"
+        else:
+            log, live, kind = ".log.all", self.prefix + ".all", "broadcast"
+        d = self.link.store(self.prefix + log, line, msg_id)
+        d.addCallback(self._stored_shared, live, line, kind)
+        return d
+
+    def _refuse(self):
+        if self.metrics is not None:
+            self.metrics.refused.inc()
+        return defer.fail(EngineUnavailable("the cluster engine is unreachable"))
+
+    def _holder(self, peer):
+        """Deferred[the node subject part for mail to ``peer``]: the live node
+        holding it, or ``_`` (held here, or offline)."""
+        if peer in self.local:
+            return defer.succeed("_")
+        d = self.link.kv_get(self.sessions_kv, t(peer))
+        d.addCallback(self._alive)
+        return d
+
+    def _alive(self, value):
+        """``value`` (a node id, or None) if it names another live node, else
+        ``_``; a node not seen alive at the last heartbeat is asked about."""
+        node = None if value is None else value.decode()
+        if node is None or node == self.node:
+            return "_"
+        if node in self.members:
+            return node
+        d = self.link.kv_get(self.nodes_kv, node)
+        d.addCallback(lambda info: "_" if info is None else node)
+        return d
+
+    def _stored_mail(self, ack, to, msg_id):
+        seq, _ = ack
+        if to in self.local:
+            self.seqs.setdefault(to, {})[msg_id] = seq
+        if self.metrics is not None:
+            self.metrics.stored.labels("direct").inc()
+
+    def _stored_shared(self, ack, subject, line, kind):
+        seq, _ = ack
+        if self.metrics is not None:
+            self.metrics.stored.labels(kind).inc()
+        return self.link.publish(subject, b"%s %d %s" % (self.node.encode(), seq, line))
+
+    def _settled(self, msg_id, peer):
+        seq = self.seqs.get(peer, {}).pop(msg_id, None)
+        if seq is None or not self.ready:
+            return defer.succeed(None)
+        d = self.link.delete(self.stream, seq)
+        d.addCallback(self._deleted)
+        d.addErrback(lambda f: self.log.warn("could not delete settled mail from the engine: "
+                                             "{error}", error=f.getErrorMessage()[:200]))
+        return d
+
+    def _deleted(self, found):
+        if found and self.metrics is not None:
+            self.metrics.deleted.inc()
+
+    # --- messages from the engine -------------------------------------------------
+
+    def _mail(self, seq, data):
+        """The durable consumer: mail sent to this node for a peer held here.
+        If the peer has moved meanwhile, the mail follows it to its node; if
+        it is offline, the mail waits where it is for its next connection."""
+        entry = message.entry_of(json.loads(data))
+        if entry["to"] in self.local:
+            self._accept(entry, seq)
+        elif self.ready:
+            d = self._holder(entry["to"])
+            d.addCallback(self._reroute, entry, seq, data)
+            d.addErrback(lambda f: self.log.warn("could not pass on mail for a peer that moved: "
+                                                 "{error}", error=f.getErrorMessage()[:200]))
+
+    def _reroute(self, node, entry, seq, data):
+        if node == "_":
+            return None
+        d = self.link.store("%s.mail.%s.%s" % (self.prefix, node, t(entry["to"])), data,
+                            "%s@%s" % (entry["msg_id"], node))
+        d.addCallback(lambda _: self.link.delete(self.stream, seq))
+        return d
+
+    def _accept(self, entry, seq):
+        peer = entry["to"]
+        self.seqs.setdefault(peer, {})[entry["msg_id"]] = seq
+        if self.metrics is not None:
+            self.metrics.forwarded.labels("direct").inc()
+        self.router.accept_remote(entry, self).addErrback(self._accept_failed)
+
+    def _remote(self, data):
+        """A room or broadcast message another node accepted."""
+        origin, _, line = data.split(b" ", 2)
+        if origin.decode() == self.node:
+            return
+        entry = message.entry_of(json.loads(line))
+        if self.metrics is not None:
+            self.metrics.forwarded.labels("room" if "room" in entry else "broadcast").inc()
+        self._from_engine = entry["msg_id"]
+        try:
+            self.router.accept_remote(entry, self).addErrback(self._accept_failed)
+        finally:
+            self._from_engine = None
+
+    def _accept_failed(self, failure):
+        self.log.warn("a message from the cluster could not be journaled here: {error}",
+                      error=failure.getErrorMessage()[:200])
+
+    # --- presence (IPresenceObserver) --------------------------------------------
+
+    def attached(self, session):
+        self.local[session.peer_id] = session
+        if self.ready:
+            self._register(session)
+        else:
+            self._unregistered.add(session)
+
+    def _register(self, session):
+        """Name this node as the holder of ``session``'s peer, then deliver its
+        engine mail."""
+        peer = session.peer_id
+        d = self.link.kv_put(self.sessions_kv, t(peer), self.node.encode())
+        d.addCallback(lambda _: self.link.messages(
+            self.stream, "%s.mail.*.%s" % (self.prefix, t(peer)), MAILBOX_FETCH))
+        d.addCallback(self._stored_for, session)
+        d.addErrback(lambda f: self.log.warn("could not read {peer}'s mail from the engine: "
+                                             "{error}", peer=peer[:64],
+                                             error=f.getErrorMessage()[:200]))
+
+    def _stored_for(self, stored, session):
+        """The engine's mail for the peer of ``session``: new messages are
+        accepted as from another node; those this node holds already (it
+        accepted them, or they were sent to it before) go through its
+        mailbox, unless they are there."""
+        peer = session.peer_id
+        if self.local.get(peer) is not session:
+            return
+        seqs = self.seqs.setdefault(peer, {})
+        mailbox = self.router.mailboxes
+        waiting = {entry["msg_id"] for entry, _ in mailbox.peek(peer)}
+        again = False
+        for seq, data in stored:
+            entry = message.entry_of(json.loads(data))
+            msg_id = entry["msg_id"]
+            if not self.router.holds(msg_id):
+                self._accept(entry, seq)
+                continue
+            seqs[msg_id] = seq
+            if msg_id not in waiting:
+                mailbox.put(peer, entry, message.delivery_line(data))
+                again = True
+        if again:
+            self.router.deliver_stored(session, mailbox.peek(peer))
+
+    def detached(self, session):
+        peer = session.peer_id
+        self._unregistered.discard(session)
+        if self.local.get(peer) is session:
+            del self.local[peer]
+            self.seqs.pop(peer, None)
+            if self.ready:
+                d = self.link.kv_get(self.sessions_kv, t(peer))
+                d.addCallback(lambda value: self.link.kv_delete(self.sessions_kv, t(peer))
+                              if value == self.node.encode() else None)
+                d.addErrback(lambda f: None)    # its entry names a node; liveness covers it
+
+    def room_opened(self, room):
+        self.rooms[room] = self.link.subscribe(self._room_subject(room), self._remote) \
+            if self.ready else None
+
+    def room_closed(self, room):
+        d = self.rooms.pop(room, None)
+        if d is not None:
+            d.addCallback(self.link.unsubscribe)
+            d.addErrback(lambda f: None)        # a subscription ends with its connection anyway
+
+    def _room_subject(self, room):
+        return "%s.room.%s" % (self.prefix, t(room))
+
+    # --- durable events (IDurableEventSubscriber) -----------------------------------
+
+    def durable(self, event):
+        """A directed message accepted here for a peer not held here: the
+        engine's mailbox has it, the node's own mailbox lets it go."""
+        entry = event.entry
+        to = entry["to"]
+        if event.source is None and "room" not in entry and to != message.BROADCAST \
+                and to not in self.local:
+            self.router.delivered_elsewhere(to, entry["msg_id"])
+
+    def delivered(self, entry, peer, timestamp, seq):
+        """Nothing to do: the receipt reaches the engine through ``append``."""
+
+    # --- operations ---------------------------------------------------------------
+
+    def refusal(self, sender, to, body):
+        """A tcp send check: refuse while the engine is unreachable."""
+        return None if self.ready else REFUSAL
+
+    def health(self):
+        return None if self.ready else "cluster engine %s" % self.link.state
+
+    def summary(self):
+        """For ``/health``: the engine link and the cluster's members."""
+        return {"node": self.node, "engine": self.link.state, "server": self.link.server,
+                "ready": self.ready, "members": sorted(self.members)}
+
+    def stats(self):
+        return dict(self.summary(), nodes=self.members, sessions=len(self.local),
+                    rooms=len(self.rooms))

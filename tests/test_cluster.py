@@ -1,0 +1,427 @@
+"""Cluster mode: the node's logic over a fake engine link, the [cluster]
+config, and the real link against a real nats-server."""
+import json
+
+from twisted.internet import defer, task
+from twisted.trial import unittest
+
+from relayd import config
+from relayd.cluster.link import CONNECTED, CONNECTING, DISCONNECTED, EngineLink
+from relayd.cluster.node import REFUSAL, ClusterNode, t
+from relayd.cluster.ownership import SharedOwnership
+from relayd.core import message
+from tests.fakes import FakeSession, MemoryJournal, make_router
+
+
+class FakeLink:
+    """The engine as the node sees it: a stream, KV buckets and subjects, in memory."""
+
+    def __init__(self):
+        self.state = CONNECTED
+        self.server = "nats://fake"
+        self.watchers = []
+        self.stream = {}                # seq -> (subject, data)
+        self.msg_ids = {}               # Nats-Msg-Id -> seq
+        self.kv = {}
+        self.published = []             # (subject, data), core
+        self.subscriptions = {}         # subject -> callback
+        self.consumer = None            # (subject prefix, callback)
+        self.seq = 0
+
+    def watch(self, callback):
+        self.watchers.append(callback)
+
+    def set_state(self, state):
+        self.state = state
+        for callback in self.watchers:
+            callback(state)
+
+    def ensure_stream(self, name, subjects, replicas, max_age):
+        self.stream_name = name
+        return defer.succeed(None)
+
+    def ensure_kv(self, bucket, replicas, ttl=None):
+        self.kv.setdefault(bucket, {})
+        return defer.succeed(None)
+
+    def consume(self, stream, subject, durable, callback):
+        self.consumer = (subject[:-1], callback)
+        return defer.succeed(None)
+
+    def subscribe(self, subject, callback):
+        self.subscriptions[subject] = callback
+        return defer.succeed(subject)
+
+    def unsubscribe(self, handle):
+        del self.subscriptions[handle]
+        return defer.succeed(None)
+
+    def store(self, subject, data, msg_id=None):
+        if msg_id in self.msg_ids:
+            return defer.succeed((self.msg_ids[msg_id], True))
+        self.seq += 1
+        self.stream[self.seq] = (subject, data)
+        self.msg_ids[msg_id] = self.seq
+        return defer.succeed((self.seq, False))
+
+    def delete(self, stream, seq):
+        return defer.succeed(self.stream.pop(seq, None) is not None)
+
+    def messages(self, stream, subject, limit):
+        head, tail = subject.split("*")
+        return defer.succeed([(seq, data) for seq, (subj, data) in sorted(self.stream.items())
+                              if subj.startswith(head) and subj.endswith(tail)][:limit])
+
+    def publish(self, subject, data):
+        self.published.append((subject, data))
+        return defer.succeed(None)
+
+    def kv_put(self, bucket, key, value):
+        self.kv[bucket][key] = value
+        return defer.succeed(None)
+
+    def kv_get(self, bucket, key):
+        return defer.succeed(self.kv[bucket].get(key))
+
+    def kv_create(self, bucket, key, value):
+        if key in self.kv[bucket]:
+            return defer.succeed(False)
+        self.kv[bucket][key] = value
+        return defer.succeed(True)
+
+    def kv_delete(self, bucket, key):
+        self.kv[bucket].pop(key, None)
+        return defer.succeed(None)
+
+    def kv_items(self, bucket):
+        return defer.succeed(dict(self.kv[bucket]))
+
+
+def bodies(session):
+    return [json.loads(line)["body"] for line in session.lines]
+
+
+class Settings:
+    node = "a"
+    replicas = 3
+    liveness = 10.0
+
+
+def make_node(link, node="a", owners=None):
+    clock = task.Clock()
+    clock.advance(1000)
+    router = make_router(clock, "relay")
+    if owners:
+        router.ownership.owners.update(owners)
+    router.ownership = SharedOwnership(router.ownership)
+    settings = Settings()
+    settings.node = node
+    local = MemoryJournal()
+    cluster = ClusterNode(settings, "relay", router, link, local, clock)
+    cluster.share_ownership(router.ownership)
+    router.journal = cluster
+    cluster.startService()
+    cluster._engine_state(CONNECTED)
+    return cluster, router, local, clock
+
+
+class NodeTests(unittest.TestCase):
+
+    def setUp(self):
+        self.link = FakeLink()
+        self.node, self.router, self.local, self.clock = make_node(self.link)
+        self.mail = self.node.prefix + ".mail."
+
+    def subjects(self):
+        return [subject for subject, _ in self.link.stream.values()]
+
+    def test_direct_to_a_peer_on_another_node_goes_to_that_nodes_subject(self):
+        self.link.kv[self.node.nodes_kv]["b"] = b"{}"
+        self.link.kv[self.node.sessions_kv][t("bob")] = b"b"
+        alice = FakeSession("alice")
+        self.router.attach(alice)
+        acked = self.successResultOf(self.router.submit(alice, "bob", "hi"))
+        self.assertEqual(self.subjects(), [self.mail + "b." + t("bob")])
+        self.assertFalse(acked[1])
+        self.assertEqual(len(self.local.lines), 1)      # the node's own journal too
+        # the engine holds it for bob: not this node's mailbox
+        self.assertEqual(self.router.mailboxes.peek("bob"), [])
+
+    def test_a_dead_nodes_session_entry_counts_as_offline(self):
+        self.link.kv[self.node.sessions_kv][t("bob")] = b"b"        # b has no live entry
+        alice = FakeSession("alice")
+        self.router.attach(alice)
+        self.successResultOf(self.router.submit(alice, "bob", "hi"))
+        self.assertEqual(self.subjects(), [self.mail + "_." + t("bob")])
+
+    def test_local_peer_settles_and_the_engine_lets_go(self):
+        alice, bob = FakeSession("alice"), FakeSession("bob")
+        self.router.attach(alice)
+        self.router.attach(bob)
+        self.assertEqual(self.link.kv[self.node.sessions_kv][t("bob")], b"a")
+        self.successResultOf(self.router.submit(alice, "bob", "hi"))
+        self.assertEqual(self.subjects(), [self.mail + "_." + t("bob")])
+        self.router.flush()
+        self.assertEqual(bodies(bob), ["hi"])
+        self.router.handed(bob, [{"msg_id": json.loads(bob.lines[0])["msg_id"]}])
+        self.assertEqual(self.link.stream, {})
+
+    def test_a_message_to_oneself_is_not_kept_in_the_engine(self):
+        alice = FakeSession("alice")
+        self.router.attach(alice)
+        self.successResultOf(self.router.submit(alice, "alice", "note to self"))
+        self.assertEqual(self.link.stream, {})
+
+    def test_mail_from_the_consumer_reaches_the_peer_and_is_deleted_when_settled(self):
+        bob = FakeSession("bob")
+        self.router.attach(bob)
+        entry, line = message.new_message("alice", "bob", "hi", 5.0, "relay")
+        seq, _ = self.successResultOf(self.link.store(self.mail + "a." + t("bob"), line,
+                                                      entry["msg_id"]))
+        self.link.consumer[1](seq, line)
+        self.router.flush()
+        self.assertEqual(bodies(bob), ["hi"])
+        self.assertEqual(len(self.link.stream), 1)      # not stored twice
+        self.router.handed(bob, [entry])
+        self.assertEqual(self.link.stream, {})
+
+    def test_mail_for_a_peer_that_moved_follows_it(self):
+        self.link.kv[self.node.nodes_kv]["c"] = b"{}"
+        self.link.kv[self.node.sessions_kv][t("bob")] = b"c"
+        entry, line = message.new_message("alice", "bob", "hi", 5.0, "relay")
+        seq, _ = self.successResultOf(self.link.store(self.mail + "a." + t("bob"), line,
+                                                      entry["msg_id"]))
+        self.link.consumer[1](seq, line)
+        self.assertEqual(list(self.link.stream.values()), [(self.mail + "c." + t("bob"), line)])
+        # offline: it stays where it is
+        del self.link.kv[self.node.sessions_kv][t("bob")]
+        [(seq, _)] = self.link.stream.items()
+        self.link.consumer[1](seq, line)
+        self.assertEqual(list(self.link.stream), [seq])
+
+    def test_mail_waiting_in_the_engine_is_delivered_on_attach(self):
+        entry, line = message.new_message("alice", "bob", "while away", 5.0, "relay")
+        self.link.store(self.mail + "zz." + t("bob"), line, entry["msg_id"])
+        bob = FakeSession("bob")
+        self.router.attach(bob)
+        self.router.flush()
+        self.assertEqual(bodies(bob), ["while away"])
+
+    def test_mail_accepted_here_is_delivered_again_from_the_engine(self):
+        alice = FakeSession("alice")
+        self.router.attach(alice)
+        self.successResultOf(self.router.submit(alice, "bob", "for later"))
+        bob = FakeSession("bob")
+        self.router.attach(bob)
+        self.assertEqual(bodies(bob), ["for later"])
+        self.router.handed(bob, [{"msg_id": json.loads(bob.lines[0])["msg_id"]}])
+        self.assertEqual(self.link.stream, {})
+
+    def test_room_messages_go_to_the_room_subject_once_stored(self):
+        alice = FakeSession("alice")
+        self.router.attach(alice)
+        self.router.join(alice, "lobby")
+        room_subject = self.node.prefix + ".room." + t("lobby")
+        self.assertIn(room_subject, self.link.subscriptions)
+        self.successResultOf(self.router.submit(alice, message.room_target("lobby"), "hey",
+                                                room="lobby"))
+        self.assertEqual(self.subjects(), [self.node.prefix + ".log.room." + t("lobby")])
+        [(subject, data)] = self.link.published
+        self.assertEqual(subject, room_subject)
+        self.assertTrue(data.startswith(b"a 1 "))
+        self.router.leave(alice, "lobby")
+        self.assertNotIn(room_subject, self.link.subscriptions)
+
+    def test_room_message_from_another_node_is_delivered_not_stored_again(self):
+        bob = FakeSession("bob")
+        self.router.attach(bob)
+        self.router.join(bob, "lobby")
+        entry, line = message.new_message("carol", message.room_target("lobby"), "hey", 5.0,
+                                          "relay", room="lobby")
+        callback = self.link.subscriptions[self.node.prefix + ".room." + t("lobby")]
+        callback(b"b 7 " + line)
+        callback(b"a 8 " + line)        # this node's own publication: ignored
+        self.router.flush()
+        self.assertEqual(bodies(bob), ["hey"])
+        self.assertEqual(self.link.stream, {})
+
+    def test_without_the_engine_sends_are_refused(self):
+        alice = FakeSession("alice")
+        self.router.attach(alice)
+        self.link.set_state(DISCONNECTED)
+        self.assertEqual(self.node.refusal("alice", "bob", "x"), REFUSAL)
+        self.assertEqual(self.node.health(), "cluster engine disconnected")
+        failure = self.failureResultOf(self.router.submit(alice, "bob", "x"))
+        self.assertIn("unreachable", failure.getErrorMessage())
+        self.link.set_state(CONNECTED)
+        self.assertIsNone(self.node.refusal("alice", "bob", "x"))
+        self.successResultOf(self.router.submit(alice, "bob", "x"))
+
+    def test_a_peer_that_came_while_the_engine_was_away_is_registered_on_its_return(self):
+        entry, line = message.new_message("alice", "bob", "waiting", 5.0, "relay")
+        self.link.store(self.mail + "_." + t("bob"), line, entry["msg_id"])
+        self.link.set_state(DISCONNECTED)
+        bob = FakeSession("bob")
+        self.router.attach(bob)
+        self.assertNotIn(t("bob"), self.link.kv[self.node.sessions_kv])
+        self.link.set_state(CONNECTED)
+        self.assertEqual(self.link.kv[self.node.sessions_kv][t("bob")], b"a")
+        self.router.flush()
+        self.assertEqual(bodies(bob), ["waiting"])
+
+    def test_heartbeat_lists_the_members(self):
+        self.link.kv[self.node.nodes_kv]["b"] = b'{"sessions": 3, "at": 1}'
+        self.clock.advance(Settings.liveness)
+        self.assertEqual(sorted(self.node.stats()["members"]), ["a", "b"])
+        self.assertEqual(json.loads(self.link.kv[self.node.nodes_kv]["a"])["sessions"], 0)
+
+    def test_the_admin_console_lists_the_nodes(self):
+        from twisted.application.service import MultiService
+        from relayd.ops.commands import AdminCommands
+        self.link.kv[self.node.nodes_kv]["b"] = b'{"sessions": 3, "at": 1}'
+        self.router.attach(FakeSession("alice"))
+        self.clock.advance(Settings.liveness)
+        daemon = MultiService()
+        self.node.setServiceParent(daemon)
+        shown = str(AdminCommands(daemon).nodes())
+        self.assertEqual([line.split() for line in shown.splitlines()[-2:]],
+                         [["a", "1", "True"], ["b", "3", "False"]], shown)
+
+    def test_a_stopped_node_leaves_the_cluster(self):
+        self.clock.advance(Settings.liveness)
+        self.assertIn("a", self.link.kv[self.node.nodes_kv])
+        self.successResultOf(defer.maybeDeferred(self.node.stopService))
+        self.assertNotIn("a", self.link.kv[self.node.nodes_kv])
+        self.link.set_state(CONNECTED)          # a late state change does nothing
+        self.assertFalse(self.node.ready)
+
+    def test_detach_drops_only_its_own_session_entry(self):
+        bob = FakeSession("bob")
+        self.router.attach(bob)
+        self.link.kv[self.node.sessions_kv][t("bob")] = b"b"        # bob moved to b
+        self.router.detach(bob)
+        self.assertEqual(self.link.kv[self.node.sessions_kv][t("bob")], b"b")
+        bob = FakeSession("bob")
+        self.router.attach(bob)
+        self.router.detach(bob)
+        self.assertNotIn(t("bob"), self.link.kv[self.node.sessions_kv])
+
+
+class OwnershipTests(unittest.TestCase):
+    KEY_A, KEY_B = b"a" * 32, b"b" * 32
+
+    def test_claims_are_shared_and_learned(self):
+        link = FakeLink()
+        node, router, _, _ = make_node(link, owners={"old": self.KEY_A})
+        owners = link.kv[node.owners_kv]
+        # a claim made before the cluster, and a new one, reach the engine
+        self.assertEqual(sorted(owners), sorted([t("old")]))
+        self.assertTrue(router.ownership.claim("alice", self.KEY_A))
+        self.assertEqual(sorted(owners), sorted([t("old"), t("alice")]))
+        # another node's claim, published while linked: owned here too
+        link.subscriptions["$KV.%s.>" % node.owners_kv](
+            SharedOwnership.record("bob", self.KEY_B))
+        self.assertEqual(router.ownership.owner("bob"), self.KEY_B)
+        self.assertFalse(router.ownership.claim("bob", self.KEY_A))
+        # a second node starting on the same engine learns both
+        other, other_router, _, _ = make_node(link, node="b")
+        self.assertEqual(other_router.ownership.owner("alice"), self.KEY_A)
+        self.assertEqual(other_router.ownership.owner("old"), self.KEY_A)
+
+    def test_claims_made_while_the_engine_is_away_are_shared_on_its_return(self):
+        link = FakeLink()
+        node, router, _, _ = make_node(link)
+        link.set_state(DISCONNECTED)
+        self.assertTrue(router.ownership.claim("alice", self.KEY_A))
+        self.assertEqual(link.kv[node.owners_kv], {})
+        link.set_state(CONNECTED)
+        self.assertEqual(list(link.kv[node.owners_kv]), [t("alice")])
+
+
+class ConfigTests(unittest.TestCase):
+    HEAD = "[relay]\nid = r\n"
+
+    def assertConfigError(self, text, *fragments):
+        with self.assertRaises(config.ConfigError) as cm:
+            config.validate(config.parse(self.HEAD + text, "relay.ini"))
+        for fragment in fragments:
+            self.assertIn(fragment, str(cm.exception))
+
+    def test_valid(self):
+        s = config.validate(config.parse(
+            self.HEAD + "[cluster]\nengine = nats://127.0.0.1:4222, nats://127.0.0.1:4223\n"
+            "node = n-1\n"))
+        self.assertEqual(s.cluster.engine, ["nats://127.0.0.1:4222", "nats://127.0.0.1:4223"])
+        self.assertEqual((s.cluster.node, s.cluster.replicas, s.cluster.liveness), ("n-1", 3, 10))
+
+    def test_errors(self):
+        self.assertConfigError("[cluster]\nnode = a\n", "[cluster] engine", "required")
+        self.assertConfigError("[cluster]\nengine = http://x:1\nnode = a\n", "[cluster] engine")
+        self.assertConfigError("[cluster]\nengine = nats://x:1\nnode = a.b\n", "[cluster] node")
+        self.assertConfigError("[cluster]\nengine = nats://x:1\nnode = a\nreplicas = 7\n",
+                               "[cluster] replicas")
+        self.assertConfigError("[cluster]\nengine = nats://x:1\nnode = a\n[federation]\n",
+                               "[cluster]", "[federation]")
+
+
+class LinkTests(unittest.TestCase):
+    """The real link, against a real nats-server (one node, JetStream R1)."""
+
+    def setUp(self):
+        from tests.engine import NATS_SERVER, NatsCluster, engine_missing
+        reason = engine_missing(NATS_SERVER)
+        if reason:
+            raise unittest.SkipTest(reason)
+        self.engine = NatsCluster(self.mktemp(), nodes=1).start()
+        self.addCleanup(self.engine.stop)
+        from twisted.internet import reactor
+        self.link = EngineLink(reactor, self.engine.urls, "test", timeout=5.0)
+        self.states = []
+        self.link.watch(self.states.append)
+        self.link.startService()
+        self.addCleanup(self.link.stopService)
+
+    def connected(self):
+        d = defer.Deferred()
+        if self.link.state == CONNECTED:
+            return defer.succeed(None)
+        self.link.watch(lambda state: state == CONNECTED and not d.called and d.callback(None))
+        return d
+
+    @defer.inlineCallbacks
+    def test_operations_and_reconnect(self):
+        yield self.connected()
+        yield self.link.ensure_stream("T", ["t.>"], 1, 60.0)
+        yield self.link.ensure_kv("K", 1, ttl=30.0)
+        seq, duplicate = yield self.link.store("t.mail.x", b"one", "id1")
+        again = yield self.link.store("t.mail.x", b"one", "id1")
+        self.assertEqual(again, (seq, True))
+        yield self.link.store("t.mail.y", b"two", "id2")
+        found = yield self.link.messages("T", "t.mail.*", 10)
+        self.assertEqual([data for _, data in found], [b"one", b"two"])
+        self.assertTrue((yield self.link.delete("T", seq)))
+        self.assertFalse((yield self.link.delete("T", seq)))
+        yield self.link.kv_put("K", "k", b"v")
+        self.assertEqual((yield self.link.kv_get("K", "k")), b"v")
+        self.assertEqual((yield self.link.kv_items("K")), {"k": b"v"})
+        yield self.link.kv_delete("K", "k")
+        self.assertIsNone((yield self.link.kv_get("K", "k")))
+        got = defer.Deferred()
+        yield self.link.subscribe("core.x", got.callback)
+        yield self.link.publish("core.x", b"hello")
+        self.assertEqual((yield got), b"hello")
+        # the server goes away and comes back: the link says so and reconnects
+        self.engine.kill(0)
+        for _ in range(200):            # at most 10 s
+            if self.link.state != CONNECTED:
+                break
+            yield task.deferLater(self._reactor(), 0.05)
+        self.engine.start(0)
+        yield self.connected()
+        self.assertEqual(self.states[:2], [CONNECTING, CONNECTED])
+        self.assertIn(DISCONNECTED, self.states)
+        self.assertEqual(self.states[-1], CONNECTED)
+
+    def _reactor(self):
+        from twisted.internet import reactor
+        return reactor

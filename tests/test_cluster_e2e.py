@@ -1,0 +1,332 @@
+"""Cluster mode end to end: a three-node nats-server JetStream cluster and
+relayd nodes (twistd subprocesses) on free loopback ports.
+
+Clients on different nodes chat directly and in rooms; a peer offline on one
+node gets its mail on another; kill -9 of a relayd node or of an engine node
+while messages flow loses no message the sender was acked for.
+"""
+import json
+import os
+import socket
+import threading
+import time
+
+from twisted.trial import unittest
+
+from tests.daemon import Relayd, free_port, relay_ini
+from tests.engine import NATS_SERVER, NatsCluster, engine_missing
+from tests.test_metrics_docs import documented_metrics, exposed_metrics
+from tests.test_ops_support import http_get
+
+READY_LINE = "accepting messages"
+
+
+def cluster_ini(urls, node):
+    return relay_ini(f"""
+        [ratelimit]
+        messages = 100000
+        [http]
+        listen = tcp:{{http}}:interface=127.0.0.1
+        [cluster]
+        engine = {", ".join(urls)}
+        node = {node}
+        timeout = 2
+        liveness = 3
+        """, id="clustered")
+
+
+class Client:
+    """A blocking JSON-lines client that acks what it gets and reconnects
+    (to ``ports`` in turn) when its node goes away."""
+
+    def __init__(self, ports, peer_id, acks=True):
+        self.ports = list(ports)
+        self.peer_id = peer_id
+        self.acks = acks
+        self.received = {}          # msg_id -> body
+        self.lock = threading.Lock()
+        self._connect()
+
+    def _connect(self, deadline=30.0):
+        end = time.monotonic() + deadline
+        while True:
+            port = self.ports[0]
+            try:
+                self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+                self.file = self.sock.makefile("rb")
+                self.request(type="hello", id=self.peer_id, acks=self.acks)
+                welcome = self.read()
+                if welcome.get("type") == "welcome":
+                    return
+            except OSError:
+                pass
+            self.ports.append(self.ports.pop(0))
+            if time.monotonic() > end:
+                raise AssertionError(f"{self.peer_id} could not connect to {self.ports}")
+            time.sleep(0.2)
+
+    def request(self, **obj):
+        self.sock.sendall(json.dumps(obj).encode() + b"\n")
+
+    def read(self):
+        """The next object that is not a message (those are collected and acked)."""
+        while True:
+            line = self.file.readline()
+            if not line:
+                raise EOFError
+            obj = json.loads(line)
+            if obj.get("type") != "message":
+                return obj
+            with self.lock:
+                self.received[obj["msg_id"]] = obj["body"]
+            if self.acks:
+                self.request(type="ack", ids=[obj["msg_id"]])
+
+    def send(self, **obj):
+        """Send until acked (reconnecting to the next node if need be); the ack."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                self.request(type="send", **obj)
+                reply = self.read()
+                if reply.get("type") == "ack":
+                    return reply
+                time.sleep(0.1)         # refused (engine lost): retry
+            except (OSError, EOFError):
+                self.ports.append(self.ports.pop(0))
+                self._connect()
+        raise AssertionError(f"no ack for {obj}")
+
+    def listen(self):
+        """Collect messages in a thread, reconnecting when the node dies."""
+        self._stop = False
+
+        def run():
+            while not self._stop:
+                try:
+                    self.read()
+                except (OSError, EOFError, ValueError):
+                    if self._stop:
+                        return
+                    self.ports.append(self.ports.pop(0))
+                    self._connect()
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+
+    def wait_for(self, bodies, timeout=30.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                missing = set(bodies) - set(self.received.values())
+            if not missing:
+                return set()
+            time.sleep(0.05)
+        return missing
+
+    def close(self):
+        self._stop = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+class ClusterTestMixin:
+    def start_cluster(self, nodes=2):
+        reason = engine_missing(NATS_SERVER)
+        if reason:
+            raise unittest.SkipTest(reason)
+        self.engine = NatsCluster(self.mktemp()).start()
+        self.addCleanup(self.engine.stop)
+        self.relays = []
+        for i in range(nodes):
+            relay = Relayd(self, cluster_ini(self.engine.urls, "n%d" % i), tcp=free_port(),
+                           http=free_port())
+            relay.start(wait_tcp=[relay.ports["tcp"]])
+            self.relays.append(relay)
+        for relay in self.relays:
+            self.wait_ready(relay)
+        return [relay.ports["tcp"] for relay in self.relays]
+
+    def wait_ready(self, relay, timeout=60.0):
+        deadline = time.monotonic() + timeout
+        while READY_LINE not in relay.log():
+            if time.monotonic() > deadline:
+                raise AssertionError("node not linked to the engine:\n" + relay.log())
+            time.sleep(0.1)
+
+    def client(self, ports, peer_id):
+        client = Client(ports, peer_id)
+        self.addCleanup(client.close)
+        return client
+
+
+class ChatAcrossNodes(ClusterTestMixin, unittest.TestCase):
+
+    def test_direct_room_and_offline_mail(self):
+        a, b = self.start_cluster(2)
+        alice = self.client([a, b], "alice")
+        bob = self.client([b, a], "bob")
+        carol = self.client([a, b], "carol")
+        for client in (bob, carol):
+            client.request(type="join", room="lobby")
+            self.assertEqual(client.read()["type"], "joined")
+        bob.listen()
+        carol.listen()
+        time.sleep(1.0)                 # both nodes' heartbeats and room subscriptions
+        alice.send(to="bob", body="hello bob")
+        alice.send(room="lobby", body="to the lobby")
+        alice.listen()
+        self.client([b], "bea").send(to="alice", body="hello alice")
+        self.assertEqual(bob.wait_for({"hello bob", "to the lobby"}), set())
+        self.assertEqual(carol.wait_for({"to the lobby"}), set())
+        self.assertEqual(alice.wait_for({"hello alice"}), set())
+
+        # bob goes offline; mail accepted on node b waits in the engine and
+        # reaches him when he comes back on node a.
+        bob.close()
+        time.sleep(0.3)
+        self.client([b], "bea").send(to="bob", body="while you were away")
+        back = self.client([a], "bob")
+        back.listen()
+        self.assertEqual(back.wait_for({"while you were away"}), set())
+        self.assertNotIn("while you were away", bob.received.values())
+
+    def test_health_stats_and_metrics_show_the_cluster(self):
+        self.start_cluster(2)
+        http = [relay.ports["http"] for relay in self.relays]
+        time.sleep(1.5)                 # a heartbeat of each node (liveness 3 s)
+        status, body, _ = http_get(http[0], "/health")
+        self.assertEqual(status, 200, body)
+        health = json.loads(body)["cluster"]
+        self.assertEqual((health["node"], health["engine"], health["members"]),
+                         ("n0", "connected", ["n0", "n1"]))
+        status, body, _ = http_get(http[1], "/stats")
+        stats = json.loads(body)["cluster"]
+        self.assertEqual((stats["node"], stats["engine"], stats["members"]),
+                         ("n1", "connected", ["n0", "n1"]))
+        self.assertIn(stats["server"], self.engine.urls)
+        status, body, _ = http_get(http[0], "/metrics")
+        cluster = {name: kind for name, kind in exposed_metrics(body.decode()).items()
+                   if name.startswith("relayd_cluster_")}
+        self.assertEqual(cluster, {name: kind for name, kind in documented_metrics().items()
+                                   if name.startswith("relayd_cluster_")})
+        self.assertIn("relayd_cluster_engine_up 1.0", body.decode())
+        self.assertIn("relayd_cluster_nodes 2.0", body.decode())
+        for i in range(3):
+            self.engine.kill(i)
+        deadline = time.monotonic() + 20
+        while http_get(http[0], "/health")[0] == 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        status, body, _ = http_get(http[0], "/health")
+        self.assertEqual(status, 503)
+        body = json.loads(body)
+        self.assertIn("cluster engine", body["problems"]["cluster"])
+        self.assertNotEqual(body["cluster"]["engine"], "connected")
+
+    def test_an_id_claimed_with_a_key_on_one_node_is_owned_on_the_others(self):
+        import base64
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+        from relayd.tcp.protocol import auth_payload
+        a, b = self.start_cluster(2)
+
+        def hello(port, key=None):
+            conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+            lines = conn.makefile("rb")
+            self.addCleanup(conn.close)
+            self.addCleanup(lines.close)
+            request = {"type": "hello", "id": "alice"}
+            if key is not None:
+                public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+                request["key"] = base64.b64encode(public).decode()
+            conn.sendall(json.dumps(request).encode() + b"\n")
+            reply = json.loads(lines.readline())
+            if reply.get("type") == "challenge":
+                signature = key.sign(auth_payload("clustered", "alice", reply["challenge"]))
+                conn.sendall(json.dumps({"type": "auth", "signature":
+                                         base64.b64encode(signature).decode()}).encode() + b"\n")
+                reply = json.loads(lines.readline())
+            return reply
+
+        owner = Ed25519PrivateKey.generate()
+        self.assertEqual(hello(a, owner)["type"], "welcome")
+        deadline = time.monotonic() + 10
+        while hello(b).get("error") != "id_owned" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertEqual(hello(b)["error"], "id_owned")
+        self.assertEqual(hello(b, Ed25519PrivateKey.generate())["error"], "id_owned")
+        self.assertEqual(hello(b, owner)["type"], "welcome")
+
+    def test_no_engine_refuses_with_a_clear_error(self):
+        a, b = self.start_cluster(2)
+        alice = self.client([a], "alice")
+        for i in range(3):
+            self.engine.kill(i)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            alice.request(type="send", to="bob", body="nobody stores this")
+            reply = alice.read()
+            if reply.get("error") == "cluster_unavailable":
+                break
+            time.sleep(0.2)
+        self.assertEqual(reply["error"], "cluster_unavailable")
+        self.assertIn("cluster engine", reply["message"])
+
+
+class Failover(ClusterTestMixin, unittest.TestCase):
+    SENDERS = 3
+    EACH = 60
+
+    def pair(self):
+        """Senders on node 0 and a listening receiver on node 1, each
+        reconnecting to the other node when its own dies."""
+        a, b = self.start_cluster(2)
+        senders = [self.client([a, b], "sender%d" % i) for i in range(self.SENDERS)]
+        receiver = self.client([b, a], "receiver")
+        receiver.listen()
+        time.sleep(0.5)                 # both nodes' heartbeats seen
+        return senders, receiver
+
+    def run_load(self, senders, receiver, kill):
+        """Every sender sends ``EACH`` messages (one unacked at a time, all
+        senders at once); ``kill`` runs once a third of them are acked.
+        Returns the bodies acked."""
+        acked, lock = [], threading.Lock()
+
+        def send_all(sender):
+            for i in range(self.EACH):
+                body = "%s-%d" % (sender.peer_id, i)
+                sender.send(to=receiver.peer_id, body=body)
+                with lock:
+                    acked.append(body)
+        threads = [threading.Thread(target=send_all, args=(s,), daemon=True) for s in senders]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 60
+        while len(acked) < len(senders) * self.EACH // 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        kill()
+        for thread in threads:
+            thread.join(120)
+        self.assertEqual(len(acked), len(senders) * self.EACH)
+        return acked
+
+    def test_kill_sender_node(self):
+        senders, receiver = self.pair()
+        acked = self.run_load(senders, receiver, self.relays[0].kill)
+        self.assertEqual(receiver.wait_for(acked), set())
+
+    def test_kill_receiver_node(self):
+        senders, receiver = self.pair()
+        acked = self.run_load(senders, receiver, self.relays[1].kill)
+        self.assertEqual(receiver.wait_for(acked), set())
+
+    def test_kill_engine_node(self):
+        senders, receiver = self.pair()
+        # kill the engine server the senders' node is linked to
+        used = self.relays[0].log().split("cluster engine connected: ")[1].split()[0]
+        acked = self.run_load(senders, receiver,
+                              lambda: self.engine.kill(self.engine.urls.index(used)))
+        self.assertEqual(receiver.wait_for(acked), set())
