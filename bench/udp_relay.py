@@ -2,14 +2,16 @@
 
 relayd runs as ``twistd -n relayd`` with a ``[udp]`` section (rate limits
 raised); the load generator speaks the seed-001 packets.  coturn
-(``turnserver``) is driven in the same run by its own ``turnutils_uclient``
-through a ``turnutils_peer`` echo, and its relayed datagrams are counted
-both ways (client -> peer and the echo back).
+(``turnserver``) is driven in the same run; for the saturation figure by its
+own ``turnutils_uclient`` through a ``turnutils_peer`` echo, its relayed
+datagrams counted both ways (client -> peer and the echo back).
 
 The offered-rate table (issue 15) paces 10 seed sender/receiver pairs with
-200-byte ``relay`` packets at each ``--offered`` rate, and coturn's uclient
-clients (200-byte ChannelData, echoed) at the same total rate, and compares
-relayed datagrams per second of server CPU.
+``relay`` packets of about 200 bytes at each ``--offered`` rate through
+relayd, then the same generator through coturn (``bench.turn``: each sender
+allocates, binds a channel to its receiver and sends ChannelData datagrams
+of the same size, which coturn relays once each), and compares relayed
+datagrams per second of server CPU and loss.
 
     python -m bench.udp_relay [--seconds 5] [--peers 20000] [--rate 10000]
                               [--offered 10000,20000,30000] [--only offered]
@@ -25,7 +27,7 @@ import subprocess
 import tempfile
 import time
 
-from bench import relay
+from bench import relay, targets, turn
 from bench.procstat import CpuMeter, rss_kib
 from bench.report import emit, ratio, verdict
 from bench.server import HOST
@@ -46,7 +48,7 @@ PAYLOAD = "x" * 100
 TARGET_RATIO = 0.3
 OFFERED_TARGET = 0.5       # relayed datagrams per CPU-second, relayd / coturn
 PAIRS = 10
-PAIR_PAYLOAD = "x" * 118   # a 200-byte relay packet
+PAIR_PAYLOAD = "x" * 118   # a relay packet of about 200 bytes
 
 
 class UdpRelayd(relay.Relayd):
@@ -269,16 +271,42 @@ def pair_frames(pairs, tag):
 
 
 def offered(server, pid, rate, seconds, pairs=PAIRS):
-    """``pairs`` senders paced to ``rate`` datagrams/s in all; CPU and loss of the relay."""
+    """``pairs`` seed-001 sender/receiver pairs through relayd at ``server``,
+    paced to ``rate`` datagrams/s in all; CPU and loss of the relay."""
     senders, receivers = [], []
     for i in range(pairs):
         rx, tx = udp_socket(), udp_socket()
         register(rx, server, f"rx{rate}-{i}")
         register(tx, server, f"tx{rate}-{i}")
-        rx.setblocking(False)
         senders.append(tx)
         receivers.append(rx)
-    frames = pair_frames(pairs, rate)
+    return pace(pid, senders, pair_frames(pairs, rate), server, receivers, RELAYED, rate, seconds)
+
+
+def offered_turn(server, pid, rate, seconds, pairs=PAIRS):
+    """The same through a TURN server: each sender allocates and binds a
+    channel to its receiver, then sends 200-byte ChannelData datagrams,
+    which the server relays to the receiver from the allocation."""
+    senders, receivers = [], []
+    for _ in range(pairs):
+        rx, tx = udp_socket(), udp_socket()
+        turn.allocate(tx, server)
+        turn.bind(tx, server, rx.getsockname())
+        senders.append(tx)
+        receivers.append(rx)
+    size = len(pair_frames(1, rate)[0])           # as long as relayd's relay packet
+    frame = turn.channel_data(turn.FIRST_CHANNEL, b"0" * (size - 4))
+    return pace(pid, senders, [frame] * pairs, server, receivers, b"", rate, seconds)
+
+
+def pace(pid, senders, frames, server, receivers, only, rate, seconds):
+    """Send ``frames[i]`` from ``senders[i]`` to ``server`` in turn, paced to
+    ``rate`` datagrams/s in all for ``seconds``, while counting what reaches
+    the receivers (datagrams starting with ``only``); then up to 1 s more for
+    what is still on its way.  The relay's CPU over the whole span."""
+    for rx in receivers:
+        rx.setblocking(False)
+    pairs = len(senders)
     sent = received = 0
     tick = 0.001
     meter = CpuMeter(pid)
@@ -292,17 +320,17 @@ def offered(server, pid, rate, seconds, pairs=PAIRS):
             senders[sent % pairs].sendto(frames[sent % pairs], server)
             sent += 1
         for rx in select.select(receivers, [], [], tick)[0]:
-            received += drain(rx, RELAYED)
+            received += drain(rx, only)
     settle = time.monotonic() + 1.0
     while time.monotonic() < settle and received < sent:
         for rx in select.select(receivers, [], [], 0.05)[0]:
-            received += drain(rx, RELAYED)
+            received += drain(rx, only)
     _, cpu = meter.read()
     for sock in senders + receivers:
         sock.close()
     relayed_per_s = received / seconds
     return {"offered": rate, "sent": sent, "received": received, "lost": sent - received,
-            "server_cpu_pct": cpu["server_cpu_pct"],
+            "relayed_per_s": relayed_per_s, "server_cpu_pct": cpu["server_cpu_pct"],
             "per_cpu_second": per_cpu_second(relayed_per_s, cpu["server_cpu_pct"])}
 
 
@@ -317,14 +345,22 @@ def measure_offered_relayd(args):
     return rows
 
 
-def start_coturn(workdir):
-    port, peer_port = free_port_udp(), free_port_udp()
+def start_turnserver(workdir):
+    """coturn's ``turnserver`` on a free loopback port: (process, port)."""
+    port = free_port_udp()
     server = subprocess.Popen(
         ["turnserver", "-L", HOST, "-p", str(port), "--no-auth", "--allow-loopback-peers",
          "--no-cli", "--no-tls", "--no-dtls", "-n", "--relay-ip", HOST, "--relay-threads", "1",
          "--min-port", "49152", "--max-port", "65535", "--log-file", "stdout", "--simple-log",
          "--pidfile", os.path.join(workdir, "turn.pid"), "--userdb", os.path.join(workdir, "db")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return server, port
+
+
+def start_coturn(workdir):
+    """``turnserver`` and a ``turnutils_peer`` echo: (server, peer, port, peer port)."""
+    server, port = start_turnserver(workdir)
+    peer_port = free_port_udp()
     peer = subprocess.Popen(["turnutils_peer", "-L", HOST, "-p", str(peer_port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return server, peer, port, peer_port
@@ -346,38 +382,26 @@ def uclient(port, peer_port, clients, messages, interval_ms, length):
 
 
 def measure_offered_coturn(args):
-    """coturn at the same total relayed rate: clients x (1000 / 5 ms) each way, echoed."""
-    if any(shutil.which(t) is None for t in ("turnserver", "turnutils_uclient", "turnutils_peer")):
+    """coturn driven like relayd above: 10 TURN clients, one channel each to
+    a receiving socket, paced to the same total rate."""
+    if shutil.which("turnserver") is None:
         emit("udp_relay", system="coturn", test="offered", skipped="coturn_not_installed")
         return {}
     rows = {}
     workdir = tempfile.mkdtemp(prefix="bench-coturn-")
-    server, peer, port, peer_port = start_coturn(workdir)
+    server, port = start_turnserver(workdir)
     try:
-        if not stun_answers((HOST, port)):
+        address = (HOST, port)
+        if not stun_answers(address):
             emit("udp_relay", system="coturn", test="offered", skipped="no_stun_answer")
             return {}
-        interval = 5              # ms between one client's messages (150 clients collide)
+        offered_turn(address, server.pid, 2000, 1.0)              # warm-up
         for rate in args.offered:
-            clients = max(1, round(rate / 2 / (1000 / interval)))   # echoed: two relays each
-            messages = int(args.seconds * 1000 / interval)
-            meter = CpuMeter(server.pid)
-            sent, received, elapsed, output = uclient(port, peer_port, clients, messages,
-                                                      interval, 200)
-            _, cpu = meter.read()
-            if sent is None:
-                print(output[-2000:])
-                emit("udp_relay", system="coturn", test="offered", offered=rate, skipped="no_totals")
-                continue
-            relayed_per_s = (sent + received) / elapsed
-            rows[rate] = {"offered": rate, "clients": clients, "sent": sent, "echoed": received,
-                          "relayed_per_s": relayed_per_s, "server_cpu_pct": cpu["server_cpu_pct"],
-                          "per_cpu_second": per_cpu_second(relayed_per_s, cpu["server_cpu_pct"])}
+            rows[rate] = offered_turn(address, server.pid, rate, args.seconds)
             emit("udp_relay", system="coturn", test="offered", **rows[rate])
     finally:
-        for process in (peer, server):
-            process.terminate()
-            process.wait(10)
+        server.terminate()
+        server.wait(10)
         shutil.rmtree(workdir, ignore_errors=True)
     return rows
 
@@ -391,6 +415,17 @@ def offered_table(args):
             emit("udp_relay", check="offered_vs_coturn_per_cpu_second", offered=rate, ratio=r,
                  lost=ours[rate]["lost"], target=OFFERED_TARGET,
                  result=verdict(r >= OFFERED_TARGET and ours[rate]["lost"] == 0))
+    for rate in args.offered:
+        key = f"udp_{rate // 1000}k"
+        if key in targets.TARGETS and rate in ours:
+            theirs_rate = theirs.get(rate, {})
+            targets.record(key, ours[rate]["per_cpu_second"], theirs_rate.get("per_cpu_second"),
+                           note=f"relayd {ours[rate]['server_cpu_pct']:.0f} % of a core"
+                                + (f", coturn {theirs_rate['server_cpu_pct']:.0f} %, "
+                                   f"{theirs_rate['lost']} lost" if theirs_rate else ""))
+    if ours:
+        lost = sum(row["lost"] for row in ours.values())
+        targets.record("udp_lost", lost, note=f"of {sum(row['sent'] for row in ours.values()):,}")
 
 
 def measure_coturn(args):

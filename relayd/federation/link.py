@@ -18,6 +18,7 @@ from twisted.protocols.basic import LineReceiver
 from zope.interface import implementer
 
 from relayd.federation.handshake import Handshake, HandshakeError
+from relayd.jsonfast import loads_own
 
 HELLO, AUTH, UP, CLOSED = "hello", "auth", "up", "closed"
 HANDSHAKE_LINE = 16384
@@ -81,7 +82,7 @@ class Link(LineReceiver):
             return
         self.last_heard = self.hub.clock.seconds()
         try:
-            frame = json.loads(line)
+            frame = loads_own(line)          # msgspec; what it refuses, the standard module
         except (ValueError, RecursionError):        # RecursionError: nested too deeply
             frame = None
         if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
