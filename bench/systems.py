@@ -54,6 +54,12 @@ class Results(dict):
         """The largest ``key`` over ``name``'s runs (losses, drops)."""
         return max(run[key] for run in self.runs[name])
 
+    def spread(self, name, key):
+        """``"low-high"`` of ``key`` over ``name``'s runs, for a table note."""
+        values = [run[key] for run in self.runs[name]]
+        digits = 0 if min(values) >= 100 else 3
+        return f"{min(values):,.{digits}f}-{max(values):,.{digits}f}"
+
 
 def median(results):
     """Key by key median of result dicts (the upper one of an even count)."""

@@ -86,6 +86,7 @@ class Row:
     note: str = ""          # details of the figure, or why the run does not count
     ran: bool = True
     valid: bool = True      # False: a precondition of the target did not hold
+    against: str = ""       # the reference measured, when more precise than the target's
 
     @property
     def target(self):
@@ -97,22 +98,27 @@ class Row:
 
     @property
     def verdict(self):
-        return "met" if self.met else ("MISSED" if self.ran else "MISSED (not run)")
+        if not self.ran:
+            return "MISSED (not run)"
+        if not self.valid:
+            return "MISSED (run outside the target's conditions)"
+        return "met" if self.met else "MISSED"
 
 
 ROWS = {}
 
 
-def record(key, relayd, reference=None, note="", valid=True):
+def record(key, relayd, reference=None, note="", valid=True, against=""):
     """Keep and print the row of ``key``; ``valid`` False fails it whatever the
-    figure (a precondition of the target did not hold, said in ``note``)."""
-    row = ROWS[key] = Row(key, relayd, reference, note, valid=valid)
+    figure (a precondition of the target did not hold, said in ``note``);
+    ``against`` names the reference measured (e.g. a configuration of it)."""
+    row = ROWS[key] = Row(key, relayd, reference, note, valid=valid, against=against)
     fields = {"key": key, "relayd": relayd}
     if reference is not None:
         fields["reference"] = reference
         if row.target.by_ratio and reference:
             fields["ratio"] = ratio(relayd, reference) if relayd is not None else "?"
-    emit("target", **fields, goal=row.target.goal().replace(" ", "_"), verdict=row.verdict)
+    emit("target", **fields, goal=row.target.goal(), verdict=row.verdict)
     return row
 
 
@@ -135,7 +141,7 @@ def table(benches=None):
         row = ROWS.get(key) or Row(key, ran=False)
         reference = _number(row.reference)
         if target.against and row.reference is not None:
-            reference += f" ({target.against})"
+            reference += f" ({row.against or target.against})"
         elif row.reference is None and target.against:
             reference = f"- ({target.against} not run)"
         ratio_text = (f"{ratio(row.relayd, row.reference):.2f}"

@@ -31,9 +31,10 @@ def main(argv=None):
             best = systems.best_reference(results, "delivered_per_s")
             targets.record(f"fanout_{n}", results["relayd"]["delivered_per_s"],
                            results[best]["delivered_per_s"] if best else None,
-                           note=f"{args.window:,} in flight, medians of {args.repeat}"
-                                + (f"; the better mosquitto: {best}" if best else ""),
-                           valid=args.window >= 10000)
+                           note=f"{args.window:,} in flight, median of {args.repeat}: relayd "
+                                + results.spread("relayd", "delivered_per_s")
+                                + (f", {best} {results.spread(best, 'delivered_per_s')}" if best else ""),
+                           valid=args.window >= 10000, against=best or "")
             dropped, lost = results.worst("relayd", "dropped"), results.worst("relayd", "lost")
             targets.record(f"fanout_{n}_intact", dropped + lost,
                            note=f"worst of {args.repeat} runs: {dropped} dropped, {lost} lost")

@@ -30,8 +30,9 @@ def main(argv=None):
             best = systems.best_reference(results, key, higher_is_better=False)
             targets.record(f"latency_{key[:3]}", results["relayd"][key],
                            results[best][key] if best else None,
-                           note=f"N = {args.receivers}, {args.rate:g}/s, medians of {args.repeat}"
-                                + (f"; the better mosquitto: {best}" if best else ""),
+                           note=f"median of {args.repeat}: relayd {results.spread('relayd', key)}"
+                                + (f", {best} {results.spread(best, key)}" if best else ""),
+                           against=best or "",
                            valid=(results.worst("relayd", "lost") == 0 and args.rate == 1000
                                   and args.receivers == 10))
 

@@ -53,7 +53,8 @@ class JudgeTests(unittest.TestCase):
 
     def test_a_row_whose_conditions_failed_is_missed_whatever_the_figure(self):
         self.assertEqual(Row("restart", 0.5).verdict, "met")
-        self.assertEqual(Row("restart", 0.5, valid=False).verdict, "MISSED")
+        self.assertEqual(Row("restart", 0.5, valid=False).verdict,
+                         "MISSED (run outside the target's conditions)")
         self.assertEqual(Row("restart", 3.0).verdict, "MISSED")
         self.assertEqual(Row("restart", ran=False).verdict, "MISSED (not run)")
 
@@ -61,7 +62,8 @@ class JudgeTests(unittest.TestCase):
         self.addCleanup(targets.ROWS.clear)
         targets.ROWS.clear()
         targets.record("fanout_10", 300.0, 100.0, note="3 runs")
-        targets.record("crash_lost", 2, note="6 kills", valid=True)
+        targets.record("crash_lost", 2, note="6 kills")
+        targets.record("fanout_10_intact", 0, note="200 in flight", valid=False)
         rows = table_rows(targets.table(["tcp_fanout", "crash"]))
         wanted = [t.figure for t in TARGETS.values() if t.bench in ("tcp_fanout", "crash")]
         self.assertEqual(sorted(figure.split(" [")[0] for figure in rows), sorted(wanted))
@@ -70,6 +72,8 @@ class JudgeTests(unittest.TestCase):
                                       "met"])
         crash = rows[TARGETS["crash_lost"].figure + " [6 kills]"]
         self.assertEqual(crash[-1], "MISSED")
+        invalid = rows[TARGETS["fanout_10_intact"].figure + " [200 in flight]"]
+        self.assertEqual(invalid[3:], ["0", "-", "", "== 0", "MISSED (run outside the target's conditions)"])
         not_run = rows[TARGETS["fanout_100"].figure]
         self.assertEqual((not_run[3], not_run[-1]), ("-", "MISSED (not run)"))
 
