@@ -33,7 +33,7 @@ BENCHMARKS = [
       "--latency-seconds", "0.5", "--mesh", "0"]),
     ("bench.crash", [], ["--kills", "1", "--seconds", "0.3"]),
     ("bench.udp_relay", [], ["--seconds", "0.3", "--peers", "100", "--coturn-messages", "20"]),
-    ("bench.libp2p_circuits", ["--mib", "32", "--circuits", "50"], ["--mib", "1", "--circuits", "2"]),
+    ("bench.libp2p_circuits", ["--mib", "16", "--circuits", "50"], ["--mib", "1", "--circuits", "2"]),
     ("bench.libp2p_hub", [], ["--subscribers", "10,100", "--messages", "5", "--seconds", "1", "--timeout", "5"]),
 ]
 

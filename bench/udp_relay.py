@@ -420,9 +420,10 @@ def offered_table(args):
         if key in targets.TARGETS and rate in ours:
             theirs_rate = theirs.get(rate, {})
             targets.record(key, ours[rate]["per_cpu_second"], theirs_rate.get("per_cpu_second"),
-                           note=f"relayd {ours[rate]['server_cpu_pct']:.0f} % of a core"
-                                + (f", coturn {theirs_rate['server_cpu_pct']:.0f} %, "
-                                   f"{theirs_rate['lost']} lost" if theirs_rate else ""))
+                           note=f"relayd {ours[rate]['server_cpu_pct']:.0f} % of a core, "
+                                f"{ours[rate]['lost']:,} lost"
+                                + (f"; coturn {theirs_rate['server_cpu_pct']:.0f} %, "
+                                   f"{theirs_rate['lost']:,} lost" if theirs_rate else ""))
     if ours:
         lost = sum(row["lost"] for row in ours.values())
         targets.record("udp_lost", lost, note=f"of {sum(row['sent'] for row in ours.values()):,}")
