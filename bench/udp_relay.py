@@ -30,7 +30,7 @@ import time
 from bench import relay, targets, turn
 from bench.procstat import CpuMeter, rss_kib
 from bench.report import emit, ratio, verdict
-from bench.server import HOST
+from bench.server import HOST, ServerError
 from relayd.udp import stun
 
 UDP_SECTION = """
@@ -345,16 +345,24 @@ def measure_offered_relayd(args):
     return rows
 
 
-def start_turnserver(workdir):
-    """coturn's ``turnserver`` on a free loopback port: (process, port)."""
-    port = free_port_udp()
-    server = subprocess.Popen(
-        ["turnserver", "-L", HOST, "-p", str(port), "--no-auth", "--allow-loopback-peers",
-         "--no-cli", "--no-tls", "--no-dtls", "-n", "--relay-ip", HOST, "--relay-threads", "1",
-         "--min-port", "49152", "--max-port", "65535", "--log-file", "stdout", "--simple-log",
-         "--pidfile", os.path.join(workdir, "turn.pid"), "--userdb", os.path.join(workdir, "db")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return server, port
+def start_turnserver(workdir, attempts=3):
+    """coturn's ``turnserver`` on a free loopback port, once it answers STUN:
+    (process, port).  A start that does not answer (the port taken meanwhile,
+    a slow start on a busy machine) is stopped and retried on another port;
+    ServerError after ``attempts``."""
+    for _ in range(attempts):
+        port = free_port_udp()
+        server = subprocess.Popen(
+            ["turnserver", "-L", HOST, "-p", str(port), "--no-auth", "--allow-loopback-peers",
+             "--no-cli", "--no-tls", "--no-dtls", "-n", "--relay-ip", HOST, "--relay-threads", "1",
+             "--min-port", "49152", "--max-port", "65535", "--log-file", "stdout", "--simple-log",
+             "--pidfile", os.path.join(workdir, "turn.pid"), "--userdb", os.path.join(workdir, "db")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if stun_answers((HOST, port)):
+            return server, port
+        server.terminate()
+        server.wait(10)
+    raise ServerError(f"turnserver did not answer STUN in {attempts} starts")
 
 
 def start_coturn(workdir):
@@ -389,12 +397,14 @@ def measure_offered_coturn(args):
         return {}
     rows = {}
     workdir = tempfile.mkdtemp(prefix="bench-coturn-")
-    server, port = start_turnserver(workdir)
+    try:
+        server, port = start_turnserver(workdir)
+    except ServerError:
+        shutil.rmtree(workdir, ignore_errors=True)
+        emit("udp_relay", system="coturn", test="offered", skipped="no_stun_answer")
+        return {}
     try:
         address = (HOST, port)
-        if not stun_answers(address):
-            emit("udp_relay", system="coturn", test="offered", skipped="no_stun_answer")
-            return {}
         offered_turn(address, server.pid, 2000, 1.0)              # warm-up
         for rate in args.offered:
             rows[rate] = offered_turn(address, server.pid, rate, args.seconds)
@@ -436,11 +446,13 @@ def measure_coturn(args):
         emit("udp_relay", system="coturn", skipped="coturn_not_installed(apt-get install coturn)")
         return None
     workdir = tempfile.mkdtemp(prefix="bench-coturn-")
-    server, peer, port, peer_port = start_coturn(workdir)
     try:
-        if not stun_answers((HOST, port)):
-            emit("udp_relay", system="coturn", skipped="turnserver_did_not_answer_stun")
-            return None
+        server, peer, port, peer_port = start_coturn(workdir)
+    except ServerError:
+        shutil.rmtree(workdir, ignore_errors=True)
+        emit("udp_relay", system="coturn", skipped="turnserver_did_not_answer_stun")
+        return None
+    try:
         meter = CpuMeter(server.pid)
         sent, received, elapsed, output = uclient(port, peer_port, args.coturn_clients,
                                                   args.coturn_messages, 0, 110)
