@@ -74,13 +74,11 @@ def check(bench, name, value, target, higher_is_better=True, **labels):
 
 
 def compare(bench, results, key, target, higher_is_better=True, **labels):
-    """Check relayd / the best mosquitto configuration for ``key`` against
-    ``target``; returns that configuration's name (None without one)."""
+    """Check relayd / the best mosquitto configuration for ``key`` against ``target``."""
     best = best_reference(results, key, higher_is_better)
     if "relayd" in results and best:
         check(bench, f"relayd/mosquitto_{key}", ratio(results["relayd"][key], results[best][key]),
               target, higher_is_better, against=best, **labels)
-    return best
 
 
 def best_reference(results, key, higher_is_better=True):
