@@ -9,6 +9,7 @@ short version that runs in CI.
 """
 import argparse
 
+from bench import targets
 from bench.crashload import CrashLoad
 from bench.relay import Relayd
 from bench.report import emit, verdict
@@ -44,9 +45,12 @@ def main(argv=None):
     finally:
         relay.stop()
     lost = len(load.lost())
-    emit("crash", kills=args.kills, acked=len(load.acked),
-         acked_online=load.acked_to(load.readers + load.legacy),
-         acked_offline=load.acked_to(load.offline), lost=lost, target=verdict(lost == 0))
+    online, offline = load.acked_to(load.readers + load.legacy), load.acked_to(load.offline)
+    emit("crash", kills=args.kills, acked=len(load.acked), acked_online=online,
+         acked_offline=offline, lost=lost, target=verdict(lost == 0))
+    targets.record("crash_lost", lost,
+                   note=f"{args.kills} kills; acked {online:,} to online, {offline:,} to offline",
+                   valid=args.kills >= 5 and online > 0 and offline > 0)
 
 
 if __name__ == "__main__":

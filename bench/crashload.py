@@ -34,6 +34,7 @@ class _Conn:
         self.outbox = b""
         self.open = True
         self.unacked = {}           # nonce -> recipient (senders)
+        self.welcomed = role == "legacy"    # seed-000 clients get no welcome
         if role == "legacy":
             self.write(peer_id.encode() + b"\n")
         else:
@@ -76,6 +77,8 @@ class _Conn:
             if obj.get("type") == "message":
                 self.load.received.setdefault(self.peer_id, set()).add(obj["msg_id"])
                 ids.append(obj["msg_id"])
+            elif obj.get("type") == "welcome":
+                self.welcomed = True
             elif obj.get("type") == "ack":
                 to = self.unacked.pop(obj["nonce"])
                 self.load.acked[obj["msg_id"]] = to
@@ -138,9 +141,11 @@ class CrashLoad:
         for conn in conns:
             conn.close()
 
-    def collect(self, port, quiet=2.0, timeout=60.0):
+    def collect(self, port, quiet=2.0, timeout=120.0):
         """Connect every recipient; read until all acked mail came or nothing
-        came for ``quiet`` seconds."""
+        came for ``quiet`` seconds once the relay has welcomed them all (it
+        answers a hello only when its start-up replay is done, which can take
+        longer than ``quiet``)."""
         conns = self._connect(port, (("reader", self.readers + self.offline),
                                      ("legacy", self.legacy)))
         give_up = time.monotonic() + timeout
@@ -150,6 +155,9 @@ class CrashLoad:
             now = time.monotonic()
             if not self.lost() or now > give_up:
                 return True
+            if not all(conn.welcomed for conn in conns):
+                state["since"] = now
+                return False
             count = sum(len(ids) for ids in self.received.values())
             if count != state["count"]:
                 state["count"], state["since"] = count, now

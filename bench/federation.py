@@ -1,18 +1,24 @@
-"""Federation figures: messages/s across a line of 3 relays, added latency
-per hop, and what flooding costs in link frames and dedup hits.
+"""Federation figures: messages/s across a line of 3 relays against one
+relay alone, added latency per hop, and what flooding costs in link frames
+and dedup hits.
 
 Starts real ``twistd relayd`` processes on loopback (keys pinned, rate
 limits raised, the journal as shipped: fsync = batch).
 
-* throughput: one sender on relay1 keeps ``--window`` messages unacked;
-  a receiver on relay3 (two hops away) counts them: messages/s end to end.
+* throughput: the fan-out generator (``bench.loadgen.saturate``): one
+  sender pipelines broadcasts with up to ``--window`` unacked, never paced
+  by the receiver, and one receiver counts them, first both on one relay
+  alone (what it accepts and delivers), then sender on relay1 and receiver
+  on relay3 (two hops away); delivered messages/s over ``--seconds`` after
+  ``--warmup``, ``--repeat`` times alternately, medians.
 * latency: one message every 1/``--rate`` s carrying ``monotonic_ns``;
   receivers on relay1 (0 hops), relay2 (1) and relay3 (2) take p50/p99.
   The added latency per hop is (p50 at 2 hops - p50 at 0 hops) / 2.
 * flooding: from each relay's ``/stats`` after a run, link frames sent and
   dedup hits per message, for the line of 3 and a full mesh of ``--mesh``.
 
-    python -m bench.federation [--messages 5000] [--rate 200] [--seconds 5] [--mesh 5]
+    python -m bench.federation [--seconds 3] [--window 10000] [--repeat 3]
+                               [--rate 200] [--latency-seconds 5] [--mesh 5]
 """
 import argparse
 import json
@@ -28,7 +34,10 @@ import threading
 import time
 import urllib.request
 
-from bench.report import emit, machine
+from bench import loadgen, systems, targets
+from bench.procstat import cpu_seconds
+from bench.relay import Relayd
+from bench.report import emit, machine, ratio
 from bench.server import HOST, free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -151,20 +160,46 @@ class Client:
         self.sock.close()
 
 
-def throughput(relays, count, window):
-    sender = Client(relays.ports[0]["tcp"], "sender")
-    receiver = Client(relays.ports[-1]["tcp"], "receiver")
-    start = time.monotonic()
-    for k in range(count):
-        sender.wait(lambda: k - sender.acks < window, 30)
-        sender.send(f"t{k}")
-    receiver.wait(lambda: len(receiver.received) >= count, 60)
-    elapsed = time.monotonic() - start
-    got = len(receiver.received)
-    sender.close()
-    receiver.close()
-    emit("federation_throughput", relays=len(relays.names), hops=len(relays.names) - 1,
-         messages=count, received=got, seconds=elapsed, msgs_per_s=got / elapsed)
+class Span(Relayd):
+    """The client side of relayd for ``loadgen.saturate``, with the sender
+    on one relay and the receivers on another (no process of its own)."""
+
+    name = "relayd-span"
+
+    def __init__(self, process, sender_port, receiver_port):
+        self.process, self.sender_port, self.receiver_port = process, sender_port, receiver_port
+
+    def address(self, subscribe):
+        return HOST, self.receiver_port if subscribe else self.sender_port
+
+
+def throughput(alone, line, seconds, warmup, window, repeat):
+    """Saturate one relay alone (sender and receiver on it) and the line
+    (sender on relay1, receiver on relay3), ``repeat`` times alternately;
+    the medians of delivered msgs/s, and the line / alone ratio."""
+    spans = {"alone": Span(alone.processes[0], alone.ports[0]["tcp"], alone.ports[0]["tcp"]),
+             "line": Span(line.processes[0], line.ports[0]["tcp"], line.ports[-1]["tcp"])}
+    found = {"alone": [], "line": []}
+    for n in range(repeat):
+        for name, relays in (("alone", alone), ("line", line)):
+            before = [cpu_seconds(p.pid) for p in relays.processes]
+            got = loadgen.saturate(spans[name], 1, seconds, warmup, window, settle=30.0)
+            # CPU of each relay per message, over the whole run (warm-up and settling too)
+            per_msg = {f"relay{i + 1}_cpu_us_per_msg": (cpu_seconds(p.pid) - b) * 1e6 / got["messages"]
+                       for i, (p, b) in enumerate(zip(relays.processes, before))}
+            found[name].append(got)
+            emit("federation_throughput", relays=len(relays.names), hops=len(relays.names) - 1,
+                 run=n + 1, window=window,
+                 **{k: got[k] for k in ("delivered_per_s", "sent_per_s", "lost", "dropped")},
+                 **per_msg)
+    medians = {name: systems.median(runs) for name, runs in found.items()}
+    lost = max(run["lost"] + run["dropped"] for runs in found.values() for run in runs)
+    alone_rate, line_rate = medians["alone"]["delivered_per_s"], medians["line"]["delivered_per_s"]
+    emit("federation_throughput", run="median", alone_msgs_per_s=alone_rate,
+         line_msgs_per_s=line_rate, ratio=ratio(line_rate, alone_rate), lost=lost)
+    targets.record("federation_msgs", line_rate, alone_rate,
+                   note=f"median of {repeat}, {window:,} in flight, {lost} lost",
+                   valid=lost == 0 and window >= 10000)
 
 
 def latency(relays, rate, seconds):
@@ -189,7 +224,10 @@ def latency(relays, rate, seconds):
         r.close()
     sender.close()
     hops = len(receivers) - 1
-    emit("federation_latency", added_per_hop_p50_ms=(p50s[-1] - p50s[0]) / hops)
+    added = (p50s[-1] - p50s[0]) / hops
+    emit("federation_latency", added_per_hop_p50_ms=added)
+    targets.record("federation_hop", added,
+                   note=f"p50 {p50s[0]:.3f} ms at 0 hops, {p50s[-1]:.3f} ms at {hops}")
 
 
 def flooding(relays, topology, count):
@@ -226,22 +264,33 @@ def run(n, edges, topology, body):
         relays.stop()
 
 
+def on_line(args, alone):
+    """What is measured on the line of three (with ``alone`` for reference)."""
+    def measure(relays):
+        throughput(alone, relays, args.seconds, args.warmup, args.window, args.repeat)
+        latency(relays, args.rate, args.latency_seconds)
+        flooding(relays, "line", 200)
+    return measure
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--messages", type=int, default=5000, help="messages for the throughput run")
-    p.add_argument("--window", type=int, default=200, help="unacked messages in flight")
+    p.add_argument("--seconds", type=float, default=3.0, help="measured span of a throughput run")
+    p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--window", type=int, default=10000, help="unacked messages in flight")
+    p.add_argument("--repeat", type=int, default=3, help="throughput runs, alone and line alternately")
     p.add_argument("--rate", type=float, default=200.0, help="messages a second for latency")
-    p.add_argument("--seconds", type=float, default=5.0, help="length of the latency run")
+    p.add_argument("--latency-seconds", type=float, default=5.0, help="length of the latency run")
     p.add_argument("--mesh", type=int, default=5, help="relays in the full mesh (0: skip)")
     args = p.parse_args(argv)
     emit("machine", when="start", **machine())
     line = [(i, i + 1) for i in range(2)]
-
-    def on_line(relays):
-        throughput(relays, args.messages, args.window)
-        latency(relays, args.rate, args.seconds)
-        flooding(relays, "line", 200)
-    run(3, line, "line", on_line)
+    alone = Relays(1, [])
+    try:
+        alone.wait_ready()
+        run(3, line, "line", on_line(args, alone))
+    finally:
+        alone.stop()
     if args.mesh >= 2:
         mesh = [(a, b) for a in range(args.mesh) for b in range(a + 1, args.mesh)]
         run(args.mesh, mesh, "mesh", lambda relays: flooding(relays, "mesh", 200))

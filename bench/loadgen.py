@@ -40,6 +40,17 @@ class Clients:
         self.sender.setblocking(False)
         self.sender_fd = self.sender.fileno()
         self.epoll.register(self.sender_fd, select.EPOLLIN)
+        self.dropped = 0
+
+    def receive(self, fd, buf):
+        """Read what receiver ``fd`` has into ``buf``; the byte count, 0 once
+        the server has closed it (a dropped reader, counted in ``dropped``)."""
+        n = self.receivers[fd].recv_into(buf)
+        if not n:
+            self.epoll.unregister(fd)
+            self.receivers.pop(fd).close()
+            self.dropped += 1
+        return n
 
     def drain_sender(self):
         """Read what the server sends the sender (relayd's acks); how many lines."""
@@ -59,21 +70,23 @@ class Clients:
             self.epoll.close()
 
 
-def saturate(server, receivers, seconds, warmup=1.0, window=10000, batch=50):
+def saturate(server, receivers, seconds, warmup=1.0, window=10000, batch=50, settle=5.0):
     """Publish as fast as the server takes it, with at most ``window``
     messages unacknowledged (a server without acks, such as MQTT QoS 0, is
     fed as fast as its socket takes it), never paced by the receivers, and
-    measure over ``seconds`` after ``warmup``."""
+    measure over ``seconds`` after ``warmup``; then wait up to ``settle``
+    seconds for the copies still in flight.  A receiver the server closes
+    is counted in ``dropped`` (its missing copies in ``lost``)."""
     clients = Clients(server, receivers)
     try:
-        return _saturate(server, clients, receivers, seconds, warmup, window, batch)
+        return _saturate(server, clients, receivers, seconds, warmup, window, batch, settle)
     finally:
         clients.close()
 
 
-def _saturate(server, clients, receivers, seconds, warmup, window, batch):
+def _saturate(server, clients, receivers, seconds, warmup, window, batch, settle):
     frame, sender, sender_fd = server.frame, clients.sender, clients.sender_fd
-    socks, poll = clients.receivers, clients.epoll.poll
+    poll = clients.epoll.poll
     buf = bytearray(1 << 20)
     lines = server.COUNTS_LINES
     unit = 1 if lines else server.frame_size(BODY_LEN)
@@ -99,9 +112,7 @@ def _saturate(server, clients, receivers, seconds, warmup, window, batch):
             if fd == sender_fd:
                 acked += clients.drain_sender()
                 continue
-            n = socks[fd].recv_into(buf)
-            if not n:
-                raise ServerError(f"{server.name} closed a receiver's connection")
+            n = clients.receive(fd, buf)
             units += buf.count(b"\n", 0, n) if lines else n
         now = time.monotonic()
         if mark is None and now >= measure_at:
@@ -119,7 +130,9 @@ def _saturate(server, clients, receivers, seconds, warmup, window, batch):
         "server_cpu_us_per_msg": cpu["server_cpu_pct"] * wall * 1e4 / max(1, messages),
         "delivered_per_server_cpu_s": delivered * 100 / max(1e-9, cpu["server_cpu_pct"] * wall),
         **_memory(server.pid),
-        "lost": _settle(clients, server, sent * receivers, units, unit, buf, out),
+        "lost": _settle(clients, server, sent * receivers, units, unit, buf, out, settle),
+        "dropped": clients.dropped,
+        "messages": sent,
     }
 
 
@@ -138,9 +151,7 @@ def _settle(clients, server, expected, units, unit, buf, out=b"", timeout=5.0):
             if fd == clients.sender_fd:
                 clients.drain_sender()
                 continue
-            n = clients.receivers[fd].recv_into(buf)
-            if not n:
-                raise ServerError(f"{server.name} closed a receiver's connection")
+            n = clients.receive(fd, buf)
             units += buf.count(b"\n", 0, n) if lines else n
     return expected - units // unit
 

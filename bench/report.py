@@ -3,11 +3,14 @@ import os
 
 
 def emit(bench, **fields):
-    """Print one result line; floats get 3 significant decimals at most."""
+    """Print one result line; floats get 3 significant decimals at most, and
+    spaces in text become ``_`` (so that ``parse`` reads the line back)."""
     parts = [bench]
     for key, value in fields.items():
         if isinstance(value, float):
             value = f"{value:.3f}" if abs(value) < 100 else f"{value:.0f}"
+        elif isinstance(value, str):
+            value = value.replace(" ", "_")
         parts.append(f"{key}={value}")
     print(" ".join(parts), flush=True)
 

@@ -117,10 +117,14 @@ class Server:
 
     def open(self, name, subscribe):
         """Connect and send the greeting without waiting for the answer."""
-        sock = socket.create_connection((HOST, self.port))
+        sock = socket.create_connection(self.address(subscribe))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.sendall(self.greeting(name, subscribe))
         return sock
+
+    def address(self, subscribe):
+        """Where a client connects: a receiver (``subscribe``) or the sender."""
+        return HOST, self.port
 
     def finish(self, sock, subscribe, timeout=10.0):
         """Read the answer to the greeting (nothing else is sent before it ends)."""

@@ -39,11 +39,26 @@ def each(bench, args, run, **labels):
                 result = run(server)
             runs.setdefault(name, []).append(result)
             emit(bench, system=name, run=n + 1, **labels, **result)
-    results = {name: median(found) for name, found in runs.items()}
+    results = Results({name: median(found) for name, found in runs.items()})
+    results.runs = runs
     if args.repeat > 1:
         for name, result in results.items():
             emit(bench, system=name, run="median", **labels, **result)
     return results
+
+
+class Results(dict):
+    """``{system: median result}``; ``runs`` holds ``{system: [result of each run]}``."""
+
+    def worst(self, name, key):
+        """The largest ``key`` over ``name``'s runs (losses, drops)."""
+        return max(run[key] for run in self.runs[name])
+
+    def spread(self, name, key):
+        """``"low-high"`` of ``key`` over ``name``'s runs, for a table note."""
+        values = [run[key] for run in self.runs[name]]
+        digits = 0 if min(values) >= 100 else 3
+        return f"{min(values):,.{digits}f}-{max(values):,.{digits}f}"
 
 
 def median(results):
@@ -60,8 +75,15 @@ def check(bench, name, value, target, higher_is_better=True, **labels):
 
 def compare(bench, results, key, target, higher_is_better=True, **labels):
     """Check relayd / the best mosquitto configuration for ``key`` against ``target``."""
-    found = [name for name in REFERENCES if name in results]
-    if "relayd" in results and found:
-        best = (max if higher_is_better else min)(found, key=lambda name: results[name][key])
+    best = best_reference(results, key, higher_is_better)
+    if "relayd" in results and best:
         check(bench, f"relayd/mosquitto_{key}", ratio(results["relayd"][key], results[best][key]),
               target, higher_is_better, against=best, **labels)
+
+
+def best_reference(results, key, higher_is_better=True):
+    """The mosquitto configuration with the best ``key`` (None if none ran)."""
+    found = [name for name in REFERENCES if name in results]
+    if not found:
+        return None
+    return (max if higher_is_better else min)(found, key=lambda name: results[name][key])

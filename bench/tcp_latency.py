@@ -6,7 +6,7 @@ copy.
 
     python -m bench.tcp_latency [--receivers 10] [--rate 1000] [--seconds 5]
 """
-from bench import loadgen, systems
+from bench import loadgen, systems, targets
 
 
 def main(argv=None):
@@ -25,6 +25,16 @@ def main(argv=None):
                       higher_is_better=False, receivers=args.receivers)
     systems.compare("tcp_latency", results, "p99_ms", 1.0, higher_is_better=False,
                     receivers=args.receivers)
+    if "relayd" in results:
+        for key in ("p50_ms", "p99_ms"):
+            best = systems.best_reference(results, key, higher_is_better=False)
+            targets.record(f"latency_{key[:3]}", results["relayd"][key],
+                           results[best][key] if best else None,
+                           note=f"median of {args.repeat}: relayd {results.spread('relayd', key)}"
+                                + (f", {best} {results.spread(best, key)}" if best else ""),
+                           against=best or "",
+                           valid=(results.worst("relayd", "lost") == 0 and args.rate == 1000
+                                  and args.receivers == 10))
 
 
 if __name__ == "__main__":

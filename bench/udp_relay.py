@@ -2,17 +2,16 @@
 
 relayd runs as ``twistd -n relayd`` with a ``[udp]`` section (rate limits
 raised); the load generator speaks the seed-001 packets.  coturn
-(``turnserver``) is driven in the same run by its own ``turnutils_uclient``
-through a ``turnutils_peer`` echo, and its relayed datagrams are counted
-both ways (client -> peer and the echo back).
+(``turnserver``) is driven in the same run; for the saturation figure by its
+own ``turnutils_uclient`` through a ``turnutils_peer`` echo, its relayed
+datagrams counted both ways (client -> peer and the echo back).
 
-The offered-rate table (issue 15) paces 10 sender/receiver pairs at each
-``--offered`` rate through relayd (200-byte seed ``relay`` packets) and
-then, with the same pacer, pairs, rates and datagram size, through coturn
-(each sender a TURN allocation with a channel bound to its receiver,
-200-byte ChannelData in, the data out of the allocation): one datagram in
-and one out per relayed datagram on both.  It compares relayed datagrams
-per second of server CPU (every thread of the process) and the loss of each.
+The offered-rate table (issue 15) paces 10 seed sender/receiver pairs with
+``relay`` packets of about 200 bytes at each ``--offered`` rate through
+relayd, then the same generator through coturn (``bench.turn``: each sender
+allocates, binds a channel to its receiver and sends ChannelData datagrams
+of the same size, which coturn relays once each), and compares relayed
+datagrams per second of server CPU and loss.
 
     python -m bench.udp_relay [--seconds 5] [--peers 20000] [--rate 10000]
                               [--offered 10000,20000,30000] [--only offered]
@@ -24,15 +23,14 @@ import re
 import select
 import shutil
 import socket
-import struct
 import subprocess
 import tempfile
 import time
 
-from bench import relay
+from bench import relay, targets, turn
 from bench.procstat import CpuMeter, rss_kib
 from bench.report import emit, ratio, verdict
-from bench.server import HOST
+from bench.server import HOST, ServerError
 from relayd.udp import stun
 
 UDP_SECTION = """
@@ -50,7 +48,7 @@ PAYLOAD = "x" * 100
 TARGET_RATIO = 0.3
 OFFERED_TARGET = 0.5       # relayed datagrams per CPU-second, relayd / coturn
 PAIRS = 10
-PAIR_PAYLOAD = "x" * 118   # a 200-byte relay packet
+PAIR_PAYLOAD = "x" * 118   # a relay packet of about 200 bytes
 
 
 class UdpRelayd(relay.Relayd):
@@ -272,11 +270,42 @@ def pair_frames(pairs, tag):
                         "payload": "0000000000" + PAIR_PAYLOAD}).encode() for i in range(pairs)]
 
 
-def pace(pid, senders, frames, destination, receivers, rate, seconds, only=b""):
-    """Send ``frames[i]`` from ``senders[i]`` round robin, paced to ``rate``
-    datagrams/s in all, for ``seconds``; count what ``receivers`` get
-    (datagrams starting with ``only``) until all arrived or 1 s more passed.
-    CPU of the relay process ``pid`` (every thread) over the same span."""
+def offered(server, pid, rate, seconds, pairs=PAIRS):
+    """``pairs`` seed-001 sender/receiver pairs through relayd at ``server``,
+    paced to ``rate`` datagrams/s in all; CPU and loss of the relay."""
+    senders, receivers = [], []
+    for i in range(pairs):
+        rx, tx = udp_socket(), udp_socket()
+        register(rx, server, f"rx{rate}-{i}")
+        register(tx, server, f"tx{rate}-{i}")
+        senders.append(tx)
+        receivers.append(rx)
+    return pace(pid, senders, pair_frames(pairs, rate), server, receivers, RELAYED, rate, seconds)
+
+
+def offered_turn(server, pid, rate, seconds, pairs=PAIRS):
+    """The same through a TURN server: each sender allocates and binds a
+    channel to its receiver, then sends 200-byte ChannelData datagrams,
+    which the server relays to the receiver from the allocation."""
+    senders, receivers = [], []
+    for _ in range(pairs):
+        rx, tx = udp_socket(), udp_socket()
+        turn.allocate(tx, server)
+        turn.bind(tx, server, rx.getsockname())
+        senders.append(tx)
+        receivers.append(rx)
+    size = len(pair_frames(1, rate)[0])           # as long as relayd's relay packet
+    frame = turn.channel_data(turn.FIRST_CHANNEL, b"0" * (size - 4))
+    return pace(pid, senders, [frame] * pairs, server, receivers, b"", rate, seconds)
+
+
+def pace(pid, senders, frames, server, receivers, only, rate, seconds):
+    """Send ``frames[i]`` from ``senders[i]`` to ``server`` in turn, paced to
+    ``rate`` datagrams/s in all for ``seconds``, while counting what reaches
+    the receivers (datagrams starting with ``only``); then up to 1 s more for
+    what is still on its way.  The relay's CPU over the whole span."""
+    for rx in receivers:
+        rx.setblocking(False)
     pairs = len(senders)
     sent = received = 0
     tick = 0.001
@@ -288,7 +317,7 @@ def pace(pid, senders, frames, destination, receivers, rate, seconds, only=b""):
             break
         due = int((now - start) * rate) + 1
         while sent < due:
-            senders[sent % pairs].sendto(frames[sent % pairs], destination)
+            senders[sent % pairs].sendto(frames[sent % pairs], server)
             sent += 1
         for rx in select.select(receivers, [], [], tick)[0]:
             received += drain(rx, only)
@@ -299,24 +328,10 @@ def pace(pid, senders, frames, destination, receivers, rate, seconds, only=b""):
     wall, cpu = meter.read()
     for sock in senders + receivers:
         sock.close()
+    # the CPU figure spans the settling second too: relate it to what was relayed over ``wall``
     return {"offered": rate, "sent": sent, "received": received, "lost": sent - received,
-            "server_cpu_pct": cpu["server_cpu_pct"], "wall_s": wall,
-            "per_cpu_second": received / (cpu["server_cpu_pct"] / 100 * wall)
-            if cpu["server_cpu_pct"] > 0 else float("nan")}
-
-
-def offered(server, pid, rate, seconds, pairs=PAIRS):
-    """``pairs`` seed senders, each relaying to its own registered receiver through relayd."""
-    senders, receivers = [], []
-    for i in range(pairs):
-        rx, tx = udp_socket(), udp_socket()
-        register(rx, server, f"rx{rate}-{i}")
-        register(tx, server, f"tx{rate}-{i}")
-        rx.setblocking(False)
-        senders.append(tx)
-        receivers.append(rx)
-    return pace(pid, senders, pair_frames(pairs, rate), server, receivers, rate, seconds,
-                only=RELAYED)
+            "relayed_per_s": received / seconds, "server_cpu_pct": cpu["server_cpu_pct"],
+            "per_cpu_second": per_cpu_second(received / wall, cpu["server_cpu_pct"])}
 
 
 def measure_offered_relayd(args):
@@ -330,14 +345,30 @@ def measure_offered_relayd(args):
     return rows
 
 
+def start_turnserver(workdir, attempts=3):
+    """coturn's ``turnserver`` on a free loopback port, once it answers STUN:
+    (process, port).  A start that does not answer (the port taken meanwhile,
+    a slow start on a busy machine) is stopped and retried on another port;
+    ServerError after ``attempts``."""
+    for _ in range(attempts):
+        port = free_port_udp()
+        server = subprocess.Popen(
+            ["turnserver", "-L", HOST, "-p", str(port), "--no-auth", "--allow-loopback-peers",
+             "--no-cli", "--no-tls", "--no-dtls", "-n", "--relay-ip", HOST, "--relay-threads", "1",
+             "--min-port", "49152", "--max-port", "65535", "--log-file", "stdout", "--simple-log",
+             "--pidfile", os.path.join(workdir, "turn.pid"), "--userdb", os.path.join(workdir, "db")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if stun_answers((HOST, port)):
+            return server, port
+        server.terminate()
+        server.wait(10)
+    raise ServerError(f"turnserver did not answer STUN in {attempts} starts")
+
+
 def start_coturn(workdir):
-    port, peer_port = free_port_udp(), free_port_udp()
-    server = subprocess.Popen(
-        ["turnserver", "-L", HOST, "-p", str(port), "--no-auth", "--allow-loopback-peers",
-         "--no-cli", "--no-tls", "--no-dtls", "-n", "--relay-ip", HOST, "--relay-threads", "1",
-         "--min-port", "49152", "--max-port", "65535", "--log-file", "stdout", "--simple-log",
-         "--pidfile", os.path.join(workdir, "turn.pid"), "--userdb", os.path.join(workdir, "db")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    """``turnserver`` and a ``turnutils_peer`` echo: (server, peer, port, peer port)."""
+    server, port = start_turnserver(workdir)
+    peer_port = free_port_udp()
     peer = subprocess.Popen(["turnutils_peer", "-L", HOST, "-p", str(peer_port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return server, peer, port, peer_port
@@ -358,77 +389,29 @@ def uclient(port, peer_port, clients, messages, interval_ms, length):
     return sent, received, elapsed, done.stdout
 
 
-ALLOCATE, CHANNEL_BIND = 0x003, 0x009                      # TURN methods (RFC 8656)
-CHANNEL_NUMBER, XOR_PEER_ADDRESS, REQUESTED_TRANSPORT = 0x000C, 0x0012, 0x0019
-CHANNEL = 0x4000
-
-
-def turn_request(sock, server, method, attributes):
-    """One TURN request from ``sock``; its success response (RuntimeError otherwise)."""
-    txid = os.urandom(12)
-    sock.settimeout(5)
-    sock.sendto(stun.encode(method, stun.REQUEST, txid, attributes(txid)), server)
-    deadline = time.monotonic() + 5
-    while True:
-        message = stun.parse(sock.recvfrom(2048)[0])
-        if message.transaction_id == txid:
-            break
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"no answer to TURN method {method:#x}")
-    if message.cls != stun.SUCCESS:
-        raise RuntimeError(f"TURN method {method:#x} refused: {message.get(stun.ERROR_CODE)!r}")
-    return message
-
-
-def turn_channel(sock, server, peer):
-    """Allocate a relay on coturn for ``sock`` and bind CHANNEL to ``peer``."""
-    turn_request(sock, server, ALLOCATE, lambda txid: [(REQUESTED_TRANSPORT, b"\x11\0\0\0")])
-    turn_request(sock, server, CHANNEL_BIND, lambda txid: [
-        (CHANNEL_NUMBER, struct.pack("!HH", CHANNEL, 0)),
-        (XOR_PEER_ADDRESS, stun.xor_address(*peer, txid))])
-
-
-def channel_frame(length=200):
-    """A ChannelData datagram of ``length`` bytes (the size of relayd's relay packets)."""
-    return struct.pack("!HH", CHANNEL, length - 4) + b"0" * (length - 4)
-
-
-def offered_coturn(server, pid, rate, seconds, pairs=PAIRS):
-    """As ``offered`` for coturn: each sender's ChannelData goes out of its
-    allocation to its own plain receiver socket, one datagram in and one out
-    per relayed datagram, as through relayd."""
-    senders, receivers = [], []
-    for _ in range(pairs):
-        rx, tx = udp_socket(), udp_socket()
-        turn_channel(tx, server, rx.getsockname())
-        rx.setblocking(False)
-        senders.append(tx)
-        receivers.append(rx)
-    frames = [channel_frame(len(frame)) for frame in pair_frames(pairs, rate)]
-    return pace(pid, senders, frames, server, receivers, rate, seconds)
-
-
 def measure_offered_coturn(args):
-    """coturn beside relayd: the same pacer, pairs, rates and datagram size."""
+    """coturn driven like relayd above: 10 TURN clients, one channel each to
+    a receiving socket, paced to the same total rate."""
     if shutil.which("turnserver") is None:
         emit("udp_relay", system="coturn", test="offered", skipped="coturn_not_installed")
         return {}
     rows = {}
     workdir = tempfile.mkdtemp(prefix="bench-coturn-")
-    server, peer, port, _ = start_coturn(workdir)
+    try:
+        server, port = start_turnserver(workdir)
+    except ServerError:
+        shutil.rmtree(workdir, ignore_errors=True)
+        emit("udp_relay", system="coturn", test="offered", skipped="no_stun_answer")
+        return {}
     try:
         address = (HOST, port)
-        if not stun_answers(address):
-            emit("udp_relay", system="coturn", test="offered", skipped="no_stun_answer")
-            return {}
-        offered_coturn(address, server.pid, 2000, 1.0)             # warm-up
+        offered_turn(address, server.pid, 2000, 1.0)              # warm-up
         for rate in args.offered:
-            rows[rate] = offered_coturn(address, server.pid, rate, args.seconds)
+            rows[rate] = offered_turn(address, server.pid, rate, args.seconds)
             emit("udp_relay", system="coturn", test="offered", **rows[rate])
     finally:
-        for process in (peer, server):
-            process.terminate()
-            process.wait(10)
+        server.terminate()
+        server.wait(10)
         shutil.rmtree(workdir, ignore_errors=True)
     return rows
 
@@ -442,6 +425,18 @@ def offered_table(args):
             emit("udp_relay", check="offered_vs_coturn_per_cpu_second", offered=rate, ratio=r,
                  lost=ours[rate]["lost"], coturn_lost=theirs[rate]["lost"], target=OFFERED_TARGET,
                  result=verdict(r >= OFFERED_TARGET and ours[rate]["lost"] == 0))
+    for rate in args.offered:
+        key = f"udp_{rate // 1000}k"
+        if key in targets.TARGETS and rate in ours:
+            theirs_rate = theirs.get(rate, {})
+            targets.record(key, ours[rate]["per_cpu_second"], theirs_rate.get("per_cpu_second"),
+                           note=f"relayd {ours[rate]['server_cpu_pct']:.0f} % of a core, "
+                                f"{ours[rate]['lost']:,} lost"
+                                + (f"; coturn {theirs_rate['server_cpu_pct']:.0f} %, "
+                                   f"{theirs_rate['lost']:,} lost" if theirs_rate else ""))
+    if ours:
+        lost = sum(row["lost"] for row in ours.values())
+        targets.record("udp_lost", lost, note=f"of {sum(row['sent'] for row in ours.values()):,}")
 
 
 def measure_coturn(args):
@@ -451,11 +446,13 @@ def measure_coturn(args):
         emit("udp_relay", system="coturn", skipped="coturn_not_installed(apt-get install coturn)")
         return None
     workdir = tempfile.mkdtemp(prefix="bench-coturn-")
-    server, peer, port, peer_port = start_coturn(workdir)
     try:
-        if not stun_answers((HOST, port)):
-            emit("udp_relay", system="coturn", skipped="turnserver_did_not_answer_stun")
-            return None
+        server, peer, port, peer_port = start_coturn(workdir)
+    except ServerError:
+        shutil.rmtree(workdir, ignore_errors=True)
+        emit("udp_relay", system="coturn", skipped="turnserver_did_not_answer_stun")
+        return None
+    try:
         meter = CpuMeter(server.pid)
         sent, received, elapsed, output = uclient(port, peer_port, args.coturn_clients,
                                                   args.coturn_messages, 0, 110)

@@ -14,8 +14,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 class FederationBenchTests(unittest.TestCase):
     def test_prints_every_figure(self):
         done = subprocess.run(
-            [sys.executable, "-m", "bench.federation", "--messages", "100", "--rate", "50",
-             "--seconds", "0.5", "--mesh", "0"],
+            [sys.executable, "-m", "bench.federation", "--seconds", "0.3", "--warmup", "0.1",
+             "--window", "200", "--repeat", "1", "--rate", "50", "--latency-seconds", "0.5",
+             "--mesh", "0"],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
         output = done.stdout.decode("utf-8", "replace")
         self.assertEqual(done.returncode, 0, output)
@@ -24,7 +25,11 @@ class FederationBenchTests(unittest.TestCase):
         for want in [("federation_throughput", "2"), ("federation_latency", "0"),
                      ("federation_latency", "2"), ("federation_flood", None)]:
             self.assertIn(want, found, output)
-        throughput = [f for b, f in lines if b == "federation_throughput"][0]
-        self.assertEqual(throughput["received"], "100")
+        for hops in ("0", "2"):     # one relay alone, then the line
+            [run] = [f for b, f in lines if b == "federation_throughput" and f.get("hops") == hops]
+            self.assertEqual((run["lost"], run["dropped"]), ("0", "0"))
+            self.assertGreater(float(run["delivered_per_s"]), 0)
+        [median] = [f for b, f in lines if b == "federation_throughput" and f.get("run") == "median"]
+        self.assertEqual(median["lost"], "0")
         flood = [f for b, f in lines if b == "federation_flood"][0]
         self.assertEqual(float(flood["frames_per_msg"]), 2.0)

@@ -124,6 +124,15 @@ class Hub:
         if not links and name not in self.peers:
             self._forget(name)
 
+    def series(self, name, metric, *labels):
+        """``metric.labels(name, *labels)``, kept with the peer's stats: the
+        per-item counters would otherwise look their series up on every item."""
+        children = self.peer_stats(name).series
+        child = children.get((metric, labels))
+        if child is None:
+            child = children[(metric, labels)] = metric.labels(name, *labels)
+        return child
+
     def _forget(self, name):
         self._stats.pop(name, None)
         self.metrics.forget(name)
@@ -134,7 +143,7 @@ class Hub:
                 continue
             links[0].send_raw(data)
             self.peer_stats(name).sent[kind] += 1
-            self.metrics.items_out.labels(name, kind).inc()
+            self.series(name, self.metrics.items_out, kind).inc()
 
     # --- ISequencer: the (origin, seq) in the router's records ----------------------
 
@@ -287,10 +296,10 @@ class Hub:
     def _held(self, link, origin, seq, kind):
         stats = self.peer_stats(link.name)
         stats.received[kind] += 1
-        self.metrics.items_in.labels(link.name, kind).inc()
+        self.series(link.name, self.metrics.items_in, kind).inc()
         if self.index.has(origin, seq):
             stats.dedup_hits += 1
-            self.metrics.dedup.labels(link.name).inc()
+            self.series(link.name, self.metrics.dedup).inc()
             return True
         self.index.add(origin, seq)
         return False
@@ -303,7 +312,7 @@ class Hub:
             return
         stats = self.peer_stats(link.name)
         stats.lag = max(0.0, self.clock.seconds() - entry.get("timestamp", 0))
-        self.metrics.lag.labels(link.name).set(stats.lag)
+        self.series(link.name, self.metrics.lag).set(stats.lag)
         if self.relay_id not in entry["seen_by"]:
             entry["seen_by"].append(self.relay_id)
         msg_id = entry["msg_id"]

@@ -84,7 +84,7 @@ class Link(LineReceiver):
             # a peer's json.dumps may have escaped a lone surrogate in a body:
             # msgspec refuses it, the standard module reads it as it always did
             frame = loads_own(line)
-        except ValueError:
+        except (ValueError, RecursionError):        # RecursionError: nested too deeply
             frame = None
         if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
             self.fail("bad_frame", "each line must be a JSON object with a type")

@@ -6,7 +6,7 @@ class PeerStats:
     """What the admin console shows for one peer."""
 
     __slots__ = ("links", "since", "received", "sent", "dedup_hits", "caught_up", "lag",
-                 "connects", "last_error")
+                 "connects", "last_error", "series")
 
     def __init__(self):
         self.links = 0
@@ -16,6 +16,7 @@ class PeerStats:
         self.dedup_hits = self.caught_up = self.connects = 0
         self.lag = None
         self.last_error = None
+        self.series = {}        # (metric, labels) -> the peer's labelled child, see Hub.series
 
 
 class FederationMetrics:
