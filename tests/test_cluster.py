@@ -10,6 +10,7 @@ from relayd.cluster.link import CONNECTED, CONNECTING, DISCONNECTED, EngineLink
 from relayd.cluster.node import REFUSAL, ClusterNode, t
 from relayd.cluster.ownership import SharedOwnership
 from relayd.core import message
+from relayd.core.abuse import AbuseGuard
 from tests.fakes import FakeSession, MemoryJournal, make_router
 
 
@@ -336,6 +337,124 @@ class OwnershipTests(unittest.TestCase):
         self.assertEqual(link.kv[node.owners_kv], {})
         link.set_state(CONNECTED)
         self.assertEqual(list(link.kv[node.owners_kv]), [t("alice")])
+
+
+class SharedStateTests(unittest.TestCase):
+    """Bans and persistent room memberships made on one node hold on all."""
+
+    def setUp(self):
+        self.link = FakeLink()
+        self.a, self.router_a, _, self.clock = make_node(self.link, node="a")
+        self.b, self.router_b, _, _ = make_node(self.link, node="b")
+
+    def guard(self, node):
+        guard = AbuseGuard(node.clock, 10, 1.0, 3, 60.0, 600.0)
+        node.share_guard(guard)
+        return guard
+
+    def test_a_ban_and_its_lifting_reach_the_other_nodes(self):
+        guard_a, guard_b = self.guard(self.a), self.guard(self.b)
+        self.a._setup()                 # with the guards: the bans table too
+        self.b._setup()
+        bans = self.link.kv[self.a.bans_kv]
+        guard_a.ban("192.0.2.7", 300)
+        record = bans[t("192.0.2.7")]
+        self.assertEqual(json.loads(record), {"ip": "192.0.2.7", "until": 1300.0})
+        learn_b = self.b._learn_ban     # what b's watch of the bucket calls
+        self.assertIn("$KV.%s.>" % self.b.bans_kv, self.link.subscriptions)
+        dropped = []
+        guard_b.on_ban.append(dropped.append)
+        learn_b(record)
+        self.assertEqual(guard_b.banned("192.0.2.7"), 300.0)
+        self.assertEqual(dropped, ["192.0.2.7"])        # its connections there are dropped
+        learn_b(record)                                 # seen again: nothing changes
+        self.assertEqual(dropped, ["192.0.2.7"])
+        self.assertEqual(list(bans), [t("192.0.2.7")])
+        self.assertTrue(guard_b.unban("192.0.2.7"))     # lifted on b ...
+        lifted = bans[t("192.0.2.7")]
+        self.assertEqual(json.loads(lifted)["until"], 0)
+        self.a._learn_ban(lifted)
+        self.assertIsNone(guard_a.banned("192.0.2.7"))  # ... lifted on a
+        self.assertEqual(json.loads(bans[t("192.0.2.7")])["until"], 0)
+        learn_b(b"")                                    # a deleted entry: ignored
+
+    def test_a_node_starting_learns_the_bans_in_force(self):
+        guard_a = self.guard(self.a)
+        self.a._setup()
+        guard_a.ban("192.0.2.7", 300)
+        guard_a.ban("192.0.2.8", 5)
+        self.clock.advance(10)
+        late, _, _, _ = make_node(self.link, node="c")
+        late.clock.advance(10)
+        guard_c = self.guard(late)
+        late._setup()
+        self.assertEqual(guard_c.bans(), {"192.0.2.7": 290.0})
+
+    def test_bans_made_while_the_engine_is_away_are_shared_on_its_return(self):
+        guard_a = self.guard(self.a)
+        self.a._setup()
+        self.link.set_state(DISCONNECTED)
+        guard_a.ban("192.0.2.7", 300)
+        self.assertEqual(self.link.kv[self.a.bans_kv], {})
+        self.link.set_state(CONNECTED)
+        self.assertEqual(list(self.link.kv[self.a.bans_kv]), [t("192.0.2.7")])
+
+    def learn_members(self, node):
+        bucket = self.link.kv[node.members_kv]
+        for value in bucket.values():
+            node._learn_member(value)
+
+    def test_a_persistent_join_and_leave_hold_on_every_node(self):
+        bob = FakeSession("bob")
+        self.router_a.attach(bob)
+        self.router_a.join(bob, "lobby", persist=True)
+        self.learn_members(self.b)
+        self.assertEqual(self.router_b.memberships.rooms_of("bob"), {"lobby"})
+        # bob comes back on node b: he is in the room there at once
+        self.router_a.detach(bob)
+        again = FakeSession("bob")
+        self.router_b.attach(again)
+        self.assertEqual(again.rooms, {"lobby"})
+        self.router_b.leave(again, "lobby")
+        self.learn_members(self.a)
+        self.assertEqual(self.router_a.memberships.rooms_of("bob"), ())
+
+    def test_room_mail_for_an_offline_member_waits_in_the_engine_for_any_node(self):
+        bob = FakeSession("bob")
+        self.router_a.attach(bob)
+        self.router_a.join(bob, "lobby", persist=True)
+        self.router_a.detach(bob)
+        self.learn_members(self.b)
+        carol = FakeSession("carol")
+        self.router_b.attach(carol)
+        self.router_b.join(carol, "lobby")
+        self.successResultOf(self.router_b.submit(carol, message.room_target("lobby"),
+                                                  "while away", room="lobby"))
+        mail = self.b.prefix + ".mail._." + t("bob")
+        self.assertIn(mail, [subject for subject, _ in self.link.stream.values()])
+        self.assertEqual(self.router_b.mailboxes.peek("bob"), [])   # the engine has it
+        # bob comes back on node a, which never saw the message
+        back = FakeSession("bob", router=self.router_a)
+        self.router_a.attach(back)
+        self.router_a.flush()
+        self.assertEqual(bodies(back), ["while away"])
+        # settled: the engine lets it go
+        self.assertNotIn(mail, [subject for subject, _ in self.link.stream.values()])
+
+    def test_a_member_attached_to_another_node_gets_it_live_not_stored(self):
+        bob = FakeSession("bob")
+        self.router_a.attach(bob)
+        self.router_a.join(bob, "lobby", persist=True)
+        self.learn_members(self.b)
+        carol = FakeSession("carol")
+        self.router_b.attach(carol)
+        self.link.kv[self.a.nodes_kv]["a"] = b"{}"
+        self.b.members["a"] = {}
+        self.successResultOf(self.router_b.submit(carol, message.room_target("lobby"),
+                                                  "live", room="lobby"))
+        self.assertEqual([subject for subject, _ in self.link.stream.values()],
+                         [self.b.prefix + ".log.room." + t("lobby")])
+        self.assertEqual(self.router_b.mailboxes.peek("bob"), [])
 
 
 class ConfigTests(unittest.TestCase):

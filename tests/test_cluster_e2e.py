@@ -21,10 +21,11 @@ from tests.test_ops_support import http_get
 READY_LINE = "accepting messages"
 
 
-def cluster_ini(urls, node):
+def cluster_ini(urls, node, ratelimit=("messages = 100000",)):
+    lines = "\n        ".join(ratelimit)
     return relay_ini(f"""
         [ratelimit]
-        messages = 100000
+        {lines}
         [http]
         listen = tcp:{{http}}:interface=127.0.0.1
         [cluster]
@@ -133,7 +134,7 @@ class Client:
 
 
 class ClusterTestMixin:
-    def start_cluster(self, nodes=2):
+    def start_cluster(self, nodes=2, **ini):
         reason = engine_missing(NATS_SERVER)
         if reason:
             raise unittest.SkipTest(reason)
@@ -141,7 +142,7 @@ class ClusterTestMixin:
         self.addCleanup(self.engine.stop)
         self.relays = []
         for i in range(nodes):
-            relay = Relayd(self, cluster_ini(self.engine.urls, "n%d" % i), tcp=free_port(),
+            relay = Relayd(self, cluster_ini(self.engine.urls, "n%d" % i, **ini), tcp=free_port(),
                            http=free_port())
             relay.start(wait_tcp=[relay.ports["tcp"]])
             self.relays.append(relay)
@@ -258,6 +259,53 @@ class ChatAcrossNodes(ClusterTestMixin, unittest.TestCase):
         self.assertEqual(hello(b)["error"], "id_owned")
         self.assertEqual(hello(b, Ed25519PrivateKey.generate())["error"], "id_owned")
         self.assertEqual(hello(b, owner)["type"], "welcome")
+
+    def test_a_persistent_member_gets_room_mail_on_any_node(self):
+        a, b = self.start_cluster(2)
+        bob = self.client([a], "bob")
+        bob.request(type="join", room="lobby", persist=True)
+        self.assertEqual(bob.read()["type"], "joined")
+        bob.close()
+        carol = self.client([b], "carol")
+        carol.request(type="join", room="lobby")
+        self.assertEqual(carol.read()["type"], "joined")
+        time.sleep(1.0)                 # the membership reaches node b through the engine
+        carol.send(room="lobby", body="first while away")
+        # back on node a, which had nobody in the room when it was sent
+        back = self.client([a], "bob")
+        back.listen()
+        self.assertEqual(back.wait_for({"first while away"}), set())
+        back.close()
+        time.sleep(0.5)
+        carol.send(room="lobby", body="second while away")
+        # back on node b, where it was sent
+        again = self.client([b], "bob")
+        again.listen()
+        self.assertEqual(again.wait_for({"second while away"}), set())
+        time.sleep(1.0)                 # anything sent twice would be here by now
+        self.assertEqual(sorted(back.received.values()), ["first while away"])
+        self.assertEqual(sorted(again.received.values()), ["second while away"])
+
+    def test_an_address_banned_on_one_node_is_refused_by_the_others(self):
+        a, b = self.start_cluster(2, ratelimit=("messages = 2", "per_seconds = 60",
+                                                  "ban_after = 1"))
+        mallory = self.client([a], "mallory")
+        for _ in range(4):              # the third is refused, the fourth ignores the wait
+            try:
+                mallory.request(type="send", to="bob", body="spam")
+                mallory.read()
+            except (OSError, EOFError):
+                break                   # banned: node a hung up
+        deadline = time.monotonic() + 10
+        while True:
+            conn = socket.create_connection(("127.0.0.1", b), timeout=10)
+            self.addCleanup(conn.close)
+            conn.sendall(json.dumps({"type": "hello", "id": "other"}).encode() + b"\n")
+            reply = json.loads(conn.makefile("rb").readline() or b"{}")
+            if reply.get("error") == "banned" or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        self.assertEqual(reply.get("error"), "banned", reply)
 
     def test_no_engine_refuses_with_a_clear_error(self):
         a, b = self.start_cluster(2)

@@ -4,8 +4,9 @@ an engine (NATS JetStream); see docs/OPERATIONS.md §Cluster."""
 
 def build_cluster(daemon, tcp):
     """Wire the engine link and the node: the node becomes the router's journal
-    (the node's own journal behind it), shares key claims, and refuses sends
-    while unlinked."""
+    (the node's own journal behind it), shares key claims and bans (and
+    persistent room memberships, through the journal), and refuses sends while
+    unlinked."""
     from relayd.cluster.link import EngineLink
     from relayd.cluster.node import ClusterNode
     from relayd.cluster.ownership import SharedOwnership
@@ -18,6 +19,7 @@ def build_cluster(daemon, tcp):
     daemon.router.journal = node
     daemon.router.ownership = SharedOwnership(daemon.router.ownership)
     node.share_ownership(daemon.router.ownership)
+    node.share_guard(daemon.guard)
     node.setServiceParent(daemon)
     daemon.cluster = node
     if tcp is not None:

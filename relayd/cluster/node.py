@@ -11,6 +11,13 @@ In the engine, for the relay id ``R`` (``t(x)`` is a fixed-length hash of
   messages (kept ``[mailbox] ttl``, like the mail);
 - KV ``RELAYD_t(R)_SESSIONS``: ``t(peer)`` -> the node that holds it;
 - KV ``RELAYD_t(R)_OWNERS``: ``t(peer)`` -> its owning key (see ``ownership``);
+- KV ``RELAYD_t(R)_BANS``: ``t(ip)`` -> ``{"ip", "until"}``, each ban made on
+  any node (``until`` 0: lifted);
+- KV ``RELAYD_t(R)_MEMBERS``: ``t(peer).t(room)`` -> the latest persistent
+  membership record of ``peer`` in ``room`` (joined or left), so that every
+  node knows every persistent member; a room message stored for offline
+  persistent members is stored in the engine for each of them, under
+  ``relayd.t(R).mail._.t(peer)``, read when the peer attaches on any node;
 - KV ``RELAYD_t(R)_NODES`` (entries live ``[cluster] liveness``): the nodes
   alive, each refreshing its own entry; a session entry naming a node that is
   not alive counts as no entry, so a node's sessions are gone when it dies.
@@ -37,6 +44,7 @@ from zope.interface import implementer
 from relayd.cluster.link import CONNECTED
 from relayd.core import message
 from relayd.core.interfaces import IDurableEventSubscriber, IJournal, IPresenceObserver
+from relayd.core.membership import is_member_record
 
 MAILBOX_FETCH = 10000           # stored messages read from the engine for one attaching peer
 REFUSAL = ("cluster_unavailable",
@@ -90,8 +98,13 @@ class ClusterNode(service.Service):
         self.sessions_kv = self.stream + "_SESSIONS"
         self.nodes_kv = self.stream + "_NODES"
         self.owners_kv = self.stream + "_OWNERS"
+        self.bans_kv = self.stream + "_BANS"
+        self.members_kv = self.stream + "_MEMBERS"
         self.ownership = None           # SharedOwnership, when the node shares key claims
         self._unshared = {}             # peer id -> key claimed here, not yet in the engine
+        self.guard = None               # AbuseGuard, when the node shares bans
+        self._applying = None           # the ip whose ban from the engine is being applied
+        self._unsent = {}               # (bucket, key) -> value changed here, not yet in the engine
         self.ready = False              # linked, and the engine's streams are set up
         self._set_up = False
         self.members = {}               # node id -> its heartbeat {"sessions": n, "at": t}
@@ -157,6 +170,9 @@ class ClusterNode(service.Service):
                 claims, self._unshared = self._unshared, {}
                 for peer_id, key in claims.items():
                     self._share_claim(peer_id, key)
+                unsent, self._unsent = self._unsent, {}
+                for (bucket, key), value in unsent.items():
+                    self._put_shared(bucket, key, value)
             self.log.info("cluster node {node}: {state}", node=self.node,
                           state="accepting messages" if ready else "engine lost, refusing messages")
         if self.metrics is not None:
@@ -169,12 +185,11 @@ class ClusterNode(service.Service):
                                  self.mailbox_ttl)
         yield link.ensure_kv(self.sessions_kv, s.replicas)
         yield link.ensure_kv(self.nodes_kv, s.replicas, ttl=s.liveness)
+        yield self._table(self.members_kv, self._learn_member)
+        if self.guard is not None:
+            yield self._table(self.bans_kv, self._learn_ban)
         if self.ownership is not None:
-            yield link.ensure_kv(self.owners_kv, s.replicas)
-            yield link.subscribe("$KV.%s.>" % self.owners_kv, self.ownership.learn)
-            shared = yield link.kv_items(self.owners_kv)
-            for value in shared.values():
-                self.ownership.learn(value)
+            shared = yield self._table(self.owners_kv, self.ownership.learn)
             for peer_id, key in self.ownership.snapshot().items():
                 if t(peer_id) not in shared:
                     self._unshared[peer_id] = key       # claimed here before
@@ -183,6 +198,28 @@ class ClusterNode(service.Service):
         yield link.subscribe(p + ".all", self._remote)
         for room in list(self.rooms):
             self.rooms[room] = link.subscribe(self._room_subject(room), self._remote)
+
+    @defer.inlineCallbacks
+    def _table(self, bucket, learn):
+        """Set up a table shared through ``bucket``: ``learn(value)`` each
+        change as it comes, then each value it holds; fires those values."""
+        yield self.link.ensure_kv(bucket, self.settings.replicas)
+        yield self.link.subscribe("$KV.%s.>" % bucket, learn)
+        items = yield self.link.kv_items(bucket)
+        for value in items.values():
+            learn(value)
+        return items
+
+    def _put_shared(self, bucket, key, value):
+        """Put a change made here in ``bucket`` (when the engine is back, if
+        it is away)."""
+        if not self.ready:
+            self._unsent[(bucket, key)] = value
+            return
+        d = self.link.kv_put(bucket, key, value)
+        d.addErrback(lambda f: self.log.warn("could not share a change with the cluster "
+                                             "({bucket}): {error}", bucket=bucket,
+                                             error=f.getErrorMessage()[:200]))
 
     def _setup_done(self, _):
         self._set_up = True
@@ -213,6 +250,40 @@ class ClusterNode(service.Service):
         d.addErrback(lambda f: self.log.warn("could not share a key claim: {error}",
                                              error=f.getErrorMessage()[:200]))
 
+    def share_guard(self, guard):
+        """Share the bans of ``guard`` (an ``AbuseGuard``) with the other nodes."""
+        self.guard = guard
+        guard.on_ban.append(self._banned)
+        guard.on_unban.append(self._banned)
+
+    def _banned(self, ip):
+        """A ban made or lifted here: the other nodes apply it too."""
+        if ip == self._applying:
+            return
+        left = self.guard.banned(ip)
+        until = 0 if left is None else self.clock.seconds() + left
+        self._put_shared(self.bans_kv, t(ip), json.dumps({"ip": ip, "until": until}).encode())
+
+    def _learn_ban(self, value):
+        """A ban from the engine (this node's own come back, and change nothing)."""
+        if not value:
+            return                      # a deleted entry
+        record = json.loads(value)
+        ip, left = record["ip"], record["until"] - self.clock.seconds()
+        self._applying = ip
+        try:
+            if left <= 0:
+                self.guard.unban(ip)
+            elif (self.guard.banned(ip) or 0) < left - 1.0:
+                self.guard.ban(ip, left, reason="cluster")
+        finally:
+            self._applying = None
+
+    def _learn_member(self, value):
+        """A persistent membership record from the engine."""
+        if value:
+            self.router.memberships.restore(json.loads(value))
+
     # --- liveness ---------------------------------------------------------------
 
     def beat(self):
@@ -239,9 +310,13 @@ class ClusterNode(service.Service):
         fires once both hold it."""
         record = json.loads(line)
         if message.is_message(record):
-            engine = self._store(message.entry_of(record), line)
+            engine = self._store(message.entry_of(record), line, record.get("held_for", ()))
         elif "receipt" in record:
             engine = self._settled(record["receipt"], record.get("to"))
+        elif is_member_record(record):
+            self._put_shared(self.members_kv, "%s.%s" % (t(record["member"]), t(record["room"])),
+                             line)
+            engine = defer.succeed(None)
         else:
             engine = defer.succeed(None)
         d = defer.gatherResults([engine, self.journal.append(line)], consumeErrors=True)
@@ -261,7 +336,7 @@ class ClusterNode(service.Service):
             done = self._adding.popleft()[0]
             self.listener(1, done if isinstance(done, Failure) else None)
 
-    def _store(self, entry, line):
+    def _store(self, entry, line, held_for):
         msg_id, to, room = entry["msg_id"], entry["to"], entry.get("room")
         if room is None and to != message.BROADCAST:
             if msg_id in self.seqs.get(to, ()) or to == entry["from"]:
@@ -282,7 +357,27 @@ class ClusterNode(service.Service):
         else:
             log, live, kind = ".log.all", self.prefix + ".all", "broadcast"
         d = self.link.store(self.prefix + log, line, msg_id)
+        if held_for:
+            d.addCallback(lambda ack: self._hold_for(entry, held_for).addCallback(lambda _: ack))
         d.addCallback(self._stored_shared, live, line, kind)
+        return d
+
+    def _hold_for(self, entry, peers):
+        """Store a room message in the engine for each of its persistent
+        members ``peers`` that is offline in the whole cluster (or attached
+        here and reading its stored mail); one attached to another node gets
+        it there, live."""
+        data = message.journal_line(entry)
+        return defer.gatherResults(
+            [self._holder(peer).addCallback(self._store_held, peer, data, entry["msg_id"])
+             for peer in peers], consumeErrors=True)
+
+    def _store_held(self, node, peer, data, msg_id):
+        if node != "_":
+            return None
+        d = self.link.store("%s.mail._.%s" % (self.prefix, t(peer)), data,
+                            "%s@%s" % (msg_id, t(peer)))
+        d.addCallback(self._stored_mail, peer, msg_id)
         return d
 
     def _refuse(self):
@@ -422,7 +517,7 @@ class ClusterNode(service.Service):
         for seq, data in stored:
             entry = message.entry_of(json.loads(data))
             msg_id = entry["msg_id"]
-            if not self.router.holds(msg_id):
+            if "room" not in entry and not self.router.holds(msg_id):
                 self._accept(entry, seq)
                 continue
             seqs[msg_id] = seq
@@ -463,9 +558,13 @@ class ClusterNode(service.Service):
         """A directed message accepted here for a peer not held here: the
         engine's mailbox has it, the node's own mailbox lets it go."""
         entry = event.entry
-        to = entry["to"]
-        if event.source is None and "room" not in entry and to != message.BROADCAST \
-                and to not in self.local:
+        to, room = entry["to"], entry.get("room")
+        if room is not None:
+            # the node that accepted it stored it in the engine for the offline members
+            for peer in self.router.memberships.members(room):
+                if peer not in self.local:
+                    self.router.delivered_elsewhere(peer, entry["msg_id"])
+        elif event.source is None and to != message.BROADCAST and to not in self.local:
             self.router.delivered_elsewhere(to, entry["msg_id"])
 
     def delivered(self, entry, peer, timestamp, seq):

@@ -26,7 +26,8 @@ class AbuseGuard:
     ``ban_after`` strikes within ``ban_window`` seconds ban the IP for
     ``ban_duration`` seconds.  A client that waits as told is refused at
     most once per wait and never banned.  ``on_ban(ip)`` lets the listeners
-    drop that IP's open connections.
+    drop that IP's open connections; ``on_ban`` and ``on_unban(ip)`` let a
+    cluster node share the change.
     """
 
     log = Logger()
@@ -34,6 +35,7 @@ class AbuseGuard:
     def __init__(self, clock, messages, per_seconds, ban_after, ban_window, ban_duration):
         self.clock = clock
         self.on_ban = []
+        self.on_unban = []
         self._buckets = {}
         self._strikes = {}
         self._told = {}         # ip -> when its last refusal said a message would pass
@@ -102,6 +104,8 @@ class AbuseGuard:
         self._strikes.pop(ip, None)
         if found:
             self.log.info("unbanned {ip}", ip=ip)
+            for hook in self.on_unban:
+                hook(ip)
         return found
 
     def bans(self):
