@@ -399,6 +399,23 @@ class SharedStateTests(unittest.TestCase):
         self.link.set_state(CONNECTED)
         self.assertEqual(list(self.link.kv[self.a.bans_kv]), [t("192.0.2.7")])
 
+    def test_changes_made_while_the_link_was_down_are_read_on_its_return(self):
+        guard_b = self.guard(self.b)
+        self.b._setup()
+        self.link.set_state(DISCONNECTED)
+        # while b is away, a's ban and a join on a reach the engine; b hears neither live
+        self.link.kv[self.b.bans_kv][t("192.0.2.9")] = json.dumps(
+            {"ip": "192.0.2.9", "until": 2000.0}).encode()
+        bob = FakeSession("bob")
+        self.link.set_state(CONNECTED)
+        self.router_a.attach(bob)
+        self.router_a.join(bob, "lobby", persist=True)
+        self.link.set_state(DISCONNECTED)
+        self.assertEqual(self.router_b.memberships.rooms_of("bob"), ())
+        self.link.set_state(CONNECTED)
+        self.assertEqual(guard_b.bans(), {"192.0.2.9": 1000.0})
+        self.assertEqual(self.router_b.memberships.rooms_of("bob"), {"lobby"})
+
     def learn_members(self, node):
         bucket = self.link.kv[node.members_kv]
         for value in bucket.values():

@@ -105,6 +105,7 @@ class ClusterNode(service.Service):
         self.guard = None               # AbuseGuard, when the node shares bans
         self._applying = None           # the ip whose ban from the engine is being applied
         self._unsent = {}               # (bucket, key) -> value changed here, not yet in the engine
+        self._tables = {}               # bucket -> learn(value), for the shared tables
         self.ready = False              # linked, and the engine's streams are set up
         self._set_up = False
         self.members = {}               # node id -> its heartbeat {"sessions": n, "at": t}
@@ -153,6 +154,12 @@ class ClusterNode(service.Service):
             for room, subscription in self.rooms.items():
                 if subscription is None:
                     self.rooms[room] = self.link.subscribe(self._room_subject(room), self._remote)
+            for bucket, learn in self._tables.items():
+                # what changed while the link was down
+                self._read_table(bucket, learn).addErrback(
+                    lambda f, bucket=bucket: self.log.warn(
+                        "could not read the cluster's {bucket}: {error}", bucket=bucket,
+                        error=f.getErrorMessage()[:200]))
             self._set_ready(True)
             self.beat()
         else:
@@ -205,10 +212,16 @@ class ClusterNode(service.Service):
         change as it comes, then each value it holds; fires those values."""
         yield self.link.ensure_kv(bucket, self.settings.replicas)
         yield self.link.subscribe("$KV.%s.>" % bucket, learn)
-        items = yield self.link.kv_items(bucket)
-        for value in items.values():
-            learn(value)
-        return items
+        self._tables[bucket] = learn
+        return (yield self._read_table(bucket, learn))
+
+    def _read_table(self, bucket, learn):
+        """Deferred[the values in ``bucket``], each given to ``learn`` first."""
+        def learn_all(items):
+            for value in items.values():
+                learn(value)
+            return items
+        return self.link.kv_items(bucket).addCallback(learn_all)
 
     def _put_shared(self, bucket, key, value):
         """Put a change made here in ``bucket`` (when the engine is back, if
