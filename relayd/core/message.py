@@ -100,7 +100,7 @@ def held_line(journal_bytes, peers):
 def sequenced_line(journal_bytes, key):
     """A message's journal line carrying its federation ``(origin, seq)``."""
     origin, seq = key
-    return b"%s, \"fed\": %s, \"seq\": %d}" % (journal_bytes[:-1], json.dumps(origin).encode(), seq)
+    return b"%s, \"fed\": %s, \"seq\": %d}" % (journal_bytes[:-1], json_text(origin).encode(), seq)
 
 
 def entry_of(record):

@@ -99,14 +99,15 @@ def _seq_ranges(ranges):
 
 # A string as json.dumps writes it (ASCII, its escapes, lowercase \u escapes only
 # for what it escapes that way): decoding it and writing it again gives it back.
-_STR = (rb'"(?:[ !#-\[\]-~]+|\\["\\bfnrt]'
-        rb'|\\u(?:00(?:0[0-7bef]|1[0-9a-f]|7f|[89a-f][0-9a-f])|0[1-9a-f][0-9a-f]{2}|[1-9a-f][0-9a-f]{3}))*"')
+# Possessive (``++``, ``*+``): nothing to backtrack into, twice as fast.
+_STR = (rb'"(?:[ !#-\[\]-~]++|\\["\\bfnrt]'
+        rb'|\\u(?:00(?:0[0-7bef]|1[0-9a-f]|7f|[89a-f][0-9a-f])|0[1-9a-f][0-9a-f]{2}|[1-9a-f][0-9a-f]{3}))*+"')
 # A msg frame as ``msg_frame`` writes it: its own keys (compact), then the
 # entry as the journal line relayd writes it (json.dumps(entry), the seed's key order)
-_FRAME = re.compile(rb'\{"type":"msg","origin":"(?:[^"\\]|\\.)*","seq":[0-9]+,"entry":('
+_FRAME = re.compile(rb'\{"type":"msg","origin":"(?:[^"\\]++|\\.)*+","seq":[0-9]++,"entry":('
                     rb'\{"from": ' + _STR + rb', "to": ' + _STR + rb', "body": ' + _STR
-                    + rb'(?:, "room": ' + _STR + rb')?, "timestamp": (-?[0-9][0-9.e+-]*)'
-                    + rb', "seen_by": \[' + _STR + rb'(?:, ' + _STR + rb')*\], "msg_id": "[0-9a-f]{64}"\})\}')
+                    + rb'(?:, "room": ' + _STR + rb')?+, "timestamp": (-?[0-9][0-9.e+-]*+)'
+                    + rb', "seen_by": \[' + _STR + rb'(?:, ' + _STR + rb')*+\], "msg_id": "[0-9a-f]{64}"\})\}')
 _ID_TAIL = len(b'], "msg_id": "') + 64 + len(b'"}')
 
 
