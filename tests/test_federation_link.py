@@ -25,7 +25,7 @@ from relayd.core.dedup import DedupWindow
 from relayd.core.history import History
 from relayd.core.mailbox import Mailboxes
 from relayd.core.router import Router
-from relayd.federation.frames import BadFrame, BadItem
+from relayd.federation.frames import BadFrame, BadItem, msg_frame, relayed_line
 from relayd.federation.hub import Hub
 from relayd.federation.index import Index, JournalTee, companion_line
 from relayd.federation import catchup
@@ -490,6 +490,100 @@ class ForwardingTests(ThreeRelays):
         errors = [e for e in events if e["log_level"] >= LogLevel.error]
         self.assertLessEqual(len(errors), 2, [formatEvent(e) for e in errors])
         self.assertFalse([e for e in events if e["log_level"] == LogLevel.critical])
+
+
+BODIES = ["plain", "h\u00e9llo \u2028 \U0001f600", "lone \ud800 surrogate", "lone low \udc00",
+          'quote " backslash \\ slash / tab \t nl \n del \x7f nul \x00']
+
+
+def journaled_messages(relay):
+    """Each message line of ``relay``'s journal, as written."""
+    with open(relay.journal.path, "rb") as f:
+        return [line.rstrip(b"\n") for line in f if b'"from"' in line]
+
+
+class RelayedLineTests(unittest.TestCase):
+    """A peer's entry is journaled from the frame's bytes only when they are
+    exactly what ``journal_line`` would write for it."""
+
+    def frame(self, body="hi", room=None):
+        entry, line = message.new_message("alice", "#r" if room else "*", body, 1734200000.125,
+                                          "relay1", room=room)
+        return msg_frame("relay1", 7, line).rstrip(b"\n")
+
+    def relayed(self, frame_line, appended="relay2"):
+        entry = json.loads(frame_line)["entry"]
+        if appended is not None:
+            entry["seen_by"].append(appended)
+        return entry, relayed_line(frame_line, entry, appended)
+
+    def test_the_entry_is_cut_from_the_frame_with_this_relay_appended(self):
+        for body in BODIES:
+            for room in (None, "r"):
+                entry, line = self.relayed(self.frame(body, room))
+                self.assertEqual(line, message.journal_line(entry))
+                self.assertEqual(json.loads(line)["body"], body)
+        entry, line = self.relayed(self.frame(), appended=None)
+        self.assertEqual(line, message.journal_line(entry))
+
+    def test_bytes_in_any_other_form_are_not_used(self):
+        frame = self.frame("hi")
+        variants = [
+            frame.replace(b'"to": "*"', b'"to": "*", "to": "bob"'),         # a repeated key
+            frame.replace(b'"body": "hi"', b'"body": "h\\u0069"'),        # another escape of "hi"
+            frame.replace(b'"body": "hi"', b'"body": "h\\/"'),
+            self.frame("\u00e9").replace(b"\\u00e9", "\u00e9".encode()),  # raw UTF-8
+            self.frame("\u00e9").replace(b"\\u00e9", b"\\u00E9"),        # upper-case hex
+            frame.replace(b"1734200000.125", b"1734200000.1250"),          # another number form
+            frame.replace(b'"msg_id"', b'"held_for": ["bob"], "msg_id"'),   # a key more
+            frame.replace(b',"entry"', b',"x":1,"entry"'),                  # a frame key more
+            frame[:-1] + b',"entry":' + self.frame("other")[len(b'{"type":"msg","origin":"relay1",'
+                                                             b'"seq":7,"entry":'):],  # twice
+            frame.replace(b", ", b","),                                     # compact
+        ]
+        for variant in variants:
+            entry, line = self.relayed(variant)
+            self.assertIsNone(line, variant)
+
+
+class RawEntryTests(ThreeRelays):
+    def test_bodies_cross_a_line_intact_and_are_journaled_as_json_dumps_writes_them(self):
+        _, _, p1 = join(self.r[0], self.r[1])
+        _, _, p2 = join(self.r[1], self.r[2])
+        bob = self.r[2].client("bob")
+        alice = self.r[0].client("alice")
+        for body in BODIES:
+            self.r[0].send(alice, "bob", body)
+        flush(p1, p2)
+        self.assertEqual(bob.bodies(), BODIES)
+        self.assertEqual([m["seen_by"] for m in bob.lines], [["relay1", "relay2", "relay3"]] * 5)
+        self.assertEqual({m["msg_id"] for m in bob.lines}, self.r[0].message_ids())
+        for relay in self.r:
+            lines = journaled_messages(relay)
+            self.assertEqual(len(lines), len(BODIES))
+            for line in lines:
+                entry = message.entry_of(json.loads(line))
+                self.assertTrue(line.startswith(message.journal_line(entry)[:-1] + b", "), line)
+
+    def test_an_entry_in_another_form_is_journaled_and_forwarded_in_the_journal_form(self):
+        _, server, p1 = join(self.r[0], self.r[1])
+        _, _, p2 = join(self.r[1], self.r[2])
+        flush(p1, p2)
+        bob = self.r[2].client("bob")
+        client = self.r[0].hub.links["relay2"][0]
+        entry = {"from": "alice", "to": "bob", "body": "caf\u00e9 \ud800", "timestamp": 5.5,
+                 "seen_by": ["relay1"], "msg_id": "cd" * 32}
+        compact = json.dumps(entry, separators=(",", ":"))
+        # a repeated key: the parse keeps the last one, and so does what is journaled
+        repeated = compact.replace('"body":', '"body":"forged","body":', 1)
+        client.send_raw(b'{"type":"msg","origin":"relay9","seq":1,"entry":%s}\n' % repeated.encode())
+        flush(p1, p2)
+        self.assertEqual(bob.bodies(), ["caf\u00e9 \ud800"])
+        for relay in self.r[1:]:
+            [line] = journaled_messages(relay)
+            self.assertEqual(line.count(b'"body"'), 1)
+            self.assertTrue(line.startswith(message.journal_line(
+                message.entry_of(json.loads(line)))[:-1] + b", "), line)
 
 
 class CatchUpTests(ThreeRelays):

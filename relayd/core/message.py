@@ -18,7 +18,7 @@ _text = json.encoder.encode_basestring_ascii      # a str as json.dumps writes i
 _INF = float("inf")
 
 
-def _json(value):
+def json_text(value):
     """``json.dumps(value)``, quicker for the str and float fields of an entry."""
     kind = type(value)
     if kind is str:
@@ -40,14 +40,14 @@ def new_message(sender, to, body, timestamp, relay_id, room=None, nonce=None):
     together from each field's encoding, byte for byte what ``json.dumps``
     gives, so that a message costs no more than one encoding of its fields.
     """
-    f, t, b = _json(sender), _json(to), _json(body)
-    r = "" if room is None else ', "room": ' + _json(room)
-    stamp, seen = _json(timestamp), "[" + _json(relay_id) + "]"
+    f, t, b = json_text(sender), json_text(to), json_text(body)
+    r = "" if room is None else ', "room": ' + json_text(room)
+    stamp, seen = json_text(timestamp), "[" + json_text(relay_id) + "]"
     if nonce is None:
         hashed = ('{"body": ' + b + ', "from": ' + f + r + ', "seen_by": ' + seen
                   + ', "timestamp": ' + stamp + ', "to": ' + t + "}")
     else:
-        hashed = '{"body": ' + b + ', "from": ' + f + ', "nonce": ' + _json(nonce) + r + ', "to": ' + t + "}"
+        hashed = '{"body": ' + b + ', "from": ' + f + ', "nonce": ' + json_text(nonce) + r + ', "to": ' + t + "}"
     msg_id = hashlib.sha256(hashed.encode()).hexdigest()
     entry = {"from": sender, "to": to, "body": body}
     if room is not None:
@@ -100,7 +100,7 @@ def held_line(journal_bytes, peers):
 def sequenced_line(journal_bytes, key):
     """A message's journal line carrying its federation ``(origin, seq)``."""
     origin, seq = key
-    return b"%s, \"fed\": %s, \"seq\": %d}" % (journal_bytes[:-1], json.dumps(origin).encode(), seq)
+    return b"%s, \"fed\": %s, \"seq\": %d}" % (journal_bytes[:-1], json_text(origin).encode(), seq)
 
 
 def entry_of(record):

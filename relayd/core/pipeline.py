@@ -95,15 +95,21 @@ class Pipeline:
             self._admit(entry, None, done, (msg_id, False), (msg_id, True), line)
         return d
 
-    def accept_remote(self, entry, source):
+    def accept_remote(self, entry, source, line=None, done=None):
         """Accept an entry relayed by a peer relay or a bridge (``source``,
-        passed on in its ``DurableEvent``): fires True if it was new, False
-        if held already, or fails if the journal failed."""
+        passed on in its ``DurableEvent``; ``line``, the entry's
+        ``journal_line`` if the caller has it): a Deferred firing True if it
+        was new, False if held already, or failing if the journal failed.
+        With ``done``, no Deferred: ``done`` gets that result or the Failure."""
+        d = None
+        if done is None:
+            d = defer.Deferred()
+            done = d.callback
         if self.dedup.check(entry["msg_id"]):
-            return defer.succeed(False)
-        self.accepted["federation"] += 1
-        d = defer.Deferred()
-        self._admit(entry, source, d.callback, True, False)
+            done(False)
+        else:
+            self.accepted["federation"] += 1
+            self._admit(entry, source, done, True, False, line)
         return d
 
     def _timestamp(self):

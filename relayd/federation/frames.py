@@ -1,5 +1,6 @@
 """Item frames on a link: validation of what a peer sends, encoding of what we send."""
 import math
+import re
 
 from relayd import names
 from relayd.jsonfast import dumps_own
@@ -94,6 +95,41 @@ def _seq_ranges(ranges):
     return (isinstance(ranges, list) and len(ranges) <= MAX_SYNC_ABOVE
             and all(isinstance(r, list) and len(r) == 2 and is_seq(r[0]) and is_seq(r[1])
                     and r[0] <= r[1] for r in ranges))
+
+
+# A string as json.dumps writes it (ASCII, its escapes, lowercase \u escapes only
+# for what it escapes that way): decoding it and writing it again gives it back.
+# Possessive (``++``, ``*+``): nothing to backtrack into, twice as fast.
+_STR = (rb'"(?:[ !#-\[\]-~]++|\\["\\bfnrt]'
+        rb'|\\u(?:00(?:0[0-7bef]|1[0-9a-f]|7f|[89a-f][0-9a-f])|0[1-9a-f][0-9a-f]{2}|[1-9a-f][0-9a-f]{3}))*+"')
+# A msg frame as ``msg_frame`` writes it: its own keys (compact), then the
+# entry as the journal line relayd writes it (json.dumps(entry), the seed's key order)
+_FRAME = re.compile(rb'\{"type":"msg","origin":"(?:[^"\\]++|\\.)*+","seq":[0-9]++,"entry":('
+                    rb'\{"from": ' + _STR + rb', "to": ' + _STR + rb', "body": ' + _STR
+                    + rb'(?:, "room": ' + _STR + rb')?+, "timestamp": (-?[0-9][0-9.e+-]*+)'
+                    + rb', "seen_by": \[' + _STR + rb'(?:, ' + _STR + rb')*+\], "msg_id": "[0-9a-f]{64}"\})\}')
+_ID_TAIL = len(b'], "msg_id": "') + 64 + len(b'"}')
+
+
+def relayed_line(line, entry, appended):
+    """The journal line of the ``entry`` parsed from the msg frame ``line``
+    (``appended``: the id this relay appended to its ``seen_by``, or None)
+    cut from the frame instead of encoded again; None unless those bytes
+    are exactly what ``message.journal_line`` writes for the entry as
+    parsed: the frame's own keys as ``msg_frame`` writes them and no other,
+    then the entry in the journal's form, its keys in order and no other,
+    each string as ``json.dumps`` escapes it, the timestamp as it writes
+    that number.  The caller encodes anything else again, so a peer's bytes
+    never say more than the parse saw (no repeated or extra key, no
+    other escape of the same text)."""
+    match = _FRAME.fullmatch(line)
+    if match is None or match[2] != message.json_text(entry["timestamp"]).encode():
+        return None
+    raw = match[1]
+    if appended is None:
+        return raw
+    cut = len(raw) - _ID_TAIL
+    return b"%s, %s%s" % (raw[:cut], message.json_text(appended).encode(), raw[cut:])
 
 
 def msg_frame(origin, seq, line):

@@ -10,8 +10,10 @@ offline everywhere leaves every mailbox once one relay has delivered it.
 """
 import json
 from collections import OrderedDict, deque
+from functools import partial
 
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from relayd.core import message
@@ -19,7 +21,8 @@ from relayd.core.interfaces import IDurableEventSubscriber, ISequencer
 from relayd.federation import index as fed_index
 from relayd.federation.catchup import CatchUpServer
 from relayd.federation.frames import (BadFrame, BadItem, check_entry, check_receipt,
-                                      check_sync, item_key, msg_frame, receipt_frame)
+                                      check_sync, item_key, msg_frame, receipt_frame,
+                                      relayed_line)
 from relayd.federation.metrics import PeerStats, peer_rows
 from relayd.names import shown
 from relayd.ops.ratelog import LogBudget, LogLimiter, repeats
@@ -229,11 +232,13 @@ class Hub:
 
     # --- frames from links -----------------------------------------------------------
 
-    def receive(self, link, frame):
+    def receive(self, link, frame, line=None):
+        """A frame from ``link``; ``line``, the bytes it was parsed from (a msg
+        frame's entry is journaled from them when they are in the journal's form)."""
         kind = frame["type"]
         try:
             if kind == "msg":
-                self._receive_msg(link, frame)
+                self._receive_msg(link, frame, line)
             elif kind == "receipt":
                 self._receive_receipt(link, frame)
             elif kind == "sync":
@@ -304,7 +309,7 @@ class Hub:
         self.index.add(origin, seq)
         return False
 
-    def _receive_msg(self, link, frame):
+    def _receive_msg(self, link, frame, line):
         origin, seq = item_key(frame)
         entry = frame.get("entry")
         check_entry(entry)
@@ -313,18 +318,25 @@ class Hub:
         stats = self.peer_stats(link.name)
         stats.lag = max(0.0, self.clock.seconds() - entry.get("timestamp", 0))
         self.series(link.name, self.metrics.lag).set(stats.lag)
+        appended = None
         if self.relay_id not in entry["seen_by"]:
             entry["seen_by"].append(self.relay_id)
+            appended = self.relay_id
         msg_id = entry["msg_id"]
         if msg_id in self._pending:
             return          # the same message under another seq is being journaled
         self._pending[msg_id] = (origin, seq)
-        d = self.router.accept_remote(entry, link)
-        d.addCallbacks(self._accepted, self._refused, callbackArgs=(link, origin, seq, msg_id),
-                       errbackArgs=(link, origin, seq, msg_id))
+        if line is not None:
+            line = relayed_line(line, entry, appended)
+        self.router.accept_remote(entry, link, line,
+                                  partial(self._accepted, link, origin, seq, msg_id))
 
-    def _accepted(self, new, link, origin, seq, msg_id):
-        if not new:         # held already (e.g. a crash lost its seq record): record the seq
+    def _accepted(self, link, origin, seq, msg_id, new):
+        """The router's answer for a peer's item: True (new), False (held
+        already) or the journal's Failure."""
+        if isinstance(new, Failure):
+            self._refused(new, link, origin, seq, msg_id)
+        elif not new:       # held already (e.g. a crash lost its seq record): record the seq
             self._pending.pop(msg_id, None)
             self._record(fed_index.companion_line(origin, seq, msg_id))
             stats = self.peer_stats(link.name)

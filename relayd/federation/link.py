@@ -90,7 +90,7 @@ class Link(LineReceiver):
             self.fail("bad_frame", "each line must be a JSON object with a type")
             return
         if self.state == UP:
-            self.hub.receive(self, frame)
+            self.hub.receive(self, frame, line)
             return
         try:
             self._handshake(frame)

@@ -143,6 +143,10 @@ class RelayProtocol(Protocol):
                 setter(True)
 
     def connectionLost(self, reason):
+        # nothing more is written: the router may still hold lines for this
+        # session until it is detached (they stay unsettled, sent again later)
+        self._closing = True
+        self._socket = self._direct = None
         self.service.release(self)
         if self.peer_id is not None:
             self.service.router.detach(self)
