@@ -45,6 +45,7 @@ LEGACY = "legacy"
 MAX_LISTED = 1000
 WRITE_CHUNK = 65536         # bytes of the queue handed to the transport at one drain
 HARD_LIMIT = 32             # a queue over this many output_buffers is dropped at once
+NO_QUEUE = ()               # the queue of a connection that has never had to queue
 
 
 def auth_payload(relay_id, peer_id, challenge):
@@ -109,7 +110,7 @@ class RelayProtocol(Protocol):
         self._paused = False        # the transport holds bytes the kernel has not taken
         self._socket = None         # the socket transport, when it says it drained
         self._direct = None         # its socket, when plain TCP (copies are sent at once)
-        self._queue = deque()       # (bytes, receipts) waiting for the transport to drain
+        self._queue = NO_QUEUE      # then a deque of (bytes, receipts) waiting for the transport to drain
         self._queued = 0
         self._in_transport = []     # directed entries whose bytes the transport holds
         self._congested = False
@@ -192,6 +193,8 @@ class RelayProtocol(Protocol):
 
     def _out(self, data, receipts=(), now=False):
         if self._paused or self._queue:
+            if not self._queue:
+                self._queue = deque()   # most connections never need one (760 bytes each)
             self._queue.append((data, receipts))
             self._queued += len(data)
             limit = self.service.output_buffer
@@ -284,7 +287,7 @@ class RelayProtocol(Protocol):
         tail = errors.frame(code, text, **extra)
         if flush and self._queue:
             tail = b"".join(data for data, _ in self._queue) + tail
-        self._queue.clear()
+        self._queue = NO_QUEUE
         self._queued = 0
         if self._congested:
             self._congested = False
