@@ -177,6 +177,9 @@ class CheckpointCrashTests(unittest.TestCase):
                                       args=(port, kill, total, acked, started))
             thread.start()
             started.wait(10)
+            if kill == 0:
+                # the last start must find a checkpoint, however slow this machine is
+                wait_for_file(relay.data_dir, checkpoint.FILE_NAME, 10)
             time.sleep(0.002 * kill)
             relay.kill()
             thread.join(20)
@@ -197,6 +200,15 @@ class CheckpointCrashTests(unittest.TestCase):
         received = [bob.read() for _ in range(kills * total)]
         self.assertEqual(sorted(m["msg_id"] for m in received), sorted(acked.values()))
         self.assertEqual(relay.stop(), 0)
+
+
+def wait_for_file(directory, name, seconds):
+    """Wait until a file ``name`` exists somewhere below ``directory``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if any(name in files for _, _, files in os.walk(directory)):
+            return
+        time.sleep(0.005)
 
 
 def send_until_killed(port, kill, total, acked, started):
