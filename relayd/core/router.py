@@ -23,6 +23,12 @@ _DELIVERY = ("attach", "detach", "deliver_stored", "resume", "handed", "acknowle
 _PIPELINE = ("accept_remote", "holds", "subscribe", "unsettled")
 
 
+def _pipeline_attribute(name):
+    """A router attribute that is the pipeline's, read and set."""
+    return property(lambda self: getattr(self.pipeline, name),
+                    lambda self, value: setattr(self.pipeline, name, value))
+
+
 class Router:
     log = Logger()
 
@@ -53,21 +59,9 @@ class Router:
     sessions = property(lambda self: self.delivery.sessions)
     members = property(lambda self: self.delivery.members)
 
-    @property
-    def journal(self):
-        return self.pipeline.journal
-
-    @journal.setter
-    def journal(self, journal):
-        self.pipeline.journal = journal
-
-    @property
-    def sequencer(self):
-        return self.pipeline.sequencer
-
-    @sequencer.setter
-    def sequencer(self, sequencer):
-        self.pipeline.sequencer = sequencer
+    # what the daemon wires in (federation's sequencer, the cluster's journal)
+    journal = _pipeline_attribute("journal")
+    sequencer = _pipeline_attribute("sequencer")
 
     def submit(self, session, to, body, room=None, nonce=None, done=None):
         """Accept a message from ``session``'s client (``Pipeline.submit``)."""
