@@ -20,7 +20,6 @@ import zlib
 
 from relayd import jsonfast
 from relayd.filepool import write_atomically
-from relayd.jsonfast import dumps_own as _dumps
 
 from relayd.journal.replay import Start
 
@@ -49,7 +48,7 @@ def encode(value, out):
     ``CHUNK`` scalars each (bigger lists and dicts are split, recursively;
     ``CHUNK = 5000`` keeps each encoder call to a few milliseconds)."""
     if not isinstance(value, (list, tuple, dict)) or _size(value) <= CHUNK:
-        out.append(_dumps(value))
+        out.append(jsonfast.dumps_own(value))
         return
     is_dict = isinstance(value, dict)
     items = list(value.items()) if is_dict else value
@@ -60,7 +59,7 @@ def encode(value, out):
         nonlocal batch, weight, first
         if batch:
             out.append((b"" if first else b",")
-                       + _dumps(dict(batch) if is_dict else batch)[1:-1])
+                       + jsonfast.dumps_own(dict(batch) if is_dict else batch)[1:-1])
             batch, weight, first = [], 0, False
 
     for item in items:
@@ -69,7 +68,7 @@ def encode(value, out):
         if size > CHUNK:
             flush()
             if is_dict:
-                out.append((b"" if first else b",") + _dumps(str(item[0])) + b":")
+                out.append((b"" if first else b",") + jsonfast.dumps_own(str(item[0])) + b":")
                 encode(item[1], out)
             else:
                 out.append(b"" if first else b",")
