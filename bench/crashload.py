@@ -75,13 +75,12 @@ class _Conn:
         for line in lines:
             obj = json.loads(line)
             if obj.get("type") == "message":
-                self.load.received.setdefault(self.peer_id, set()).add(obj["msg_id"])
+                self.load.got(self.peer_id, obj["msg_id"])
                 ids.append(obj["msg_id"])
             elif obj.get("type") == "welcome":
                 self.welcomed = True
             elif obj.get("type") == "ack":
-                to = self.unacked.pop(obj["nonce"])
-                self.load.acked[obj["msg_id"]] = to
+                self.load.was_acked(obj["msg_id"], self.unacked.pop(obj["nonce"]))
         if ids and self.role == "reader":
             self.write(json.dumps({"type": "ack", "ids": ids}).encode() + b"\n")
 
@@ -104,8 +103,19 @@ class CrashLoad:
         self.offline = [f"away{i}" for i in range(offline)]
         self.acked = {}             # msg_id -> recipient
         self.received = {}          # recipient -> {msg_id}
+        self._missing = set()       # acked msg_ids their recipient has not got (yet)
         self.selector = selectors.DefaultSelector()
         self._counter = 0
+
+    def was_acked(self, msg_id, to):
+        self.acked[msg_id] = to
+        if msg_id not in self.received.get(to, ()):
+            self._missing.add(msg_id)
+
+    def got(self, peer, msg_id):
+        self.received.setdefault(peer, set()).add(msg_id)
+        if self.acked.get(msg_id) == peer:
+            self._missing.discard(msg_id)
 
     def fill(self, conn):
         recipients = self.readers + self.legacy + self.offline
@@ -145,29 +155,37 @@ class CrashLoad:
         """Connect every recipient; read until all acked mail came or nothing
         came for ``quiet`` seconds once the relay has welcomed them all (it
         answers a hello only when its start-up replay is done, which can take
-        longer than ``quiet``)."""
+        longer than ``quiet``).  Returns why it stopped, for a failure message."""
         conns = self._connect(port, (("reader", self.readers + self.offline),
                                      ("legacy", self.legacy)))
-        give_up = time.monotonic() + timeout
-        state = {"count": -1, "since": time.monotonic()}
+        began = time.monotonic()
+        state = {"count": -1, "since": began, "why": None}
 
         def done():
             now = time.monotonic()
-            if not self.lost() or now > give_up:
-                return True
-            if not all(conn.welcomed for conn in conns):
+            if not self._missing:
+                state["why"] = "every acked message arrived"
+            elif now > began + timeout:
+                state["why"] = f"gave up after {timeout:.0f} s"
+            elif not all(conn.welcomed for conn in conns):
                 state["since"] = now
-                return False
-            count = sum(len(ids) for ids in self.received.values())
-            if count != state["count"]:
-                state["count"], state["since"] = count, now
-            return now - state["since"] > quiet
+            else:
+                count = sum(len(ids) for ids in self.received.values())
+                if count != state["count"]:
+                    state["count"], state["since"] = count, now
+                elif now - state["since"] > quiet:
+                    state["why"] = f"nothing more came for {quiet:.0f} s"
+            return state["why"] is not None
         self._loop(conns, done)
         for conn in conns:
             conn.close()
+        return state["why"] or "every recipient's connection closed"
 
     def lost(self):
-        return {m: to for m, to in self.acked.items() if m not in self.received.get(to, ())}
+        """Every acked message its recipient never got: ``{msg_id: recipient}``
+        (kept up to date as acks and messages arrive, so that ``collect``
+        can ask after each read however much was acked)."""
+        return {m: self.acked[m] for m in self._missing}
 
     def acked_to(self, recipients):
         return sum(1 for to in self.acked.values() if to in recipients)

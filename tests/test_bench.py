@@ -9,6 +9,7 @@ import sys
 from twisted.trial import unittest
 
 from bench import mosquitto
+from bench.crashload import CrashLoad
 from bench.__main__ import BENCHMARKS
 from bench.report import parse
 
@@ -39,6 +40,22 @@ class MqttCodecTests(unittest.TestCase):
 
     def test_publish_is_qos0_with_topic_then_payload(self):
         self.assertEqual(mosquitto.publish(b"t", b"hi"), b"\x30\x05\x00\x01thi")
+
+
+class CrashLoadBookkeepingTests(unittest.TestCase):
+    def test_an_acked_message_is_lost_until_its_recipient_gets_it(self):
+        load = CrashLoad()
+        load.was_acked("m1", "away0")
+        load.got("away1", "m1")             # someone else's copy does not count
+        self.assertEqual(load.lost(), {"m1": "away0"})
+        load.got("away0", "m1")
+        self.assertEqual(load.lost(), {})
+
+    def test_a_message_received_before_its_ack_is_not_lost(self):
+        load = CrashLoad()
+        load.got("reader0", "m1")
+        load.was_acked("m1", "reader0")
+        self.assertEqual(load.lost(), {})
 
 
 class BenchmarkTests(unittest.TestCase):

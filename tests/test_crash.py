@@ -30,9 +30,10 @@ class KillTests(unittest.TestCase):
             relay.start(wait_tcp=[port])
             load.round(port, relay.kill, run_for=load.random.uniform(0.5, 1.5))
         relay.start(wait_tcp=[port])
-        load.collect(port)
+        stopped = load.collect(port)
         for kind in (load.readers, load.legacy, load.offline):
             self.assertGreater(load.acked_to(kind), 100, f"too little load to {kind}")
         lost = load.lost()
-        self.assertEqual(len(lost), 0, f"{len(lost)} of {len(load.acked)} acked messages lost, "
+        self.assertEqual(len(lost), 0, f"{len(lost)} of {len(load.acked)} acked messages lost "
+                                       f"(reading stored mail: {stopped}), "
                                        f"e.g. {sorted(lost.items())[:3]}")
