@@ -329,7 +329,7 @@ SCHEMA = {
         "backoff_initial": F(duration, "0.5"),
         "backoff_max": F(duration, "30"),
         "sync_batch": F(integer(1), "2000"),
-        "link_buffer": F(size, "4MiB"),
+        "link_buffer": F(size, "32MiB"),
         "repair_interval": F(duration, "60"),
         "tor_socks": F(optional(client_endpoint), ""),
     },
