@@ -32,7 +32,7 @@ class FilePool(Service):
     def startService(self):
         super().startService()
         if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name=self.thread_name)
+            self._thread = threading.Thread(target=self._work, name=self.thread_name, daemon=True)
             self._thread.start()
 
     def stopService(self):
