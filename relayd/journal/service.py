@@ -12,6 +12,7 @@ import time
 from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 
 from relayd.filepool import FilePool
 from relayd.journal import checkpoint, lock, segments
@@ -85,7 +86,7 @@ class Journal(Service):
         # The periodic fsync of the `batch` policy gets a thread of its own;
         # stand-in pools (tests) run it with the other jobs.
         if fsync == "batch" and fsync_interval > 0 and isinstance(file_pool, FilePool):
-            self._sync_pool = FilePool(file_pool.reactor, "relayd-fsync")
+            self._sync_pool = FilePool(file_pool.reactor, ThreadPool(1, 1, "relayd-fsync"))
         else:
             self._sync_pool = file_pool
         self._commit = GroupCommit(clock, self._submit, batch_interval)
