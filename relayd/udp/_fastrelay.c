@@ -719,8 +719,10 @@ relay_step(Relay *self, PyObject *args)
             continue;
         }
         int i = self->cursor++, done = forward(self, i, now, &limiter);
-        if (done < 0)
-            break;
+        if (done < 0) {           /* e.g. no memory: reported, and the datagram left to Python */
+            PyErr_WriteUnraisable((PyObject *)self);
+            done = 0;
+        }
         if (done == 0) {
             PyObject *address = address_tuple(&self->in_addr[i]);
             if (address != NULL)
