@@ -145,6 +145,9 @@ class Rendezvous:
         client.sock.sendto(data, self.address)
         self.expected += 1
 
+    def register(self, client, name, **extra):
+        self.send(client, json.dumps({"type": "register", "name": name, **extra}).encode())
+
     @defer.inlineCallbacks
     def settle(self):
         """Until the rendezvous has read every datagram sent to it."""
@@ -191,9 +194,9 @@ class PathsAgree(unittest.TestCase):
     @defer.inlineCallbacks
     def test_relays_errors_and_table_changes(self):
         def script(rv, c):
-            rv.send(c[0], json.dumps({"type": "register", "name": "alice"}).encode())
-            rv.send(c[1], json.dumps({"type": "register", "name": "bob"}).encode())
-            rv.send(c[2], json.dumps({"type": "register", "name": "\u00e7arol-" + "l" * 50}).encode())
+            rv.register(c[0], "alice")
+            rv.register(c[1], "bob")
+            rv.register(c[2], "\u00e7arol-" + "l" * 50)
             yield rv.settle()
             for _ in range(3):
                 for i, payload in enumerate(PAYLOADS):
@@ -209,7 +212,7 @@ class PathsAgree(unittest.TestCase):
                 rv.send(c[3], stun.encode(stun.BINDING, stun.REQUEST, b"t" * 12, []))
                 yield rv.settle()
                 rv.clock.advance(1.5)
-            rv.send(c[1], json.dumps({"type": "register", "name": "bob2"}).encode())
+            rv.register(c[1], "bob2")
             rv.send(c[0], relay("bob", 1))                      # bob is gone
             rv.send(c[0], relay("bob2", 2))
             yield rv.settle()
@@ -224,8 +227,8 @@ class PathsAgree(unittest.TestCase):
     @defer.inlineCallbacks
     def test_the_rate_limit_is_the_same_on_both_paths(self):
         def script(rv, c):
-            rv.send(c[0], json.dumps({"type": "register", "name": "alice"}).encode())
-            rv.send(c[1], json.dumps({"type": "register", "name": "bob"}).encode())
+            rv.register(c[0], "alice")
+            rv.register(c[1], "bob")
             yield rv.settle()
             for round_ in range(3):
                 for i in range(40):
@@ -240,8 +243,8 @@ class PathsAgree(unittest.TestCase):
     @defer.inlineCallbacks
     def test_a_sender_relaying_only_natively_stays_registered(self):
         def script(rv, c):
-            rv.send(c[0], json.dumps({"type": "register", "name": "alice"}).encode())
-            rv.send(c[1], json.dumps({"type": "register", "name": "bob"}).encode())
+            rv.register(c[0], "alice")
+            rv.register(c[1], "bob")
             yield rv.settle()
             for _ in range(20):
                 for _ in range(5):
@@ -309,8 +312,8 @@ class ProvenSenders(unittest.TestCase):
         rv.send(alice, json.dumps({"type": "ping", "cookie": "", "pad": "x" * 200}).encode())
         yield rv.settle()
         cookie = json.loads(alice.take()[-1])["cookie"]
-        rv.send(alice, json.dumps({"type": "register", "name": "alice", "cookie": cookie}).encode())
-        rv.send(bob, json.dumps({"type": "register", "name": "bob"}).encode())
+        rv.register(alice, "alice", cookie=cookie)
+        rv.register(bob, "bob")
         yield rv.settle()
         for _ in range(10):
             rv.send(alice, relay("bob", 1))           # the wrapper is longer than the slack
