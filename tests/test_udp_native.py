@@ -342,3 +342,41 @@ class BuildTests(unittest.TestCase):
                                "-I" + sysconfig.get_paths()["include"], SOURCE],
                               capture_output=True, text=True, timeout=120)
         self.assertEqual(done.returncode, 0, done.stderr)
+
+
+class OnTheReactorClock(unittest.TestCase):
+    """The daemon's setting: the protocol on the reactor's clock, so the native
+    call waits for datagrams while the reactor has nothing else to do."""
+
+    skip = SKIP
+
+    @defer.inlineCallbacks
+    def test_relays_flow_and_the_reactor_keeps_its_timers(self):
+        protocol = RendezvousProtocol(udp_settings(), reactor)
+        port = RendezvousPort(0, protocol, interface="127.0.0.1",
+                              maxPacketSize=protocol.max_datagram + 1, reactor=reactor)
+        port.startListening()
+        self.addCleanup(port.stopListening)
+        if port._epoll is None:
+            raise unittest.SkipTest("not the epoll reactor: the native call does not wait")
+        alice, bob = Client("127.0.0.1"), Client("127.0.0.1")
+        self.addCleanup(alice.sock.close)
+        self.addCleanup(bob.sock.close)
+        server = ("127.0.0.1", port.getHost().port)
+        for client, name in ((alice, "alice"), (bob, "bob")):
+            client.sock.sendto(json.dumps({"type": "register", "name": name}).encode(), server)
+        timer = task.deferLater(reactor, 0.05, lambda: "fired")
+        received = []
+        for round_ in range(50):
+            for i in range(4):
+                alice.sock.sendto(relay("bob", round_ * 4 + i, source="alice"), server)
+            yield task.deferLater(reactor, 0.001, lambda: None)
+            received += [d for d in bob.take() if d.startswith(b'{"type": "relayed_packet"')]
+        self.assertEqual((yield timer), "fired")
+        for _ in range(1000):
+            if len(received) == 200:
+                break
+            yield task.deferLater(reactor, 0.001, lambda: None)
+            received += [d for d in bob.take() if d.startswith(b'{"type": "relayed_packet"')]
+        self.assertEqual([json.loads(d)["payload"] for d in received], list(range(200)))
+        self.assertGreater(protocol.fast.relay.relayed, 150)

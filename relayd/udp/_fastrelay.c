@@ -563,47 +563,51 @@ typedef struct {
     PyObject *buckets, *rate, *burst;
 } limiter_t;
 
-/* Forward datagram i if the fast path may: 1 queued, 0 for Python, -1 error. */
-static int
-forward(Relay *self, int i, double now, limiter_t *limiter)
+/* The sender's entry in `sources`, (host, head, learned, proven), if it may
+ * relay natively at `now`: a new reference, or NULL (an error set, or not). */
+static PyObject *
+sender(Relay *self, int i, double now)
 {
-    const unsigned char *data = self->in_iov[i].iov_base;
-    Py_ssize_t size = self->in_msgs[i].msg_len, head_len, out_len;
     unsigned char key[KEY_MAX];
-    PyObject *k, *entry, *target, *destination, *head;
-    relay_t r;
-    unsigned char *out;
-    int taken;
     Py_ssize_t key_len = address_key(&self->in_addr[i], key);
-
-    if (size > self->max_datagram || key_len < 0)
-        return 0;
-    if ((k = PyBytes_FromStringAndSize((const char *)key, key_len)) == NULL)
-        return -1;
-    entry = PyDict_GetItemWithError(self->sources, k);   /* (host, head, learned, proven) */
+    PyObject *k, *entry;
+    if (key_len < 0 || (k = PyBytes_FromStringAndSize((const char *)key, key_len)) == NULL)
+        return NULL;
+    entry = PyDict_GetItemWithError(self->sources, k);
     Py_DECREF(k);
-    if (entry == NULL)
-        return PyErr_Occurred() ? -1 : 0;
-    if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 4
+    if (entry == NULL || !PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 4
             || !PyBytes_CheckExact(PyTuple_GET_ITEM(entry, 1))
             || !PyFloat_CheckExact(PyTuple_GET_ITEM(entry, 2))
             || now - PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(entry, 2)) >= self->grain)
-        return 0;
+        return NULL;
+    return Py_NewRef(entry);
+}
+
+/* Queue the relayed_packet for datagram i if the fast path may: 1 queued,
+ * 0 for Python, -1 error.  `entry` is the sender's (see sender()). */
+static int
+queue(Relay *self, int i, double now, limiter_t *limiter, PyObject *entry)
+{
+    const unsigned char *data = self->in_iov[i].iov_base;
+    Py_ssize_t size = self->in_msgs[i].msg_len, head_len, out_len;
+    PyObject *k, *destination, *head = PyTuple_GET_ITEM(entry, 1);
+    relay_t r;
+    unsigned char *out;
+    int taken;
+
     if (parse_relay(data, size, &r))
         return 0;
     if ((k = PyBytes_FromStringAndSize((const char *)r.target, r.target_len)) == NULL)
         return -1;
-    target = PyDict_GetItemWithError(self->targets, k);
+    destination = PyDict_GetItemWithError(self->targets, k);
     Py_DECREF(k);
-    if (target == NULL)
+    if (destination == NULL)
         return PyErr_Occurred() ? -1 : 0;
-    head = PyTuple_GET_ITEM(entry, 1);
     head_len = PyBytes_GET_SIZE(head);
     out_len = head_len + r.payload_len + 1;
     if (out_len > self->max_datagram
             || (out_len - size - self->slack > 0 && PyTuple_GET_ITEM(entry, 3) != Py_True))
         return 0;                 /* too large; or budgeted, for Python to charge */
-    destination = target;
     if (!PyBytes_CheckExact(destination)
             || key_address(destination, &self->out_addr[self->pending],
                            &self->out_msgs[self->pending].msg_hdr.msg_namelen))
@@ -624,6 +628,21 @@ forward(Relay *self, int i, double now, limiter_t *limiter)
     if (self->pending == BATCH)
         flush(self);
     return 1;
+}
+
+/* Forward datagram i if the fast path may: 1 queued, 0 for Python, -1 error. */
+static int
+forward(Relay *self, int i, double now, limiter_t *limiter)
+{
+    PyObject *entry;
+    int done;
+    if ((Py_ssize_t)self->in_msgs[i].msg_len > self->max_datagram)
+        return 0;
+    if ((entry = sender(self, i, now)) == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    done = queue(self, i, now, limiter, entry);      /* entry held: queue may run Python */
+    Py_DECREF(entry);
+    return done;
 }
 
 static int

@@ -21,13 +21,15 @@ import time
 from twisted.application import internet
 from twisted.internet import udp
 from twisted.internet.interfaces import IReactorFDSet
-from twisted.python import log
+from twisted.logger import Logger
 
 MAX_HOSTS = 65536
 MAX_WAIT = 0.005      # seconds the native relay waits for the next datagram at most
 
 
 class RendezvousPort(udp.Port):
+    log = Logger()
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._checked = set()          # hosts udp.Port.write accepted
@@ -58,8 +60,8 @@ class RendezvousPort(udp.Port):
                 return
             try:
                 protocol.datagramReceived(*item)
-            except BaseException:
-                log.err()
+            except BaseException:          # as udp.Port.doRead: the port keeps reading
+                self.log.failure("udp datagram handler failed")
 
     def write(self, datagram, addr=None):
         if addr is not None and addr[0] in self._checked:

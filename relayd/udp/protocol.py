@@ -4,7 +4,9 @@ Every datagram is size-checked and rate-limited per source IP, then goes to
 the STUN codec (magic cookie) or the JSON handlers.  What an address that
 has not proved it receives there makes relayd send is paid from its byte
 budget (``budget``); a reply to such a source that holds no name is never
-larger than the datagram it sent.  Payloads are never logged.
+larger than the datagram it sent.  Payloads are never logged.  Plain relays
+between known peers may be forwarded by the native path (``fastpath``)
+before they reach ``datagramReceived``, with the same result.
 """
 import base64
 import socket
