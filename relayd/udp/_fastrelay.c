@@ -5,10 +5,10 @@
  * packet from an address in `sources` to a name in `targets` (two dicts the
  * Python side fills and clears), within the relay's size and per-IP rate
  * limits, and without a byte budget to charge (a proven sender, or a
- * relayed_packet within the slack).  It returns the first datagram it does not forward,
- * as (bytes, (host, port)), for Python to handle exactly as without this
- * module, after sending what it forwarded before it; None once the socket
- * is drained (or after MAX_BATCHES reads, so that the reactor gets its turn).
+ * relayed_packet within the slack).  It returns the first datagram it does
+ * not forward, as (bytes, (host, port)), for Python to handle exactly as
+ * without this module, after sending what it forwarded before it; None once
+ * the socket is drained (or after MAX_BATCHES reads: the reactor's turn).
  * Given the reactor's own epoll descriptor and a deadline (its next timer),
  * a drained socket is waited for, with the GIL released, for as long as
  * nothing else the reactor watches is ready and the deadline has not come:
@@ -504,7 +504,7 @@ flush(Relay *self)
         if (n > 0) {
             self->sent += n;
             done += n;
-        } else if (errno != EINTR) {
+        } else if (n == 0 || errno != EINTR) {
             self->send_failed++;
             done++;
         }
@@ -696,6 +696,10 @@ relay_step(Relay *self, PyObject *args)
     int others = -1;
     PyObject *limiter_obj, *result = NULL;
     limiter_t limiter;
+    if (self->in_buf == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Relay.__init__ was not called");
+        return NULL;
+    }
     if (!PyArg_ParseTuple(args, "dO|di", &now, &limiter_obj, &deadline, &others)
             || limiter_fields(limiter_obj, &limiter))
         return NULL;
