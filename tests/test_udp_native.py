@@ -130,12 +130,12 @@ class Client:
 class Rendezvous:
     """A RendezvousProtocol on a Clock behind a real RendezvousPort."""
 
-    def __init__(self, host, native, **settings):
+    def __init__(self, host, native, interface=None, **settings):
         self.clock = Clock()
         self.clock.advance(START)
         self.protocol = RendezvousProtocol(
             udp_settings(native_relay="yes" if native else "no", **settings), self.clock)
-        self.port = RendezvousPort(0, self.protocol, interface=host,
+        self.port = RendezvousPort(0, self.protocol, interface=interface or host,
                                    maxPacketSize=self.protocol.max_datagram + 1, reactor=reactor)
         self.port.startListening()
         self.address = (host, self.port.getHost().port)
@@ -163,6 +163,7 @@ class PathsAgree(unittest.TestCase):
 
     skip = SKIP
     host = "127.0.0.1"
+    interface = None         # the rendezvous's, when not ``host``
 
     def setUp(self):
         try:
@@ -178,7 +179,7 @@ class PathsAgree(unittest.TestCase):
         (what each client received, counts) of each, native first."""
         results = []
         for native in (True, False):
-            rendezvous = Rendezvous(self.host, native, **settings)
+            rendezvous = Rendezvous(self.host, native, self.interface, **settings)
             try:
                 yield from_script(script, rendezvous, self.clients)
                 results.append(([c.take() for c in self.clients], rendezvous.protocol.counts,
@@ -262,6 +263,11 @@ class PathsAgree(unittest.TestCase):
 
 class PathsAgreeIPv6(PathsAgree):
     host = "::1"
+
+
+class PathsAgreeDualStack(PathsAgree):
+    """IPv4 clients of a rendezvous on ``::`` (their addresses IPv4-mapped)."""
+    interface = "::"
 
 
 def from_script(script, rendezvous, clients):
