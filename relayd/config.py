@@ -294,6 +294,7 @@ SCHEMA = {
         "peer_list_max": F(integer(0, 256), "32"),
         "announce_limit": F(integer(0), "64"),
         "socket_buffer": F(size, "4MiB"),
+        "native_relay": F(boolean, "yes"),
     },
     "admin": {
         "listen": F(server_endpoint, "tcp:2222:interface=127.0.0.1"),
