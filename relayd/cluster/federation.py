@@ -175,7 +175,7 @@ class FederationLeader(service.Service):
                                  settings.liveness, settings.replicas, self._lead,
                                  self._stand_by, lambda: node.ready)
         self._term = 0                  # bumped at each change of leadership
-        self._following = None          # Deferred[the stream subscription]
+        self._following = None          # the stream subscription, while leading
         self._shared = None             # the cursors last written to the engine
         self._share = task.LoopingCall(self.share_cursors)
         self._share.clock = clock
@@ -206,16 +206,25 @@ class FederationLeader(service.Service):
         self._term += 1
         term = self._term
         self.log.info("cluster node {node} leads the federation", node=self.node.node)
-        self._following = self.link.follow(self.node.fed_stream, self.node.fed_subject,
-                                           self._own_item)
-        d = self._following
-        d.addCallback(lambda _: self.link.last_seq(self.node.fed_stream))
+        d = self.link.follow(self.node.fed_stream, self.node.fed_subject, self._own_item)
+        d.addCallback(self._followed, term)
         d.addCallback(self._own_cursor)
         d.addCallback(lambda _: self.link.ensure_kv(self.cursors_kv, self.election.replicas))
         d.addCallback(lambda _: self.link.kv_get(self.cursors_kv, CURSORS_KEY))
         d.addCallback(self._take_cursors)
         d.addCallback(lambda _: self._linked(term))
         d.addErrback(self._lead_failed, term)
+
+    def _followed(self, subscription, term):
+        if term != self._term:          # stood down meanwhile
+            self._unfollow(subscription)
+            raise defer.CancelledError()
+        self._following = subscription
+        return self.link.last_seq(self.node.fed_stream)
+
+    def _unfollow(self, subscription):
+        d = self.link.unsubscribe(subscription)
+        d.addErrback(lambda f: None)    # it ends with the connection anyway
 
     def _own_cursor(self, last_seq):
         self.hub.index.cursors.setdefault(self.hub.relay_id, Cursor()).raise_low(last_seq)
@@ -246,8 +255,7 @@ class FederationLeader(service.Service):
             self._share.stop()
         following, self._following = self._following, None
         if following is not None:
-            following.addCallback(self.link.unsubscribe)
-            following.addErrback(lambda f: None)    # it ends with the connection anyway
+            self._unfollow(following)
         return self.federation.stand_by()
 
     def _own_item(self, seq, data):
