@@ -4,6 +4,7 @@ that stream, and what a node puts in it."""
 import json
 from types import SimpleNamespace
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import CollectorRegistry
 from twisted.internet import defer, task
 from twisted.trial import unittest
@@ -13,6 +14,7 @@ from relayd.cluster.link import CONNECTED, DISCONNECTED
 from relayd.core import message
 from relayd.federation.catchup import Held
 from relayd.federation.metrics import FederationMetrics
+from relayd.identity import Identity
 from tests.fakes import FakeSession
 from tests.test_cluster import FakeLink, Settings, make_node, matches
 from tests.test_federation_link import SETTINGS, InlinePool
@@ -188,6 +190,7 @@ class Standby:
 
     def __init__(self):
         self.leading = False
+        self.standby_problem = None
 
     def lead(self):
         self.leading = True
@@ -205,21 +208,26 @@ class LeaderTests(unittest.TestCase):
         link.clock = self.clock
         self.link = link
         self.node.federate()
-        index = ClusterIndex("relay")
-        self.hub = ClusterHub("relay", self.router, self.node.journal, index, self.clock,
-                              InlinePool(), FederationMetrics(CollectorRegistry()),
-                              SimpleNamespace(**SETTINGS))
+        self.key = Ed25519PrivateKey.generate()
+        self.hub, self.service, self.leader = self.leader_node()
         self.router.subscribe(self.hub)
         self.router.sequencer = self.hub
-        self.service = Standby()
-        settings = Settings()
-        settings.liveness = TTL
-        self.leader = FederationLeader(self.node, self.hub, self.service, link, self.clock,
-                                       settings)
-        self.leader.startService()
-        self.addCleanup(self.leader.stopService)
         self.wire = Wire("solo")
         self.hub.links["solo"] = [self.wire]
+
+    def leader_node(self, key=None):
+        """A hub, federation service and leader (started) on this node's engine."""
+        hub = ClusterHub("relay", self.router, self.node.journal, ClusterIndex("relay"),
+                         self.clock, InlinePool(), FederationMetrics(CollectorRegistry()),
+                         SimpleNamespace(**SETTINGS))
+        hub.identity = Identity("relay", key or self.key)
+        settings = Settings()
+        settings.liveness = TTL
+        service = Standby()
+        leader = FederationLeader(self.node, hub, service, self.link, self.clock, settings)
+        leader.startService()
+        self.addCleanup(leader.stopService)
+        return hub, service, leader
 
     def fed_items(self):
         return sorted(self.link.fed.items())
@@ -303,18 +311,17 @@ class LeaderTests(unittest.TestCase):
         self.leader.stopService()
         self.assertFalse(self.service.leading)
         # another node's hub, with an empty journal, takes over
-        index = ClusterIndex("relay")
-        hub = ClusterHub("relay", self.router, self.node.journal, index, self.clock,
-                         InlinePool(), FederationMetrics(CollectorRegistry()),
-                         SimpleNamespace(**SETTINGS))
-        settings = Settings()
-        settings.liveness = TTL
-        service = Standby()
-        leader = FederationLeader(self.node, hub, service, self.link, self.clock, settings)
-        leader.startService()
-        self.addCleanup(leader.stopService)
+        hub, service, _ = self.leader_node()
         self.assertTrue(service.leading)
-        self.assertEqual(index.wants(), {"relay": [1, []], "solo": [1, []]})
+        self.assertEqual(hub.index.wants(), {"relay": [1, []], "solo": [1, []]})
+
+    def test_a_node_with_another_relay_key_never_leads(self):
+        self.leader.stopService()
+        _, service, leader = self.leader_node(Ed25519PrivateKey.generate())
+        self.clock.advance(TTL * 2)
+        self.assertFalse(service.leading)
+        self.assertIn("is not the cluster's", service.standby_problem)
+        self.assertIsNone(self.link.holder(leader.election.bucket))
 
     def test_losing_the_engine_closes_the_links(self):
         self.link.set_state(DISCONNECTED)

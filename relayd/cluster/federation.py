@@ -14,6 +14,11 @@ others try to create it, which only succeeds once it has expired.  A new
 leader loses nothing: peers catch up on what they lack of our items at
 link-up, from the stream, and it starts from the old leader's cursors of
 the peers' items (written to the engine as it goes).
+
+In the engine, besides the stream: KV ``RELAYD_t(R)_FEDLEADER`` (the
+leader's entry) and ``RELAYD_t(R)_FEDSTATE`` (``cursors``, and ``key``: the
+fingerprint of the relay key of the first leader; a node with another key
+never leads).
 """
 import json
 
@@ -29,6 +34,7 @@ from relayd.federation.index import Cursor, Index
 
 LEADER_KEY = "leader"
 CURSORS_KEY = "cursors"
+RELAY_KEY = "key"
 
 
 class ClusterIndex(Index):
@@ -170,7 +176,7 @@ class FederationLeader(service.Service):
         self.hub = hub
         self.federation = federation    # the FederationService, in standby mode
         self.link = link
-        self.cursors_kv = node.stream + "_FEDCURSORS"
+        self.state_kv = node.stream + "_FEDSTATE"
         self.election = Election(link, node.stream + "_FEDLEADER", node.node, clock,
                                  settings.liveness, settings.replicas, self._lead,
                                  self._stand_by, lambda: node.ready)
@@ -209,8 +215,9 @@ class FederationLeader(service.Service):
         d = self.link.follow(self.node.fed_stream, self.node.fed_subject, self._own_item)
         d.addCallback(self._followed, term)
         d.addCallback(self._own_cursor)
-        d.addCallback(lambda _: self.link.ensure_kv(self.cursors_kv, self.election.replicas))
-        d.addCallback(lambda _: self.link.kv_get(self.cursors_kv, CURSORS_KEY))
+        d.addCallback(lambda _: self.link.ensure_kv(self.state_kv, self.election.replicas))
+        d.addCallback(self._check_key)
+        d.addCallback(lambda _: self.link.kv_get(self.state_kv, CURSORS_KEY))
         d.addCallback(self._take_cursors)
         d.addCallback(lambda _: self._linked(term))
         d.addErrback(self._lead_failed, term)
@@ -230,6 +237,21 @@ class FederationLeader(service.Service):
         self.hub.index.cursors.setdefault(self.hub.relay_id, Cursor()).raise_low(last_seq)
         return None
 
+    @defer.inlineCallbacks
+    def _check_key(self, _):
+        """Go on only if this node has the cluster's relay key."""
+        own = self.hub.identity.fingerprint
+        if not (yield self.link.kv_create(self.state_kv, RELAY_KEY, own.encode())):
+            cluster = (yield self.link.kv_get(self.state_kv, RELAY_KEY)).decode()
+            if cluster != own:
+                self.federation.standby_problem = (
+                    "this node's relay key %s is not the cluster's %s: give it the cluster's "
+                    "identity.key; it will not lead the federation" % (own, cluster))
+                self.log.error("federation: {problem}",
+                               problem=self.federation.standby_problem)
+                self.election.stop()
+                raise defer.CancelledError()
+
     def _take_cursors(self, value):
         """What the previous leader held of each peer's items, durably."""
         if value:
@@ -243,7 +265,7 @@ class FederationLeader(service.Service):
             self._share.start(self._share_every, now=False)
 
     def _lead_failed(self, failure, term):
-        if term == self._term:
+        if term == self._term and not failure.check(defer.CancelledError):
             self.log.warn("could not take up the federation: {error}",
                           error=failure.getErrorMessage()[:200])
             self.election.engine_lost()
@@ -270,7 +292,7 @@ class FederationLeader(service.Service):
                    if origin != self.hub.relay_id}
         if cursors == self._shared or not self.leading:
             return
-        d = self.link.kv_put(self.cursors_kv, CURSORS_KEY, json.dumps(cursors).encode())
+        d = self.link.kv_put(self.state_kv, CURSORS_KEY, json.dumps(cursors).encode())
         d.addCallback(lambda _: setattr(self, "_shared", cursors))
         d.addErrback(lambda f: self.log.warn("could not share the federation cursors: {error}",
                                              error=f.getErrorMessage()[:200]))

@@ -39,6 +39,7 @@ class FederationService(MultiService):
         self._loaded = False
         self.standby = standby          # links only while ``leading`` (a cluster node)
         self.leading = not standby
+        self.standby_problem = None     # why a standby node cannot lead, for /health
         self.listener = stream_service(daemon, hub.settings.listen, LinkFactory(hub))
         if self.leading:
             self.listener.setServiceParent(self)
@@ -163,7 +164,7 @@ class FederationService(MultiService):
 
     def health(self):
         if not self.leading:
-            return None                 # another node of the cluster holds the links
+            return self.standby_problem     # else another node of the cluster holds the links
         down = [r["peer"] for r in self.peers() if r["state"] != "up"]
         if down and len(down) == len(self.hub.peers):
             return "no federation link is up (" + ", ".join(down) + ")"
