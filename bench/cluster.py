@@ -405,41 +405,50 @@ def release(helpers):
         helper.wait(60)
 
 
+def one_then_two(prefix, run, measure):
+    """``measure(name, relays, engine_processes)`` on one relayd process, then
+    on two cluster nodes on a fresh three-node engine: both results."""
+    from tests.engine import NatsCluster
+    workdir = tempfile.mkdtemp(prefix=prefix)
+    single = Relay(workdir + "/single").start("SIGTERM stops")
+    try:
+        one = measure("single%d" % run, [single], [])
+    finally:
+        single.stop()
+    engine = NatsCluster(workdir + "/nats").start()
+    nodes = []
+    try:
+        urls = ", ".join(engine.urls)
+        for i in range(2):
+            nodes.append(Relay(workdir + "/node%d" % i,
+                               CLUSTER_INI.format(urls=urls, node="n%d" % i)))
+        for node in nodes:
+            node.start("accepting messages")
+        two = measure("cluster%d" % run, nodes, engine.processes)
+    finally:
+        for node in nodes:
+            node.stop()
+        engine.stop()
+    return one, two
+
+
 def connections(args):
     """Connections one process holds against two cluster nodes."""
     from bench.procstat import rss_kib
     from bench.report import emit, machine
-    from tests.engine import NatsCluster
+
+    def held(name, relays, _):
+        count, why, helpers = hold_all([relay.port for relay in relays], args.count,
+                                       args.per_client)
+        emit("cluster_connections", system=name, nodes=len(relays), held=count,
+             why=",".join(sorted(set(why))),
+             relay_rss_kib=max(rss_kib(relay.process.pid) for relay in relays))
+        release(helpers)
+        return count
+
     emit("machine", **machine())
     for run in range(args.repeat):
-        workdir = tempfile.mkdtemp(prefix="relayd-bench-conns-")
-        single = Relay(workdir + "/single").start("SIGTERM stops")
-        try:
-            one, why, helpers = hold_all([single.port], args.count, args.per_client)
-            emit("cluster_connections", system="single%d" % run, nodes=1, held=one,
-                 why=",".join(sorted(set(why))), relay_rss_kib=rss_kib(single.process.pid))
-            release(helpers)
-        finally:
-            single.stop()
-        engine = NatsCluster(workdir + "/nats").start()
-        nodes = []
-        try:
-            urls = ", ".join(engine.urls)
-            for i in range(2):
-                nodes.append(Relay(workdir + "/node%d" % i,
-                                   CLUSTER_INI.format(urls=urls, node="n%d" % i)))
-            for node in nodes:
-                node.start("accepting messages")
-            two, why, helpers = hold_all([node.port for node in nodes], args.count,
-                                         args.per_client)
-            emit("cluster_connections", system="cluster%d" % run, nodes=2, held=two,
-                 why=",".join(sorted(set(why))),
-                 relay_rss_kib=max(rss_kib(node.process.pid) for node in nodes))
-            release(helpers)
-        finally:
-            for node in nodes:
-                node.stop()
-            engine.stop()
+        one, two = one_then_two("relayd-bench-conns-", run, held)
         emit("cluster_connections_ratio", run=run, two_nodes_over_one=two / one if one else 0.0)
     emit("machine", **machine())
 
@@ -447,31 +456,13 @@ def connections(args):
 def load(args):
     from bench.procstat import raise_fd_limit
     from bench.report import emit, machine
-    from tests.engine import NatsCluster
     raise_fd_limit()
     emit("machine", **machine())
     for run in range(args.repeat):
-        workdir = tempfile.mkdtemp(prefix="relayd-bench-cluster-")
-        single = Relay(workdir + "/single").start("SIGTERM stops")
-        try:
-            one = run_scenarios("single%d" % run, [single.port], [single.process], [], args)
-        finally:
-            single.stop()
-        engine = NatsCluster(workdir + "/nats").start()
-        nodes = []
-        try:
-            urls = ", ".join(engine.urls)
-            for i in range(2):
-                nodes.append(Relay(workdir + "/node%d" % i,
-                                   CLUSTER_INI.format(urls=urls, node="n%d" % i)))
-            for node in nodes:
-                node.start("accepting messages")
-            two = run_scenarios("cluster%d" % run, [node.port for node in nodes],
-                                [node.process for node in nodes], engine.processes, args)
-        finally:
-            for node in nodes:
-                node.stop()
-            engine.stop()
+        one, two = one_then_two(
+            "relayd-bench-cluster-", run, lambda name, relays, engine: run_scenarios(
+                name, [relay.port for relay in relays], [relay.process for relay in relays],
+                engine, args))
         for scenario in ("broadcast", "pairs"):
             if scenario in one and scenario in two:
                 emit("cluster_ratio", scenario=scenario, run=run,

@@ -19,45 +19,8 @@ from relayd.identity import Identity, load_or_create
 from tests.daemon import Relayd, free_port, relay_ini, wait_for_port
 from tests.engine import NATS_SERVER, NatsCluster, engine_missing
 from tests.test_cluster_e2e import Client, cluster_ini
+from tests.test_federation_e2e import FEDERATION, PEER
 from tests.test_ops_support import http_get
-
-FEDERATION = """
-[federation]
-listen = tcp:{{fed}}:interface=127.0.0.1
-keepalive = 1
-dead_after = 4
-backoff_initial = 0.2
-backoff_max = 1
-[peer:{name}]
-endpoint = tcp:127.0.0.1:{port}
-key = {key}
-"""
-
-
-class CountingClient(Client):
-    """A cluster test client that also counts how often each msg_id reaches it."""
-
-    def read(self):
-        while True:
-            line = self.file.readline()
-            if not line:
-                raise EOFError
-            obj = json.loads(line)
-            if obj.get("type") != "message":
-                return obj
-            with self.lock:
-                self.received[obj["msg_id"]] = obj["body"]
-                self.counts[obj["msg_id"]] += 1
-            if self.acks:
-                self.request(type="ack", ids=[obj["msg_id"]])
-
-    def __init__(self, ports, peer_id):
-        self.counts = collections.Counter()
-        super().__init__(ports, peer_id)
-
-    def repeated(self):
-        with self.lock:
-            return {self.received[msg_id]: n for msg_id, n in self.counts.items() if n > 1}
 
 
 def public_key(path):
@@ -82,15 +45,15 @@ class ClusterFederation(unittest.TestCase):
                      os.path.join(node_dirs[1], "var", "identity.key"))
         self.nodes, solo_fed = [], free_port()
         for i, workdir in enumerate(node_dirs):
-            ini = cluster_ini(self.engine.urls, "n%d" % i) + FEDERATION.format(
+            ini = cluster_ini(self.engine.urls, "n%d" % i) + (FEDERATION + PEER).format(
                 name="solo", port=solo_fed, key=solo_key)
             self.nodes.append(Relayd(self, ini, workdir=workdir, tcp=free_port(),
                                      http=free_port(), fed=free_port()))
         ini = relay_ini("""
             [ratelimit]
             messages = 100000
-            """, id="solo") + FEDERATION.format(name="clustered",
-                                                port=self.nodes[0].ports["fed"], key=cluster_key)
+            """, id="solo") + (FEDERATION + PEER).format(
+                name="clustered", port=self.nodes[0].ports["fed"], key=cluster_key)
         self.solo = Relayd(self, ini, workdir=solo_dir, tcp=free_port(), fed=solo_fed)
         for relay in self.nodes + [self.solo]:
             relay.start(wait_tcp=[relay.ports["tcp"]])
@@ -124,7 +87,7 @@ class ClusterFederation(unittest.TestCase):
         raise AssertionError("no link from solo to the cluster:\n" + self.solo.log()[-3000:])
 
     def client(self, relays, peer_id):
-        client = CountingClient([relay.ports["tcp"] for relay in relays], peer_id)
+        client = Client([relay.ports["tcp"] for relay in relays], peer_id)
         self.addCleanup(client.close)
         return client
 
