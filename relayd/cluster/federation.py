@@ -73,12 +73,16 @@ class ClusterHub(Hub):
 
     def _held(self, link, origin, seq, kind):
         if origin == self.relay_id:
-            self.index.add(origin, seq)     # an echo: every own item is in the stream
+            self.own_held(seq)              # an echo: every own item is in the stream
         return super()._held(link, origin, seq, kind)
+
+    def own_held(self, seq):
+        """The stream holds every own item up to ``seq`` (its seqs have no holes)."""
+        self.index.cursors.setdefault(self.relay_id, Cursor()).raise_low(seq)
 
     def own_item(self, seq, data):
         """Item ``seq`` of the federation stream (``data``, as stored): flood it."""
-        self.index.add(self.relay_id, seq)
+        self.own_held(seq)
         record = json.loads(data)
         if "receipt" in record:
             self._send(receipt_frame(self.relay_id, seq, record["receipt"], record["to"],
@@ -113,7 +117,7 @@ class Election:
         self.can_run = can_run
         self.leading = False
         self.revision = None            # of our entry, while leading
-        self._bucket = False            # the bucket is set up
+        self._bucket_ready = False
         self._asking = False
         self._loop = task.LoopingCall(self.tick)
         self._loop.clock = clock
@@ -139,14 +143,14 @@ class Election:
         if self._asking or not self.can_run():
             return
         self._asking = True
-        d = defer.succeed(None) if self._bucket else self.link.ensure_kv(
+        d = defer.succeed(None) if self._bucket_ready else self.link.ensure_kv(
             self.bucket, self.replicas, ttl=self.ttl)
         d.addCallback(self._claim)
         d.addCallbacks(self._set, self._failed)
         d.addBoth(self._asked)
 
     def _claim(self, _):
-        self._bucket = True
+        self._bucket_ready = True
         return self.link.kv_claim(self.bucket, LEADER_KEY, self.node.encode(), self.revision)
 
     def _asked(self, _):
@@ -214,7 +218,7 @@ class FederationLeader(service.Service):
         self.log.info("cluster node {node} leads the federation", node=self.node.node)
         d = self.link.follow(self.node.fed_stream, self.node.fed_subject, self._own_item)
         d.addCallback(self._followed, term)
-        d.addCallback(self._own_cursor)
+        d.addCallback(self.hub.own_held)
         d.addCallback(lambda _: self.link.ensure_kv(self.state_kv, self.election.replicas))
         d.addCallback(self._check_key)
         d.addCallback(lambda _: self.link.kv_get(self.state_kv, CURSORS_KEY))
@@ -232,10 +236,6 @@ class FederationLeader(service.Service):
     def _unfollow(self, subscription):
         d = self.link.unsubscribe(subscription)
         d.addErrback(lambda f: None)    # it ends with the connection anyway
-
-    def _own_cursor(self, last_seq):
-        self.hub.index.cursors.setdefault(self.hub.relay_id, Cursor()).raise_low(last_seq)
-        return None
 
     @defer.inlineCallbacks
     def _check_key(self, _):
