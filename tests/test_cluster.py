@@ -571,6 +571,42 @@ class LinkTests(unittest.TestCase):
         self.assertIn(DISCONNECTED, self.states)
         self.assertEqual(self.states[-1], CONNECTED)
 
+    @defer.inlineCallbacks
+    def test_federation_operations(self):
+        yield self.connected()
+        yield self.link.ensure_stream("F", ["f.fed", "f.mail.>"], 1, 60.0)
+        yield self.link.ensure_kv("L", 1, ttl=30.0)
+        # the leader's key: created once, then only updated at its revision
+        first = yield self.link.kv_claim("L", "leader", b"a")
+        self.assertIsNone((yield self.link.kv_claim("L", "leader", b"b")))
+        second = yield self.link.kv_claim("L", "leader", b"a", first)
+        self.assertIsNone((yield self.link.kv_claim("L", "leader", b"a", first)))
+        # a node that lost track of its revision takes back its own entry
+        third = yield self.link.kv_claim("L", "leader", b"a")
+        self.assertLess(first, second)
+        self.assertLess(second, third)
+        # an ordered consumer from now on, and the stream's last seq
+        got = []
+        subscription = yield self.link.follow("F", "f.fed", lambda seq, data: got.append(
+            (seq, data)))
+        seqs = []
+        for data in (b"x", b"y"):
+            seqs.append((yield self.link.store("f.fed", data, data.decode()))[0])
+        self.assertEqual((yield self.link.last_seq("F")), seqs[-1])
+        for _ in range(100):
+            if len(got) == 2:
+                break
+            yield task.deferLater(self._reactor(), 0.05)
+        self.assertEqual(got, list(zip(seqs, [b"x", b"y"])))
+        yield self.link.unsubscribe(subscription)
+        self.assertEqual((yield self.link.messages("F", "f.fed", 10, seqs[1])), [(seqs[1], b"y")])
+        # purge by subject, wildcards allowed
+        yield self.link.store("f.mail.a.p.m1", b"1", "m1")
+        yield self.link.store("f.mail._.p.m2", b"2", "m2")
+        yield self.link.purge("F", "f.mail.*.p.m1")
+        self.assertEqual([data for _, data in (yield self.link.messages("F", "f.mail.>", 10))],
+                         [b"2"])
+
     def _reactor(self):
         from twisted.internet import reactor
         return reactor

@@ -42,6 +42,8 @@ class EngineLink(FakeLink):
         entry = self.entries.get((bucket, key))
         if entry is not None and self.clock.seconds() - entry[2] >= TTL:
             entry = None                # expired
+        if revision is None and entry is not None and entry[0] == value:
+            revision = entry[1]         # its own entry: taken back
         if (entry[1] if entry else None) != revision:
             return defer.succeed(None)
         self.revision += 1
@@ -148,6 +150,15 @@ class Elections(unittest.TestCase):
         a.start()
         a.engine_lost()
         self.assertEqual(self.events, [("a", "lead"), ("a", "stand by")])
+
+    def test_a_leader_back_from_an_engine_outage_takes_its_key_back(self):
+        a, b = self.election("a"), self.election("b")
+        a.start()
+        b.start()
+        a.engine_lost()
+        self.clock.advance(TTL / 3.0)               # its entry has not expired yet
+        self.assertEqual((a.leading, b.leading), (True, False))
+        self.assertEqual(self.events, [("a", "lead"), ("a", "stand by"), ("a", "lead")])
 
     def test_a_node_that_cannot_run_does_not_try(self):
         ready = []

@@ -10,7 +10,8 @@ catch-up for our items from the stream, and takes the peers' items into
 the cluster through its router (and so the engine).  The leader is elected
 through a KV key that lives ``[cluster] liveness`` seconds: the leader
 rewrites it (compare-and-set on its revision) every third of that, the
-others try to create it, which only succeeds once it has expired.  A new
+others try to create it, which only succeeds once it has expired (or if
+it names them: a leader back from an engine outage takes it back).  A new
 leader loses nothing: peers catch up on what they lack of our items at
 link-up, from the stream, and it starts from the old leader's cursors of
 the peers' items (written to the engine as it goes).

@@ -335,17 +335,26 @@ class EngineLink(service.Service):
         return True
 
     def kv_claim(self, bucket, key, value, revision=None):
-        """Create ``key`` (``revision`` None) or update it if its revision is
-        still ``revision``: fires the new revision, or None if another wrote
-        it first."""
+        """Update ``key`` to ``value`` if its revision is still ``revision``;
+        with ``revision`` None, create it, or take it back if it holds
+        ``value`` already: fires the new revision, or None if another holds it."""
         return self._run(self._kv_claim, bucket, key, value, revision)
 
     async def _kv_claim(self, bucket, key, value, revision):
-        from nats.js.errors import KeyWrongLastSequenceError
+        from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
         kv = self._kv[bucket]
         try:
             if revision is None:
-                return await kv.create(key, value)
+                try:
+                    return await kv.create(key, value)
+                except KeyWrongLastSequenceError:
+                    try:
+                        entry = await kv.get(key)
+                    except KeyNotFoundError:
+                        return None
+                    if entry.value != value:
+                        return None
+                    revision = entry.revision
             return await kv.update(key, value, last=revision)
         except KeyWrongLastSequenceError:
             return None
