@@ -52,9 +52,12 @@ class ClusterFederation(unittest.TestCase):
         ini = relay_ini("""
             [ratelimit]
             messages = 100000
+            [http]
+            listen = tcp:{http}:interface=127.0.0.1
             """, id="solo") + (FEDERATION + PEER).format(
                 name="clustered", port=self.nodes[0].ports["fed"], key=cluster_key)
-        self.solo = Relayd(self, ini, workdir=solo_dir, tcp=free_port(), fed=solo_fed)
+        self.solo = Relayd(self, ini, workdir=solo_dir, tcp=free_port(), http=free_port(),
+                           fed=solo_fed)
         for relay in self.nodes + [self.solo]:
             relay.start(wait_tcp=[relay.ports["tcp"]])
         self.assertTrue(wait_for_port(solo_fed, 30, process=self.solo.process))
@@ -85,6 +88,18 @@ class ClusterFederation(unittest.TestCase):
                 return
             time.sleep(0.1)
         raise AssertionError("no link from solo to the cluster:\n" + self.solo.log()[-3000:])
+
+    def wait_receipts_in(self, relay, peer, count=1, timeout=60.0):
+        """Until ``relay`` counted ``count`` receipts from its federation peer ``peer``."""
+        series = 'relayd_federation_items_in_total{kind="receipts",peer="%s"}' % peer
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            _, body, _ = http_get(relay.ports["http"], "/metrics")
+            for line in body.decode().splitlines():
+                if line.startswith(series) and float(line.split()[-1]) >= count:
+                    return
+            time.sleep(0.1)
+        raise AssertionError("no receipt from %s:\n%s" % (peer, relay.log()[-3000:]))
 
     def client(self, relays, peer_id):
         client = Client([relay.ports["tcp"] for relay in relays], peer_id)
@@ -174,7 +189,9 @@ class ClusterFederation(unittest.TestCase):
             client.listen()
         self.assertEqual(dan.wait_for({"for dan, from the cluster"}), set())
         self.assertEqual(eve.wait_for({"for eve, from solo"}), set())
-        time.sleep(2.0)                 # the receipts across the link
+        self.wait_receipts_in(self.leader, "solo")
+        self.wait_receipts_in(self.solo, "clustered")
+        time.sleep(0.5)                 # the engine's copy is deleted once the receipt is in
         for client in (dan, eve):
             client.close()
         dan_again = self.client([b], "dan")
