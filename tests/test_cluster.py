@@ -144,6 +144,10 @@ class NodeTests(unittest.TestCase):
         self.node, self.router, self.local, self.clock = make_node(self.link)
         self.mail = self.node.prefix + ".mail."
 
+    def bob_mail(self, node, entry):
+        """The subject of ``entry`` as mail for bob held for ``node``."""
+        return self.node._mail_subject(node, "bob", entry["msg_id"])
+
     def subjects(self):
         """The subjects stored to, a mail subject without its msg_id token."""
         return [subject.rsplit(".", 1)[0] if subject.startswith(self.mail) else subject
@@ -191,7 +195,7 @@ class NodeTests(unittest.TestCase):
         bob = FakeSession("bob")
         self.router.attach(bob)
         entry, line = message.new_message("alice", "bob", "hi", 5.0, "relay")
-        seq, _ = self.successResultOf(self.link.store(self.mail + "a." + t("bob") + "." + t(entry["msg_id"]), line,
+        seq, _ = self.successResultOf(self.link.store(self.bob_mail("a", entry), line,
                                                       entry["msg_id"]))
         self.link.consumer[1](seq, line)
         self.router.flush()
@@ -204,10 +208,10 @@ class NodeTests(unittest.TestCase):
         self.link.kv[self.node.nodes_kv]["c"] = b"{}"
         self.link.kv[self.node.sessions_kv][t("bob")] = b"c"
         entry, line = message.new_message("alice", "bob", "hi", 5.0, "relay")
-        seq, _ = self.successResultOf(self.link.store(self.mail + "a." + t("bob") + "." + t(entry["msg_id"]), line,
+        seq, _ = self.successResultOf(self.link.store(self.bob_mail("a", entry), line,
                                                       entry["msg_id"]))
         self.link.consumer[1](seq, line)
-        self.assertEqual(list(self.link.stream.values()), [(self.mail + "c." + t("bob") + "." + t(entry["msg_id"]), line)])
+        self.assertEqual(list(self.link.stream.values()), [(self.bob_mail("c", entry), line)])
         # offline: it stays where it is
         del self.link.kv[self.node.sessions_kv][t("bob")]
         [(seq, _)] = self.link.stream.items()
@@ -216,7 +220,7 @@ class NodeTests(unittest.TestCase):
 
     def test_mail_waiting_in_the_engine_is_delivered_on_attach(self):
         entry, line = message.new_message("alice", "bob", "while away", 5.0, "relay")
-        self.link.store(self.mail + "zz." + t("bob") + "." + t(entry["msg_id"]), line, entry["msg_id"])
+        self.link.store(self.bob_mail("zz", entry), line, entry["msg_id"])
         bob = FakeSession("bob")
         self.router.attach(bob)
         self.router.flush()
@@ -274,7 +278,7 @@ class NodeTests(unittest.TestCase):
 
     def test_a_peer_that_came_while_the_engine_was_away_is_registered_on_its_return(self):
         entry, line = message.new_message("alice", "bob", "waiting", 5.0, "relay")
-        self.link.store(self.mail + "_." + t("bob") + "." + t(entry["msg_id"]), line, entry["msg_id"])
+        self.link.store(self.bob_mail("_", entry), line, entry["msg_id"])
         self.link.set_state(DISCONNECTED)
         bob = FakeSession("bob")
         self.router.attach(bob)
