@@ -5,10 +5,11 @@ In the engine, for the relay id ``R`` (``t(x)`` is a fixed-length hash of
 ``x``, so that any peer id or room name makes a valid subject and key):
 
 - stream ``RELAYD_t(R)`` (replicated, ``[cluster] replicas``):
-  ``relayd.t(R).mail.<node>.t(peer).t(msg_id)`` a directed message until its
-  peer settles it (here, or on a federation peer: its receipt), when it is
-  deleted; ``<node>`` is the node that held the peer when it was sent, or
-  ``_``; ``relayd.t(R).log.room.t(room)`` and ``.log.all`` room and broadcast
+  ``relayd.t(R).mail.<node>.t(peer).-`` a directed message until its peer
+  settles it, when it is deleted; ``<node>`` is the node that held the peer
+  when it was sent, or ``_`` (this one; for a peer offline in the whole
+  cluster the subject ends ``.t(msg_id)``, not ``.-``, so that a federation
+  peer's receipt can delete it by subject); ``relayd.t(R).log.room.t(room)`` and ``.log.all`` room and broadcast
   messages (kept ``[mailbox] ttl``, like the mail);
 - KV ``RELAYD_t(R)_SESSIONS``: ``t(peer)`` -> the node that holds it;
 - KV ``RELAYD_t(R)_OWNERS``: ``t(peer)`` -> its owning key (see ``ownership``);
@@ -343,7 +344,7 @@ class ClusterNode(service.Service):
             engine = self._store(message.entry_of(record), line, record.get("held_for", ()))
         elif "receipt" in record:
             engine = self._settled(record["receipt"], record.get("to"))
-            if "fed" not in record:     # made here (a peer's has its origin's key)
+            if self.fed_stream is not None and "fed" not in record:     # made here
                 engine = self._federated(engine, line, record["receipt"] + "@" + t(record["to"]))
         elif is_member_record(record):
             self._put_shared(self.members_kv, "%s.%s" % (t(record["member"]), t(record["room"])),
@@ -376,8 +377,9 @@ class ClusterNode(service.Service):
             if not self.ready:
                 return self._refuse()
             d = self._holder(to)
-            d.addCallback(lambda node: self.link.store(self._mail_subject(node, to, msg_id),
-                                                       line, msg_id))
+            d.addCallback(lambda node: self.link.store(
+                self._mail_subject(node, to, msg_id if node == "_" and to not in self.local
+                                   else None), line, msg_id))
             d.addCallback(self._stored_mail, to, msg_id)
             return self._own_federated(d, entry)
         if self._from_engine == msg_id:
@@ -396,8 +398,8 @@ class ClusterNode(service.Service):
 
     def _own_federated(self, d, entry):
         """``_federated`` for a message a client of this relay sent."""
-        if entry["seen_by"] != [self.relay_id]:
-            return d                    # a peer relay's
+        if self.fed_stream is None or entry["seen_by"] != [self.relay_id]:
+            return d                    # not federated, or a peer relay's
         return self._federated(d, message.journal_line(entry), entry["msg_id"])
 
     def _federated(self, d, data, msg_id):
@@ -426,17 +428,19 @@ class ClusterNode(service.Service):
         d.addCallback(self._stored_mail, peer, msg_id)
         return d
 
-    def _mail_subject(self, node, peer, msg_id):
-        """The subject of mail for ``peer`` (``*``: any) held for ``node``."""
-        return "%s.mail.%s.%s.%s" % (self.prefix, node, t(peer),
-                                     msg_id if msg_id == "*" else t(msg_id))
+    def _mail_subject(self, node, peer, msg_id=None):
+        """The subject of mail for ``peer`` held for ``node``: ending with
+        ``t(msg_id)`` if given (``*``: any), else ``-`` (a subject per
+        message costs the engine: only mail for offline peers has one)."""
+        last = "-" if msg_id is None else msg_id if msg_id == "*" else t(msg_id)
+        return "%s.mail.%s.%s.%s" % (self.prefix, node, t(peer), last)
 
     def settled_elsewhere(self, peer, msg_id):
-        """A federation peer delivered ``msg_id`` to ``peer``: its copy in
-        the engine goes (wherever it waits for the peer)."""
+        """A federation peer delivered ``msg_id`` to ``peer``: its copy
+        waiting in the engine for the peer to come back goes."""
         if not self.ready:
             return
-        d = self.link.purge(self.stream, self._mail_subject("*", peer, msg_id))
+        d = self.link.purge(self.stream, self._mail_subject("_", peer, msg_id))
         d.addErrback(lambda f: self.log.warn("could not delete mail delivered elsewhere from "
                                              "the engine: {error}",
                                              error=f.getErrorMessage()[:200]))
@@ -512,7 +516,7 @@ class ClusterNode(service.Service):
     def _reroute(self, node, entry, seq, data):
         if node == "_":
             return None
-        d = self.link.store(self._mail_subject(node, entry["to"], entry["msg_id"]), data,
+        d = self.link.store(self._mail_subject(node, entry["to"]), data,
                             "%s@%s" % (entry["msg_id"], node))
         d.addCallback(lambda _: self.link.delete(self.stream, seq))
         return d
