@@ -1,5 +1,7 @@
 # relayd: `make run` starts the daemon on etc/relay.ini, `make test` runs the
-# whole suite, `make bench` runs the benchmarks. Each creates .venv first.
+# whole suite, `make bench` runs the benchmarks. Each creates .venv first
+# (test and bench after the system packages, gcc among them: the native UDP
+# relay is built with the venv when a C compiler is there).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -7,7 +9,7 @@ CONFIG ?= etc/relay.ini
 
 .PHONY: run test bench venv system-deps clean
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/.installed: setup.cfg setup.py pyproject.toml relayd/udp/_fastrelay.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q -e '.[test]' --config-settings editable_mode=compat
@@ -22,10 +24,10 @@ run: venv
 system-deps:
 	sh tests/system-deps.sh
 
-test: venv system-deps
+test: system-deps venv
 	$(PY) -m twisted.trial -j2 tests
 
-bench: venv system-deps
+bench: system-deps venv
 	$(PY) -m bench
 
 clean:

@@ -41,6 +41,7 @@ class Clients:
         self.sender_fd = self.sender.fileno()
         self.epoll.register(self.sender_fd, select.EPOLLIN)
         self.dropped = 0
+        self._acks = bytearray(1 << 20)     # not a new 1 MiB bytes object per read
 
     def receive(self, fd, buf):
         """Read what receiver ``fd`` has into ``buf``; the byte count, 0 once
@@ -55,12 +56,12 @@ class Clients:
     def drain_sender(self):
         """Read what the server sends the sender (relayd's acks); how many lines."""
         try:
-            data = self.sender.recv(1 << 20)
+            n = self.sender.recv_into(self._acks)
         except BlockingIOError:
             return 0
-        if not data:
+        if not n:
             raise ServerError(f"{self.server.name} closed the sender's connection")
-        return data.count(b"\n")
+        return self._acks.count(b"\n", 0, n)
 
     def close(self):
         for sock in list(self.receivers.values()) + [getattr(self, "sender", None)]:

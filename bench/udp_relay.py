@@ -54,15 +54,18 @@ PAIR_PAYLOAD = "x" * 118   # a relay packet of about 200 bytes
 class UdpRelayd(relay.Relayd):
     """relayd with the bench's TCP config plus a [udp] listener."""
 
-    def __init__(self):
+    def __init__(self, native=True):
         super().__init__()
         self.udp_port = free_port_udp()
+        self.native = native
 
     def command(self):
         command = super().command()
         config = command[-1]
         with open(config, "a") as f:
             f.write(UDP_SECTION.format(udp_port=self.udp_port, host=HOST))
+            if not self.native:
+                f.write("native_relay = no\n")
         return command
 
 
@@ -231,7 +234,7 @@ def peers_per_mb(server_pid, server, count, batch=500):
 
 
 def measure_relayd(args):
-    with UdpRelayd() as server:
+    with UdpRelayd(native=not args.python_relay) as server:
         address = (HOST, server.udp_port)
         sender, receiver = udp_socket(), udp_socket()
         register(receiver, address, "rx")
@@ -259,7 +262,7 @@ def measure_relayd(args):
         emit("udp_relay", system="relayd", test="latency", rate=args.latency_rate, **latency)
         sender.close()
         receiver.close()
-    with UdpRelayd() as server:
+    with UdpRelayd(native=not args.python_relay) as server:
         memory = peers_per_mb(server.pid, (HOST, server.udp_port), args.peers)
         emit("udp_relay", system="relayd", test="peers", **memory)
     return result, no_loss
@@ -336,7 +339,7 @@ def pace(pid, senders, frames, server, receivers, only, rate, seconds):
 
 def measure_offered_relayd(args):
     rows = {}
-    with UdpRelayd() as server:
+    with UdpRelayd(native=not args.python_relay) as server:
         address = (HOST, server.udp_port)
         offered(address, server.pid, 2000, 1.0)                   # warm-up
         for rate in args.offered:
@@ -507,6 +510,8 @@ def main(argv=None):
     p.add_argument("--offered", default="10000,20000,30000",
                    help="total paced rates (datagrams/s) for the relayd/coturn table")
     p.add_argument("--only", choices=["offered"], help="run only the offered-rate table")
+    p.add_argument("--python-relay", action="store_true",
+                   help="relayd with [udp] native_relay = no (its Python relay path)")
     args = p.parse_args(argv)
     args.offered = [int(r) for r in args.offered.split(",") if r]
     offered_table(args)

@@ -294,6 +294,7 @@ SCHEMA = {
         "peer_list_max": F(integer(0, 256), "32"),
         "announce_limit": F(integer(0), "64"),
         "socket_buffer": F(size, "4MiB"),
+        "native_relay": F(boolean, "yes"),
     },
     "admin": {
         "listen": F(server_endpoint, "tcp:2222:interface=127.0.0.1"),
@@ -329,6 +330,7 @@ SCHEMA = {
         "backoff_initial": F(duration, "0.5"),
         "backoff_max": F(duration, "30"),
         "sync_batch": F(integer(1), "2000"),
+        "link_buffer": F(size, "32MiB"),
         "repair_interval": F(duration, "60"),
         "tor_socks": F(optional(client_endpoint), ""),
     },

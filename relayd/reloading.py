@@ -24,7 +24,7 @@ APPLIED = {
     "admin": {"authorized_keys", "login_timeout", "max_connections", "max_connections_per_ip"},
     "tls": {"cert", "key", "client_ca", "require_client_cert"},
     "federation": {"peers_file", "max_hops", "handshake_timeout", "keepalive", "dead_after",
-                   "sync_batch"},
+                   "sync_batch", "link_buffer"},
     "libp2p": {"announce", "max_reservations", "max_reservations_per_peer",
                "max_reservations_per_ip", "reservation_ttl", "max_circuits",
                "max_circuits_per_peer", "circuit_duration", "circuit_bytes", "reservation_rate",

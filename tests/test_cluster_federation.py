@@ -183,6 +183,7 @@ class Wire:
     """An up federation link as the hub uses it."""
 
     state = "up"
+    queued = skipped = 0
 
     def __init__(self, name):
         self.name = name

@@ -41,7 +41,7 @@ from relayd.journal.segments import scan, segment_name
 from tests.fakes import FakeSession
 
 SETTINGS = dict(max_hops=16, max_line=1 << 20, handshake_timeout=10.0, keepalive=15.0,
-                dead_after=45.0, sync_batch=1000, repair_interval=60.0)
+                dead_after=45.0, sync_batch=1000, repair_interval=60.0, link_buffer=4 << 20)
 
 
 class FileJournal:
@@ -838,7 +838,8 @@ class StalledPeerTests(unittest.TestCase):
         clock.advance(15)
         pump.flush()
         self.assertEqual(client.state, "up")
-        client.resumeProducing()
+        client.resumeProducing()        # the transport drained: what waited goes out
+        pump.flush()
         clock.advance(30)
         pump.flush()
         self.assertEqual(client.state, "up")
@@ -847,6 +848,20 @@ class StalledPeerTests(unittest.TestCase):
             clock.advance(15)
             pump.flush()
         self.assertEqual(client.state, "closed")
+
+
+class CatchUpNudgeTests(unittest.TestCase):
+    def test_a_synced_naming_skipped_items_is_answered_even_if_nothing_changed(self):
+        clock = Clock()
+        a, b = Relay(self, "relay1", clock), Relay(self, "relay2", clock)
+        link, _, _ = join(a, b)
+        sent = []
+        real_send = link.send
+        link.send = lambda frame: (sent.append(frame), real_send(frame))
+        a.hub.receive(link, {"type": "synced", "sent": 0, "more": True})
+        self.assertEqual(sent, [], "the same have would get the same answer")
+        a.hub.receive(link, {"type": "synced", "sent": 0, "more": True, "skipped": 5})
+        self.assertEqual([frame["type"] for frame in sent], ["sync"])
 
 
 class PinnedCertificateTests(unittest.TestCase):

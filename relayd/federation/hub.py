@@ -7,6 +7,9 @@ except the peer it came from and peers already in the message's
 A message is not forwarded once ``seen_by`` has ``max_hops`` relays.
 Receipts flood the same way, so that a message stored for a peer that is
 offline everywhere leaves every mailbox once one relay has delivered it.
+A link whose queue holds ``link_buffer`` bytes gets no more items until it
+has drained; then its peer is told to catch up (``caught_up``), and reads
+what it missed from the journal, one ``sync_batch`` at a time.
 """
 import json
 from collections import OrderedDict, deque
@@ -141,12 +144,38 @@ class Hub:
         self.metrics.forget(name)
 
     def _send(self, data, kind, skip=(), seen_by=()):
+        limit = self.settings.link_buffer
         for name, links in self.links.items():
             if name in skip or name in seen_by:
                 continue
-            links[0].send_raw(data)
+            link = links[0]
+            if link.skipped or link.queued >= limit:
+                self._behind(link, kind)
+                continue
+            link.send_raw(data)
             self.peer_stats(name).sent[kind] += 1
             self.series(name, self.metrics.items_out, kind).inc()
+
+    def _behind(self, link, kind):
+        """Leave an item to catch-up: ``link``'s queue is full (or was, and
+        has not drained yet)."""
+        name = link.name
+        if not link.skipped:
+            log_it, left_out = self._log_limiter.admit(("behind", name))
+            if log_it:
+                self.log.warn("federation: {peer} reads slower than items arrive: {queued} "
+                              "bytes wait for it; it gets further items by catch-up once it "
+                              "has read them{repeats}", peer=name, queued=link.queued,
+                              repeats=repeats(left_out))
+        link.skipped += 1
+        self.series(name, self.metrics.items_behind, kind).inc()
+
+    def caught_up(self, link):
+        """``link`` drained after items were left out: have its peer ask for them
+        (a ``synced`` it did not ask for; ``skipped`` makes a relay ask even
+        if its cursors did not move, and relays before it ask if they did)."""
+        skipped, link.skipped = link.skipped, 0
+        link.send({"type": "synced", "sent": 0, "more": True, "skipped": skipped})
 
     # --- ISequencer: the (origin, seq) in the router's records ----------------------
 
@@ -282,7 +311,7 @@ class Hub:
             self._lost(link, lost)
         if frame.get("more"):
             have = self.index.wants(link.ranges)
-            if have != link.sync_have:
+            if have != link.sync_have or frame.get("skipped"):
                 self.ask_sync(link, have)
 
     def _lost(self, link, lost):

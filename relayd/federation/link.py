@@ -5,8 +5,17 @@ bytes.  Until the handshake has succeeded only ``hello`` and ``auth`` are
 read, at most ``HANDSHAKE_LINE`` bytes each (an unauthenticated connection
 holds no more); afterwards every frame goes to the hub.  A link that stays silent
 for ``dead_after`` seconds is dropped (each side pings every ``keepalive``).
+
+Output: while the transport holds more than it takes at once (it paused us),
+frames wait in the link's own queue and go out ``WRITE_CHUNK`` at a time as
+it drains, so each drain is progress.  The hub stops queueing items once the
+queue holds ``[federation] link_buffer`` bytes: the peer is *behind*, and
+once the queue has drained it is told to catch up from the journal
+(``synced`` with ``skipped``).  A link is dropped only when the transport has
+drained nothing for ``dead_after`` seconds.
 """
 import hashlib
+from collections import deque
 
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import defer
@@ -21,6 +30,7 @@ from relayd.jsonfast import dumps_own, loads_own
 
 HELLO, AUTH, UP, CLOSED = "hello", "auth", "up", "closed"
 HANDSHAKE_LINE = 16384
+WRITE_CHUNK = 131072    # bytes of the queue handed to the transport at one drain
 
 
 def encode(obj):
@@ -29,9 +39,11 @@ def encode(obj):
 
 @implementer(IPushProducer)
 class Link(LineReceiver):
-    """A link; as the transport's producer it learns when the peer stops reading,
-    and a peer that reads nothing for ``dead_after`` seconds is dropped (it
-    catches up when it reconnects), so its queue cannot grow without bound."""
+    """A link; as the transport's producer it learns when the peer stops
+    reading.  What is sent meanwhile waits in ``queue`` (``queued`` bytes),
+    which the hub keeps under ``link_buffer``; a peer whose transport drains
+    nothing for ``dead_after`` seconds is dropped (it catches up when it
+    reconnects)."""
 
     log = Logger()
     delimiter = b"\n"
@@ -48,6 +60,9 @@ class Link(LineReceiver):
         self.last_heard = 0.0
         self.stalled_since = None       # when the transport paused us, if it did
         self.sync_have = None           # the cursors of the last sync sent (hub)
+        self.queue = deque()            # frames the transport has not taken yet
+        self.queued = 0                 # their bytes
+        self.skipped = 0                # items the hub left to catch-up since the queue filled
         self._timer = None
 
     @property
@@ -71,10 +86,15 @@ class Link(LineReceiver):
         self._timer = self.hub.clock.callLater(self.hub.settings.handshake_timeout, self._tick)
 
     def send(self, obj):
-        self.transport.write(encode(obj))
+        self.send_raw(encode(obj))
 
     def send_raw(self, data):
-        self.transport.write(data)
+        """Write ``data``, after what is queued; queued while the transport is paused."""
+        if self.stalled_since is None and not self.queue:
+            self.transport.write(data)
+        else:
+            self.queue.append(data)
+            self.queued += len(data)
 
     def lineReceived(self, line):
         if self.state == CLOSED:
@@ -170,7 +190,19 @@ class Link(LineReceiver):
             self.stalled_since = self.hub.clock.seconds()
 
     def resumeProducing(self):
+        """The transport handed all it held to the kernel: give it the next
+        chunk (a write past its buffer pauses us again at once)."""
         self.stalled_since = None
+        queue = self.queue
+        while queue and self.stalled_since is None and self.state != CLOSED:
+            parts, size = [], 0
+            while queue and size < WRITE_CHUNK:
+                parts.append(queue.popleft())
+                size += len(parts[-1])
+            self.queued -= size
+            self.transport.write(b"".join(parts))
+        if self.skipped and not queue and self.state == UP:
+            self.hub.caught_up(self)
 
     def stopProducing(self):
         pass
@@ -189,6 +221,8 @@ class Link(LineReceiver):
 
     def connectionLost(self, reason):
         self.state = CLOSED
+        self.queue.clear()
+        self.queued = 0
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None

@@ -27,6 +27,9 @@ class FederationMetrics:
                                 ["peer", "kind"], **kw)
         self.items_out = Counter("relayd_federation_items_out_total", "Items sent to a peer",
                                  ["peer", "kind"], **kw)
+        self.items_behind = Counter("relayd_federation_items_behind_total",
+                                    "Items not queued for a peer whose link buffer was full "
+                                    "(it gets them by catch-up)", ["peer", "kind"], **kw)
         self.dedup = Counter("relayd_federation_dedup_hits_total", "Items from a peer already held",
                              ["peer"], **kw)
         self.caught_up = Counter("relayd_federation_catchup_items_total",
@@ -46,7 +49,7 @@ class FederationMetrics:
         for metric in (self.links, self.dedup, self.caught_up, self.lag, self.connects,
                        self.bad_frames):
             metric.remove(peer)
-        for metric in (self.items_in, self.items_out):
+        for metric in (self.items_in, self.items_out, self.items_behind):
             for kind in ("messages", "receipts"):
                 metric.remove(peer, kind)
 

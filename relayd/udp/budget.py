@@ -88,9 +88,10 @@ class SourceBudgets:
 class ProvenAddresses:
     """Addresses (ip, port) that proved they receive there, until ``ttl`` seconds of silence."""
 
-    def __init__(self, ttl, max_addresses=65536):
+    def __init__(self, ttl, max_addresses=65536, forgot=None):
         self.ttl = ttl
         self.max_addresses = max_addresses
+        self.forgot = forgot              # called when addresses stop being proven
         self._seen = OrderedDict()        # address -> last datagram time, oldest first
 
     def __len__(self):
@@ -104,6 +105,7 @@ class ProvenAddresses:
         self._seen.move_to_end(address)
         if len(self._seen) > self.max_addresses:
             self._seen.popitem(last=False)
+            self._forgot()
 
     def touch(self, address, now):
         """True (and refreshed, to the second) when ``address`` is proven."""
@@ -116,8 +118,15 @@ class ProvenAddresses:
         return True
 
     def sweep(self, now):
+        before = len(self._seen)
         while self._seen:
             address, seen = next(iter(self._seen.items()))
             if now - seen <= self.ttl:
                 break
             del self._seen[address]
+        if len(self._seen) < before:
+            self._forgot()
+
+    def _forgot(self):
+        if self.forgot is not None:
+            self.forgot()

@@ -34,9 +34,10 @@ class NameTaken(Exception):
 
 
 class PeerTable:
-    def __init__(self, max_peers, stale_after):
+    def __init__(self, max_peers, stale_after, changed=None):
         self.max_peers = max_peers
         self.stale_after = stale_after
+        self.changed = changed             # called whenever a name or address changes hands
         self._by_name = OrderedDict()      # name -> Peer, least recently seen first
         self._by_address = {}              # address -> Peer
 
@@ -83,6 +84,7 @@ class PeerTable:
         peer = Peer(name, address, now, key)
         self._by_name[name] = peer
         self._by_address[address] = peer
+        self._changed()
         return peer, gave_up
 
     def touch(self, peer, now):
@@ -95,7 +97,12 @@ class PeerTable:
         peer = self._by_name.pop(name, None)
         if peer is not None:
             self._by_address.pop(peer.address, None)
+            self._changed()
         return peer
+
+    def _changed(self):
+        if self.changed is not None:
+            self.changed()
 
     def sweep(self, now):
         """Remove and return the peers not seen for ``stale_after`` seconds."""

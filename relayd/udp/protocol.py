@@ -4,7 +4,9 @@ Every datagram is size-checked and rate-limited per source IP, then goes to
 the STUN codec (magic cookie) or the JSON handlers.  What an address that
 has not proved it receives there makes relayd send is paid from its byte
 budget (``budget``); a reply to such a source that holds no name is never
-larger than the datagram it sent.  Payloads are never logged.
+larger than the datagram it sent.  Payloads are never logged.  Plain relays
+between known peers may be forwarded by the native path (``fastpath``)
+before they reach ``datagramReceived``, with the same result.
 """
 import base64
 import socket
@@ -14,7 +16,7 @@ from twisted.internet.error import InvalidAddressError, MessageLengthError
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
-from relayd.udp import packets, proof, stun
+from relayd.udp import fastpath, packets, proof, stun
 from relayd.udp.budget import (FANOUT_RESERVE, RELAY_SLACK, RESERVE, ProvenAddresses,
                                SourceBudgets)
 from relayd.udp.packets import PacketError, encode, field
@@ -34,22 +36,26 @@ class RendezvousProtocol(DatagramProtocol):
     def __init__(self, settings, clock, challenger=None):
         self.settings = settings
         self.clock = clock
-        self.table = PeerTable(settings.max_peers, settings.stale_after)
+        self.fast = None              # the native relay path, once listening (fastpath)
+        self.table = PeerTable(settings.max_peers, settings.stale_after, changed=self._forget_fast)
         self.challenger = challenger or proof.Challenger()
         self.tally = Counter()        # counters off the relay path, by name
         # the relay path's counters, plain ints (``counts`` has them all)
         self.received = self.sent = self.relayed = self.relayed_bytes = 0
         self.max_datagram = settings.max_datagram     # fixed: the socket reads this much
-        self.proven = ProvenAddresses(settings.stale_after, settings.max_sources)
+        self.proven = ProvenAddresses(settings.stale_after, settings.max_sources,
+                                      forgot=self._forget_fast)
         self.budgets = SourceBudgets(cap=self.max_datagram * 2, max_keys=settings.max_sources)
         self.configure(settings)
 
     @property
     def counts(self):
-        """Every counter by name: a copy of ``tally`` with the relay path's."""
+        """Every counter by name: a copy of ``tally`` with the relay path's (and the native one's)."""
         counts = self.tally.copy()
         counts.update(received=self.received, sent=self.sent, relayed=self.relayed,
                       relayed_bytes=self.relayed_bytes)
+        if self.fast is not None:
+            counts.update(self.fast.counts())
         return counts
 
     def configure(self, settings):
@@ -73,6 +79,13 @@ class RendezvousProtocol(DatagramProtocol):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.settings.socket_buffer)
         self.log.info("udp rendezvous listening on {host}:{port}",
                       host=self.transport.getHost().host, port=self.transport.getHost().port)
+        if self.fast is not None:            # started again: keep what the last one counted
+            self.tally.update(self.fast.counts())
+        self.fast = fastpath.start(self.transport, self.settings)
+
+    def _forget_fast(self):
+        if self.fast is not None:
+            self.fast.forget()
 
     # --- input ---------------------------------------------------------------
 
@@ -218,12 +231,14 @@ class RendezvousProtocol(DatagramProtocol):
             self._error("too_large", address, size, limit=self.max_datagram)
             return
         extra = len(out) - size - RELAY_SLACK
-        if extra > 0 and address not in self.proven and not self.budgets.charge(
-                {address: 0}, now, extra):
+        proven = address in self.proven
+        if extra > 0 and not proven and not self.budgets.charge({address: 0}, now, extra):
             self._drop("budget")
             return
         self.relayed += 1
         self.relayed_bytes += len(out)
+        if self.fast is not None and (extra <= 0 or proven):
+            self.fast.learn(address, sender.name, target_name, target.address, now, proven)
         self._send(out, target.address)
 
     def _connect(self, packet, address, now, size):
