@@ -2,6 +2,7 @@
 
     python -m bench.cluster engines [--count 2000] [--window 100]
     python -m bench.cluster load [--messages 2000] [--pairs 1000] [--repeat 2]
+    python -m bench.cluster connections [--count 25000] [--repeat 2]
 
 ``load`` runs, in one go, one relayd process and a cluster of two relayd
 nodes on a three-node NATS JetStream engine (all twistd / nats-server
@@ -13,6 +14,13 @@ processes on loopback), and for each:
   receiver on the *other* node (every message crosses nodes);
 with the CPU seconds per message of the relayd processes and of the engine.
 Every loop is bounded by its count and by ``--seconds``.
+
+``connections`` opens idle client connections (each says ``hello`` and gets
+its ``welcome``) to one relayd process, then to each of two cluster nodes,
+until the relay turns them away or ``--count`` per relay is reached, and
+reports how many were held at once and each relay's memory.  Clients run in
+helper processes (``hold``) of ``--per-client`` connections at most, so that
+their own descriptor limit is not what is measured.
 
 The engine spike:
 
@@ -333,34 +341,128 @@ def run_scenarios(name, ports, relay_pids, engine_pids, args):
     return results
 
 
+def hold(args):
+    """A helper process: hold up to ``--count`` connections to ``--port``; print
+    ``held=N`` once no more can be made, then keep them until stdin closes."""
+    import socket
+    import sys
+    from bench.procstat import raise_fd_limit
+    raise_fd_limit()
+    conns, failures, why = [], 0, "count"
+    while len(conns) < args.count:
+        peer_id = "%s%d" % (args.prefix, len(conns))
+        try:
+            sock = socket.create_connection(("127.0.0.1", args.port), timeout=10)
+        except OSError as e:
+            why = "client: " + (e.strerror or str(e))
+            break
+        try:
+            sock.sendall(json.dumps({"type": "hello", "id": peer_id}).encode() + b"\n")
+            reply = b""
+            while not reply.endswith(b"\n"):
+                data = sock.recv(4096)
+                if not data:
+                    break
+                reply += data
+            welcomed = b'"welcome"' in reply
+        except OSError:
+            welcomed = False
+        if welcomed:
+            conns.append(sock)
+            failures = 0
+            continue
+        sock.close()
+        failures += 1
+        if failures == 3:
+            why = "refused"
+            break
+    print("held=%d why=%s" % (len(conns), why.replace(" ", "_")), flush=True)
+    sys.stdin.read()
+
+
+def hold_all(ports, count, per_client):
+    """Connections held to ``ports`` at once, ``count`` asked per port, by
+    helper processes: ``(held, [why each stopped], helpers)``; the helpers
+    keep them open until ``release``."""
+    import subprocess
+    import sys
+    from tests.daemon import REPO
+    helpers = []
+    for i, port in enumerate(ports):
+        for j in range(0, count, per_client):
+            helpers.append(subprocess.Popen(
+                [sys.executable, "-m", "bench.cluster", "hold", "--port", str(port),
+                 "--count", str(min(per_client, count - j)), "--prefix", "c%d-%d-" % (i, j)],
+                cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE))
+    results = [dict(pair.split("=") for pair in h.stdout.readline().decode().split())
+               for h in helpers]
+    return sum(int(r.get("held", 0)) for r in results), [r.get("why") for r in results], helpers
+
+
+def release(helpers):
+    for helper in helpers:
+        helper.stdin.close()
+        helper.wait(60)
+
+
+def one_then_two(prefix, run, measure):
+    """``measure(name, relays, engine_processes)`` on one relayd process, then
+    on two cluster nodes on a fresh three-node engine: both results."""
+    from tests.engine import NatsCluster
+    workdir = tempfile.mkdtemp(prefix=prefix)
+    single = Relay(workdir + "/single").start("SIGTERM stops")
+    try:
+        one = measure("single%d" % run, [single], [])
+    finally:
+        single.stop()
+    engine = NatsCluster(workdir + "/nats").start()
+    nodes = []
+    try:
+        urls = ", ".join(engine.urls)
+        for i in range(2):
+            nodes.append(Relay(workdir + "/node%d" % i,
+                               CLUSTER_INI.format(urls=urls, node="n%d" % i)))
+        for node in nodes:
+            node.start("accepting messages")
+        two = measure("cluster%d" % run, nodes, engine.processes)
+    finally:
+        for node in nodes:
+            node.stop()
+        engine.stop()
+    return one, two
+
+
+def connections(args):
+    """Connections one process holds against two cluster nodes."""
+    from bench.procstat import rss_kib
+    from bench.report import emit, machine
+
+    def held(name, relays, _):
+        count, why, helpers = hold_all([relay.port for relay in relays], args.count,
+                                       args.per_client)
+        emit("cluster_connections", system=name, nodes=len(relays), held=count,
+             why=",".join(sorted(set(why))),
+             relay_rss_kib=max(rss_kib(relay.process.pid) for relay in relays))
+        release(helpers)
+        return count
+
+    emit("machine", **machine())
+    for run in range(args.repeat):
+        one, two = one_then_two("relayd-bench-conns-", run, held)
+        emit("cluster_connections_ratio", run=run, two_nodes_over_one=two / one if one else 0.0)
+    emit("machine", **machine())
+
+
 def load(args):
     from bench.procstat import raise_fd_limit
     from bench.report import emit, machine
-    from tests.engine import NatsCluster
     raise_fd_limit()
     emit("machine", **machine())
     for run in range(args.repeat):
-        workdir = tempfile.mkdtemp(prefix="relayd-bench-cluster-")
-        single = Relay(workdir + "/single").start("SIGTERM stops")
-        try:
-            one = run_scenarios("single%d" % run, [single.port], [single.process], [], args)
-        finally:
-            single.stop()
-        engine = NatsCluster(workdir + "/nats").start()
-        nodes = []
-        try:
-            urls = ", ".join(engine.urls)
-            for i in range(2):
-                nodes.append(Relay(workdir + "/node%d" % i,
-                                   CLUSTER_INI.format(urls=urls, node="n%d" % i)))
-            for node in nodes:
-                node.start("accepting messages")
-            two = run_scenarios("cluster%d" % run, [node.port for node in nodes],
-                                [node.process for node in nodes], engine.processes, args)
-        finally:
-            for node in nodes:
-                node.stop()
-            engine.stop()
+        one, two = one_then_two(
+            "relayd-bench-cluster-", run, lambda name, relays, engine: run_scenarios(
+                name, [relay.port for relay in relays], [relay.process for relay in relays],
+                engine, args))
         for scenario in ("broadcast", "pairs"):
             if scenario in one and scenario in two:
                 emit("cluster_ratio", scenario=scenario, run=run,
@@ -382,11 +484,17 @@ def main(argv=None):
     bench.add_argument("--per-pair", type=int, default=5)
     bench.add_argument("--seconds", type=float, default=120.0)
     bench.add_argument("--repeat", type=int, default=1)
+    conns = sub.add_parser("connections", help="connections held by 2 nodes against 1 process")
+    conns.add_argument("--count", type=int, default=25000, help="connections tried per relay")
+    conns.add_argument("--per-client", type=int, default=12500,
+                       help="connections per helper process")
+    conns.add_argument("--repeat", type=int, default=1)
+    helper = sub.add_parser("hold", help=argparse.SUPPRESS)
+    helper.add_argument("--port", type=int, required=True)
+    helper.add_argument("--count", type=int, required=True)
+    helper.add_argument("--prefix", default="c")
     args = parser.parse_args(argv)
-    if args.mode == "engines":
-        engines(args)
-    else:
-        load(args)
+    {"engines": engines, "load": load, "connections": connections, "hold": hold}[args.mode](args)
 
 
 if __name__ == "__main__":

@@ -520,9 +520,6 @@ def validate(settings):
             if listen is None or listen.convert is not server_endpoint:
                 raise ConfigError(f"{settings.source}: [tls] listeners: {name!r} is not a "
                                   f"section with a stream listener")
-    if settings.enabled("cluster") and settings.enabled("federation"):
-        raise ConfigError(f"{settings.source}: [cluster] cannot be combined with [federation] "
-                          f"(a cluster does not federate yet; see docs/OPERATIONS.md §Cluster)")
     if settings.enabled("cluster") and settings.cluster.liveness < 1.0:
         raise ConfigError(f"{settings.source}: [cluster] liveness: at least 1 s")
     if settings.enabled("libp2p") and settings.libp2p.wss_listen is not None \

@@ -84,6 +84,7 @@ class Daemon(MultiService):
         self.file_pool = FilePool(reactor)
         self.tls = None  # relayd.tls.ServerTLS when [tls] is enabled
         self.cluster = None  # relayd.cluster.node.ClusterNode when [cluster] is enabled
+        self.federation = None  # relayd.federation.service.FederationService when [federation] is
         self.run_as = None  # (uid, gid) twistd --uid/--gid switches to after the privileged start
         self.listeners = {}  # section -> relayd.listeners.Listener (filled by stream_service)
         self.fd_budget = FdBudget(settings.relay.fd_reserve, reactor, self.registry)
@@ -295,7 +296,7 @@ def build(settings, reactor, config_path=None):
         libp2p.setServiceParent(daemon)
     build_hub(daemon, libp2p)
     if settings.enabled("federation"):
-        build_federation(daemon)
+        build_federation(daemon, clustered=settings.enabled("cluster"))
     if settings.enabled("cluster"):
         build_cluster(daemon, tcp)
     if tcp is not None:

@@ -68,9 +68,9 @@ class ListenerFactory:
 
 
 class ListeningService(StreamServerEndpointService):
-    """``strports.service``'s service, listening only once: a parent that is
-    already running calls privilegedStartService again when the service is
-    added, and a reload binds the new address before adding it."""
+    """``strports.service``'s service, listening only once per start: a parent
+    that is already running calls privilegedStartService again when the
+    service is added, and a reload binds the new address before adding it."""
 
     def __init__(self, reactor, description, factory):
         super().__init__(endpoints.serverFromString(reactor, description), factory)
@@ -79,6 +79,13 @@ class ListeningService(StreamServerEndpointService):
     def privilegedStartService(self):
         if self._waitingForPort is None:
             super().privilegedStartService()
+
+    def stopService(self):
+        """Stop listening; a later start listens again (a cluster's federation
+        listener follows the node's leadership)."""
+        d = super().stopService()
+        self._waitingForPort = None
+        return d
 
 
 @dataclass

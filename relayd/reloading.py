@@ -47,6 +47,12 @@ def _values(section):
     return {} if section is None else vars(section)
 
 
+def _movable(name, settings):
+    """A cluster node's federation listener follows the node's leadership:
+    it moves at a restart only."""
+    return name in MOVABLE and not (name == "federation" and settings.get("cluster") is not None)
+
+
 def plan(old, new):
     """Sort what differs between Settings ``old`` and ``new``."""
     result = Plan()
@@ -63,7 +69,7 @@ def plan(old, new):
         a, b = _values(before), _values(after)
         for key in sorted(k for k in a if a[k] != b.get(k)):
             label = f"[{name}] {key}"
-            if key == "listen" and name in MOVABLE:
+            if key == "listen" and _movable(name, new):
                 result.moves[name] = b[key]
             elif key == "listeners" and name == "tls":
                 result.applied.append(label)

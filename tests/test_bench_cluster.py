@@ -40,6 +40,15 @@ class ClusterBenchTests(unittest.TestCase):
             self.assertGreater(float(figures[bench, "cluster0"]["msgs_per_s"]), 0)
         self.assertEqual(len([b for b, _ in lines if b == "cluster_ratio"]), 2, output)
 
+    def test_connections_reports_one_process_and_two_nodes(self):
+        output = run("connections", "--count", "30", "--per-client", "20")
+        held = {fields["system"]: fields for bench, fields in
+                (parse(line) for line in output.splitlines() if line.strip())
+                if bench == "cluster_connections"}
+        self.assertEqual((held["single0"]["held"], held["cluster0"]["held"]), ("30", "60"),
+                         output)
+        self.assertIn("two_nodes_over_one=2.000", output)
+
     def test_engines_spike_measures_both(self):
         reason = engine_missing(REDIS_SERVER)
         if reason:

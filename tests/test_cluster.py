@@ -68,10 +68,15 @@ class FakeLink:
     def delete(self, stream, seq):
         return defer.succeed(self.stream.pop(seq, None) is not None)
 
-    def messages(self, stream, subject, limit):
-        head, tail = subject.split("*")
+    def messages(self, stream, subject, limit, start=1):
         return defer.succeed([(seq, data) for seq, (subj, data) in sorted(self.stream.items())
-                              if subj.startswith(head) and subj.endswith(tail)][:limit])
+                              if seq >= start and matches(subject, subj)][:limit])
+
+    def purge(self, stream, subject):
+        for seq, (subj, _) in list(self.stream.items()):
+            if matches(subject, subj):
+                del self.stream[seq]
+        return defer.succeed(True)
 
     def publish(self, subject, data):
         self.published.append((subject, data))
@@ -96,6 +101,12 @@ class FakeLink:
 
     def kv_items(self, bucket):
         return defer.succeed(dict(self.kv[bucket]))
+
+
+def matches(pattern, subject):
+    """``subject`` matches the NATS ``pattern`` (``*`` tokens only)."""
+    want, got = pattern.split("."), subject.split(".")
+    return len(want) == len(got) and all(w in ("*", g) for w, g in zip(want, got))
 
 
 def bodies(session):
@@ -133,8 +144,14 @@ class NodeTests(unittest.TestCase):
         self.node, self.router, self.local, self.clock = make_node(self.link)
         self.mail = self.node.prefix + ".mail."
 
+    def bob_mail(self, node, entry):
+        """The subject of ``entry`` as mail for bob held for ``node`` (``_``: offline)."""
+        return self.node._mail_subject(node, "bob", entry["msg_id"] if node == "_" else None)
+
     def subjects(self):
-        return [subject for subject, _ in self.link.stream.values()]
+        """The subjects stored to, a mail subject without its msg_id token."""
+        return [subject.rsplit(".", 1)[0] if subject.startswith(self.mail) else subject
+                for subject, _ in self.link.stream.values()]
 
     def test_direct_to_a_peer_on_another_node_goes_to_that_nodes_subject(self):
         self.link.kv[self.node.nodes_kv]["b"] = b"{}"
@@ -142,7 +159,8 @@ class NodeTests(unittest.TestCase):
         alice = FakeSession("alice")
         self.router.attach(alice)
         acked = self.successResultOf(self.router.submit(alice, "bob", "hi"))
-        self.assertEqual(self.subjects(), [self.mail + "b." + t("bob")])
+        self.assertEqual([subject for subject, _ in self.link.stream.values()],
+                         [self.mail + "b." + t("bob") + ".-"])
         self.assertFalse(acked[1])
         self.assertEqual(len(self.local.lines), 1)      # the node's own journal too
         # the engine holds it for bob: not this node's mailbox
@@ -152,8 +170,10 @@ class NodeTests(unittest.TestCase):
         self.link.kv[self.node.sessions_kv][t("bob")] = b"b"        # b has no live entry
         alice = FakeSession("alice")
         self.router.attach(alice)
-        self.successResultOf(self.router.submit(alice, "bob", "hi"))
-        self.assertEqual(self.subjects(), [self.mail + "_." + t("bob")])
+        msg_id, _ = self.successResultOf(self.router.submit(alice, "bob", "hi"))
+        # offline in the whole cluster: a subject of its own, for a receipt to delete
+        self.assertEqual([subject for subject, _ in self.link.stream.values()],
+                         [self.mail + "_." + t("bob") + "." + t(msg_id)])
 
     def test_local_peer_settles_and_the_engine_lets_go(self):
         alice, bob = FakeSession("alice"), FakeSession("bob")
@@ -177,7 +197,7 @@ class NodeTests(unittest.TestCase):
         bob = FakeSession("bob")
         self.router.attach(bob)
         entry, line = message.new_message("alice", "bob", "hi", 5.0, "relay")
-        seq, _ = self.successResultOf(self.link.store(self.mail + "a." + t("bob"), line,
+        seq, _ = self.successResultOf(self.link.store(self.bob_mail("a", entry), line,
                                                       entry["msg_id"]))
         self.link.consumer[1](seq, line)
         self.router.flush()
@@ -190,10 +210,10 @@ class NodeTests(unittest.TestCase):
         self.link.kv[self.node.nodes_kv]["c"] = b"{}"
         self.link.kv[self.node.sessions_kv][t("bob")] = b"c"
         entry, line = message.new_message("alice", "bob", "hi", 5.0, "relay")
-        seq, _ = self.successResultOf(self.link.store(self.mail + "a." + t("bob"), line,
+        seq, _ = self.successResultOf(self.link.store(self.bob_mail("a", entry), line,
                                                       entry["msg_id"]))
         self.link.consumer[1](seq, line)
-        self.assertEqual(list(self.link.stream.values()), [(self.mail + "c." + t("bob"), line)])
+        self.assertEqual(list(self.link.stream.values()), [(self.bob_mail("c", entry), line)])
         # offline: it stays where it is
         del self.link.kv[self.node.sessions_kv][t("bob")]
         [(seq, _)] = self.link.stream.items()
@@ -202,7 +222,7 @@ class NodeTests(unittest.TestCase):
 
     def test_mail_waiting_in_the_engine_is_delivered_on_attach(self):
         entry, line = message.new_message("alice", "bob", "while away", 5.0, "relay")
-        self.link.store(self.mail + "zz." + t("bob"), line, entry["msg_id"])
+        self.link.store(self.bob_mail("zz", entry), line, entry["msg_id"])
         bob = FakeSession("bob")
         self.router.attach(bob)
         self.router.flush()
@@ -260,7 +280,7 @@ class NodeTests(unittest.TestCase):
 
     def test_a_peer_that_came_while_the_engine_was_away_is_registered_on_its_return(self):
         entry, line = message.new_message("alice", "bob", "waiting", 5.0, "relay")
-        self.link.store(self.mail + "_." + t("bob"), line, entry["msg_id"])
+        self.link.store(self.bob_mail("_", entry), line, entry["msg_id"])
         self.link.set_state(DISCONNECTED)
         bob = FakeSession("bob")
         self.router.attach(bob)
@@ -447,8 +467,9 @@ class SharedStateTests(unittest.TestCase):
         self.router_b.join(carol, "lobby")
         self.successResultOf(self.router_b.submit(carol, message.room_target("lobby"),
                                                   "while away", room="lobby"))
-        mail = self.b.prefix + ".mail._." + t("bob")
-        self.assertIn(mail, [subject for subject, _ in self.link.stream.values()])
+        mail = self.b.prefix + ".mail._." + t("bob") + "."
+        self.assertTrue([subject for subject, _ in self.link.stream.values()
+                         if subject.startswith(mail)])
         self.assertEqual(self.router_b.mailboxes.peek("bob"), [])   # the engine has it
         # bob comes back on node a, which never saw the message
         back = FakeSession("bob", router=self.router_a)
@@ -496,8 +517,6 @@ class ConfigTests(unittest.TestCase):
         self.assertConfigError("[cluster]\nengine = nats://x:1\nnode = a.b\n", "[cluster] node")
         self.assertConfigError("[cluster]\nengine = nats://x:1\nnode = a\nreplicas = 7\n",
                                "[cluster] replicas")
-        self.assertConfigError("[cluster]\nengine = nats://x:1\nnode = a\n[federation]\n",
-                               "[cluster]", "[federation]")
 
 
 class LinkTests(unittest.TestCase):
@@ -557,6 +576,42 @@ class LinkTests(unittest.TestCase):
         self.assertEqual(self.states[:2], [CONNECTING, CONNECTED])
         self.assertIn(DISCONNECTED, self.states)
         self.assertEqual(self.states[-1], CONNECTED)
+
+    @defer.inlineCallbacks
+    def test_federation_operations(self):
+        yield self.connected()
+        yield self.link.ensure_stream("F", ["f.fed", "f.mail.>"], 1, 60.0)
+        yield self.link.ensure_kv("L", 1, ttl=30.0)
+        # the leader's key: created once, then only updated at its revision
+        first = yield self.link.kv_claim("L", "leader", b"a")
+        self.assertIsNone((yield self.link.kv_claim("L", "leader", b"b")))
+        second = yield self.link.kv_claim("L", "leader", b"a", first)
+        self.assertIsNone((yield self.link.kv_claim("L", "leader", b"a", first)))
+        # a node that lost track of its revision takes back its own entry
+        third = yield self.link.kv_claim("L", "leader", b"a")
+        self.assertLess(first, second)
+        self.assertLess(second, third)
+        # an ordered consumer from now on, and the stream's last seq
+        got = []
+        subscription = yield self.link.follow("F", "f.fed", lambda seq, data: got.append(
+            (seq, data)))
+        seqs = []
+        for data in (b"x", b"y"):
+            seqs.append((yield self.link.store("f.fed", data, data.decode()))[0])
+        self.assertEqual((yield self.link.last_seq("F")), seqs[-1])
+        for _ in range(100):
+            if len(got) == 2:
+                break
+            yield task.deferLater(self._reactor(), 0.05)
+        self.assertEqual(got, list(zip(seqs, [b"x", b"y"])))
+        yield self.link.unsubscribe(subscription)
+        self.assertEqual((yield self.link.messages("F", "f.fed", 10, seqs[1])), [(seqs[1], b"y")])
+        # purge by subject, wildcards allowed
+        yield self.link.store("f.mail.a.p.m1", b"1", "m1")
+        yield self.link.store("f.mail._.p.m2", b"2", "m2")
+        yield self.link.purge("F", "f.mail.*.p.m1")
+        self.assertEqual([data for _, data in (yield self.link.messages("F", "f.mail.>", 10))],
+                         [b"2"])
 
     def _reactor(self):
         from twisted.internet import reactor

@@ -23,6 +23,15 @@ from relayd.journal import segments
 from relayd.journal.replay import check
 from tests.daemon import Relayd, free_port, wait_for_port
 
+FEDERATION = """
+[federation]
+listen = tcp:{{fed}}:interface=127.0.0.1
+keepalive = 1
+dead_after = 4
+backoff_initial = 0.2
+backoff_max = 1
+"""
+
 INI = """
 [relay]
 id = {name}
@@ -31,14 +40,7 @@ data_dir = {{data_dir}}
 listen = tcp:{{tcp}}:interface=127.0.0.1
 [ratelimit]
 messages = 100000
-per_seconds = 1
-[federation]
-listen = tcp:{{fed}}:interface=127.0.0.1
-keepalive = 1
-dead_after = 4
-backoff_initial = 0.2
-backoff_max = 1
-"""
+per_seconds = 1""" + FEDERATION
 
 PEER = """
 [peer:{name}]

@@ -125,8 +125,8 @@ class LiveMetricsTests(SynchronousTestCase):
 
     def test_the_docs_table_lists_every_metric_once_by_its_name(self):
         exposed = exposed_metrics(self.metrics())
-        # [cluster] cannot be combined with [federation]: tests/test_cluster_e2e.py
-        # checks the relayd_cluster_ rows against a cluster node's /metrics.
+        # a cluster node needs an engine: tests/test_cluster_e2e.py checks the
+        # relayd_cluster_ rows against a cluster node's /metrics.
         cluster = {name for name in documented_metrics() if name.startswith(CLUSTER_ONLY)}
         self.assertEqual({name: kind for name, kind in documented_metrics().items()
                           if name not in cluster}, exposed)

@@ -69,6 +69,14 @@ class ReloadSummaryTests(unittest.TestCase):
         self.assertIn("[udp]: needs a restart", summary.splitlines())
         self.assertNotIn("reloaded", summary)
 
+    def test_a_cluster_nodes_federation_listener_moves_at_a_restart(self):
+        # it listens only while the node leads the cluster's federation
+        cluster = "[cluster]\nengine = nats://127.0.0.1:1\nnode = a\n"
+        daemon = self.daemon(cluster + "[federation]\nlisten = tcp:0:interface=127.0.0.1\n")
+        self.write(cluster + "[federation]\nlisten = tcp:0:interface=127.0.0.2\n")
+        summary = daemon.reload()
+        self.assertIn("[federation] listen: needs a restart", summary.splitlines())
+
     def test_http_and_federation_listeners_move_too(self):
         old, new = [free_port() for _ in range(2)], [free_port() for _ in range(2)]
         daemon = self.daemon(f"[tcp]\nlisten = tcp:0\n[http]\nlisten = tcp:{old[0]}\n"

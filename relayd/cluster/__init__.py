@@ -5,8 +5,8 @@ an engine (NATS JetStream); see docs/OPERATIONS.md §Cluster."""
 def build_cluster(daemon, tcp):
     """Wire the engine link and the node: the node becomes the router's journal
     (the node's own journal behind it), shares key claims and bans (and
-    persistent room memberships, through the journal), and refuses sends while
-    unlinked."""
+    persistent room memberships, through the journal), refuses sends while
+    unlinked, and federates as one relay when ``[federation]`` is on."""
     from relayd.cluster.link import EngineLink
     from relayd.cluster.node import ClusterNode
     from relayd.cluster.ownership import SharedOwnership
@@ -22,5 +22,8 @@ def build_cluster(daemon, tcp):
     node.share_guard(daemon.guard)
     node.setServiceParent(daemon)
     daemon.cluster = node
+    if daemon.federation is not None:
+        from relayd.cluster.federation import build_leader
+        build_leader(daemon, node)
     if tcp is not None:
         tcp.send_checks.append(node.refusal)

@@ -235,14 +235,21 @@ class EngineLink(service.Service):
                 return False
             raise
 
-    def messages(self, stream, subject, limit):
-        """The messages of ``stream`` on ``subject`` (wildcards allowed), oldest
-        first, at most ``limit``: [(seq, data)]."""
-        return self._run(self._messages, stream, subject, limit)
+    def purge(self, stream, subject):
+        """Delete every message of ``stream`` on ``subject`` (wildcards allowed)."""
+        return self._run(self._purge, stream, subject)
 
-    async def _messages(self, stream, subject, limit):
+    async def _purge(self, stream, subject):
+        return await self._js.purge_stream(stream, subject=subject)
+
+    def messages(self, stream, subject, limit, start=1):
+        """The messages of ``stream`` on ``subject`` (wildcards allowed) from
+        sequence ``start``, oldest first, at most ``limit``: [(seq, data)]."""
+        return self._run(self._messages, stream, subject, limit, start)
+
+    async def _messages(self, stream, subject, limit, start):
         from nats.js.errors import NotFoundError
-        found, seq = [], 1
+        found, seq = [], start
         while len(found) < limit:
             try:
                 msg = await self._js.get_msg(stream, seq, subject=subject, next=True)
@@ -288,6 +295,27 @@ class EngineLink(service.Service):
         return await self._js.subscribe(subject, durable=durable, stream=stream, cb=deliver,
                                         manual_ack=True, deliver_policy=DeliverPolicy.NEW)
 
+    def follow(self, stream, subject, callback):
+        """An ordered consumer of the messages stored on ``subject`` from now
+        on: ``callback(seq, data)`` on the reactor for each, in stream order;
+        fires a handle for ``unsubscribe``."""
+        return self._run(self._follow, stream, subject, callback)
+
+    async def _follow(self, stream, subject, callback):
+        from nats.js.api import DeliverPolicy
+
+        async def deliver(msg):
+            self._call(callback, msg.metadata.sequence.stream, msg.data)
+        return await self._js.subscribe(subject, stream=stream, cb=deliver, ordered_consumer=True,
+                                        deliver_policy=DeliverPolicy.NEW)
+
+    def last_seq(self, stream):
+        """The sequence of the last message stored in ``stream`` (0 if none yet)."""
+        return self._run(self._last_seq, stream)
+
+    async def _last_seq(self, stream):
+        return (await self._js.stream_info(stream)).state.last_seq
+
     def kv_put(self, bucket, key, value):
         return self._run(self._kv_put, bucket, key, value)
 
@@ -305,6 +333,31 @@ class EngineLink(service.Service):
         except KeyWrongLastSequenceError:
             return False
         return True
+
+    def kv_claim(self, bucket, key, value, revision=None):
+        """Update ``key`` to ``value`` if its revision is still ``revision``;
+        with ``revision`` None, create it, or take it back if it holds
+        ``value`` already: fires the new revision, or None if another holds it."""
+        return self._run(self._kv_claim, bucket, key, value, revision)
+
+    async def _kv_claim(self, bucket, key, value, revision):
+        from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+        kv = self._kv[bucket]
+        try:
+            if revision is None:
+                try:
+                    return await kv.create(key, value)
+                except KeyWrongLastSequenceError:
+                    try:
+                        entry = await kv.get(key)
+                    except KeyNotFoundError:
+                        return None
+                    if entry.value != value:
+                        return None
+                    revision = entry.revision
+            return await kv.update(key, value, last=revision)
+        except KeyWrongLastSequenceError:
+            return None
 
     def kv_get(self, bucket, key):
         """The value, or None."""

@@ -5,9 +5,11 @@ In the engine, for the relay id ``R`` (``t(x)`` is a fixed-length hash of
 ``x``, so that any peer id or room name makes a valid subject and key):
 
 - stream ``RELAYD_t(R)`` (replicated, ``[cluster] replicas``):
-  ``relayd.t(R).mail.<node>.t(peer)`` a directed message until its peer
-  settles it, when it is deleted; ``<node>`` is the node that held the peer when it was sent, or
-  ``_``; ``relayd.t(R).log.room.t(room)`` and ``.log.all`` room and broadcast
+  ``relayd.t(R).mail.<node>.t(peer).-`` a directed message until its peer
+  settles it, when it is deleted; ``<node>`` is the node that held the peer
+  when it was sent, or ``_`` (this one; for a peer offline in the whole
+  cluster the subject ends ``.t(msg_id)``, not ``.-``, so that a federation
+  peer's receipt can delete it by subject); ``relayd.t(R).log.room.t(room)`` and ``.log.all`` room and broadcast
   messages (kept ``[mailbox] ttl``, like the mail);
 - KV ``RELAYD_t(R)_SESSIONS``: ``t(peer)`` -> the node that holds it;
 - KV ``RELAYD_t(R)_OWNERS``: ``t(peer)`` -> its owning key (see ``ownership``);
@@ -17,10 +19,14 @@ In the engine, for the relay id ``R`` (``t(x)`` is a fixed-length hash of
   membership record of ``peer`` in ``room`` (joined or left), so that every
   node knows every persistent member; a room message stored for offline
   persistent members is stored in the engine for each of them, under
-  ``relayd.t(R).mail._.t(peer)``, read when the peer attaches on any node;
+  ``relayd.t(R).mail._.t(peer).t(msg_id)``, read when the peer attaches on
+  any node;
 - KV ``RELAYD_t(R)_NODES`` (entries live ``[cluster] liveness``): the nodes
   alive, each refreshing its own entry; a session entry naming a node that is
-  not alive counts as no entry, so a node's sessions are gone when it dies.
+  not alive counts as no entry, so a node's sessions are gone when it dies;
+- with ``[federation]``, stream ``RELAYD_t(R)_FED`` (``relayd.t(R).fed``):
+  each message and delivery receipt the relay originates, whose stream
+  sequence is its federation seq (see ``relayd.cluster.federation``).
 
 The node is its router's journal (``append``, ``add``): a message is in the engine,
 held by a quorum, before the sender's ack; then a directed one goes on to the
@@ -117,11 +123,20 @@ class ClusterNode(service.Service):
         self.listener = None            # IJournal: told of the lines given to ``add``
         self._adding = deque()          # [result] of each line given to ``add``, in order
         self.metrics = ClusterMetrics(registry) if registry is not None else None
+        self.relay_id = relay_id
+        self.fed_stream = self.fed_subject = None       # set by ``federate``
+        self.federation = None          # the FederationLeader, on a federated cluster
         self._heartbeat = task.LoopingCall(self.beat)
         self._heartbeat.clock = clock
         router.observe(self)
         router.subscribe(self)
         link.watch(self._engine_state)
+
+    def federate(self):
+        """Put each message and receipt this relay originates in the
+        federation stream too, before its ack."""
+        self.fed_stream = self.stream + "_FED"
+        self.fed_subject = self.prefix + ".fed"
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -190,6 +205,9 @@ class ClusterNode(service.Service):
         s, link, p = self.settings, self.link, self.prefix
         yield link.ensure_stream(self.stream, [p + ".mail.>", p + ".log.>"], s.replicas,
                                  self.mailbox_ttl)
+        if self.fed_stream is not None:
+            yield link.ensure_stream(self.fed_stream, [self.fed_subject], s.replicas,
+                                     self.mailbox_ttl)
         yield link.ensure_kv(self.sessions_kv, s.replicas)
         yield link.ensure_kv(self.nodes_kv, s.replicas, ttl=s.liveness)
         yield self._table(self.members_kv, self._learn_member)
@@ -326,6 +344,8 @@ class ClusterNode(service.Service):
             engine = self._store(message.entry_of(record), line, record.get("held_for", ()))
         elif "receipt" in record:
             engine = self._settled(record["receipt"], record.get("to"))
+            if self.fed_stream is not None and "fed" not in record:     # made here
+                engine = self._federated(engine, line, record["receipt"] + "@" + t(record["to"]))
         elif is_member_record(record):
             self._put_shared(self.members_kv, "%s.%s" % (t(record["member"]), t(record["room"])),
                              line)
@@ -358,9 +378,10 @@ class ClusterNode(service.Service):
                 return self._refuse()
             d = self._holder(to)
             d.addCallback(lambda node: self.link.store(
-                "%s.mail.%s.%s" % (self.prefix, node, t(to)), line, msg_id))
+                self._mail_subject(node, to, msg_id if node == "_" and to not in self.local
+                                   else None), line, msg_id))
             d.addCallback(self._stored_mail, to, msg_id)
-            return d
+            return self._own_federated(d, entry)
         if self._from_engine == msg_id:
             return defer.succeed(None)
         if not self.ready:
@@ -373,7 +394,21 @@ class ClusterNode(service.Service):
         if held_for:
             d.addCallback(lambda ack: self._hold_for(entry, held_for).addCallback(lambda _: ack))
         d.addCallback(self._stored_shared, live, line, kind)
-        return d
+        return self._own_federated(d, entry)
+
+    def _own_federated(self, d, entry):
+        """``_federated`` for a message a client of this relay sent."""
+        if self.fed_stream is None or entry["seen_by"] != [self.relay_id]:
+            return d                    # not federated, or a peer relay's
+        return self._federated(d, message.journal_line(entry), entry["msg_id"])
+
+    def _federated(self, d, data, msg_id):
+        """``d``, and ``data`` stored in the federation stream (if federated)."""
+        if self.fed_stream is None:
+            return d
+        both = defer.gatherResults([d, self.link.store(self.fed_subject, data, msg_id)],
+                                   consumeErrors=True)
+        return both.addErrback(lambda f: f.value.subFailure)
 
     def _hold_for(self, entry, peers):
         """Store a room message in the engine for each of its persistent
@@ -388,10 +423,27 @@ class ClusterNode(service.Service):
     def _store_held(self, node, peer, data, msg_id):
         if node != "_":
             return None
-        d = self.link.store("%s.mail._.%s" % (self.prefix, t(peer)), data,
+        d = self.link.store(self._mail_subject("_", peer, msg_id), data,
                             "%s@%s" % (msg_id, t(peer)))
         d.addCallback(self._stored_mail, peer, msg_id)
         return d
+
+    def _mail_subject(self, node, peer, msg_id=None):
+        """The subject of mail for ``peer`` held for ``node``: ending with
+        ``t(msg_id)`` if given (``*``: any), else ``-`` (a subject per
+        message costs the engine: only mail for offline peers has one)."""
+        last = "-" if msg_id is None else msg_id if msg_id == "*" else t(msg_id)
+        return "%s.mail.%s.%s.%s" % (self.prefix, node, t(peer), last)
+
+    def settled_elsewhere(self, peer, msg_id):
+        """A federation peer delivered ``msg_id`` to ``peer``: its copy
+        waiting in the engine for the peer to come back goes."""
+        if not self.ready:
+            return
+        d = self.link.purge(self.stream, self._mail_subject("_", peer, msg_id))
+        d.addErrback(lambda f: self.log.warn("could not delete mail delivered elsewhere from "
+                                             "the engine: {error}",
+                                             error=f.getErrorMessage()[:200]))
 
     def _refuse(self):
         if self.metrics is not None:
@@ -464,7 +516,7 @@ class ClusterNode(service.Service):
     def _reroute(self, node, entry, seq, data):
         if node == "_":
             return None
-        d = self.link.store("%s.mail.%s.%s" % (self.prefix, node, t(entry["to"])), data,
+        d = self.link.store(self._mail_subject(node, entry["to"]), data,
                             "%s@%s" % (entry["msg_id"], node))
         d.addCallback(lambda _: self.link.delete(self.stream, seq))
         return d
@@ -509,7 +561,7 @@ class ClusterNode(service.Service):
         peer = session.peer_id
         d = self.link.kv_put(self.sessions_kv, t(peer), self.node.encode())
         d.addCallback(lambda _: self.link.messages(
-            self.stream, "%s.mail.*.%s" % (self.prefix, t(peer)), MAILBOX_FETCH))
+            self.stream, self._mail_subject("*", peer, "*"), MAILBOX_FETCH))
         d.addCallback(self._stored_for, session)
         d.addErrback(lambda f: self.log.warn("could not read {peer}'s mail from the engine: "
                                              "{error}", peer=peer[:64],
@@ -577,7 +629,7 @@ class ClusterNode(service.Service):
             for peer in self.router.memberships.members(room):
                 if peer not in self.local:
                     self.router.delivered_elsewhere(peer, entry["msg_id"])
-        elif event.source is None and to != message.BROADCAST and to not in self.local:
+        elif event.source is not self and to != message.BROADCAST and to not in self.local:
             self.router.delivered_elsewhere(to, entry["msg_id"])
 
     def delivered(self, entry, peer, timestamp, seq):
@@ -594,8 +646,11 @@ class ClusterNode(service.Service):
 
     def summary(self):
         """For ``/health``: the engine link and the cluster's members."""
-        return {"node": self.node, "engine": self.link.state, "server": self.link.server,
-                "ready": self.ready, "members": sorted(self.members)}
+        summary = {"node": self.node, "engine": self.link.state, "server": self.link.server,
+                   "ready": self.ready, "members": sorted(self.members)}
+        if self.federation is not None:
+            summary["federation_leader"] = self.federation.leading
+        return summary
 
     def stats(self):
         return dict(self.summary(), nodes=self.members, sessions=len(self.local),

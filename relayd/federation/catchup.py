@@ -16,10 +16,11 @@ seq, at most ``limit`` of them, with a flag saying whether more are left.
 import os
 from bisect import bisect_right
 
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from relayd.core import message
-from relayd.federation.frames import BadItem, msg_frame, receipt_frame
+from relayd.federation.frames import MAX_SEQ, BadItem, msg_frame, receipt_frame
 from relayd.journal import segments
 from relayd.journal.replay import check
 
@@ -280,6 +281,12 @@ def _pick(directory, names, lacked, wants, limit, recent, gone):
     return [key + chosen[key] for key in sorted(chosen)], more, missing
 
 
+def _merged(results):
+    """One answer from the journal's and the own items' ``(items, more)``."""
+    items = sorted(results[0][0] + results[1][0], key=lambda item: item[:2])
+    return items, results[0][1] or results[1][1]
+
+
 class CatchUpServer:
     """Answers a peer's ``sync`` with the items it lacks: one journal read at a
     time per link, a newer request served when the running one ends."""
@@ -290,13 +297,16 @@ class CatchUpServer:
         self.hub = hub
         self._serving = {}             # link -> None while a read runs, or the request to serve next
         self._summaries = Summaries()  # touched on the file thread only
+        # own(held, limit) -> Deferred[(items, more)]: our own items, when they
+        # are read from elsewhere than the journal (a cluster's federation stream)
+        self.own = None
 
     def request(self, link, frame):
         """Handle a ``sync`` frame; raises BadItem when it is malformed."""
         wants = parse_have(frame.get("have"))
         own = wants.get(self.hub.relay_id)
         top = own.top() if own is not None else 0
-        if self.hub.index.seen_own(top):
+        if self.own is None and self.hub.index.seen_own(top):
             self.log.warn("federation: {peer} holds items of ours up to seq {seq}, beyond our "
                           "journal (was it lost?); new items continue after it",
                           peer=link.name, seq=top)
@@ -311,8 +321,18 @@ class CatchUpServer:
             return
         self._serving[link] = None
         hub = self.hub
-        d = hub.file_pool.run(collect, hub.journal.directory, wants, hub.settings.sync_batch,
-                              list(hub.recent), self._summaries)
+        limit = hub.settings.sync_batch
+        if self.own is None:
+            d = hub.file_pool.run(collect, hub.journal.directory, wants, limit,
+                                  list(hub.recent), self._summaries)
+        else:
+            journal_wants = dict(wants)
+            journal_wants[hub.relay_id] = Held(MAX_SEQ)
+            d = defer.gatherResults(
+                [hub.file_pool.run(collect, hub.journal.directory, journal_wants, limit,
+                                   list(hub.recent), self._summaries),
+                 self.own(wants.get(hub.relay_id), limit)], consumeErrors=True)
+            d.addCallbacks(_merged, lambda f: f.value.subFailure)
         d.addCallbacks(self._send, self._failed, callbackArgs=(link, wants), errbackArgs=(link,))
 
     def _send(self, result, link, wants):

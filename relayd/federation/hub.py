@@ -212,14 +212,22 @@ class Hub:
         if early is not None:
             # the receipt came first: take the message back out of the mailbox, and
             # journal the receipt again after it so that a replay does the same
-            self.router.delivered_elsewhere(early["to"], msg_id)
+            self.delivered_elsewhere(early["to"], msg_id)
             self._record(json.dumps(early).encode())
+        self._flood(origin, seq, entry, line, (source.peer.name,) if source is not None else ())
+
+    def _flood(self, origin, seq, entry, line, skip=()):
+        """Send a message to every up link but ``skip``'s, unless it has
+        ``max_hops`` relays in its ``seen_by``."""
         if len(entry["seen_by"]) >= self.settings.max_hops:
             self.hop_limited += 1
             self.metrics.hop_limited.inc()
             return
-        skip = (source.peer.name,) if source is not None else ()
         self._send(msg_frame(origin, seq, line), "messages", skip, entry["seen_by"])
+
+    def delivered_elsewhere(self, peer, msg_id):
+        """A peer relay delivered ``msg_id`` to ``peer``: no mailbox here keeps it."""
+        self.router.delivered_elsewhere(peer, msg_id)
 
     def delivered(self, entry, peer, timestamp, seq):
         """A directed message reached its peer here (the router journaled the
@@ -396,7 +404,7 @@ class Hub:
         msg_id, peer, timestamp = frame.get("msg_id"), frame.get("to"), frame.get("timestamp")
         if self._held(link, origin, seq, "receipts"):
             return
-        self.router.delivered_elsewhere(peer, msg_id)
+        self.delivered_elsewhere(peer, msg_id)
         if not self.router.holds(msg_id) or msg_id in self._pending:
             self._early[msg_id] = message.receipt_record(msg_id, peer, timestamp, (origin, seq))
             if len(self._early) > EARLY_RECEIPTS:

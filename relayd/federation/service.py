@@ -5,11 +5,16 @@ counts a connection as made only once the link has authenticated, so a
 peer that answers but fails the handshake is retried ever more slowly.
 On reload (SIGHUP or the admin console) peers are added and removed
 without touching client connections.
+
+On a cluster node (``standby``) the listener and the dialers run only
+while the node leads the cluster's federation (``lead``, ``stand_by``; see
+``relayd.cluster.federation``).
 """
 import random
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
+from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -24,7 +29,7 @@ from relayd.listeners import stream_service
 class FederationService(MultiService):
     log = Logger()
 
-    def __init__(self, daemon, hub):
+    def __init__(self, daemon, hub, standby=False):
         super().__init__()
         self.setName("federation")
         self.daemon = daemon
@@ -32,8 +37,12 @@ class FederationService(MultiService):
         self.settings = daemon.settings
         self.dialers = {}               # name -> ClientService
         self._loaded = False
+        self.standby = standby          # links only while ``leading`` (a cluster node)
+        self.leading = not standby
+        self.standby_problem = None     # why a standby node cannot lead, for /health
         self.listener = stream_service(daemon, hub.settings.listen, LinkFactory(hub))
-        self.listener.setServiceParent(self)
+        if self.leading:
+            self.listener.setServiceParent(self)
         self._repair = LoopingCall(hub.repair)
         self._repair.clock = daemon.reactor
 
@@ -59,6 +68,10 @@ class FederationService(MultiService):
         if count:
             self.log.info("federation: sequenced {count} journal items that had no seq", count=count)
         self.hub.checkpoint()
+        if self.leading:
+            self._link_up()
+
+    def _link_up(self):
         if self.hub.settings.repair_interval > 0:
             self._repair.start(self.hub.settings.repair_interval, now=False)
         for peer in self.hub.peers.values():
@@ -73,6 +86,28 @@ class FederationService(MultiService):
         if self._repair.running:
             self._repair.stop()
         return super().stopService()
+
+    def lead(self):
+        """Listen and dial every peer (this node now leads its cluster's federation)."""
+        if self.leading:
+            return
+        self.leading = True
+        self.listener.setServiceParent(self)
+        if self.running:
+            self._link_up()
+
+    def stand_by(self):
+        """Close every link and stop listening; fires once they are down."""
+        if not self.leading:
+            return None
+        self.leading = False
+        if self._repair.running:
+            self._repair.stop()
+        stopped = [self.listener.disownServiceParent()]
+        for name in list(self.dialers):
+            stopped.append(self.dialers.pop(name).disownServiceParent())
+        self.log.info("federation: links closed (standing by)")
+        return defer.DeferredList([d for d in stopped if d is not None], consumeErrors=True)
 
     def _dial(self, peer):
         s = self.hub.settings
@@ -110,7 +145,7 @@ class FederationService(MultiService):
                 continue
             if name in old:
                 self._hang_up(name)
-            if self.running:
+            if self.running and self.leading:
                 self._dial(new[name])
             self.log.info("federation: peer {peer} {how}", peer=name,
                           how="changed" if name in old else "added")
@@ -120,7 +155,7 @@ class FederationService(MultiService):
 
     def stats(self):
         rows = self.peers()
-        return {"listen": self.hub.settings.listen, "peers": len(rows),
+        return {"listen": self.hub.settings.listen, "leading": self.leading, "peers": len(rows),
                 "links_up": sum(1 for r in rows if r["state"] == "up"),
                 "cursors": {o: [c.low, c.high()] for o, c in self.hub.index.cursors.items()},
                 "hop_limited": self.hub.hop_limited,
@@ -128,26 +163,32 @@ class FederationService(MultiService):
                                                         "dedup_hits", "lag")} for r in rows}}
 
     def health(self):
+        if not self.leading:
+            return self.standby_problem     # else another node of the cluster holds the links
         down = [r["peer"] for r in self.peers() if r["state"] != "up"]
         if down and len(down) == len(self.hub.peers):
             return "no federation link is up (" + ", ".join(down) + ")"
         return None
 
 
-def build_federation(daemon):
-    """Wire federation into a daemon built by ``relayd.daemon.build_core``."""
+def build_federation(daemon, clustered=False):
+    """Wire federation into a daemon built by ``relayd.daemon.build_core``;
+    on a cluster node (``clustered``) its links wait for the node to lead."""
     s = daemon.settings
     router, journal = daemon.router, daemon.journal
-    index = Index(s.relay.id)
+    hub_class, index_class = Hub, Index
+    if clustered:
+        from relayd.cluster.federation import ClusterHub as hub_class, ClusterIndex as index_class
+    index = index_class(s.relay.id)
     journal.consumer = JournalTee(router, index)
-    hub = Hub(s.relay.id, router, journal, index, daemon.reactor, daemon.file_pool,
-              FederationMetrics(daemon.registry), s.federation)
+    hub = hub_class(s.relay.id, router, journal, index, daemon.reactor, daemon.file_pool,
+                    FederationMetrics(daemon.registry), s.federation)
     router.subscribe(hub)
     router.sequencer = hub
     # items whose journal record is still being written are left out of a checkpoint
     journal.add_state("federation", lambda: index.snapshot(exclude=hub._pending.values()),
                       index.load_snapshot)
-    service = FederationService(daemon, hub)
+    service = FederationService(daemon, hub, standby=clustered)
     daemon.on_reload(service.reload)
     service.setServiceParent(daemon)
     daemon.federation = service
