@@ -308,6 +308,26 @@ class NodeTests(unittest.TestCase):
         self.assertEqual([line.split() for line in shown.splitlines()[-2:]],
                          [["a", "1", "True"], ["b", "3", "False"]], shown)
 
+    def test_the_admin_console_locates_a_peer_on_any_node(self):
+        from twisted.application.service import MultiService
+        from relayd.ops.commands import AdminCommands
+        self.link.kv[self.node.nodes_kv]["b"] = b'{"sessions": 1, "at": 1}'
+        self.link.kv[self.node.sessions_kv][t("bob")] = b"b"
+        self.link.kv[self.node.sessions_kv][t("carol")] = b"gone"     # a node not alive
+        self.router.attach(FakeSession("alice"))
+        self.clock.advance(Settings.liveness)
+        daemon = MultiService()
+        self.node.setServiceParent(daemon)
+        commands = AdminCommands(daemon)
+        shown = {peer: str(self.successResultOf(commands.locate(peer)))
+                 for peer in ("alice", "bob", "carol", "dave")}
+        self.assertEqual(shown, {"alice": "alice is connected to node a",
+                                 "bob": "bob is connected to node b",
+                                 "carol": "carol is not connected to any node",
+                                 "dave": "dave is not connected to any node"})
+        self.link.set_state(DISCONNECTED)
+        self.assertIn("cannot tell", str(self.successResultOf(commands.locate("bob"))))
+
     def test_a_stopped_node_leaves_the_cluster(self):
         self.clock.advance(Settings.liveness)
         self.assertIn("a", self.link.kv[self.node.nodes_kv])

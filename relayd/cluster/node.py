@@ -450,6 +450,17 @@ class ClusterNode(service.Service):
             self.metrics.refused.inc()
         return defer.fail(EngineUnavailable("the cluster engine is unreachable"))
 
+    def locate(self, peer):
+        """Deferred[the id of the live node holding ``peer``, or None if no
+        node does]; fails with ``EngineUnavailable`` while the engine is away."""
+        if peer in self.local:
+            return defer.succeed(self.node)
+        if not self.ready:
+            return defer.fail(EngineUnavailable("the cluster engine is unreachable"))
+        d = self._holder(peer)
+        d.addCallback(lambda node: None if node == "_" else node)
+        return d
+
     def _holder(self, peer):
         """Deferred[the node subject part for mail to ``peer``]: the live node
         holding it, or ``_`` (held here, or offline)."""

@@ -69,7 +69,7 @@ class AdminCommands:
 
     log = Logger()
     COMMANDS = ("help", "stats", "clients", "rooms", "kick", "ban", "unban", "bans",
-                "peers", "nodes", "udp_peers", "reservations", "circuits", "prune", "reload")
+                "peers", "nodes", "locate", "udp_peers", "reservations", "circuits", "prune", "reload")
 
     def __init__(self, daemon):
         self.daemon = daemon
@@ -174,6 +174,15 @@ class AdminCommands:
         return table([{"node": node, "sessions": info.get("sessions"), "here": node == cluster.node}
                       for node, info in sorted(cluster.members.items())],
                      "no cluster node seen yet (engine %s)" % cluster.link.state)
+
+    def locate(self, peer_id):
+        """Which cluster node holds ``peer_id`` ([cluster]; returns a Deferred)."""
+        d = self._service("cluster").locate(peer_id)
+        d.addCallbacks(
+            lambda node: Text(f"{peer_id} is connected to node {node}" if node is not None
+                              else f"{peer_id} is not connected to any node"),
+            lambda failure: Text(f"cannot tell: {failure.getErrorMessage()}"))
+        return d
 
     def udp_peers(self):
         """Peers registered with the UDP rendezvous."""
