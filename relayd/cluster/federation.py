@@ -288,7 +288,7 @@ class FederationLeader(service.Service):
     def share_cursors(self):
         """Write the durable watermark of each peer's items to the engine,
         for the next leader."""
-        snapshot = self.hub.index.snapshot(exclude=self.hub._pending.values())["cursors"]
+        snapshot = self.hub.durable_snapshot()["cursors"]
         cursors = {origin: low for origin, (low, _) in snapshot.items()
                    if origin != self.hub.relay_id}
         if cursors == self._shared or not self.leading:

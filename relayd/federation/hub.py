@@ -248,6 +248,11 @@ class Hub:
         if self._since_checkpoint >= CHECKPOINT_EVERY:
             self.checkpoint()
 
+    def durable_snapshot(self):
+        """The index's snapshot without the items whose journal record is
+        still being written (for a checkpoint, or another node of a cluster)."""
+        return self.index.snapshot(exclude=self._pending.values())
+
     def checkpoint(self):
         """Journal every origin's watermark (see ``index.checkpoint_line``)."""
         self._since_checkpoint = 0

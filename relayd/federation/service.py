@@ -185,9 +185,7 @@ def build_federation(daemon, clustered=False):
                     FederationMetrics(daemon.registry), s.federation)
     router.subscribe(hub)
     router.sequencer = hub
-    # items whose journal record is still being written are left out of a checkpoint
-    journal.add_state("federation", lambda: index.snapshot(exclude=hub._pending.values()),
-                      index.load_snapshot)
+    journal.add_state("federation", hub.durable_snapshot, index.load_snapshot)
     service = FederationService(daemon, hub, standby=clustered)
     daemon.on_reload(service.reload)
     service.setServiceParent(daemon)
