@@ -48,7 +48,8 @@ class RendezvousPort(udp.Port):
         if self._epoll is None:
             return ()
         timeout = self.reactor.timeout()
-        return time.monotonic() + min(MAX_WAIT, MAX_WAIT if timeout is None else timeout), self._epoll
+        wait = MAX_WAIT if timeout is None else min(MAX_WAIT, timeout)
+        return time.monotonic() + wait, self._epoll
 
     def doRead(self):
         if self._relay is None:
