@@ -329,6 +329,56 @@ class HandshakeTests(unittest.TestCase):
         self.assertEqual(self.b.hub.links, {})
 
 
+class LineSplitTests(unittest.TestCase):
+    """``Link.dataReceived`` splits reads into lines as LineReceiver did."""
+
+    def setUp(self):
+        self.link = Link(Relay(self, "relay2", Clock()).hub)
+        self.transport = iosim.FakeTransport(self.link, isServer=True)
+        self.link.makeConnection(self.transport)
+        self.lines = []
+        self.link.lineReceived = self.lines.append
+        self.link.MAX_LENGTH = 10
+
+    def test_lines_in_one_read_or_cut_anywhere_arrive_whole_and_in_order(self):
+        data = b"a\nbb\n\nccc\r\ndddddddddd\ne"
+        for size in (len(data), 1, 2, 3, 5):
+            del self.lines[:]
+            self.link._buffer = b""
+            for i in range(0, len(data), size):
+                self.link.dataReceived(data[i:i + size])
+            self.assertEqual(self.lines, [b"a", b"bb", b"", b"ccc\r", b"d" * 10])
+            self.assertEqual(self.link._buffer, b"e")
+        self.assertEqual(self.link.state, "hello")
+
+    def test_a_long_line_fails_the_link_and_nothing_after_it_is_read(self):
+        self.link.dataReceived(b"a\n" + b"x" * 11 + b"\nb\n")
+        self.assertEqual(self.lines, [b"a"])
+        self.assertEqual(self.link.state, "closed")
+        self.assertIn(b"too_long", b"".join(self.transport.stream))
+
+    def test_an_unfinished_line_fails_the_link_once_longer_than_the_limit(self):
+        self.link.dataReceived(b"a\n" + b"x" * 10)
+        self.assertEqual(self.link.state, "hello")
+        self.link.dataReceived(b"x")
+        self.assertEqual((self.lines, self.link.state), ([b"a"], "closed"))
+
+    def test_a_line_that_closes_the_link_ends_the_read(self):
+        self.link.lineReceived = lambda line: (self.lines.append(line), self.link.close())
+        self.link.dataReceived(b"a\nb\n")
+        self.assertEqual(self.lines, [b"a"])
+
+    def test_a_read_during_a_line_is_taken_after_that_read(self):
+        def line_received(line):
+            self.lines.append(line)
+            if line == b"a":
+                self.link.dataReceived(b"c\nd")
+        self.link.lineReceived = line_received
+        self.link.dataReceived(b"a\nb\n")
+        self.link.dataReceived(b"\n")
+        self.assertEqual(self.lines, [b"a", b"b", b"c", b"d"])
+
+
 class ThreeRelays(unittest.TestCase):
     """relay1, relay2 and relay3 on one clock, not yet linked."""
 
