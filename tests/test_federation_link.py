@@ -25,7 +25,8 @@ from relayd.core.dedup import DedupWindow
 from relayd.core.history import History
 from relayd.core.mailbox import Mailboxes
 from relayd.core.router import Router
-from relayd.federation.frames import BadFrame, BadItem, msg_frame, relayed_line
+from relayd.federation import frames
+from relayd.federation.frames import BadFrame, BadItem, check_entry, msg_frame, relayed_line
 from relayd.federation.hub import Hub
 from relayd.federation.index import Index, JournalTee, companion_line
 from relayd.federation import catchup
@@ -36,6 +37,7 @@ from relayd.federation.link import Link
 from relayd.federation.metrics import FederationMetrics
 from relayd.federation.peers import Peer, fingerprint
 from relayd.identity import Identity
+from relayd.jsonfast import dumps_own
 from relayd.journal.replay import replay
 from relayd.journal.segments import scan, segment_name
 from tests.fakes import FakeSession
@@ -550,6 +552,25 @@ def journaled_messages(relay):
     """Each message line of ``relay``'s journal, as written."""
     with open(relay.journal.path, "rb") as f:
         return [line.rstrip(b"\n") for line in f if b'"from"' in line]
+
+
+class FrameTests(unittest.TestCase):
+    def test_a_msg_frame_has_its_keys_as_dumps_own_writes_them(self):
+        for origin in ("relay1", 'a "quoted" \\ id', "r\u00e9lais", "\u4e2d\u7ee7"):
+            for seq in (1, 2 ** 63 - 1):
+                head = dumps_own({"type": "msg", "origin": origin, "seq": seq})[:-1]
+                self.assertEqual(msg_frame(origin, seq, b"{}"), head + b',"entry":{}}\n')
+
+    def test_names_of_every_type_are_checked_each_time(self):
+        entry = message.new_entry("alice", "*", "hi", 1.5, "relay1")
+        for _ in range(2):      # the second time from what the first remembered
+            check_entry(dict(entry))
+            for key, bad in (("from", ["alice"]), ("from", {}), ("to", 5), ("from", "a||b"),
+                             ("seen_by", [["relay1"]]), ("seen_by", ["relay1", " x"]),
+                             ("msg_id", "A" * 64), ("msg_id", "a" * 63)):
+                self.assertRaises(BadItem, check_entry, dict(entry, **{key: bad}))
+        self.assertRaises(BadItem, frames.item_key, {"origin": ["relay1"], "seq": 1})
+        self.assertEqual(frames.item_key({"origin": "relay1", "seq": 1}), ("relay1", 1))
 
 
 class RelayedLineTests(unittest.TestCase):

@@ -130,8 +130,11 @@ class Hub:
     def _forget(self, name):
         self.metrics.forget(name)
 
-    def _send(self, data, kind, skip=(), seen_by=()):
+    def _send(self, kind, skip, seen_by, make, *args):
+        """Send the frame ``make(*args)`` to every up peer not in ``skip`` or
+        ``seen_by``; it is made once, and only if one of them takes it."""
         limit = self.settings.link_buffer
+        data = None
         for name, links in self.links.items():
             if name in skip or name in seen_by:
                 continue
@@ -139,6 +142,8 @@ class Hub:
             if link.skipped or link.queued >= limit:
                 self._behind(link, kind)
                 continue
+            if data is None:
+                data = make(*args)
             link.send_raw(data)
             self.peer_stats(name).sent[kind] += 1
 
@@ -209,7 +214,7 @@ class Hub:
             self.hop_limited += 1
             self.metrics.hop_limited.inc()
             return
-        self._send(msg_frame(origin, seq, line), "messages", skip, entry["seen_by"])
+        self._send("messages", skip, entry["seen_by"], msg_frame, origin, seq, line)
 
     def delivered_elsewhere(self, peer, msg_id):
         """A peer relay delivered ``msg_id`` to ``peer``: no mailbox here keeps it."""
@@ -227,7 +232,7 @@ class Hub:
         self._count_item()
         self.recent.append((origin, seq, "r", record))
         skip = (source.peer.name,) if source is not None else ()
-        self._send(receipt_frame(origin, seq, msg_id, peer, timestamp), "receipts", skip)
+        self._send("receipts", skip, (), receipt_frame, origin, seq, msg_id, peer, timestamp)
 
     def _count_item(self):
         self._since_checkpoint += 1
