@@ -25,7 +25,8 @@ from relayd.core.dedup import DedupWindow
 from relayd.core.history import History
 from relayd.core.mailbox import Mailboxes
 from relayd.core.router import Router
-from relayd.federation.frames import BadFrame, BadItem, msg_frame, relayed_line
+from relayd.federation import frames
+from relayd.federation.frames import BadFrame, BadItem, check_entry, msg_frame, relayed_line
 from relayd.federation.hub import Hub
 from relayd.federation.index import Index, JournalTee, companion_line
 from relayd.federation import catchup
@@ -36,6 +37,7 @@ from relayd.federation.link import Link
 from relayd.federation.metrics import FederationMetrics
 from relayd.federation.peers import Peer, fingerprint
 from relayd.identity import Identity
+from relayd.jsonfast import dumps_own
 from relayd.journal.replay import replay
 from relayd.journal.segments import scan, segment_name
 from tests.fakes import FakeSession
@@ -329,6 +331,56 @@ class HandshakeTests(unittest.TestCase):
         self.assertEqual(self.b.hub.links, {})
 
 
+class LineSplitTests(unittest.TestCase):
+    """``Link.dataReceived`` splits reads into lines as LineReceiver did."""
+
+    def setUp(self):
+        self.link = Link(Relay(self, "relay2", Clock()).hub)
+        self.transport = iosim.FakeTransport(self.link, isServer=True)
+        self.link.makeConnection(self.transport)
+        self.lines = []
+        self.link.lineReceived = self.lines.append
+        self.link.MAX_LENGTH = 10
+
+    def test_lines_in_one_read_or_cut_anywhere_arrive_whole_and_in_order(self):
+        data = b"a\nbb\n\nccc\r\ndddddddddd\ne"
+        for size in (len(data), 1, 2, 3, 5):
+            del self.lines[:]
+            self.link._buffer = b""
+            for i in range(0, len(data), size):
+                self.link.dataReceived(data[i:i + size])
+            self.assertEqual(self.lines, [b"a", b"bb", b"", b"ccc\r", b"d" * 10])
+            self.assertEqual(self.link._buffer, b"e")
+        self.assertEqual(self.link.state, "hello")
+
+    def test_a_long_line_fails_the_link_and_nothing_after_it_is_read(self):
+        self.link.dataReceived(b"a\n" + b"x" * 11 + b"\nb\n")
+        self.assertEqual(self.lines, [b"a"])
+        self.assertEqual(self.link.state, "closed")
+        self.assertIn(b"too_long", b"".join(self.transport.stream))
+
+    def test_an_unfinished_line_fails_the_link_once_longer_than_the_limit(self):
+        self.link.dataReceived(b"a\n" + b"x" * 10)
+        self.assertEqual(self.link.state, "hello")
+        self.link.dataReceived(b"x")
+        self.assertEqual((self.lines, self.link.state), ([b"a"], "closed"))
+
+    def test_a_line_that_closes_the_link_ends_the_read(self):
+        self.link.lineReceived = lambda line: (self.lines.append(line), self.link.close())
+        self.link.dataReceived(b"a\nb\n")
+        self.assertEqual(self.lines, [b"a"])
+
+    def test_a_read_during_a_line_is_taken_after_that_read(self):
+        def line_received(line):
+            self.lines.append(line)
+            if line == b"a":
+                self.link.dataReceived(b"c\nd")
+        self.link.lineReceived = line_received
+        self.link.dataReceived(b"a\nb\n")
+        self.link.dataReceived(b"\n")
+        self.assertEqual(self.lines, [b"a", b"b", b"c", b"d"])
+
+
 class ThreeRelays(unittest.TestCase):
     """relay1, relay2 and relay3 on one clock, not yet linked."""
 
@@ -500,6 +552,25 @@ def journaled_messages(relay):
     """Each message line of ``relay``'s journal, as written."""
     with open(relay.journal.path, "rb") as f:
         return [line.rstrip(b"\n") for line in f if b'"from"' in line]
+
+
+class FrameTests(unittest.TestCase):
+    def test_a_msg_frame_has_its_keys_as_dumps_own_writes_them(self):
+        for origin in ("relay1", 'a "quoted" \\ id', "r\u00e9lais", "\u4e2d\u7ee7"):
+            for seq in (1, 2 ** 63 - 1):
+                head = dumps_own({"type": "msg", "origin": origin, "seq": seq})[:-1]
+                self.assertEqual(msg_frame(origin, seq, b"{}"), head + b',"entry":{}}\n')
+
+    def test_names_of_every_type_are_checked_each_time(self):
+        entry = message.new_entry("alice", "*", "hi", 1.5, "relay1")
+        for _ in range(2):      # the second time from what the first remembered
+            check_entry(dict(entry))
+            for key, bad in (("from", ["alice"]), ("from", {}), ("to", 5), ("from", "a||b"),
+                             ("seen_by", [["relay1"]]), ("seen_by", ["relay1", " x"]),
+                             ("msg_id", "A" * 64), ("msg_id", "a" * 63)):
+                self.assertRaises(BadItem, check_entry, dict(entry, **{key: bad}))
+        self.assertRaises(BadItem, frames.item_key, {"origin": ["relay1"], "seq": 1})
+        self.assertEqual(frames.item_key({"origin": "relay1", "seq": 1}), ("relay1", 1))
 
 
 class RelayedLineTests(unittest.TestCase):

@@ -86,8 +86,8 @@ class ClusterHub(Hub):
         self.own_held(seq)
         record = json.loads(data)
         if "receipt" in record:
-            self._send(receipt_frame(self.relay_id, seq, record["receipt"], record["to"],
-                                     record["timestamp"]), "receipts")
+            self._send("receipts", (), (), receipt_frame, self.relay_id, seq, record["receipt"],
+                       record["to"], record["timestamp"])
         else:
             self._flood(self.relay_id, seq, record, data)
 

@@ -1,11 +1,10 @@
 """The contracts between the router and its collaborators."""
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from zope.interface import Attribute, Interface
 
 
-@dataclass(frozen=True)
-class DurableEvent:
+class DurableEvent(NamedTuple):
     """A message that is now in the journal.
 
     ``entry`` is the seed-format message (``msg_id`` and ``seen_by``
@@ -14,7 +13,8 @@ class DurableEvent:
     gave) and ``seq`` its sequence number there (None without a sequencer;
     the journal record carries both), and ``source`` what handed it to
     this relay: None for a local client, else the object given to
-    ``accept_remote`` (a federation link, a bridge).
+    ``accept_remote`` (a federation link, a bridge).  A named tuple: one
+    is made per message, in a third of the time of a frozen dataclass.
     """
 
     entry: dict

@@ -5,6 +5,7 @@ msg_id``) and its id: the SHA-256 of ``json.dumps(entry, sort_keys=True)``
 taken before ``msg_id`` is added.  With a client nonce the hashed object is
 ``from, to, body, nonce`` (plus ``room``) so that a retry gets the same id.
 """
+import functools
 import hashlib
 import json
 
@@ -26,6 +27,13 @@ def json_text(value):
     if kind is float and -_INF < value < _INF:
         return float.__repr__(value)
     return json.dumps(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def relay_json(relay_id):
+    """``json_text(relay_id)`` as bytes, remembered: records and frames name
+    the same few relays again and again."""
+    return _text(relay_id).encode()
 
 
 def room_target(room):
@@ -100,7 +108,7 @@ def held_line(journal_bytes, peers):
 def sequenced_line(journal_bytes, key):
     """A message's journal line carrying its federation ``(origin, seq)``."""
     origin, seq = key
-    return b"%s, \"fed\": %s, \"seq\": %d}" % (journal_bytes[:-1], json_text(origin).encode(), seq)
+    return b"%s, \"fed\": %s, \"seq\": %d}" % (journal_bytes[:-1], relay_json(origin), seq)
 
 
 def entry_of(record):

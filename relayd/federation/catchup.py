@@ -349,7 +349,6 @@ class CatchUpServer:
                                             record["timestamp"]))
         if items:
             self.hub.peer_stats(name).caught_up += len(items)
-            self.hub.metrics.caught_up.labels(name).inc(len(items))
             self.log.info("federation: sent {count} missed items to {peer}",
                           count=len(items), peer=name)
         synced = {"type": "synced", "sent": len(items), "more": more}

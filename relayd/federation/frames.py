@@ -1,4 +1,5 @@
 """Item frames on a link: validation of what a peer sends, encoding of what we send."""
+import functools
 import math
 import re
 
@@ -6,7 +7,7 @@ from relayd import names
 from relayd.jsonfast import dumps_own
 from relayd.core import message
 
-HEX = frozenset("0123456789abcdef")
+_MSG_ID = re.compile("[0-9a-f]{64}").fullmatch
 MAX_SEEN_BY = 255             # as max_hops
 MAX_SYNC_ORIGINS = 4096       # origins one sync may list
 MAX_SYNC_ABOVE = 65536        # seqs above a cursor's low one sync may list
@@ -35,21 +36,34 @@ def is_time(value):
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
+def _remembered(rule):
+    """``rule`` (None for a valid name, else the reason), its answers for the
+    last 4096 strings kept: items repeat the same few relay ids, senders and
+    targets, and a rule's answer depends on the string alone."""
+    cached = functools.lru_cache(maxsize=4096)(rule)
+    return lambda value: cached(value) if type(value) is str else rule(value)
+
+
+_relay_id_problem = _remembered(names.problem)
+_peer_id_problem = _remembered(message.valid_peer_id)
+_target_problem = _remembered(message.valid_target)
+
+
 def check_entry(entry):
     """Raise BadItem unless ``entry`` looks like a relayed message entry."""
     if not isinstance(entry, dict):
         raise BadItem("entry must be an object")
     msg_id = entry.get("msg_id")
-    if not isinstance(msg_id, str) or len(msg_id) != 64 or not HEX.issuperset(msg_id):
+    if not isinstance(msg_id, str) or _MSG_ID(msg_id) is None:
         raise BadItem("msg_id must be 64 hex digits")
     if not isinstance(entry.get("body"), str):
         raise BadItem("body must be a string")
-    reason = message.valid_peer_id(entry.get("from")) or message.valid_target(entry.get("to"))
+    reason = _peer_id_problem(entry.get("from")) or _target_problem(entry.get("to"))
     if reason is not None:
         raise BadItem(f"from/to: {reason}")
     seen_by = entry.get("seen_by")
     if not isinstance(seen_by, list) or not 0 < len(seen_by) <= MAX_SEEN_BY \
-            or not all(names.valid(r) for r in seen_by):
+            or not all(_relay_id_problem(r) is None for r in seen_by):
         raise BadItem(f"seen_by must list 1 to {MAX_SEEN_BY} relay ids")
     if not is_time(entry.get("timestamp", 0)):
         raise BadItem("timestamp must be a finite number")
@@ -59,7 +73,7 @@ def check_entry(entry):
 
 def item_key(frame):
     origin, seq = frame.get("origin"), frame.get("seq")
-    if not names.valid(origin) or not is_seq(seq):
+    if _relay_id_problem(origin) is not None or not is_seq(seq):
         raise BadItem("origin must be a relay id and seq a positive whole number")
     return origin, seq
 
@@ -129,12 +143,13 @@ def relayed_line(line, entry, appended):
     if appended is None:
         return raw
     cut = len(raw) - _ID_TAIL
-    return b"%s, %s%s" % (raw[:cut], message.json_text(appended).encode(), raw[cut:])
+    return b"%s, %s%s" % (raw[:cut], message.relay_json(appended), raw[cut:])
 
 
 def msg_frame(origin, seq, line):
-    """The msg frame of the entry whose journal line (its JSON, as journaled) is ``line``."""
-    return dumps_own({"type": "msg", "origin": origin, "seq": seq})[:-1] + b',"entry":' + line + b"}\n"
+    """The msg frame of the entry whose journal line (its JSON, as journaled) is
+    ``line``: its own keys as ``dumps_own`` writes them, then the line."""
+    return b'{"type":"msg","origin":%s,"seq":%d,"entry":%s}\n' % (dumps_own(origin), seq, line)
 
 
 def receipt_frame(origin, seq, msg_id, peer, timestamp):

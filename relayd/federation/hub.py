@@ -51,7 +51,7 @@ class Hub:
         self.identity = None           # set when the service starts
         self.peers = {}                # name -> Peer (the trusted set)
         self.links = {}                # name -> [Link] that are up, oldest first
-        self._stats = {}               # name -> PeerStats
+        self._stats = metrics.stats    # name -> PeerStats (what /metrics reads)
         self.recent = deque(maxlen=RECENT_ITEMS)   # items not necessarily on disk yet
         self._pending = {}             # msg_id -> (origin, seq) until the router journaled it
         self._early = OrderedDict()    # msg_id -> receipt record, for receipts that beat their message
@@ -88,8 +88,6 @@ class Hub:
         stats.connects += 1
         if stats.since is None:
             stats.since = self.clock.seconds()
-        self.metrics.links.labels(name).inc()
-        self.metrics.connects.labels(name).inc()
         self.log.info("federation: link to {peer} up ({address})", peer=name,
                       address=link.address())
         if len(links) == 1:
@@ -114,7 +112,6 @@ class Hub:
         stats = self.peer_stats(name)
         stats.links -= 1
         stats.last_error = why
-        self.metrics.links.labels(name).dec()
         if not stats.links:
             stats.since = None
             if name not in self.peers:
@@ -130,21 +127,14 @@ class Hub:
         if not links and name not in self.peers:
             self._forget(name)
 
-    def series(self, name, metric, *labels):
-        """``metric.labels(name, *labels)``, kept with the peer's stats: the
-        per-item counters would otherwise look their series up on every item."""
-        children = self.peer_stats(name).series
-        child = children.get((metric, labels))
-        if child is None:
-            child = children[(metric, labels)] = metric.labels(name, *labels)
-        return child
-
     def _forget(self, name):
-        self._stats.pop(name, None)
         self.metrics.forget(name)
 
-    def _send(self, data, kind, skip=(), seen_by=()):
+    def _send(self, kind, skip, seen_by, make, *args):
+        """Send the frame ``make(*args)`` to every up peer not in ``skip`` or
+        ``seen_by``; it is made once, and only if one of them takes it."""
         limit = self.settings.link_buffer
+        data = None
         for name, links in self.links.items():
             if name in skip or name in seen_by:
                 continue
@@ -152,9 +142,10 @@ class Hub:
             if link.skipped or link.queued >= limit:
                 self._behind(link, kind)
                 continue
+            if data is None:
+                data = make(*args)
             link.send_raw(data)
             self.peer_stats(name).sent[kind] += 1
-            self.series(name, self.metrics.items_out, kind).inc()
 
     def _behind(self, link, kind):
         """Leave an item to catch-up: ``link``'s queue is full (or was, and
@@ -168,7 +159,7 @@ class Hub:
                               "has read them{repeats}", peer=name, queued=link.queued,
                               repeats=repeats(left_out))
         link.skipped += 1
-        self.series(name, self.metrics.items_behind, kind).inc()
+        self.metrics.items_behind.labels(name, kind).inc()
 
     def caught_up(self, link):
         """``link`` drained after items were left out: have its peer ask for them
@@ -223,7 +214,7 @@ class Hub:
             self.hop_limited += 1
             self.metrics.hop_limited.inc()
             return
-        self._send(msg_frame(origin, seq, line), "messages", skip, entry["seen_by"])
+        self._send("messages", skip, entry["seen_by"], msg_frame, origin, seq, line)
 
     def delivered_elsewhere(self, peer, msg_id):
         """A peer relay delivered ``msg_id`` to ``peer``: no mailbox here keeps it."""
@@ -241,7 +232,7 @@ class Hub:
         self._count_item()
         self.recent.append((origin, seq, "r", record))
         skip = (source.peer.name,) if source is not None else ()
-        self._send(receipt_frame(origin, seq, msg_id, peer, timestamp), "receipts", skip)
+        self._send("receipts", skip, (), receipt_frame, origin, seq, msg_id, peer, timestamp)
 
     def _count_item(self):
         self._since_checkpoint += 1
@@ -340,13 +331,11 @@ class Hub:
                           "journal refused them); recorded as lost, not asked for again",
                           peer=origin, ranges=shown_runs + (" ..." if len(filled) > 10 else ""))
 
-    def _held(self, link, origin, seq, kind):
-        stats = self.peer_stats(link.name)
+    def _held(self, stats, origin, seq, kind):
+        """Count an item from the peer of ``stats``: True if held already."""
         stats.received[kind] += 1
-        self.series(link.name, self.metrics.items_in, kind).inc()
         if self.index.has(origin, seq):
             stats.dedup_hits += 1
-            self.series(link.name, self.metrics.dedup).inc()
             return True
         self.index.add(origin, seq)
         return False
@@ -355,11 +344,10 @@ class Hub:
         origin, seq = item_key(frame)
         entry = frame.get("entry")
         check_entry(entry)
-        if self._held(link, origin, seq, "messages"):
-            return
         stats = self.peer_stats(link.name)
+        if self._held(stats, origin, seq, "messages"):
+            return
         stats.lag = max(0.0, self.clock.seconds() - entry.get("timestamp", 0))
-        self.series(link.name, self.metrics.lag).set(stats.lag)
         appended = None
         if self.relay_id not in entry["seen_by"]:
             entry["seen_by"].append(self.relay_id)
@@ -381,9 +369,7 @@ class Hub:
         elif not new:       # held already (e.g. a crash lost its seq record): record the seq
             self._pending.pop(msg_id, None)
             self._record(fed_index.companion_line(origin, seq, msg_id))
-            stats = self.peer_stats(link.name)
-            stats.dedup_hits += 1
-            self.metrics.dedup.labels(link.name).inc()
+            self.peer_stats(link.name).dedup_hits += 1
 
     def _refused(self, failure, link, origin, seq, msg_id):
         """The journal failed: forget the item and ask the peer again a little later."""
@@ -407,7 +393,7 @@ class Hub:
         origin, seq = item_key(frame)
         check_receipt(frame)
         msg_id, peer, timestamp = frame.get("msg_id"), frame.get("to"), frame.get("timestamp")
-        if self._held(link, origin, seq, "receipts"):
+        if self._held(self.peer_stats(link.name), origin, seq, "receipts"):
             return
         self.delivered_elsewhere(peer, msg_id)
         if not self.router.holds(msg_id) or msg_id in self._pending:

@@ -40,6 +40,9 @@ MAX_LOST_KEPT = 1000          # runs of own lost seqs remembered to tell peers (
 
 
 class Cursor:
+    """Every seq up to ``low`` is held, and those in ``above``; ``low + 1``
+    never is in ``above`` (each change merges it into ``low``)."""
+
     __slots__ = ("low", "above")
 
     def __init__(self):
@@ -52,8 +55,12 @@ class Cursor:
     def add(self, seq):
         if seq <= self.low:
             return
-        self.above.add(seq)
-        self._merge()
+        if seq == self.low + 1:         # the usual case: the next one
+            self.low = seq
+            if self.above:
+                self._merge()
+        else:
+            self.above.add(seq)
 
     def _merge(self):
         while self.low + 1 in self.above:
@@ -136,7 +143,10 @@ class Index:
         return cursor is not None and cursor.has(seq)
 
     def add(self, origin, seq):
-        self.cursors.setdefault(origin, Cursor()).add(seq)
+        cursor = self.cursors.get(origin)
+        if cursor is None:
+            cursor = self.cursors[origin] = Cursor()
+        cursor.add(seq)
         if origin == self.relay_id and seq >= self._next:
             self._next = seq + 1
 
@@ -253,6 +263,7 @@ class Index:
         for origin, (low, above) in data["cursors"].items():
             cursor = self.cursors[origin] = Cursor()
             cursor.low, cursor.above = low, set(above)
+            cursor._merge()
         self._next = data["next"]
         self.lost_own = data.get("lost_own", [])       # absent from older checkpoints
         self.unsequenced = {tuple(key): record for key, record in data["unsequenced"]}

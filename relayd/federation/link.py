@@ -1,9 +1,11 @@
 """One federation link: JSON lines, the handshake, keepalive, then items.
 
 Frames are JSON objects, one per line (``\\n``), at most ``max_line``
-bytes.  Until the handshake has succeeded only ``hello`` and ``auth`` are
-read, at most ``HANDSHAKE_LINE`` bytes each (an unauthenticated connection
-holds no more); afterwards every frame goes to the hub.  A link that stays silent
+bytes; a read is split into its lines at once (Twisted's ``LineReceiver``
+cuts one line at a time and copies the rest of the read each time).  Until
+the handshake has succeeded only ``hello`` and ``auth`` are read, at most
+``HANDSHAKE_LINE`` bytes each (an unauthenticated connection holds no
+more); afterwards every frame goes to the hub.  A link that stays silent
 for ``dead_after`` seconds is dropped (each side pings every ``keepalive``).
 
 Output: while the transport holds more than it takes at once (it paused us),
@@ -20,9 +22,8 @@ from collections import deque
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from twisted.protocols.basic import LineReceiver
 from zope.interface import implementer
 
 from relayd.federation.handshake import Handshake, HandshakeError
@@ -38,7 +39,7 @@ def encode(obj):
 
 
 @implementer(IPushProducer)
-class Link(LineReceiver):
+class Link(Protocol):
     """A link; as the transport's producer it learns when the peer stops
     reading.  What is sent meanwhile waits in ``queue`` (``queued`` bytes),
     which the hub keeps under ``link_buffer``; a peer whose transport drains
@@ -46,7 +47,7 @@ class Link(LineReceiver):
     reconnects)."""
 
     log = Logger()
-    delimiter = b"\n"
+    MAX_LENGTH = HANDSHAKE_LINE     # bytes in a line, newline excluded
 
     def __init__(self, hub, expected=None):
         self.hub = hub
@@ -64,6 +65,8 @@ class Link(LineReceiver):
         self.queued = 0                 # their bytes
         self.skipped = 0                # items the hub left to catch-up since the queue filled
         self._timer = None
+        self._buffer = b""              # the start of a line whose newline has not arrived
+        self._reading = False           # in dataReceived (a line's handling may read more)
 
     @property
     def ranges(self):
@@ -96,10 +99,41 @@ class Link(LineReceiver):
             self.queue.append(data)
             self.queued += len(data)
 
+    def dataReceived(self, data):
+        """Hand each whole line to ``lineReceived``, in order, until the link
+        closes; a line, or the start of one, longer than ``MAX_LENGTH`` fails it."""
+        self.last_heard = self.hub.clock.seconds()
+        if b"\n" not in data or self._reading:
+            self._buffer += data
+            if not self._reading:
+                self._check_unfinished()
+            return
+        self._reading = True
+        try:
+            lines = (self._buffer + data).split(b"\n")
+            while len(lines) > 1:
+                self._buffer = lines.pop()
+                for line in lines:
+                    if len(line) > self.MAX_LENGTH:
+                        self._buffer = b""
+                        self.lineLengthExceeded(line)
+                        return
+                    self.lineReceived(line)
+                    if self.state == CLOSED or self.transport.disconnecting:
+                        return
+                lines = self._buffer.split(b"\n")     # more arrived while a line was handled
+            self._check_unfinished()
+        finally:
+            self._reading = False
+
+    def _check_unfinished(self):
+        if len(self._buffer) > self.MAX_LENGTH:
+            line, self._buffer = self._buffer, b""
+            self.lineLengthExceeded(line)
+
     def lineReceived(self, line):
         if self.state == CLOSED:
             return
-        self.last_heard = self.hub.clock.seconds()
         try:
             # a peer's json.dumps may have escaped a lone surrogate in a body:
             # msgspec refuses it, the standard module reads it as it always did

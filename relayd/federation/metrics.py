@@ -1,57 +1,91 @@
-"""Per-peer federation metrics (Prometheus) and the counters behind ``peers()``."""
-from prometheus_client import Counter, Gauge
+"""Per-peer federation metrics (Prometheus) and the counters behind ``peers()``.
+
+What a peer's ``PeerStats`` counts (links, items in and out, dedup hits,
+catch-up, lag, connects) is exported from those plain counters at scrape
+time, so an item costs an integer increment, not a locked update of a
+prometheus_client metric as well.
+"""
+from prometheus_client import Counter
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+KINDS = ("messages", "receipts")
 
 
 class PeerStats:
-    """What the admin console shows for one peer."""
+    """What the admin console and /metrics show for one peer."""
 
     __slots__ = ("links", "since", "received", "sent", "dedup_hits", "caught_up", "lag",
-                 "connects", "last_error", "series")
+                 "connects", "last_error")
 
     def __init__(self):
         self.links = 0
         self.since = None
-        self.received = {"messages": 0, "receipts": 0}
-        self.sent = {"messages": 0, "receipts": 0}
+        self.received = dict.fromkeys(KINDS, 0)
+        self.sent = dict.fromkeys(KINDS, 0)
         self.dedup_hits = self.caught_up = self.connects = 0
         self.lag = None
         self.last_error = None
-        self.series = {}        # (metric, labels) -> the peer's labelled child, see Hub.series
 
 
 class FederationMetrics:
+    """The hub's metrics: ``stats`` (peer name -> PeerStats, kept by the
+    hub) read at scrape time, and counters for what no PeerStats counts."""
+
     def __init__(self, registry):
         kw = {"registry": registry}
-        self.links = Gauge("relayd_federation_links", "Authenticated links up, per peer", ["peer"], **kw)
-        self.items_in = Counter("relayd_federation_items_in_total", "Items received from a peer",
-                                ["peer", "kind"], **kw)
-        self.items_out = Counter("relayd_federation_items_out_total", "Items sent to a peer",
-                                 ["peer", "kind"], **kw)
+        self.stats = {}
         self.items_behind = Counter("relayd_federation_items_behind_total",
                                     "Items not queued for a peer whose link buffer was full "
                                     "(it gets them by catch-up)", ["peer", "kind"], **kw)
-        self.dedup = Counter("relayd_federation_dedup_hits_total", "Items from a peer already held",
-                             ["peer"], **kw)
-        self.caught_up = Counter("relayd_federation_catchup_items_total",
-                                 "Items sent to a peer by catch-up", ["peer"], **kw)
-        self.lag = Gauge("relayd_federation_lag_seconds",
-                         "Age of the last message received from a peer", ["peer"], **kw)
-        self.connects = Counter("relayd_federation_link_ups_total", "Links that authenticated", ["peer"], **kw)
         self.refused = Counter("relayd_federation_handshake_failures_total",
                                "Links refused during the handshake", **kw)
         self.hop_limited = Counter("relayd_federation_hop_limited_total",
                                    "Messages not forwarded because of the hop limit", **kw)
         self.bad_frames = Counter("relayd_federation_bad_frames",
                                   "Malformed frames from a peer, answered with an error", ["peer"], **kw)
+        registry.register(PeerCollector(self.stats))
 
     def forget(self, peer):
         """Drop the series of a peer that is no longer configured."""
-        for metric in (self.links, self.dedup, self.caught_up, self.lag, self.connects,
-                       self.bad_frames):
-            metric.remove(peer)
-        for metric in (self.items_in, self.items_out, self.items_behind):
-            for kind in ("messages", "receipts"):
-                metric.remove(peer, kind)
+        self.stats.pop(peer, None)
+        self.bad_frames.remove(peer)
+        for kind in KINDS:
+            self.items_behind.remove(peer, kind)
+
+
+class PeerCollector:
+    """The per-peer families, from ``stats`` (name -> PeerStats)."""
+
+    def __init__(self, stats):
+        self.stats = stats
+
+    def collect(self):
+        stats = sorted(self.stats.items())
+        links = GaugeMetricFamily("relayd_federation_links", "Authenticated links up, per peer",
+                                  labels=["peer"])
+        items_in = CounterMetricFamily("relayd_federation_items_in_total",
+                                       "Items received from a peer", labels=["peer", "kind"])
+        items_out = CounterMetricFamily("relayd_federation_items_out_total",
+                                        "Items sent to a peer", labels=["peer", "kind"])
+        dedup = CounterMetricFamily("relayd_federation_dedup_hits_total",
+                                    "Items from a peer already held", labels=["peer"])
+        caught_up = CounterMetricFamily("relayd_federation_catchup_items_total",
+                                        "Items sent to a peer by catch-up", labels=["peer"])
+        lag = GaugeMetricFamily("relayd_federation_lag_seconds",
+                                "Age of the last message received from a peer", labels=["peer"])
+        connects = CounterMetricFamily("relayd_federation_link_ups_total",
+                                       "Links that authenticated", labels=["peer"])
+        for name, s in stats:
+            links.add_metric([name], s.links)
+            for kind in KINDS:
+                items_in.add_metric([name, kind], s.received[kind])
+                items_out.add_metric([name, kind], s.sent[kind])
+            dedup.add_metric([name], s.dedup_hits)
+            caught_up.add_metric([name], s.caught_up)
+            if s.lag is not None:
+                lag.add_metric([name], s.lag)
+            connects.add_metric([name], s.connects)
+        return [links, items_in, items_out, dedup, caught_up, lag, connects]
 
 
 def peer_rows(peers, stats, now):
