@@ -572,6 +572,16 @@ class FrameTests(unittest.TestCase):
         self.assertRaises(BadItem, frames.item_key, {"origin": ["relay1"], "seq": 1})
         self.assertEqual(frames.item_key({"origin": "relay1", "seq": 1}), ("relay1", 1))
 
+    def test_names_longer_than_any_name_are_refused_and_not_remembered(self):
+        entry = message.new_entry("alice", "*", "hi", 1.5, "relay1")
+        kept = frames._peer_id_problem.cache_info
+        before = kept().currsize
+        for n in range(3):
+            self.assertRaises(BadItem, check_entry, dict(entry, **{"from": "x" * 100_000 + str(n)}))
+        self.assertEqual(kept().currsize, before)
+        self.assertRaises(BadItem, check_entry, dict(entry, **{"from": f"x||{id(self)}-{before}"}))
+        self.assertEqual(kept().currsize, before + 1)      # a name-sized string is remembered
+
 
 class RelayedLineTests(unittest.TestCase):
     """A peer's entry is journaled from the frame's bytes only when they are

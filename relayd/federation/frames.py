@@ -8,6 +8,7 @@ from relayd.jsonfast import dumps_own
 from relayd.core import message
 
 _MSG_ID = re.compile("[0-9a-f]{64}").fullmatch
+_KEPT_LENGTH = 2 * names.MAX_NAME   # strings longer than any name are not remembered
 MAX_SEEN_BY = 255             # as max_hops
 MAX_SYNC_ORIGINS = 4096       # origins one sync may list
 MAX_SYNC_ABOVE = 65536        # seqs above a cursor's low one sync may list
@@ -39,9 +40,17 @@ def is_time(value):
 def _remembered(rule):
     """``rule`` (None for a valid name, else the reason), its answers for the
     last 4096 strings kept: items repeat the same few relay ids, senders and
-    targets, and a rule's answer depends on the string alone."""
+    targets, and a rule's answer depends on the string alone.  Only strings
+    a name could be are kept (longer ones fail the length check at once),
+    so a peer's frames cannot fill the cache with large strings."""
     cached = functools.lru_cache(maxsize=4096)(rule)
-    return lambda value: cached(value) if type(value) is str else rule(value)
+
+    def check(value):
+        if type(value) is str and len(value) <= _KEPT_LENGTH:
+            return cached(value)
+        return rule(value)
+    check.cache_info = cached.cache_info
+    return check
 
 
 _relay_id_problem = _remembered(names.problem)
