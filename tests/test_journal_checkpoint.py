@@ -217,6 +217,18 @@ class EncodeTests(unittest.TestCase):
         self.assertGreater(len(pieces), 10)
         self.assertLessEqual(max(len(p) for p in pieces), 30 * 67)
 
+    def test_runs_of_plain_scalars_in_lists_and_dicts_are_sliced_in_chunks(self):
+        self.patch(checkpoint, "CHUNK", 10)
+        ids = [f"{n:064x}" for n in range(95)]
+        for value in (ids, dict(zip(ids, range(95))), ids[:40] + [[1, [2]]] + ids[40:]):
+            pieces = []
+            checkpoint.encode(value, pieces)
+            self.assertEqual(json.loads(b"".join(pieces)), json.loads(json.dumps(value)))
+            self.assertLessEqual(max(len(p) for p in pieces), 10 * 80)
+        pieces = []
+        checkpoint.encode(ids, pieces)
+        self.assertEqual(len(pieces), 2 + 10)      # the brackets and ten slices
+
 
 class ComponentSnapshotTests(unittest.TestCase):
     """Each state part survives a JSON round trip as a checkpoint stores it."""

@@ -17,6 +17,7 @@ fails those checks.
 import json
 import os
 import zlib
+from operator import itemgetter
 
 from relayd import jsonfast
 from relayd.filepool import write_atomically
@@ -26,6 +27,8 @@ from relayd.journal.replay import Start
 FILE_NAME = "checkpoint.json"
 VERSION = 1
 CHUNK = 5000          # list items or dict entries encoded in one call
+SCALARS = frozenset((str, int, float, bool, type(None)))   # JSON with nothing inside
+_value = itemgetter(1)                  # a dict item's value
 
 
 def _size(value, limit=CHUNK):
@@ -46,7 +49,9 @@ def _size(value, limit=CHUNK):
 def encode(value, out):
     """Append the JSON of ``value`` to the list ``out`` in pieces of about
     ``CHUNK`` scalars each (bigger lists and dicts are split, recursively;
-    ``CHUNK = 5000`` keeps each encoder call to a few milliseconds)."""
+    ``CHUNK = 5000`` keeps each encoder call to a few milliseconds).  A run
+    of ``CHUNK`` plain scalars (the dedup window's ids and times) is one
+    slice and one encoder call, with no Python step per item."""
     if not isinstance(value, (list, tuple, dict)) or _size(value) <= CHUNK:
         out.append(jsonfast.dumps_own(value))
         return
@@ -62,23 +67,30 @@ def encode(value, out):
                        + jsonfast.dumps_own(dict(batch) if is_dict else batch)[1:-1])
             batch, weight, first = [], 0, False
 
-    for item in items:
-        inner = item[1] if is_dict else item
-        size = _size(inner) if isinstance(inner, (list, tuple, dict)) else 1
-        if size > CHUNK:
+    for start in range(0, len(items), CHUNK):
+        piece = items[start:start + CHUNK]
+        if SCALARS.issuperset(map(type, map(_value, piece) if is_dict else piece)):
             flush()
-            if is_dict:
-                out.append((b"" if first else b",") + jsonfast.dumps_own(str(item[0])) + b":")
-                encode(item[1], out)
-            else:
-                out.append(b"" if first else b",")
-                encode(item, out)
-            first = False
+            batch, weight = piece, len(piece)
+            flush()
             continue
-        if weight + size > CHUNK:
-            flush()
-        batch.append(item)
-        weight += size
+        for item in piece:
+            inner = item[1] if is_dict else item
+            size = _size(inner) if isinstance(inner, (list, tuple, dict)) else 1
+            if size > CHUNK:
+                flush()
+                if is_dict:
+                    out.append((b"" if first else b",") + jsonfast.dumps_own(str(item[0])) + b":")
+                    encode(item[1], out)
+                else:
+                    out.append(b"" if first else b",")
+                    encode(item, out)
+                first = False
+                continue
+            if weight + size > CHUNK:
+                flush()
+            batch.append(item)
+            weight += size
     flush()
     out.append(b"}" if is_dict else b"]")
 
