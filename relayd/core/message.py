@@ -49,13 +49,13 @@ def new_message(sender, to, body, timestamp, relay_id, room=None, nonce=None):
     gives, so that a message costs no more than one encoding of its fields.
     """
     f, t, b = json_text(sender), json_text(to), json_text(body)
-    r = "" if room is None else ', "room": ' + json_text(room)
-    stamp, seen = json_text(timestamp), "[" + json_text(relay_id) + "]"
+    r = "" if room is None else f', "room": {json_text(room)}'
+    stamp, seen = json_text(timestamp), f"[{json_text(relay_id)}]"
+    # f-strings: each text is put together in one allocation
     if nonce is None:
-        hashed = ('{"body": ' + b + ', "from": ' + f + r + ', "seen_by": ' + seen
-                  + ', "timestamp": ' + stamp + ', "to": ' + t + "}")
+        hashed = f'{{"body": {b}, "from": {f}{r}, "seen_by": {seen}, "timestamp": {stamp}, "to": {t}}}'
     else:
-        hashed = '{"body": ' + b + ', "from": ' + f + ', "nonce": ' + json_text(nonce) + r + ', "to": ' + t + "}"
+        hashed = f'{{"body": {b}, "from": {f}, "nonce": {json_text(nonce)}{r}, "to": {t}}}'
     msg_id = hashlib.sha256(hashed.encode()).hexdigest()
     entry = {"from": sender, "to": to, "body": body}
     if room is not None:
@@ -63,8 +63,8 @@ def new_message(sender, to, body, timestamp, relay_id, room=None, nonce=None):
     entry["timestamp"] = timestamp
     entry["seen_by"] = [relay_id]
     entry["msg_id"] = msg_id
-    line = ('{"from": ' + f + ', "to": ' + t + ', "body": ' + b + r + ', "timestamp": ' + stamp
-            + ', "seen_by": ' + seen + ', "msg_id": "' + msg_id + '"}')
+    line = (f'{{"from": {f}, "to": {t}, "body": {b}{r}, "timestamp": {stamp}, '
+            f'"seen_by": {seen}, "msg_id": "{msg_id}"}}')
     return entry, line.encode()
 
 
