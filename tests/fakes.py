@@ -91,7 +91,8 @@ class FakeSession:
         return True
 
     def deliver_lines(self, lines, receipts=()):
-        self.lines.extend(lines)
+        for data in lines:                 # an item may hold several lines
+            self.lines.extend(data.splitlines(keepends=True))
         if receipts and not self.acks and self.router is not None:
             self.router.handed(self, receipts)
 

@@ -91,6 +91,110 @@ class RoutingTests(unittest.TestCase):
         self.assertEqual(bodies(self.bob), ["x", "y"], "out once durable at the latest")
 
 
+class SharedCopiesTests(unittest.TestCase):
+    """A sender's consecutive copies to one audience are held once for all
+    its readers and joined once (``delivery._Run``); each reader's stream
+    still has everything in the order it happened."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.router = make_router(self.clock)
+        self.router.journal.hold = True        # one journal batch, one flush
+        self.alice, self.bob, self.carol = (FakeSession(n) for n in ("alice", "bob", "carol"))
+        for s in (self.alice, self.bob, self.carol):
+            self.router.attach(s)
+
+    def flush(self):
+        self.router.journal.release()
+
+    def test_a_batch_of_broadcasts_is_one_shared_write(self):
+        writes = []
+        self.bob.deliver_lines = lambda lines, receipts=(): writes.append(("bob", lines))
+        self.carol.deliver_lines = lambda lines, receipts=(): writes.append(("carol", lines))
+        for n in range(3):
+            self.router.submit(self.alice, "*", str(n))
+        self.flush()
+        [(_, bob_lines), (_, carol_lines)] = sorted(writes, key=lambda w: w[0])
+        self.assertIs(bob_lines[0], carol_lines[0])
+        self.assertEqual([json.loads(x)["body"] for x in bob_lines[0].splitlines()], ["0", "1", "2"])
+        self.assertEqual(self.router.delivery.delivered, 6)
+
+    def test_the_senders_acks_do_not_split_it(self):
+        for n in range(3):
+            self.router.submit(self.alice, "*", str(n))
+            self.router.hold(self.alice, b'{"ack": %d}\n' % n)
+        self.flush()
+        self.assertEqual(bodies(self.bob), ["0", "1", "2"])
+        self.assertEqual(len(self.alice.lines), 3)
+
+    def test_a_directed_message_keeps_its_place(self):
+        self.router.submit(self.alice, "*", "b1")
+        self.router.submit(self.carol, "bob", "direct")
+        self.router.hold(self.bob, b'{"body": "held"}\n')
+        self.router.submit(self.alice, "*", "b2")
+        self.flush()
+        self.assertEqual(bodies(self.bob), ["b1", "direct", "held", "b2"])
+        self.assertEqual(bodies(self.carol), ["b1", "b2"])
+
+    def test_senders_interleave_in_order(self):
+        self.router.submit(self.alice, "*", "a1")
+        self.router.submit(self.bob, "*", "b1")
+        self.router.submit(self.alice, "*", "a2")
+        self.flush()
+        self.assertEqual(bodies(self.carol), ["a1", "b1", "a2"])
+        self.assertEqual(bodies(self.bob), ["a1", "a2"])
+        self.assertEqual(bodies(self.alice), ["b1"])
+
+    def test_a_session_that_arrives_gets_only_what_follows(self):
+        self.router.submit(self.alice, "*", "before")
+        dave = FakeSession("dave")
+        self.router.attach(dave)
+        self.router.submit(self.alice, "*", "after")
+        self.flush()
+        self.assertEqual(bodies(dave), ["after"])
+        self.assertEqual(bodies(self.bob), ["before", "after"])
+
+    def test_a_session_that_leaves_is_not_counted(self):
+        self.router.submit(self.alice, "*", "one")
+        self.router.detach(self.carol)
+        self.router.submit(self.alice, "*", "two")
+        self.flush()
+        self.assertEqual(bodies(self.carol), [])
+        self.assertEqual(self.router.delivery.delivered, 3)
+
+    def test_room_joins_and_leaves_take_effect_at_once(self):
+        for s in (self.alice, self.bob):
+            self.router.join(s, "r")
+        self.router.submit(self.alice, "#r", "one", room="r")
+        self.router.join(self.carol, "r")
+        self.router.submit(self.alice, "#r", "two", room="r")
+        self.router.leave(self.bob, "r")
+        self.router.submit(self.alice, "#r", "three", room="r")
+        self.flush()
+        self.assertEqual(bodies(self.bob), ["one", "two"])
+        self.assertEqual(bodies(self.carol), ["two", "three"])
+
+    def test_a_release_writes_what_was_routed_so_far(self):
+        self.router.submit(self.alice, "*", "one")
+        self.router.release(self.bob)
+        self.assertEqual(bodies(self.bob), ["one"])
+        self.router.submit(self.alice, "*", "two")
+        self.flush()
+        self.assertEqual(bodies(self.bob), ["one", "two"])
+        self.assertEqual(bodies(self.carol), ["one", "two"])
+
+    def test_a_stored_member_splits_the_run(self):
+        for s in (self.alice, self.bob):
+            self.router.join(s, "r", persist=True)
+        self.router.submit(self.alice, "#r", "one", room="r")
+        self.router.detach(self.bob)
+        self.router.submit(self.alice, "#r", "two", room="r")
+        self.flush()
+        self.assertEqual(bodies(self.bob), [])
+        self.assertEqual([e["body"] for e, _ in self.router.delivery.mailboxes.peek("bob")], ["two"])
+
+
 class StoreAndForwardTests(unittest.TestCase):
     def setUp(self):
         self.clock = Clock()

@@ -28,6 +28,33 @@ from relayd.core.membership import is_member_record
 STORED_CHUNK = 64       # stored messages written at once while a session is writable
 
 
+class _Run:
+    """Consecutive copies of one sender's messages to one audience (every
+    session, or a room's connected members), held once for all of them:
+    each reader's held lines name the run, and ``flush`` joins its lines
+    once and writes those bytes to every reader."""
+
+    __slots__ = ("key", "lines", "readers", "_data")
+
+    def __init__(self, key, line):
+        self.key = key                 # (room or None, sender)
+        self.lines = [line]
+        self.readers = 0
+        self._data = None
+
+    def data(self):
+        if self._data is None:
+            self._data = self.lines[0] if len(self.lines) == 1 else b"".join(self.lines)
+        return self._data
+
+
+def _written(lines):
+    """Held lines as bytes: each run as its joined copies."""
+    if len(lines) == 1:
+        return [lines[0].data()] if type(lines[0]) is _Run else lines
+    return [line.data() if type(line) is _Run else line for line in lines]
+
+
 @implementer(IDelivery)
 class Delivery:
 
@@ -39,7 +66,8 @@ class Delivery:
         self.sessions = {}             # peer id -> session
         self.members = {}              # room -> set of peer ids
         self.observers = []            # IPresenceObserver (cluster mode)
-        self._held = {}                # session -> ([lines], [directed entries]) until flush()
+        self._held = {}                # session -> ([lines and _Runs], [directed entries]) until flush()
+        self._run = None               # the _Run the next copies may join
         self._outstanding = {}         # session -> {msg_id: entry} written, not settled
         self._behind = set()           # sessions whose stored mail is not all written yet
         self._replayed_room = None     # during replay: the last room message read
@@ -55,6 +83,7 @@ class Delivery:
         A previous session with the same id is closed first; its close no
         longer touches the registry (see ``detach``).
         """
+        self._run = None               # a run's readers are the sessions it started with
         old = self.sessions.get(session.peer_id)
         if old is not None and old is not session:
             self._leave_all(old)
@@ -72,6 +101,7 @@ class Delivery:
     def detach(self, session):
         """Forget ``session`` if (and only if) it still owns its id; what it
         was sent and did not settle stays stored for the next session."""
+        self._run = None
         self._held.pop(session, None)
         if self.sessions.get(session.peer_id) is session:
             self._leave_all(session)
@@ -98,6 +128,7 @@ class Delivery:
         bound).  Returns the connected members."""
         if persist and self.memberships.add(session.peer_id, room):
             self.recorder.membership(session.peer_id, room, True)
+        self._run = None
         if room not in self.members:
             self.members[room] = set()
             for observer in self.observers:
@@ -116,6 +147,7 @@ class Delivery:
         self._drop(session, room)
 
     def _drop(self, session, room):
+        self._run = None
         if session.rooms:
             session.rooms.discard(room)
         members = self.members.get(room)
@@ -195,6 +227,14 @@ class Delivery:
         if room is not None or to == message.BROADCAST:
             if room is not None:
                 stored = self._store_for_members(entry, line, room)
+            run = self._run
+            if not stored and run is not None and run.key == (room, sender):
+                # nothing was held for its readers since its last copy
+                run.lines.append(line)
+                self.delivered += run.readers
+                return stored
+            self._run = run = None if stored else _Run((room, sender), line)
+            item = line if run is None else run
             # held for every reader, inlined: this loop runs once per copy
             held, sessions = self._held, self.sessions
             readers = (((peer, sessions[peer]) for peer in self.members.get(room, ()))
@@ -204,10 +244,12 @@ class Delivery:
                 if peer != sender and peer not in stored:
                     lines = held.get(session)
                     if lines is None:
-                        held[session] = ([line], [])
+                        held[session] = ([item], [])
                     else:
-                        lines[0].append(line)
+                        lines[0].append(item)
                     count += 1
+            if run is not None:
+                run.readers = count
         else:
             count = 0
             session = self.sessions.get(to)
@@ -220,12 +262,7 @@ class Delivery:
                 self.stored += 1
             else:
                 self._outstanding[session][entry["msg_id"]] = entry
-                held = self._held.get(session)
-                if held is None:
-                    self._held[session] = ([line], [entry])
-                else:
-                    held[0].append(line)
-                    held[1].append(entry)
+                self._hold(session, line, entry)
                 count = 1
         self.delivered += count
         return stored
@@ -258,26 +295,37 @@ class Delivery:
     def flush(self):
         """Write every held copy: one write per session for all the messages
         routed since the last flush."""
+        self._run = None
         if self._held:
             held, self._held = self._held, {}
             for session, (lines, entries) in held.items():
-                session.deliver_lines(lines, entries)
+                session.deliver_lines(_written(lines), entries)
 
     def hold(self, session, line):
         """Write ``line`` (an ack, say) to ``session`` with the next flush,
         after what is held for it already."""
+        self._hold(session, line)
+
+    def _hold(self, session, line, entry=None):
+        """Hold ``line`` (``entry``: the directed message it is) for ``session``."""
+        run = self._run
+        if run is not None and session.peer_id != run.key[1]:
+            self._run = None    # later copies must not go ahead of this line (the sender gets none)
         held = self._held.get(session)
         if held is None:
-            self._held[session] = ([line], [])
+            self._held[session] = ([line], [] if entry is None else [entry])
         else:
             held[0].append(line)
+            if entry is not None:
+                held[1].append(entry)
 
     def release(self, session):
         """Write what is held for ``session`` now: call before writing anything
         else to it, so that its stream keeps the order things happened in."""
+        self._run = None
         held = self._held.pop(session, None)
         if held is not None:
-            session.deliver_lines(*held)
+            session.deliver_lines(_written(held[0]), held[1])
 
     # --- replay --------------------------------------------------------------------
 

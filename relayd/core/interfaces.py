@@ -44,8 +44,9 @@ class ISession(Interface):
         """False while the session's output is waiting for the network."""
 
     def deliver_lines(lines, receipts):
-        """Write ``lines`` in order; ``receipts`` are the directed entries
-        among them, settled later through ``handed`` or ``acknowledged``."""
+        """Write ``lines`` (bytes, each one or more whole lines) in order;
+        ``receipts`` are the directed entries among them, settled later
+        through ``handed`` or ``acknowledged``."""
 
     def close(code, text):
         """Send the error ``code`` after everything written, and disconnect."""
