@@ -227,7 +227,7 @@ class EncodeTests(unittest.TestCase):
             self.assertLessEqual(max(len(p) for p in pieces), 10 * 80)
         pieces = []
         checkpoint.encode(ids, pieces)
-        self.assertEqual(len(pieces), 2 + 10)      # the brackets and ten slices
+        self.assertEqual(len(pieces), 2 + 10 + 9)  # the brackets, ten slices and the commas between
 
 
 class ComponentSnapshotTests(unittest.TestCase):

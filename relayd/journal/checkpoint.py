@@ -34,10 +34,12 @@ _value = itemgetter(1)                  # a dict item's value
 def _size(value, limit=CHUNK):
     """The scalars and containers in ``value``, counted until past ``limit``:
     a cheap measure of the time its encoding takes."""
+    if not isinstance(value, (list, tuple, dict)):
+        return 1
+    if len(value) > limit:
+        return limit + 1            # each item counts at least one
     if isinstance(value, dict):
         value = value.values()
-    elif not isinstance(value, (list, tuple)):
-        return 1
     count = 1
     for item in value:
         count += _size(item, limit - count) if isinstance(item, (list, tuple, dict)) else 1
@@ -47,7 +49,7 @@ def _size(value, limit=CHUNK):
 
 
 def encode(value, out):
-    """Append the JSON of ``value`` to the list ``out`` in pieces of about
+    """Append the JSON of ``value`` to the list ``out`` (bytes-like pieces) in pieces of about
     ``CHUNK`` scalars each (bigger lists and dicts are split, recursively;
     ``CHUNK = 5000`` keeps each encoder call to a few milliseconds).  A run
     of ``CHUNK`` plain scalars (the dedup window's ids and times) is one
@@ -63,8 +65,10 @@ def encode(value, out):
     def flush():
         nonlocal batch, weight, first
         if batch:
-            out.append((b"" if first else b",")
-                       + jsonfast.dumps_own(dict(batch) if is_dict else batch)[1:-1])
+            if not first:
+                out.append(b",")
+            # the items without their brackets, not copied
+            out.append(memoryview(jsonfast.dumps_own(dict(batch) if is_dict else batch))[1:-1])
             batch, weight, first = [], 0, False
 
     for start in range(0, len(items), CHUNK):
