@@ -84,15 +84,15 @@ class Pipeline:
         entry, line = message.new_message(sender, to, body, self._timestamp(),
                                           self.relay_id, room=room, nonce=nonce)
         msg_id = entry["msg_id"]
-        if self.dedup.check(msg_id):
+        if self.dedup.admit(msg_id):
+            self.accepted["client"] += 1
+            self._admit(entry, None, done, (msg_id, False), (msg_id, True), line)
+        else:
             waiters = self._waiting.get(msg_id)
             if waiters is None:
                 done((msg_id, True))
             else:
                 waiters.append(done)
-        else:
-            self.accepted["client"] += 1
-            self._admit(entry, None, done, (msg_id, False), (msg_id, True), line)
         return d
 
     def accept_remote(self, entry, source, line=None, done=None):
@@ -105,11 +105,11 @@ class Pipeline:
         if done is None:
             d = defer.Deferred()
             done = d.callback
-        if self.dedup.check(entry["msg_id"]):
-            done(False)
-        else:
+        if self.dedup.admit(entry["msg_id"]):
             self.accepted["federation"] += 1
             self._admit(entry, source, done, True, False, line)
+        else:
+            done(False)
         return d
 
     def _timestamp(self):
@@ -122,12 +122,11 @@ class Pipeline:
         return now
 
     def _admit(self, entry, source, done, first_result, later_result, line=None):
-        """Route and journal a new entry (``line``: its ``journal_line`` if
-        known).  Once it is durable ``done`` gets ``first_result``, and
+        """Route and journal a new entry, just admitted to the dedup window
+        (``line``: its ``journal_line`` if known).  Once it is durable ``done`` gets ``first_result``, and
         retries that arrived meanwhile ``later_result``, in order; if the
         journal refused it, they get the Failure."""
         msg_id = entry["msg_id"]
-        self.dedup.add(msg_id)
         self._waiting[msg_id] = [done]
         if line is None:
             line = message.journal_line(entry)
