@@ -9,7 +9,7 @@ CONFIG ?= etc/relay.ini
 
 .PHONY: run test bench venv system-deps clean
 
-$(VENV)/.installed: setup.cfg setup.py pyproject.toml relayd/udp/_fastrelay.c
+$(VENV)/.installed: setup.cfg setup.py pyproject.toml relayd/udp/_fastrelay.c relayd/journal/_framing.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q -e '.[test]' --config-settings editable_mode=compat
