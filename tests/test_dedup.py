@@ -12,8 +12,7 @@ class DedupWindowTests(unittest.TestCase):
             window.add(msg_id)
         self.assertEqual(len(window), 3)
         self.assertNotIn("a", window)
-        self.assertTrue(window.check("d"))
-        self.assertFalse(window.check("a"))
+        self.assertFalse(window.admit("d"))
         self.assertEqual(window.hits, 1)
 
     def test_ids_expire_after_the_window(self):

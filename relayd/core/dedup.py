@@ -35,16 +35,9 @@ class DedupWindow:
     def __len__(self):
         return len(self._ids)
 
-    def check(self, msg_id):
-        """True (and counted as a hit) when ``msg_id`` was seen."""
-        if msg_id in self._ids:
-            self.hits += 1
-            return True
-        return False
-
     def admit(self, msg_id):
-        """``check`` and ``add`` in one step: True if ``msg_id`` is new (it
-        is remembered from now), False (a hit) if it was seen."""
+        """True if ``msg_id`` is new (it is remembered from now), False (and
+        counted as a hit) if it was seen: one set insertion either way."""
         ids = self._ids
         known = len(ids)
         ids.add(msg_id)
@@ -62,6 +55,7 @@ class DedupWindow:
             self._remember(msg_id, self.clock.seconds(), when)
 
     def _remember(self, msg_id, now, when=None):
+        """Place the id just added to the set in the order and its second's run."""
         try:
             second = int(now if when is None else when)
         except (TypeError, ValueError, OverflowError):

@@ -262,7 +262,7 @@ class Delivery:
                 self.stored += 1
             else:
                 self._outstanding[session][entry["msg_id"]] = entry
-                self._hold(session, line, entry)
+                self.hold(session, line, entry)
                 count = 1
         self.delivered += count
         return stored
@@ -301,13 +301,9 @@ class Delivery:
             for session, (lines, entries) in held.items():
                 session.deliver_lines(_written(lines), entries)
 
-    def hold(self, session, line):
-        """Write ``line`` (an ack, say) to ``session`` with the next flush,
-        after what is held for it already."""
-        self._hold(session, line)
-
-    def _hold(self, session, line, entry=None):
-        """Hold ``line`` (``entry``: the directed message it is) for ``session``."""
+    def hold(self, session, line, entry=None):
+        """Write ``line`` (an ack, say; or the directed message ``entry``) to
+        ``session`` with the next flush, after what is held for it already."""
         run = self._run
         if run is not None and session.peer_id != run.key[1]:
             self._run = None    # later copies must not go ahead of this line (the sender gets none)
