@@ -2,14 +2,12 @@
 gives the Python version's bytes."""
 import os
 import random
-import shutil
-import subprocess
-import sysconfig
 import zlib
 
 from twisted.trial import unittest
 
 from relayd.journal import record
+from tests.cbuild import assert_compiles_without_warnings
 
 try:
     from relayd.journal import _framing
@@ -54,9 +52,4 @@ class NativeFramingTests(unittest.TestCase):
                 record.python_frame_batch(1, bodies)
 
     def test_the_source_compiles_without_warnings(self):
-        if shutil.which("gcc") is None:
-            raise unittest.SkipTest("no gcc")
-        done = subprocess.run(["gcc", "-Wall", "-Wextra", "-Werror", "-O2", "-fsyntax-only",
-                               "-I" + sysconfig.get_paths()["include"], SOURCE],
-                              capture_output=True, text=True, timeout=120)
-        self.assertEqual(done.returncode, 0, done.stderr)
+        assert_compiles_without_warnings(self, SOURCE)
