@@ -45,7 +45,7 @@ _FANOUT = "delivered msgs/s, 1 -> {n}"
 _INTACT = "1 -> {n}: readers dropped + copies lost"
 _GOSSIP = "GossipSub msgs/s through relayd to N = {n}"
 _EVERY_COPY = "printed; every copy delivered"
-_UDP = "UDP relayed datagrams per server CPU-second, {k}k/s offered"
+_UDP = "UDP relayed datagrams per server CPU-second, {k}k/s offered, server on the generator's core"
 
 TARGETS = {
     "fanout_10": Target("tcp_fanout", 9, _FANOUT.format(n=10), "msgs/s", "mosquitto", ">=", 1.5, True),

@@ -11,12 +11,16 @@ The offered-rate table (issue 15) paces 10 seed sender/receiver pairs with
 relayd, then the same generator through coturn (``bench.turn``: each sender
 allocates, binds a channel to its receiver and sends ChannelData datagrams
 of the same size, which coturn relays once each), and compares relayed
-datagrams per second of server CPU and loss.
+datagrams per second of server CPU and loss.  Both servers are measured with
+the same placement on the cores (``placed``): the target rows with the
+server on the generator's core, then, printed beside them, with one core
+each.
 
     python -m bench.udp_relay [--seconds 5] [--peers 20000] [--rate 10000]
                               [--offered 10000,20000,30000] [--only offered]
 """
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -273,17 +277,51 @@ def pair_frames(pairs, tag):
                         "payload": "0000000000" + PAIR_PAYLOAD}).encode() for i in range(pairs)]
 
 
-def offered(server, pid, rate, seconds, pairs=PAIRS):
+def placements():
+    """``same`` (the target rows), and ``split`` where there are two cores to split."""
+    return ("same", "split") if {0, 1} <= os.sched_getaffinity(0) else ("same",)
+
+
+@contextlib.contextmanager
+def placed(server_pid, placement):
+    """Pin this process (the generator) to core 0, and the server's threads to
+    core 0 too (``same``) or to core 1 (``split``); afterwards both may run
+    anywhere again.
+
+    On this VM a send that wakes a process sleeping on the other core costs
+    the sender an inter-processor interrupt (a VM exit): about 8 us of the
+    server's system time per datagram, for relayd and coturn alike, so which
+    core the scheduler happened to give the generator set either server's
+    CPU per datagram (3-5x apart, docs/PERFORMANCE.md "UDP relay").  The
+    same placement for both servers makes their figures comparable; the
+    same core leaves out what a relay's sends to the network would not
+    cost it (waking a local process on another core)."""
+    everywhere = os.sched_getaffinity(0)
+    threads = [int(tid) for tid in os.listdir(f"/proc/{server_pid}/task")]
+    os.sched_setaffinity(0, {0})
+    for tid in threads:
+        os.sched_setaffinity(tid, {0 if placement == "same" else 1})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, everywhere)
+        for tid in threads:
+            with contextlib.suppress(OSError):      # a thread that ended meanwhile
+                os.sched_setaffinity(tid, everywhere)
+
+
+def offered(server, pid, rate, seconds, pairs=PAIRS, tag=""):
     """``pairs`` seed-001 sender/receiver pairs through relayd at ``server``,
-    paced to ``rate`` datagrams/s in all; CPU and loss of the relay."""
+    paced to ``rate`` datagrams/s in all; CPU and loss of the relay.  The
+    pairs' names carry ``tag`` and the rate (a name is registered once)."""
     senders, receivers = [], []
     for i in range(pairs):
         rx, tx = udp_socket(), udp_socket()
-        register(rx, server, f"rx{rate}-{i}")
-        register(tx, server, f"tx{rate}-{i}")
+        register(rx, server, f"rx{tag}{rate}-{i}")
+        register(tx, server, f"tx{tag}{rate}-{i}")
         senders.append(tx)
         receivers.append(rx)
-    return pace(pid, senders, pair_frames(pairs, rate), server, receivers, RELAYED, rate, seconds)
+    return pace(pid, senders, pair_frames(pairs, f"{tag}{rate}"), server, receivers, RELAYED, rate, seconds)
 
 
 def offered_turn(server, pid, rate, seconds, pairs=PAIRS):
@@ -338,13 +376,17 @@ def pace(pid, senders, frames, server, receivers, only, rate, seconds):
 
 
 def measure_offered_relayd(args):
+    """``{(placement, rate): row}`` of relayd."""
     rows = {}
     with UdpRelayd(native=not args.python_relay) as server:
         address = (HOST, server.udp_port)
         offered(address, server.pid, 2000, 1.0)                   # warm-up
-        for rate in args.offered:
-            rows[rate] = offered(address, server.pid, rate, args.seconds)
-            emit("udp_relay", system="relayd", test="offered", **rows[rate])
+        for placement in placements():
+            with placed(server.pid, placement):
+                for rate in args.offered:
+                    row = rows[placement, rate] = offered(address, server.pid, rate, args.seconds,
+                                                          tag=placement)
+                    emit("udp_relay", system="relayd", test="offered", placement=placement, **row)
     return rows
 
 
@@ -409,9 +451,11 @@ def measure_offered_coturn(args):
     try:
         address = (HOST, port)
         offered_turn(address, server.pid, 2000, 1.0)              # warm-up
-        for rate in args.offered:
-            rows[rate] = offered_turn(address, server.pid, rate, args.seconds)
-            emit("udp_relay", system="coturn", test="offered", **rows[rate])
+        for placement in placements():
+            with placed(server.pid, placement):
+                for rate in args.offered:
+                    row = rows[placement, rate] = offered_turn(address, server.pid, rate, args.seconds)
+                    emit("udp_relay", system="coturn", test="offered", placement=placement, **row)
     finally:
         server.terminate()
         server.wait(10)
@@ -422,21 +466,25 @@ def measure_offered_coturn(args):
 def offered_table(args):
     ours = measure_offered_relayd(args)
     theirs = measure_offered_coturn(args)
-    for rate in args.offered:
-        if rate in ours and rate in theirs:
-            r = ratio(ours[rate]["per_cpu_second"], theirs[rate]["per_cpu_second"])
-            emit("udp_relay", check="offered_vs_coturn_per_cpu_second", offered=rate, ratio=r,
-                 lost=ours[rate]["lost"], coturn_lost=theirs[rate]["lost"], target=OFFERED_TARGET,
-                 result=verdict(r >= OFFERED_TARGET and ours[rate]["lost"] == 0))
+    for key in ours:
+        if key in theirs:
+            placement, rate = key
+            r = ratio(ours[key]["per_cpu_second"], theirs[key]["per_cpu_second"])
+            emit("udp_relay", check="offered_vs_coturn_per_cpu_second", placement=placement,
+                 offered=rate, ratio=r, lost=ours[key]["lost"], coturn_lost=theirs[key]["lost"],
+                 target=OFFERED_TARGET,
+                 result=verdict(r >= OFFERED_TARGET and ours[key]["lost"] == 0))
     for rate in args.offered:
         key = f"udp_{rate // 1000}k"
-        if key in targets.TARGETS and rate in ours:
-            theirs_rate = theirs.get(rate, {})
-            targets.record(key, ours[rate]["per_cpu_second"], theirs_rate.get("per_cpu_second"),
-                           note=f"relayd {ours[rate]['server_cpu_pct']:.0f} % of a core, "
-                                f"{ours[rate]['lost']:,} lost"
-                                + (f"; coturn {theirs_rate['server_cpu_pct']:.0f} %, "
-                                   f"{theirs_rate['lost']:,} lost" if theirs_rate else ""))
+        if key in targets.TARGETS and ("same", rate) in ours:
+            mine, other = ours["same", rate], theirs.get(("same", rate), {})
+            note = f"one core: relayd {mine['server_cpu_pct']:.0f} %, {mine['lost']:,} lost"
+            if other:
+                note += f"; coturn {other['server_cpu_pct']:.0f} %, {other['lost']:,} lost"
+            if ("split", rate) in ours and ("split", rate) in theirs:
+                note += (f"; a core each: relayd {ours['split', rate]['server_cpu_pct']:.0f} %, "
+                         f"coturn {theirs['split', rate]['server_cpu_pct']:.0f} %")
+            targets.record(key, mine["per_cpu_second"], other.get("per_cpu_second"), note=note)
     if ours:
         lost = sum(row["lost"] for row in ours.values())
         targets.record("udp_lost", lost, note=f"of {sum(row['sent'] for row in ours.values()):,}")
