@@ -115,7 +115,9 @@ class DedupWindowTests(unittest.TestCase):
         window.admit("c")                                            # the sweep: "old" is past
         self.assertEqual(sorted(window._ids), ["a", "c"])
 
-    def test_a_snapshot_whose_runs_do_not_add_up_is_refused(self):
+    def test_a_snapshot_that_does_not_add_up_is_refused(self):
         window = DedupWindow(Clock(), 60, 10)
-        with self.assertRaises(ValueError):
-            window.load_snapshot({"ids": ["a", "b"], "runs": [[5, 1]], "unsettled": []})
+        for bad in ({"ids": ["a", "b"], "runs": [[5, 1]], "unsettled": []},
+                    {"ids": ["a"], "runs": [[5, 1]], "discarded": [["a", 2]], "unsettled": []}):
+            with self.assertRaises(ValueError):
+                window.load_snapshot(bad)

@@ -118,8 +118,8 @@ class DedupWindow:
             runs, stale = _runs_of(data["times"]), {}
         if sum(count for _, count in runs) != len(order) or any(count < 1 for _, count in runs):
             raise ValueError("the dedup window's runs do not match its ids")
-        self._order, self._runs, self._stale = deque(order), deque(runs), stale
-        self._ids = _live(order, stale)
+        ids = _live(order, stale)
+        self._ids, self._order, self._runs, self._stale = ids, deque(order), deque(runs), stale
         for msg_id in data["unsettled"]:
             self.discard(msg_id)
         while len(self._ids) > self.max_entries:
@@ -149,4 +149,6 @@ def _live(order, stale):
             skip[msg_id] -= 1
         else:
             live.add(msg_id)
+    if any(skip.values()):
+        raise ValueError("the dedup window's discarded ids are not all in its order")
     return live
