@@ -61,11 +61,7 @@ class DedupWindow:
         except (TypeError, ValueError, OverflowError):
             second = int(now)
         self._order.append(msg_id)
-        runs = self._runs
-        if runs and runs[-1][0] >= second:      # an older time joins the newest run
-            runs[-1][1] += 1
-        else:
-            runs.append([second, 1])
+        _tally(self._runs, second)
         while len(self._ids) > self.max_entries:
             self._forget_oldest()
         if now >= self._next_sweep:
@@ -126,15 +122,20 @@ class DedupWindow:
             self._forget_oldest()
 
 
+def _tally(runs, second):
+    """Count one more id added in ``second`` in ``runs``; an older second
+    than the newest run's joins that run."""
+    if runs and runs[-1][0] >= second:
+        runs[-1][1] += 1
+    else:
+        runs.append([second, 1])
+
+
 def _runs_of(times):
     """``[[second, count], ...]`` of per-id times (the earlier format)."""
     runs = []
     for when in times:
-        second = int(when)
-        if runs and runs[-1][0] >= second:
-            runs[-1][1] += 1
-        else:
-            runs.append([second, 1])
+        _tally(runs, int(when))
     return runs
 
 

@@ -75,7 +75,7 @@ def encode(value, out):
         piece = items[start:start + CHUNK]
         if SCALARS.issuperset(map(type, map(_value, piece) if is_dict else piece)):
             flush()
-            batch, weight = piece, len(piece)
+            batch = piece
             flush()
             continue
         for item in piece:
