@@ -143,7 +143,7 @@ def table(benches=None):
         if target.against and row.reference is not None:
             reference += f" ({row.against or target.against})"
         elif row.reference is None and target.against:
-            reference = f"- ({target.against} not run)"
+            reference = f"- (no {target.against} figure)"
         ratio_text = (f"{ratio(row.relayd, row.reference):.2f}"
                       if target.by_ratio and row.relayd is not None and row.reference else "")
         figure = target.figure + (f" [{row.note}]" if row.note else "")

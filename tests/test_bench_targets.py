@@ -24,6 +24,15 @@ def table_rows(text):
     return rows
 
 
+def failures(output):
+    """The tracebacks of the benchmarks that failed in ``output``, each up to
+    the line that reports the failure."""
+    found = []
+    for part in output.split("Traceback (most recent call last):")[1:]:
+        found.append("Traceback (most recent call last):" + part.split("\nbench failed=")[0])
+    return "\n".join(found)[-6000:] + "\n"
+
+
 class JudgeTests(unittest.TestCase):
     def test_ratio_at_least(self):
         target = Target("tcp_fanout", 9, "f", "msgs/s", "mosquitto", ">=", 1.5, by_ratio=True)
@@ -83,7 +92,7 @@ class ShortRunTests(unittest.TestCase):
         done = subprocess.run([sys.executable, "-m", "bench", "--short"], cwd=REPO,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
         output = done.stdout.decode("utf-8", "replace")
-        self.assertEqual(done.returncode, 0, output[-6000:])
+        self.assertEqual(done.returncode, 0, failures(output) + output[-3000:])
         table = output[output.index("Targets (issues 9, 12, 15)"):]
         rows = table_rows(table)
         self.assertEqual(len(rows), len(TARGETS), table)
