@@ -118,6 +118,10 @@ class DedupWindowTests(unittest.TestCase):
     def test_a_snapshot_that_does_not_add_up_is_refused(self):
         window = DedupWindow(Clock(), 60, 10)
         for bad in ({"ids": ["a", "b"], "runs": [[5, 1]], "unsettled": []},
-                    {"ids": ["a"], "runs": [[5, 1]], "discarded": [["a", 2]], "unsettled": []}):
+                    {"ids": ["a"], "runs": [[5, 1]], "discarded": [["a", 2]], "unsettled": []},
+                    {"ids": ["a", "b", "a"], "runs": [[5, 3]], "unsettled": []},
+                    {"ids": ["a", "b"], "runs": [[5, 2]], "discarded": [["a", 0]], "unsettled": []},
+                    {"ids": ["a", "a", "a"], "runs": [[5, 3]], "discarded": [["a", 1]],
+                     "unsettled": []}):
             with self.assertRaises(ValueError):
                 window.load_snapshot(bad)

@@ -114,6 +114,8 @@ class DedupWindow:
             runs, stale = _runs_of(data["times"]), {}
         if sum(count for _, count in runs) != len(order) or any(count < 1 for _, count in runs):
             raise ValueError("the dedup window's runs do not match its ids")
+        if any(count < 1 for count in stale.values()):
+            raise ValueError("the dedup window counts an id discarded less than once")
         ids = _live(order, stale)
         self._ids, self._order, self._runs, self._stale = ids, deque(order), deque(runs), stale
         for msg_id in data["unsettled"]:
@@ -140,16 +142,20 @@ def _runs_of(times):
 
 
 def _live(order, stale):
-    """The ids of ``order`` less the first places ``stale`` counts for each."""
+    """The ids of ``order`` less the first places ``stale`` counts for each.
+    An id placed twice beyond its discarded places is refused: forgetting
+    its first place would leave the second pointing at no id."""
     if not stale:
-        return set(order)
-    skip = dict(stale)
-    live = set()
-    for msg_id in order:
-        if skip.get(msg_id):
-            skip[msg_id] -= 1
-        else:
-            live.add(msg_id)
-    if any(skip.values()):
-        raise ValueError("the dedup window's discarded ids are not all in its order")
+        live = set(order)
+    else:
+        skip, live = dict(stale), set()
+        for msg_id in order:
+            if skip.get(msg_id):
+                skip[msg_id] -= 1
+            else:
+                live.add(msg_id)
+        if any(skip.values()):
+            raise ValueError("the dedup window's discarded ids are not all in its order")
+    if len(live) != len(order) - sum(stale.values()):
+        raise ValueError("the dedup window's order holds an id twice")
     return live
