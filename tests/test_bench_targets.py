@@ -8,7 +8,7 @@ import sys
 
 from twisted.trial import unittest
 
-from bench import targets
+from bench import targets, udp_relay
 from bench.targets import TARGETS, Row, Target
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,6 +85,17 @@ class JudgeTests(unittest.TestCase):
         self.assertEqual(invalid[3:], ["0", "-", "", "== 0", "MISSED (run outside the target's conditions)"])
         not_run = rows[TARGETS["fanout_100"].figure]
         self.assertEqual((not_run[3], not_run[-1]), ("-", "MISSED (not run)"))
+
+
+    def test_a_cpu_time_too_short_to_see_gives_no_figure_and_a_missed_row(self):
+        self.addCleanup(targets.ROWS.clear)
+        targets.ROWS.clear()
+        self.assertIsNone(udp_relay.per_cpu_second(10000, 0.0))
+        self.assertEqual(udp_relay.compared(300000.0, None, 0.5)["result"], "MISSED")
+        self.assertEqual(udp_relay.compared(300000.0, 500000.0, 0.5)["result"], "met")
+        targets.record("udp_10k", 300000.0, None, note="coturn 0 %")
+        row = table_rows(targets.table(["udp_relay"]))[TARGETS["udp_10k"].figure + " [coturn 0 %]"]
+        self.assertEqual((row[4], row[-1]), ("- (no coturn figure)", "MISSED"))
 
 
 class ShortRunTests(unittest.TestCase):
