@@ -86,7 +86,6 @@ class JudgeTests(unittest.TestCase):
         not_run = rows[TARGETS["fanout_100"].figure]
         self.assertEqual((not_run[3], not_run[-1]), ("-", "MISSED (not run)"))
 
-
     def test_a_cpu_time_too_short_to_see_gives_no_figure_and_a_missed_row(self):
         self.addCleanup(targets.ROWS.clear)
         targets.ROWS.clear()
