@@ -9,10 +9,9 @@ from its cache instead of refusing it as a second allocation), after an
 RTO that doubles from 0.5 s.
 """
 import os
-import socket
 import struct
-import time
 
+from bench.datagram import exchange
 from relayd.udp import stun
 
 ALLOCATE, CHANNEL_BIND = 0x003, 0x009
@@ -31,36 +30,21 @@ def request(sock, server, method, attributes, timeout=5.0, rto=0.5):
     ``timeout`` seconds have passed; the success response (a stun.Message)."""
     txid = os.urandom(12)
     packet = stun.encode(method, stun.REQUEST, txid, attributes(txid))
-    deadline = time.monotonic() + timeout
-    while True:
-        sock.sendto(packet, server)
-        wait_until = min(deadline, time.monotonic() + rto)
-        answer = _answer(sock, txid, wait_until)
-        if answer is not None:
-            break
-        if time.monotonic() >= deadline:
-            raise TurnError(f"no answer to TURN method {method:#x} from {server}")
-        rto *= 2
+    answer = exchange(sock, server, packet, lambda data: _response(data, txid), timeout, rto, 2)
+    if answer is None:
+        raise TurnError(f"no answer to TURN method {method:#x} from {server}")
     if answer.cls != stun.SUCCESS:
         raise TurnError(f"TURN method {method:#x} refused: {answer.get(stun.ERROR_CODE)!r}")
     return answer
 
 
-def _answer(sock, txid, wait_until):
-    """The response to ``txid`` that reaches ``sock`` before ``wait_until``, or None."""
-    while True:
-        left = wait_until - time.monotonic()
-        if left <= 0:
-            return None
-        sock.settimeout(left)
-        try:
-            data, _ = sock.recvfrom(2048)
-        except socket.timeout:
-            return None
-        if stun.looks_like_stun(data):
-            answer = stun.parse(data)
-            if answer.transaction_id == txid:
-                return answer
+def _response(data, txid):
+    """``data`` as a stun.Message if it is the response to ``txid``, else None."""
+    if stun.looks_like_stun(data):
+        answer = stun.parse(data)
+        if answer.transaction_id == txid:
+            return answer
+    return None
 
 
 def allocate(sock, server):

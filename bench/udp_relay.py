@@ -32,6 +32,7 @@ import tempfile
 import time
 
 from bench import relay, targets, turn
+from bench.datagram import exchange
 from bench.procstat import CpuMeter, rss_kib
 from bench.report import emit, ratio, verdict
 from bench.server import HOST, ServerError
@@ -91,20 +92,16 @@ def ask(sock, server, packet, answer, timeout=10.0, every=0.5):
     """Send ``packet`` (a dict) from ``sock`` until a packet of type
     ``answer`` comes back, resent every ``every`` s as a seed client would
     (UDP may drop either way); that packet, or TimeoutError after ``timeout`` s."""
-    data = json.dumps(packet).encode()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        sock.sendto(data, server)
-        resend = min(deadline, time.monotonic() + every)
-        while (left := resend - time.monotonic()) > 0:
-            sock.settimeout(left)
-            try:
-                reply = json.loads(sock.recvfrom(65536)[0])
-            except socket.timeout:
-                break
-            if reply.get("type") == answer:
-                return reply
-    raise TimeoutError(f"no {answer} from {server} in {timeout} s")
+    reply = exchange(sock, server, json.dumps(packet).encode(),
+                     lambda data: _typed(json.loads(data), answer), timeout, every)
+    if reply is None:
+        raise TimeoutError(f"no {answer} from {server} in {timeout} s")
+    return reply
+
+
+def _typed(packet, kind):
+    """``packet`` if it is of type ``kind``, else None."""
+    return packet if packet.get("type") == kind else None
 
 
 def register(sock, server, name):
