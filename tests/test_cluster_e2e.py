@@ -80,11 +80,11 @@ class Client:
             obj = json.loads(line)
             if obj.get("type") != "message":
                 return obj
+            if self.acks:               # acked before it counts as received
+                self.request(type="ack", ids=[obj["msg_id"]])
             with self.lock:
                 self.received[obj["msg_id"]] = obj["body"]
                 self.counts[obj["msg_id"]] += 1
-            if self.acks:
-                self.request(type="ack", ids=[obj["msg_id"]])
 
     def send(self, **obj):
         """Send until acked (reconnecting to the next node if need be); the ack."""
@@ -163,6 +163,19 @@ class ClusterTestMixin:
         while READY_LINE not in relay.log():
             if time.monotonic() > deadline:
                 raise AssertionError("node not linked to the engine:\n" + relay.log())
+            time.sleep(0.1)
+
+    def wait_metric(self, relay, name, least, timeout=30.0):
+        """Wait until ``relay`` counts at least ``least`` in metric ``name``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            body = http_get(relay.ports["http"], "/metrics")[1].decode()
+            values = [float(line.split()[1]) for line in body.splitlines()
+                      if line.startswith(name + " ")]
+            if values and values[0] >= least:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{name} stayed under {least}: {values}")
             time.sleep(0.1)
 
     def client(self, ports, peer_id):
@@ -286,7 +299,8 @@ class ChatAcrossNodes(ClusterTestMixin, unittest.TestCase):
         back.listen()
         self.assertEqual(back.wait_for({"first while away"}), set())
         back.close()
-        time.sleep(0.5)
+        # its ack deletes it from the engine (else it is rightly sent again)
+        self.wait_metric(self.relays[0], "relayd_cluster_mail_settled_total", 1)
         carol.send(room="lobby", body="second while away")
         # back on node b, where it was sent
         again = self.client([b], "bob")
