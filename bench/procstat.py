@@ -7,10 +7,22 @@ _TICK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid):
-    """User + system CPU seconds of every thread of ``pid`` so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK   # utime, stime (fields 14, 15)
+    """CPU seconds ``pid`` has run so far: the sum of its live threads' time
+    on a CPU in nanoseconds (``/proc/<pid>/task/*/schedstat``) where the
+    kernel keeps it; else user + system time in clock ticks (10 ms each: a
+    short span may show none)."""
+    if not os.path.exists(f"/proc/{pid}/schedstat"):
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK   # utime, stime (fields 14, 15)
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except OSError:
+            continue                    # the thread ended meanwhile
+    return total / 1e9
 
 
 def memory_kib(pid):

@@ -505,7 +505,7 @@ def offered_table(args):
             if other:
                 note += f"; coturn {other['server_cpu_pct']:.0f} %, {other['lost']:,} lost"
             if None in (mine["per_cpu_second"], other.get("per_cpu_second", 0)):
-                note += "; a CPU time under the clock tick: not measured"
+                note += "; no CPU time seen: not measured"
             if ("split", rate) in ours and ("split", rate) in theirs:
                 note += (f"; a core each: relayd {ours['split', rate]['server_cpu_pct']:.0f} %, "
                          f"coturn {theirs['split', rate]['server_cpu_pct']:.0f} %")
@@ -569,8 +569,8 @@ def stun_answers(address, timeout=10.0):
 
 def per_cpu_second(rate, cpu_pct):
     """Datagrams relayed per second of server CPU: the rate one core would
-    give; None where the span was too short for the CPU time to be seen
-    (it is counted in clock ticks)."""
+    give; None where no CPU time was seen (a kernel without schedstat
+    counts it in clock ticks, which a short span may not reach)."""
     return rate / (cpu_pct / 100) if cpu_pct > 0 else None
 
 
