@@ -111,6 +111,9 @@ def relay_ini(sections="", tcp=True, **relay):
     return head + textwrap.dedent(sections).lstrip("\n")
 
 
+UNHANDLED = ("Unhandled Error", "Unhandled error in Deferred")
+
+
 class Relayd:
     """One relayd process with its own work directory, config and log."""
 
@@ -125,6 +128,7 @@ class Relayd:
         with open(self.config, "w") as f:
             f.write(textwrap.dedent(ini).format(data_dir=self.data_dir, workdir=self.workdir, **ports))
         self.process = None
+        testcase.addCleanup(self.check_log)     # after the stop below
         testcase.addCleanup(self.stop)
 
     def command(self):
@@ -167,6 +171,15 @@ class Relayd:
 
     def output(self):
         return self.log()
+
+    def check_log(self):
+        """Fail the test if the daemon logged an error nothing handled (an
+        exception that reached the reactor, or a Deferred's lost failure)."""
+        log = self.log()
+        for marker in UNHANDLED:
+            at = log.find(marker)
+            if at >= 0:
+                raise AssertionError(f"relayd logged {marker!r}:\n{log[max(at - 200, 0):at + 3000]}")
 
     def stop(self, sig=signal.SIGTERM, timeout=15.0):
         """Stop the process; returns its exit code (None if it was not running)."""

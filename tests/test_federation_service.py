@@ -3,7 +3,10 @@ import os
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import CollectorRegistry
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from relayd import config
@@ -128,6 +131,28 @@ class ServiceTests(unittest.TestCase):
         self.daemon.reload(config.parse("[relay]\nid = relay1\n"))
         self.assertEqual(sorted(self.service.dialers), ["relay2"])
         self.assertEqual(sorted(self.service.hub.peers), ["relay2"])
+
+    def test_a_peer_that_refuses_the_handshake_is_redialled_ever_more_slowly(self):
+        """A link that closes before it authenticates is a failed attempt:
+        the redial waits double (default backoff_initial 0.5 s, with up to
+        1 s of jitter), and no error is logged (trial fails a test that
+        logs one)."""
+        reactor = self.daemon.reactor
+        waits = []
+        for _ in range(3):
+            factory = reactor.tcpClients[-1][2]
+            protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 7002))
+            protocol.makeConnection(StringTransport())
+            protocol.dataReceived(b'{"type": "error", "message": "not you"}\n')
+            protocol.connectionLost(Failure(ConnectionDone()))
+            dialled, waited = len(reactor.tcpClients), 0.0
+            while len(reactor.tcpClients) == dialled and waited < 60:
+                reactor.advance(0.05)
+                waited += 0.05
+            waits.append(waited)
+        self.assertTrue(1.0 <= waits[0] < 2.05, waits)
+        self.assertTrue(2.0 <= waits[1] < 3.05, waits)
+        self.assertTrue(4.0 <= waits[2] < 5.05, waits)
 
     def test_views(self):
         rows = self.service.peers()

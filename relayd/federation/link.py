@@ -55,7 +55,7 @@ class Link(Protocol):
         self.peer = None
         self.state = HELLO
         self.registered = False         # known to the hub as an up link
-        # outbound only: fires once authenticated (ClientService waits on it)
+        # outbound only: fires once authenticated, fails if closed before
         self.ready = defer.Deferred() if expected is not None else None
         self.handshake = None
         self.last_heard = 0.0
@@ -277,11 +277,14 @@ class LinkFactory(Factory):
 
     noisy = False
 
-    def __init__(self, hub, expected=None):
+    def __init__(self, hub, expected=None, watch=None):
         self.hub = hub
         self.expected = expected
+        self.watch = watch              # called with each new link (a dialer's backoff)
 
     def buildProtocol(self, addr):
         link = Link(self.hub, self.expected)
         link.factory = self
+        if self.watch is not None:
+            self.watch(link)
         return link

@@ -1,8 +1,9 @@
 """The federation service: the inbound listener plus one dialer per peer.
 
-Each peer gets a ``ClientService`` (exponential backoff with jitter) that
-counts a connection as made only once the link has authenticated, so a
-peer that answers but fails the handshake is retried ever more slowly.
+Each peer gets a ``ClientService`` whose retry policy (exponential backoff
+with jitter) counts a link that closed before it authenticated as a failed
+attempt, so a peer that answers but fails the handshake is retried ever
+more slowly.
 On reload (SIGHUP or the admin console) peers are added and removed
 without touching client connections.
 
@@ -24,6 +25,34 @@ from relayd.federation.index import Index, JournalTee
 from relayd.federation.link import LinkFactory
 from relayd.federation.metrics import FederationMetrics
 from relayd.listeners import stream_service
+
+
+class HandshakeBackoff:
+    """One dialer's retry policy. ``ClientService`` counts a connection as
+    made once TCP (and TLS) are up, and its attempts start again from 1;
+    here each link in a row that closed before it authenticated counts as
+    a failed attempt too. (Its ``prepareConnection``, which could wait for
+    the handshake, raises ``NoTransition`` in Twisted 26.10 when such a
+    connection then drops.)"""
+
+    def __init__(self, initial, maximum):
+        self.unauthenticated = 0        # links in a row that closed before authenticating
+        self._policy = backoffPolicy(initial, maximum, 2.0, random.random)
+
+    def __call__(self, attempt):
+        """The delay before the next connection attempt; ``attempt`` counts
+        from the last connection, which is one of ``unauthenticated``."""
+        return self._policy(attempt + max(self.unauthenticated - 1, 0))
+
+    def watch(self, link):
+        """Count how the handshake of ``link``, a new outbound link, ends."""
+        link.ready.addCallbacks(self._authenticated, self._refused)
+
+    def _authenticated(self, link):
+        self.unauthenticated = 0
+
+    def _refused(self, failure):
+        self.unauthenticated += 1
 
 
 class FederationService(MultiService):
@@ -112,9 +141,9 @@ class FederationService(MultiService):
     def _dial(self, peer):
         s = self.hub.settings
         endpoint = peer_list.client_endpoint(self.daemon.reactor, peer.endpoint, s.tor_socks)
-        policy = backoffPolicy(s.backoff_initial, s.backoff_max, 2.0, random.random)
-        dialer = ClientService(endpoint, LinkFactory(self.hub, peer.name), retryPolicy=policy,
-                               clock=self.daemon.reactor, prepareConnection=lambda link: link.ready)
+        policy = HandshakeBackoff(s.backoff_initial, s.backoff_max)
+        dialer = ClientService(endpoint, LinkFactory(self.hub, peer.name, policy.watch),
+                               retryPolicy=policy, clock=self.daemon.reactor)
         dialer.setName("peer:" + peer.name)
         dialer.setServiceParent(self)
         self.dialers[peer.name] = dialer
