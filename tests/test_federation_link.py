@@ -860,6 +860,54 @@ class SummaryTests(unittest.TestCase):
         self.assertFalse(more)
         self.assertEqual(set(opened), {segment_name(4), segment_name(5)})
 
+    def sequenced(self, directory, index, origin, seqs):
+        """Messages of ``origin`` as this journal format writes them."""
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, segment_name(index)), "ab") as f:
+            for seq in seqs:
+                f.write(message.sequenced_line(message.journal_line({
+                    "msg_id": f"{seq:064x}", "from": "alice", "to": "*", "body": f"{origin} {seq}",
+                    "seen_by": [origin], "timestamp": 1.0}), (origin, seq)) + b"\n")
+
+    def test_a_round_reads_the_blocks_it_sends_from_not_the_whole_backlog(self):
+        self.patch(catchup, "BLOCK_LINES", 10)
+        directory = self.mktemp()
+        self.sequenced(directory, 1, "relay1", range(1, 1001))
+        summaries = catchup.Summaries()
+        catchup.collect(directory, {}, 5, summaries=summaries)         # summarises every block
+        parsed = []
+        fed_key = catchup._fed_key
+
+        def spy(line):
+            parsed.append(line)
+            return fed_key(line)
+        self.patch(catchup, "_fed_key", spy)
+        items, more = catchup.collect(directory, {"relay1": catchup.Held(20)}, 5,
+                                      summaries=summaries)
+        self.assertEqual([seq for _, seq, _, _ in items], [21, 22, 23, 24, 25])
+        self.assertTrue(more)
+        self.assertLessEqual(len(parsed), 10)      # one block of the 98 the peer lacks
+        items, more = catchup.collect(directory, {"relay1": catchup.Held(998)}, 5,
+                                      summaries=summaries)
+        self.assertEqual([seq for _, seq, _, _ in items], [999, 1000])
+        self.assertFalse(more)
+
+    def test_an_older_item_in_a_later_block_is_still_sent_first(self):
+        self.patch(catchup, "BLOCK_LINES", 10)
+        directory = self.mktemp()
+        self.sequenced(directory, 1, "relay2", range(1, 31))     # three blocks of relay2
+        self.sequenced(directory, 1, "relay1", range(1, 11))     # then one of relay1
+        items, more = catchup.collect(directory, {}, 5, summaries=catchup.Summaries())
+        self.assertEqual([(origin, seq) for origin, seq, _, _ in items],
+                         [("relay1", seq) for seq in range(1, 6)])
+        self.assertTrue(more)
+        items, more = catchup.collect(directory, {"relay1": catchup.Held(10),
+                                                  "relay2": catchup.Held(28)}, 5,
+                                      summaries=catchup.Summaries())
+        self.assertEqual([(origin, seq) for origin, seq, _, _ in items],
+                         [("relay2", 29), ("relay2", 30)])
+        self.assertFalse(more)
+
     def test_a_message_far_from_its_seq_record_is_still_found(self):
         directory = self.mktemp()
         self.segment(directory, 1, [1])

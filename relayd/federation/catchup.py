@@ -1,17 +1,19 @@
 """Catch-up: the items a peer lacks, read from the journal on the file pool.
 
-``Summaries`` keeps, per segment, the range of seqs of each origin it holds
-(read once for a closed segment, and from where it stopped for the one
-being written), so that a round reads only the segments that hold
-something the peer lacks: its cost follows what is missing, not the size
-of the journal.  Two passes over those segments: the first picks the
-``limit`` oldest ``(origin, seq)`` records the peer lacks (receipts and
-messages are complete there; a journal of the previous format names a
-message by the ``ref`` of a companion record), holding at most
-``2 * limit`` at a time, the second picks up the messages named by ``ref``
-(searched in the same segments and the one before each, then, for any
-not found there, in every segment).  Items come back sorted by origin and
-seq, at most ``limit`` of them, with a flag saying whether more are left.
+``Summaries`` keeps, per block of a segment (``BLOCK_LINES`` lines), the
+range of seqs of each origin it holds (read once for a closed segment, and
+from where it stopped for the one being written), so that a round reads
+only the blocks that hold something the peer lacks, oldest first, and
+stops once no block left can hold an item older than those it picked: its
+cost follows the items it sends, not the size of the journal nor of the
+peer's backlog.  Two passes: the first picks the ``limit`` oldest
+``(origin, seq)`` records the peer lacks (receipts and messages are
+complete there; a journal of the previous format names a message by the
+``ref`` of a companion record), holding at most ``2 * limit`` at a time,
+the second picks up the messages named by ``ref`` (searched in the same
+segments and the one before each, then, for any not found there, in every
+segment).  Items come back sorted by origin and seq, at most ``limit`` of
+them, with a flag saying whether more are left.
 """
 import os
 from bisect import bisect_right
@@ -81,6 +83,9 @@ FED_MARK = b'"fed": '
 ID_MARK = b'"msg_id": "'
 
 
+BLOCK_LINES = 4096         # journal lines summarised together
+
+
 def _lines(directory, names):
     for name in names:
         try:
@@ -104,12 +109,36 @@ def _fed_key(line):
     return origin, seq, record
 
 
+class Block:
+    """Lines ``start`` to ``end`` (byte offsets) of segment ``name``:
+    ``ranges`` is ``{origin: [lowest seq, highest seq]}`` of their items."""
+
+    __slots__ = ("name", "start", "end", "lines", "ranges")
+
+    def __init__(self, name, start):
+        self.name, self.start, self.end, self.lines, self.ranges = name, start, start, 0, {}
+
+    def may_lack(self, wants):
+        return any(_may_lack(wants, origin, low, high)
+                   for origin, (low, high) in self.ranges.items())
+
+    def oldest_lacked(self, wants):
+        """A key no older than the oldest item here the peer may lack."""
+        keys = []
+        for origin, (low, high) in self.ranges.items():
+            held = wants.get(origin)
+            first = low if held is None else max(low, held.low + 1)
+            if first <= high:
+                keys.append((origin, first))
+        return min(keys) if keys else None
+
+
 class Summaries:
-    """Per segment: ``{origin: [lowest seq, highest seq]}`` of the items it
-    holds.  Used on the file thread only."""
+    """The blocks of every segment, in journal order.  Used on the file
+    thread only."""
 
     def __init__(self):
-        self._segments = {}            # name -> [bytes read, {origin: [low, high]}]
+        self._segments = {}            # name -> [Block, ...]
 
     def update(self, directory):
         """Read what was appended since the last call; the segment names, oldest first."""
@@ -118,42 +147,45 @@ class Summaries:
         for name in set(self._segments) - set(names):
             del self._segments[name]
         for segment in found:
-            entry = self._segments.setdefault(segment.name, [0, {}])
-            if segment.size > entry[0]:
-                entry[0] = self._read(os.path.join(directory, segment.name), entry[0], entry[1])
+            blocks = self._segments.setdefault(segment.name, [Block(segment.name, 0)])
+            if segment.size > blocks[-1].end:
+                self._read(os.path.join(directory, segment.name), blocks)
         return names
 
     @staticmethod
-    def _read(path, offset, ranges):
-        """Add the items of whole lines from ``offset``; the offset after the last one."""
+    def _read(path, blocks):
+        """Add the items of the whole lines after the last block's end."""
         try:
             f = open(path, "rb")
         except FileNotFoundError:
-            return offset
+            return
         with f:
-            f.seek(offset)
+            block = blocks[-1]
+            f.seek(block.end)
             for line in f:
                 if not line.endswith(b"\n"):
                     break                   # being written: read it next time
-                offset += len(line)
+                if block.lines == BLOCK_LINES:
+                    block = Block(block.name, block.end)
+                    blocks.append(block)
+                block.end += len(line)
+                block.lines += 1
                 key = _fed_key(line)
                 if key is None:
                     continue
                 origin, seq, _ = key
-                span = ranges.get(origin)
+                span = block.ranges.get(origin)
                 if span is None:
-                    ranges[origin] = [seq, seq]
+                    block.ranges[origin] = [seq, seq]
                 elif seq < span[0]:
                     span[0] = seq
                 elif seq > span[1]:
                     span[1] = seq
-        return offset
 
     def lacked(self, names, wants):
-        """The names of the segments that may hold an item the peer lacks."""
-        return [name for name in names
-                if any(_may_lack(wants, origin, low, high)
-                       for origin, (low, high) in self._segments[name][1].items())]
+        """The blocks that may hold an item the peer lacks, in journal order."""
+        return [block for name in names for block in self._segments[name]
+                if block.may_lack(wants)]
 
 
 def _may_lack(wants, origin, low, high):
@@ -161,12 +193,22 @@ def _may_lack(wants, origin, low, high):
     return held is None or not held.covers(low, high)
 
 
-def _fed_records(directory, names):
-    """The records with an ``(origin, seq)``; other lines are not parsed."""
-    for line in _lines(directory, names):
-        key = _fed_key(line)
-        if key is not None:
-            yield key
+def _block_records(directory, block):
+    """The records with an ``(origin, seq)`` in ``block``; other lines are not parsed."""
+    try:
+        f = open(os.path.join(directory, block.name), "rb")
+    except FileNotFoundError:          # pruned meanwhile
+        return
+    with f:
+        f.seek(block.start)
+        offset = block.start
+        for line in f:
+            offset += len(line)
+            key = _fed_key(line)
+            if key is not None:
+                yield key
+            if offset >= block.end:
+                break
 
 
 def _messages(directory, names, ids):
@@ -206,6 +248,13 @@ class Smallest:
             for key in keys[self.limit:]:
                 del self.items[key]
 
+    def full_bound(self):
+        """The largest key kept once ``limit`` keys are held, else None."""
+        if len(self.items) < self.limit:
+            return None
+        self._trim()
+        return self.bound if self.bound is not None else max(self.items)
+
     def result(self):
         """``({key: value}, more)`` for the ``limit`` smallest keys."""
         self._trim()
@@ -233,11 +282,10 @@ def collect(directory, wants, limit, recent=(), summaries=None):
         gone |= missing         # messages pruned under their seq record: look past them
 
 
-def _neighbours(names, lacked):
-    """``lacked`` and the segment before each, in journal order."""
-    wanted = set(lacked)
+def _neighbours(names, read):
+    """The segments in ``read`` and the one before each, in journal order."""
     return [name for i, name in enumerate(names)
-            if name in wanted or (i + 1 < len(names) and names[i + 1] in wanted)]
+            if name in read or (i + 1 < len(names) and names[i + 1] in read)]
 
 
 def _pick(directory, names, lacked, wants, limit, recent, gone):
@@ -248,13 +296,27 @@ def _pick(directory, names, lacked, wants, limit, recent, gone):
         if lacks(wants, origin, seq) and (origin, seq) not in gone:
             picked.offer((origin, seq), item)
 
-    for origin, seq, record in _fed_records(directory, lacked):
-        if "receipt" in record:
-            offer(origin, seq, ("r", record))
-        elif isinstance(record.get("ref"), str):
-            offer(origin, seq, ("ref", record["ref"]))
-        elif message.is_message(record):
-            offer(origin, seq, ("m", message.entry_of(record)))
+    # floors[i]: no older than any item the blocks from lacked[i] on may lack
+    floors, floor = [], None
+    for block in reversed(lacked):
+        oldest = block.oldest_lacked(wants)
+        floor = oldest if floor is None or (oldest is not None and oldest < floor) else floor
+        floors.append(floor)
+    floors.reverse()
+    read = set()
+    for block, floor in zip(lacked, floors):
+        bound = picked.full_bound()
+        if bound is not None and floor is not None and floor > bound:
+            picked.more = True          # the blocks left hold only items newer than these
+            break
+        read.add(block.name)
+        for origin, seq, record in _block_records(directory, block):
+            if "receipt" in record:
+                offer(origin, seq, ("r", record))
+            elif isinstance(record.get("ref"), str):
+                offer(origin, seq, ("ref", record["ref"]))
+            elif message.is_message(record):
+                offer(origin, seq, ("m", message.entry_of(record)))
     for origin, seq, kind, record in recent:
         offer(origin, seq, (kind, record))
     chosen, more = picked.result()
@@ -262,7 +324,7 @@ def _pick(directory, names, lacked, wants, limit, recent, gone):
     for key, (kind, value) in chosen.items():
         if kind == "ref":
             refs.setdefault(value, []).append(key)
-    near = _neighbours(names, lacked)
+    near = _neighbours(names, read)
     for where in (near, [name for name in names if name not in near]):
         if not refs:
             break
