@@ -117,6 +117,7 @@ class Settings:
     node = "a"
     replicas = 3
     liveness = 10.0
+    timeout = 5.0
 
 
 def make_node(link, node="a", owners=None):
@@ -251,6 +252,7 @@ class NodeTests(unittest.TestCase):
         self.assertEqual(subject, room_subject)
         self.assertTrue(data.startswith(b"a 1 "))
         self.router.leave(alice, "lobby")
+        self.clock.advance(0)           # at the end of the turn
         self.assertNotIn(room_subject, self.link.subscriptions)
 
     def test_room_message_from_another_node_is_delivered_not_stored_again(self):
@@ -345,6 +347,23 @@ class NodeTests(unittest.TestCase):
         bob = FakeSession("bob")
         self.router.attach(bob)
         self.router.detach(bob)
+        self.assertNotIn(t("bob"), self.link.kv[self.node.sessions_kv])
+
+    def test_a_quick_detach_drops_the_entry_its_attach_was_still_writing(self):
+        """Else the entry would name this node for good, and the other nodes
+        would pass bob's room messages here instead of storing them."""
+        writes, put = [], self.link.kv_put
+
+        def slow_put(bucket, key, value):
+            written = defer.Deferred()
+            writes.append(lambda: written.callback(put(bucket, key, value)))
+            return written
+        self.patch(self.link, "kv_put", slow_put)
+        bob = FakeSession("bob")
+        self.router.attach(bob)
+        self.router.detach(bob)
+        for write in writes:
+            write()
         self.assertNotIn(t("bob"), self.link.kv[self.node.sessions_kv])
 
 
@@ -513,6 +532,42 @@ class SharedStateTests(unittest.TestCase):
         self.assertEqual([subject for subject, _ in self.link.stream.values()],
                          [self.b.prefix + ".log.room." + t("lobby")])
         self.assertEqual(self.router_b.mailboxes.peek("bob"), [])
+
+
+    def test_a_member_leaving_another_node_gets_what_that_node_was_passed(self):
+        """bob leaves node a; until the engine has dropped his session entry
+        (and ``timeout`` after), node b may take him for attached to a and
+        pass a room message to a, live: a keeps the room and stores the
+        message for him in the engine."""
+        bob = FakeSession("bob")
+        self.router_a.attach(bob)
+        self.router_a.join(bob, "lobby", persist=True)
+        self.learn_members(self.b)
+        forgotten = defer.Deferred()
+        self.patch(self.link, "kv_delete", lambda bucket, key: forgotten)   # a slow engine
+        self.router_a.detach(bob)
+        self.assertIn("lobby", self.a.rooms)
+        carol = FakeSession("carol")
+        self.router_b.attach(carol)
+        self.link.kv[self.a.nodes_kv]["a"] = b"{}"
+        self.b.members["a"] = {}
+        self.successResultOf(self.router_b.submit(carol, message.room_target("lobby"),
+                                                  "as bob leaves", room="lobby"))
+        mail = self.b.prefix + ".mail._." + t("bob") + "."
+        self.assertFalse([s for s, _ in self.link.stream.values() if s.startswith(mail)])
+        [data] = [d for s, d in self.link.published if s == self.a._room_subject("lobby")]
+        self.a._remote(data)
+        self.assertTrue([s for s, _ in self.link.stream.values() if s.startswith(mail)])
+        back = FakeSession("bob", router=self.router_b)
+        self.router_b.attach(back)
+        self.router_b.flush()
+        self.assertEqual(bodies(back), ["as bob leaves"])
+        # the entry is gone and the margin over: a lets the room go
+        forgotten.callback(None)
+        self.clock.advance(4.9)
+        self.assertIn("lobby", self.a.rooms)
+        self.clock.advance(0.2)
+        self.assertNotIn("lobby", self.a.rooms)
 
 
 class ConfigTests(unittest.TestCase):

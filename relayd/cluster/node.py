@@ -118,6 +118,9 @@ class ClusterNode(service.Service):
         self.local = {}                 # peer id -> session attached here
         self._unregistered = set()      # sessions attached while the engine was away
         self.rooms = {}                 # room -> Deferred[subscription handle]
+        self._leaving = {}              # peer -> its detaches whose session entry may still name us
+        self._entry_locks = {}          # peer -> DeferredLock: its session entry's changes, in order
+        self._closing = set()           # rooms left here, unsubscribed once no peer is leaving
         self.seqs = {}                  # peer -> {msg_id: stream seq} of its mail in the engine
         self._from_engine = None        # msg_id of the room/broadcast message being accepted
         self.listener = None            # IJournal: told of the lines given to ``add``
@@ -383,7 +386,11 @@ class ClusterNode(service.Service):
             d.addCallback(self._stored_mail, to, msg_id)
             return self._own_federated(d, entry)
         if self._from_engine == msg_id:
-            return defer.succeed(None)
+            # the node that accepted it held it for the members offline in the
+            # cluster; one that just left here may have looked attached here
+            leaving = [peer for peer in held_for if peer in self._leaving]
+            return self._hold_for(entry, leaving) if leaving and self.ready \
+                else defer.succeed(None)
         if not self.ready:
             return self._refuse()
         if room is not None:
@@ -570,7 +577,8 @@ class ClusterNode(service.Service):
         """Name this node as the holder of ``session``'s peer, then deliver its
         engine mail."""
         peer = session.peer_id
-        d = self.link.kv_put(self.sessions_kv, t(peer), self.node.encode())
+        d = self._change_entry(peer, self.link.kv_put, self.sessions_kv, t(peer),
+                               self.node.encode())
         d.addCallback(lambda _: self.link.messages(
             self.stream, self._mail_subject("*", peer, "*"), MAILBOX_FETCH))
         d.addCallback(self._stored_for, session)
@@ -604,26 +612,75 @@ class ClusterNode(service.Service):
             self.router.deliver_stored(session, mailbox.peek(peer))
 
     def detached(self, session):
+        """Drop the peer's session entry if it names this node. Until that is
+        done, and for ``timeout`` after (an answer to a lookup made before it
+        may still be on its way), other nodes may take the peer for attached
+        here and pass its room messages on here, live: the rooms it leaves
+        stay subscribed meanwhile, and what comes for it is stored in the
+        engine (``_store``)."""
         peer = session.peer_id
         self._unregistered.discard(session)
         if self.local.get(peer) is session:
             del self.local[peer]
             self.seqs.pop(peer, None)
             if self.ready:
-                d = self.link.kv_get(self.sessions_kv, t(peer))
-                d.addCallback(lambda value: self.link.kv_delete(self.sessions_kv, t(peer))
-                              if value == self.node.encode() else None)
+                self._leaving[peer] = self._leaving.get(peer, 0) + 1
+                d = self._change_entry(peer, self._drop_entry, peer)
                 d.addErrback(lambda f: None)    # its entry names a node; liveness covers it
+                d.addCallback(lambda _: self.clock.callLater(self.settings.timeout,
+                                                             self._left, peer))
+
+    def _drop_entry(self, peer):
+        d = self.link.kv_get(self.sessions_kv, t(peer))
+        d.addCallback(lambda value: self.link.kv_delete(self.sessions_kv, t(peer))
+                      if value == self.node.encode() else None)
+        return d
+
+    def _change_entry(self, peer, change, *args):
+        """``change(*args)``, a change to ``peer``'s session entry, once the
+        changes this node made to it before are done (a quick detach must
+        not read the entry before its attach has written it)."""
+        lock = self._entry_locks.setdefault(peer, defer.DeferredLock())
+        d = lock.run(change, *args)
+        d.addBoth(self._entry_changed, peer, lock)
+        return d
+
+    def _entry_changed(self, result, peer, lock):
+        if not lock.locked and not lock.waiting and self._entry_locks.get(peer) is lock:
+            del self._entry_locks[peer]
+        return result
+
+    def _left(self, peer):
+        """No node takes ``peer`` for attached here any more (from this detach)."""
+        if self._leaving[peer] > 1:
+            self._leaving[peer] -= 1
+            return
+        del self._leaving[peer]
+        self._close_rooms()
 
     def room_opened(self, room):
+        if room in self._closing:
+            self._closing.discard(room)         # still subscribed
+            return
         self.rooms[room] = self.link.subscribe(self._room_subject(room), self._remote) \
             if self.ready else None
 
     def room_closed(self, room):
-        d = self.rooms.pop(room, None)
-        if d is not None:
-            d.addCallback(self.link.unsubscribe)
-            d.addErrback(lambda f: None)        # a subscription ends with its connection anyway
+        """Unsubscribe at the end of this turn (the router closes a leaving
+        peer's rooms before it tells of its detach), or once no peer is
+        leaving."""
+        self._closing.add(room)
+        self.clock.callLater(0, self._close_rooms)
+
+    def _close_rooms(self):
+        if self._leaving:
+            return
+        closing, self._closing = self._closing, set()
+        for room in closing:
+            d = self.rooms.pop(room, None)
+            if d is not None:
+                d.addCallback(self.link.unsubscribe)
+                d.addErrback(lambda f: None)    # a subscription ends with its connection anyway
 
     def _room_subject(self, room):
         return "%s.room.%s" % (self.prefix, t(room))
