@@ -543,10 +543,15 @@ class SharedStateTests(unittest.TestCase):
         self.router_a.attach(bob)
         self.router_a.join(bob, "lobby", persist=True)
         self.learn_members(self.b)
+        dan = FakeSession("dan")
+        self.router_a.attach(dan)
+        self.router_a.join(dan, "hall")             # not persistent
         forgotten = defer.Deferred()
         self.patch(self.link, "kv_delete", lambda bucket, key: forgotten)   # a slow engine
         self.router_a.detach(bob)
-        self.assertIn("lobby", self.a.rooms)
+        self.router_a.detach(dan)
+        self.clock.advance(0)
+        self.assertEqual(sorted(self.a.rooms), ["lobby"])     # nothing is held for dan
         carol = FakeSession("carol")
         self.router_b.attach(carol)
         self.link.kv[self.a.nodes_kv]["a"] = b"{}"

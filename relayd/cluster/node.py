@@ -120,7 +120,7 @@ class ClusterNode(service.Service):
         self.rooms = {}                 # room -> Deferred[subscription handle]
         self._leaving = {}              # peer -> its detaches whose session entry may still name us
         self._entry_locks = {}          # peer -> DeferredLock: its session entry's changes, in order
-        self._closing = set()           # rooms left here, unsubscribed once no peer is leaving
+        self._closing = set()           # rooms left here, kept while a persistent member is leaving
         self.seqs = {}                  # peer -> {msg_id: stream seq} of its mail in the engine
         self._from_engine = None        # msg_id of the room/broadcast message being accepted
         self.listener = None            # IJournal: told of the lines given to ``add``
@@ -667,20 +667,20 @@ class ClusterNode(service.Service):
 
     def room_closed(self, room):
         """Unsubscribe at the end of this turn (the router closes a leaving
-        peer's rooms before it tells of its detach), or once no peer is
-        leaving."""
+        peer's rooms before it tells of its detach), unless a persistent
+        member of the room is leaving: then once it has left."""
         self._closing.add(room)
         self.clock.callLater(0, self._close_rooms)
 
     def _close_rooms(self):
-        if self._leaving:
-            return
-        closing, self._closing = self._closing, set()
-        for room in closing:
+        memberships = self.router.memberships
+        kept = {room for peer in self._leaving for room in memberships.rooms_of(peer)}
+        for room in self._closing - kept:
             d = self.rooms.pop(room, None)
             if d is not None:
                 d.addCallback(self.link.unsubscribe)
                 d.addErrback(lambda f: None)    # a subscription ends with its connection anyway
+        self._closing &= kept
 
     def _room_subject(self, room):
         return "%s.room.%s" % (self.prefix, t(room))
