@@ -518,31 +518,35 @@ class SharedStateTests(unittest.TestCase):
         # settled: the engine lets it go
         self.assertNotIn(mail, [subject for subject, _ in self.link.stream.values()])
 
-    def test_a_member_attached_to_another_node_gets_it_live_not_stored(self):
+    def bob_joins_the_lobby_on_a(self):
         bob = FakeSession("bob")
         self.router_a.attach(bob)
         self.router_a.join(bob, "lobby", persist=True)
         self.learn_members(self.b)
+        return bob
+
+    def carol_on_b_with_a_alive(self):
         carol = FakeSession("carol")
         self.router_b.attach(carol)
         self.link.kv[self.a.nodes_kv]["a"] = b"{}"
         self.b.members["a"] = {}
+        return carol
+
+    def test_a_member_attached_to_another_node_gets_it_live_not_stored(self):
+        self.bob_joins_the_lobby_on_a()
+        carol = self.carol_on_b_with_a_alive()
         self.successResultOf(self.router_b.submit(carol, message.room_target("lobby"),
                                                   "live", room="lobby"))
         self.assertEqual([subject for subject, _ in self.link.stream.values()],
                          [self.b.prefix + ".log.room." + t("lobby")])
         self.assertEqual(self.router_b.mailboxes.peek("bob"), [])
 
-
     def test_a_member_leaving_another_node_gets_what_that_node_was_passed(self):
         """bob leaves node a; until the engine has dropped his session entry
         (and ``timeout`` after), node b may take him for attached to a and
         pass a room message to a, live: a keeps the room and stores the
         message for him in the engine."""
-        bob = FakeSession("bob")
-        self.router_a.attach(bob)
-        self.router_a.join(bob, "lobby", persist=True)
-        self.learn_members(self.b)
+        bob = self.bob_joins_the_lobby_on_a()
         dan = FakeSession("dan")
         self.router_a.attach(dan)
         self.router_a.join(dan, "hall")             # not persistent
@@ -552,10 +556,7 @@ class SharedStateTests(unittest.TestCase):
         self.router_a.detach(dan)
         self.clock.advance(0)
         self.assertEqual(sorted(self.a.rooms), ["lobby"])     # nothing is held for dan
-        carol = FakeSession("carol")
-        self.router_b.attach(carol)
-        self.link.kv[self.a.nodes_kv]["a"] = b"{}"
-        self.b.members["a"] = {}
+        carol = self.carol_on_b_with_a_alive()
         self.successResultOf(self.router_b.submit(carol, message.room_target("lobby"),
                                                   "as bob leaves", room="lobby"))
         mail = self.b.prefix + ".mail._." + t("bob") + "."

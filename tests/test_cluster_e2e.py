@@ -7,7 +7,6 @@ while messages flow loses no message the sender was acked for.
 """
 import collections
 import json
-import os
 import socket
 import threading
 import time
