@@ -96,7 +96,7 @@ class P2pPeerTests(HubTestCase):
         me = p2p("genkey", key).stdout.decode().strip()
         listener = self.background(["listen", "--key", key, "--bootstrap", addr, "--count", "1"])
         listening = listener.stdout.readline().decode()
-        self.assertTrue(listening.startswith(f"listening on /ip4/127.0.0.1/tcp/"))
+        self.assertTrue(listening.startswith("listening on /ip4/127.0.0.1/tcp/"))
         self.assertEqual(listener.stdout.readline().decode(),
                          "advertised /private-chat/1.0.0 to 1 peers\n")
         js = self.background(["chat-peer", addr, "1"], node=True)

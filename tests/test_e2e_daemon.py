@@ -1,5 +1,4 @@
 """The daemon as a user runs it: twistd subprocess, real clients, signals."""
-import json
 import os
 import signal
 import socket

@@ -8,7 +8,7 @@ import json
 from twisted.trial import unittest
 
 from relayd.tcp import protocol
-from tests.test_tcp_protocol import Client, hello, make_service
+from tests.test_tcp_protocol import hello, make_service
 
 
 standard_loads = protocol.standard_loads        # the parse before msgspec
