@@ -17,6 +17,7 @@ them, with a flag saying whether more are left.
 """
 import os
 from bisect import bisect_right
+from itertools import accumulate
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -123,14 +124,15 @@ class Block:
                    for origin, (low, high) in self.ranges.items())
 
     def oldest_lacked(self, wants):
-        """A key no older than the oldest item here the peer may lack."""
+        """A key no older than the oldest item here the peer may lack (of a
+        block that ``may_lack``: some origin has a seq above what is held)."""
         keys = []
         for origin, (low, high) in self.ranges.items():
             held = wants.get(origin)
             first = low if held is None else max(low, held.low + 1)
             if first <= high:
                 keys.append((origin, first))
-        return min(keys) if keys else None
+        return min(keys)
 
 
 class Summaries:
@@ -297,16 +299,12 @@ def _pick(directory, names, lacked, wants, limit, recent, gone):
             picked.offer((origin, seq), item)
 
     # floors[i]: no older than any item the blocks from lacked[i] on may lack
-    floors, floor = [], None
-    for block in reversed(lacked):
-        oldest = block.oldest_lacked(wants)
-        floor = oldest if floor is None or (oldest is not None and oldest < floor) else floor
-        floors.append(floor)
+    floors = list(accumulate((block.oldest_lacked(wants) for block in reversed(lacked)), min))
     floors.reverse()
     read = set()
     for block, floor in zip(lacked, floors):
         bound = picked.full_bound()
-        if bound is not None and floor is not None and floor > bound:
+        if bound is not None and floor > bound:
             picked.more = True          # the blocks left hold only items newer than these
             break
         read.add(block.name)
