@@ -24,6 +24,7 @@ class FakeLink:
         self.stream = {}                # seq -> (subject, data)
         self.msg_ids = {}               # Nats-Msg-Id -> seq
         self.kv = {}
+        self.revisions = {}             # (bucket, key) -> revision of its last put
         self.published = []             # (subject, data), core
         self.subscriptions = {}         # subject -> callback
         self.consumer = None            # (subject prefix, callback)
@@ -84,10 +85,16 @@ class FakeLink:
 
     def kv_put(self, bucket, key, value):
         self.kv[bucket][key] = value
+        self.revisions[bucket, key] = self.revisions.get((bucket, key), 0) + 1
         return defer.succeed(None)
 
     def kv_get(self, bucket, key):
         return defer.succeed(self.kv[bucket].get(key))
+
+    def kv_entry(self, bucket, key):
+        value = self.kv[bucket].get(key)
+        return defer.succeed(None if value is None else
+                             (value, self.revisions.get((bucket, key), 0)))
 
     def kv_create(self, bucket, key, value):
         if key in self.kv[bucket]:
@@ -95,9 +102,11 @@ class FakeLink:
         self.kv[bucket][key] = value
         return defer.succeed(True)
 
-    def kv_delete(self, bucket, key):
-        self.kv[bucket].pop(key, None)
-        return defer.succeed(None)
+    def kv_delete(self, bucket, key, revision=None):
+        if revision is not None and (key not in self.kv[bucket] or
+                                     self.revisions.get((bucket, key), 0) != revision):
+            return defer.succeed(False)
+        return defer.succeed(self.kv[bucket].pop(key, None) is not None)
 
     def kv_items(self, bucket):
         return defer.succeed(dict(self.kv[bucket]))
@@ -366,6 +375,25 @@ class NodeTests(unittest.TestCase):
             write()
         self.assertNotIn(t("bob"), self.link.kv[self.node.sessions_kv])
 
+    def test_a_detach_keeps_the_entry_another_node_wrote_after_its_read(self):
+        """bob leaves this node and reaches node b while this node's read of
+        his entry is on its way back: b's entry stays, or the other nodes
+        would take bob for offline and store what they could pass on live."""
+        reads, entry = [], self.link.kv_entry
+
+        def slow_read(bucket, key):
+            read, found = defer.Deferred(), self.successResultOf(entry(bucket, key))
+            reads.append(lambda: read.callback(found))      # read now, answered later
+            return read
+        bob = FakeSession("bob")
+        self.router.attach(bob)
+        self.patch(self.link, "kv_entry", slow_read)
+        self.router.detach(bob)
+        self.link.kv_put(self.node.sessions_kv, t("bob"), b"b")     # node b writes
+        [answer] = reads
+        answer()                                # "it names this node": stale
+        self.assertEqual(self.link.kv[self.node.sessions_kv][t("bob")], b"b")
+
 
 class OwnershipTests(unittest.TestCase):
     KEY_A, KEY_B = b"a" * 32, b"b" * 32
@@ -551,7 +579,7 @@ class SharedStateTests(unittest.TestCase):
         self.router_a.attach(dan)
         self.router_a.join(dan, "hall")             # not persistent
         forgotten = defer.Deferred()
-        self.patch(self.link, "kv_delete", lambda bucket, key: forgotten)   # a slow engine
+        self.patch(self.link, "kv_delete", lambda bucket, key, revision: forgotten)   # a slow engine
         self.router_a.detach(bob)
         self.router_a.detach(dan)
         self.clock.advance(0)
@@ -672,6 +700,12 @@ class LinkTests(unittest.TestCase):
         third = yield self.link.kv_claim("L", "leader", b"a")
         self.assertLess(first, second)
         self.assertLess(second, third)
+        # a delete at a revision: only while nobody wrote the key since
+        self.assertEqual((yield self.link.kv_entry("L", "leader")), (b"a", third))
+        self.assertFalse((yield self.link.kv_delete("L", "leader", second)))
+        self.assertEqual((yield self.link.kv_get("L", "leader")), b"a")
+        self.assertTrue((yield self.link.kv_delete("L", "leader", third)))
+        self.assertIsNone((yield self.link.kv_entry("L", "leader")))
         # an ordered consumer from now on, and the stream's last seq
         got = []
         subscription = yield self.link.follow("F", "f.fed", lambda seq, data: got.append(

@@ -50,7 +50,10 @@ class EngineLink(FakeLink):
         self.entries[(bucket, key)] = (value, self.revision, self.clock.seconds())
         return defer.succeed(self.revision)
 
-    def kv_delete(self, bucket, key):
+    def kv_delete(self, bucket, key, revision=None):
+        entry = self.entries.get((bucket, key))
+        if revision is not None and (entry is None or entry[1] != revision):
+            return defer.succeed(False)
         self.entries.pop((bucket, key), None)
         return super().kv_delete(bucket, key)
 
@@ -176,6 +179,16 @@ class Elections(unittest.TestCase):
         a.stop()
         self.assertIsNone(self.link.holder("LEADER"))
         self.clock.advance(TTL / 3.0)
+        self.assertTrue(b.leading)
+
+    def test_a_stalled_leader_stopping_leaves_the_key_another_took(self):
+        a, b = self.election("a"), self.election("b")
+        a.start()
+        a._loop.stop()
+        self.clock.advance(TTL)                     # a stalled past its TTL...
+        b.start()                                   # ...and b took the key
+        a.stop()
+        self.assertEqual(self.link.holder("LEADER"), b"b")
         self.assertTrue(b.leading)
 
 

@@ -132,8 +132,9 @@ class Election:
             self._loop.stop()
         if not self.leading:
             return None
+        revision = self.revision
         self._set(None)
-        d = self.link.kv_delete(self.bucket, LEADER_KEY)
+        d = self.link.kv_delete(self.bucket, LEADER_KEY, revision)    # unless another took it
         d.addErrback(lambda f: None)    # it expires anyway
         return d
 

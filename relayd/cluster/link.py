@@ -28,6 +28,7 @@ CONNECTING, CONNECTED, DISCONNECTED, STOPPED = "connecting", "connected", "disco
 
 
 NO_MESSAGE_FOUND = 10057             # JetStream's err_code for a sequence not in the stream
+WRONG_LAST_SEQUENCE = (10071, 10164)     # its err_codes for a write whose expected revision is not the key's
 
 
 class EngineLink(service.Service):
@@ -361,21 +362,35 @@ class EngineLink(service.Service):
 
     def kv_get(self, bucket, key):
         """The value, or None."""
-        return self._run(self._kv_get, bucket, key)
+        d = self.kv_entry(bucket, key)
+        d.addCallback(lambda entry: None if entry is None else entry[0])
+        return d
 
-    async def _kv_get(self, bucket, key):
+    def kv_entry(self, bucket, key):
+        """(value, revision), or None."""
+        return self._run(self._kv_entry, bucket, key)
+
+    async def _kv_entry(self, bucket, key):
         from nats.js.errors import KeyNotFoundError
         try:
             entry = await self._kv[bucket].get(key)
         except KeyNotFoundError:
             return None
-        return entry.value
+        return entry.value, entry.revision
 
-    def kv_delete(self, bucket, key):
-        return self._run(self._kv_delete, bucket, key)
+    def kv_delete(self, bucket, key, revision=None):
+        """Delete ``key``; with ``revision``, only if that is still the key's
+        revision (nobody wrote it since): fires whether it was deleted."""
+        return self._run(self._kv_delete, bucket, key, revision)
 
-    async def _kv_delete(self, bucket, key):
-        return await self._kv[bucket].delete(key)
+    async def _kv_delete(self, bucket, key, revision):
+        from nats.js.errors import APIError
+        try:
+            return await self._kv[bucket].delete(key, last=revision)
+        except APIError as e:
+            if revision is not None and e.err_code in WRONG_LAST_SEQUENCE:
+                return False
+            raise
 
     def kv_items(self, bucket):
         """{key: value} of every live key."""

@@ -631,9 +631,11 @@ class ClusterNode(service.Service):
                                                              self._left, peer))
 
     def _drop_entry(self, peer):
-        d = self.link.kv_get(self.sessions_kv, t(peer))
-        d.addCallback(lambda value: self.link.kv_delete(self.sessions_kv, t(peer))
-                      if value == self.node.encode() else None)
+        """Delete the entry if it names this node, and only at the revision
+        read: if the peer has attached to another node since, its write wins."""
+        d = self.link.kv_entry(self.sessions_kv, t(peer))
+        d.addCallback(lambda entry: self.link.kv_delete(self.sessions_kv, t(peer), entry[1])
+                      if entry and entry[0] == self.node.encode() else None)
         return d
 
     def _change_entry(self, peer, change, *args):
