@@ -83,3 +83,10 @@ class BridgeTests(unittest.TestCase):
         self.assertEqual(self.publish(entry, source="a federation link"), [])
         self.assertEqual(self.bridge.stats(), {"in": 0, "out": 2, "refused": 0,
                                                "rooms": ["libp2p-chat"]})
+
+    def test_a_lone_surrogate_in_a_room_message_is_published_as_a_replacement_character(self):
+        """relayd's clients may send one as a JSON escape; UTF-8 cannot carry it."""
+        entry = {"from": "alice", "to": "#libp2p-chat", "body": "a\udfff\ud800b",
+                 "room": "libp2p-chat", "msg_id": "a" * 64}
+        [msg] = self.publish(entry)
+        self.assertEqual(msg.data.decode("utf-8"), "alice: a\ufffd\ufffdb")

@@ -141,6 +141,43 @@ class PipelineTests(unittest.TestCase):
         self.assertFalse(p.holds(json.loads(p.journal.lines[0])["msg_id"]))
 
 
+class BrokenSubscriber:
+    """A subscriber with a bug."""
+
+    def durable(self, event):
+        raise UnicodeEncodeError("utf-8", event.entry["body"], 0, 1, "surrogates not allowed")
+
+    def delivered(self, entry, peer, timestamp, seq):
+        raise KeyError("seq")
+
+
+class SubscriberFaultTests(unittest.TestCase):
+    """A subscriber that raises costs its own event, nothing else: the
+    batch's acks, the other subscribers and the flush go on."""
+
+    def test_a_raising_subscriber_holds_up_nothing(self):
+        delivery = RecordingDelivery()
+        p = pipeline(delivery)
+        told = []
+        p.subscribers[:] = [BrokenSubscriber(), type("S", (), {
+            "durable": lambda self, e: told.append(e.entry["body"]),
+            "delivered": lambda self, entry, peer, timestamp, seq: told.append(peer)})()]
+        p.journal.hold = True
+        acks = [p.submit("alice", "#r", body, room="r") for body in ("\ud800", "two")]
+        p.journal.release()
+        p.journal.hold = False
+        self.assertEqual([self.successResultOf(d)[1] for d in acks], [False, False])
+        self.assertEqual([c[0] for c in delivery.calls], ["route", "route", "flush"])
+        self.assertEqual(told, ["\ud800", "two"])
+        p.receipt({"msg_id": "a" * 64, "body": "x"}, "bob")
+        self.assertEqual(told[-1], "bob")
+        self.assertFalse(self.successResultOf(p.submit("alice", "#r", "after", room="r"))[1])
+        # logged once a minute per subscriber and error, not once per message
+        logged = self.flushLoggedErrors(UnicodeEncodeError, KeyError)
+        self.assertEqual(sorted(type(f.value).__name__ for f in logged),
+                         ["KeyError", "UnicodeEncodeError"])
+
+
 class DeliveryTests(unittest.TestCase):
     def setUp(self):
         clock = Clock()

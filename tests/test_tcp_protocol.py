@@ -143,10 +143,12 @@ class JsonDialectTests(unittest.TestCase):
         client.request(type="send", to="bob", body=5)
         client.request(type="send", to="bob", room="r", body="x")
         client.request(type="history", limit=-1)
+        client.request(type="history", room={"a": 1})
+        client.request(type="history", room=["general"])
         codes = [f.get("error", f.get("type")) for f in client.frames()]
         self.assertEqual(codes, ["bad_json", "not_identified", "bad_id", "bad_utf8", "unknown_type",
                                  "welcome", "already_identified", "bad_request", "bad_request",
-                                 "bad_request"])
+                                 "bad_request", "bad_request", "bad_request"])
         self.assertFalse(client.closed)
 
     def test_deeply_nested_json_is_bad_json(self):
@@ -337,7 +339,7 @@ class ConnectionLimitTests(unittest.TestCase):
 
     def test_per_ip_and_total(self):
         service = make_service("max_connections_per_ip = 2\nmax_connections = 3\n")
-        a, b = Client(service), Client(service, port=2)
+        a, _ = Client(service), Client(service, port=2)
         c = Client(service, port=3)
         self.assertEqual(c.frames()[0]["error"], "too_many_connections")
         d = Client(service, ip="10.0.0.2")

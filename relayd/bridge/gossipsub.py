@@ -28,6 +28,15 @@ VIA = "gossipsub"
 MAX_BODY = 60 * 1024    # a bridged line still fits [tcp] max_line's default 64 KiB
 
 
+def utf8(text):
+    """``text`` in UTF-8, a lone surrogate (which relayd's clients may send as
+    a JSON escape, and UTF-8 cannot carry) as U+FFFD."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
+
+
 @implementer(IDurableEventSubscriber)
 class GossipRoomBridge:
     """Admits bridged entries through ``router.accept_remote`` (as the
@@ -81,7 +90,7 @@ class GossipRoomBridge:
             return
         if event.source is not None and not self.federated:
             return
-        self.gossip.publish(room, f"{entry['from']}: {entry['body']}".encode("utf-8"))
+        self.gossip.publish(room, utf8(f"{entry['from']}: {entry['body']}"))
         self.counts["out"] += 1
 
     def delivered(self, entry, peer, timestamp, seq):

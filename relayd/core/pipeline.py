@@ -164,7 +164,10 @@ class Pipeline:
             origin, seq = (entry["seen_by"][0], None) if key is None else key
             event = DurableEvent(entry, line, origin, source, seq)
             for subscriber in self.subscribers:
-                subscriber.durable(event)
+                try:
+                    subscriber.durable(event)
+                except Exception:
+                    self._subscriber_failed(subscriber, "a durable message")
         self.latency.observe(now - started)
         waiters = self._waiting.pop(entry["msg_id"])
         waiters[0](first_result)
@@ -194,7 +197,21 @@ class Pipeline:
         d = self.journal.append(message.receipt_line(entry["msg_id"], peer, now, key))
         d.addErrback(self._record_failed, "a delivery receipt")
         for subscriber in self.subscribers:
-            subscriber.delivered(entry, peer, now, None if key is None else key[1])
+            try:
+                subscriber.delivered(entry, peer, now, None if key is None else key[1])
+            except Exception:
+                self._subscriber_failed(subscriber, "a delivery")
+
+    def _subscriber_failed(self, subscriber, what):
+        """A subscriber raised: logged (once a minute per subscriber and
+        error), and the others, the acks and the delivery go on, so that a
+        bug behind one subscriber cannot hold up the relay."""
+        failure = Failure()
+        name = type(subscriber).__name__
+        log_it, left_out = self._log_limiter.admit(("subscriber", name, failure.type))
+        if log_it:
+            self.log.failure("{subscriber} failed on {what}{repeats}", failure,
+                             subscriber=name, what=what, repeats=repeats(left_out))
 
     def membership(self, peer, room, joined):
         d = self.journal.append(member_record(peer, room, joined, self.clock.seconds()))

@@ -651,6 +651,9 @@ class RelayProtocol(Protocol):
             return
         limit = min(limit, self.service.history_limit)
         room, with_peer = request.get("room"), request.get("with")
+        if room is not None and not isinstance(room, str):
+            self.error("bad_request", "room must be a string", field="room", req=req)
+            return
         if room is not None and room not in self.rooms:
             self.error("not_in_room", "join the room to read its history", req=req)
             return
