@@ -293,6 +293,15 @@ class CodecAndSettingsTests(unittest.TestCase):
                          (rpc.subscriptions, rpc.ihave, rpc.iwant, rpc.graft, rpc.prune))
         self.assertRaises(ValueError, gm.decode, b"\x12\x02\x08\x01")    # a message without topic
 
+    def test_a_field_of_another_wire_type_is_malformed(self):
+        """A subscription, message or control entry sent as a number, not as
+        the nested message it must be: ValueError, which resets the stream."""
+        fixed64 = b"\x01" * 8
+        for rpc in (b"\x08\x05", b"\x09" + fixed64, b"\x10\x05", b"\x11" + fixed64,
+                    b"\x1a\x02\x08\x05", b"\x1a\x09\x11" + fixed64, b"\x1a\x02\x18\x05",
+                    b"\x1a\x02\x20\x05"):
+            self.assertRaises(ValueError, gm.decode, rpc)
+
     def test_settings_and_their_errors(self):
         s = config.parse("[gossipsub]\ntopics = libp2p-chat, other\n").gossipsub
         self.assertEqual((s.topics, s.d, s.d_lo, s.d_hi, s.d_lazy), (["libp2p-chat", "other"], 6, 4, 12, 6))

@@ -14,6 +14,7 @@ from relayd.libp2p import (envelope, identify, messages as m, multiaddr, noise, 
 from relayd.libp2p.peer import Peer, Pipe
 from relayd.libp2p.peerid import KeyPair
 from relayd.libp2p.service import Libp2pService
+from relayd.libp2p.yamux import StreamHandler
 
 
 def relay_settings(extra=""):
@@ -301,6 +302,34 @@ class ReserveAndConnectTests(unittest.TestCase):
         self.assertEqual(self.relay.factory.connections, set())
         other = yield dial(self, self.relay)
         self.assertEqual((yield other.reserve())[2], m.OK)
+
+
+class Boom(StreamHandler):
+    """A protocol handler with a bug."""
+
+    def __init__(self, connection):
+        pass
+
+    def data_received(self, data):
+        raise RuntimeError("a bug")
+
+
+class InternalErrorTests(unittest.TestCase):
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_a_bug_a_peer_can_reach_drops_its_connection_and_is_logged_once(self):
+        relay = start_relay(self)
+        yield wait_until(lambda: relay.listen_addrs)
+        relay.factory.handlers["/boom"] = Boom
+        for _ in range(3):
+            peer = yield dial(self, relay)
+            pipe = Pipe()
+            peer.connection.open_protocol("/boom", pipe)
+            yield pipe.opened
+            pipe.stream.write(b"x")
+            yield peer.lost                             # the relay aborted the connection
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
 
 class LimitTests(unittest.TestCase):

@@ -6,19 +6,35 @@ multistream-select and is handed to the handler registered for it; outbound
 streams come from ``open_protocol``.  Leftover bytes are passed on at every
 layer.
 """
+import weakref
+
 from twisted.internet.interfaces import IPushProducer, ITCPTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from relayd.libp2p import multistream, noise, yamux
 from relayd.libp2p.multiaddr import from_address
+from relayd.ops.ratelog import LogLimiter, repeats
 
 NEGOTIATING, HANDSHAKE, SECURED, MUXED, CLOSED = range(5)
 # Bytes written while the transport holds our output unread: only control frames
 # (pings, window updates, resets) go out then, so a peer that makes this many
 # without reading is dropped instead of growing the buffer without bound.
 MAX_UNREAD_OUTPUT = 1024 * 1024
+
+
+_limiters = weakref.WeakKeyDictionary()
+
+
+def _internal_errors(clock):
+    """The log limiter for unexpected errors in the connections run on ``clock``:
+    each distinct error (its type and where it was raised) once a minute."""
+    limiter = _limiters.get(clock)
+    if limiter is None:
+        limiter = _limiters[clock] = LogLimiter(clock)
+    return limiter
 
 
 class InboundNegotiation(yamux.StreamHandler):
@@ -141,7 +157,12 @@ class Libp2pConnection(Protocol):
         except ValueError as e:
             self.abort(str(e), "malformed")
         except Exception:
-            self.log.failure("libp2p connection handler failed")
+            failure = Failure()
+            log_it, left_out = _internal_errors(self.factory.reactor).admit(
+                (failure.type, failure.frames[-1][1:3] if failure.frames else None))
+            if log_it:      # a peer that found a bug must not flood the log with it
+                self.log.failure("libp2p connection handler failed{repeats}", failure,
+                                 repeats=repeats(left_out))
             self.abort("internal error", "internal")
 
     def connectionLost(self, reason):

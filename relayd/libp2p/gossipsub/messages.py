@@ -129,24 +129,24 @@ def decode(data):
     """An RPC; ValueError when malformed (messages without a topic included)."""
     fields = protobuf.decode(data)
     rpc = RPC()
-    for raw in fields.get(1, []):
+    for raw in protobuf.all_bytes(fields, 1):
         sub = protobuf.decode(raw)
         topic = protobuf.first_bytes(sub, 2)
         if topic is not None:
             rpc.subscriptions.append((bool(protobuf.first_int(sub, 1, 0)), _text(topic)))
-    rpc.publish = [decode_message(raw) for raw in fields.get(2, [])]
+    rpc.publish = [decode_message(raw) for raw in protobuf.all_bytes(fields, 2)]
     control = protobuf.first_bytes(fields, 3)
     if control is not None:
         c = protobuf.decode(control)
-        for raw in c.get(1, []):
+        for raw in protobuf.all_bytes(c, 1):
             ihave = protobuf.decode(raw)
             rpc.ihave.append((_text(protobuf.first_bytes(ihave, 1) or b""),
                               [i for i in ihave.get(2, []) if isinstance(i, bytes)]))
-        for raw in c.get(2, []):
+        for raw in protobuf.all_bytes(c, 2):
             rpc.iwant += [i for i in protobuf.decode(raw).get(1, []) if isinstance(i, bytes)]
-        for raw in c.get(3, []):
+        for raw in protobuf.all_bytes(c, 3):
             rpc.graft.append(_text(protobuf.first_bytes(protobuf.decode(raw), 1) or b""))
-        for raw in c.get(4, []):
+        for raw in protobuf.all_bytes(c, 4):
             prune = protobuf.decode(raw)
             rpc.prune.append((_text(protobuf.first_bytes(prune, 1) or b""),
                               protobuf.first_int(prune, 3, 0)))
