@@ -1,0 +1,398 @@
+"""Hostile input against a real ``twistd relayd`` with every listener on:
+seeded random requests, damaged frames, bad UTF-8, noise and half-open
+connections on the TCP relay (both dialects), the UDP port (rendezvous and
+STUN), the federation, libp2p (TCP, WebSocket, QUIC) and HTTP listeners.
+
+What a user would check afterwards: every answer on the relay is a JSON
+line; no address got back more UDP bytes than its budget allows; the daemon
+still serves and logged no traceback and no overlong line; the messages it
+acked in the meantime all reach their offline recipient after a restart.
+An authenticated federation peer sends malformed items too, and libp2p
+peers that pass Noise and yamux send malformed protobufs on every protocol
+the relay speaks.
+
+``RELAYD_FUZZ_SEED`` picks another seed (the default one runs in CI);
+``RELAYD_FUZZ_SESSIONS`` sets how many sessions each listener gets.
+"""
+import base64
+import json
+import os
+import random
+import select
+import socket
+import time
+import urllib.error
+import urllib.request
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from twisted.internet import defer, reactor, task
+from twisted.trial import unittest
+
+from relayd.e2ee import wire
+from relayd.libp2p import identify, varint
+from relayd.libp2p.peer import Peer, Pipe
+from relayd.libp2p.peerid import KeyPair
+from tests import fuzzinput
+from tests.daemon import Relayd, free_port
+from tests.seedclient import LineClient
+
+SEED = int(os.environ.get("RELAYD_FUZZ_SEED", "20261207"))
+SESSIONS = int(os.environ.get("RELAYD_FUZZ_SESSIONS", "120"))
+BATCH = 30                  # connections open at once
+QUIET = 0.5                 # seconds without a byte that end a batch's reading
+LINE_TIMEOUT = 2
+MAX_LOG_LINE = 1000         # characters: what one line of the log may take
+
+INI = """
+[relay]
+id = fuzzed
+data_dir = {data_dir}
+[tcp]
+listen = tcp:{tcp}:interface=127.0.0.1
+max_line = 4096
+line_timeout = %d
+[ratelimit]
+messages = 100000
+per_seconds = 1
+[http]
+listen = tcp:{http}:interface=127.0.0.1
+[udp]
+listen = {udp}
+interface = 127.0.0.1
+[libp2p]
+listen = tcp:{p2p}:interface=127.0.0.1
+ws_listen = tcp:{ws}:interface=127.0.0.1
+quic_listen = 127.0.0.1:{quic}
+[kad]
+[gossipsub]
+bridge = lobby
+[federation]
+listen = tcp:{fed}:interface=127.0.0.1
+[peer:other]
+endpoint = tcp:127.0.0.1:{dead}
+key = {key}
+""" % LINE_TIMEOUT
+
+
+def read_all(socks, quiet=QUIET, limit=10.0):
+    """Read every socket of ``socks`` until it closes or ``quiet`` seconds
+    pass without a byte from any: {socket: bytes}."""
+    got = {s: b"" for s in socks}
+    open_ = set(socks)
+    deadline = time.monotonic() + limit
+    while open_ and time.monotonic() < deadline:
+        ready, _, _ = select.select(list(open_), [], [], quiet)
+        if not ready:
+            break
+        for s in ready:
+            try:
+                chunk = s.recv(65536)
+            except (ConnectionError, socket.timeout):
+                chunk = b""
+            if chunk:
+                got[s] += chunk
+            else:
+                open_.discard(s)
+    return got
+
+
+def send_quietly(sock, data):
+    """Send what the peer takes; a peer that closed on us is an answer too."""
+    try:
+        sock.sendall(data)
+    except OSError:
+        pass
+
+
+class FederationPeer:
+    """Relay "other", configured as a peer of the fuzzed relay: it proves its
+    key in the handshake, then sends whatever frames it is given."""
+
+    PROTO = "relayd-federation/1"
+
+    def __init__(self, port):
+        self.key = Ed25519PrivateKey.generate()
+        self.port = port
+        self.sock = None
+
+    def public_key(self):
+        return base64.b64encode(self.key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode()
+
+    def link(self):
+        """Connect and authenticate: the link is up."""
+        self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        self.file = self.sock.makefile("rb")
+        nonce = os.urandom(16).hex()
+        self.send({"type": "hello", "proto": self.PROTO, "relay": "other",
+                   "key": self.public_key(), "nonce": nonce, "features": ["have-ranges"]})
+        theirs = self.read("hello")
+        signed = f"{self.PROTO}|other|{theirs['relay']}|{nonce}|{theirs['nonce']}".encode()
+        self.send({"type": "auth", "sig": base64.b64encode(self.key.sign(signed)).decode()})
+        self.read("auth")
+
+    def send(self, frame):
+        self.sock.sendall(json.dumps(frame).encode() + b"\n")
+
+    def read(self, kind):
+        """The next frame of ``kind``, the others skipped."""
+        while True:
+            line = self.file.readline()
+            if not line:
+                raise EOFError(f"the relay closed the link waiting for {kind}")
+            frame = json.loads(line)
+            if frame.get("type") == kind:
+                return frame
+
+    def close(self):
+        if self.sock is not None:
+            self.file.close()
+            self.sock.close()
+            self.sock = None
+
+
+class FuzzedDaemon(unittest.TestCase):
+
+    def setUp(self):
+        self.rng = random.Random(SEED)
+        ports = {name: free_port() for name in ("tcp", "http", "p2p", "ws", "fed", "dead")}
+        ports["udp"] = free_port(socket.SOCK_DGRAM)
+        ports["quic"] = free_port(socket.SOCK_DGRAM)
+        self.peer = FederationPeer(ports["fed"])
+        self.addCleanup(self.peer.close)
+        self.relay = Relayd(self, INI, key=self.peer.public_key(), **ports)
+        self.ports = ports
+        self.relay.start(wait_tcp=[ports["tcp"], ports["http"], ports["p2p"], ports["fed"]])
+        self.acked = []             # msg_ids acked to the witness, for zed (offline)
+        self.witness = LineClient(ports["tcp"], "witness")
+        self.addCleanup(self.witness.close)
+
+    def fail_with(self, what):
+        self.fail(f"seed {SEED}: {what}")
+
+    def witness_sends(self, n):
+        """A well-behaved client's direct message to offline zed, and its ack."""
+        nonce = "w%d" % n
+        self.witness.request(type="send", to="zed", body="kept %d" % n, nonce=nonce, req=nonce)
+        while True:
+            reply = self.witness.read()
+            if reply.get("req") == nonce:
+                break
+        if reply.get("type") != "ack":
+            self.fail_with(f"the witness's message was refused: {reply}")
+        self.acked.append(reply["msg_id"])
+
+    def connections(self, port, payloads, check_lines):
+        """Open a connection per payload, send them all, read every answer;
+        each connection ends in one of the ways a client can end."""
+        socks = []
+        for payload in payloads:
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            send_quietly(s, payload)
+            ending = self.rng.choice(["open", "shut", "reset"])
+            if ending == "shut":
+                try:
+                    s.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+            socks.append((s, ending))
+        got = read_all([s for s, _ in socks])
+        for (s, ending), payload in zip(socks, payloads):
+            if check_lines:
+                self.assertJsonLines(got[s], payload)
+            if ending == "reset":
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+            s.close()
+
+    def assertJsonLines(self, data, sent):
+        for line in data.split(b"\n")[:-1]:
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                self.fail_with(f"not a JSON line: {line[:200]!r}, after {sent[:300]!r}")
+            if not isinstance(obj, dict):
+                self.fail_with(f"not a JSON object: {line[:200]!r}")
+
+    def fuzz_relay(self):
+        for start in range(0, SESSIONS, BATCH):
+            payloads = []
+            for _ in range(BATCH):
+                if self.rng.random() < 0.7:
+                    hello = json.dumps({"type": "hello", "id": fuzzinput.peer_id(self.rng)})
+                    payloads.append(hello.encode() + b"\n" + fuzzinput.json_lines(
+                        self.rng, self.rng.randrange(1, 40)))
+                else:
+                    payloads.append(fuzzinput.legacy_frames(self.rng, self.rng.randrange(1, 20)))
+            self.connections(self.ports["tcp"], payloads, check_lines=True)
+            self.witness_sends(start)
+
+    def fuzz_proved_sessions(self):
+        """Clients that prove their id with a key (what reaches the key
+        directory and the owned-id paths), then send odd requests."""
+        for n in range(SESSIONS // 20):
+            key = Ed25519PrivateKey.generate()
+            public = key.public_key().public_bytes(serialization.Encoding.Raw,
+                                                   serialization.PublicFormat.Raw)
+            client = LineClient(self.ports["tcp"])
+            client.request(type="hello", id=f"owner{n}", key=base64.b64encode(public).decode())
+            challenge = client.read()
+            signed = f"relayd-auth:{challenge['relay']}:owner{n}:{challenge['challenge']}"
+            client.request(type="auth", signature=base64.b64encode(key.sign(signed.encode())).decode())
+            self.assertTrue(client.read()["authenticated"])
+            client.request(type="keys_publish", **{
+                "spk": wire.prekey_record(key, wire.SPK_LABEL, f"owner{n}", self.rng.randbytes(32)),
+                "opks": [wire.prekey_record(key, wire.OPK_LABEL, f"owner{n}", self.rng.randbytes(32))
+                         for _ in range(self.rng.choice([0, 1, 50, 101]))]})
+            send_quietly(client.sock, fuzzinput.json_lines(self.rng, 40))
+            self.assertJsonLines(read_all([client.sock])[client.sock], b"(a proved session)")
+            client.close()
+
+    def fuzz_udp(self):
+        """Every datagram from unproven addresses (no valid cookie or key is
+        ever sent): what comes back to all of them together stays within
+        the per-IP byte budget of PROTOCOL.md."""
+        socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(40)]
+        sent = received = 0
+        begin = time.monotonic()
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        for _ in range(SESSIONS // 8):
+            for s in socks:
+                data = fuzzinput.datagram(self.rng)
+                s.sendto(data, ("127.0.0.1", self.ports["udp"]))
+                sent += len(data)
+            for s, data in read_all(socks, quiet=0.05, limit=0.5).items():
+                received += len(data)
+        for s, data in read_all(socks, quiet=0.3).items():
+            received += len(data)
+        for s in socks:
+            s.close()
+        allowance = 4096 + 512 * (time.monotonic() - begin)
+        if received > sent + allowance:
+            self.fail_with(f"UDP: {received} bytes back for {sent} sent "
+                           f"(budget allows {sent + allowance:.0f})")
+        quic = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for _ in range(SESSIONS):
+            quic.sendto(self.rng.randbytes(self.rng.randrange(1, 1400)),
+                        ("127.0.0.1", self.ports["quic"]))
+        quic.close()
+
+    def fuzz_other_listeners(self):
+        for name in ("p2p", "ws", "http", "fed", "tcp"):
+            self.connections(self.ports[name], [fuzzinput.noise(self.rng)
+                                                for _ in range(SESSIONS // 8)], check_lines=False)
+        self.connections(self.ports["fed"], [fuzzinput.federation_handshake(self.rng, 10)
+                                             for _ in range(SESSIONS // 4)], check_lines=True)
+
+    def fuzz_federation_peer(self):
+        """An authenticated peer sends malformed and odd items; each gets an
+        error or is taken, and the items it then sends for zed are kept."""
+        answers = b""
+        for _ in range(SESSIONS // 20):
+            self.peer.link()
+            send_quietly(self.peer.sock, fuzzinput.federation_items(self.rng, 40))
+            answers += read_all([self.peer.sock], quiet=0.2)[self.peer.sock]
+            self.peer.close()
+        self.assertIn(b'"bad_item"', answers)       # the items got as far as their checks
+        self.peer.link()
+        for seq in range(1, 4):
+            msg_id = os.urandom(32).hex()
+            self.peer.send({"type": "msg", "origin": "faraway", "seq": seq, "entry": {
+                "from": "far", "to": "zed", "body": f"federated {seq}", "timestamp": time.time(),
+                "seen_by": ["faraway", "other"], "msg_id": msg_id}})
+            self.acked.append(msg_id)
+        self.peer.send({"type": "ping"})
+        self.peer.read("pong")
+
+    def test_hostile_input_loses_nothing_and_breaks_nothing(self):
+        half_open = socket.create_connection(("127.0.0.1", self.ports["tcp"]), timeout=5)
+        half_open.sendall(b'{"type": "hello", "id": "slowpoke"}\n{"type": "pi')
+        self.fuzz_relay()
+        self.fuzz_proved_sessions()
+        self.fuzz_udp()
+        self.fuzz_other_listeners()
+        self.fuzz_federation_peer()
+        self.witness_sends(-1)
+        # the line left unfinished was cut off, with a reason
+        half_open.settimeout(LINE_TIMEOUT + 5)
+        tail = b"".join(iter(lambda: half_open.recv(4096), b""))
+        self.assertIn(b"line_timeout", tail)
+        half_open.close()
+        # the daemon still serves: a room message between two fresh clients, /health
+        bob = LineClient(self.ports["tcp"], "late-bob")
+        bob.request(type="join", room="after")
+        self.assertEqual(bob.read()["type"], "joined")
+        alice = LineClient(self.ports["tcp"], "late-alice")
+        alice.request(type="send", room="after", body="still here")
+        got = bob.read()
+        self.assertEqual((got["from"], got["body"]), ("late-alice", "still here"))
+        alice.close()
+        bob.close()
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{self.ports['http']}/health", timeout=5)
+        except urllib.error.HTTPError as e:     # 503: only the peer nobody runs is down
+            self.assertEqual(list(json.load(e)["problems"]), ["federation"])
+        # a clean stop, then every acked message reaches zed
+        self.assertEqual(self.relay.stop(), 0)
+        self.relay.start(wait_tcp=[self.ports["tcp"]])
+        zed = LineClient(self.ports["tcp"], "zed")
+        self.assertEqual(zed.welcome["pending"], len(self.acked))
+        delivered = [zed.read()["msg_id"] for _ in self.acked]
+        self.assertEqual(sorted(delivered), sorted(self.acked))
+        zed.close()
+        self.relay.stop()
+        self.assertLogHealthy()
+
+    @defer.inlineCallbacks
+    def test_libp2p_streams_with_hostile_messages(self):
+        """Peers that pass Noise and yamux, then open the relay's protocols and
+        write malformed protobufs: afterwards a new peer is still served."""
+        for _ in range(SESSIONS // 4):
+            peer = yield self.libp2p_peer()
+            for _ in range(self.rng.randrange(1, 6)):
+                protocol = self.rng.choice(sorted(fuzzinput.SCHEMAS))
+                pipe = Pipe()
+                if peer.connection.open_protocol(protocol, pipe) is None:
+                    break                               # the relay closed the connection
+                pipe.opened.addCallback(lambda _, pipe=pipe, data=fuzzinput.stream_bytes(
+                    self.rng, protocol): pipe.stream.write(data))
+            yield task.deferLater(reactor, 0.02)
+            yield peer.close()
+        peer = yield self.libp2p_peer()
+        pipe = Pipe()
+        peer.connection.open_protocol(identify.PROTOCOL_ID, pipe)
+        for _ in range(500):                           # the answer, then FIN: at most 5 s
+            if pipe.fin:
+                break
+            yield task.deferLater(reactor, 0.01)
+        info = identify.decode(varint.split_prefixed(bytes(pipe.received), 65536)[0])
+        self.assertIn("/ipfs/kad/1.0.0", info["protocols"])
+        yield peer.close()
+        self.assertEqual(self.relay.stop(), 0)
+        self.assertLogHealthy()
+
+    @defer.inlineCallbacks
+    def libp2p_peer(self):
+        peer = Peer(reactor, KeyPair(Ed25519PrivateKey.generate()))
+        connector = reactor.connectTCP("127.0.0.1", self.ports["p2p"], peer)
+        yield peer.ready
+
+        def close():        # abort: what is still queued for the relay does not matter
+            if peer.connection is not None:
+                peer.connection.transport.abortConnection()
+            connector.disconnect()
+            return peer.lost
+        peer.close = close
+        return peer
+
+    def assertLogHealthy(self):
+        log = self.relay.log()
+        for marker in ("Traceback", "#critical]"):
+            at = log.find(marker)
+            if at >= 0:
+                self.fail_with(f"the log has {marker}:\n{log[max(at - 500, 0):at + 3000]}")
+        longest = max((line for line in log.splitlines() if " stats relay=" not in line),
+                      key=len)      # the periodic stats line grows with the config, not the input
+        if len(longest) > MAX_LOG_LINE:
+            self.fail_with(f"a log line of {len(longest)} characters: {longest[:300]}...")
