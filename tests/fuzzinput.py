@@ -212,6 +212,34 @@ def federation_handshake(rng, count):
     return b"".join(encode(rng, f).replace(b"\n", b" ") + b"\n" for f in frames)
 
 
+WS_UPGRADE = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+def websocket(rng):
+    """An upgrade, then frames: any opcode, fragmented or not, masked or not,
+    with lengths in each of the three forms, some of them lying."""
+    out = WS_UPGRADE
+    for _ in range(rng.randrange(1, 8)):
+        payload = rng.choice([b"\x13/multistream/1.0.0\n\x07/noise\n", rng.randbytes(
+            rng.choice([0, 5, 125, 126, 300, 70000]))])
+        opcode = rng.choice([0x0, 0x1, 0x2, 0x2, 0x8, 0x9, 0xA, 0x3, 0xF])
+        head = bytes([(0x80 if rng.random() < 0.8 else 0) | opcode])
+        size = len(payload) if rng.random() < 0.9 else rng.choice([2 ** 63 - 1, 2 ** 31, 127])
+        masked = 0x80 if rng.random() < 0.9 else 0
+        if size < 126:
+            head += bytes([masked | size])
+        elif size < 65536:
+            head += bytes([masked | 126]) + size.to_bytes(2, "big")
+        else:
+            head += bytes([masked | 127]) + size.to_bytes(8, "big")
+        mask = rng.randbytes(4) if masked else b""
+        if mask:
+            payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        out += head + mask + payload
+    return out
+
+
 def noise(rng):
     """What a scanner throws at any port."""
     return rng.choice([

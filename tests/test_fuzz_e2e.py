@@ -284,6 +284,8 @@ class FuzzedDaemon(unittest.TestCase):
                                                 for _ in range(SESSIONS // 8)], check_lines=False)
         self.connections(self.ports["fed"], [fuzzinput.federation_handshake(self.rng, 10)
                                              for _ in range(SESSIONS // 4)], check_lines=True)
+        self.connections(self.ports["ws"], [fuzzinput.websocket(self.rng)
+                                            for _ in range(SESSIONS // 4)], check_lines=False)
 
     def fuzz_federation_peer(self):
         """An authenticated peer sends malformed and odd items; each gets an
