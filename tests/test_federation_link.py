@@ -509,6 +509,29 @@ class ForwardingTests(ThreeRelays):
         self.assertEqual(server.state, "up")
         self.assertEqual(self.r[1].message_ids(), set())
 
+    def test_a_seq_of_our_own_far_beyond_any_issued_is_a_bad_item(self):
+        """A forged or damaged item of relay2's own origin, or a sync saying
+        relay1 holds such, with a seq near 2^63 would leave relay2 no seq
+        its peers accept: refused; relay2's next item still gets seq 1."""
+        client, server, pump = join(self.r[0], self.r[1])
+        entry = {"msg_id": "ab" * 32, "from": "alice", "to": "*", "body": "hi",
+                 "seen_by": ["relay2"], "timestamp": self.clock.seconds()}
+        far = 2 ** 63 - 1
+        client.send({"type": "msg", "origin": "relay2", "seq": far, "entry": entry})
+        client.send({"type": "receipt", "origin": "relay2", "seq": far, "msg_id": "ab" * 32,
+                     "to": "bob", "timestamp": self.clock.seconds()})
+        client.send({"type": "sync", "have": {"relay2": [far, []]}})
+        pump.flush()
+        self.assertEqual(server.state, "up")
+        self.assertEqual(self.r[1].hub.metrics.bad_frames.labels("relay1")._value.get(), 3)
+        self.r[1].send(self.r[1].client("carol"), "*", "mine")
+        flush(pump)
+        self.assertEqual(self.r[0].index.wants()["relay2"][0], 1)
+        # a lost journal: relay1 holds relay2's items up to 5, and relay2 goes on after them
+        client.send({"type": "sync", "have": {"relay2": [5, []]}})
+        pump.flush()
+        self.assertEqual(self.r[1].index.next_own(), 6)
+
     def test_infinite_or_nan_times_are_bad_items(self):
         client, server, pump = join(self.r[0], self.r[1])
         entry = {"msg_id": "ab" * 32, "from": "alice", "to": "*", "body": "hi",

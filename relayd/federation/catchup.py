@@ -366,6 +366,8 @@ class CatchUpServer:
         wants = parse_have(frame.get("have"))
         own = wants.get(self.hub.relay_id)
         top = own.top() if own is not None else 0
+        if not self.hub.index.own_plausible(top):
+            raise BadItem(f"have says seq {top} of our own items, far beyond any we issued")
         if self.own is None and self.hub.index.seen_own(top):
             self.log.warn("federation: {peer} holds items of ours up to seq {seq}, beyond our "
                           "journal (was it lost?); new items continue after it",

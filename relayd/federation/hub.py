@@ -334,6 +334,8 @@ class Hub:
     def _held(self, stats, origin, seq, kind):
         """Count an item from the peer of ``stats``: True if held already."""
         stats.received[kind] += 1
+        if origin == self.relay_id and not self.index.own_plausible(seq):
+            raise BadItem(f"seq {seq} of this relay's own items is far beyond any it issued")
         if self.index.has(origin, seq):
             stats.dedup_hits += 1
             return True

@@ -127,6 +127,13 @@ def lost_line(origin, first, last):
     return json.dumps({"fed_lost": origin, "first": first, "last": last}).encode()
 
 
+# How far beyond our own counter a peer may say our items go: a lost journal
+# restarts the counter at 1 below everything the peers hold (they tell us, and
+# it moves past), but no relay issues 2^40 items, while a forged seq near 2^63
+# would leave no seq for our next item that a peer accepts.
+MAX_OWN_AHEAD = 2 ** 40
+
+
 class Index:
     """The cursors and the own sequence counter."""
 
@@ -159,6 +166,11 @@ class Index:
         seq = self._next
         self.add(self.relay_id, seq)
         return seq
+
+    def own_plausible(self, seq):
+        """Whether a peer's item or claim of our own ``seq`` could be one we
+        issued before (see MAX_OWN_AHEAD)."""
+        return seq < self._next + MAX_OWN_AHEAD
 
     def seen_own(self, seq):
         """A peer holds our item ``seq``: never hand that seq out again (after a
