@@ -73,7 +73,7 @@ FEDERATION_FRAMES = {
 
 
 def seq(rng):
-    return rng.choice([1, 2, rng.randrange(1, 10 ** 6), 0, -1, 2 ** 63, 1.5, "5"])
+    return rng.choice([1, 2, rng.randrange(1, 10 ** 6), 0, -1, 2 ** 63 - 1, 2 ** 63, 1.5, "5"])
 
 
 def origin(rng):
