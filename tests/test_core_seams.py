@@ -178,6 +178,22 @@ class SubscriberFaultTests(unittest.TestCase):
                          ["KeyError", "UnicodeEncodeError"])
 
 
+    def test_a_failing_ack_leaves_the_rest_of_the_batch_acked(self):
+        delivery = RecordingDelivery()
+        p = pipeline(delivery)
+        p.journal.hold = True
+        results = []
+
+        def broken(result):
+            raise RuntimeError("a bug in an ack")
+        p.submit("alice", "bob", "one", done=broken)
+        p.submit("alice", "bob", "two", done=results.append)
+        p.journal.release()
+        self.assertEqual([duplicate for _, duplicate in results], [False])
+        self.assertEqual(delivery.calls[-1], ("flush",))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
 class DeliveryTests(unittest.TestCase):
     def setUp(self):
         clock = Clock()

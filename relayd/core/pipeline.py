@@ -154,7 +154,10 @@ class Pipeline:
         else:
             now = self.clock.seconds()
             for _ in range(count):
-                self._durable(now, *pending.popleft())
+                try:
+                    self._durable(now, *pending.popleft())
+                except Exception:       # the rest of the batch and the flush go on
+                    self._unexpected(("durable",), "finishing a durable message failed")
         self.delivery.flush()
 
     def _durable(self, now, entry, line, source, key, started, first_result, later_result):
@@ -203,15 +206,19 @@ class Pipeline:
                 self._subscriber_failed(subscriber, "a delivery")
 
     def _subscriber_failed(self, subscriber, what):
-        """A subscriber raised: logged (once a minute per subscriber and
-        error), and the others, the acks and the delivery go on, so that a
-        bug behind one subscriber cannot hold up the relay."""
-        failure = Failure()
+        """A subscriber raised: the others, the acks and the delivery go on,
+        so that a bug behind one subscriber cannot hold up the relay."""
         name = type(subscriber).__name__
-        log_it, left_out = self._log_limiter.admit(("subscriber", name, failure.type))
+        self._unexpected(("subscriber", name), "{subscriber} failed on {what}",
+                         subscriber=name, what=what)
+
+    def _unexpected(self, key, text, **fields):
+        """Log the exception being handled, once a minute per ``key`` and
+        exception type (the count of those left out in the next line)."""
+        failure = Failure()
+        log_it, left_out = self._log_limiter.admit(key + (failure.type,))
         if log_it:
-            self.log.failure("{subscriber} failed on {what}{repeats}", failure,
-                             subscriber=name, what=what, repeats=repeats(left_out))
+            self.log.failure(text + "{repeats}", failure, repeats=repeats(left_out), **fields)
 
     def membership(self, peer, room, joined):
         d = self.journal.append(member_record(peer, room, joined, self.clock.seconds()))
