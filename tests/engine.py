@@ -11,6 +11,8 @@ import signal
 import subprocess
 import time
 
+from twisted.trial.unittest import SkipTest
+
 from tests.daemon import free_port, wait_for_port
 
 NATS_SERVER = shutil.which("nats-server") or "/usr/bin/nats-server"
@@ -39,6 +41,17 @@ def engine_missing(server):
     if not os.access(server, os.X_OK):
         return f"{os.path.basename(server)} is not installed (tests/debian-packages.txt)"
     return None
+
+
+def nats_engine(testcase, nodes=3):
+    """A running nats-server JetStream cluster of ``nodes`` for ``testcase``
+    (stopped in its cleanup); the test skips if nats-server is missing."""
+    reason = engine_missing(NATS_SERVER)
+    if reason:
+        raise SkipTest(reason)
+    engine = NatsCluster(testcase.mktemp(), nodes).start()
+    testcase.addCleanup(engine.stop)
+    return engine
 
 
 class NatsCluster:

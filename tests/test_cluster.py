@@ -632,12 +632,8 @@ class LinkTests(unittest.TestCase):
     """The real link, against a real nats-server (one node, JetStream R1)."""
 
     def setUp(self):
-        from tests.engine import NATS_SERVER, NatsCluster, engine_missing
-        reason = engine_missing(NATS_SERVER)
-        if reason:
-            raise unittest.SkipTest(reason)
-        self.engine = NatsCluster(self.mktemp(), nodes=1).start()
-        self.addCleanup(self.engine.stop)
+        from tests.engine import nats_engine
+        self.engine = nats_engine(self, nodes=1)
         from twisted.internet import reactor
         self.link = EngineLink(reactor, self.engine.urls, "test", timeout=5.0)
         self.states = []

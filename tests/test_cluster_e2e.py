@@ -14,7 +14,7 @@ import time
 from twisted.trial import unittest
 
 from tests.daemon import Relayd, free_port, relay_ini
-from tests.engine import NATS_SERVER, NatsCluster, engine_missing
+from tests.engine import nats_engine
 from tests.test_metrics_docs import documented_metrics, exposed_metrics
 from tests.test_ops_support import http_get
 
@@ -142,11 +142,7 @@ class Client:
 
 class ClusterTestMixin:
     def start_cluster(self, nodes=2, **ini):
-        reason = engine_missing(NATS_SERVER)
-        if reason:
-            raise unittest.SkipTest(reason)
-        self.engine = NatsCluster(self.mktemp()).start()
-        self.addCleanup(self.engine.stop)
+        self.engine = nats_engine(self)
         self.relays = []
         for i in range(nodes):
             relay = Relayd(self, cluster_ini(self.engine.urls, "n%d" % i, **ini), tcp=free_port(),

@@ -17,7 +17,7 @@ from twisted.trial import unittest
 
 from relayd.identity import Identity, load_or_create
 from tests.daemon import Relayd, free_port, relay_ini, wait_for_port
-from tests.engine import NATS_SERVER, NatsCluster, engine_missing
+from tests.engine import nats_engine
 from tests.test_cluster_e2e import Client, cluster_ini
 from tests.test_federation_e2e import FEDERATION, PEER
 from tests.test_ops_support import http_get
@@ -31,11 +31,7 @@ def public_key(path):
 class ClusterFederation(unittest.TestCase):
 
     def setUp(self):
-        reason = engine_missing(NATS_SERVER)
-        if reason:
-            raise unittest.SkipTest(reason)
-        self.engine = NatsCluster(self.mktemp()).start()
-        self.addCleanup(self.engine.stop)
+        self.engine = nats_engine(self)
         solo_dir, node_dirs = self.mktemp(), [self.mktemp() for _ in range(2)]
         solo_key = public_key(os.path.join(solo_dir, "var", "identity.key"))
         # one relay, one key: every node gets the same identity.key

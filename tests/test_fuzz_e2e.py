@@ -36,7 +36,7 @@ from relayd.libp2p.peer import Peer, Pipe
 from relayd.libp2p.peerid import KeyPair
 from tests import fuzzinput
 from tests.daemon import READY, Relayd, free_port
-from tests.engine import NATS_SERVER, NatsCluster, engine_missing
+from tests.engine import nats_engine
 from tests.seedclient import LineClient
 
 SEED = int(os.environ.get("RELAYD_FUZZ_SEED", "20261207"))
@@ -425,11 +425,7 @@ class FuzzedClusterNode(HostileInput, unittest.TestCase):
     leader's links go through the engine."""
 
     def setUp(self):
-        reason = engine_missing(NATS_SERVER)
-        if reason:
-            raise unittest.SkipTest(reason)
-        self.engine = NatsCluster(self.mktemp(), nodes=1).start()
-        self.addCleanup(self.engine.stop)
+        self.engine = nats_engine(self, nodes=1)
         super().setUp()
 
     def ini(self):
