@@ -37,6 +37,7 @@ from relayd.libp2p.peerid import KeyPair
 from tests import fuzzinput
 from tests.daemon import READY, Relayd, free_port
 from tests.engine import nats_engine
+from tests.test_ops_support import http_json
 from tests.seedclient import LineClient
 
 SEED = int(os.environ.get("RELAYD_FUZZ_SEED", "20261207"))
@@ -193,6 +194,15 @@ class HostileInput:
 
     def start_relay(self):
         self.relay.start(wait_tcp=[self.ports[name] for name in ("tcp", "http", "p2p", "fed")])
+
+    def kept_state(self):
+        """What the daemon keeps across a restart, as /stats shows it."""
+        _, stats = http_json(self.ports["http"], "/stats")
+        kept = {key: stats["tcp"][key] for key in ("mailbox_messages", "mailbox_peers",
+                                                   "owned_ids", "dedup_window")}
+        kept.update(keyed_ids=stats["e2ee"]["ids"], prekeys=stats["e2ee"]["prekeys"],
+                    kad_records=stats["kad"]["records"])
+        return kept
 
     def fail_with(self, what):
         self.fail(f"seed {SEED}: {what}")
@@ -368,9 +378,11 @@ class HostileInput:
             urllib.request.urlopen(f"http://127.0.0.1:{self.ports['http']}/health", timeout=5)
         except urllib.error.HTTPError as e:     # 503: only the peer nobody runs is down
             self.assertEqual(list(json.load(e)["problems"]), ["federation"])
-        # a clean stop, then every acked message reaches zed
+        # a clean stop, then the same state back and every acked message reaches zed
+        before = self.kept_state()
         self.assertEqual(self.relay.stop(), 0)
         self.start_relay()
+        self.assertEqual(self.kept_state(), before)
         zed = LineClient(self.ports["tcp"], "zed")
         delivered = [zed.read()["msg_id"] for _ in self.acked]
         self.assertEqual(sorted(delivered), sorted(self.acked))
