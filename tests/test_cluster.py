@@ -661,6 +661,9 @@ class LinkTests(unittest.TestCase):
         self.assertEqual([data for _, data in found], [b"one", b"two"])
         self.assertTrue((yield self.link.delete("T", seq)))
         self.assertFalse((yield self.link.delete("T", seq)))
+        last, _ = yield self.link.store("t.mail.z", b"three", "id3")
+        self.assertTrue((yield self.link.delete("T", last)))
+        self.assertFalse((yield self.link.delete("T", last)))      # the last: another err_code
         yield self.link.kv_put("K", "k", b"v")
         self.assertEqual((yield self.link.kv_get("K", "k")), b"v")
         self.assertEqual((yield self.link.kv_items("K")), {"k": b"v"})

@@ -27,7 +27,8 @@ from twisted.python.failure import Failure
 CONNECTING, CONNECTED, DISCONNECTED, STOPPED = "connecting", "connected", "disconnected", "stopped"
 
 
-NO_MESSAGE_FOUND = 10057             # JetStream's err_code for a sequence not in the stream
+# JetStream's err_codes for a sequence not in the stream (10043 for the last one)
+GONE = (10057, 10043)
 WRONG_LAST_SEQUENCE = (10071, 10164)     # its err_codes for a write whose expected revision is not the key's
 
 
@@ -226,13 +227,13 @@ class EngineLink(service.Service):
         return self._run(self._delete, stream, seq)
 
     async def _delete(self, stream, seq):
-        from nats.js.errors import NotFoundError, ServerError
+        from nats.js.errors import APIError, NotFoundError
         try:
             return await self._js.delete_msg(stream, seq)
         except NotFoundError:
             return False
-        except ServerError as e:
-            if e.err_code == NO_MESSAGE_FOUND:
+        except APIError as e:
+            if e.err_code in GONE:
                 return False
             raise
 
