@@ -372,6 +372,7 @@ class HostileInput:
         alice.request(type="send", room="after", body="still here")
         got = bob.read()
         self.assertEqual((got["from"], got["body"]), ("late-alice", "still here"))
+        self.assertEqual(alice.read()["type"], "ack")     # durable: the state below is settled
         alice.close()
         bob.close()
         try:
