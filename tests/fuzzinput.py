@@ -178,12 +178,15 @@ def legacy_frames(rng, count):
     return b"".join(out)
 
 
-def datagram(rng):
-    """A UDP datagram: a rendezvous packet, a STUN message (well formed,
-    damaged or classic), or noise."""
+def datagram(rng, cookie=None):
+    """A UDP datagram: a rendezvous packet (most carrying ``cookie``, if
+    given), a STUN message (well formed, damaged or classic), or noise."""
     roll = rng.random()
     if roll < 0.6:
-        return encode(rng, request(rng, UDP_REQUESTS))
+        packet = request(rng, UDP_REQUESTS)
+        if cookie is not None and rng.random() < 0.9:
+            packet["cookie"] = cookie
+        return encode(rng, packet)
     if roll < 0.9:
         return stun(rng)
     return rng.randbytes(rng.randrange(0, 600))

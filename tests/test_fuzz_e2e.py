@@ -101,6 +101,17 @@ def read_all(socks, quiet=QUIET, limit=10.0):
     return got
 
 
+def received_datagrams(socks, quiet=0.05):
+    """The datagrams waiting on ``socks`` and those arriving until none has
+    for ``quiet`` seconds."""
+    got = []
+    while True:
+        ready = select.select(socks, [], [], quiet)[0]
+        if not ready:
+            return got
+        got += [s.recv(65536) for s in ready]
+
+
 def send_quietly(sock, data):
     """Send what the peer takes; a peer that closed on us is an answer too."""
     try:
@@ -314,6 +325,39 @@ class HostileInput:
                         ("127.0.0.1", self.ports["quic"]))
         quic.close()
 
+    def fuzz_udp_proven(self):
+        """Addresses that proved they receive (with a ping's cookie), from
+        another loopback IP: no budget limits them, so every answer is
+        checked instead: one JSON object or one STUN message a datagram,
+        none over max_datagram."""
+        udp = ("127.0.0.1", self.ports["udp"])
+        socks = []
+        for n in range(10):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(("127.0.0.2", 0))
+            s.settimeout(5)
+            s.sendto(json.dumps({"type": "ping", "cookie": "", "pad": "p" * 200}).encode(), udp)
+            cookie = json.loads(s.recv(8192))["cookie"]
+            name = ("alice", "bob")[n] if n < 2 else "fz%d" % n      # names the fuzz targets
+            s.sendto(json.dumps({"type": "register", "name": name, "cookie": cookie}).encode(), udp)
+            socks.append((s, cookie))
+        for _ in range(SESSIONS // 8):
+            for s, cookie in socks:
+                s.sendto(fuzzinput.datagram(self.rng, cookie), udp)
+            for data in received_datagrams([s for s, _ in socks]):
+                self.assertDatagram(data)
+        for s, _ in socks:
+            s.close()
+
+    def assertDatagram(self, data):
+        if len(data) > 8192:
+            self.fail_with(f"a datagram of {len(data)} bytes")
+        if data[:1] < b"\x40" and data[4:8] == fuzzinput.STUN_MAGIC.to_bytes(4, "big"):
+            if 20 + int.from_bytes(data[2:4], "big") != len(data):      # STUN: header, length
+                self.fail_with(f"a malformed STUN answer: {data[:60]!r}")
+        elif not isinstance(json.loads(data), dict):
+            self.fail_with(f"not a JSON object: {data[:200]!r}")
+
     def fuzz_other_listeners(self):
         for name in ("p2p", "ws", "http", "fed", "tcp"):
             self.connections(self.ports[name], [fuzzinput.noise(self.rng)
@@ -350,6 +394,7 @@ class HostileInput:
         self.fuzz_relay()
         self.fuzz_proved_sessions()
         self.fuzz_udp()
+        self.fuzz_udp_proven()
         self.fuzz_other_listeners()
         self.fuzz_federation_peer()
         self.witness_sends(-1)
