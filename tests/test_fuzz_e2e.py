@@ -352,8 +352,8 @@ class HostileInput:
     def assertDatagram(self, data):
         if len(data) > 8192:
             self.fail_with(f"a datagram of {len(data)} bytes")
-        if data[:1] < b"\x40" and data[4:8] == fuzzinput.STUN_MAGIC.to_bytes(4, "big"):
-            if 20 + int.from_bytes(data[2:4], "big") != len(data):      # STUN: header, length
+        if data[:1] < b"\x40":        # STUN (RFC 8489, or 3489 without the cookie): header, length
+            if 20 + int.from_bytes(data[2:4], "big") != len(data):
                 self.fail_with(f"a malformed STUN answer: {data[:60]!r}")
         elif not isinstance(json.loads(data), dict):
             self.fail_with(f"not a JSON object: {data[:200]!r}")
