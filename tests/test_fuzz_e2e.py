@@ -309,10 +309,8 @@ class HostileInput:
                 data = fuzzinput.datagram(self.rng)
                 s.sendto(data, ("127.0.0.1", self.ports["udp"]))
                 sent += len(data)
-            for s, data in read_all(socks, quiet=0.05, limit=0.5).items():
-                received += len(data)
-        for s, data in read_all(socks, quiet=0.3).items():
-            received += len(data)
+            received += sum(map(len, received_datagrams(socks)))
+        received += sum(map(len, received_datagrams(socks, quiet=0.3)))
         for s in socks:
             s.close()
         allowance = 4096 + 512 * (time.monotonic() - begin)
