@@ -289,6 +289,38 @@ class NodeTests(unittest.TestCase):
         self.assertIsNone(self.node.refusal("alice", "bob", "x"))
         self.successResultOf(self.router.submit(alice, "bob", "x"))
 
+    def test_a_message_the_engine_lost_is_not_kept_here_to_be_acked_as_a_repeat(self):
+        alice = FakeSession("alice")
+        self.router.attach(alice)
+        writing = defer.Deferred()
+        self.link.store = lambda subject, data, msg_id=None: writing
+        sent = self.router.submit(alice, "bob", "x", nonce="n1")
+        self.assertEqual(self.local.lines, [])      # not here before the engine has it
+        writing.errback(ConnectionError("engine connection lost"))
+        self.failureResultOf(sent)
+        self.assertEqual(self.local.lines, [])
+        # the node restarts on its journal; the sender's retry must reach the engine
+        del self.link.store
+        node, router, _, _ = make_node(self.link)
+        for line in self.local.lines:
+            router.restore(json.loads(line))
+        router.attach(alice)
+        msg_id, repeat = self.successResultOf(router.submit(alice, "bob", "x", nonce="n1"))
+        self.assertFalse(repeat)
+        self.assertEqual(list(self.link.msg_ids), [msg_id])
+
+    def test_a_message_is_journaled_here_once_the_engine_holds_it(self):
+        alice = FakeSession("alice")
+        self.router.attach(alice)
+        writing = defer.Deferred()
+        store = self.link.store
+        self.link.store = lambda subject, data, msg_id=None: writing
+        sent = self.router.submit(alice, "bob", "x")
+        self.assertEqual(self.local.lines, [])
+        store(self.node._mail_subject("_", "bob"), b"x", "m").chainDeferred(writing)
+        self.successResultOf(sent)
+        self.assertEqual([json.loads(line)["body"] for line in self.local.lines], ["x"])
+
     def test_a_peer_that_came_while_the_engine_was_away_is_registered_on_its_return(self):
         entry, line = message.new_message("alice", "bob", "waiting", 5.0, "relay")
         self.link.store(self.bob_mail("_", entry), line, entry["msg_id"])

@@ -34,7 +34,7 @@ node holding its peer through that node's durable consumer, and room and
 broadcast messages to the nodes subscribed (core NATS, ``relayd.t(R).room.
 t(room)`` for the nodes holding members of the room, ``relayd.t(R).all``).
 The node's own data_dir journal still gets every record (history,
-memberships, dedup across a restart).
+memberships, dedup across a restart), once the engine holds what it needs.
 """
 import hashlib
 import json
@@ -340,8 +340,11 @@ class ClusterNode(service.Service):
     # --- the router's journal (IJournal) ----------------------------------------
 
     def append(self, line):
-        """Journal ``line`` here and put what the cluster needs in the engine;
-        fires once both hold it."""
+        """Put what the cluster needs of ``line`` in the engine, then journal
+        it here; fires once both hold it.  Never here first: a message the
+        engine refused (or had not taken when the node stopped) would come
+        back at restart into the dedup window, and the sender's retry would
+        be acked as a repeat of a message no node holds."""
         record = json.loads(line)
         if message.is_message(record):
             engine = self._store(message.entry_of(record), line, record.get("held_for", ()))
@@ -355,9 +358,8 @@ class ClusterNode(service.Service):
             engine = defer.succeed(None)
         else:
             engine = defer.succeed(None)
-        d = defer.gatherResults([engine, self.journal.append(line)], consumeErrors=True)
-        d.addCallbacks(lambda _: None, lambda f: f.value.subFailure)
-        return d
+        engine.addCallback(lambda _: self.journal.append(line))
+        return engine
 
     def add(self, line):
         """``append`` without a Deferred: the ``listener`` hears of each line
