@@ -93,7 +93,7 @@ class NoiseTests(unittest.TestCase):
         self.assertRaises(noise.HandshakeError, i.read_message, bytes(msg2))
 
     def test_identity_signature_must_cover_the_static_key(self):
-        a, b = keypair(), keypair()
+        a = keypair()
         payload = noise.encode_payload(a, b"\x01" * 32)
         self.assertRaises(noise.HandshakeError, noise.verify_payload, payload, b"\x02" * 32)
         self.assertEqual(noise.verify_payload(payload, b"\x01" * 32), (a.peer_id, []))
