@@ -11,6 +11,7 @@ from relayd.cluster.node import REFUSAL, ClusterNode, t
 from relayd.cluster.ownership import SharedOwnership
 from relayd.core import message
 from relayd.core.abuse import AbuseGuard
+from relayd.journal.replay import ReplayReport
 from tests.fakes import FakeSession, MemoryJournal, make_router
 
 
@@ -129,17 +130,22 @@ class Settings:
     timeout = 5.0
 
 
-def make_node(link, node="a", owners=None):
+def make_node(link, node="a", owners=None, replayed=(), handover=None):
+    """A started node linked to ``link``, its router having replayed the
+    journal lines ``replayed``."""
     clock = task.Clock()
     clock.advance(1000)
     router = make_router(clock, "relay")
+    for line in replayed:
+        router.restore(json.loads(line))
+    router.restore_done(ReplayReport())
     if owners:
         router.ownership.owners.update(owners)
     router.ownership = SharedOwnership(router.ownership)
     settings = Settings()
     settings.node = node
     local = MemoryJournal()
-    cluster = ClusterNode(settings, "relay", router, link, local, clock)
+    cluster = ClusterNode(settings, "relay", router, link, local, clock, handover=handover)
     cluster.share_ownership(router.ownership)
     router.journal = cluster
     cluster.startService()
@@ -301,9 +307,7 @@ class NodeTests(unittest.TestCase):
         self.assertEqual(self.local.lines, [])
         # the node restarts on its journal; the sender's retry must reach the engine
         del self.link.store
-        node, router, _, _ = make_node(self.link)
-        for line in self.local.lines:
-            router.restore(json.loads(line))
+        node, router, _, _ = make_node(self.link, replayed=self.local.lines)
         router.attach(alice)
         msg_id, repeat = self.successResultOf(router.submit(alice, "bob", "x", nonce="n1"))
         self.assertFalse(repeat)

@@ -154,10 +154,13 @@ class ClusterTestMixin:
         return [relay.ports["tcp"] for relay in self.relays]
 
     def wait_ready(self, relay, timeout=60.0):
+        self.wait_log(relay, READY_LINE, timeout)
+
+    def wait_log(self, relay, text, timeout=30.0):
         deadline = time.monotonic() + timeout
-        while READY_LINE not in relay.log():
+        while text not in relay.log():
             if time.monotonic() > deadline:
-                raise AssertionError("node not linked to the engine:\n" + relay.log())
+                raise AssertionError(f"{text!r} not in the log:\n" + relay.log())
             time.sleep(0.1)
 
     def wait_metric(self, relay, name, least, timeout=30.0):
@@ -209,6 +212,46 @@ class ChatAcrossNodes(ClusterTestMixin, unittest.TestCase):
         back.listen()
         self.assertEqual(back.wait_for({"while you were away"}), set())
         self.assertNotIn("while you were away", bob.received.values())
+
+    def test_a_node_killed_and_restarted_does_not_offer_mail_delivered_elsewhere(self):
+        a, b = self.start_cluster(2)
+        self.client([a], "alice").send(to="bob", body="sent while bob was away")
+        first = self.relays[0]
+        first.kill()                    # its journal holds the message, its checkpoint not
+        first.start(wait_tcp=[a])
+        self.wait_ready(first)
+        self.assertIn("1 stored messages for 1 peers replayed from this node's own journal "
+                      "are left to the engine", first.log())
+        bob = self.client([b], "bob")
+        bob.listen()
+        self.assertEqual(bob.wait_for({"sent while bob was away"}), set())
+        bob.close()
+        self.wait_metric(self.relays[1], "relayd_cluster_mail_settled_total", 1)
+        time.sleep(0.5)                 # bob's session entry leaves the engine
+        back = self.client([a], "bob")
+        back.request(type="peers")
+        self.assertEqual(back.read()["type"], "peers")
+        self.assertEqual(back.received, {})
+
+    def test_a_relay_made_a_cluster_node_hands_its_stored_mail_to_the_engine(self):
+        tcp, http = free_port(), free_port()
+        alone = Relayd(self, relay_ini(id="clustered"), tcp=tcp)
+        alone.start(wait_tcp=[tcp])
+        self.client([tcp], "alice").send(to="bob", body="sent before the cluster")
+        alone.stop()
+        self.engine = nats_engine(self)
+        first = Relayd(self, cluster_ini(self.engine.urls, "n0"), workdir=alone.workdir,
+                       tcp=tcp, http=http)
+        second = Relayd(self, cluster_ini(self.engine.urls, "n1"), tcp=free_port(),
+                        http=free_port())
+        for relay in (first, second):
+            relay.start(wait_tcp=[relay.ports["tcp"]])
+            self.wait_ready(relay)
+        self.wait_log(first, "1 stored messages for 1 peers, from this node's journal before "
+                             "it joined the cluster, are now in the engine")
+        bob = self.client([second.ports["tcp"]], "bob")
+        bob.listen()
+        self.assertEqual(bob.wait_for({"sent before the cluster"}), set())
 
     def test_health_stats_and_metrics_show_the_cluster(self):
         self.start_cluster(2)

@@ -7,6 +7,8 @@ def build_cluster(daemon, tcp):
     (the node's own journal behind it), shares key claims and bans (and
     persistent room memberships, through the journal), refuses sends while
     unlinked, and federates as one relay when ``[federation]`` is on."""
+    import os
+    from relayd.cluster.handover import FILE_NAME, Handover
     from relayd.cluster.link import EngineLink
     from relayd.cluster.node import ClusterNode
     from relayd.cluster.ownership import SharedOwnership
@@ -14,8 +16,12 @@ def build_cluster(daemon, tcp):
     link = EngineLink(daemon.reactor, s.cluster.engine,
                       "relayd %s/%s" % (s.relay.id, s.cluster.node), timeout=s.cluster.timeout)
     link.setServiceParent(daemon)
+    handover = Handover(os.path.join(s.relay.data_dir, FILE_NAME), daemon.file_pool,
+                        daemon.reactor)
+    handover.setServiceParent(daemon)
     node = ClusterNode(s.cluster, s.relay.id, daemon.router, link, daemon.journal,
-                       daemon.reactor, daemon.registry, mailbox_ttl=s.mailbox.ttl)
+                       daemon.reactor, daemon.registry, mailbox_ttl=s.mailbox.ttl,
+                       handover=handover)
     daemon.router.journal = node
     daemon.router.ownership = SharedOwnership(daemon.router.ownership)
     node.share_ownership(daemon.router.ownership)

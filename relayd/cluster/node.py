@@ -91,12 +91,13 @@ class ClusterNode(service.Service):
     log = Logger()
 
     def __init__(self, settings, relay_id, router, link, journal, clock, registry=None,
-                 mailbox_ttl=7 * 86400.0):
+                 mailbox_ttl=7 * 86400.0, handover=None):
         self.settings = settings
         self.node = settings.node
         self.router = router
         self.link = link
         self.journal = journal          # the node's own journal (IJournal)
+        self.handover = handover        # Handover: the mail that journal's replay restored
         self.clock = clock
         self.mailbox_ttl = mailbox_ttl
         self.prefix = "relayd." + t(relay_id)
@@ -145,6 +146,8 @@ class ClusterNode(service.Service):
 
     def startService(self):
         super().startService()
+        if self.handover is not None:
+            self.handover.take(self.router.mailboxes)
         self._heartbeat.start(max(self.settings.liveness / 3.0, 0.1), now=False)
         if self.link.state == CONNECTED:
             self._engine_state(CONNECTED)
@@ -198,6 +201,8 @@ class ClusterNode(service.Service):
                 unsent, self._unsent = self._unsent, {}
                 for (bucket, key), value in unsent.items():
                     self._put_shared(bucket, key, value)
+                if self.handover is not None:
+                    self.handover.hand_over(self._store_found).addCallback(self._found_stored)
             self.log.info("cluster node {node}: {state}", node=self.node,
                           state="accepting messages" if ready else "engine lost, refusing messages")
         if self.metrics is not None:
@@ -340,15 +345,18 @@ class ClusterNode(service.Service):
     # --- the router's journal (IJournal) ----------------------------------------
 
     def append(self, line):
-        """Put what the cluster needs of ``line`` in the engine, then journal
-        it here; fires once both hold it.  Never here first: a message the
-        engine refused (or had not taken when the node stopped) would come
-        back at restart into the dedup window, and the sender's retry would
-        be acked as a repeat of a message no node holds."""
+        """Put what the cluster needs of ``line`` in the engine and journal it
+        here; fires once both hold it.  A message is journaled here only once
+        the engine has it: one the engine refused (or had not taken when the
+        node stopped) would come back at restart into the dedup window, and
+        the sender's retry would be acked as a repeat of a message no node
+        holds."""
         record = json.loads(line)
         if message.is_message(record):
-            engine = self._store(message.entry_of(record), line, record.get("held_for", ()))
-        elif "receipt" in record:
+            d = self._store(message.entry_of(record), line, record.get("held_for", ()))
+            d.addCallback(lambda _: self.journal.append(line))
+            return d
+        if "receipt" in record:
             engine = self._settled(record["receipt"], record.get("to"))
             if self.fed_stream is not None and "fed" not in record:     # made here
                 engine = self._federated(engine, line, record["receipt"] + "@" + t(record["to"]))
@@ -358,8 +366,9 @@ class ClusterNode(service.Service):
             engine = defer.succeed(None)
         else:
             engine = defer.succeed(None)
-        engine.addCallback(lambda _: self.journal.append(line))
-        return engine
+        d = defer.gatherResults([engine, self.journal.append(line)], consumeErrors=True)
+        d.addCallbacks(lambda _: None, lambda f: f.value.subFailure)
+        return d
 
     def add(self, line):
         """``append`` without a Deferred: the ``listener`` hears of each line
@@ -436,6 +445,18 @@ class ClusterNode(service.Service):
                             "%s@%s" % (msg_id, t(peer)))
         d.addCallback(self._stored_mail, peer, msg_id)
         return d
+
+    def _store_found(self, peer, entry):
+        """Store ``entry``, mail for ``peer`` found in this node's journal from
+        before it joined the cluster, as the peer's engine mail."""
+        return self._store_held("_", peer, message.journal_line(entry), entry["msg_id"])
+
+    def _found_stored(self, peers):
+        """Peers attached here meanwhile get that mail now."""
+        for peer in peers or ():
+            session = self.local.get(peer)
+            if session is not None:
+                self._read_mail(session)
 
     def _mail_subject(self, node, peer, msg_id=None):
         """The subject of mail for ``peer`` held for ``node``: ending with
@@ -581,12 +602,20 @@ class ClusterNode(service.Service):
         peer = session.peer_id
         d = self._change_entry(peer, self.link.kv_put, self.sessions_kv, t(peer),
                                self.node.encode())
-        d.addCallback(lambda _: self.link.messages(
-            self.stream, self._mail_subject("*", peer, "*"), MAILBOX_FETCH))
+        d.addCallback(lambda _: self._read_mail(session))
+        d.addErrback(self._mail_unread, peer)
+
+    def _read_mail(self, session):
+        """Deliver the engine mail of ``session``'s peer."""
+        peer = session.peer_id
+        d = self.link.messages(self.stream, self._mail_subject("*", peer, "*"), MAILBOX_FETCH)
         d.addCallback(self._stored_for, session)
-        d.addErrback(lambda f: self.log.warn("could not read {peer}'s mail from the engine: "
-                                             "{error}", peer=peer[:64],
-                                             error=f.getErrorMessage()[:200]))
+        d.addErrback(self._mail_unread, peer)
+        return d
+
+    def _mail_unread(self, failure, peer):
+        self.log.warn("could not read {peer}'s mail from the engine: {error}", peer=peer[:64],
+                      error=failure.getErrorMessage()[:200])
 
     def _stored_for(self, stored, session):
         """The engine's mail for the peer of ``session``: new messages are

@@ -35,6 +35,11 @@ class Mailboxes:
         self._expire(peer, self.clock.seconds() - self.ttl)
         return list(self._boxes.get(peer, {}).values())
 
+    def drain(self):
+        """Empty every mailbox: ``{peer: [(entry, line), ...]}`` oldest first."""
+        boxes, self._boxes = self._boxes, {}
+        return {peer: list(box.values()) for peer, box in boxes.items()}
+
     def __contains__(self, peer):
         return peer in self._boxes
 
