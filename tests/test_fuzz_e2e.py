@@ -215,6 +215,10 @@ class HostileInput:
                     kad_records=stats["kad"]["records"])
         return kept
 
+    def kept_across_a_restart(self, before):
+        """What ``kept_state`` shows after a clean restart, given ``before``."""
+        return before
+
     def fail_with(self, what):
         self.fail(f"seed {SEED}: {what}")
 
@@ -426,7 +430,7 @@ class HostileInput:
         before = self.kept_state()
         self.assertEqual(self.relay.stop(), 0)
         self.start_relay()
-        self.assertEqual(self.kept_state(), before)
+        self.assertEqual(self.kept_state(), self.kept_across_a_restart(before))
         zed = LineClient(self.ports["tcp"], "zed")
         delivered = [zed.read()["msg_id"] for _ in self.acked]
         self.assertEqual(sorted(delivered), sorted(self.acked))
@@ -506,6 +510,12 @@ engine = {self.engine.urls[0]}
 node = n1
 replicas = 1
 """
+
+    def kept_across_a_restart(self, before):
+        """The mail the node's own mailboxes held is left to the engine at a
+        restart (docs/OPERATIONS.md, "A node's own journal"): zed's, and any
+        other peer's, comes from there."""
+        return dict(before, mailbox_messages=0, mailbox_peers=0)
 
     def start_relay(self):
         super().start_relay()
