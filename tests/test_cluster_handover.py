@@ -7,6 +7,7 @@ import os
 from twisted.internet import defer, task
 from twisted.trial import unittest
 
+from relayd.cluster import handover
 from relayd.cluster.handover import Handover
 from relayd.cluster.link import CONNECTED, DISCONNECTED
 from relayd.core import message
@@ -24,9 +25,9 @@ class HandoverTests(unittest.TestCase):
 
     def start(self, node, replayed=(), link=None):
         """A node started on ``replayed`` with its handover loaded from ``self.path``."""
-        handover = Handover(self.path, self.pool, task.Clock())
-        handover.startService()
-        started = make_node(link or self.link, node, replayed=replayed, handover=handover)
+        record = Handover(self.path, self.pool, task.Clock())
+        record.startService()
+        started = make_node(link or self.link, node, replayed=replayed, handover=record)
         while self.pool.jobs:           # the file written, if it is
             self.pool.step()
         return started
@@ -114,6 +115,31 @@ class HandoverTests(unittest.TestCase):
         self.link.set_state(CONNECTED)
         self.assertEqual([json.loads(data)["body"] for _, data in self.link.stream.values()],
                          ["sent before"])
+        self.pool.step()
+        self.assertTrue(os.path.exists(self.path))
+
+    def test_a_big_journal_is_handed_over_a_window_at_a_time(self):
+        self.patch(handover, "WINDOW", 3)
+        journal = [message.new_message("alice", "peer%d" % i, "m%d" % i, 5.0 + i, "relay")[1]
+                   for i in range(7)]
+        self.link.set_state(DISCONNECTED)
+        self.start("a", journal)
+        store, writing = self.link.store, []
+
+        def held_store(*args):
+            d = defer.Deferred()
+            writing.append((d, args))
+            return d
+        self.link.store = held_store
+        self.link.set_state(CONNECTED)
+        in_flight = []
+        while writing:
+            in_flight.append(len(writing))
+            now, writing[:] = list(writing), []
+            for d, args in now:
+                store(*args).chainDeferred(d)
+        self.assertEqual(in_flight, [3, 3, 1])
+        self.assertEqual(len(self.link.stream), 7)
         self.pool.step()
         self.assertTrue(os.path.exists(self.path))
 

@@ -24,6 +24,7 @@ from twisted.internet import defer
 from relayd.core.tablefile import TableFile
 
 FILE_NAME = "cluster_handover.json"
+WINDOW = 256            # messages being stored in the engine at once
 
 
 class Handover(TableFile):
@@ -65,11 +66,19 @@ class Handover(TableFile):
             return defer.succeed(None)
         self._storing = True
         waiting = self.waiting
-        count = sum(map(len, waiting.values()))
-        d = defer.gatherResults([store(peer, entry) for peer, entries in waiting.items()
-                                 for entry in entries], consumeErrors=True)
-        d.addCallbacks(self._handed_over, self._failed, callbackArgs=(count, list(waiting)))
+        items = [(peer, entry) for peer, entries in waiting.items() for entry in entries]
+        d = self._store_all(store, items)
+        d.addCallbacks(self._handed_over, self._failed, callbackArgs=(len(items), list(waiting)))
         return d
+
+    @defer.inlineCallbacks
+    def _store_all(self, store, items):
+        """``WINDOW`` at a time: a journal of a million stored messages must
+        not put a million requests on the engine link at once."""
+        for start in range(0, len(items), WINDOW):
+            yield defer.gatherResults([store(peer, entry)
+                                       for peer, entry in items[start:start + WINDOW]],
+                                      consumeErrors=True)
 
     def _handed_over(self, _, count, peers):
         self._storing = False
