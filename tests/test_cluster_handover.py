@@ -23,11 +23,11 @@ class HandoverTests(unittest.TestCase):
         self.path = os.path.abspath(self.mktemp())
         self.pool = HeldPool()
 
-    def start(self, node, replayed=(), link=None):
+    def start(self, node, replayed=()):
         """A node started on ``replayed`` with its handover loaded from ``self.path``."""
         record = Handover(self.path, self.pool, task.Clock())
         record.startService()
-        started = make_node(link or self.link, node, replayed=replayed, handover=record)
+        started = make_node(self.link, node, replayed=replayed, handover=record)
         while self.pool.jobs:           # the file written, if it is
             self.pool.step()
         return started
