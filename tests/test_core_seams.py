@@ -200,6 +200,24 @@ class DeliveryTests(unittest.TestCase):
         self.recorder = RecordingRecorder()
         self.delivery = Delivery(clock, Mailboxes(clock, 10, 3600), Memberships(4, 4), self.recorder)
 
+    def test_a_session_that_fails_to_write_is_closed_and_the_others_get_theirs(self):
+        broken, bob, carol = (FakeSession(peer, router=self.delivery)
+                              for peer in ("broken", "bob", "carol"))
+        broken.deliver_lines = lambda lines, receipts=(): 1 / 0
+        for session in (bob, broken, carol):
+            self.delivery.attach(session)
+        for body in ("a", "b"):
+            self.delivery.route(self.entry("*", body), b"line-%s\n" % body.encode())
+            self.delivery.flush()
+        self.delivery.route(self.entry("broken", "c"), b"line-c\n")
+        self.delivery.release(broken)
+        self.assertEqual(bob.lines, [b"line-a\n", b"line-b\n"])
+        self.assertEqual(carol.lines, bob.lines)
+        self.assertEqual(broken.closed, "internal_error")
+        # logged once a minute, not once a write; its mail stays stored
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertEqual([e["body"] for e, _ in self.delivery.mailboxes.peek("broken")], ["c"])
+
     def entry(self, to, body, room=None):
         return {"from": "alice", "to": to, "body": body, **({"room": room} if room else {}),
                 "msg_id": body * 8}

@@ -19,11 +19,14 @@ directed message, and ``route`` returns those members: the message's own
 journal record names them (``held_for``) so that a replay stores it for
 them again.
 """
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from relayd.core import message
 from relayd.core.interfaces import IDelivery, IPresenceObserver
 from relayd.core.membership import is_member_record
+from relayd.ops.ratelog import LogLimiter, repeats
 
 STORED_CHUNK = 64       # stored messages written at once while a session is writable
 
@@ -57,9 +60,11 @@ def _written(lines):
 
 @implementer(IDelivery)
 class Delivery:
+    log = Logger()
 
     def __init__(self, clock, mailboxes, memberships, recorder):
         self.clock = clock
+        self._log_limiter = LogLimiter(clock)
         self.mailboxes = mailboxes
         self.memberships = memberships
         self.recorder = recorder       # IRecorder: receipts and memberships
@@ -299,7 +304,10 @@ class Delivery:
         if self._held:
             held, self._held = self._held, {}
             for session, (lines, entries) in held.items():
-                session.deliver_lines(_written(lines), entries)
+                try:
+                    session.deliver_lines(_written(lines), entries)
+                except Exception:       # the other sessions still get theirs
+                    self._write_failed(session)
 
     def hold(self, session, line, entry=None):
         """Write ``line`` (an ack, say; or the directed message ``entry``) to
@@ -321,7 +329,24 @@ class Delivery:
         self._run = None
         held = self._held.pop(session, None)
         if held is not None:
-            session.deliver_lines(_written(held[0]), held[1])
+            try:
+                session.deliver_lines(_written(held[0]), held[1])
+            except Exception:
+                self._write_failed(session)
+
+    def _write_failed(self, session):
+        """A session raised while taking its lines (a bug): its stream may be
+        cut anywhere, so it is closed; what it had not settled stays stored
+        for the peer's next session.  Logged once a minute per error."""
+        failure = Failure()
+        log_it, left_out = self._log_limiter.admit(("write", failure.type))
+        if log_it:
+            self.log.failure("could not write to {peer}'s session; closing it{repeats}",
+                             failure, peer=session.peer_id[:64], repeats=repeats(left_out))
+        try:
+            session.close("internal_error", "the relay could not write to this connection")
+        except Exception:
+            self.log.failure("could not close a session that failed", Failure())
 
     # --- replay --------------------------------------------------------------------
 
