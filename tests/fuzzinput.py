@@ -286,6 +286,10 @@ SCHEMAS = {
     "/libp2p/autonat/2/dial-request": {1: {1: "bytes", 2: "fixed64"}, 2: {1: "bytes"}},
     "/ipfs/ping/1.0.0": None,
 }
+ANSWERS = {         # what a peer writes on a stream the relay opened to it
+    "/libp2p/circuit/relay/0.2.0/stop": {1: "varint", 2: PEER, 3: {1: "varint", 2: "varint"},
+                                         4: "varint"},
+}
 
 
 def protobuf(rng, schema, depth=0):
@@ -318,10 +322,10 @@ def protobuf(rng, schema, depth=0):
     return out
 
 
-def stream_bytes(rng, protocol):
+def stream_bytes(rng, protocol, schemas=SCHEMAS):
     """What a peer writes on a stream of ``protocol``: length-prefixed
     messages, now and then with a prefix that lies, or plain noise."""
-    schema = SCHEMAS[protocol]
+    schema = schemas[protocol]
     if schema is None or rng.random() < 0.05:
         return rng.randbytes(rng.randrange(1, 200))
     out = b""

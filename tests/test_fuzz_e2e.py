@@ -31,9 +31,10 @@ from twisted.trial import unittest
 
 from relayd.e2ee import wire
 from relayd.federation.frames import is_seq
-from relayd.libp2p import identify, varint
-from relayd.libp2p.peer import Peer, Pipe
+from relayd.libp2p import identify, messages, varint
+from relayd.libp2p.peer import Peer, Pipe, StopAcceptor
 from relayd.libp2p.peerid import KeyPair
+from relayd.libp2p.yamux import StreamHandler
 from tests import fuzzinput
 from tests.daemon import READY, Relayd, free_port
 from tests.engine import nats_engine
@@ -66,6 +67,7 @@ listen = {udp}
 interface = 127.0.0.1
 [libp2p]
 listen = tcp:{p2p}:interface=127.0.0.1
+connect_timeout = 1s
 ws_listen = tcp:{ws}:interface=127.0.0.1
 quic_listen = 127.0.0.1:{quic}
 [kad]
@@ -477,6 +479,51 @@ class FuzzedDaemon(HostileInput, unittest.TestCase):
         info = identify.decode(varint.split_prefixed(bytes(pipe.received), 65536)[0])
         self.assertIn("/ipfs/kad/1.0.0", info["protocols"])
         yield peer.close()
+        self.assertEqual(self.relay.stop(), 0)
+        self.assertLogHealthy()
+
+    @defer.inlineCallbacks
+    def test_a_circuit_target_that_answers_stop_with_hostile_bytes(self):
+        """A reserved peer answers each STOP with malformed, cut short, reset
+        or no answers: every initiator gets an answer, no circuit is left
+        behind, and a fair target is then reached through the same relay."""
+        target = yield self.libp2p_peer()
+        rng = self.rng
+
+        class HostileStop(StreamHandler):
+            def stream_opened(self, stream):
+                self.stream = stream
+                ending = rng.choice(["open", "fin", "reset", "silent", "silent reset"])
+                if not ending.startswith("silent"):
+                    stream.write(fuzzinput.stream_bytes(rng, messages.STOP_PROTOCOL_ID,
+                                                        fuzzinput.ANSWERS))
+                if ending == "fin":
+                    stream.close()
+                elif ending.endswith("reset"):
+                    stream.reset()
+        target.handlers[messages.STOP_PROTOCOL_ID] = lambda connection: HostileStop()
+        _, _, status, _ = yield target.reserve()
+        self.assertEqual(status, messages.OK)
+        for _ in range(SESSIONS // 8):
+            initiator = yield self.libp2p_peer()
+            _, _, status, _ = yield initiator.connect(target.keypair.peer_id, Pipe())
+            self.assertIn(status, (messages.OK, messages.CONNECTION_FAILED))
+            yield initiator.close()
+        for _ in range(500):                            # at most 5 s
+            if http_json(self.ports["http"], "/stats")[1]["libp2p"]["circuits"] == 0:
+                break
+            yield task.deferLater(reactor, 0.01)
+        self.assertEqual(http_json(self.ports["http"], "/stats")[1]["libp2p"]["circuits"], 0)
+        target.handlers[messages.STOP_PROTOCOL_ID] = StopAcceptor
+        arriving = target.next_circuit()
+        initiator, there = (yield self.libp2p_peer()), Pipe()
+        _, _, status, _ = yield initiator.connect(target.keypair.peer_id, there)
+        self.assertEqual(status, messages.OK)
+        here = yield arriving
+        there.stream.write(b"fair")
+        self.assertEqual((yield here.wait_for(4)), b"fair")
+        yield initiator.close()
+        yield target.close()
         self.assertEqual(self.relay.stop(), 0)
         self.assertLogHealthy()
 
