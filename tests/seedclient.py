@@ -39,8 +39,8 @@ class SeedClient:
 class LineClient:
     """A blocking JSON-lines client for end-to-end tests."""
 
-    def __init__(self, port, peer_id=None, host="127.0.0.1"):
-        self.sock = socket.create_connection((host, port), timeout=10)
+    def __init__(self, port, peer_id=None, host="127.0.0.1", sock=None):
+        self.sock = sock or socket.create_connection((host, port), timeout=10)
         self.file = self.sock.makefile("rb")
         if peer_id is not None:
             self.request(type="hello", id=peer_id)

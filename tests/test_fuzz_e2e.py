@@ -20,6 +20,7 @@ import os
 import random
 import select
 import socket
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -39,6 +40,7 @@ from tests import fuzzinput
 from tests.daemon import READY, Relayd, free_port
 from tests.engine import nats_engine
 from tests.test_ops_support import http_json
+from tests.test_tls import make_pki
 from tests.seedclient import LineClient
 
 SEED = int(os.environ.get("RELAYD_FUZZ_SEED", "20261207"))
@@ -88,13 +90,14 @@ def read_all(socks, quiet=QUIET, limit=10.0):
     open_ = set(socks)
     deadline = time.monotonic() + limit
     while open_ and time.monotonic() < deadline:
-        ready, _, _ = select.select(list(open_), [], [], quiet)
+        ready = [s for s in open_ if isinstance(s, ssl.SSLSocket) and s.pending()] \
+            or select.select(list(open_), [], [], quiet)[0]
         if not ready:
             break
         for s in ready:
             try:
                 chunk = s.recv(65536)
-            except (ConnectionError, socket.timeout):
+            except (ConnectionError, socket.timeout, ssl.SSLError):
                 chunk = b""
             if chunk:
                 got[s] += chunk
@@ -112,6 +115,10 @@ def received_datagrams(socks, quiet=0.05):
         if not ready:
             return got
         got += [s.recv(65536) for s in ready]
+
+
+def plain_socket(port):
+    return socket.create_connection(("127.0.0.1", port), timeout=5)
 
 
 def send_quietly(sock, data):
@@ -188,6 +195,9 @@ class HostileInput:
     """A fuzzed daemon (set up per test) and the test of its TCP, UDP,
     HTTP, federation and unauthenticated libp2p listeners."""
 
+    PHASES = ("fuzz_relay", "fuzz_proved_sessions", "fuzz_udp", "fuzz_udp_proven",
+              "fuzz_other_listeners", "fuzz_federation_peer")
+
     def setUp(self):
         self.rng = random.Random(SEED)
         ports = {name: free_port() for name in ("tcp", "http", "p2p", "ws", "fed", "dead")}
@@ -199,7 +209,7 @@ class HostileInput:
         self.ports = ports
         self.start_relay()
         self.acked = []             # msg_ids acked to the witness, for zed (offline)
-        self.witness = LineClient(ports["tcp"], "witness")
+        self.witness = LineClient(ports["tcp"], "witness", sock=self.client_socket())
         self.addCleanup(self.witness.close)
 
     def ini(self):
@@ -221,6 +231,13 @@ class HostileInput:
         """What ``kept_state`` shows after a clean restart, given ``before``."""
         return before
 
+    def client_socket(self):
+        """A connection to the client listener, as a client makes it."""
+        return plain_socket(self.ports["tcp"])
+
+    def connect(self, port):
+        return self.client_socket() if port == self.ports["tcp"] else plain_socket(port)
+
     def fail_with(self, what):
         self.fail(f"seed {SEED}: {what}")
 
@@ -236,17 +253,18 @@ class HostileInput:
             self.fail_with(f"the witness's message was refused: {reply}")
         self.acked.append(reply["msg_id"])
 
-    def connections(self, port, payloads, check_lines):
-        """Open a connection per payload, send them all, read every answer;
-        each connection ends in one of the ways a client can end."""
+    def connections(self, port, payloads, check_lines, connect=None):
+        """Open a connection per payload (with ``connect(port)``, else as a
+        client does), send them all, read every answer; each connection ends
+        in one of the ways a client can end."""
         socks = []
         for payload in payloads:
-            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s = (connect or self.connect)(port)
             send_quietly(s, payload)
             ending = self.rng.choice(["open", "shut", "reset"])
             if ending == "shut":
-                try:
-                    s.shutdown(socket.SHUT_WR)
+                try:            # the TCP half-close itself (an SSLSocket's would drop TLS)
+                    socket.socket.shutdown(s, socket.SHUT_WR)
                 except OSError:
                     pass
             socks.append((s, ending))
@@ -287,7 +305,7 @@ class HostileInput:
             key = Ed25519PrivateKey.generate()
             public = key.public_key().public_bytes(serialization.Encoding.Raw,
                                                    serialization.PublicFormat.Raw)
-            client = LineClient(self.ports["tcp"])
+            client = LineClient(self.ports["tcp"], sock=self.client_socket())
             client.request(type="hello", id=f"owner{n}", key=base64.b64encode(public).decode())
             challenge = client.read()
             signed = f"relayd-auth:{challenge['relay']}:owner{n}:{challenge['challenge']}"
@@ -393,14 +411,10 @@ class HostileInput:
         self.peer.read("pong")
 
     def test_hostile_input_loses_nothing_and_breaks_nothing(self):
-        half_open = socket.create_connection(("127.0.0.1", self.ports["tcp"]), timeout=5)
+        half_open = self.client_socket()
         half_open.sendall(b'{"type": "hello", "id": "slowpoke"}\n{"type": "pi')
-        self.fuzz_relay()
-        self.fuzz_proved_sessions()
-        self.fuzz_udp()
-        self.fuzz_udp_proven()
-        self.fuzz_other_listeners()
-        self.fuzz_federation_peer()
+        for phase in self.PHASES:
+            getattr(self, phase)()
         self.witness_sends(-1)
         # the relay's own items still go to its peer under a seq the peer accepts
         while True:
@@ -414,10 +428,10 @@ class HostileInput:
         self.assertIn(b"line_timeout", tail)
         half_open.close()
         # the daemon still serves: a room message between two fresh clients, /health
-        bob = LineClient(self.ports["tcp"], "late-bob")
+        bob = LineClient(self.ports["tcp"], "late-bob", sock=self.client_socket())
         bob.request(type="join", room="after")
         self.assertEqual(bob.read()["type"], "joined")
-        alice = LineClient(self.ports["tcp"], "late-alice")
+        alice = LineClient(self.ports["tcp"], "late-alice", sock=self.client_socket())
         alice.request(type="send", room="after", body="still here")
         got = bob.read()
         self.assertEqual((got["from"], got["body"]), ("late-alice", "still here"))
@@ -433,7 +447,7 @@ class HostileInput:
         self.assertEqual(self.relay.stop(), 0)
         self.start_relay()
         self.assertEqual(self.kept_state(), self.kept_across_a_restart(before))
-        zed = LineClient(self.ports["tcp"], "zed")
+        zed = LineClient(self.ports["tcp"], "zed", sock=self.client_socket())
         delivered = [zed.read()["msg_id"] for _ in self.acked]
         self.assertEqual(sorted(delivered), sorted(self.acked))
         zed.close()
@@ -540,6 +554,37 @@ class FuzzedDaemon(HostileInput, unittest.TestCase):
             return peer.lost
         peer.close = close
         return peer
+
+
+class FuzzedTLSListener(HostileInput, unittest.TestCase):
+    """The same with the client listener behind TLS (``[tls]``): every
+    client connection of the test shakes hands first, and the noise
+    reaches the TLS layer (not TLS at all, or a cut or bent ClientHello)."""
+
+    PHASES = ("fuzz_relay", "fuzz_proved_sessions", "fuzz_other_listeners",
+              "fuzz_federation_peer")
+
+    def ini(self):
+        return INI + """[tls]
+cert = {workdir}/pki/relay1.pem
+key = {workdir}/pki/relay1.key
+"""
+
+    def start_relay(self):
+        pki = os.path.join(self.relay.workdir, "pki")
+        if not os.path.isdir(pki):
+            self.context = ssl.create_default_context(cafile=make_pki(pki)["ca.pem"])
+        super().start_relay()
+
+    def client_socket(self):
+        return self.context.wrap_socket(plain_socket(self.ports["tcp"]),
+                                        server_hostname="localhost")
+
+    def fuzz_other_listeners(self):
+        super().fuzz_other_listeners()
+        self.connections(self.ports["tcp"], [fuzzinput.noise(self.rng)
+                                             for _ in range(SESSIONS // 4)],
+                         check_lines=False, connect=plain_socket)
 
 
 class FuzzedClusterNode(HostileInput, unittest.TestCase):
