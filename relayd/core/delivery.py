@@ -20,13 +20,12 @@ journal record names them (``held_for``) so that a replay stores it for
 them again.
 """
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from relayd.core import message
 from relayd.core.interfaces import IDelivery, IPresenceObserver
 from relayd.core.membership import is_member_record
-from relayd.ops.ratelog import LogLimiter, repeats
+from relayd.ops.ratelog import LogLimiter
 
 STORED_CHUNK = 64       # stored messages written at once while a session is writable
 
@@ -338,15 +337,15 @@ class Delivery:
         """A session raised while taking its lines (a bug): its stream may be
         cut anywhere, so it is closed; what it had not settled stays stored
         for the peer's next session.  Logged once a minute per error."""
-        failure = Failure()
-        log_it, left_out = self._log_limiter.admit(("write", failure.type))
-        if log_it:
-            self.log.failure("could not write to {peer}'s session; closing it{repeats}",
-                             failure, peer=session.peer_id[:64], repeats=repeats(left_out))
+        self._log_limiter.failure(self.log, ("write",),
+                                  "could not write to {peer}'s session; closing it",
+                                  peer=session.peer_id[:64])
         try:
             session.close("internal_error", "the relay could not write to this connection")
         except Exception:
-            self.log.failure("could not close a session that failed", Failure())
+            self._log_limiter.failure(self.log, ("close",),
+                                      "could not close {peer}'s session after it failed",
+                                      peer=session.peer_id[:64])
 
     # --- replay --------------------------------------------------------------------
 

@@ -157,7 +157,8 @@ class Pipeline:
                 try:
                     self._durable(now, *pending.popleft())
                 except Exception:       # the rest of the batch and the flush go on
-                    self._unexpected(("durable",), "finishing a durable message failed")
+                    self._log_limiter.failure(self.log, ("durable",),
+                                              "finishing a durable message failed")
         self.delivery.flush()
 
     def _durable(self, now, entry, line, source, key, started, first_result, later_result):
@@ -209,16 +210,8 @@ class Pipeline:
         """A subscriber raised: the others, the acks and the delivery go on,
         so that a bug behind one subscriber cannot hold up the relay."""
         name = type(subscriber).__name__
-        self._unexpected(("subscriber", name), "{subscriber} failed on {what}",
-                         subscriber=name, what=what)
-
-    def _unexpected(self, key, text, **fields):
-        """Log the exception being handled, once a minute per ``key`` and
-        exception type (the count of those left out in the next line)."""
-        failure = Failure()
-        log_it, left_out = self._log_limiter.admit(key + (failure.type,))
-        if log_it:
-            self.log.failure(text + "{repeats}", failure, repeats=repeats(left_out), **fields)
+        self._log_limiter.failure(self.log, ("subscriber", name), "{subscriber} failed on {what}",
+                                  subscriber=name, what=what)
 
     def membership(self, peer, room, joined):
         d = self.journal.append(member_record(peer, room, joined, self.clock.seconds()))

@@ -16,7 +16,7 @@ from zope.interface import implementer
 
 from relayd.libp2p import multistream, noise, yamux
 from relayd.libp2p.multiaddr import from_address
-from relayd.ops.ratelog import LogLimiter, repeats
+from relayd.ops.ratelog import LogLimiter
 
 NEGOTIATING, HANDSHAKE, SECURED, MUXED, CLOSED = range(5)
 # Bytes written while the transport holds our output unread: only control frames
@@ -158,11 +158,9 @@ class Libp2pConnection(Protocol):
             self.abort(str(e), "malformed")
         except Exception:
             failure = Failure()
-            log_it, left_out = _internal_errors(self.factory.reactor).admit(
-                (failure.type, failure.frames[-1][1:3] if failure.frames else None))
-            if log_it:      # a peer that found a bug must not flood the log with it
-                self.log.failure("libp2p connection handler failed{repeats}", failure,
-                                 repeats=repeats(left_out))
+            _internal_errors(self.factory.reactor).failure(
+                self.log, (failure.frames[-1][1:3] if failure.frames else None,),
+                "libp2p connection handler failed", failure)
             self.abort("internal error", "internal")
 
     def connectionLost(self, reason):

@@ -6,6 +6,7 @@ says whether to log this occurrence of ``key`` (the first ``per_window``
 in each ``window`` seconds are logged) and how many occurrences were left
 out since the last one logged, so the next line can carry the count.
 """
+from twisted.python.failure import Failure
 
 
 class LogLimiter:
@@ -37,6 +38,15 @@ class LogLimiter:
             return True, left_out
         state[2] += 1
         return False, 0
+
+    def failure(self, log, key, text, failure=None, **fields):
+        """Log the exception being handled (or ``failure``) with
+        ``log.failure``, once a window per ``key`` and exception type: a bug
+        that traffic can reach must not flood the log."""
+        failure = failure or Failure()
+        log_it, left_out = self.admit(key + (failure.type,))
+        if log_it:
+            log.failure(text + "{repeats}", failure, repeats=repeats(left_out), **fields)
 
     def pending(self, key):
         """Occurrences of ``key`` not logged yet (say, to report when a fault clears)."""
