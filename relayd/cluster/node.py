@@ -34,7 +34,7 @@ node holding its peer through that node's durable consumer, and room and
 broadcast messages to the nodes subscribed (core NATS, ``relayd.t(R).room.
 t(room)`` for the nodes holding members of the room, ``relayd.t(R).all``).
 The node's own data_dir journal still gets every record (history,
-memberships, dedup across a restart), once the engine holds what it needs.
+memberships, dedup across a restart); a message only once the engine holds it.
 """
 import hashlib
 import json
