@@ -38,6 +38,8 @@ import json
 import tempfile
 import time
 
+from bench.ports import free_port
+
 PAYLOAD = b'{"from":"alice","to":"bob","body":"' + b"x" * 64 + b'"}'
 
 
@@ -61,11 +63,24 @@ def summary(latencies, throughput_count, throughput_seconds):
             "per_s": round(throughput_count / throughput_seconds)}
 
 
+async def add_stream(js, deadline):
+    """The spike's stream, once the cluster has elected its JetStream meta
+    leader (until then requests time out or answer "unavailable")."""
+    from nats.errors import Error
+    while True:
+        try:
+            return await js.add_stream(name="SPIKE", subjects=["spike.>"], num_replicas=3)
+        except Error:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
 async def nats_run(urls, count, window, seconds):
     import nats
     client = await nats.connect(servers=urls)
     js = client.jetstream()
-    await js.add_stream(name="SPIKE", subjects=["spike.>"], num_replicas=3)
+    await add_stream(js, time.monotonic() + 60)
     latencies = []
     deadline = time.monotonic() + seconds
     for _ in bounded(count, deadline):
@@ -120,7 +135,6 @@ def engines(args):
     out = {}
     nats_cluster = NatsCluster(workdir + "/nats").start()
     try:
-        time.sleep(2.0)                   # the JetStream meta leader election
         out["nats_jetstream_r3"] = asyncio.run(
             nats_run(nats_cluster.urls, args.count, args.window, args.seconds))
     finally:
@@ -164,7 +178,6 @@ class Relay:
 
     def __init__(self, workdir, cluster=None):
         import os
-        from tests.daemon import free_port
         self.workdir = workdir
         os.makedirs(workdir, exist_ok=True)
         self.port = free_port()

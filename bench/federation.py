@@ -38,7 +38,8 @@ from bench import loadgen, systems, targets
 from bench.procstat import cpu_seconds
 from bench.relay import Relayd
 from bench.report import emit, machine, ratio
-from bench.server import HOST, free_port
+from bench.ports import free_port
+from bench.server import HOST
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]

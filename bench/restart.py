@@ -22,6 +22,7 @@ import time
 
 from bench import targets
 from bench.relay import Relayd
+from bench.server import ServerError
 from bench.report import emit, verdict
 from relayd.config import size as parse_size
 from relayd.core import message
@@ -81,7 +82,10 @@ class JournalRelayd(Relayd):
         began = time.monotonic()
         super().start(timeout)
         self.refused = time.monotonic() - began
-        self.connect("probe", False, timeout=timeout).close()
+        try:
+            self.connect("probe", False, timeout=timeout).close()
+        except OSError as e:
+            raise ServerError(f"{self.name} did not answer hello ({e}):\n{self.log()}") from e
         return time.monotonic() - began
 
     def stop_gracefully(self):

@@ -13,13 +13,9 @@ import subprocess
 import tempfile
 import time
 
+from bench.ports import free_port
+
 HOST = "127.0.0.1"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 class ServerError(Exception):

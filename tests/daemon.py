@@ -12,79 +12,21 @@ Placeholders: ``{data_dir}`` and ``{workdir}`` plus every keyword given.
 The process is stopped (SIGTERM, then SIGKILL) in the test's cleanup, and its
 log is printed when a test fails to start it.
 """
-import fcntl
 import os
-import random
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 
+from bench import ports
+
+free_port = ports.free_port    # where the tests take their ports
 READY = "SIGTERM stops"      # the daemon's log line once it runs with its signal handlers
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWISTD = [sys.executable, "-c",
           "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"]
-
-
-def _ephemeral_floor():
-    """The lowest port the kernel hands out for outgoing connections."""
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-PORT_LEDGER = os.path.join(tempfile.gettempdir(), "relayd-test-ports-%d" % os.getuid())
-PORT_HOLD = 900.0           # seconds a handed-out port is not handed out again
-
-
-def _reserved(ledger, now):
-    """Ports handed out in the last PORT_HOLD seconds, from the ledger's lines."""
-    held = {}
-    for line in ledger.read().splitlines():
-        try:
-            port, when = line.split()
-            if now - float(when) < PORT_HOLD:
-                held[int(port)] = when
-        except ValueError:
-            continue
-    return held
-
-
-def free_port(kind=socket.SOCK_STREAM):
-    """A port that was free on 127.0.0.1 a moment ago and that no other test
-    (in this process, another trial worker or another run) was given lately.
-
-    It is drawn at random below the kernel's ephemeral range, where no
-    outgoing connection can take it before the daemon binds it, and written
-    to a ledger shared by every test process (under an exclusive lock), so
-    that two trial workers never start daemons on the same port.
-    """
-    high = _ephemeral_floor() - 1
-    with open(PORT_LEDGER, "a+") as ledger:
-        fcntl.flock(ledger, fcntl.LOCK_EX)
-        ledger.seek(0)
-        now = time.time()
-        held = _reserved(ledger, now)
-        for _ in range(200):
-            port = random.randint(min(10000, high // 2), high)
-            if port in held:
-                continue
-            with socket.socket(socket.AF_INET, kind) as s:
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            held[port] = now
-            ledger.seek(0)
-            ledger.truncate()
-            ledger.write("".join(f"{p} {t}\n" for p, t in held.items()))
-            return port
-    raise RuntimeError("no free port below the ephemeral range")
 
 
 def wait_for_port(port, timeout=20.0, host="127.0.0.1", process=None):
