@@ -62,6 +62,10 @@ class MemoryOwnership:
     def claim(self, peer_id, key):
         return self.owners.setdefault(peer_id, key) == key
 
+    def replace(self, peer_id, key):
+        current, self.owners[peer_id] = self.owners.get(peer_id), key
+        return current
+
     def snapshot(self):
         return dict(self.owners)
 

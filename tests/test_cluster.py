@@ -3,11 +3,12 @@ config, and the real link against a real nats-server."""
 import json
 
 from twisted.internet import defer, task
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial import unittest
 
 from relayd import config
 from relayd.cluster.link import CONNECTED, CONNECTING, DISCONNECTED, EngineLink
-from relayd.cluster.node import REFUSAL, ClusterNode, t
+from relayd.cluster.node import REFUSAL, RETRY, ClusterNode, t
 from relayd.cluster.ownership import SharedOwnership
 from relayd.core import message
 from relayd.core.abuse import AbuseGuard
@@ -28,6 +29,7 @@ class FakeLink:
         self.revisions = {}             # (bucket, key) -> revision of its last put
         self.published = []             # (subject, data), core
         self.subscriptions = {}         # subject -> callback
+        self.followers = {}             # subject -> callback(seq, data) of a stream's new messages
         self.consumer = None            # (subject prefix, callback)
         self.seq = 0
 
@@ -56,8 +58,21 @@ class FakeLink:
         return defer.succeed(subject)
 
     def unsubscribe(self, handle):
-        del self.subscriptions[handle]
+        self.subscriptions.pop(handle, None)
+        self.followers.pop(handle, None)
         return defer.succeed(None)
+
+    def follow(self, stream, subject, callback):
+        self.followers[subject] = callback
+        return defer.succeed(subject)
+
+    def stored(self, bucket, key, value):
+        """A KV write the engine stored: the bucket's followers see it."""
+        self.kv[bucket][key] = value
+        self.revisions[bucket, key] = self.revisions.get((bucket, key), 0) + 1
+        follower = self.followers.get("$KV.%s.>" % bucket)
+        if follower is not None:
+            follower(self.revisions[bucket, key], value)
 
     def store(self, subject, data, msg_id=None):
         if msg_id in self.msg_ids:
@@ -85,8 +100,7 @@ class FakeLink:
         return defer.succeed(None)
 
     def kv_put(self, bucket, key, value):
-        self.kv[bucket][key] = value
-        self.revisions[bucket, key] = self.revisions.get((bucket, key), 0) + 1
+        self.stored(bucket, key, value)
         return defer.succeed(None)
 
     def kv_get(self, bucket, key):
@@ -100,7 +114,7 @@ class FakeLink:
     def kv_create(self, bucket, key, value):
         if key in self.kv[bucket]:
             return defer.succeed(False)
-        self.kv[bucket][key] = value
+        self.stored(bucket, key, value)
         return defer.succeed(True)
 
     def kv_delete(self, bucket, key, revision=None):
@@ -111,6 +125,10 @@ class FakeLink:
 
     def kv_items(self, bucket):
         return defer.succeed(dict(self.kv[bucket]))
+
+
+def logged(events):
+    return "\n".join(formatEvent(event) for event in events)
 
 
 def matches(pattern, subject):
@@ -443,8 +461,7 @@ class OwnershipTests(unittest.TestCase):
         self.assertTrue(router.ownership.claim("alice", self.KEY_A))
         self.assertEqual(sorted(owners), sorted([t("old"), t("alice")]))
         # another node's claim, published while linked: owned here too
-        link.subscriptions["$KV.%s.>" % node.owners_kv](
-            SharedOwnership.record("bob", self.KEY_B))
+        link.kv_create(node.owners_kv, t("bob"), SharedOwnership.record("bob", self.KEY_B))
         self.assertEqual(router.ownership.owner("bob"), self.KEY_B)
         self.assertFalse(router.ownership.claim("bob", self.KEY_A))
         # a second node starting on the same engine learns both
@@ -459,6 +476,43 @@ class OwnershipTests(unittest.TestCase):
         self.assertTrue(router.ownership.claim("alice", self.KEY_A))
         self.assertEqual(link.kv[node.owners_kv], {})
         link.set_state(CONNECTED)
+        self.assertEqual(list(link.kv[node.owners_kv]), [t("alice")])
+
+    def test_a_claim_that_lost_to_the_engines_gives_the_id_up(self):
+        link = FakeLink()
+        node, router, _, _ = make_node(link)
+        lost = []
+        router.ownership.lost.append(lost.append)
+        alice = FakeSession("alice")
+        router.attach(alice)
+        link.set_state(DISCONNECTED)
+        self.assertTrue(router.ownership.claim("alice", self.KEY_A))     # proved here
+        # meanwhile another node's claim with another key reached the engine
+        link.kv[node.owners_kv][t("alice")] = SharedOwnership.record("alice", self.KEY_B)
+        with capturedLogs() as events:
+            link.set_state(CONNECTED)
+        self.assertIn("ownership conflict for alice", logged(events))
+        self.assertEqual(router.ownership.owner("alice"), self.KEY_B)
+        self.assertEqual(lost, ["alice"])
+        self.assertFalse(router.ownership.claim("alice", self.KEY_A))
+        self.assertEqual(link.kv[node.owners_kv][t("alice")],
+                         SharedOwnership.record("alice", self.KEY_B))
+        # the bucket's own claim, seen again: nothing is lost twice
+        link.followers["$KV.%s.>" % node.owners_kv](9, SharedOwnership.record("alice",
+                                                                             self.KEY_B))
+        self.assertEqual(lost, ["alice"])
+
+    def test_a_claim_the_engine_failed_is_shared_again(self):
+        link = FakeLink()
+        node, router, _, clock = make_node(link)
+        create = link.kv_create
+        self.patch(link, "kv_create", lambda *a: defer.fail(TimeoutError("nats: timeout")))
+        with capturedLogs() as events:
+            self.assertTrue(router.ownership.claim("alice", self.KEY_A))
+        self.assertIn("could not share the key claim of alice", logged(events))
+        self.assertEqual(link.kv[node.owners_kv], {})
+        self.patch(link, "kv_create", create)
+        clock.advance(RETRY)
         self.assertEqual(list(link.kv[node.owners_kv]), [t("alice")])
 
 
@@ -480,17 +534,15 @@ class SharedStateTests(unittest.TestCase):
         self.a._setup()                 # with the guards: the bans table too
         self.b._setup()
         bans = self.link.kv[self.a.bans_kv]
+        dropped = []
+        guard_b.on_ban.append(dropped.append)
         guard_a.ban("192.0.2.7", 300)
         record = bans[t("192.0.2.7")]
         self.assertEqual(json.loads(record), {"ip": "192.0.2.7", "until": 1300.0})
-        learn_b = self.b._learn_ban     # what b's watch of the bucket calls
-        self.assertIn("$KV.%s.>" % self.b.bans_kv, self.link.subscriptions)
-        dropped = []
-        guard_b.on_ban.append(dropped.append)
-        learn_b(record)
+        # b follows the bucket's stream: the stored ban reaches it
         self.assertEqual(guard_b.banned("192.0.2.7"), 300.0)
         self.assertEqual(dropped, ["192.0.2.7"])        # its connections there are dropped
-        learn_b(record)                                 # seen again: nothing changes
+        self.b._learn_ban(record)                       # seen again: nothing changes
         self.assertEqual(dropped, ["192.0.2.7"])
         self.assertEqual(list(bans), [t("192.0.2.7")])
         self.assertTrue(guard_b.unban("192.0.2.7"))     # lifted on b ...
@@ -499,7 +551,7 @@ class SharedStateTests(unittest.TestCase):
         self.a._learn_ban(lifted)
         self.assertIsNone(guard_a.banned("192.0.2.7"))  # ... lifted on a
         self.assertEqual(json.loads(bans[t("192.0.2.7")])["until"], 0)
-        learn_b(b"")                                    # a deleted entry: ignored
+        self.b._learn_ban(b"")                          # a deleted entry: ignored
 
     def test_a_node_starting_learns_the_bans_in_force(self):
         guard_a = self.guard(self.a)
@@ -522,6 +574,43 @@ class SharedStateTests(unittest.TestCase):
         self.link.set_state(CONNECTED)
         self.assertEqual(list(self.link.kv[self.a.bans_kv]), [t("192.0.2.7")])
 
+    def hold_puts(self):
+        """Puts wait until the test fires them: their Deferreds, in order."""
+        held = []
+
+        def put(bucket, key, value):
+            held.append(defer.Deferred())
+            return held[-1]
+        self.patch(self.link, "kv_put", put)
+        return held
+
+    def test_a_change_the_engine_failed_is_put_again(self):
+        guard_a = self.guard(self.a)
+        self.a._setup()
+        held = self.hold_puts()
+        guard_a.ban("192.0.2.7", 300)
+        self.patch(self.link, "kv_put", FakeLink.kv_put.__get__(self.link))
+        with capturedLogs() as events:
+            held[0].errback(TimeoutError("nats: timeout"))
+        self.assertIn("could not share a change with the cluster", logged(events))
+        self.assertEqual(self.link.kv[self.a.bans_kv], {})
+        self.clock.advance(RETRY)
+        self.assertEqual(json.loads(self.link.kv[self.a.bans_kv][t("192.0.2.7")])["until"],
+                         1300.0)
+
+    def test_a_failed_change_is_not_put_over_a_later_one(self):
+        guard_a = self.guard(self.a)
+        self.a._setup()
+        held = self.hold_puts()
+        guard_a.ban("192.0.2.7", 300)
+        guard_a.unban("192.0.2.7")
+        self.patch(self.link, "kv_put", FakeLink.kv_put.__get__(self.link))
+        held[1].callback(None)          # the lifting is stored ...
+        self.link.kv_put(self.a.bans_kv, t("192.0.2.7"), b'{"ip": "192.0.2.7", "until": 0}')
+        held[0].errback(TimeoutError("nats: timeout"))     # ... the ban before it failed
+        self.clock.advance(RETRY)
+        self.assertEqual(json.loads(self.link.kv[self.a.bans_kv][t("192.0.2.7")])["until"], 0)
+
     def test_changes_made_while_the_link_was_down_are_read_on_its_return(self):
         guard_b = self.guard(self.b)
         self.b._setup()
@@ -530,11 +619,14 @@ class SharedStateTests(unittest.TestCase):
         self.link.kv[self.b.bans_kv][t("192.0.2.9")] = json.dumps(
             {"ip": "192.0.2.9", "until": 2000.0}).encode()
         bob = FakeSession("bob")
+        following = "$KV.%s.>" % self.b.members_kv
+        heard = self.link.followers.pop(following)      # b's consumer, cut off
         self.link.set_state(CONNECTED)
         self.router_a.attach(bob)
         self.router_a.join(bob, "lobby", persist=True)
         self.link.set_state(DISCONNECTED)
         self.assertEqual(self.router_b.memberships.rooms_of("bob"), ())
+        self.link.followers[following] = heard
         self.link.set_state(CONNECTED)
         self.assertEqual(guard_b.bans(), {"192.0.2.9": 1000.0})
         self.assertEqual(self.router_b.memberships.rooms_of("bob"), {"lobby"})

@@ -5,13 +5,18 @@ Clients on different nodes chat directly and in rooms; a peer offline on one
 node gets its mail on another; kill -9 of a relayd node or of an engine node
 while messages flow loses no message the sender was acked for.
 """
+import base64
 import collections
 import json
 import socket
 import threading
 import time
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from twisted.trial import unittest
+
+from relayd.tcp.protocol import auth_payload
 
 from tests.daemon import Relayd, free_port, relay_ini
 from tests.engine import nats_engine
@@ -19,6 +24,14 @@ from tests.test_metrics_docs import documented_metrics, exposed_metrics
 from tests.test_ops_support import http_get
 
 READY_LINE = "accepting messages"
+
+
+def lines_after(lines):
+    """What a closed connection's line reader still gives: b"" once it ended."""
+    try:
+        return lines.read()
+    except OSError as e:
+        return repr(e).encode()
 
 
 def cluster_ini(urls, node, ratelimit=("messages = 100000",)):
@@ -181,6 +194,26 @@ class ClusterTestMixin:
         self.addCleanup(client.close)
         return client
 
+    def hello(self, port, peer_id, key=None):
+        """Say hello as ``peer_id`` (proving ``key`` if given): ``(the
+        answer, the socket, its line reader)``."""
+        conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+        lines = conn.makefile("rb")
+        self.addCleanup(conn.close)
+        self.addCleanup(lines.close)
+        request = {"type": "hello", "id": peer_id}
+        if key is not None:
+            public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+            request["key"] = base64.b64encode(public).decode()
+        conn.sendall(json.dumps(request).encode() + b"\n")
+        reply = json.loads(lines.readline())
+        if reply.get("type") == "challenge":
+            signature = key.sign(auth_payload("clustered", peer_id, reply["challenge"]))
+            conn.sendall(json.dumps({"type": "auth", "signature":
+                                     base64.b64encode(signature).decode()}).encode() + b"\n")
+            reply = json.loads(lines.readline())
+        return reply, conn, lines
+
 
 class ChatAcrossNodes(ClusterTestMixin, unittest.TestCase):
 
@@ -285,38 +318,52 @@ class ChatAcrossNodes(ClusterTestMixin, unittest.TestCase):
         self.assertNotEqual(body["cluster"]["engine"], "connected")
 
     def test_an_id_claimed_with_a_key_on_one_node_is_owned_on_the_others(self):
-        import base64
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-        from relayd.tcp.protocol import auth_payload
         a, b = self.start_cluster(2)
-
-        def hello(port, key=None):
-            conn = socket.create_connection(("127.0.0.1", port), timeout=10)
-            lines = conn.makefile("rb")
-            self.addCleanup(conn.close)
-            self.addCleanup(lines.close)
-            request = {"type": "hello", "id": "alice"}
-            if key is not None:
-                public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-                request["key"] = base64.b64encode(public).decode()
-            conn.sendall(json.dumps(request).encode() + b"\n")
-            reply = json.loads(lines.readline())
-            if reply.get("type") == "challenge":
-                signature = key.sign(auth_payload("clustered", "alice", reply["challenge"]))
-                conn.sendall(json.dumps({"type": "auth", "signature":
-                                         base64.b64encode(signature).decode()}).encode() + b"\n")
-                reply = json.loads(lines.readline())
-            return reply
-
         owner = Ed25519PrivateKey.generate()
-        self.assertEqual(hello(a, owner)["type"], "welcome")
+        self.assertEqual(self.hello(a, "alice", owner)[0]["type"], "welcome")
         deadline = time.monotonic() + 10
-        while hello(b).get("error") != "id_owned" and time.monotonic() < deadline:
+        while self.hello(b, "alice")[0].get("error") != "id_owned" and time.monotonic() < deadline:
             time.sleep(0.1)
-        self.assertEqual(hello(b)["error"], "id_owned")
-        self.assertEqual(hello(b, Ed25519PrivateKey.generate())["error"], "id_owned")
-        self.assertEqual(hello(b, owner)["type"], "welcome")
+        self.assertEqual(self.hello(b, "alice")[0]["error"], "id_owned")
+        self.assertEqual(self.hello(b, "alice", Ed25519PrivateKey.generate())[0]["error"],
+                         "id_owned")
+        self.assertEqual(self.hello(b, "alice", owner)[0]["type"], "welcome")
+
+    def test_two_keys_claiming_an_id_while_the_engine_is_away_end_with_one_owner(self):
+        ports = self.start_cluster(2)
+        for i in range(3):
+            self.engine.kill(i)
+        for relay in self.relays:
+            self.wait_log(relay, "engine lost")
+        keys = [Ed25519PrivateKey.generate() for _ in ports]
+        sessions = []
+        for port, key in zip(ports, keys):
+            reply, conn, lines = self.hello(port, "alice", key)
+            self.assertEqual(reply["type"], "welcome")      # each node takes its own claim
+            sessions.append((conn, lines))
+        self.engine.start()                 # both nodes share their claim: one is first
+        conflict = "ownership conflict for alice"
+        deadline = time.monotonic() + 60
+        while not any(conflict in relay.log() for relay in self.relays):
+            self.assertLess(time.monotonic(), deadline, "no node gave the id up")
+            time.sleep(0.2)
+        [loser] = [i for i, relay in enumerate(self.relays) if conflict in relay.log()]
+        conn, lines = sessions[loser]
+        self.assertEqual(json.loads(lines.readline())["error"], "id_owned")
+        self.assertEqual(lines_after(lines), b"")                  # and the connection closed
+        winner = 1 - loser
+        conn, lines = sessions[winner]      # the winner's session goes on
+        deadline = time.monotonic() + 30
+        while True:                         # (the engine's streams may still be recovering)
+            conn.sendall(b'{"type": "send", "to": "bob", "body": "still mine"}\n')
+            answer = json.loads(lines.readline())
+            if answer.get("error") != "journal_unavailable" or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        self.assertEqual(answer.get("type"), "ack", answer)
+        for port in ports:                  # both nodes agree
+            self.assertEqual(self.hello(port, "alice", keys[loser])[0]["error"], "id_owned")
+            self.assertEqual(self.hello(port, "alice", keys[winner])[0]["type"], "welcome")
 
     def test_a_persistent_member_gets_room_mail_on_any_node(self):
         a, b = self.start_cluster(2)

@@ -32,7 +32,6 @@ class EngineLink(FakeLink):
         self.clock = clock
         self.entries = {}               # (bucket, key) -> (value, revision, written at)
         self.revision = 0
-        self.followers = {}             # subject -> callback
         self.down = False               # requests fail (a partition)
         self.fed, self.fed_ids = {}, {}     # the federation stream: seq -> data, msg_id -> seq
 
@@ -60,14 +59,6 @@ class EngineLink(FakeLink):
     def holder(self, bucket):
         entry = self.entries.get((bucket, "leader"))
         return entry[0] if entry and self.clock.seconds() - entry[2] < TTL else None
-
-    def follow(self, stream, subject, callback):
-        self.followers[subject] = callback
-        return defer.succeed(subject)
-
-    def unsubscribe(self, handle):
-        self.followers.pop(handle, None)
-        return defer.succeed(None)
 
     def store(self, subject, data, msg_id=None):
         if not subject.endswith(".fed"):
@@ -351,7 +342,7 @@ class LeaderTests(unittest.TestCase):
     def test_losing_the_engine_closes_the_links(self):
         self.link.set_state(DISCONNECTED)
         self.assertFalse(self.service.leading)
-        self.assertEqual(self.link.followers, {})
+        self.assertNotIn(self.node.fed_subject, self.link.followers)    # no more items
         self.link.set_state(CONNECTED)
         self.clock.advance(TTL)                     # the node is ready again, and retries
         self.assertTrue(self.service.leading)

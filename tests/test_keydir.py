@@ -2,6 +2,7 @@
 prekeys handed out once and kept across a restart, the require_encryption
 policy, and look-ups over federation."""
 import base64
+import json
 import os
 from types import SimpleNamespace
 
@@ -110,6 +111,37 @@ class DirectoryRequests(unittest.TestCase):
         again.load()
         self.assertEqual(again.status("alice")["opks"], 5)
         self.assertEqual(again.fetch("alice")["opk"], opks[2])    # the oldest two made room
+
+    def test_prekeys_of_a_key_that_lost_the_id_are_never_handed_out(self):
+        alice, alice_id = self.connect("alice", 1)
+        spk, opks = bundle(alice_id, "alice", 2)
+        self.ask(alice, type="keys_publish", spk=spk, opks=opks)
+        bob, _ = self.connect("bob", 2)
+        self.assertEqual(self.ask(bob, type="keys_fetch", id="alice")["type"], "keys")
+        # a cluster's engine gives the id to another key (or the operator freed it)
+        other = Identity("alice", Ed25519PrivateKey.generate())
+        self.service.router.ownership.replace("alice", other.public_bytes)
+        self.assertEqual(self.ask(bob, type="keys_fetch", id="alice")["error"], "no_keys")
+        self.assertFalse(self.directory.keyed("alice"))
+        self.assertNotIn("alice", self.directory.snapshot())        # dropped, and saved so
+        new_spk, new_opks = bundle(other, "alice", 1)
+        self.assertEqual(self.directory.publish("alice", new_spk, new_opks), 1)
+        keys = self.ask(bob, type="keys_fetch", id="alice")
+        self.assertEqual((keys["ik"], keys["spk"]), (other.public_b64, new_spk))
+
+    def test_a_record_kept_before_its_key_was_named_is_checked_once(self):
+        _, alice_id = self.connect("alice", 1)
+        _, bob_id = self.connect("bob", 2)
+        old = {"alice": bundle(alice_id, "alice", 1),
+               "bob": bundle(Identity("x", Ed25519PrivateKey.generate()), "bob", 1)}
+        with open(self.path, "w") as f:
+            json.dump({peer: {"spk": spk, "opks": opks} for peer, (spk, opks) in old.items()}, f)
+        directory = KeyDirectory(self.path, self.pool, self.service.router.ownership, "relay1")
+        directory.load()
+        self.assertEqual(directory.fetch("alice", take_opk=False)["spk"], old["alice"][0])
+        self.assertEqual(directory.snapshot()["alice"]["ik"], alice_id.public_b64)
+        self.assertIsNone(directory.fetch("bob"))                   # not signed by bob's key
+        self.assertEqual(sorted(directory.snapshot()), ["alice"])
 
     def test_damaged_file_stops_the_start(self):
         with open(self.path, "w") as f:

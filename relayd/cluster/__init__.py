@@ -24,6 +24,8 @@ def build_cluster(daemon, tcp):
                        handover=handover)
     daemon.router.journal = node
     daemon.router.ownership = SharedOwnership(daemon.router.ownership)
+    daemon.router.ownership.lost.append(lambda peer_id: daemon.router.kick(
+        peer_id, "another key claimed this id first on another node", code="id_owned"))
     node.share_ownership(daemon.router.ownership)
     node.share_guard(daemon.guard)
     node.setServiceParent(daemon)

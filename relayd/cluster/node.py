@@ -53,6 +53,7 @@ from relayd.core.interfaces import IDurableEventSubscriber, IJournal, IPresenceO
 from relayd.core.membership import is_member_record
 
 MAILBOX_FETCH = 10000           # stored messages read from the engine for one attaching peer
+RETRY = 1.0                     # seconds before a key claim or table change the engine failed is tried again
 REFUSAL = ("cluster_unavailable",
            "this node lost the cluster engine and cannot store messages; retry, or connect "
            "to another node")
@@ -112,6 +113,8 @@ class ClusterNode(service.Service):
         self.guard = None               # AbuseGuard, when the node shares bans
         self._applying = None           # the ip whose ban from the engine is being applied
         self._unsent = {}               # (bucket, key) -> value changed here, not yet in the engine
+        self._putting = {}              # (bucket, key) -> the latest value being put
+        self._retry = None              # DelayedCall: share what the engine failed, again
         self._tables = {}               # bucket -> learn(value), for the shared tables
         self.ready = False              # linked, and the engine's streams are set up
         self._set_up = False
@@ -158,6 +161,8 @@ class ClusterNode(service.Service):
         super().stopService()
         if self._heartbeat.running:
             self._heartbeat.stop()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
         was_ready, self.ready = self.ready, False
         if not was_ready:
             return None
@@ -195,12 +200,7 @@ class ClusterNode(service.Service):
                 for session in waiting:
                     if self.local.get(session.peer_id) is session:
                         self._register(session)
-                claims, self._unshared = self._unshared, {}
-                for peer_id, key in claims.items():
-                    self._share_claim(peer_id, key)
-                unsent, self._unsent = self._unsent, {}
-                for (bucket, key), value in unsent.items():
-                    self._put_shared(bucket, key, value)
+                self._share_pending()
                 if self.handover is not None:
                     self.handover.hand_over(self._store_found).addCallback(self._found_stored)
             self.log.info("cluster node {node}: {state}", node=self.node,
@@ -235,9 +235,13 @@ class ClusterNode(service.Service):
     @defer.inlineCallbacks
     def _table(self, bucket, learn):
         """Set up a table shared through ``bucket``: ``learn(value)`` each
-        change as it comes, then each value it holds; fires those values."""
+        change as the bucket stores it, then each value it holds; fires those
+        values.  The changes are read from the bucket's stream, not from its
+        subject: a subscriber of the subject sees every write tried, the
+        create that lost to another and the put the engine could not store."""
         yield self.link.ensure_kv(bucket, self.settings.replicas)
-        yield self.link.subscribe("$KV.%s.>" % bucket, learn)
+        yield self.link.follow("KV_" + bucket, "$KV.%s.>" % bucket,
+                               lambda seq, value: learn(value))
         self._tables[bucket] = learn
         return (yield self._read_table(bucket, learn))
 
@@ -251,14 +255,43 @@ class ClusterNode(service.Service):
 
     def _put_shared(self, bucket, key, value):
         """Put a change made here in ``bucket`` (when the engine is back, if
-        it is away)."""
+        it is away; again a second later if the engine failed it)."""
         if not self.ready:
             self._unsent[(bucket, key)] = value
             return
+        self._putting[(bucket, key)] = value
         d = self.link.kv_put(bucket, key, value)
-        d.addErrback(lambda f: self.log.warn("could not share a change with the cluster "
-                                             "({bucket}): {error}", bucket=bucket,
-                                             error=f.getErrorMessage()[:200]))
+        d.addBoth(self._put_done, bucket, key, value)
+
+    def _put_done(self, result, bucket, key, value):
+        latest = self._putting.get((bucket, key)) is value
+        if latest:
+            del self._putting[(bucket, key)]
+        if isinstance(result, Failure):
+            self.log.warn("could not share a change with the cluster ({bucket}): {error}; "
+                          "trying again", bucket=bucket, error=result.getErrorMessage()[:200])
+            if latest:                  # else a later change of the key is on its way
+                self._unsent.setdefault((bucket, key), value)
+                self._retry_pending()
+
+    def _share_pending(self):
+        """Share the key claims and table changes that wait for the engine."""
+        claims, self._unshared = self._unshared, {}
+        for peer_id, key in claims.items():
+            if self.ownership.owner(peer_id) == key:        # not given up meanwhile
+                self._share_claim(peer_id, key)
+        unsent, self._unsent = self._unsent, {}
+        for (bucket, key), value in unsent.items():
+            self._put_shared(bucket, key, value)
+
+    def _retry_pending(self):
+        if self._retry is None or not self._retry.active():
+            self._retry = self.clock.callLater(RETRY, self._retried)
+
+    def _retried(self):
+        self._retry = None
+        if self.running and self.ready:
+            self._share_pending()       # else the next ready shares them
 
     def _setup_done(self, _):
         self._set_up = True
@@ -286,8 +319,13 @@ class ClusterNode(service.Service):
                                 self.ownership.record(peer_id, public_key))
         d.addCallback(lambda created: None if created else self.link.kv_get(
             self.owners_kv, t(peer_id)).addCallback(self.ownership.learn))
-        d.addErrback(lambda f: self.log.warn("could not share a key claim: {error}",
-                                             error=f.getErrorMessage()[:200]))
+        d.addErrback(self._claim_not_shared, peer_id, public_key)
+
+    def _claim_not_shared(self, failure, peer_id, public_key):
+        self.log.warn("could not share the key claim of {peer}: {error}; trying again",
+                      peer=peer_id[:64], error=failure.getErrorMessage()[:200])
+        self._unshared.setdefault(peer_id, public_key)
+        self._retry_pending()
 
     def share_guard(self, guard):
         """Share the bans of ``guard`` (an ``AbuseGuard``) with the other nodes."""

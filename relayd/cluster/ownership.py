@@ -6,6 +6,11 @@ stays the one they ask, and each new claim is also written to the engine's
 owners bucket (create-only: the first claim of an id wins); every node loads
 the bucket when it links to the engine and takes each claim published since
 from the bucket's subject, live.
+
+The bucket decides: a node that claimed an id with another key (at the same
+moment, or while it was cut off from the engine) gives the id up to the
+bucket's key, and ``lost`` callbacks disconnect the sessions that proved the
+other key there.
 """
 import base64
 import json
@@ -19,6 +24,7 @@ class SharedOwnership:
     def __init__(self, local):
         self.local = local
         self.share = None               # set by the cluster node: share(peer_id, key)
+        self.lost = []                  # lost(peer_id): this node's claim lost to the bucket's
 
     def owner(self, peer_id):
         return self.local.owner(peer_id)
@@ -40,10 +46,13 @@ class SharedOwnership:
         except (ValueError, KeyError, TypeError):
             self.log.warn("ignored a malformed ownership record from the cluster engine")
             return
-        if not self.local.claim(peer_id, key):
-            self.log.warn("ownership conflict for {peer}: another key claimed it on another "
-                          "node at the same time; this node keeps its own",
+        previous = self.local.replace(peer_id, key)
+        if previous is not None and previous != key:
+            self.log.warn("ownership conflict for {peer}: another node's claim with another "
+                          "key came first; this node gives the id up to it",
                           peer=peer_id[:64])
+            for lost in self.lost:
+                lost(peer_id)
 
     @staticmethod
     def record(peer_id, public_key):

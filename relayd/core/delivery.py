@@ -389,11 +389,12 @@ class Delivery:
                  "connected_for": round(now - s.connected_at, 1)}
                 for s in self.sessions.values()]
 
-    def kick(self, peer_id, reason="disconnected by the operator"):
+    def kick(self, peer_id, reason="disconnected by the operator", code="kicked"):
+        """Close the session of ``peer_id`` with the error ``code``; whether it had one."""
         session = self.sessions.get(peer_id)
         if session is None:
             return False
-        session.close("kicked", reason)
+        session.close(code, reason)
         return True
 
     def rooms(self):

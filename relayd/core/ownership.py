@@ -56,6 +56,15 @@ class Ownership(TableFile):
         self.save()
         return True
 
+    def replace(self, peer_id, public_key):
+        """Bind ``peer_id`` to ``public_key`` whichever key owned it (a
+        cluster's engine decided between two claims); the key it had, or None."""
+        current = self._owners.get(peer_id)
+        if current != public_key:
+            self._owners[peer_id] = public_key
+            self.save()
+        return current
+
     def snapshot(self):
         return dict(self._owners)
 

@@ -3,6 +3,10 @@
 A record is the id's signed prekey and its one-time prekeys, each signed
 by the id's owned Ed25519 key (``core.ownership``), which the relay checks
 before storing.  A fetch hands a one-time prekey out once and removes it.
+A record names the key that signed it (``ik``): once another key owns the
+id (a cluster's engine settled a conflicting claim, or the operator freed
+the id and it was claimed again), the record is dropped, never handed out
+under the new key.
 The table is read once at start-up and rewritten atomically on the file
 pool after changes (``core.tablefile``).
 """
@@ -28,7 +32,7 @@ class KeyDirectory(TableFile):
         self.ownership = ownership
         self.relay_id = relay_id
         self.max_prekeys = max_prekeys
-        self._table = {}            # peer id -> {"spk": {"key", "sig"}, "opks": [{"key", "sig"}]}
+        self._table = {}    # peer id -> {"ik", "spk": {"key", "sig"}, "opks": [{"key", "sig"}]}
         self.handed_out = 0         # one-time prekeys given away since start
 
     def load(self):
@@ -51,12 +55,38 @@ class KeyDirectory(TableFile):
 
     # -- queries ------------------------------------------------------------
 
+    def _record(self, peer_id):
+        """``(record, owner key)`` of the id when its owner's key signed the
+        record, else ``(None, owner key)``; a record of a key that no longer
+        owns the id is dropped.  A record from before ``ik`` was kept is
+        checked once against the owner's key."""
+        record = self._table.get(peer_id)
+        owner = self.ownership.owner(peer_id)
+        if record is None or owner is None:
+            return None, owner
+        ik = wire.b64(owner)
+        if record.get("ik") != ik:
+            if "ik" in record or not self._signed_by(record, peer_id, owner):
+                del self._table[peer_id]
+                self.save()
+                return None, owner
+            record["ik"] = ik
+        return record, owner
+
+    @staticmethod
+    def _signed_by(record, peer_id, owner):
+        try:
+            wire.check_prekey(record["spk"], wire.SPK_LABEL, peer_id, owner)
+        except wire.BadEnvelope:
+            return False
+        return True
+
     def keyed(self, peer_id):
         """Whether ``peer_id`` published keys here (and still owns its key)."""
-        return peer_id in self._table and self.ownership.owner(peer_id) is not None
+        return self._record(peer_id)[0] is not None
 
     def status(self, peer_id):
-        record = self._table.get(peer_id)
+        record, _ = self._record(peer_id)
         if record is None:
             return {"spk": None, "opks": 0}
         return {"spk": record["spk"]["key"], "opks": len(record["opks"])}
@@ -64,9 +94,8 @@ class KeyDirectory(TableFile):
     def fetch(self, peer_id, take_opk=True):
         """The id's bundle (identity key, signed prekey, a one-time prekey or
         None), or None when it has published nothing here."""
-        record = self._table.get(peer_id)
-        owner = self.ownership.owner(peer_id)
-        if record is None or owner is None:
+        record, owner = self._record(peer_id)
+        if record is None:
             return None
         opk = None
         if take_opk and record["opks"]:
@@ -92,7 +121,9 @@ class KeyDirectory(TableFile):
         wire.check_prekey(spk, wire.SPK_LABEL, peer_id, owner)
         for opk in opks:
             wire.check_prekey(opk, wire.OPK_LABEL, peer_id, owner)
-        record = self._table.setdefault(peer_id, {"spk": None, "opks": []})
+        record, _ = self._record(peer_id)
+        if record is None:
+            record = self._table[peer_id] = {"ik": wire.b64(owner), "spk": None, "opks": []}
         record["spk"] = {"key": spk["key"], "sig": spk["sig"]}
         known = {o["key"] for o in record["opks"]}
         for opk in opks:
@@ -104,7 +135,7 @@ class KeyDirectory(TableFile):
         return len(record["opks"])
 
     def snapshot(self):
-        return {p: {"spk": r["spk"], "opks": list(r["opks"])} for p, r in self._table.items()}
+        return {p: dict(r, opks=list(r["opks"])) for p, r in self._table.items()}
 
     @staticmethod
     def encode(table):
