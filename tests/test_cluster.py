@@ -516,6 +516,59 @@ class OwnershipTests(unittest.TestCase):
         self.assertEqual(list(link.kv[node.owners_kv]), [t("alice")])
 
 
+class TableFollowingTests(unittest.TestCase):
+    """A node follows each shared bucket's stream with a consumer of its
+    current link, whatever became of the last link's."""
+    KEY = b"k" * 32
+
+    def setUp(self):
+        self.link = FakeLink()
+        self.node, self.router, _, self.clock = make_node(self.link)
+        self.owners = "$KV.%s.>" % self.node.owners_kv
+
+    def claim_elsewhere(self, peer_id):
+        self.link.kv_create(self.node.owners_kv, t(peer_id), SharedOwnership.record(peer_id,
+                                                                                   self.KEY))
+
+    def test_a_new_link_follows_afresh(self):
+        unfollowed = []
+        unsubscribe = self.link.unsubscribe
+        self.patch(self.link, "unsubscribe",
+                   lambda handle: unfollowed.append(handle) or unsubscribe(handle))
+        self.link.set_state(DISCONNECTED)
+        self.assertIn(self.owners, unfollowed)
+        self.assertNotIn(self.owners, self.link.followers)
+        self.link.set_state(CONNECTED)
+        self.claim_elsewhere("carol")
+        self.assertEqual(self.router.ownership.owner("carol"), self.KEY)
+
+    def test_a_follow_the_engine_failed_is_tried_again(self):
+        follow = self.link.follow
+        self.link.set_state(DISCONNECTED)
+        self.patch(self.link, "follow", lambda *a: defer.fail(TimeoutError("nats: timeout")))
+        with capturedLogs() as events:
+            self.link.set_state(CONNECTED)
+        self.assertIn("could not follow the cluster's %s" % self.node.owners_kv, logged(events))
+        self.patch(self.link, "follow", follow)
+        self.clock.advance(RETRY)
+        self.claim_elsewhere("carol")
+        self.assertEqual(self.router.ownership.owner("carol"), self.KEY)
+
+    def test_a_follow_answered_after_the_link_was_lost_is_dropped(self):
+        self.link.set_state(DISCONNECTED)
+        answers = []
+        self.patch(self.link, "follow", lambda *a: answers.append(defer.Deferred()) or answers[-1])
+        self.link.set_state(CONNECTED)
+        self.link.set_state(DISCONNECTED)
+        unfollowed = []
+        self.patch(self.link, "unsubscribe", lambda handle: unfollowed.append(handle) or
+                   defer.succeed(None))
+        for answer in answers:
+            answer.callback("stale consumer")
+        self.assertEqual(len(unfollowed), len(answers))
+        self.assertEqual(self.node._followers, {})
+
+
 class SharedStateTests(unittest.TestCase):
     """Bans and persistent room memberships made on one node hold on all."""
 
@@ -619,15 +672,13 @@ class SharedStateTests(unittest.TestCase):
         self.link.kv[self.b.bans_kv][t("192.0.2.9")] = json.dumps(
             {"ip": "192.0.2.9", "until": 2000.0}).encode()
         bob = FakeSession("bob")
-        following = "$KV.%s.>" % self.b.members_kv
-        heard = self.link.followers.pop(following)      # b's consumer, cut off
         self.link.set_state(CONNECTED)
+        self.link.followers.pop("$KV.%s.>" % self.b.members_kv)     # b's consumer, cut off
         self.router_a.attach(bob)
         self.router_a.join(bob, "lobby", persist=True)
         self.link.set_state(DISCONNECTED)
         self.assertEqual(self.router_b.memberships.rooms_of("bob"), ())
-        self.link.followers[following] = heard
-        self.link.set_state(CONNECTED)
+        self.link.set_state(CONNECTED)      # b follows the buckets again, and reads them
         self.assertEqual(guard_b.bans(), {"192.0.2.9": 1000.0})
         self.assertEqual(self.router_b.memberships.rooms_of("bob"), {"lobby"})
 

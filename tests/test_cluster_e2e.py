@@ -321,10 +321,7 @@ class ChatAcrossNodes(ClusterTestMixin, unittest.TestCase):
         a, b = self.start_cluster(2)
         owner = Ed25519PrivateKey.generate()
         self.assertEqual(self.hello(a, "alice", owner)[0]["type"], "welcome")
-        deadline = time.monotonic() + 10
-        while self.hello(b, "alice")[0].get("error") != "id_owned" and time.monotonic() < deadline:
-            time.sleep(0.1)
-        self.assertEqual(self.hello(b, "alice")[0]["error"], "id_owned")
+        self.assert_owned_on(b, "alice")
         self.assertEqual(self.hello(b, "alice", Ed25519PrivateKey.generate())[0]["error"],
                          "id_owned")
         self.assertEqual(self.hello(b, "alice", owner)[0]["type"], "welcome")
@@ -364,6 +361,17 @@ class ChatAcrossNodes(ClusterTestMixin, unittest.TestCase):
         for port in ports:                  # both nodes agree
             self.assertEqual(self.hello(port, "alice", keys[loser])[0]["error"], "id_owned")
             self.assertEqual(self.hello(port, "alice", keys[winner])[0]["type"], "welcome")
+        # the nodes follow the owners bucket again: a new claim on one is live on the other
+        self.assertEqual(self.hello(ports[0], "dave", Ed25519PrivateKey.generate())[0]["type"],
+                         "welcome")
+        self.assert_owned_on(ports[1], "dave")
+
+    def assert_owned_on(self, port, peer_id, timeout=10.0):
+        """A hello without a key for ``peer_id`` gets id_owned on ``port`` (soon)."""
+        deadline = time.monotonic() + timeout
+        while self.hello(port, peer_id)[0].get("error") != "id_owned":
+            self.assertLess(time.monotonic(), deadline, f"{peer_id} is not owned on {port}")
+            time.sleep(0.1)
 
     def test_a_persistent_member_gets_room_mail_on_any_node(self):
         a, b = self.start_cluster(2)

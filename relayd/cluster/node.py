@@ -116,6 +116,8 @@ class ClusterNode(service.Service):
         self._putting = {}              # (bucket, key) -> the latest value being put
         self._retry = None              # DelayedCall: share what the engine failed, again
         self._tables = {}               # bucket -> learn(value), for the shared tables
+        self._followers = {}            # bucket -> handle of the consumer of its stream
+        self._epoch = 0                 # one more at each link lost: its followers are stale
         self.ready = False              # linked, and the engine's streams are set up
         self._set_up = False
         self.members = {}               # node id -> its heartbeat {"sessions": n, "at": t}
@@ -175,17 +177,15 @@ class ClusterNode(service.Service):
         if not self.running:
             return
         if state != CONNECTED:
+            self._drop_followers()
             self._set_ready(False)
         elif self._set_up:
             for room, subscription in self.rooms.items():
                 if subscription is None:
                     self.rooms[room] = self.link.subscribe(self._room_subject(room), self._remote)
-            for bucket, learn in self._tables.items():
-                # what changed while the link was down
-                self._read_table(bucket, learn).addErrback(
-                    lambda f, bucket=bucket: self.log.warn(
-                        "could not read the cluster's {bucket}: {error}", bucket=bucket,
-                        error=f.getErrorMessage()[:200]))
+            for bucket in self._tables:
+                # a consumer of the last link may be gone; and what changed meanwhile
+                self._follow_table(bucket)
             self._set_ready(True)
             self.beat()
         else:
@@ -236,14 +236,51 @@ class ClusterNode(service.Service):
     def _table(self, bucket, learn):
         """Set up a table shared through ``bucket``: ``learn(value)`` each
         change as the bucket stores it, then each value it holds; fires those
-        values.  The changes are read from the bucket's stream, not from its
-        subject: a subscriber of the subject sees every write tried, the
-        create that lost to another and the put the engine could not store."""
+        values."""
         yield self.link.ensure_kv(bucket, self.settings.replicas)
-        yield self.link.follow("KV_" + bucket, "$KV.%s.>" % bucket,
-                               lambda seq, value: learn(value))
         self._tables[bucket] = learn
+        return (yield self._follow(bucket, self._epoch))
+
+    @defer.inlineCallbacks
+    def _follow(self, bucket, epoch):
+        """Follow the changes ``bucket`` stores, then read what it holds.
+
+        The changes come from the bucket's stream, not from its subject: a
+        subscriber of the subject sees every write tried, the create that
+        lost to another and the put the engine could not store."""
+        learn = self._tables[bucket]
+        if bucket not in self._followers:
+            handle = yield self.link.follow("KV_" + bucket, "$KV.%s.>" % bucket,
+                                            lambda seq, value: learn(value))
+            if epoch == self._epoch and bucket not in self._followers:
+                self._followers[bucket] = handle
+            else:                       # the link was lost meanwhile, or another follows
+                self._unfollow(handle)
         return (yield self._read_table(bucket, learn))
+
+    def _follow_table(self, bucket, epoch=None):
+        """``_follow`` after a relink; again a second later if the engine fails it."""
+        if epoch is None:
+            epoch = self._epoch
+        elif epoch != self._epoch or not self.running:
+            return                      # a newer link follows it
+        self._follow(bucket, epoch).addErrback(self._follow_failed, bucket, epoch)
+
+    def _follow_failed(self, failure, bucket, epoch):
+        self.log.warn("could not follow the cluster's {bucket}: {error}; trying again",
+                      bucket=bucket, error=failure.getErrorMessage()[:200])
+        self.clock.callLater(RETRY, self._follow_table, bucket, epoch)
+
+    def _drop_followers(self):
+        """The tables' consumers belong to a link that is gone (or to a
+        set-up that failed): the next link follows afresh."""
+        self._epoch += 1
+        followers, self._followers = self._followers, {}
+        for handle in followers.values():
+            self._unfollow(handle)
+
+    def _unfollow(self, handle):
+        self.link.unsubscribe(handle).addErrback(lambda f: None)    # it ends with the link
 
     def _read_table(self, bucket, learn):
         """Deferred[the values in ``bucket``], each given to ``learn`` first."""
@@ -300,6 +337,7 @@ class ClusterNode(service.Service):
             self.beat()
 
     def _setup_failed(self, failure):
+        self._drop_followers()
         self.log.warn("cluster engine set-up failed ({error}); retrying",
                       error=failure.getErrorMessage()[:200])
         if self.running:
