@@ -4,8 +4,8 @@ An id claimed with a key on one node is owned on every node: the node's own
 table (``core.ownership``, which the protocol and the key directory read)
 stays the one they ask, and each new claim is also written to the engine's
 owners bucket (create-only: the first claim of an id wins); every node loads
-the bucket when it links to the engine and takes each claim published since
-from the bucket's subject, live.
+the bucket when it links to the engine and takes each claim stored since
+from the bucket's stream, live.
 
 The bucket decides: a node that claimed an id with another key (at the same
 moment, or while it was cut off from the engine) gives the id up to the
