@@ -628,23 +628,28 @@ class SharedStateTests(unittest.TestCase):
         self.assertEqual(list(self.link.kv[self.a.bans_kv]), [t("192.0.2.7")])
 
     def hold_puts(self):
-        """Puts wait until the test fires them: their Deferreds, in order."""
-        held = []
+        """Puts wait until the test ends them: ``(Deferred, args)`` of each,
+        in order; ``store`` ends one as the engine would."""
+        held, self.put = [], self.link.kv_put
 
-        def put(bucket, key, value):
-            held.append(defer.Deferred())
-            return held[-1]
+        def put(*args):
+            held.append((defer.Deferred(), args))
+            return held[-1][0]
         self.patch(self.link, "kv_put", put)
         return held
+
+    def store(self, held):
+        d, args = held
+        self.put(*args).chainDeferred(d)
 
     def test_a_change_the_engine_failed_is_put_again(self):
         guard_a = self.guard(self.a)
         self.a._setup()
         held = self.hold_puts()
         guard_a.ban("192.0.2.7", 300)
-        self.patch(self.link, "kv_put", FakeLink.kv_put.__get__(self.link))
+        self.patch(self.link, "kv_put", self.put)
         with capturedLogs() as events:
-            held[0].errback(TimeoutError("nats: timeout"))
+            held[0][0].errback(TimeoutError("nats: timeout"))
         self.assertIn("could not share a change with the cluster", logged(events))
         self.assertEqual(self.link.kv[self.a.bans_kv], {})
         self.clock.advance(RETRY)
@@ -657,10 +662,9 @@ class SharedStateTests(unittest.TestCase):
         held = self.hold_puts()
         guard_a.ban("192.0.2.7", 300)
         guard_a.unban("192.0.2.7")
-        self.patch(self.link, "kv_put", FakeLink.kv_put.__get__(self.link))
-        held[1].callback(None)          # the lifting is stored ...
-        self.link.kv_put(self.a.bans_kv, t("192.0.2.7"), b'{"ip": "192.0.2.7", "until": 0}')
-        held[0].errback(TimeoutError("nats: timeout"))     # ... the ban before it failed
+        self.patch(self.link, "kv_put", self.put)
+        self.store(held[1])             # the lifting is stored ...
+        held[0][0].errback(TimeoutError("nats: timeout"))  # ... the ban before it failed
         self.clock.advance(RETRY)
         self.assertEqual(json.loads(self.link.kv[self.a.bans_kv][t("192.0.2.7")])["until"], 0)
 

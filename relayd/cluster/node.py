@@ -53,7 +53,9 @@ from relayd.core.interfaces import IDurableEventSubscriber, IJournal, IPresenceO
 from relayd.core.membership import is_member_record
 
 MAILBOX_FETCH = 10000           # stored messages read from the engine for one attaching peer
-RETRY = 1.0                     # seconds before a key claim or table change the engine failed is tried again
+# seconds before what the engine failed (set-up, a follow, a key claim, a
+# table change) is tried again
+RETRY = 1.0
 REFUSAL = ("cluster_unavailable",
            "this node lost the cluster engine and cannot store messages; retry, or connect "
            "to another node")
@@ -185,7 +187,7 @@ class ClusterNode(service.Service):
                     self.rooms[room] = self.link.subscribe(self._room_subject(room), self._remote)
             for bucket in self._tables:
                 # a consumer of the last link may be gone; and what changed meanwhile
-                self._follow_table(bucket)
+                self._follow_table(bucket, self._epoch)
             self._set_ready(True)
             self.beat()
         else:
@@ -258,11 +260,10 @@ class ClusterNode(service.Service):
                 self._unfollow(handle)
         return (yield self._read_table(bucket, learn))
 
-    def _follow_table(self, bucket, epoch=None):
-        """``_follow`` after a relink; again a second later if the engine fails it."""
-        if epoch is None:
-            epoch = self._epoch
-        elif epoch != self._epoch or not self.running:
+    def _follow_table(self, bucket, epoch):
+        """``_follow`` for the link of ``epoch``; again a second later if the
+        engine fails it."""
+        if epoch != self._epoch or not self.running:
             return                      # a newer link follows it
         self._follow(bucket, epoch).addErrback(self._follow_failed, bucket, epoch)
 
@@ -341,7 +342,7 @@ class ClusterNode(service.Service):
         self.log.warn("cluster engine set-up failed ({error}); retrying",
                       error=failure.getErrorMessage()[:200])
         if self.running:
-            self.clock.callLater(1.0, self._engine_state, self.link.state)
+            self.clock.callLater(RETRY, self._engine_state, self.link.state)
 
     def share_ownership(self, ownership):
         """Share the key claims of ``ownership`` (a ``SharedOwnership``) with

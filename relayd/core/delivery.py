@@ -303,10 +303,7 @@ class Delivery:
         if self._held:
             held, self._held = self._held, {}
             for session, (lines, entries) in held.items():
-                try:
-                    session.deliver_lines(_written(lines), entries)
-                except Exception:       # the other sessions still get theirs
-                    self._write_failed(session)
+                self._deliver(session, lines, entries)
 
     def hold(self, session, line, entry=None):
         """Write ``line`` (an ack, say; or the directed message ``entry``) to
@@ -328,15 +325,19 @@ class Delivery:
         self._run = None
         held = self._held.pop(session, None)
         if held is not None:
-            try:
-                session.deliver_lines(_written(held[0]), held[1])
-            except Exception:
-                self._write_failed(session)
+            self._deliver(session, *held)
+
+    def _deliver(self, session, lines, entries):
+        """Hand ``session`` its held lines.  If it raises (a bug), its stream
+        may be cut anywhere, so it is closed (what it had not settled stays
+        stored for the peer's next session) and the other sessions still get
+        theirs.  Logged once a minute per error."""
+        try:
+            session.deliver_lines(_written(lines), entries)
+        except Exception:
+            self._write_failed(session)
 
     def _write_failed(self, session):
-        """A session raised while taking its lines (a bug): its stream may be
-        cut anywhere, so it is closed; what it had not settled stays stored
-        for the peer's next session.  Logged once a minute per error."""
         self._log_limiter.failure(self.log, ("write",),
                                   "could not write to {peer}'s session; closing it",
                                   peer=session.peer_id[:64])
